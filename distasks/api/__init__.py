@@ -1,0 +1,44 @@
+"""The HTTP API: a Quart app on Hypercorn's Trio worker, one blueprint per resource."""
+
+from __future__ import annotations
+
+import logging
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+from quart_trio import QuartTrio
+
+from distasks.api import dlq, errors, health, tasks
+from distasks.api.services import Services
+
+log = logging.getLogger(__name__)
+
+# Room for the rest of a create body around the largest accepted payload.
+BODY_OVERHEAD_BYTES = 64 * 1024
+
+
+def create_app(services: Services) -> QuartTrio:
+    app = QuartTrio("distasks")
+    app.config["MAX_CONTENT_LENGTH"] = services.config.http.max_payload_bytes + BODY_OVERHEAD_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["distasks"] = services
+    for bp in (tasks.bp, dlq.bp, health.bp):
+        app.register_blueprint(bp)
+    errors.install(app)
+    return app
+
+
+async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
+                graceful_s: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                ) -> None:
+    """Serve `app` until `shutdown` is set, then finish requests in flight for at most
+    `graceful_s`; `task_status.started()` once the socket listens."""
+    config = hypercorn.config.Config()
+    config.bind = [f"{host}:{port}"]
+    config.graceful_timeout = graceful_s
+    config.accesslog = None
+    config.errorlog = logging.getLogger("distasks.http")
+    config.keep_alive_timeout = 75  # longer than common proxies' idle timeout
+    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait,  # type: ignore[arg-type]
+                               task_status=task_status)

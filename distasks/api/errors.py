@@ -1,0 +1,82 @@
+"""Every error the API answers, as `{"error": {"code", "message", "field"}}` with a 4xx
+(or 503 while a backing service is down); a 500 never carries a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pydantic
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from distasks.errors import (
+    BrokerUnavailable,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    StoreUnavailable,
+    UnknownHandler,
+)
+
+log = logging.getLogger(__name__)
+
+# Seconds a client should wait before retrying while PostgreSQL or Redis is down.
+RETRY_AFTER_S = 2
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "field": field}})
+    response.status_code = status
+    return response
+
+
+def from_validation_error(e: pydantic.ValidationError) -> InvalidInput:
+    """The first problem pydantic found, with the field as a dotted path."""
+    err = e.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    kind = err["type"]
+    if kind == "json_invalid":
+        return InvalidInput(f"malformed JSON: {err['msg']}", code="malformed_json")
+    if kind == "extra_forbidden":
+        return InvalidInput(f"unknown field {field!r}", field=field, code="unknown_field")
+    if kind == "missing":
+        return InvalidInput(f"{field} is required", field=field, code="missing_field")
+    if kind == "model_type":
+        return InvalidInput("the body must be a JSON object", code="invalid_body")
+    return InvalidInput(f"{field}: {err['msg']}" if field else err["msg"], field=field)
+
+
+def install(app: Quart) -> None:
+    @app.errorhandler(InvalidInput)
+    async def invalid(e: InvalidInput) -> Response:
+        if isinstance(e, PayloadTooLarge):
+            status = 413
+        elif isinstance(e, UnknownHandler) or e.code not in ("malformed_json", "invalid_body"):
+            status = 422
+        else:
+            status = 400
+        return error_response(status, e.code, e.message, e.field)
+
+    @app.errorhandler(NotFound)
+    async def not_found(e: NotFound) -> Response:
+        return error_response(404, "not_found", e.message)
+
+    @app.errorhandler(StoreUnavailable)
+    @app.errorhandler(BrokerUnavailable)
+    async def unavailable(e: Exception) -> Response:
+        what = "postgres" if isinstance(e, StoreUnavailable) else "redis"
+        response = error_response(503, f"{what}_unavailable", f"{what} is unavailable, try again")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> Response:
+        code = (e.name or "error").lower().replace(" ", "_")
+        field = "body" if e.code == 413 else None
+        return error_response(e.code or 500, code, e.description or e.name or "error", field)
+
+    @app.errorhandler(Exception)
+    async def internal(e: Exception) -> Any:
+        log.exception("unhandled error in a request", extra={"event": "http_internal_error"})
+        return error_response(500, "internal", "internal error; see the daemon's log")

@@ -1,0 +1,43 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import trio
+from quart import Blueprint, Response, jsonify
+
+from distasks.api.services import services
+from distasks.errors import BrokerUnavailable, StoreUnavailable
+
+bp = Blueprint("health", __name__)
+
+# How long readiness waits for each backing service to answer.
+PROBE_TIMEOUT_S = 1.0
+
+
+@bp.get("/healthz")
+async def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    s = services()
+    checks: dict[str, str] = {}
+
+    async def probe(name: str, ping: object) -> None:
+        with trio.move_on_after(PROBE_TIMEOUT_S) as scope:
+            try:
+                await ping()  # type: ignore[operator]
+                checks[name] = "ok"
+            except (StoreUnavailable, BrokerUnavailable) as e:
+                checks[name] = f"down: {str(e).splitlines()[0][:200]}"
+        if scope.cancelled_caught:
+            checks[name] = f"down: no answer within {PROBE_TIMEOUT_S:g}s"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe, "postgres", s.store.ping)
+        nursery.start_soon(probe, "redis", s.broker.ping)
+    ready = all(v == "ok" for v in checks.values())
+    response = jsonify({"ready": ready, **dict(sorted(checks.items()))})
+    response.status_code = 200 if ready else 503
+    return response

@@ -1,0 +1,235 @@
+"""Broker: the Redis dispatch index of ready, delayed, leased and dead-lettered work.
+
+Redis holds only run and task ids, never payloads, and can be rebuilt from PostgreSQL
+(DESIGN §2). Each public method is one crossing of the bridge; multi-command steps are
+pipelined or done by a Lua script (`<name>.lua` beside this file, called by SHA).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aredis
+import trio
+import redis.exceptions
+
+from distasks import aio
+from distasks.broker.keys import QueueKeys, queue_keys
+from distasks.errors import BrokerUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Upper bound on any single Redis reply; a blocking claim waits at most CLAIM_BLOCK_S.
+SOCKET_TIMEOUT_S = 5.0
+# How long a claim blocks on an empty queue. It is never cancelled in flight (a pop
+# whose reply is lost loses the item, DESIGN §1), so shutdown waits at most this long.
+CLAIM_BLOCK_S = 1.0
+# Most batches the mover moves per lock, so one busy queue cannot hold a daemon forever.
+MOVE_MAX_ROUNDS = 10
+
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.BusyLoadingError, OSError)
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Redis follow-ups of a batch of recorded outcomes, for `settle`, by queue."""
+
+    #: queue -> run ids whose lease ends
+    unleased: dict[str, list[str]] = field(default_factory=dict)
+    #: queue -> (due_ms, run id) of retries
+    delayed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: queue -> task ids out of retries
+    dead: dict[str, list[str]] = field(default_factory=dict)
+    #: queue -> run ids to run next (interrupted runs handed back)
+    urgent: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Broker:
+    def __init__(self, client: aredis.Redis, prefix: str):
+        self._redis = client
+        self._prefix = prefix
+        self._scripts = {name: client.register_script(_lua(name))
+                         for name in ("claim", "move_due", "requeue")}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, url: str, *, prefix: str, max_connections: int = 64) -> AsyncIterator[Broker]:
+        """Connect to `url` for the block; must run inside aio.open_loop()."""
+        pool = aredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+            decode_responses=True, retry_on_timeout=False)
+        client = aredis.Redis(connection_pool=pool)
+        try:
+            yield cls(client, prefix)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(SOCKET_TIMEOUT_S):
+                await aio.call(client.aclose)
+                await aio.call(pool.disconnect)
+
+    def keys(self, queue: str) -> QueueKeys:
+        return queue_keys(self._prefix, queue)
+
+    async def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """One crossing of the bridge, with connection failures mapped to BrokerUnavailable."""
+        try:
+            return await aio.call(fn, *args, **kwargs)
+        except _UNAVAILABLE as e:
+            raise BrokerUnavailable(str(e) or type(e).__name__) from e
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping)
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def dispatch(self, ready: Iterable[tuple[str, str]] = (),
+                       delayed: Iterable[tuple[str, str, int]] = ()) -> None:
+        """Push (queue, run_id) to ready lists and (queue, run_id, due_ms) to delayed sets."""
+        await self._call(self._dispatch, list(ready), list(delayed))
+
+    async def _dispatch(self, ready: list[tuple[str, str]],
+                        delayed: list[tuple[str, str, int]]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for queue, run_id in ready:
+            by_queue.setdefault(queue, []).append(run_id)
+        due_by_queue: dict[str, dict[str, int]] = {}
+        for queue, run_id, due_ms in delayed:
+            due_by_queue.setdefault(queue, {})[run_id] = due_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, run_ids in by_queue.items():
+                pipe.rpush(self.keys(queue).ready, *run_ids)
+            for queue, mapping in due_by_queue.items():
+                pipe.zadd(self.keys(queue).delayed, mapping)
+            await pipe.execute()
+
+    # -- claim -----------------------------------------------------------------------
+
+    async def claim(self, queue: str, *, count: int, lease_until_ms: int, block: bool) -> list[str]:
+        """Lease up to `count` ready run ids of `queue`; with `block`, wait up to
+        CLAIM_BLOCK_S for the first one.
+
+        Returns at once when work is ready; otherwise waits on the server (`wait_ready`)
+        and claims what arrived, all in one crossing. Claimed ids are in the lease set when
+        this returns. Call it shielded: it must not be cancelled in flight, and it ends by
+        itself within CLAIM_BLOCK_S plus a round trip.
+        """
+        return await self._call(self._claim, queue, count, lease_until_ms, block)
+
+    async def _claim(self, queue: str, count: int, lease_until_ms: int, block: bool) -> list[str]:
+        keys = self.keys(queue)
+        script = self._scripts["claim"]
+        items: list[str] = await script(keys=[keys.ready, keys.leases], args=[count, lease_until_ms])
+        if items or not block or not await self._wait_ready(queue):
+            return items
+        return list(await script(keys=[keys.ready, keys.leases], args=[count, lease_until_ms]))
+
+    async def wait_ready(self, queue: str) -> bool:
+        """Wait up to CLAIM_BLOCK_S until `queue` has a ready item; takes nothing.
+
+        BLMOVE of the list onto itself (head to head) blocks like a pop but leaves the
+        item where it was, so even a reply lost to a dropped connection loses nothing.
+        """
+        return await self._call(self._wait_ready, queue)
+
+    async def _wait_ready(self, queue: str) -> bool:
+        ready = self.keys(queue).ready
+        return await self._redis.blmove(ready, ready, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
+
+    async def requeue(self, queue: str, run_ids: Sequence[str]) -> int:
+        """Hand leased run ids back to the head of the ready list; returns how many."""
+        if not run_ids:
+            return 0
+        keys = self.keys(queue)
+        return int(await self._call(self._scripts["requeue"], keys=[keys.leases, keys.ready],
+                                    args=list(run_ids)))
+
+    async def release(self, queue: str, run_ids: Sequence[str]) -> None:
+        """Drop the leases of claimed ids that have nothing to run."""
+        if run_ids:
+            await self._call(self._redis.zrem, self.keys(queue).leases, *run_ids)
+
+    async def settle(self, s: Settlement) -> None:
+        """Apply the Redis side of recorded outcomes in one pipeline."""
+        await self._call(self._settle, s)
+
+    async def _settle(self, s: Settlement) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, run_ids in s.unleased.items():
+                pipe.zrem(self.keys(queue).leases, *run_ids)
+            for queue, due in s.delayed.items():
+                pipe.zadd(self.keys(queue).delayed, {run_id: ms for ms, run_id in due})
+            for queue, task_ids in s.dead.items():
+                pipe.rpush(self.keys(queue).dlq, *task_ids)
+            for queue, run_ids in s.urgent.items():
+                pipe.lpush(self.keys(queue).ready, *reversed(run_ids))
+            await pipe.execute()
+
+    # -- mover -----------------------------------------------------------------------
+
+    async def move_due(self, queue: str, *, now_ms: int, limit: int, lock_ms: int) -> int | None:
+        """Move due delayed ids of `queue` to ready; None if another daemon holds the lock.
+
+        The lock (SET NX PX, not released) makes one daemon move per `lock_ms`; the script
+        is atomic, so even two movers would never move one item twice.
+        """
+        return await self._call(self._move_due, queue, now_ms, limit, lock_ms)
+
+    async def _move_due(self, queue: str, now_ms: int, limit: int, lock_ms: int) -> int | None:
+        keys = self.keys(queue)
+        if not await self._redis.set(keys.mover_lock, secrets.token_hex(8), nx=True, px=lock_ms):
+            return None
+        moved = 0
+        for _ in range(MOVE_MAX_ROUNDS):
+            n = int(await self._scripts["move_due"](keys=[keys.delayed, keys.ready],
+                                                   args=[now_ms, limit]))
+            moved += n
+            if n < limit:  # fewer than the limit means done
+                break
+        return moved
+
+    # -- dead-letter queue -----------------------------------------------------------
+
+    async def dlq_head(self, queue: str, count: int) -> list[str]:
+        """The oldest `count` task ids in the DLQ of `queue`."""
+        return list(await self._call(self._redis.lrange, self.keys(queue).dlq, 0, count - 1))
+
+    async def replayed(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
+        """Take `removed` task ids out of the DLQ and push the new `ready` run ids."""
+        await self._call(self._replayed, queue, removed, ready)
+
+    async def _replayed(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
+        keys = self.keys(queue)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for task_id in removed:
+                pipe.lrem(keys.dlq, 1, task_id)
+            if ready:
+                pipe.rpush(keys.ready, *ready)
+            await pipe.execute()
+
+    # -- inspection (tests, health) ----------------------------------------------------
+
+    async def depths(self, queue: str) -> dict[str, int]:
+        """Sizes of the queue's ready, delayed, leased and DLQ structures."""
+        return await self._call(self._depths, queue)
+
+    async def _depths(self, queue: str) -> dict[str, int]:
+        keys = self.keys(queue)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.llen(keys.ready).zcard(keys.delayed).zcard(keys.leases).llen(keys.dlq)
+            ready, delayed, leased, dead = await pipe.execute()
+        return {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead}
+
+    async def raw(self, fn_name: str, *args: Any) -> Any:
+        """Run one plain redis-py command by name; for tests and diagnostics."""
+        return await self._call(getattr(self._redis, fn_name), *args)
+
+
+def _lua(name: str) -> str:
+    return resources.files("distasks.broker").joinpath(f"{name}.lua").read_text()

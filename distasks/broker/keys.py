@@ -1,0 +1,34 @@
+"""Every Redis key distasks uses, and nothing else builds one (DESIGN §4).
+
+All keys of a queue share the hash tag `{q:<queue>}`, so a script that touches one
+queue stays in one Redis Cluster slot. The prefix keeps deployments and tests apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    #: list of run ids ready to start, oldest on the left (RPUSH, claimed from the left)
+    ready: str
+    #: zset of run ids waiting for their time, score = due time in ms
+    delayed: str
+    #: list of task ids out of retries, oldest on the left
+    dlq: str
+    #: zset of run ids claimed by a daemon, score = lease deadline in ms
+    leases: str
+    #: SET NX PX lock, so that one daemon moves due items per tick
+    mover_lock: str
+
+
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    base = f"{prefix}:{{q:{queue}}}"
+    return QueueKeys(
+        ready=f"{base}:ready",
+        delayed=f"{base}:delayed",
+        dlq=f"{base}:dlq",
+        leases=f"{base}:leases",
+        mover_lock=f"{base}:mover-lock",
+    )

@@ -1,0 +1,104 @@
+"""Completer: group commit of run outcomes.
+
+Workers hand finished runs here; one loop writes everything waiting in one PostgreSQL
+transaction (fenced on this daemon's leases), then applies the Redis side in one
+pipeline. PostgreSQL first: Redis only ever indexes what is already true.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import trio
+
+from distasks import backoff
+from distasks.broker import Broker, Settlement
+from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.outcome import Outcome, OutcomeKind
+from distasks.store import Outcomes, Store
+
+log = logging.getLogger(__name__)
+
+# Most outcomes written in one transaction.
+MAX_BATCH = 1000
+
+
+async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, broker: Broker,
+              worker_id: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Record outcomes until the channel is closed and drained (or until cancelled)."""
+    task_status.started()
+    async with outcomes:
+        async for first in outcomes:
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(outcomes.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await record_once(batch, store=store, broker=broker, worker_id=worker_id)
+
+
+async def record_once(batch: list[Outcome], *, store: Store, broker: Broker, worker_id: str) -> int:
+    """Write one batch, retrying while PostgreSQL is unavailable; returns how many were
+    written (the others had lost their lease)."""
+    outcomes = _store_outcomes(batch)
+    failures = 0
+    while True:
+        try:
+            written = await store.record_outcomes(outcomes, worker_id=worker_id)
+            break
+        except StoreUnavailable as e:
+            failures += 1
+            log.warning("outcomes not recorded yet, retrying: %s", e,
+                        extra={"event": "record_retry", "count": len(batch)})
+            await trio.sleep(backoff.delay_s(failures))
+    fenced = [o for o in batch if o.run.run_id not in written]
+    for o in fenced:
+        log.warning("run lost its lease; outcome %s discarded", o.kind,
+                    extra={"event": "outcome_fenced", "run_id": str(o.run.run_id),
+                           "task_id": str(o.run.task.id), "attempt": o.run.attempt})
+    settlement = _settlement(batch, written)
+    try:
+        await broker.settle(settlement)
+    except BrokerUnavailable as e:
+        # PostgreSQL holds the truth; the Redis index is rebuilt from it once Redis returns.
+        log.warning("outcomes recorded but not indexed in Redis: %s", e,
+                    extra={"event": "settle_deferred", "count": len(batch)})
+    return len(written)
+
+
+def _store_outcomes(batch: list[Outcome]) -> Outcomes:
+    o = Outcomes()
+    for x in batch:
+        run_id, at = x.run.run_id, x.finished_at
+        match x.kind:
+            case OutcomeKind.SUCCEEDED:
+                o.succeeded.append((run_id, x.result_json or "null", at))
+            case OutcomeKind.RETRYING:
+                assert x.next_retry_at_ms is not None and x.new_run_id is not None
+                due = datetime.fromtimestamp(x.next_retry_at_ms / 1000, UTC)
+                o.retrying.append((run_id, x.error or "", at, due, x.new_run_id))
+            case OutcomeKind.FAILED:
+                o.failed.append((run_id, x.error or "", at))
+            case OutcomeKind.INTERRUPTED:
+                assert x.new_run_id is not None
+                o.interrupted.append((run_id, x.error or "interrupted", at, x.new_run_id))
+    return o
+
+
+def _settlement(batch: list[Outcome], written: set[object]) -> Settlement:
+    s = Settlement()
+    for x in batch:
+        queue = x.run.queue_name
+        s.unleased.setdefault(queue, []).append(x.run.message)
+        if x.run.run_id not in written:
+            continue
+        if x.kind is OutcomeKind.RETRYING:
+            assert x.next_retry_at_ms is not None
+            s.delayed.setdefault(queue, []).append((x.next_retry_at_ms, str(x.new_run_id)))
+        elif x.kind is OutcomeKind.FAILED:
+            s.dead.setdefault(queue, []).append(str(x.run.task.id))
+        elif x.kind is OutcomeKind.INTERRUPTED:
+            s.urgent.setdefault(queue, []).append(str(x.new_run_id))
+    return s

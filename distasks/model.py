@@ -1,0 +1,129 @@
+"""The domain: tasks, their runs (attempts), and the states they move through (DESIGN §3).
+
+Frozen values, no I/O. Enum values are the strings stored in PostgreSQL and shown in JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+Json = Any
+"""A JSON-able value: dict, list, str, int, float, bool or None."""
+
+
+class TaskType(enum.StrEnum):
+    #: pushed to its queue's ready list at once
+    IMMEDIATE = "immediate"
+    #: waits in the delayed set until `run_at`; the mover makes it ready
+    DELAYED = "delayed"
+
+
+class TaskStatus(enum.StrEnum):
+    #: accepted and not finished; its runs say whether it waits, runs or awaits a retry.
+    #: The completer moves it out when a run succeeds or the last retry fails.
+    QUEUED = "queued"
+    #: a run succeeded
+    COMPLETED = "completed"
+    #: out of retries; its id sits in the queue's DLQ until replayed (back to queued)
+    FAILED = "failed"
+    #: cancelled by a user (later issue)
+    CANCELLED = "cancelled"
+
+
+class RunStatus(enum.StrEnum):
+    #: waiting in the ready list or the delayed set; a worker's claim moves it to running
+    QUEUED = "queued"
+    #: a worker holds its lease and runs the handler; the completer records the outcome
+    RUNNING = "running"
+    #: the handler returned
+    SUCCEEDED = "succeeded"
+    #: the handler failed with retries left; the next attempt is a new queued run
+    RETRYING = "retrying"
+    #: the handler failed with no retries left; the task is failed and dead-lettered
+    FAILED = "failed"
+    #: the daemon stopped while it ran; handed back as a new attempt, not counted as a failure
+    INTERRUPTED = "interrupted"
+
+
+TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated create request, before it is stored."""
+
+    id: uuid.UUID
+    run_id: uuid.UUID
+    name: str
+    handler: str
+    type: TaskType
+    queue_name: str
+    priority: int
+    payload: Json
+    payload_json: str
+    dedup_key: str | None
+    max_retries: int
+    timeout_s: float | None
+    run_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: uuid.UUID
+    name: str
+    handler: str
+    type: TaskType
+    queue_name: str
+    priority: int
+    payload: Json
+    dedup_key: str | None
+    max_retries: int
+    timeout_s: float | None
+    status: TaskStatus
+    failures: int
+    run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    id: uuid.UUID
+    task_id: uuid.UUID
+    attempt: int
+    status: RunStatus
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    available_at: datetime
+    next_retry_at: datetime | None
+    error: str | None
+    result: Json
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    """What a create did: `created` is False when the dedup_key named an existing task."""
+
+    task_id: uuid.UUID
+    status: TaskStatus
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run this daemon holds the lease of, with what its handler needs."""
+
+    run_id: uuid.UUID
+    task: Task
+    attempt: int
+    queue_name: str
+    message: str
+    enqueued_at: datetime

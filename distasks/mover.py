@@ -1,0 +1,55 @@
+"""Mover: makes delayed runs ready when their time comes (DESIGN §3, step 5).
+
+Every tick, for each subscribed queue, one Lua script moves the due members of the
+delayed set to the ready list, under a short lock so that of many daemons one moves
+each queue per tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+from distasks import backoff
+from distasks.broker import Broker
+from distasks.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+async def move_once(broker: Broker, queues: Sequence[str], *, now_ms: int, batch: int,
+                    lock_ms: int) -> int:
+    """One pass over `queues`; returns how many runs became ready."""
+    moved = 0
+    for queue in queues:
+        n = await broker.move_due(queue, now_ms=now_ms, limit=batch, lock_ms=lock_ms)
+        if n:
+            log.debug("moved %d due runs", n, extra={"event": "moved_due", "queue": queue})
+            moved += n
+    return moved
+
+
+async def run(broker: Broker, queues: Sequence[str], *, interval_s: float, batch: int,
+              clock: Callable[[], float] = time.time,
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Move due runs every `interval_s` (with jitter) until cancelled."""
+    # The lock lasts a little less than a tick, so the next tick finds it free.
+    lock_ms = max(1, int(interval_s * 900))
+    task_status.started()
+    failures = 0
+    while True:
+        try:
+            await move_once(broker, queues, now_ms=int(clock() * 1000), batch=batch,
+                            lock_ms=lock_ms)
+            failures = 0
+        except BrokerUnavailable as e:
+            failures += 1
+            log.warning("mover pass failed: %s", e, extra={"event": "mover_failed"})
+            await trio.sleep(backoff.delay_s(failures))
+            continue
+        # Jitter keeps the daemons of a fleet from ticking in lockstep.
+        await trio.sleep(interval_s * random.uniform(0.9, 1.1))
