@@ -1,0 +1,35 @@
+"""Builders shared by the integration tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from distasks.model import NewTask, TaskType
+
+
+def new_task(*, name: str = "t", handler: str = "demo", queue: str = "q", priority: int = 0,
+             payload: Any = None, dedup_key: str | None = None, max_retries: int = 3,
+             run_at: datetime | None = None, timeout_s: float | None = None) -> NewTask:
+    payload = {} if payload is None else payload
+    return NewTask(
+        id=uuid.uuid4(), run_id=uuid.uuid4(), name=name, handler=handler,
+        type=TaskType.DELAYED if run_at else TaskType.IMMEDIATE, queue_name=queue,
+        priority=priority, payload=payload, payload_json=json.dumps(payload),
+        dedup_key=dedup_key, max_retries=max_retries, timeout_s=timeout_s, run_at=run_at)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def wait_until(check, *, interval_s: float = 0.02):
+    """Re-evaluate the async `check` until it returns something truthy; the caller's
+    fail_after bounds the wait. For state that lives in PostgreSQL or Redis."""
+    import trio
+
+    while not (result := await check()):
+        await trio.sleep(interval_s)
+    return result

@@ -1,0 +1,121 @@
+"""Store: creates, claims and fenced outcome writes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import trio
+
+from distasks.model import RunStatus, TaskStatus
+from distasks.store import Outcomes
+
+from .helpers import new_task, now
+
+
+async def test_create_writes_task_and_first_run(store):
+    with trio.fail_after(5):
+        t = new_task(payload={"k": [1, 2]})
+        [result] = await store.create_tasks([t])
+        task, runs = await store.get_task(t.id)
+    assert result.created and result.task_id == t.id
+    assert task.status is TaskStatus.QUEUED and task.payload == {"k": [1, 2]}
+    assert [(r.id, r.attempt, r.status) for r in runs] == [(t.run_id, 1, RunStatus.QUEUED)]
+
+
+async def test_dedup_key_in_one_batch_and_across_batches_gives_one_task(store):
+    with trio.fail_after(5):
+        a, b = new_task(dedup_key="k"), new_task(dedup_key="k")
+        results = await store.create_tasks([a, b])
+        [later] = await store.create_tasks([new_task(dedup_key="k")])
+    assert [r.created for r in results] == [True, False]
+    assert {r.task_id for r in results} == {a.id} == {later.task_id}
+    assert later.created is False
+
+
+async def test_concurrent_creates_with_one_dedup_key_give_one_task(store):
+    results = []
+
+    async def create():
+        results.extend(await store.create_tasks([new_task(dedup_key="same")]))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(create)
+    assert len({r.task_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+
+
+async def test_start_runs_starts_a_queued_run_once(store):
+    with trio.fail_after(5):
+        t = new_task()
+        await store.create_tasks([t])
+        first = await store.start_runs([t.run_id], worker_id="w1", now=now(),
+                                       lease_until=now() + timedelta(seconds=5))
+        second = await store.start_runs([t.run_id], worker_id="w2", now=now(),
+                                        lease_until=now() + timedelta(seconds=5))
+        unknown = await store.start_runs([uuid.uuid4()], worker_id="w1", now=now(),
+                                         lease_until=now())
+    assert [c.run_id for c in first] == [t.run_id]
+    assert first[0].task.id == t.id and first[0].attempt == 1
+    assert second == [] and unknown == []
+
+
+async def test_outcome_of_a_worker_that_lost_the_lease_is_not_written(store):
+    with trio.fail_after(5):
+        t = new_task()
+        await store.create_tasks([t])
+        await store.start_runs([t.run_id], worker_id="w1", now=now(), lease_until=now())
+        stale = Outcomes(succeeded=[(t.run_id, '"late"', now())])
+        written_by_other = await store.record_outcomes(stale, worker_id="w2")
+        written = await store.record_outcomes(stale, worker_id="w1")
+        again = await store.record_outcomes(stale, worker_id="w1")
+        task, runs = await store.get_task(t.id)
+    assert written_by_other == set() and again == set()
+    assert written == {t.run_id}
+    assert task.status is TaskStatus.COMPLETED
+    assert runs[0].status is RunStatus.SUCCEEDED and runs[0].result == "late"
+
+
+async def test_retry_records_the_failure_and_queues_the_next_attempt(store):
+    with trio.fail_after(5):
+        t = new_task()
+        await store.create_tasks([t])
+        await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
+        due, next_run = now() + timedelta(seconds=2), uuid.uuid4()
+        await store.record_outcomes(
+            Outcomes(retrying=[(t.run_id, "boom", now(), due, next_run)]), worker_id="w")
+        task, runs = await store.get_task(t.id)
+    assert task.status is TaskStatus.QUEUED and task.failures == 1
+    assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.RETRYING), (2, RunStatus.QUEUED)]
+    assert runs[0].error == "boom" and runs[0].next_retry_at == due
+    assert runs[1].id == next_run and runs[1].available_at == due
+
+
+async def test_interrupted_run_is_not_counted_as_a_failure(store):
+    with trio.fail_after(5):
+        t = new_task()
+        await store.create_tasks([t])
+        await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
+        await store.record_outcomes(
+            Outcomes(interrupted=[(t.run_id, "shutdown", now(), uuid.uuid4())]), worker_id="w")
+        task, runs = await store.get_task(t.id)
+    assert task.failures == 0 and task.status is TaskStatus.QUEUED
+    assert [r.status for r in runs] == [RunStatus.INTERRUPTED, RunStatus.QUEUED]
+
+
+async def test_final_failure_then_replay_gives_a_fresh_attempt_and_priority(store):
+    with trio.fail_after(5):
+        t = new_task(max_retries=0, priority=1)
+        await store.create_tasks([t])
+        await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
+        await store.record_outcomes(Outcomes(failed=[(t.run_id, "dead", now())]), worker_id="w")
+        [dead] = await store.dead_tasks([t.id])
+        replayed = await store.replay([t.id], queue_name="q", override_priority=None, now=now())
+        twice = await store.replay([t.id], queue_name="q", override_priority=None, now=now())
+        task, runs = await store.get_task(t.id)
+    assert dead.task.status is TaskStatus.FAILED and dead.last_error == "dead"
+    assert [task_id for task_id, _ in replayed] == [t.id] and twice == []
+    assert task.status is TaskStatus.QUEUED and task.failures == 0 and task.priority == 1
+    assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.FAILED), (2, RunStatus.QUEUED)]
