@@ -34,7 +34,7 @@ async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, bro
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(outcomes.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
             await record_once(batch, store=store, broker=broker, worker_id=worker_id)
 

@@ -135,6 +135,8 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError("--config", f"cannot read {path}: {e}") from None
     sections: dict[str, Any] = {}
     for name, cls in _section_classes().items():
         table = raw.pop(name, {})
@@ -251,4 +253,4 @@ def _validate(c: Config) -> None:
 def _redact(url: str) -> str:
     """Hide a password in a URL or a libpq keyword string."""
     url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)

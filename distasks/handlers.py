@@ -34,8 +34,15 @@ class TaskContext:
     run_id: uuid.UUID
 
 
-def handler(name: str | None = None) -> Callable[[F], F]:
-    """Mark a function as a distasks handler, registered under `name` (default: its name)."""
+def handler(name: str | F | None = None) -> Any:
+    """Mark a function as a distasks handler, registered under `name` (default: its name).
+
+    Use as `@handler`, `@handler()` or `@handler("name")`.
+    """
+    if callable(name):
+        fn, name = name, None
+        setattr(fn, _MARK, fn.__name__)
+        return fn
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, name or fn.__name__)

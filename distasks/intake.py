@@ -66,7 +66,7 @@ class Intake:
             while size < MAX_BATCH:
                 try:
                     request = self._receive.receive_nowait()
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 batch.append(request)
                 size += len(request.tasks)

@@ -15,7 +15,8 @@ class RetryPolicy:
 
     def delay_s(self, failures: int, rng: random.Random | None = None) -> float:
         """Delay before the attempt that follows the `failures`-th failure (1-based)."""
-        raw = min(self.cap_s, self.base_s * 2 ** max(0, failures - 1))
+        # The exponent is bounded so that a huge failure count cannot overflow a float.
+        raw = min(self.cap_s, self.base_s * 2 ** min(max(0, failures - 1), 62))
         if self.jitter:
             raw *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
         return raw

@@ -132,6 +132,10 @@ class WorkerPool:
         lease_until_s = now_s + self._config.lease_s
         messages = await self._broker.claim(queue, count=count, block=block,
                                             lease_until_ms=int(lease_until_s * 1000))
+        if messages and self._fetch_scope.cancel_called:
+            # Stopped while the claim blocked: nothing has started, so it all goes back.
+            await self._broker.requeue(queue, messages)
+            return []
         if not messages:
             return []
         run_ids, garbage = [], []

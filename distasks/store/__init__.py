@@ -436,4 +436,4 @@ def _run(r: dict[str, Any]) -> TaskRun:
 
 def dumps(value: Any) -> str:
     """JSON for jsonb columns: compact, and never NaN (PostgreSQL rejects it)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)

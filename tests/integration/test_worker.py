@@ -142,16 +142,14 @@ async def test_stop_lets_short_handlers_finish_and_hands_long_ones_back(config, 
         intake = Intake(store, broker)
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
-            await nursery.start(pool.run)
-            short = await intake.create(new_task(handler="sleeper", payload={"s": 0.2}))
-            long = await intake.create(new_task(handler="sleeper", payload={"s": 60}))
-            await started.acquire()
-            await started.acquire()
-            pool.stop(grace_s=0.5)
-            # pool.run returns by itself once drained; only the intake remains
-            with trio.fail_after(5):
-                while pool.in_flight:
-                    await trio.sleep(0.01)
+            async with trio.open_nursery() as pool_nursery:
+                await pool_nursery.start(pool.run)
+                short = await intake.create(new_task(handler="sleeper", payload={"s": 0.2}))
+                long = await intake.create(new_task(handler="sleeper", payload={"s": 60}))
+                await started.acquire()
+                await started.acquire()
+                pool.stop(grace_s=0.5)
+            # pool.run returned by itself: drained, outcomes recorded
             nursery.cancel_scope.cancel()
         short_status = await task_status(store, short.task_id)
         long_status = await task_status(store, long.task_id)

@@ -244,9 +244,6 @@ def test_add_module_of_an_unknown_module_raises_import_error():
         Registry().add_module("distasks_test_no_such_module")
 
 
-@pytest.mark.xfail(reason="handler() used bare (@distasks.handler, no parentheses) takes the "
-                          "function as `name` and returns the inner `mark`: nothing is "
-                          "registered and the function is replaced", strict=True)
 def test_bare_handler_decorator_registers_the_function_under_its_name(write_module):
     name = write_module("""
         import distasks
