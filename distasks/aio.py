@@ -30,4 +30,5 @@ async def call(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwar
     Cancellation of the Trio caller cancels the asyncio task; callers that must not be
     interrupted mid-command (a claim) shield the call and bound it by other means.
     """
-    return await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+    result: T = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+    return result

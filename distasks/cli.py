@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from distasks import logs
-from distasks.config import Config, load
+from distasks.config import load
 from distasks.errors import ConfigError, StoreUnavailable
 
 # Where the config is looked for when neither --config nor DISTASKS_CONFIG says.

@@ -8,6 +8,7 @@ pipeline. PostgreSQL first: Redis only ever indexes what is already true.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime
 
 import trio
@@ -87,7 +88,7 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
     return o
 
 
-def _settlement(batch: list[Outcome], written: set[object]) -> Settlement:
+def _settlement(batch: list[Outcome], written: set[uuid.UUID]) -> Settlement:
     s = Settlement()
     for x in batch:
         queue = x.run.queue_name

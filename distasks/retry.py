@@ -19,7 +19,7 @@ class RetryPolicy:
         raw = min(self.cap_s, self.base_s * 2 ** min(max(0, failures - 1), 62))
         if self.jitter:
             raw *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
-        return raw
+        return float(raw)
 
     def next_retry_at_ms(self, failures: int, now_ms: int, rng: random.Random | None = None) -> int:
         return now_ms + round(self.delay_s(failures, rng) * 1000)

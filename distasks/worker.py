@@ -201,7 +201,7 @@ class WorkerPool:
         try:
             with trio.fail_after(timeout_s):
                 if handler.is_async:
-                    result = await handler.fn(ctx)  # type: ignore[misc]
+                    result = await handler.fn(ctx)
                 else:
                     result = await trio.to_thread.run_sync(
                         handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)

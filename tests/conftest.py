@@ -24,7 +24,14 @@ import trio
 
 from distasks import aio
 from distasks.broker import Broker
-from distasks.config import Config, DatabaseConfig, MoverConfig, RedisConfig, RetryConfig, WorkerConfig
+from distasks.config import (
+    Config,
+    DatabaseConfig,
+    MoverConfig,
+    RedisConfig,
+    RetryConfig,
+    WorkerConfig,
+)
 from distasks.config import load as load_config
 from distasks.store import Store
 from distasks.supervisor import migrate_only

@@ -30,8 +30,8 @@ def create_app(services: Services) -> QuartTrio:
 
 
 async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
-                graceful_s: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                ) -> None:
+                graceful_s: float,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` until `shutdown` is set, then finish requests in flight for at most
     `graceful_s`; `task_status.started()` once the socket listens."""
     config = hypercorn.config.Config()
@@ -40,5 +40,5 @@ async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
     config.accesslog = None
     config.errorlog = logging.getLogger("distasks.http")
     config.keep_alive_timeout = 75  # longer than common proxies' idle timeout
-    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait,  # type: ignore[arg-type]
+    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait,
                                task_status=task_status)

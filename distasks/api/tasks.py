@@ -21,14 +21,13 @@ bp = Blueprint("tasks", __name__)
 
 @bp.post("/api/v1/tasks")
 async def create_task() -> tuple[Response, int]:
-    body = await request.get_data(as_text=False)
-    new = parse_create(body)
+    new = parse_create(await request.get_data(as_text=False, parse_form_data=False))
     result = await services().intake.create(new)
     return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
         201 if result.created else 200)
 
 
-def parse_create(body: bytes) -> NewTask:
+def parse_create(body: bytes | str) -> NewTask:
     """Validate a create body into a NewTask; raises InvalidInput naming the field."""
     s = services()
     try:

@@ -15,8 +15,8 @@ from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aredis
-import trio
 import redis.exceptions
+import trio
 
 from distasks import aio
 from distasks.broker.keys import QueueKeys, queue_keys
@@ -29,7 +29,7 @@ T = TypeVar("T")
 SOCKET_TIMEOUT_S = 5.0
 # How long a claim blocks on an empty queue. It is never cancelled in flight (a pop
 # whose reply is lost loses the item, DESIGN §1), so shutdown waits at most this long.
-CLAIM_BLOCK_S = 1.0
+CLAIM_BLOCK_S = 1
 # Most batches the mover moves per lock, so one busy queue cannot hold a daemon forever.
 MOVE_MAX_ROUNDS = 10
 
@@ -198,7 +198,8 @@ class Broker:
 
     async def dlq_head(self, queue: str, count: int) -> list[str]:
         """The oldest `count` task ids in the DLQ of `queue`."""
-        return list(await self._call(self._redis.lrange, self.keys(queue).dlq, 0, count - 1))
+        items = await self._call(self._redis.lrange, self.keys(queue).dlq, 0, count - 1)
+        return [str(i) for i in items]
 
     async def replayed(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
         """Take `removed` task ids out of the DLQ and push the new `ready` run ids."""
@@ -222,7 +223,10 @@ class Broker:
     async def _depths(self, queue: str) -> dict[str, int]:
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.llen(keys.ready).zcard(keys.delayed).zcard(keys.leases).llen(keys.dlq)
+            pipe.llen(keys.ready)
+            pipe.zcard(keys.delayed)
+            pipe.zcard(keys.leases)
+            pipe.llen(keys.dlq)
             ready, delayed, leased, dead = await pipe.execute()
         return {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead}
 

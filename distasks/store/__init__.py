@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
-import trio
 import psycopg_pool
+import trio
 from psycopg.rows import dict_row
 
 from distasks import aio

@@ -71,7 +71,7 @@ def start_daemon(tmp_path: Path):
         args = [sys.executable, "-m", "distasks", "serve"]
         if config:
             args += ["--config", str(REPO / config)]
-        with open(log_path, "wb") as log_file:
+        with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local file, once)
             process = await trio.lowlevel.open_process(
                 args, env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
         d = DaemonProcess(process, f"http://127.0.0.1:{env['HTTP_PORT']}", log_path, env)
