@@ -1,0 +1,769 @@
+"""Throughput and latency of one distasks daemon, measured from outside.
+
+The daemon runs as a subprocess configured only by environment variables, in a
+database and under a Redis key prefix of its own, both removed at the end. The bench
+speaks HTTP to it and reads the outcome from PostgreSQL; it imports nothing from
+distasks, so it measures what a client sees. Three phases:
+
+  a. create   N concurrent POSTs into a queue no worker consumes (requests/s, latency)
+  b. drain    a second daemon subscribed to that queue works the N tasks off (tasks/s,
+              from the runs' finished_at in PostgreSQL, so the start-up does not count)
+  c. latency  creates at a fixed rate (open loop) into the worked queue; for each task,
+              run.started_at minus the client's send time (same host, same wall clock)
+
+Usage: .venv/bin/python bench/throughput.py [--tasks N] [--clients C] [--json] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+import trio
+from psycopg import sql
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# The queue the tasks of phases a-c go to, and the one the first daemon works on
+# instead (any other name: its workers must not compete with the creates).
+BENCH_QUEUE = "bench"
+IDLE_QUEUE = "bench-idle"
+
+# How long a fresh daemon may take to answer /readyz 200 (it migrates the schema first).
+READY_TIMEOUT_S = 60.0
+# How often /readyz is asked while waiting.
+READY_POLL_INTERVAL_S = 0.1
+# SIGTERM to exit: the daemon's grace period (10 s) + its hard-stop margin (4 s) + slack.
+STOP_TIMEOUT_S = 30.0
+# Any single HTTP request; far above any healthy latency, so it only catches hangs.
+HTTP_TIMEOUT_S = 30.0
+# How often PostgreSQL is asked whether the tasks are done.
+POLL_INTERVAL_S = 0.2
+# A phase's time limit is BASE + count / SLOWEST_RATE: generous, but bounded.
+PHASE_TIMEOUT_BASE_S = 60.0
+SLOWEST_ACCEPTABLE_RATE_PER_S = 25.0
+# The open-loop sender starts its schedule this far in the future, so the first
+# sends are not late because of set-up work.
+SCHEDULE_LEAD_S = 0.2
+# Lines of a daemon's output shown when it printed something unexpected, and when it
+# died (a whole traceback).
+OUTPUT_TAIL_LINES = 10
+CRASH_TAIL_LINES = 60
+
+
+# -- numbers ---------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: always one of the measured values, never interpolated."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary_ms(values_s: Sequence[float]) -> dict[str, float]:
+    return {"p50_ms": round(percentile(values_s, 50) * 1000, 2),
+            "p99_ms": round(percentile(values_s, 99) * 1000, 2),
+            "max_ms": round(max(values_s, default=math.nan) * 1000, 2)}
+
+
+# -- CPU accounting (Linux /proc; zeros elsewhere) ---------------------------------------
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` (all its threads) so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the ")" that ends the command name, utime and stime are fields 12 and 13.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, since boot."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+@dataclass
+class CpuMeter:
+    """CPU used during one phase, so a figure can be read as daemon-, bench- or
+    machine-bound: on a small box the bench, the daemon, PostgreSQL and Redis share
+    the same cores."""
+
+    daemon_pid: int
+    wall_start_s: float = field(default_factory=time.perf_counter)
+    daemon_start_s: float = 0.0
+    bench_start_s: float = field(default_factory=time.process_time)
+    system_start: tuple[float, float] = field(default_factory=system_cpu_s)
+
+    def __post_init__(self) -> None:
+        self.daemon_start_s = process_cpu_s(self.daemon_pid)
+
+    def read(self) -> dict[str, float]:
+        """Percent of one core for the daemon and the bench; percent of all cores busy."""
+        wall_s = max(time.perf_counter() - self.wall_start_s, 1e-9)
+        busy_s, total_s = system_cpu_s()
+        busy_delta_s = busy_s - self.system_start[0]
+        total_delta_s = max(total_s - self.system_start[1], 1e-9)
+        return {
+            "daemon_pct_of_core": round(
+                100 * (process_cpu_s(self.daemon_pid) - self.daemon_start_s) / wall_s, 1),
+            "bench_pct_of_core": round(
+                100 * (time.process_time() - self.bench_start_s) / wall_s, 1),
+            "machine_busy_pct": round(100 * busy_delta_s / total_delta_s, 1),
+        }
+
+
+# -- resources: database and Redis prefix -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where this run's data lives; unique per run, removed by `provisioned`."""
+
+    admin_dsn: str
+    redis_url: str
+    name: str  # database name and Redis prefix alike
+
+    @property
+    def dsn(self) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
+        info["dbname"] = self.name
+        return psycopg.conninfo.make_conninfo("", **info)
+
+
+@contextmanager
+def provisioned(admin_dsn: str, redis_url: str) -> Iterator[Resources]:
+    """Create an empty database for the run; drop it and the run's Redis keys after.
+
+    The daemon applies its own schema at start, as in production.
+    """
+    res = Resources(admin_dsn, redis_url, f"distasks_bench_{secrets.token_hex(4)}")
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(res.name)))
+    try:
+        yield res
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(res.name)))
+        try:
+            deleted = delete_redis_keys(redis_url, res.name)
+        except redis.RedisError as e:
+            print(f"cleanup: dropped database {res.name}; Redis keys under {res.name}:* "
+                  f"NOT deleted: {e}", file=sys.stderr)
+        else:
+            print(f"cleanup: dropped database {res.name}, deleted {deleted} Redis keys "
+                  f"under {res.name}:*", file=sys.stderr)
+
+
+def delete_redis_keys(redis_url: str, prefix: str) -> int:
+    """Delete the keys under `prefix:` by SCAN, never FLUSHDB: the DB may be shared."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start:start + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
+class Database:
+    """One autocommit connection for the bench's reads, used from a worker thread so
+    that the (blocking) psycopg calls never stall the Trio loop that sends requests."""
+
+    def __init__(self, dsn: str):
+        self._conn = psycopg.connect(dsn, autocommit=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    async def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            return self._conn.execute(query, params).fetchall()
+
+        return await trio.to_thread.run_sync(run)
+
+
+# -- the daemon under test ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def daemon_env(res: Resources, *, port: int, queues: str, concurrency: int) -> dict[str, str]:
+    """The daemon's whole configuration: built-in defaults plus these variables.
+
+    Inherited DISTASKS_* variables are dropped (DISTASKS_CONFIG included), so that a
+    setting left in the caller's shell cannot skew the figures.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
+    env.update({
+        "DATABASE_URL": res.dsn,
+        "REDIS_URL": res.redis_url,
+        "HTTP_PORT": str(port),
+        "DISTASKS_HTTP_HOST": HOST,  # listen on loopback only, not 0.0.0.0
+        "DISTASKS_REDIS_PREFIX": res.name,
+        "QUEUE_NAMES": queues,
+        "WORKER_CONCURRENCY": str(concurrency),
+        "DISTASKS_LOG_LEVEL": "WARNING",
+        "DISTASKS_WORKER_DEFAULT_HANDLER": "noop",
+    })
+    return env
+
+
+@dataclass
+class Daemon:
+    label: str
+    process: trio.Process
+    base_url: str
+    stdout_path: Path
+    stderr_path: Path
+    spawned_at_s: float  # wall clock
+    exit_code: int | None = None
+    stop_s: float | None = None
+
+    def report(self) -> dict[str, Any]:
+        """Exit status and anything it printed: at log level WARNING a healthy run
+        prints nothing."""
+        out = self.stdout_path.read_text(errors="replace").splitlines()
+        err = self.stderr_path.read_text(errors="replace").splitlines()
+        return {"exit_code": self.exit_code, "stop_s": self.stop_s,
+                "log_lines": len(out), "stderr_lines": len(err),
+                "log_tail": out[-OUTPUT_TAIL_LINES:], "stderr_tail": err[-OUTPUT_TAIL_LINES:]}
+
+
+@asynccontextmanager
+async def running_daemon(label: str, env: dict[str, str], out_dir: Path,
+                         code_dir: Path) -> AsyncIterator[Daemon]:
+    """`distasks serve` for the block, ready when it yields; SIGTERM and wait after.
+
+    Its output goes to files, not pipes: a pipe nobody reads would block it.
+    """
+    stdout_path, stderr_path = out_dir / f"{label}.out", out_dir / f"{label}.err"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "distasks", "serve"], env=env, cwd=code_dir,
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    daemon = Daemon(label, process, f"http://{HOST}:{env['HTTP_PORT']}",
+                    stdout_path, stderr_path, time.time())
+    try:
+        await wait_ready(daemon)
+        yield daemon
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop(daemon)
+
+
+class BenchError(Exception):
+    """The bench could not measure: a daemon did not start, or a phase ran out of time."""
+
+
+async def wait_ready(daemon: Daemon) -> None:
+    """Poll /readyz until 200; BenchError if the daemon exits or READY_TIMEOUT_S passes."""
+    last = "no answer"
+    async with httpx.AsyncClient(base_url=daemon.base_url, timeout=READY_POLL_INTERVAL_S * 10,
+                                 trust_env=False) as client:
+        with trio.move_on_after(READY_TIMEOUT_S):
+            while daemon.process.poll() is None:
+                try:
+                    response = await client.get("/readyz")
+                    if response.status_code == 200:
+                        return
+                    last = f"{response.status_code} {response.text.strip()}"
+                except httpx.TransportError as e:
+                    last = f"{type(e).__name__} (not listening yet?)"
+                await trio.sleep(READY_POLL_INTERVAL_S)
+            raise BenchError(f"{daemon.label} exited with {daemon.process.returncode} before "
+                             f"it was ready:\n{tail(daemon.stderr_path, CRASH_TAIL_LINES)}")
+    raise BenchError(f"{daemon.label} not ready after {READY_TIMEOUT_S:g}s; last /readyz: "
+                     f"{last}\n{tail(daemon.stdout_path)}\n{tail(daemon.stderr_path)}")
+
+
+async def stop(daemon: Daemon) -> None:
+    """SIGTERM, then wait up to STOP_TIMEOUT_S; kill it if it does not exit by then."""
+    started_s = time.perf_counter()
+    if daemon.process.poll() is None:
+        daemon.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            await daemon.process.wait()
+        if daemon.process.poll() is None:
+            print(f"{daemon.label}: no exit {STOP_TIMEOUT_S:g}s after SIGTERM, killing it",
+                  file=sys.stderr)
+            daemon.process.kill()
+            await daemon.process.wait()
+    daemon.exit_code = daemon.process.returncode
+    daemon.stop_s = round(time.perf_counter() - started_s, 2)
+
+
+def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Connections:
+    """`count` keep-alive HTTP connections to the daemon, each used by one request at
+    a time, loopback only (no proxies from the environment).
+
+    One httpx client per connection, not one client with a pool of `count`: httpcore's
+    pool scans every connection for every queued request (is_idle, a poll() per socket),
+    so with 64 connections the bench itself became the bottleneck (py-spy: 40% of its
+    CPU in AsyncConnectionPool._assign_requests_to_connections) and capped creates at
+    about 150/s while the daemon sat half idle.
+    """
+
+    def __init__(self, base_url: str, count: int):
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self.clients = [httpx.AsyncClient(base_url=base_url, limits=limits,
+                                          timeout=HTTP_TIMEOUT_S, trust_env=False)
+                        for _ in range(count)]
+        self._idle_send, self._idle = trio.open_memory_channel[httpx.AsyncClient](count)
+        for client in self.clients:
+            self._idle_send.send_nowait(client)
+
+    @asynccontextmanager
+    async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
+        """An idle connection for one request; waits while all are busy."""
+        client = await self._idle.receive()
+        try:
+            yield client
+        finally:
+            self._idle_send.send_nowait(client)
+
+    async def warm_up(self) -> None:
+        """Open every connection before timing, with a request that writes nothing."""
+        async with trio.open_nursery() as nursery:
+            for client in self.clients:
+                nursery.start_soon(client.get, "/healthz")
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def connections(base_url: str, count: int) -> AsyncIterator[Connections]:
+    conns = Connections(base_url, count)
+    try:
+        await conns.warm_up()
+        yield conns
+    finally:
+        with trio.CancelScope(shield=True):
+            await conns.aclose()
+
+
+def phase_timeout_s(count: int) -> float:
+    return PHASE_TIMEOUT_BASE_S + count / SLOWEST_ACCEPTABLE_RATE_PER_S
+
+
+def create_body(queue: str) -> dict[str, str]:
+    return {"name": "bench", "handler": "noop", "queue_name": queue}
+
+
+# -- phase a: create ----------------------------------------------------------------------
+
+
+async def measure_creates(conns: Connections, *, queue: str, tasks: int,
+                          daemon_pid: int) -> dict[str, Any]:
+    """`tasks` creates from one closed-loop sender per connection (each sends its next
+    request when the previous one is answered), so the rate is what the daemon sustains."""
+    latencies_s: list[float] = []
+    errors: Counter[str] = Counter()
+    indexes = iter(range(tasks))  # shared: each index is taken by exactly one sender
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        for _ in indexes:
+            sent_s = time.perf_counter()
+            try:
+                response = await client.post("/api/v1/tasks", json=create_body(queue))
+                if response.status_code != 201:
+                    errors[f"HTTP {response.status_code}"] += 1
+            except httpx.HTTPError as e:
+                errors[type(e).__name__] += 1
+            latencies_s.append(time.perf_counter() - sent_s)
+
+    cpu = CpuMeter(daemon_pid)
+    started_s = time.perf_counter()
+    with trio.fail_after(phase_timeout_s(tasks)):
+        async with trio.open_nursery() as nursery:
+            for client in conns.clients:
+                nursery.start_soon(sender, client)
+    elapsed_s = time.perf_counter() - started_s
+    return {"requests": tasks, "elapsed_s": round(elapsed_s, 3),
+            "requests_per_s": round(tasks / elapsed_s, 1), **latency_summary_ms(latencies_s),
+            "errors": dict(errors), "cpu": cpu.read()}
+
+
+# -- phase b: drain -----------------------------------------------------------------------
+
+# Progress of a queue's drain: succeeded runs and the span of their finish times.
+DRAIN_PROGRESS = """
+SELECT count(*), min(r.finished_at), max(r.finished_at)
+FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE t.queue_name = %s AND r.status = 'succeeded'
+"""
+
+# Final states of a queue's tasks and runs; anything but completed / succeeded is a defect.
+TASK_STATES = "SELECT status, count(*) FROM tasks WHERE queue_name = %s GROUP BY 1"
+RUN_STATES = """
+SELECT r.status, count(*) FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE t.queue_name = %s GROUP BY 1
+"""
+
+
+async def measure_drain(db: Database, daemon: Daemon, *, queue: str,
+                        tasks: int) -> dict[str, Any]:
+    """Wait until `tasks` runs of `queue` succeeded; the rate comes from their
+    finished_at, so the daemon's start-up and the polling period do not count."""
+    cpu = CpuMeter(daemon.process.pid)
+    done, first, last = 0, None, None
+    with trio.move_on_after(phase_timeout_s(tasks)) as scope:
+        while done < tasks:
+            await trio.sleep(POLL_INTERVAL_S)
+            [(done, first, last)] = await db.rows(DRAIN_PROGRESS, (queue,))
+    result: dict[str, Any] = {"completed": done, "expected": tasks,
+                              "timed_out": scope.cancelled_caught, "cpu": cpu.read()}
+    if first is not None and last is not None and done > 1:
+        span_s = (last - first).total_seconds()
+        result["span_s"] = round(span_s, 3)
+        result["tasks_per_s"] = round((done - 1) / span_s, 1) if span_s > 0 else math.inf
+        # From spawning the daemon to its first finished run: start-up plus first claim.
+        result["first_finish_after_spawn_s"] = round(first.timestamp() - daemon.spawned_at_s, 3)
+    result["states"] = await final_states(db, queue)
+    return result
+
+
+async def final_states(db: Database, queue: str) -> dict[str, dict[str, int]]:
+    return {"tasks": dict(await db.rows(TASK_STATES, (queue,))),
+            "runs": dict(await db.rows(RUN_STATES, (queue,)))}
+
+
+# -- phase c: enqueue -> start latency -------------------------------------------------------
+
+# For each task, its first attempt's start and finish.
+FIRST_RUNS = """
+SELECT task_id, started_at, finished_at, status FROM task_runs
+WHERE task_id = ANY(%s) AND attempt = 1
+"""
+SUCCEEDED_AMONG = "SELECT count(*) FROM task_runs WHERE task_id = ANY(%s) AND status = 'succeeded'"
+
+
+async def send_at_rate(conns: Connections, *, queue: str, rate_per_s: float,
+                       duration_s: float) -> tuple[dict[uuid.UUID, float], dict[str, Any]]:
+    """Open loop: request i leaves at start + i / rate whether or not earlier ones were
+    answered, so a slow daemon cannot slow the arrivals down and hide its queueing.
+
+    Returns each created task's client-side send time (wall clock) by task id.
+    """
+    count = int(rate_per_s * duration_s)
+    sent_at_s: dict[uuid.UUID, float] = {}
+    latencies_s: list[float] = []
+    lag_s: list[float] = []  # how late each send left: the bench's own delay
+    errors: Counter[str] = Counter()
+
+    async def send_one() -> None:
+        # Stamped before waiting for a free connection: waiting is part of the latency.
+        sent_s, mono_s = time.time(), time.perf_counter()
+        try:
+            async with conns.borrow() as client:
+                response = await client.post("/api/v1/tasks", json=create_body(queue))
+        except httpx.HTTPError as e:
+            errors[type(e).__name__] += 1
+            return
+        latencies_s.append(time.perf_counter() - mono_s)
+        if response.status_code == 201:
+            sent_at_s[uuid.UUID(response.json()["task_id"])] = sent_s
+        else:
+            errors[f"HTTP {response.status_code}"] += 1
+
+    start = trio.current_time() + SCHEDULE_LEAD_S
+    with trio.fail_after(duration_s + phase_timeout_s(count)):
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                due = start + i / rate_per_s
+                await trio.sleep_until(due)
+                lag_s.append(trio.current_time() - due)
+                nursery.start_soon(send_one)
+    sending = {"requests": count, "create": latency_summary_ms(latencies_s),
+               "send_lag_max_ms": round(max(lag_s, default=0.0) * 1000, 2),
+               "errors": dict(errors)}
+    return sent_at_s, sending
+
+
+async def wait_succeeded(db: Database, task_ids: list[uuid.UUID]) -> bool:
+    """Poll until every task in `task_ids` has a succeeded run; False on timeout."""
+    with trio.move_on_after(phase_timeout_s(len(task_ids))):
+        while True:
+            [(done,)] = await db.rows(SUCCEEDED_AMONG, (task_ids,))
+            if done >= len(task_ids):
+                return True
+            await trio.sleep(POLL_INTERVAL_S)
+    return False
+
+
+async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon, *,
+                                queue: str, rate_per_s: float,
+                                duration_s: float) -> dict[str, Any]:
+    """Enqueue -> start (and -> finish) per task: run times from PostgreSQL minus the
+    client's send time. Both clocks are this machine's wall clock."""
+    cpu = CpuMeter(daemon.process.pid)
+    sent_at_s, sending = await send_at_rate(conns, queue=queue, rate_per_s=rate_per_s,
+                                            duration_s=duration_s)
+    ids = list(sent_at_s)
+    all_done = await wait_succeeded(db, ids)
+    cpu_use = cpu.read()
+    rows = await db.rows(FIRST_RUNS, (ids,))
+    to_start_s = [started.timestamp() - sent_at_s[tid] for tid, started, _, _ in rows if started]
+    to_finish_s = [finished.timestamp() - sent_at_s[tid]
+                   for tid, _, finished, _ in rows if finished]
+    not_succeeded = Counter(status for _, _, _, status in rows if status != "succeeded")
+    return {**sending, "rate_per_s": rate_per_s, "duration_s": duration_s,
+            "created": len(ids), "all_succeeded": all_done,
+            "first_runs_not_succeeded": dict(not_succeeded),
+            "enqueue_to_start": latency_summary_ms(to_start_s),
+            "enqueue_to_finish": latency_summary_ms(to_finish_s), "cpu": cpu_use}
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    tasks: int
+    clients: int
+    concurrency: int
+    rate_per_s: float
+    duration_s: float
+    json: bool
+    ref: str | None
+
+
+async def run_phases(res: Resources, opts: Options, out_dir: Path,
+                     code_dir: Path) -> dict[str, Any]:
+    """Daemon 1 (works another queue) takes the creates; daemon 2 (works BENCH_QUEUE)
+    drains them, then serves the steady-rate phase."""
+    results: dict[str, Any] = {}
+    idle_env = daemon_env(res, port=free_port(), queues=IDLE_QUEUE, concurrency=opts.concurrency)
+    async with running_daemon("daemon1", idle_env, out_dir, code_dir) as d1:
+        async with connections(d1.base_url, opts.clients) as conns:
+            results["create"] = await measure_creates(conns, queue=BENCH_QUEUE, tasks=opts.tasks,
+                                                      daemon_pid=d1.process.pid)
+    print_create(results["create"])
+    results["daemon1"] = d1.report()
+
+    db = Database(res.dsn)
+    try:
+        work_env = daemon_env(res, port=free_port(), queues=BENCH_QUEUE,
+                              concurrency=opts.concurrency)
+        async with running_daemon("daemon2", work_env, out_dir, code_dir) as d2:
+            created = results["create"]["requests"] - sum(results["create"]["errors"].values())
+            results["drain"] = await measure_drain(db, d2, queue=BENCH_QUEUE, tasks=created)
+            print_drain(results["drain"])
+            async with connections(d2.base_url, opts.clients) as conns:
+                results["latency"] = await measure_start_latency(
+                    db, conns, d2, queue=BENCH_QUEUE, rate_per_s=opts.rate_per_s,
+                    duration_s=opts.duration_s)
+            print_latency(results["latency"])
+        results["daemon2"] = d2.report()
+        results["final_states"] = await final_states(db, BENCH_QUEUE)
+    finally:
+        db.close()
+    return results
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def header(opts: Options, res: Resources, code_dir: Path) -> dict[str, Any]:
+    """What the figures depend on: sizes, code version, interpreter, machine."""
+    commit = git("rev-parse", "--short", opts.ref or "HEAD")
+    if opts.ref is None and git("status", "--porcelain", "--", "distasks"):
+        commit += "+uncommitted changes in distasks/"
+    return {"tasks": opts.tasks, "clients": opts.clients, "concurrency": opts.concurrency,
+            "rate_per_s": opts.rate_per_s, "duration_s": opts.duration_s, "commit": commit,
+            "code": str(imported_from(code_dir)),
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            # Other work on the machine skews every figure: note how busy it was.
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "daemon_config": daemon_summary(res, opts, code_dir)}
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+
+
+@contextmanager
+def code_tree(ref: str | None) -> Iterator[Path]:
+    """Where the daemon runs from: the working tree, or `ref` exported to a temporary
+    directory, so that a run measures one commit while others edit distasks/.
+
+    `python -m` puts the current directory first on sys.path, ahead of the editable
+    install's finder, so the daemon imports the exported copy.
+    """
+    if ref is None:
+        yield REPO_ROOT
+        return
+    with tempfile.TemporaryDirectory(prefix="distasks-code-") as tmp:
+        archive = subprocess.run(["git", "archive", ref, "distasks"], cwd=REPO_ROOT,
+                                 capture_output=True, timeout=60, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, timeout=60, check=True)
+        yield Path(tmp)
+
+
+def imported_from(code_dir: Path) -> Path:
+    """The distasks package a daemon started in `code_dir` imports (checks `code_tree`)."""
+    done = subprocess.run([sys.executable, "-c", "import distasks; print(distasks.__file__)"],
+                          cwd=code_dir, capture_output=True, text=True, timeout=60, check=True)
+    return Path(done.stdout.strip()).parent
+
+
+def daemon_summary(res: Resources, opts: Options, code_dir: Path) -> str:
+    """The daemon's own one-line summary of its settings (`distasks check-config`)."""
+    env = daemon_env(res, port=free_port(), queues=BENCH_QUEUE, concurrency=opts.concurrency)
+    done = subprocess.run([sys.executable, "-m", "distasks", "check-config"], env=env,
+                          cwd=code_dir, capture_output=True, text=True, timeout=60)
+    lines = (done.stdout or done.stderr).splitlines()
+    return lines[0] if lines else f"(check-config exited {done.returncode})"
+
+
+def print_header(h: dict[str, Any]) -> None:
+    print(f"distasks throughput bench  commit {h['commit']}  python {h['python']}  "
+          f"cpus {h['cpus']}  load {h['load_avg_1min']}")
+    print(f"  code: {h['code']}")
+    print(f"  tasks={h['tasks']} clients={h['clients']} concurrency={h['concurrency']} "
+          f"rate={h['rate_per_s']:g}/s duration={h['duration_s']:g}s")
+    print(f"  daemon: {h['daemon_config']}")
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    return (f"cpu: daemon {cpu['daemon_pct_of_core']:.0f}% of a core, bench "
+            f"{cpu['bench_pct_of_core']:.0f}%, machine {cpu['machine_busy_pct']:.0f}% busy")
+
+
+def print_create(r: dict[str, Any]) -> None:
+    print(f"a. create   {r['requests_per_s']:>9.1f} requests/s  ({r['requests']} in "
+          f"{r['elapsed_s']:.2f}s)  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+          f"max {r['max_ms']:.1f} ms")
+    print(f"            errors: {r['errors'] or 'none'}  {cpu_text(r['cpu'])}")
+
+
+def print_drain(r: dict[str, Any]) -> None:
+    rate = f"{r['tasks_per_s']:>9.1f} tasks/s" if "tasks_per_s" in r else "      n/a"
+    print(f"b. drain    {rate}     ({r['completed']}/{r['expected']} succeeded over "
+          f"{r.get('span_s', 0):.2f}s; first finish {r.get('first_finish_after_spawn_s', 0):.2f}s "
+          f"after spawn{'; TIMED OUT' if r['timed_out'] else ''})")
+    print(f"            states: {r['states']}  {cpu_text(r['cpu'])}")
+
+
+def print_latency(r: dict[str, Any]) -> None:
+    s, f, c = r["enqueue_to_start"], r["enqueue_to_finish"], r["create"]
+    print(f"c. latency  enqueue->start  p50 {s['p50_ms']:.1f} ms  p99 {s['p99_ms']:.1f} ms  "
+          f"max {s['max_ms']:.1f} ms  ({r['created']} tasks at {r['rate_per_s']:g}/s for "
+          f"{r['duration_s']:g}s)")
+    print(f"            enqueue->finish p50 {f['p50_ms']:.1f} ms  p99 {f['p99_ms']:.1f} ms  "
+          f"max {f['max_ms']:.1f} ms;  create p50 {c['p50_ms']:.1f} ms  p99 {c['p99_ms']:.1f} ms")
+    print(f"            all succeeded: {r['all_succeeded']}  errors: {r['errors'] or 'none'}  "
+          f"send lag max {r['send_lag_max_ms']:.1f} ms  {cpu_text(r['cpu'])}")
+
+
+def print_daemons(results: dict[str, Any]) -> None:
+    """Exit codes and unexpected output: a healthy daemon exits 0 and, at WARNING,
+    prints nothing."""
+    for label in ("daemon1", "daemon2"):
+        d = results.get(label)
+        if d is None:
+            continue
+        print(f"{label}: exit {d['exit_code']} after SIGTERM in {d['stop_s']}s, "
+              f"{d['log_lines']} log lines, {d['stderr_lines']} stderr lines")
+        for line in d["log_tail"] + d["stderr_tail"]:
+            print(f"    | {line[:300]}")
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", type=int, default=5000, help="creates in phase a (default 5000)")
+    p.add_argument("--clients", type=int, default=64,
+                   help="concurrent HTTP senders/connections (default 64)")
+    p.add_argument("--concurrency", type=int, default=100,
+                   help="WORKER_CONCURRENCY of the daemons (default 100)")
+    p.add_argument("--rate", type=float, default=200.0,
+                   help="creates per second in phase c (default 200)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of phase c (default 10)")
+    p.add_argument("--json", action="store_true", help="also print all results as one JSON object")
+    p.add_argument("--ref", metavar="GIT_REF",
+                   help="run the daemon from this commit (exported to a temporary directory) "
+                        "instead of the working tree")
+    a = p.parse_args(argv)
+    if min(a.tasks, a.clients, a.concurrency) < 1 or a.rate <= 0 or a.duration <= 0:
+        p.error("every size, the rate and the duration must be positive")
+    return Options(a.tasks, a.clients, a.concurrency, a.rate, a.duration, a.json, a.ref)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    admin_dsn = os.environ.get("DISTASKS_PG_ADMIN_DSN", DEFAULT_ADMIN_DSN)
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    with provisioned(admin_dsn, redis_url) as res, code_tree(opts.ref) as code_dir, \
+            tempfile.TemporaryDirectory(prefix="distasks-bench-") as out_dir:
+        h = header(opts, res, code_dir)
+        print_header(h)
+        try:
+            results = trio.run(run_phases, res, opts, Path(out_dir), code_dir)
+        except (BenchError, trio.TooSlowError) as e:
+            print(f"bench failed: {str(e) or 'a phase ran out of time'}", file=sys.stderr)
+            return 2
+        print_daemons(results)
+    if opts.json:
+        print(json.dumps({"config": h, **results}, default=str))
+    return 0 if healthy(results) else 1
+
+
+def healthy(results: dict[str, Any]) -> bool:
+    """Every request answered 201, every task completed, both daemons exited 0 quietly."""
+    states = results["final_states"]
+    return (not results["create"]["errors"] and not results["latency"]["errors"]
+            and set(states["tasks"]) == {"completed"} and set(states["runs"]) == {"succeeded"}
+            and all(results[d]["exit_code"] == 0 and not results[d]["stderr_lines"]
+                    for d in ("daemon1", "daemon2")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
