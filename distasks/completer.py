@@ -17,7 +17,7 @@ from distasks import backoff
 from distasks.broker import Broker, Settlement
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.outcome import Outcome, OutcomeKind
-from distasks.store import Outcomes, Store
+from distasks.store import Fence, Outcomes, Store
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ MAX_BATCH = 1000
 
 
 async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, broker: Broker,
-              worker_id: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Record outcomes until the channel is closed and drained (or until cancelled)."""
     task_status.started()
     async with outcomes:
@@ -37,17 +37,17 @@ async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, bro
                     batch.append(outcomes.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await record_once(batch, store=store, broker=broker, worker_id=worker_id)
+            await record_once(batch, store=store, broker=broker)
 
 
-async def record_once(batch: list[Outcome], *, store: Store, broker: Broker, worker_id: str) -> int:
+async def record_once(batch: list[Outcome], *, store: Store, broker: Broker) -> int:
     """Write one batch, retrying while PostgreSQL is unavailable; returns how many were
-    written (the others had lost their lease)."""
+    written (the others had lost their lease). Used by the workers and the reaper."""
     outcomes = _store_outcomes(batch)
     failures = 0
     while True:
         try:
-            written = await store.record_outcomes(outcomes, worker_id=worker_id)
+            written = await store.record_outcomes(outcomes)
             break
         except StoreUnavailable as e:
             failures += 1
@@ -62,9 +62,12 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker, wor
     settlement = _settlement(batch, written)
     try:
         await broker.settle(settlement)
-    except BrokerUnavailable as e:
-        # PostgreSQL holds the truth; the Redis index is rebuilt from it once Redis returns.
-        log.warning("outcomes recorded but not indexed in Redis: %s", e,
+        new_runs = [o.new_run_id for o in batch if o.run.run_id in written and o.new_run_id]
+        await store.mark_dispatched(new_runs, now=datetime.now(UTC))
+    except (BrokerUnavailable, StoreUnavailable) as e:
+        # PostgreSQL holds the truth: the reconciler pushes runs never marked dispatched,
+        # and stale leases left in Redis are cleaned by the reaper.
+        log.warning("outcomes recorded, Redis index deferred: %s", e,
                     extra={"event": "settle_deferred", "count": len(batch)})
     return len(written)
 
@@ -73,18 +76,19 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
     o = Outcomes()
     for x in batch:
         run_id, at = x.run.run_id, x.finished_at
+        fence = Fence(x.run.worker_id, x.expired_before)
         match x.kind:
             case OutcomeKind.SUCCEEDED:
-                o.succeeded.append((run_id, x.result_json or "null", at))
+                o.succeeded.append((run_id, fence, x.result_json or "null", at))
             case OutcomeKind.RETRYING:
                 assert x.next_retry_at_ms is not None and x.new_run_id is not None
                 due = datetime.fromtimestamp(x.next_retry_at_ms / 1000, UTC)
-                o.retrying.append((run_id, x.error or "", at, due, x.new_run_id))
+                o.retrying.append((run_id, fence, x.error or "", at, due, x.new_run_id))
             case OutcomeKind.FAILED:
-                o.failed.append((run_id, x.error or "", at))
+                o.failed.append((run_id, fence, x.error or "", at))
             case OutcomeKind.INTERRUPTED:
                 assert x.new_run_id is not None
-                o.interrupted.append((run_id, x.error or "interrupted", at, x.new_run_id))
+                o.interrupted.append((run_id, fence, x.error or "interrupted", at, x.new_run_id))
     return o
 
 
@@ -97,7 +101,11 @@ def _settlement(batch: list[Outcome], written: set[uuid.UUID]) -> Settlement:
             continue
         if x.kind is OutcomeKind.RETRYING:
             assert x.next_retry_at_ms is not None
-            s.delayed.setdefault(queue, []).append((x.next_retry_at_ms, str(x.new_run_id)))
+            if x.next_retry_at_ms <= x.finished_at.timestamp() * 1000:
+                # Due at once (a takeover): straight to ready, no mover tick to wait for.
+                s.urgent.setdefault(queue, []).append(str(x.new_run_id))
+            else:
+                s.delayed.setdefault(queue, []).append((x.next_retry_at_ms, str(x.new_run_id)))
         elif x.kind is OutcomeKind.FAILED:
             s.dead.setdefault(queue, []).append(str(x.run.task.id))
         elif x.kind is OutcomeKind.INTERRUPTED:

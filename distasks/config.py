@@ -84,6 +84,18 @@ class MoverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryConfig:
+    #: how often the reaper looks for expired leases
+    reaper_interval_s: float = 1.0
+    #: how often the reconciler checks that Redis still indexes what PostgreSQL holds
+    reconciler_interval_s: float = 2.0
+    #: a queued run not in Redis this long after its creation gets pushed again
+    dispatch_grace_s: float = 5.0
+    #: how long a daemon without a heartbeat stays listed by GET /api/v1/workers
+    workers_listed_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
@@ -98,6 +110,7 @@ class Config:
     worker: WorkerConfig = WorkerConfig()
     retry: RetryConfig = RetryConfig()
     mover: MoverConfig = MoverConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     log: LogConfig = LogConfig()
 
     def summary(self) -> str:
@@ -245,7 +258,12 @@ def _validate(c: Config) -> None:
     need(c.retry.cap_s >= c.retry.base_s, "retry.cap_s", "must be at least retry.base_s")
     need(0 <= c.retry.jitter < 1, "retry.jitter", "must be in [0, 1)")
     need(c.mover.interval_s > 0, "mover.interval_s", "must be positive")
-    need(c.mover.batch >= 1, "mover.batch", "must be at least 1")
+    need(1 <= c.mover.batch <= 5000, "mover.batch", "must be between 1 and 5000")
+    need(c.recovery.reaper_interval_s > 0, "recovery.reaper_interval_s", "must be positive")
+    need(c.recovery.reconciler_interval_s > 0, "recovery.reconciler_interval_s",
+         "must be positive")
+    need(c.recovery.dispatch_grace_s >= 0, "recovery.dispatch_grace_s", "must not be negative")
+    need(c.recovery.workers_listed_s > 0, "recovery.workers_listed_s", "must be positive")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

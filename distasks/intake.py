@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import trio
 
@@ -96,8 +97,10 @@ class Intake:
                 ready.append((t.queue_name, str(t.run_id)))
         try:
             await self._broker.dispatch(ready=ready, delayed=delayed)
-        except BrokerUnavailable as e:
-            # Committed, so accepted: the dispatch reconciler pushes them once Redis is back.
+            pushed = [t.run_id for t, r in zip(tasks, results, strict=True) if r.created]
+            await self._store.mark_dispatched(pushed, now=datetime.now(UTC))
+        except (BrokerUnavailable, StoreUnavailable) as e:
+            # Committed, so accepted: the reconciler pushes what is not marked dispatched.
             log.warning("created tasks not dispatched yet: %s", e,
                         extra={"event": "dispatch_deferred", "count": len(ready) + len(delayed)})
         position = 0

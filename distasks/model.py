@@ -127,3 +127,5 @@ class ClaimedRun:
     queue_name: str
     message: str
     enqueued_at: datetime
+    #: the daemon holding its lease
+    worker_id: str

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from distasks.model import ClaimedRun
+from distasks.retry import RetryPolicy
 
 
 class OutcomeKind(enum.StrEnum):
@@ -34,3 +35,19 @@ class Outcome:
     next_retry_at_ms: int | None = None
     #: the id of the next attempt's run (RETRYING, INTERRUPTED)
     new_run_id: uuid.UUID | None = None
+    #: set by the reaper: write only if the lease is still expired at this instant
+    expired_before: datetime | None = None
+
+
+def failure(run: ClaimedRun, error: str, *, now_s: float, policy: RetryPolicy,
+            retry_now: bool = False, expired_before: datetime | None = None) -> Outcome:
+    """The outcome of a failed attempt: a retry while the task has retries left (after
+    the policy's backoff, or at once with `retry_now`), else the final failure."""
+    at = datetime.fromtimestamp(now_s, UTC)
+    failures = run.task.failures + 1
+    if failures <= run.task.max_retries:
+        now_ms = int(now_s * 1000)
+        due_ms = now_ms if retry_now else policy.next_retry_at_ms(failures, now_ms)
+        return Outcome(run, OutcomeKind.RETRYING, at, error=error, next_retry_at_ms=due_ms,
+                       new_run_id=uuid.uuid4(), expired_before=expired_before)
+    return Outcome(run, OutcomeKind.FAILED, at, error=error, expired_before=expired_before)

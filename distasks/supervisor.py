@@ -3,7 +3,9 @@
 The only module that knows them all. Shutdown order is nesting order:
 
     everything (hard deadline: grace + HARD_STOP_MARGIN_S after the first stop request)
-    └── services: intake, mover            cancelled last
+    └── services: intake, heartbeat,       cancelled last (the heartbeat keeps leases
+        │         mover, reaper,           alive while handlers use their grace period)
+        │         reconciler
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
                                            pool stops claiming and gives handlers the
@@ -21,7 +23,10 @@ import time
 
 import trio
 
-from distasks import aio, api, backoff, mover
+from datetime import UTC, datetime
+
+import distasks
+from distasks import aio, api, backoff, heartbeat, mover, reaper, reconciler
 from distasks.api.services import Services
 from distasks.broker import Broker
 from distasks.config import Config
@@ -29,7 +34,7 @@ from distasks.errors import ConfigError, StoreUnavailable
 from distasks.handlers import Registry, builtin_registry
 from distasks.intake import Intake
 from distasks.retry import RetryPolicy
-from distasks.store import Store
+from distasks.store import Store, WorkerInfo
 from distasks.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -112,18 +117,30 @@ class Daemon:
     async def _serve(self, store: Store, broker: Broker,
                      task_status: trio.TaskStatus[None]) -> None:
         c = self.config
+        policy = RetryPolicy(c.retry.base_s, c.retry.cap_s, c.retry.jitter)
         intake = Intake(store, broker)
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker,
-            retry=RetryPolicy(c.retry.base_s, c.retry.cap_s, c.retry.jitter),
-            worker_id=self.worker_id)
+            retry=policy, worker_id=self.worker_id)
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, clock=time.time))
+        info = WorkerInfo(id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                          queues=c.worker.queues, concurrency=c.worker.concurrency,
+                          version=distasks.__version__, started_at=datetime.now(UTC))
         async with trio.open_nursery() as services:
             await services.start(intake.run)
+            await services.start(lambda task_status: heartbeat.run(
+                store, broker, pool, info=info, lease_s=c.worker.lease_s,
+                task_status=task_status))
             await services.start(lambda task_status: mover.run(
                 broker, c.worker.queues, interval_s=c.mover.interval_s, batch=c.mover.batch,
                 task_status=task_status))
+            await services.start(lambda task_status: reaper.run(
+                store, broker, c.worker.queues, interval_s=c.recovery.reaper_interval_s,
+                policy=policy, task_status=task_status))
+            await services.start(lambda task_status: reconciler.run(
+                store, broker, interval_s=c.recovery.reconciler_interval_s,
+                grace_s=c.recovery.dispatch_grace_s, task_status=task_status))
             async with trio.open_nursery() as front:
                 await front.start(self._watch_signals)
                 async with trio.open_nursery() as work:

@@ -27,7 +27,7 @@ from distasks.config import WorkerConfig
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.handlers import Registry, TaskContext
 from distasks.model import ClaimedRun
-from distasks.outcome import Outcome, OutcomeKind
+from distasks.outcome import Outcome, OutcomeKind, failure
 from distasks.retry import RetryPolicy
 from distasks.store import Store, dumps
 
@@ -54,6 +54,16 @@ class WorkerPool:
         self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
         #: runs whose handler is running now, by run id
         self.in_flight: dict[uuid.UUID, ClaimedRun] = {}
+        self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
+
+    def abandon(self, run_ids: set[uuid.UUID]) -> None:
+        """Cancel the handlers of runs this daemon no longer holds (taken over after its
+        lease expired); their outcome would be fenced off anyway."""
+        for run_id in run_ids:
+            if scope := self._run_scopes.get(run_id):
+                log.warning("lease lost: abandoning the run", extra={
+                    "event": "lease_lost", "run_id": str(run_id)})
+                scope.cancel()
 
     def stop(self, grace_s: float) -> None:
         """Stop claiming now; cancel handlers still running after `grace_s` seconds."""
@@ -67,7 +77,7 @@ class WorkerPool:
         outcomes_send, outcomes_recv = trio.open_memory_channel[Outcome](math.inf)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: completer.run(
-                outcomes_recv, store=self._store, broker=self._broker, worker_id=self.worker_id))
+                outcomes_recv, store=self._store, broker=self._broker))
             async with outcomes_send:
                 with self._exec_scope:
                     async with trio.open_nursery() as executors:
@@ -170,8 +180,11 @@ class WorkerPool:
         async with runs, outcomes:
             async for claimed in runs:
                 self.in_flight[claimed.run_id] = claimed
+                outcome: Outcome | None = None
                 try:
-                    outcome = await self._run_handler(claimed)
+                    with trio.CancelScope() as scope:
+                        self._run_scopes[claimed.run_id] = scope
+                        outcome = await self._run_handler(claimed)
                 except BaseException as exc:
                     if not _is_cancelled(exc):
                         raise
@@ -180,8 +193,10 @@ class WorkerPool:
                     raise
                 finally:
                     del self.in_flight[claimed.run_id]
+                    del self._run_scopes[claimed.run_id]
                     self._idle.release()
-                outcomes.send_nowait(outcome)
+                if outcome is not None:  # None: abandoned after the lease was lost
+                    outcomes.send_nowait(outcome)
 
     async def _run_handler(self, claimed: ClaimedRun) -> Outcome:
         """Run the handler of `claimed` with its timeout; a failure becomes an Outcome.
@@ -216,14 +231,7 @@ class WorkerPool:
         return Outcome(claimed, OutcomeKind.SUCCEEDED, _dt(self._clock()), result_json=result_json)
 
     def _failure(self, claimed: ClaimedRun, error: str) -> Outcome:
-        """A retry if the task has retries left, else the final failure."""
-        now_s = self._clock()
-        failures = claimed.task.failures + 1
-        if failures <= claimed.task.max_retries:
-            due_ms = self._retry.next_retry_at_ms(failures, int(now_s * 1000))
-            return Outcome(claimed, OutcomeKind.RETRYING, _dt(now_s), error=error,
-                           next_retry_at_ms=due_ms, new_run_id=uuid.uuid4())
-        return Outcome(claimed, OutcomeKind.FAILED, _dt(now_s), error=error)
+        return failure(claimed, error, now_s=self._clock(), policy=self._retry)
 
     def _interrupted(self, claimed: ClaimedRun, reason: str) -> Outcome:
         return Outcome(claimed, OutcomeKind.INTERRUPTED, _dt(self._clock()), error=reason,

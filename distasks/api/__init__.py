@@ -9,7 +9,7 @@ import hypercorn.trio
 import trio
 from quart_trio import QuartTrio
 
-from distasks.api import dlq, errors, health, tasks
+from distasks.api import dlq, errors, health, tasks, workers
 from distasks.api.services import Services
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = services.config.http.max_payload_bytes + BODY_OVERHEAD_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["distasks"] = services
-    for bp in (tasks.bp, dlq.bp, health.bp):
+    for bp in (tasks.bp, dlq.bp, workers.bp, health.bp):
         app.register_blueprint(bp)
     errors.install(app)
     return app

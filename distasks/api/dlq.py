@@ -1,8 +1,11 @@
-"""Dead-letter queue resources: list the oldest entries, replay them."""
+"""Dead-letter queue resources: list the oldest entries, replay them.
+
+PostgreSQL keeps the DLQ (failed tasks of the queue, oldest failure first); the Redis
+list only indexes it, so nothing is ever trimmed or expired from it silently.
+"""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pydantic
@@ -13,7 +16,7 @@ from distasks.api.errors import from_validation_error
 from distasks.api.services import services
 from distasks.api.tasks import _iso, task_json
 from distasks.config import QUEUE_NAME_RE
-from distasks.errors import InvalidInput
+from distasks.errors import BrokerUnavailable, InvalidInput
 
 bp = Blueprint("dlq", __name__)
 
@@ -24,16 +27,6 @@ def _queue(name: str) -> str:
     return name
 
 
-def _ids(raw: list[str]) -> list[uuid.UUID]:
-    ids = []
-    for text in raw:
-        try:
-            ids.append(uuid.UUID(text))
-        except ValueError:
-            continue  # foreign junk in the list: not ours to show
-    return ids
-
-
 @bp.get("/api/v1/queues/<queue>/dlq")
 async def list_dlq(queue: str) -> Response:
     queue = _queue(queue)
@@ -41,9 +34,7 @@ async def list_dlq(queue: str) -> Response:
         q = schemas.DlqQuery.model_validate(request.args.to_dict())
     except pydantic.ValidationError as e:
         raise from_validation_error(e) from None
-    s = services()
-    ids = _ids(await s.broker.dlq_head(queue, q.count))
-    dead = await s.store.dead_tasks(ids)
+    dead = await services().store.dead_tasks(queue, limit=q.count)
     return jsonify({
         "queue": queue,
         "count": len(dead),
@@ -55,17 +46,21 @@ async def list_dlq(queue: str) -> Response:
 @bp.post("/api/v1/queues/<queue>/dlq/replay")
 async def replay_dlq(queue: str) -> Response:
     queue = _queue(queue)
-    body = await request.get_data(as_text=False)
+    body = await request.get_data(as_text=False, parse_form_data=False)
     try:
         req = schemas.ReplayDlq.model_validate_json(body or b"{}")
     except pydantic.ValidationError as e:
         raise from_validation_error(e) from None
     s = services()
-    raw = await s.broker.dlq_head(queue, req.count)
-    ids = _ids(raw)
-    replayed = await s.store.replay(ids, queue_name=queue, override_priority=req.override_priority,
-                                    now=datetime.fromtimestamp(s.clock(), UTC))
-    # Every head entry goes: replayed ones and stale ones (no longer failed, or junk).
-    await s.broker.replayed(queue, removed=raw, ready=[str(run_id) for _, run_id in replayed])
+    now = datetime.fromtimestamp(s.clock(), UTC)
+    replayed = await s.store.replay(queue, limit=req.count,
+                                    override_priority=req.override_priority, now=now)
+    run_ids = [run_id for _, run_id in replayed]
+    try:
+        await s.broker.replayed(queue, removed=[str(t) for t, _ in replayed],
+                                ready=[str(r) for r in run_ids])
+        await s.store.mark_dispatched(run_ids, now=now)
+    except BrokerUnavailable:
+        pass  # committed: the reconciler pushes the new runs once Redis is back
     return jsonify({"queue": queue, "replayed": len(replayed),
                     "task_ids": [str(task_id) for task_id, _ in replayed]})

@@ -19,7 +19,7 @@ import redis.exceptions
 import trio
 
 from distasks import aio
-from distasks.broker.keys import QueueKeys, queue_keys
+from distasks.broker.keys import QueueKeys, global_keys, queue_keys
 from distasks.errors import BrokerUnavailable
 
 P = ParamSpec("P")
@@ -212,6 +212,77 @@ class Broker:
                 pipe.lrem(keys.dlq, 1, task_id)
             if ready:
                 pipe.rpush(keys.ready, *ready)
+            await pipe.execute()
+
+    # -- leases and recovery ------------------------------------------------------------
+
+    async def extend_leases(self, by_queue: dict[str, list[str]], *, lease_until_ms: int) -> None:
+        """Move the lease deadline of held run ids (only those still in the lease set)."""
+        if by_queue:
+            await self._call(self._extend_leases, by_queue, lease_until_ms)
+
+    async def _extend_leases(self, by_queue: dict[str, list[str]], lease_until_ms: int) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, run_ids in by_queue.items():
+                pipe.zadd(self.keys(queue).leases, dict.fromkeys(run_ids, lease_until_ms), xx=True)
+            await pipe.execute()
+
+    async def expired_leases(self, queue: str, *, before_ms: int, limit: int) -> list[str]:
+        """Run ids of `queue` whose Redis lease ended before `before_ms`."""
+        items = await self._call(self._redis.zrange, self.keys(queue).leases, "-inf", before_ms,
+                                 byscore=True, offset=0, num=limit)
+        return [str(i) for i in items]
+
+    async def has_epoch(self) -> bool:
+        """False when Redis lost our data (restarted empty, failed over, flushed)."""
+        return bool(await self._call(self._redis.exists, global_keys(self._prefix).epoch))
+
+    async def begin_rebuild(self, *, lock_ms: int) -> bool:
+        """Take the rebuild lock; False if another daemon is rebuilding."""
+        lock = global_keys(self._prefix).rebuild_lock
+        return bool(await self._call(self._redis.set, lock, secrets.token_hex(8), nx=True,
+                                     px=lock_ms))
+
+    async def end_rebuild(self, *, epoch: str) -> None:
+        """Mark the index complete and release the rebuild lock."""
+        await self._call(self._end_rebuild, epoch)
+
+    async def _end_rebuild(self, epoch: str) -> None:
+        g = global_keys(self._prefix)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(g.epoch, epoch)
+            pipe.delete(g.rebuild_lock)
+            await pipe.execute()
+
+    async def restore(self, queue: str, *, ready: Sequence[str] = (),
+                      delayed: Sequence[tuple[str, int]] = (),
+                      leased: Sequence[tuple[str, int]] = ()) -> None:
+        """Add rebuilt entries to a queue's index. Duplicates of entries pushed since
+        Redis came back are harmless: a run starts only once (PostgreSQL decides)."""
+        await self._call(self._restore, queue, ready, delayed, leased)
+
+    async def _restore(self, queue: str, ready: Sequence[str], delayed: Sequence[tuple[str, int]],
+                       leased: Sequence[tuple[str, int]]) -> None:
+        keys = self.keys(queue)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if ready:
+                pipe.rpush(keys.ready, *ready)
+            if delayed:
+                pipe.zadd(keys.delayed, dict(delayed))
+            if leased:
+                pipe.zadd(keys.leases, dict(leased))
+            await pipe.execute()
+
+    async def restore_dlq(self, queue: str, task_ids: Sequence[str]) -> None:
+        """Replace the DLQ index of a queue with `task_ids` (oldest first)."""
+        await self._call(self._restore_dlq, queue, task_ids)
+
+    async def _restore_dlq(self, queue: str, task_ids: Sequence[str]) -> None:
+        dlq = self.keys(queue).dlq
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(dlq)
+            if task_ids:
+                pipe.rpush(dlq, *task_ids)
             await pipe.execute()
 
     # -- inspection (tests, health) ----------------------------------------------------

@@ -32,3 +32,15 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         leases=f"{base}:leases",
         mover_lock=f"{base}:mover-lock",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalKeys:
+    #: set once Redis holds the index built from PostgreSQL; gone means Redis lost data
+    epoch: str
+    #: SET NX PX lock, so that one daemon rebuilds the index
+    rebuild_lock: str
+
+
+def global_keys(prefix: str) -> GlobalKeys:
+    return GlobalKeys(epoch=f"{prefix}:epoch", rebuild_lock=f"{prefix}:rebuild-lock")

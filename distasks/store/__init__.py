@@ -43,21 +43,57 @@ CLOSE_TIMEOUT_S = 2.0
 POOL_TIMEOUT_S = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Whose lease an outcome write needs: the run must still be running under
+    `worker_id` and, for a takeover, its lease must have expired before `expired_before`."""
+
+    worker_id: str
+    expired_before: datetime | None = None
+
+
 @dataclass(slots=True)
 class Outcomes:
-    """A batch of finished runs for `record_outcomes`, one column list per kind."""
+    """A batch of finished runs for `record_outcomes`, one row list per kind; every row
+    starts with (run_id, fence)."""
 
-    #: (run_id, result_json, finished_at)
-    succeeded: list[tuple[uuid.UUID, str, datetime]] = field(default_factory=list)
-    #: (run_id, error, finished_at, next_retry_at, new_run_id)
-    retrying: list[tuple[uuid.UUID, str, datetime, datetime, uuid.UUID]] = field(default_factory=list)
-    #: (run_id, error, finished_at)
-    failed: list[tuple[uuid.UUID, str, datetime]] = field(default_factory=list)
-    #: (run_id, reason, finished_at, new_run_id)
-    interrupted: list[tuple[uuid.UUID, str, datetime, uuid.UUID]] = field(default_factory=list)
+    #: (run_id, fence, result_json, finished_at)
+    succeeded: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
+    #: (run_id, fence, error, finished_at, next_retry_at, new_run_id)
+    retrying: list[tuple[uuid.UUID, Fence, str, datetime, datetime, uuid.UUID]] = field(
+        default_factory=list)
+    #: (run_id, fence, error, finished_at)
+    failed: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
+    #: (run_id, fence, reason, finished_at, new_run_id)
+    interrupted: list[tuple[uuid.UUID, Fence, str, datetime, uuid.UUID]] = field(
+        default_factory=list)
 
     def __len__(self) -> int:
         return len(self.succeeded) + len(self.retrying) + len(self.failed) + len(self.interrupted)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDispatch:
+    """A run Redis should index: ready or delayed while queued, leased while running."""
+
+    queue_name: str
+    run_id: uuid.UUID
+    available_at: datetime
+    status: str
+    lease_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a daemon registers about itself."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    version: str
+    started_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,63 +244,209 @@ class Store:
                                            "now": now, "lease_until": lease_until})
             rows = await cur.fetchall()
             await conn.commit()
-        return [ClaimedRun(run_id=r["run_id"], task=_task(r), attempt=r["attempt"],
-                           queue_name=r["queue_name"], message=str(r["run_id"]),
-                           enqueued_at=r["available_at"]) for r in rows]
+        return [_claimed(r) for r in rows]
 
-    async def record_outcomes(self, outcomes: Outcomes, *, worker_id: str) -> set[uuid.UUID]:
+    async def record_outcomes(self, outcomes: Outcomes) -> set[uuid.UUID]:
         """Write a batch of outcomes in one transaction; returns the run ids written.
 
-        Fencing: a run is only written while it is still `running` under `worker_id`;
-        a run taken over meanwhile is skipped, so a late result never overwrites it.
+        Fencing: a run is written only while its Fence holds (still `running` under that
+        worker, and for a takeover still expired); a run taken over meanwhile is skipped,
+        so a late result never overwrites the attempt that took over.
         """
-        return await self._call(self._record_outcomes, outcomes, worker_id)
+        return await self._call(self._record_outcomes, outcomes)
 
-    async def _record_outcomes(self, o: Outcomes, worker_id: str) -> set[uuid.UUID]:
+    async def _record_outcomes(self, o: Outcomes) -> set[uuid.UUID]:
         written: set[uuid.UUID] = set()
         async with self._pool.connection() as conn:
             for sql, rows in ((SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying),
                               (FAIL_RUNS, o.failed), (INTERRUPT_RUNS, o.interrupted)):
                 if rows:
-                    columns = [list(col) for col in zip(*rows, strict=True)]
-                    cur = await conn.execute(sql, (*columns, worker_id))
+                    run_ids = [row[0] for row in rows]
+                    worker_ids = [row[1].worker_id for row in rows]
+                    expired_before = [row[1].expired_before for row in rows]
+                    rest = [list(col) for col in zip(*(row[2:] for row in rows), strict=True)]
+                    cur = await conn.execute(sql, (run_ids, worker_ids, expired_before, *rest))
                     written.update(r[0] for r in await cur.fetchall())
             await conn.commit()
         return written
 
     # -- dead-letter queue -----------------------------------------------------------
 
-    async def dead_tasks(self, task_ids: Sequence[uuid.UUID]) -> list[DeadTask]:
-        """The failed tasks among `task_ids`, in the given order, with their last error."""
-        return await self._call(self._dead_tasks, task_ids)
+    async def dead_tasks(self, queue_name: str, *, limit: int) -> list[DeadTask]:
+        """The oldest `limit` failed tasks of a queue (the DLQ), with their last error.
 
-    async def _dead_tasks(self, task_ids: Sequence[uuid.UUID]) -> list[DeadTask]:
+        PostgreSQL keeps the DLQ; the Redis list only indexes it for fast depth counts.
+        """
+        return await self._call(self._dead_tasks, queue_name, limit)
+
+    async def _dead_tasks(self, queue_name: str, limit: int) -> list[DeadTask]:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(DEAD_TASKS, (list(task_ids),))
-            by_id = {r["id"]: r for r in await cur.fetchall()}
+            await cur.execute(DEAD_TASKS, {"queue_name": queue_name, "limit": limit})
+            rows = await cur.fetchall()
             await conn.rollback()
-        return [DeadTask(_task(r), r["attempts"], r["last_error"], r["failed_at"])
-                for tid in task_ids if (r := by_id.get(tid))]
+        return [DeadTask(_task(r), r["attempts"], r["last_error"], r["failed_at"]) for r in rows]
 
-    async def replay(self, task_ids: Sequence[uuid.UUID], *, queue_name: str,
-                     override_priority: int | None, now: datetime) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Give failed tasks a new queued run with fresh retries; returns (task_id, run_id).
+    async def replay(self, queue_name: str, *, limit: int, override_priority: int | None,
+                     now: datetime) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Give the oldest `limit` failed tasks of a queue a new queued run with fresh
+        retries; returns (task_id, run_id) oldest first.
 
-        Tasks that are no longer failed (replayed concurrently) are skipped. The priority
-        changes only when `override_priority` is given.
+        Concurrent replays take disjoint tasks (SKIP LOCKED). The priority changes only
+        when `override_priority` is given.
         """
-        return await self._call(self._replay, task_ids, queue_name, override_priority, now)
+        return await self._call(self._replay, queue_name, limit, override_priority, now)
 
-    async def _replay(self, task_ids: Sequence[uuid.UUID], queue_name: str,
-                      override_priority: int | None, now: datetime) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    async def _replay(self, queue_name: str, limit: int, override_priority: int | None,
+                      now: datetime) -> list[tuple[uuid.UUID, uuid.UUID]]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(REPLAY_TASKS, {
-                "task_ids": list(task_ids), "queue_name": queue_name,
-                "priority": override_priority, "now": now})
+                "queue_name": queue_name, "limit": limit, "priority": override_priority,
+                "now": now})
             rows = [(r[0], r[1]) for r in await cur.fetchall()]
             await conn.commit()
         return rows
+
+    # -- leases and takeover -----------------------------------------------------------
+
+    async def expired_runs(self, *, now: datetime, limit: int) -> list[ClaimedRun]:
+        """Running runs whose lease expired before `now`, oldest deadline first."""
+        return await self._call(self._expired_runs, now, limit)
+
+    async def _expired_runs(self, now: datetime, limit: int) -> list[ClaimedRun]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(EXPIRED_RUNS, {"now": now, "limit": limit})
+            rows = await cur.fetchall()
+            await conn.rollback()
+        return [_claimed(r) for r in rows]
+
+    async def run_states(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
+        """Status of each existing run among `run_ids`."""
+        return await self._call(self._run_states, run_ids)
+
+    async def _run_states(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(RUN_STATES, (list(run_ids),))
+            states = {r[0]: RunStatus(r[1]) for r in await cur.fetchall()}
+            await conn.rollback()
+        return states
+
+    # -- dispatch bookkeeping -----------------------------------------------------------
+
+    async def mark_dispatched(self, run_ids: Sequence[uuid.UUID], *, now: datetime) -> None:
+        """Record that these runs' ids are in Redis."""
+        if run_ids:
+            await self._call(self._mark_dispatched, run_ids, now)
+
+    async def _mark_dispatched(self, run_ids: Sequence[uuid.UUID], now: datetime) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(MARK_DISPATCHED, {"run_ids": list(run_ids), "now": now})
+            await conn.commit()
+
+    async def undispatched_runs(self, *, created_before: datetime,
+                                limit: int) -> list[PendingDispatch]:
+        """Queued runs created before `created_before` that never reached Redis."""
+        return await self._call(self._undispatched_runs, created_before, limit)
+
+    async def _undispatched_runs(self, created_before: datetime,
+                                 limit: int) -> list[PendingDispatch]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(UNDISPATCHED_RUNS,
+                                     {"created_before": created_before, "limit": limit})
+            rows = [PendingDispatch(*r) for r in await cur.fetchall()]
+            await conn.rollback()
+        return rows
+
+    async def dispatch_snapshot(self, queue_name: str, *, after: PendingDispatch | None,
+                                limit: int) -> list[PendingDispatch]:
+        """Unfinished runs of a queue (queued or running) in the order they became
+        available, continuing after `after`: what Redis must index, for a rebuild."""
+        return await self._call(self._dispatch_snapshot, queue_name, after, limit)
+
+    async def _dispatch_snapshot(self, queue_name: str, after: PendingDispatch | None,
+                                 limit: int) -> list[PendingDispatch]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(DISPATCH_SNAPSHOT, {
+                "queue_name": queue_name, "limit": limit,
+                "after_at": after.available_at if after else None,
+                "after_id": after.run_id if after else None})
+            rows = [PendingDispatch(*r) for r in await cur.fetchall()]
+            await conn.rollback()
+        return rows
+
+    async def dead_task_ids(self, queue_name: str) -> list[uuid.UUID]:
+        """Every failed task of a queue, oldest failure first (to rebuild the DLQ index)."""
+        return await self._call(self._dead_task_ids, queue_name)
+
+    async def _dead_task_ids(self, queue_name: str) -> list[uuid.UUID]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(DEAD_TASK_IDS, (queue_name,))
+            ids = [r[0] for r in await cur.fetchall()]
+            await conn.rollback()
+        return ids
+
+    async def active_queues(self) -> list[str]:
+        """Queues with unfinished or failed tasks: those whose Redis index matters."""
+        return await self._call(self._active_queues)
+
+    async def _active_queues(self) -> list[str]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(ACTIVE_QUEUES)
+            names = [r[0] for r in await cur.fetchall()]
+            await conn.rollback()
+        return names
+
+    # -- workers ---------------------------------------------------------------------
+
+    async def register_worker(self, w: WorkerInfo) -> None:
+        await self._call(self._register_worker, w)
+
+    async def _register_worker(self, w: WorkerInfo) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(REGISTER_WORKER, {
+                "id": w.id, "host": w.host, "pid": w.pid, "queues": list(w.queues),
+                "concurrency": w.concurrency, "version": w.version, "now": w.started_at})
+            await conn.commit()
+
+    async def heartbeat(self, worker_id: str, *, now: datetime, run_ids: Sequence[uuid.UUID] = (),
+                        lease_until: datetime | None = None,
+                        stopped: bool = False) -> set[uuid.UUID]:
+        """Record that the daemon lives (or, with `stopped`, that it stopped cleanly) and
+        extend to `lease_until` the leases it still holds among `run_ids`; returns those.
+
+        A run missing from the answer was taken over: its handler should stop.
+        """
+        return await self._call(self._heartbeat, worker_id, now, run_ids, lease_until, stopped)
+
+    async def _heartbeat(self, worker_id: str, now: datetime, run_ids: Sequence[uuid.UUID],
+                         lease_until: datetime | None, stopped: bool) -> set[uuid.UUID]:
+        held: set[uuid.UUID] = set()
+        async with self._pool.connection() as conn:
+            await conn.execute(HEARTBEAT, {"id": worker_id, "now": now, "stopped": stopped})
+            if run_ids:
+                cur = await conn.execute(EXTEND_LEASES, {
+                    "run_ids": list(run_ids), "worker_id": worker_id, "lease_until": lease_until})
+                held = {r[0] for r in await cur.fetchall()}
+            await conn.commit()
+        return held
+
+    async def list_workers(self, *, since: datetime) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Daemons that heartbeat since `since`, newest first, each with its running runs."""
+        return await self._call(self._list_workers, since)
+
+    async def _list_workers(self, since: datetime) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(LIST_WORKERS, {"since": since})
+            workers = await cur.fetchall()
+            await cur.execute(RUNNING_BY_WORKER, ([w["id"] for w in workers],))
+            runs = await cur.fetchall()
+            await conn.rollback()
+        by_worker: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            by_worker.setdefault(r["worker_id"], []).append(r)
+        return [(w, by_worker.get(w["id"], [])) for w in workers]
 
 
 # -- SQL ------------------------------------------------------------------------------
@@ -313,36 +495,43 @@ SET status = 'running', worker_id = %(worker_id)s, started_at = %(now)s,
 FROM tasks t
 WHERE r.id = ANY(%(run_ids)s) AND r.status = 'queued'
   AND t.id = r.task_id AND t.status = 'queued'
-RETURNING r.id AS run_id, r.attempt, r.available_at, t.*
+RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
 """
 
-# The four outcome statements take column arrays and the worker id, and return the runs
-# they wrote. `r.status = 'running' AND r.worker_id = …` is the fence: a run that was
-# taken over is no longer running under this worker and is not touched.
+# The four outcome statements take column arrays and return the runs they wrote. FENCE
+# is the fencing condition: a run that was taken over is no longer running under the
+# worker that reports on it and is not touched; a takeover (expired_before set) only
+# applies while the lease is still expired, so a heartbeat that got in first wins.
+FENCE = ("r.status = 'running' AND r.worker_id = i.worker_id"
+         " AND (i.expired_before IS NULL OR r.lease_expires_at < i.expired_before)")
+
 SUCCEED_RUNS = """
 WITH i AS (
-    SELECT * FROM unnest(%s::uuid[], %s::jsonb[], %s::timestamptz[]) AS i(run_id, result, at)
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::jsonb[], %s::timestamptz[])
+        AS i(run_id, worker_id, expired_before, result, at)
 ), done AS (
     UPDATE task_runs r
     SET status = 'succeeded', result = i.result, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND r.status = 'running' AND r.worker_id = %s
+    FROM i WHERE r.id = i.run_id AND {fence}
     RETURNING r.id, r.task_id, i.at
 ), t AS (
     UPDATE tasks t SET status = 'completed', updated_at = done.at, finished_at = done.at
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
 )
 SELECT id FROM done
-"""
+""".format(fence=FENCE)
 
 RETRY_RUNS = """
 WITH i AS (
-    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::uuid[])
-        AS i(run_id, error, at, next_retry_at, new_run_id)
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[], %s::timestamptz[], %s::uuid[])
+        AS i(run_id, worker_id, expired_before, error, at, next_retry_at, new_run_id)
 ), done AS (
     UPDATE task_runs r
     SET status = 'retrying', error = i.error, finished_at = i.at,
         next_retry_at = i.next_retry_at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND r.status = 'running' AND r.worker_id = %s
+    FROM i WHERE r.id = i.run_id AND {fence}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.next_retry_at, i.new_run_id
 ), t AS (
     UPDATE tasks t SET failures = t.failures + 1, updated_at = done.at
@@ -352,15 +541,17 @@ WITH i AS (
     SELECT new_run_id, task_id, attempt + 1, at, next_retry_at FROM done
 )
 SELECT id FROM done
-"""
+""".format(fence=FENCE)
 
 FAIL_RUNS = """
 WITH i AS (
-    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS i(run_id, error, at)
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[])
+        AS i(run_id, worker_id, expired_before, error, at)
 ), done AS (
     UPDATE task_runs r
     SET status = 'failed', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND r.status = 'running' AND r.worker_id = %s
+    FROM i WHERE r.id = i.run_id AND {fence}
     RETURNING r.id, r.task_id, i.at
 ), t AS (
     UPDATE tasks t
@@ -368,43 +559,52 @@ WITH i AS (
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
 )
 SELECT id FROM done
-"""
+""".format(fence=FENCE)
 
 # Interrupted by shutdown: not a failure, so `failures` stays; the next attempt is ready now.
 INTERRUPT_RUNS = """
 WITH i AS (
-    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::uuid[])
-        AS i(run_id, error, at, new_run_id)
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[], %s::uuid[])
+        AS i(run_id, worker_id, expired_before, error, at, new_run_id)
 ), done AS (
     UPDATE task_runs r
     SET status = 'interrupted', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND r.status = 'running' AND r.worker_id = %s
+    FROM i WHERE r.id = i.run_id AND {fence}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.new_run_id
 ), next_run AS (
     INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
     SELECT new_run_id, task_id, attempt + 1, at, at FROM done
 )
 SELECT id FROM done
-"""
+""".format(fence=FENCE)
 
 DEAD_TASKS = """
-SELECT t.*, last.attempt AS attempts, last.error AS last_error, last.finished_at AS failed_at
+SELECT t.*, last.attempt AS attempts, last.error AS last_error, t.finished_at AS failed_at
 FROM tasks t
 LEFT JOIN LATERAL (
-    SELECT attempt, error, finished_at FROM task_runs
+    SELECT attempt, error FROM task_runs
     WHERE task_id = t.id ORDER BY attempt DESC LIMIT 1
 ) last ON true
-WHERE t.id = ANY(%s) AND t.status = 'failed'
+WHERE t.queue_name = %(queue_name)s AND t.status = 'failed'
+ORDER BY t.finished_at, t.id
+LIMIT %(limit)s
 """
 
-# `t.status = 'failed'` makes a replay happen once even when two callers race.
+# SKIP LOCKED: two replays at once take different tasks instead of waiting or doubling.
 REPLAY_TASKS = """
-WITH picked AS (
+WITH oldest AS (
+    SELECT id FROM tasks
+    WHERE queue_name = %(queue_name)s AND status = 'failed'
+    ORDER BY finished_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), picked AS (
     UPDATE tasks t
     SET status = 'queued', failures = 0, priority = coalesce(%(priority)s, t.priority),
         updated_at = %(now)s, finished_at = NULL
-    WHERE t.id = ANY(%(task_ids)s) AND t.status = 'failed' AND t.queue_name = %(queue_name)s
-    RETURNING t.id
+    FROM oldest WHERE t.id = oldest.id
+    RETURNING t.id, t.finished_at
 )
 INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
 SELECT gen_random_uuid(), p.id,
@@ -412,6 +612,84 @@ SELECT gen_random_uuid(), p.id,
 FROM picked p
 RETURNING task_id, id
 """
+
+# Only runs still running under this worker: a run taken over is not extended.
+EXTEND_LEASES = """
+UPDATE task_runs SET lease_expires_at = %(lease_until)s
+WHERE id = ANY(%(run_ids)s) AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING id
+"""
+
+EXPIRED_RUNS = """
+SELECT r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
+FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE r.status = 'running' AND r.lease_expires_at < %(now)s
+ORDER BY r.lease_expires_at
+LIMIT %(limit)s
+"""
+
+RUN_STATES = "SELECT id, status FROM task_runs WHERE id = ANY(%s)"
+
+MARK_DISPATCHED = """
+UPDATE task_runs SET dispatched_at = %(now)s
+WHERE id = ANY(%(run_ids)s) AND dispatched_at IS NULL
+"""
+
+UNDISPATCHED_RUNS = """
+SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at
+FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE r.status = 'queued' AND r.dispatched_at IS NULL AND r.created_at < %(created_before)s
+ORDER BY r.created_at
+LIMIT %(limit)s
+"""
+
+DISPATCH_SNAPSHOT = """
+SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at
+FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE r.status IN ('queued', 'running') AND t.queue_name = %(queue_name)s
+  AND (%(after_at)s::timestamptz IS NULL
+       OR (r.available_at, r.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY r.available_at, r.id
+LIMIT %(limit)s
+"""
+
+DEAD_TASK_IDS = """
+SELECT id FROM tasks WHERE queue_name = %s AND status = 'failed' ORDER BY finished_at, id
+"""
+
+ACTIVE_QUEUES = """
+SELECT DISTINCT queue_name FROM tasks WHERE status IN ('queued', 'failed') ORDER BY 1
+"""
+
+REGISTER_WORKER = """
+INSERT INTO workers (id, host, pid, queues, concurrency, version, started_at, heartbeat_at)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s, %(version)s, %(now)s, %(now)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL
+"""
+
+HEARTBEAT = """
+UPDATE workers
+SET heartbeat_at = %(now)s, stopped_at = CASE WHEN %(stopped)s THEN %(now)s END
+WHERE id = %(id)s
+"""
+
+LIST_WORKERS = """
+SELECT * FROM workers WHERE heartbeat_at >= %(since)s ORDER BY started_at DESC
+"""
+
+RUNNING_BY_WORKER = """
+SELECT r.worker_id, r.id AS run_id, r.task_id, r.attempt, r.started_at, r.lease_expires_at,
+       t.name, t.handler, t.queue_name
+FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE r.status = 'running' AND r.worker_id = ANY(%s)
+ORDER BY r.started_at
+"""
+
+
+def _claimed(r: dict[str, Any]) -> ClaimedRun:
+    return ClaimedRun(run_id=r["run_id"], task=_task(r), attempt=r["attempt"],
+                      queue_name=r["queue_name"], message=str(r["run_id"]),
+                      enqueued_at=r["available_at"], worker_id=r["worker_id"])
 
 
 def _task(r: dict[str, Any]) -> Task:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import trio
 
 from distasks.model import RunStatus, TaskStatus
-from distasks.store import Outcomes
+from distasks.store import Fence, Outcomes
 
 from .helpers import new_task, now
 
@@ -67,10 +67,12 @@ async def test_outcome_of_a_worker_that_lost_the_lease_is_not_written(store):
         t = new_task()
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w1", now=now(), lease_until=now())
-        stale = Outcomes(succeeded=[(t.run_id, '"late"', now())])
-        written_by_other = await store.record_outcomes(stale, worker_id="w2")
-        written = await store.record_outcomes(stale, worker_id="w1")
-        again = await store.record_outcomes(stale, worker_id="w1")
+        def result(worker_id):
+            return Outcomes(succeeded=[(t.run_id, Fence(worker_id), '"late"', now())])
+
+        written_by_other = await store.record_outcomes(result("w2"))
+        written = await store.record_outcomes(result("w1"))
+        again = await store.record_outcomes(result("w1"))
         task, runs = await store.get_task(t.id)
     assert written_by_other == set() and again == set()
     assert written == {t.run_id}
@@ -85,7 +87,7 @@ async def test_retry_records_the_failure_and_queues_the_next_attempt(store):
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         due, next_run = now() + timedelta(seconds=2), uuid.uuid4()
         await store.record_outcomes(
-            Outcomes(retrying=[(t.run_id, "boom", now(), due, next_run)]), worker_id="w")
+            Outcomes(retrying=[(t.run_id, Fence("w"), "boom", now(), due, next_run)]))
         task, runs = await store.get_task(t.id)
     assert task.status is TaskStatus.QUEUED and task.failures == 1
     assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.RETRYING), (2, RunStatus.QUEUED)]
@@ -99,7 +101,7 @@ async def test_interrupted_run_is_not_counted_as_a_failure(store):
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         await store.record_outcomes(
-            Outcomes(interrupted=[(t.run_id, "shutdown", now(), uuid.uuid4())]), worker_id="w")
+            Outcomes(interrupted=[(t.run_id, Fence("w"), "shutdown", now(), uuid.uuid4())]))
         task, runs = await store.get_task(t.id)
     assert task.failures == 0 and task.status is TaskStatus.QUEUED
     assert [r.status for r in runs] == [RunStatus.INTERRUPTED, RunStatus.QUEUED]
@@ -110,12 +112,51 @@ async def test_final_failure_then_replay_gives_a_fresh_attempt_and_priority(stor
         t = new_task(max_retries=0, priority=1)
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
-        await store.record_outcomes(Outcomes(failed=[(t.run_id, "dead", now())]), worker_id="w")
-        [dead] = await store.dead_tasks([t.id])
-        replayed = await store.replay([t.id], queue_name="q", override_priority=None, now=now())
-        twice = await store.replay([t.id], queue_name="q", override_priority=None, now=now())
+        await store.record_outcomes(Outcomes(failed=[(t.run_id, Fence("w"), "dead", now())]))
+        [dead] = await store.dead_tasks("q", limit=10)
+        replayed = await store.replay("q", limit=10, override_priority=None, now=now())
+        twice = await store.replay("q", limit=10, override_priority=None, now=now())
         task, runs = await store.get_task(t.id)
     assert dead.task.status is TaskStatus.FAILED and dead.last_error == "dead"
     assert [task_id for task_id, _ in replayed] == [t.id] and twice == []
     assert task.status is TaskStatus.QUEUED and task.failures == 0 and task.priority == 1
     assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.FAILED), (2, RunStatus.QUEUED)]
+
+
+async def test_takeover_applies_only_while_the_lease_is_still_expired(store):
+    with trio.fail_after(5):
+        t = new_task()
+        await store.create_tasks([t])
+        lease_end = now()
+        await store.start_runs([t.run_id], worker_id="w", now=lease_end, lease_until=lease_end)
+        # The worker's heartbeat extends the lease before the reaper's write lands.
+        later = lease_end + timedelta(seconds=30)
+        held = await store.heartbeat("w", now=now(), run_ids=[t.run_id], lease_until=later)
+        takeover = Outcomes(failed=[(t.run_id, Fence("w", expired_before=lease_end
+                                                     + timedelta(seconds=1)), "lease_expired",
+                                     now())])
+        written = await store.record_outcomes(takeover)
+        [expired] = await store.expired_runs(now=later + timedelta(seconds=1), limit=10)
+        written_late = await store.record_outcomes(Outcomes(failed=[
+            (t.run_id, Fence("w", expired_before=later + timedelta(seconds=1)), "lease_expired",
+             now())]))
+        held_after = await store.heartbeat("w", now=now(), run_ids=[t.run_id], lease_until=later)
+    assert held == {t.run_id}
+    assert written == set()
+    assert expired.run_id == t.run_id and expired.worker_id == "w"
+    assert written_late == {t.run_id}
+    assert held_after == set()
+
+
+async def test_undispatched_runs_are_found_until_marked(store):
+    with trio.fail_after(5):
+        t = new_task()
+        await store.create_tasks([t])
+        later = now() + timedelta(seconds=10)
+        [pending] = await store.undispatched_runs(created_before=later, limit=10)
+        none_yet = await store.undispatched_runs(created_before=now() - timedelta(seconds=60),
+                                                 limit=10)
+        await store.mark_dispatched([t.run_id], now=now())
+        after = await store.undispatched_runs(created_before=later, limit=10)
+    assert (pending.queue_name, pending.run_id, pending.status) == ("q", t.run_id, "queued")
+    assert none_yet == [] and after == []

@@ -1,0 +1,35 @@
+"""Worker resources: the daemons that registered, live or recently dead."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from quart import Blueprint, Response, jsonify
+
+from distasks.api.services import services
+from distasks.api.tasks import _iso
+
+bp = Blueprint("workers", __name__)
+
+
+@bp.get("/api/v1/workers")
+async def list_workers() -> Response:
+    """Each daemon with `alive` (heartbeat within two leases, not stopped) and its
+    running runs; dead ones stay listed for `recovery.workers_listed_s`."""
+    s = services()
+    now = datetime.fromtimestamp(s.clock(), UTC)
+    listed = await s.store.list_workers(
+        since=now - timedelta(seconds=s.config.recovery.workers_listed_s))
+    alive_after = now - timedelta(seconds=2 * s.config.worker.lease_s)
+    return jsonify({"workers": [{
+        "id": w["id"], "host": w["host"], "pid": w["pid"], "queues": w["queues"],
+        "concurrency": w["concurrency"], "version": w["version"],
+        "started_at": _iso(w["started_at"]), "heartbeat_at": _iso(w["heartbeat_at"]),
+        "stopped_at": _iso(w["stopped_at"]),
+        "alive": w["stopped_at"] is None and w["heartbeat_at"] >= alive_after,
+        "running": [{
+            "run_id": str(r["run_id"]), "task_id": str(r["task_id"]), "attempt": r["attempt"],
+            "name": r["name"], "handler": r["handler"], "queue_name": r["queue_name"],
+            "started_at": _iso(r["started_at"]), "lease_expires_at": _iso(r["lease_expires_at"]),
+        } for r in runs],
+    } for w, runs in listed]})

@@ -1,0 +1,85 @@
+"""Heartbeat: keeps this daemon's registration and its runs' leases alive.
+
+Every third of a lease, one PostgreSQL transaction records that the daemon lives and
+extends the leases of the runs its handlers are running, and one Redis pipeline moves
+their deadlines in the lease sets. A run whose lease was taken over meanwhile is
+abandoned: its handler is cancelled, since its outcome would be fenced off anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import trio
+
+from distasks import backoff
+from distasks.broker import Broker
+from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.store import Store, WorkerInfo
+from distasks.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+# How long the last heartbeat (the one saying "stopped") may take at shutdown.
+FAREWELL_TIMEOUT_S = 2.0
+
+
+async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id: str,
+                    now_s: float, lease_s: float) -> int:
+    """One heartbeat; returns how many runs were found taken over (and abandoned)."""
+    in_flight = dict(pool.in_flight)
+    lease_until_s = now_s + lease_s
+    held = await store.heartbeat(worker_id, now=_dt(now_s), run_ids=list(in_flight),
+                                 lease_until=_dt(lease_until_s))
+    lost = set(in_flight) - held
+    if lost:
+        pool.abandon(lost)
+    by_queue: dict[str, list[str]] = {}
+    for run_id in held:
+        run = in_flight[run_id]
+        by_queue.setdefault(run.queue_name, []).append(run.message)
+    await broker.extend_leases(by_queue, lease_until_ms=int(lease_until_s * 1000))
+    return len(lost)
+
+
+async def run(store: Store, broker: Broker, pool: WorkerPool, *, info: WorkerInfo, lease_s: float,
+              clock: Callable[[], float] = time.time,
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Register, then beat every lease_s / 3 until cancelled; say "stopped" on the way out."""
+    interval_s = lease_s / 3
+    failures = 0
+    while True:
+        try:
+            await store.register_worker(info)
+            break
+        except StoreUnavailable as e:
+            failures += 1
+            log.warning("cannot register the daemon yet: %s", e, extra={"event": "register_retry"})
+            await trio.sleep(backoff.delay_s(failures))
+    task_status.started()
+    try:
+        failures = 0
+        while True:
+            try:
+                await beat_once(store, broker, pool, worker_id=info.id, now_s=clock(),
+                                lease_s=lease_s)
+                failures = 0
+            except (StoreUnavailable, BrokerUnavailable) as e:
+                failures += 1
+                log.warning("heartbeat failed: %s", e, extra={"event": "heartbeat_failed"})
+                await trio.sleep(min(backoff.delay_s(failures), interval_s))
+                continue
+            await trio.sleep(interval_s)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(FAREWELL_TIMEOUT_S):
+            try:
+                await store.heartbeat(info.id, now=_dt(clock()), stopped=True)
+            except StoreUnavailable:
+                pass
+
+
+def _dt(unix_s: float) -> datetime:
+    return datetime.fromtimestamp(unix_s, UTC)
