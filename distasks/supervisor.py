@@ -20,10 +20,9 @@ import secrets
 import signal
 import socket
 import time
+from datetime import UTC, datetime
 
 import trio
-
-from datetime import UTC, datetime
 
 import distasks
 from distasks import aio, api, backoff, heartbeat, mover, reaper, reconciler

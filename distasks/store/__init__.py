@@ -505,7 +505,7 @@ RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
 FENCE = ("r.status = 'running' AND r.worker_id = i.worker_id"
          " AND (i.expired_before IS NULL OR r.lease_expires_at < i.expired_before)")
 
-SUCCEED_RUNS = """
+SUCCEED_RUNS = f"""
 WITH i AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
                          %s::jsonb[], %s::timestamptz[])
@@ -513,16 +513,16 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'succeeded', result = i.result, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {fence}
+    FROM i WHERE r.id = i.run_id AND {FENCE}
     RETURNING r.id, r.task_id, i.at
 ), t AS (
     UPDATE tasks t SET status = 'completed', updated_at = done.at, finished_at = done.at
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
 )
 SELECT id FROM done
-""".format(fence=FENCE)
+"""
 
-RETRY_RUNS = """
+RETRY_RUNS = f"""
 WITH i AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
                          %s::text[], %s::timestamptz[], %s::timestamptz[], %s::uuid[])
@@ -531,7 +531,7 @@ WITH i AS (
     UPDATE task_runs r
     SET status = 'retrying', error = i.error, finished_at = i.at,
         next_retry_at = i.next_retry_at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {fence}
+    FROM i WHERE r.id = i.run_id AND {FENCE}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.next_retry_at, i.new_run_id
 ), t AS (
     UPDATE tasks t SET failures = t.failures + 1, updated_at = done.at
@@ -541,9 +541,9 @@ WITH i AS (
     SELECT new_run_id, task_id, attempt + 1, at, next_retry_at FROM done
 )
 SELECT id FROM done
-""".format(fence=FENCE)
+"""
 
-FAIL_RUNS = """
+FAIL_RUNS = f"""
 WITH i AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
                          %s::text[], %s::timestamptz[])
@@ -551,7 +551,7 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'failed', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {fence}
+    FROM i WHERE r.id = i.run_id AND {FENCE}
     RETURNING r.id, r.task_id, i.at
 ), t AS (
     UPDATE tasks t
@@ -559,10 +559,10 @@ WITH i AS (
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
 )
 SELECT id FROM done
-""".format(fence=FENCE)
+"""
 
 # Interrupted by shutdown: not a failure, so `failures` stays; the next attempt is ready now.
-INTERRUPT_RUNS = """
+INTERRUPT_RUNS = f"""
 WITH i AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
                          %s::text[], %s::timestamptz[], %s::uuid[])
@@ -570,14 +570,14 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'interrupted', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {fence}
+    FROM i WHERE r.id = i.run_id AND {FENCE}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.new_run_id
 ), next_run AS (
     INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
     SELECT new_run_id, task_id, attempt + 1, at, at FROM done
 )
 SELECT id FROM done
-""".format(fence=FENCE)
+"""
 
 DEAD_TASKS = """
 SELECT t.*, last.attempt AS attempts, last.error AS last_error, t.finished_at AS failed_at
