@@ -133,16 +133,18 @@ class CpuMeter:
         self.daemon_start_s = process_cpu_s(self.daemon_pid)
 
     def read(self) -> dict[str, float]:
-        """Percent of one core for the daemon and the bench; percent of all cores busy."""
+        """Percent of one core for the daemon, the bench and everything else (PostgreSQL,
+        Redis, other people's work); percent of all cores busy."""
         wall_s = max(time.perf_counter() - self.wall_start_s, 1e-9)
         busy_s, total_s = system_cpu_s()
         busy_delta_s = busy_s - self.system_start[0]
         total_delta_s = max(total_s - self.system_start[1], 1e-9)
+        daemon_s = process_cpu_s(self.daemon_pid) - self.daemon_start_s
+        bench_s = time.process_time() - self.bench_start_s
         return {
-            "daemon_pct_of_core": round(
-                100 * (process_cpu_s(self.daemon_pid) - self.daemon_start_s) / wall_s, 1),
-            "bench_pct_of_core": round(
-                100 * (time.process_time() - self.bench_start_s) / wall_s, 1),
+            "daemon_pct_of_core": round(100 * daemon_s / wall_s, 1),
+            "bench_pct_of_core": round(100 * bench_s / wall_s, 1),
+            "rest_pct_of_core": round(100 * max(busy_delta_s - daemon_s - bench_s, 0) / wall_s, 1),
             "machine_busy_pct": round(100 * busy_delta_s / total_delta_s, 1),
         }
 
@@ -396,10 +398,36 @@ def create_body(queue: str) -> dict[str, str]:
     return {"name": "bench", "handler": "noop", "queue_name": queue}
 
 
+# -- batching, read from timestamps ---------------------------------------------------------
+
+# Rows that share a timestamp were written together: tasks.created_at is now() of the
+# transaction that created them (the API's group commit), and a run's started_at is one
+# value per claim (one Redis claim + one UPDATE). So these counts tell how well the
+# daemon batches (DESIGN §1) without looking inside it.
+BATCHES_IN_QUEUE = """
+SELECT count(*), count(DISTINCT t.created_at), count(DISTINCT r.started_at)
+FROM tasks t JOIN task_runs r ON r.task_id = t.id AND r.attempt = 1
+WHERE t.queue_name = %s
+"""
+BATCHES_AMONG = """
+SELECT count(*), count(DISTINCT t.created_at), count(DISTINCT r.started_at)
+FROM tasks t JOIN task_runs r ON r.task_id = t.id AND r.attempt = 1
+WHERE t.id = ANY(%s)
+"""
+
+
+def batching(row: tuple[int, int, int]) -> dict[str, float]:
+    """Transactions and claims, and how many tasks each carried on average."""
+    tasks, create_txs, claims = row
+    return {"create_transactions": create_txs,
+            "tasks_per_create_transaction": round(tasks / create_txs, 1) if create_txs else 0,
+            "claims": claims, "runs_per_claim": round(tasks / claims, 1) if claims else 0}
+
+
 # -- phase a: create ----------------------------------------------------------------------
 
 
-async def measure_creates(conns: Connections, *, queue: str, tasks: int,
+async def measure_creates(db: Database, conns: Connections, *, queue: str, tasks: int,
                           daemon_pid: int) -> dict[str, Any]:
     """`tasks` creates from one closed-loop sender per connection (each sends its next
     request when the previous one is answered), so the rate is what the daemon sustains."""
@@ -425,9 +453,11 @@ async def measure_creates(conns: Connections, *, queue: str, tasks: int,
             for client in conns.clients:
                 nursery.start_soon(sender, client)
     elapsed_s = time.perf_counter() - started_s
+    cpu_use = cpu.read()
+    [row] = await db.rows(BATCHES_IN_QUEUE, (queue,))
     return {"requests": tasks, "elapsed_s": round(elapsed_s, 3),
             "requests_per_s": round(tasks / elapsed_s, 1), **latency_summary_ms(latencies_s),
-            "errors": dict(errors), "cpu": cpu.read()}
+            "errors": dict(errors), "cpu": cpu_use, "batching": batching(row)}
 
 
 # -- phase b: drain -----------------------------------------------------------------------
@@ -466,6 +496,8 @@ async def measure_drain(db: Database, daemon: Daemon, *, queue: str,
         # From spawning the daemon to its first finished run: start-up plus first claim.
         result["first_finish_after_spawn_s"] = round(first.timestamp() - daemon.spawned_at_s, 3)
     result["states"] = await final_states(db, queue)
+    [row] = await db.rows(BATCHES_IN_QUEUE, (queue,))
+    result["batching"] = batching(row)
     return result
 
 
@@ -476,10 +508,12 @@ async def final_states(db: Database, queue: str) -> dict[str, dict[str, int]]:
 
 # -- phase c: enqueue -> start latency -------------------------------------------------------
 
-# For each task, its first attempt's start and finish.
+# For each task: when its create transaction began (tasks.created_at is now() of that
+# transaction), and when its first attempt started and finished.
 FIRST_RUNS = """
-SELECT task_id, started_at, finished_at, status FROM task_runs
-WHERE task_id = ANY(%s) AND attempt = 1
+SELECT t.id, t.created_at, r.started_at, r.finished_at, r.status
+FROM tasks t JOIN task_runs r ON r.task_id = t.id AND r.attempt = 1
+WHERE t.id = ANY(%s)
 """
 SUCCEEDED_AMONG = "SELECT count(*) FROM task_runs WHERE task_id = ANY(%s) AND status = 'succeeded'"
 
@@ -521,7 +555,9 @@ async def send_at_rate(conns: Connections, *, queue: str, rate_per_s: float,
                 lag_s.append(trio.current_time() - due)
                 nursery.start_soon(send_one)
     sending = {"requests": count, "create": latency_summary_ms(latencies_s),
+               "send_lag_p99_ms": round(percentile(lag_s, 99) * 1000, 2),
                "send_lag_max_ms": round(max(lag_s, default=0.0) * 1000, 2),
+               "send_lag_max_at": lag_s.index(max(lag_s)) if lag_s else None,
                "errors": dict(errors)}
     return sent_at_s, sending
 
@@ -549,15 +585,23 @@ async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon
     all_done = await wait_succeeded(db, ids)
     cpu_use = cpu.read()
     rows = await db.rows(FIRST_RUNS, (ids,))
-    to_start_s = [started.timestamp() - sent_at_s[tid] for tid, started, _, _ in rows if started]
-    to_finish_s = [finished.timestamp() - sent_at_s[tid]
-                   for tid, _, finished, _ in rows if finished]
-    not_succeeded = Counter(status for _, _, _, status in rows if status != "succeeded")
+    sent = [(sent_at_s[tid], created, started, finished) for tid, created, started, finished, _
+            in rows if started and finished]
+    not_succeeded = Counter(status for *_, status in rows if status != "succeeded")
+    [batch_row] = await db.rows(BATCHES_AMONG, (ids,))
     return {**sending, "rate_per_s": rate_per_s, "duration_s": duration_s,
             "created": len(ids), "all_succeeded": all_done,
             "first_runs_not_succeeded": dict(not_succeeded),
-            "enqueue_to_start": latency_summary_ms(to_start_s),
-            "enqueue_to_finish": latency_summary_ms(to_finish_s), "cpu": cpu_use}
+            "enqueue_to_start": latency_summary_ms([st.timestamp() - s for s, _, st, _ in sent]),
+            "enqueue_to_finish": latency_summary_ms([f.timestamp() - s for s, _, _, f in sent]),
+            # Where enqueue -> start goes: until the create transaction begins (HTTP, and
+            # waiting for the previous batch to commit), then from there to the start
+            # (insert, commit, Redis push, claim).
+            "send_to_create_tx": latency_summary_ms([c.timestamp() - s for s, c, _, _ in sent]),
+            "create_tx_to_start": latency_summary_ms([(st - c).total_seconds()
+                                                      for _, c, st, _ in sent]),
+            "cpu": cpu_use,
+            "batching": batching(batch_row)}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -579,16 +623,17 @@ async def run_phases(res: Resources, opts: Options, out_dir: Path,
     """Daemon 1 (works another queue) takes the creates; daemon 2 (works BENCH_QUEUE)
     drains them, then serves the steady-rate phase."""
     results: dict[str, Any] = {}
-    idle_env = daemon_env(res, port=free_port(), queues=IDLE_QUEUE, concurrency=opts.concurrency)
-    async with running_daemon("daemon1", idle_env, out_dir, code_dir) as d1:
-        async with connections(d1.base_url, opts.clients) as conns:
-            results["create"] = await measure_creates(conns, queue=BENCH_QUEUE, tasks=opts.tasks,
-                                                      daemon_pid=d1.process.pid)
-    print_create(results["create"])
-    results["daemon1"] = d1.report()
-
     db = Database(res.dsn)
     try:
+        idle_env = daemon_env(res, port=free_port(), queues=IDLE_QUEUE,
+                              concurrency=opts.concurrency)
+        async with running_daemon("daemon1", idle_env, out_dir, code_dir) as d1:
+            async with connections(d1.base_url, opts.clients) as conns:
+                results["create"] = await measure_creates(
+                    db, conns, queue=BENCH_QUEUE, tasks=opts.tasks, daemon_pid=d1.process.pid)
+        print_create(results["create"])
+        results["daemon1"] = d1.report()
+
         work_env = daemon_env(res, port=free_port(), queues=BENCH_QUEUE,
                               concurrency=opts.concurrency)
         async with running_daemon("daemon2", work_env, out_dir, code_dir) as d2:
@@ -673,8 +718,9 @@ def print_header(h: dict[str, Any]) -> None:
 
 
 def cpu_text(cpu: dict[str, float]) -> str:
-    return (f"cpu: daemon {cpu['daemon_pct_of_core']:.0f}% of a core, bench "
-            f"{cpu['bench_pct_of_core']:.0f}%, machine {cpu['machine_busy_pct']:.0f}% busy")
+    return (f"cpu (% of a core): daemon {cpu['daemon_pct_of_core']:.0f}, bench "
+            f"{cpu['bench_pct_of_core']:.0f}, rest {cpu['rest_pct_of_core']:.0f}; "
+            f"machine {cpu['machine_busy_pct']:.0f}% busy")
 
 
 def print_create(r: dict[str, Any]) -> None:
@@ -682,6 +728,17 @@ def print_create(r: dict[str, Any]) -> None:
           f"{r['elapsed_s']:.2f}s)  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
           f"max {r['max_ms']:.1f} ms")
     print(f"            errors: {r['errors'] or 'none'}  {cpu_text(r['cpu'])}")
+    print(f"            {batching_text(r['batching'], claims=False)}")
+
+
+def batching_text(b: dict[str, float], *, claims: bool = True, creates: bool = True) -> str:
+    parts = []
+    if creates:
+        parts.append(f"{b['create_transactions']} create transactions "
+                     f"({b['tasks_per_create_transaction']:g} tasks each)")
+    if claims:
+        parts.append(f"{b['claims']} claims ({b['runs_per_claim']:g} runs each)")
+    return "batching: " + ", ".join(parts)
 
 
 def print_drain(r: dict[str, Any]) -> None:
@@ -690,6 +747,7 @@ def print_drain(r: dict[str, Any]) -> None:
           f"{r.get('span_s', 0):.2f}s; first finish {r.get('first_finish_after_spawn_s', 0):.2f}s "
           f"after spawn{'; TIMED OUT' if r['timed_out'] else ''})")
     print(f"            states: {r['states']}  {cpu_text(r['cpu'])}")
+    print(f"            {batching_text(r['batching'], creates=False)}")
 
 
 def print_latency(r: dict[str, Any]) -> None:
@@ -699,8 +757,14 @@ def print_latency(r: dict[str, Any]) -> None:
           f"{r['duration_s']:g}s)")
     print(f"            enqueue->finish p50 {f['p50_ms']:.1f} ms  p99 {f['p99_ms']:.1f} ms  "
           f"max {f['max_ms']:.1f} ms;  create p50 {c['p50_ms']:.1f} ms  p99 {c['p99_ms']:.1f} ms")
+    a, b = r["send_to_create_tx"], r["create_tx_to_start"]
+    print(f"            of which send->create tx p50 {a['p50_ms']:.1f} p99 {a['p99_ms']:.1f} "
+          f"max {a['max_ms']:.1f} ms, create tx->start p50 {b['p50_ms']:.1f} "
+          f"p99 {b['p99_ms']:.1f} max {b['max_ms']:.1f} ms")
     print(f"            all succeeded: {r['all_succeeded']}  errors: {r['errors'] or 'none'}  "
-          f"send lag max {r['send_lag_max_ms']:.1f} ms  {cpu_text(r['cpu'])}")
+          f"send lag p99 {r['send_lag_p99_ms']:.1f} ms max {r['send_lag_max_ms']:.1f} ms")
+    print(f"            {cpu_text(r['cpu'])}")
+    print(f"            {batching_text(r['batching'])}")
 
 
 def print_daemons(results: dict[str, Any]) -> None:
