@@ -8,7 +8,6 @@ pipeline. PostgreSQL first: Redis only ever indexes what is already true.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 
 import trio
@@ -17,12 +16,14 @@ from distasks import backoff
 from distasks.broker import Broker, Settlement
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.outcome import Outcome, OutcomeKind
-from distasks.store import Fence, Outcomes, Store
+from distasks.store import Fence, Outcomes, Store, Written
 
 log = logging.getLogger(__name__)
 
 # Most outcomes written in one transaction.
 MAX_BATCH = 1000
+# Outcomes after which the task is final (waiters of GET …?wait= are told).
+FINAL_KINDS = frozenset({OutcomeKind.SUCCEEDED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
 
 
 async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, broker: Broker,
@@ -54,7 +55,7 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker) -> 
             log.warning("outcomes not recorded yet, retrying: %s", e,
                         extra={"event": "record_retry", "count": len(batch)})
             await trio.sleep(backoff.delay_s(failures))
-    fenced = [o for o in batch if o.run.run_id not in written]
+    fenced = [o for o in batch if o.run.run_id not in written.runs]
     for o in fenced:
         log.warning("run lost its lease; outcome %s discarded", o.kind,
                     extra={"event": "outcome_fenced", "run_id": str(o.run.run_id),
@@ -62,14 +63,15 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker) -> 
     settlement = _settlement(batch, written)
     try:
         await broker.settle(settlement)
-        new_runs = [o.new_run_id for o in batch if o.run.run_id in written and o.new_run_id]
+        new_runs = [o.new_run_id for o in batch
+                    if o.run.run_id in written.advanced and o.new_run_id]
         await store.mark_dispatched(new_runs, now=datetime.now(UTC))
     except (BrokerUnavailable, StoreUnavailable) as e:
         # PostgreSQL holds the truth: the reconciler pushes runs never marked dispatched,
         # and stale leases left in Redis are cleaned by the reaper.
         log.warning("outcomes recorded, Redis index deferred: %s", e,
                     extra={"event": "settle_deferred", "count": len(batch)})
-    return len(written)
+    return len(written.runs)
 
 
 def _store_outcomes(batch: list[Outcome]) -> Outcomes:
@@ -89,16 +91,22 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
             case OutcomeKind.INTERRUPTED:
                 assert x.new_run_id is not None
                 o.interrupted.append((run_id, fence, x.error or "interrupted", at, x.new_run_id))
+            case OutcomeKind.CANCELLED:
+                o.cancelled.append((run_id, fence, x.error or "cancelled", at))
     return o
 
 
-def _settlement(batch: list[Outcome], written: set[uuid.UUID]) -> Settlement:
+def _settlement(batch: list[Outcome], written: Written) -> Settlement:
     s = Settlement()
     for x in batch:
         queue = x.run.queue_name
         s.unleased.setdefault(queue, []).append(x.run.message)
-        if x.run.run_id not in written:
+        if x.run.run_id not in written.runs:
             continue
+        if x.kind in FINAL_KINDS:
+            s.finished.append(str(x.run.task.id))
+        if x.run.run_id not in written.advanced:
+            continue  # cancelled meanwhile: no next attempt, no DLQ entry
         if x.kind is OutcomeKind.RETRYING:
             assert x.next_retry_at_ms is not None
             if x.next_retry_at_ms <= x.finished_at.timestamp() * 1000:

@@ -29,6 +29,10 @@ class HttpConfig:
     port: int = 8080
     #: largest accepted task payload, serialized as JSON
     max_payload_bytes: int = 1024 * 1024
+    #: most tasks in one POST /api/v1/tasks/batch
+    max_batch: int = 1000
+    #: largest request body (a batch of many payloads); larger: 413
+    max_body_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class WorkerConfig:
     claim_batch: int = 100
     #: threads for synchronous handlers
     sync_threads: int = 16
+    #: largest handler result stored on a run (as JSON); a larger one is not kept
+    max_result_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +240,9 @@ def _validate(c: Config) -> None:
 
     need(0 < c.http.port < 65536, "http.port", "must be between 1 and 65535")
     need(c.http.max_payload_bytes > 0, "http.max_payload_bytes", "must be positive")
+    need(1 <= c.http.max_batch <= 100_000, "http.max_batch", "must be between 1 and 100000")
+    need(c.http.max_body_bytes >= c.http.max_payload_bytes, "http.max_body_bytes",
+         "must be at least http.max_payload_bytes")
     need(c.database.url != "", "database.url", "must not be empty")
     need(1 <= c.database.pool_min <= c.database.pool_max, "database.pool_min",
          "must be at least 1 and at most database.pool_max")
@@ -253,6 +262,7 @@ def _validate(c: Config) -> None:
     need(c.worker.lease_s >= 1, "worker.lease_s", "must be at least 1 second")
     need(c.worker.claim_batch >= 1, "worker.claim_batch", "must be at least 1")
     need(c.worker.sync_threads >= 1, "worker.sync_threads", "must be at least 1")
+    need(c.worker.max_result_bytes >= 16, "worker.max_result_bytes", "must be at least 16")
     need(c.retry.max_retries >= 0, "retry.max_retries", "must not be negative")
     need(c.retry.base_s > 0, "retry.base_s", "must be positive")
     need(c.retry.cap_s >= c.retry.base_s, "retry.cap_s", "must be at least retry.base_s")

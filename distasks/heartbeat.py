@@ -3,7 +3,8 @@
 Every third of a lease, one PostgreSQL transaction records that the daemon lives and
 extends the leases of the runs its handlers are running, and one Redis pipeline moves
 their deadlines in the lease sets. A run whose lease was taken over meanwhile is
-abandoned: its handler is cancelled, since its outcome would be fenced off anyway.
+abandoned: its handler is cancelled, since its outcome would be fenced off anyway; a run
+whose task was cancelled is stopped and recorded cancelled.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id
     lease_until_s = now_s + lease_s
     held = await store.heartbeat(worker_id, now=_dt(now_s), run_ids=list(in_flight),
                                  lease_until=_dt(lease_until_s))
-    lost = set(in_flight) - held
+    lost = set(in_flight) - held.extended
     if lost:
         pool.abandon(lost)
+    if held.cancelled:
+        # Normally the control channel said so at once; this is the fallback.
+        pool.cancel_runs(held.cancelled)
     by_queue: dict[str, list[str]] = {}
-    for run_id in held:
+    for run_id in held.extended:
         run = in_flight[run_id]
         by_queue.setdefault(run.queue_name, []).append(run.message)
     await broker.extend_leases(by_queue, lease_until_ms=int(lease_until_s * 1000))

@@ -30,7 +30,7 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "completed"
     #: out of retries; its id sits in the queue's DLQ until replayed (back to queued)
     FAILED = "failed"
-    #: cancelled by a user (later issue)
+    #: cancelled through the API; a running handler is cancelled on its daemon
     CANCELLED = "cancelled"
 
 
@@ -47,6 +47,8 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     #: the daemon stopped while it ran; handed back as a new attempt, not counted as a failure
     INTERRUPTED = "interrupted"
+    #: its task was cancelled before or while it ran (the API; the worker stops the handler)
+    CANCELLED = "cancelled"
 
 
 TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
@@ -89,6 +91,9 @@ class Task:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+    cancel_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ class OutcomeKind(enum.StrEnum):
     FAILED = "failed"
     #: the daemon stopped before the handler finished: a new run is ready at once
     INTERRUPTED = "interrupted"
+    #: the task was cancelled and the handler stopped: nothing follows
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)

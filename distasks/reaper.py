@@ -20,8 +20,8 @@ import trio
 from distasks import backoff, completer
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
-from distasks.model import RunStatus
-from distasks.outcome import failure
+from distasks.model import ClaimedRun, RunStatus, TaskStatus
+from distasks.outcome import Outcome, OutcomeKind, failure
 from distasks.retry import RetryPolicy
 from distasks.store import Store
 
@@ -38,9 +38,7 @@ async def reap_once(store: Store, broker: Broker, queues: Sequence[str], *, now_
     expired = await store.expired_runs(now=now, limit=BATCH)
     taken = 0
     if expired:
-        outcomes = [failure(run, f"lease_expired: worker {run.worker_id} stopped heartbeating",
-                            now_s=now_s, policy=policy, retry_now=True, expired_before=now)
-                    for run in expired]
+        outcomes = [_takeover(run, now_s=now_s, now=now, policy=policy) for run in expired]
         taken = await completer.record_once(outcomes, store=store, broker=broker)
         if taken:
             log.warning("took over %d runs whose lease expired", taken,
@@ -48,6 +46,14 @@ async def reap_once(store: Store, broker: Broker, queues: Sequence[str], *, now_
     for queue in queues:
         taken += await _hand_back_unstarted(store, broker, queue, now_ms=int(now_s * 1000))
     return taken
+
+
+def _takeover(run: ClaimedRun, *, now_s: float, now: datetime, policy: RetryPolicy) -> Outcome:
+    if run.task.status is TaskStatus.CANCELLED:
+        return Outcome(run, OutcomeKind.CANCELLED, now, error="cancelled; its worker died",
+                       expired_before=now)
+    return failure(run, f"lease_expired: worker {run.worker_id} stopped heartbeating",
+                   now_s=now_s, policy=policy, retry_now=True, expired_before=now)
 
 
 async def _hand_back_unstarted(store: Store, broker: Broker, queue: str, *, now_ms: int) -> int:

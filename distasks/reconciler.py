@@ -50,6 +50,9 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
             if len(page) < PAGE:
                 break
         await broker.restore_dlq(queue, [str(i) for i in await store.dead_task_ids(queue)])
+    for record in await store.queues(now=datetime.fromtimestamp(now_s, UTC)):
+        if record.paused:
+            await broker.set_paused(record.name, True)
     return added
 
 

@@ -4,7 +4,7 @@ The only module that knows them all. Shutdown order is nesting order:
 
     everything (hard deadline: grace + HARD_STOP_MARGIN_S after the first stop request)
     └── services: intake, heartbeat,       cancelled last (the heartbeat keeps leases
-        │         mover, reaper,           alive while handlers use their grace period)
+        │         mover, reaper, control,  alive while handlers use their grace period)
         │         reconciler
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import trio
 
 import distasks
-from distasks import aio, api, backoff, heartbeat, mover, reaper, reconciler
+from distasks import aio, api, backoff, control, heartbeat, mover, reaper, reconciler
 from distasks.api.services import Services
 from distasks.broker import Broker
 from distasks.config import Config
@@ -121,8 +121,9 @@ class Daemon:
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker,
             retry=policy, worker_id=self.worker_id)
+        waiters = control.TaskWaiters()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
-                                      registry=self.registry, clock=time.time))
+                                      registry=self.registry, waiters=waiters, clock=time.time))
         info = WorkerInfo(id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
                           queues=c.worker.queues, concurrency=c.worker.concurrency,
                           version=distasks.__version__, started_at=datetime.now(UTC))
@@ -137,6 +138,8 @@ class Daemon:
             await services.start(lambda task_status: reaper.run(
                 store, broker, c.worker.queues, interval_s=c.recovery.reaper_interval_s,
                 policy=policy, task_status=task_status))
+            await services.start(lambda task_status: control.run(
+                broker, pool, waiters, task_status=task_status))
             await services.start(lambda task_status: reconciler.run(
                 store, broker, interval_s=c.recovery.reconciler_interval_s,
                 grace_s=c.recovery.dispatch_grace_s, task_status=task_status))

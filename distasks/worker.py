@@ -33,6 +33,8 @@ from distasks.store import Store, dumps
 
 log = logging.getLogger(__name__)
 
+# How often a fetcher looks again at a paused queue.
+PAUSED_POLL_S = 0.5
 # Longest error text kept on a run.
 MAX_ERROR_CHARS = 4000
 
@@ -55,6 +57,7 @@ class WorkerPool:
         #: runs whose handler is running now, by run id
         self.in_flight: dict[uuid.UUID, ClaimedRun] = {}
         self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
+        self._cancel_requested: set[uuid.UUID] = set()
 
     def abandon(self, run_ids: set[uuid.UUID]) -> None:
         """Cancel the handlers of runs this daemon no longer holds (taken over after its
@@ -63,6 +66,14 @@ class WorkerPool:
             if scope := self._run_scopes.get(run_id):
                 log.warning("lease lost: abandoning the run", extra={
                     "event": "lease_lost", "run_id": str(run_id)})
+                scope.cancel()
+
+    def cancel_runs(self, run_ids: set[uuid.UUID]) -> None:
+        """Stop the handlers of these runs because their task was cancelled; each is
+        recorded `cancelled`. Runs not running here are ignored."""
+        for run_id in run_ids:
+            if scope := self._run_scopes.get(run_id):
+                self._cancel_requested.add(run_id)
                 scope.cancel()
 
     def stop(self, grace_s: float) -> None:
@@ -116,12 +127,15 @@ class WorkerPool:
                     except trio.WouldBlock:
                         break
                     held += 1
+                paused = False
                 try:
                     # Never cancelled in flight (DESIGN §1): it ends by itself within about
                     # a second, and everything it claimed is passed on below.
                     with trio.CancelScope(shield=True):
-                        claimed = await self._claim(queue, held, block=block)
+                        result = await self._claim(queue, held, block=block)
                     failures = 0
+                    paused = result is None
+                    claimed = result or []
                 except (StoreUnavailable, BrokerUnavailable) as e:
                     claimed, failures = [], failures + 1
                     log.warning("claim from %s failed, backing off: %s", queue, e,
@@ -132,16 +146,21 @@ class WorkerPool:
                     self._idle.release()
                 if failures:
                     await trio.sleep(backoff.delay_s(failures))
+                elif paused:
+                    await trio.sleep(PAUSED_POLL_S)
                 elif not claimed and not block:
                     with trio.CancelScope(shield=True):
                         await self._broker.wait_ready(queue)
 
-    async def _claim(self, queue: str, count: int, *, block: bool) -> list[ClaimedRun]:
-        """Lease up to `count` runs in Redis, then mark them running in PostgreSQL."""
+    async def _claim(self, queue: str, count: int, *, block: bool) -> list[ClaimedRun] | None:
+        """Lease up to `count` runs in Redis, then mark them running in PostgreSQL;
+        None if the queue is paused."""
         now_s = self._clock()
         lease_until_s = now_s + self._config.lease_s
         messages = await self._broker.claim(queue, count=count, block=block,
                                             lease_until_ms=int(lease_until_s * 1000))
+        if messages is None:
+            return None
         if messages and self._fetch_scope.cancel_called:
             # Stopped while the claim blocked: nothing has started, so it all goes back.
             await self._broker.requeue(queue, messages)
@@ -195,6 +214,10 @@ class WorkerPool:
                     del self.in_flight[claimed.run_id]
                     del self._run_scopes[claimed.run_id]
                     self._idle.release()
+                if claimed.run_id in self._cancel_requested:
+                    self._cancel_requested.discard(claimed.run_id)
+                    outcome = Outcome(claimed, OutcomeKind.CANCELLED, _dt(self._clock()),
+                                      error="cancelled while running")
                 if outcome is not None:  # None: abandoned after the lease was lost
                     outcomes.send_nowait(outcome)
 
@@ -221,6 +244,10 @@ class WorkerPool:
                     result = await trio.to_thread.run_sync(
                         handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)
             result_json = dumps(result)
+            if len(result_json.encode()) > self._config.max_result_bytes:
+                # Succeeded all the same; the run says what was dropped instead.
+                result_json = dumps({"result_dropped": {
+                    "bytes": len(result_json.encode()), "limit": self._config.max_result_bytes}})
         except trio.TooSlowError:
             return self._failure(claimed, f"timed out after {timeout_s:g}s")
         except Exception as exc:  # a handler failure is data, not a crash

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
 import trio
 from quart_trio import QuartTrio
 
-from distasks.api import dlq, errors, health, tasks, workers
+import distasks
+from distasks.api import dlq, errors, health, openapi, queues, tasks, workers
 from distasks.api.services import Services
 
 log = logging.getLogger(__name__)
@@ -20,11 +22,19 @@ BODY_OVERHEAD_BYTES = 64 * 1024
 
 def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("distasks")
-    app.config["MAX_CONTENT_LENGTH"] = services.config.http.max_payload_bytes + BODY_OVERHEAD_BYTES
+    http = services.config.http
+    app.config["MAX_CONTENT_LENGTH"] = max(http.max_body_bytes,
+                                           http.max_payload_bytes + BODY_OVERHEAD_BYTES)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["distasks"] = services
-    for bp in (tasks.bp, dlq.bp, workers.bp, health.bp):
+    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, health.bp):
         app.register_blueprint(bp)
+    document = openapi.document(title="distasks", version=distasks.__version__)
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Any:
+        return document
+
     errors.install(app)
     return app
 

@@ -1,66 +1,104 @@
-"""Dead-letter queue resources: list the oldest entries, replay them.
+"""Dead-letter queue resources: list, replay, delete.
 
 PostgreSQL keeps the DLQ (failed tasks of the queue, oldest failure first); the Redis
-list only indexes it, so nothing is ever trimmed or expired from it silently.
+list only indexes it, so nothing is ever trimmed or expired from it silently. Replays
+and deletions are recorded in the audit log with who did them and what they touched.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
-import pydantic
-from quart import Blueprint, Response, jsonify, request
+from quart import Blueprint, Response, jsonify
 
-from distasks.api import schemas
-from distasks.api.errors import from_validation_error
-from distasks.api.services import services
-from distasks.api.tasks import _iso, task_json
+from distasks.api import cursor, schemas
+from distasks.api.openapi import operation
+from distasks.api.services import actor, services
+from distasks.api.tasks import _body, iso, parse_body, parse_query, task_json
 from distasks.config import QUEUE_NAME_RE
 from distasks.errors import BrokerUnavailable, InvalidInput
+from distasks.store import DlqFilter
 
 bp = Blueprint("dlq", __name__)
 
 
-def _queue(name: str) -> str:
+def queue_name(name: str) -> str:
     if not QUEUE_NAME_RE.fullmatch(name):
         raise InvalidInput(f"queue name {name!r} is not 1-64 of [A-Za-z0-9_.-]", field="queue")
     return name
 
 
-@bp.get("/api/v1/queues/<queue>/dlq")
+def _selection(sel: schemas.DlqSelection) -> DlqFilter:
+    ids = None
+    if sel.task_ids is not None:
+        try:
+            ids = tuple(uuid.UUID(i) for i in sel.task_ids)
+        except ValueError:
+            raise InvalidInput("task_ids must be UUIDs", field="task_ids") from None
+    return DlqFilter(handler=sel.handler, error=sel.error, failed_since=sel.failed_since,
+                     task_ids=ids)
+
+
+@operation(bp, "GET", "/api/v1/queues/<queue>/dlq", tag="dlq",
+           summary="Dead-lettered tasks of a queue, oldest failure first",
+           query=schemas.DlqQuery, responses={200: schemas.DlqPage})
 async def list_dlq(queue: str) -> Response:
-    queue = _queue(queue)
-    try:
-        q = schemas.DlqQuery.model_validate(request.args.to_dict())
-    except pydantic.ValidationError as e:
-        raise from_validation_error(e) from None
-    dead = await services().store.dead_tasks(queue, limit=q.count)
+    queue = queue_name(queue)
+    q = parse_query(schemas.DlqQuery)
+    limit = q.count or q.limit
+    f = DlqFilter(handler=q.handler, error=q.error, failed_since=q.failed_since)
+    dead = await services().store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor))
+    last = dead[-1] if dead else None
+    next_cursor = (cursor.encode(last.failed_at, last.task.id)
+                   if last and last.failed_at and len(dead) == limit else None)
     return jsonify({
         "queue": queue,
         "count": len(dead),
         "tasks": [{**task_json(d.task), "attempts": d.attempts, "last_error": d.last_error,
-                   "failed_at": _iso(d.failed_at)} for d in dead],
+                   "failed_at": iso(d.failed_at)} for d in dead],
+        "next_cursor": next_cursor,
     })
 
 
-@bp.post("/api/v1/queues/<queue>/dlq/replay")
+@operation(bp, "POST", "/api/v1/queues/<queue>/dlq/replay", tag="dlq",
+           summary="Replay DLQ entries (by ids or the oldest matching filters) as new attempts",
+           body=schemas.ReplayDlq, responses={200: schemas.Replayed})
 async def replay_dlq(queue: str) -> Response:
-    queue = _queue(queue)
-    body = await request.get_data(as_text=False, parse_form_data=False)
-    try:
-        req = schemas.ReplayDlq.model_validate_json(body or b"{}")
-    except pydantic.ValidationError as e:
-        raise from_validation_error(e) from None
+    queue = queue_name(queue)
+    req = parse_body(schemas.ReplayDlq, await _body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
-    replayed = await s.store.replay(queue, limit=req.count,
-                                    override_priority=req.override_priority, now=now)
-    run_ids = [run_id for _, run_id in replayed]
-    try:
-        await s.broker.replayed(queue, removed=[str(t) for t, _ in replayed],
-                                ready=[str(r) for r in run_ids])
-        await s.store.mark_dispatched(run_ids, now=now)
-    except BrokerUnavailable:
-        pass  # committed: the reconciler pushes the new runs once Redis is back
+    replayed = await s.store.replay(queue, _selection(req), limit=req.count,
+                                    override_priority=req.override_priority, now=now,
+                                    actor=actor(), dry_run=req.dry_run)
+    run_ids = [run_id for _, run_id in replayed if run_id is not None]
+    if run_ids:
+        try:
+            await s.broker.replayed(queue, removed=[str(t) for t, _ in replayed],
+                                    ready=[str(r) for r in run_ids])
+            await s.store.mark_dispatched(run_ids, now=now)
+        except BrokerUnavailable:
+            pass  # committed: the reconciler pushes the new runs once Redis is back
     return jsonify({"queue": queue, "replayed": len(replayed),
-                    "task_ids": [str(task_id) for task_id, _ in replayed]})
+                    "task_ids": [str(task_id) for task_id, _ in replayed],
+                    "dry_run": req.dry_run})
+
+
+@operation(bp, "POST", "/api/v1/queues/<queue>/dlq/delete", tag="dlq",
+           summary="Remove DLQ entries (the tasks stay on record)",
+           body=schemas.DlqSelection, responses={200: schemas.Deleted})
+async def delete_dlq(queue: str) -> Response:
+    queue = queue_name(queue)
+    req = parse_body(schemas.DlqSelection, await _body() or b"{}")
+    s = services()
+    now = datetime.fromtimestamp(s.clock(), UTC)
+    deleted = await s.store.delete_dead(queue, _selection(req), limit=req.count, now=now,
+                                        actor=actor(), dry_run=req.dry_run)
+    if deleted and not req.dry_run:
+        try:
+            await s.broker.replayed(queue, removed=[str(t) for t in deleted], ready=[])
+        except BrokerUnavailable:
+            pass  # the DLQ index is rebuilt from PostgreSQL when Redis returns
+    return jsonify({"queue": queue, "deleted": len(deleted),
+                    "task_ids": [str(t) for t in deleted], "dry_run": req.dry_run})

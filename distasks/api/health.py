@@ -5,6 +5,8 @@ from __future__ import annotations
 import trio
 from quart import Blueprint, Response, jsonify
 
+from distasks.api import schemas
+from distasks.api.openapi import operation
 from distasks.api.services import services
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 
@@ -14,12 +16,15 @@ bp = Blueprint("health", __name__)
 PROBE_TIMEOUT_S = 1.0
 
 
-@bp.get("/healthz")
+@operation(bp, "GET", "/healthz", tag="health", summary="Liveness: 200 while the process runs",
+           responses={200: schemas.Health})
 async def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-@bp.get("/readyz")
+@operation(bp, "GET", "/readyz", tag="health",
+           summary="Readiness: 200 when PostgreSQL and Redis answer, else 503 naming what is down",
+           responses={200: schemas.Readiness, 503: schemas.Readiness})
 async def readyz() -> Response:
     s = services()
     checks: dict[str, str] = {}

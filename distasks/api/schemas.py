@@ -1,5 +1,5 @@
-"""Request bodies and query parameters, declared once: they validate requests and
-describe them (their JSON Schema)."""
+"""Request and response shapes, declared once: they validate requests and are the
+schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
+RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
+                        "cancelled"]
 
 
 class _Strict(BaseModel):
@@ -16,6 +19,13 @@ class _Strict(BaseModel):
     # strict types: "3" is not an integer.
     model_config = ConfigDict(extra="forbid", strict=True)
 
+
+class _Query(BaseModel):
+    # Query strings are text: lax mode turns "50" into 50. Unknown parameters are refused.
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- requests -----------------------------------------------------------------------
 
 class CreateTask(_Strict):
     name: str = Field(min_length=1, max_length=256, description="A free label")
@@ -33,12 +43,226 @@ class CreateTask(_Strict):
                                         description="For type delayed, instead of run_at")
 
 
-class ReplayDlq(_Strict):
+class CreateTasks(_Strict):
+    tasks: list[CreateTask] = Field(min_length=1, description="At most http.max_batch items")
+
+
+class CancelTask(_Strict):
+    reason: str | None = Field(None, max_length=1000)
+
+
+class DlqSelection(_Strict):
+    """Which DLQ entries a replay or delete touches: `task_ids`, or the oldest `count`
+    matching the filters."""
+
     count: int = Field(10, ge=1, le=10_000)
+    task_ids: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    handler: str | None = Field(None, min_length=1, max_length=128)
+    error: str | None = Field(None, min_length=1, max_length=1000,
+                              description="Substring of the last error, case-insensitive")
+    failed_since: AwareDatetime | None = None
+    dry_run: bool = False
+
+
+class ReplayDlq(DlqSelection):
     override_priority: int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
 
 
-class DlqQuery(BaseModel):
-    # Query strings are text: plain (lax) mode turns "50" into 50.
-    model_config = ConfigDict(extra="ignore")
-    count: int = Field(50, ge=1, le=1000)
+class TaskQuery(_Query):
+    status: TaskStatusName | None = None
+    queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
+    name: str | None = Field(None, min_length=1, max_length=256)
+    handler: str | None = Field(None, min_length=1, max_length=128)
+    dedup_key: str | None = Field(None, min_length=1, max_length=256)
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class GetTaskQuery(_Query):
+    wait: float = Field(0, ge=0, le=60,
+                        description="Seconds to wait for a final state before answering")
+
+
+class DlqQuery(_Query):
+    count: int | None = Field(None, ge=1, le=1000, description="Same as limit (original API)")
+    limit: int = Field(50, ge=1, le=1000)
+    cursor: str | None = Field(None, max_length=200)
+    handler: str | None = Field(None, min_length=1, max_length=128)
+    error: str | None = Field(None, min_length=1, max_length=1000)
+    failed_since: AwareDatetime | None = None
+
+
+# -- responses ----------------------------------------------------------------------
+
+class TaskOut(BaseModel):
+    id: str
+    name: str
+    handler: str
+    type: Literal["immediate", "delayed"]
+    queue_name: str
+    priority: int
+    payload: Any
+    dedup_key: str | None
+    max_retries: int
+    timeout_seconds: float | None
+    status: TaskStatusName
+    failures: int
+    run_at: str | None
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    cancelled_at: str | None
+    cancelled_by: str | None
+    cancel_reason: str | None
+
+
+class RunOut(BaseModel):
+    id: str
+    task_id: str
+    attempt: int
+    status: RunStatusName
+    worker_id: str | None
+    lease_expires_at: str | None
+    available_at: str
+    next_retry_at: str | None
+    error: str | None
+    result: Any
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class Created(BaseModel):
+    task_id: str
+    status: TaskStatusName
+
+
+class BatchItem(Created):
+    created: bool
+
+
+class BatchCreated(BaseModel):
+    tasks: list[BatchItem]
+
+
+class TaskDetail(BaseModel):
+    task: TaskOut
+    latest_run: RunOut | None
+    runs: list[RunOut]
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskOut]
+    next_cursor: str | None
+
+
+class RunList(BaseModel):
+    runs: list[RunOut]
+
+
+class Cancelled(BaseModel):
+    task_id: str
+    status: TaskStatusName
+    cancelled: bool = Field(description="False when the task had already finished")
+
+
+class QueueOut(BaseModel):
+    name: str
+    paused: bool
+    paused_at: str | None
+    paused_by: str | None
+    ready: int
+    delayed: int
+    leased: int
+    dlq: int
+    completed_last_minute: int
+    failed_last_minute: int
+    oldest_ready_age_seconds: float | None
+
+
+class QueueList(BaseModel):
+    queues: list[QueueOut]
+
+
+class QueueState(BaseModel):
+    name: str
+    paused: bool
+
+
+class DeadTaskOut(TaskOut):
+    attempts: int
+    last_error: str | None
+    failed_at: str | None
+
+
+class DlqPage(BaseModel):
+    queue: str
+    count: int
+    tasks: list[DeadTaskOut]
+    next_cursor: str | None
+
+
+class Replayed(BaseModel):
+    queue: str
+    replayed: int
+    task_ids: list[str]
+    dry_run: bool
+
+
+class Deleted(BaseModel):
+    queue: str
+    deleted: int
+    task_ids: list[str]
+    dry_run: bool
+
+
+class RunningOut(BaseModel):
+    run_id: str
+    task_id: str
+    attempt: int
+    name: str
+    handler: str
+    queue_name: str
+    started_at: str | None
+    lease_expires_at: str | None
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    version: str
+    started_at: str
+    heartbeat_at: str
+    stopped_at: str | None
+    alive: bool
+    running: list[RunningOut]
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ready: bool
+    postgres: str
+    redis: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody

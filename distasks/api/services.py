@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quart import current_app
+from quart import current_app, request
 
 from distasks.broker import Broker
 from distasks.config import Config
+from distasks.control import TaskWaiters
 from distasks.handlers import Registry
 from distasks.intake import Intake
 from distasks.store import Store
@@ -21,6 +22,7 @@ class Services:
     broker: Broker
     intake: Intake
     registry: Registry
+    waiters: TaskWaiters
     #: wall clock, Unix seconds
     clock: Callable[[], float]
 
@@ -28,3 +30,16 @@ class Services:
 def services() -> Services:
     s: Services = current_app.extensions["distasks"]
     return s
+
+
+# Longest actor name kept in the audit log.
+MAX_ACTOR_CHARS = 200
+
+
+def actor() -> str:
+    """Who makes this request, for the audit log: the X-Distasks-Actor header, else the
+    client address. (Authentication, when it comes, will supply a verified identity.)"""
+    named = request.headers.get("X-Distasks-Actor", "").strip()
+    if named:
+        return named[:MAX_ACTOR_CHARS]
+    return f"anonymous@{request.remote_addr or 'unknown'}"

@@ -1,39 +1,100 @@
-"""Task resources: create one, read one with its runs."""
+"""Task resources: create one or a batch, read, list, runs, cancel, long-poll."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
+import trio
 from quart import Blueprint, Response, jsonify, request
 
-from distasks.api import schemas
+from distasks.api import cursor, schemas
 from distasks.api.errors import from_validation_error
-from distasks.api.services import services
+from distasks.api.openapi import operation
+from distasks.api.services import actor, services
 from distasks.errors import InvalidInput, NotFound, PayloadTooLarge, UnknownHandler
-from distasks.model import NewTask, RunStatus, Task, TaskRun, TaskType
-from distasks.store import dumps
+from distasks.model import (
+    TERMINAL_TASK_STATUSES,
+    NewTask,
+    RunStatus,
+    Task,
+    TaskRun,
+    TaskType,
+)
+from distasks.store import TaskFilter, dumps
 
 bp = Blueprint("tasks", __name__)
 
+# A long poll re-reads PostgreSQL at least this often, in case a "done" message was lost.
+WAIT_POLL_S = 1.0
 
-@bp.post("/api/v1/tasks")
+
+@operation(bp, "POST", "/api/v1/tasks", tag="tasks", summary="Create a task",
+           body=schemas.CreateTask, responses={201: schemas.Created, 200: schemas.Created},
+           errors={413: "Payload over http.max_payload_bytes"})
 async def create_task() -> tuple[Response, int]:
-    new = parse_create(await request.get_data(as_text=False, parse_form_data=False))
+    req = parse_body(schemas.CreateTask, await _body())
+    new = new_task(req)
     result = await services().intake.create(new)
     return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
         201 if result.created else 200)
 
 
-def parse_create(body: bytes | str) -> NewTask:
-    """Validate a create body into a NewTask; raises InvalidInput naming the field."""
-    s = services()
+@operation(bp, "POST", "/api/v1/tasks/batch", tag="tasks",
+           summary="Create many tasks at once: all valid or none written, one transaction",
+           body=schemas.CreateTasks, responses={200: schemas.BatchCreated})
+async def create_tasks() -> Response:
+    req = parse_body(schemas.CreateTasks, await _body())
+    limit = services().config.http.max_batch
+    if len(req.tasks) > limit:
+        raise InvalidInput(f"at most {limit} tasks per batch, got {len(req.tasks)}",
+                           field="tasks")
+    news = []
+    for i, item in enumerate(req.tasks):
+        try:
+            news.append(new_task(item))
+        except InvalidInput as e:
+            e.field = f"tasks.{i}.{e.field}" if e.field else f"tasks.{i}"
+            e.message = f"tasks[{i}]: {e.message}"
+            raise
+    results = await services().intake.create_many(news)
+    return jsonify({"tasks": [{"task_id": str(r.task_id), "status": r.status.value,
+                               "created": r.created} for r in results]})
+
+
+async def _body() -> bytes:
+    data = await request.get_data(as_text=False, parse_form_data=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
     try:
-        req = schemas.CreateTask.model_validate_json(body or b"null")
+        return model.model_validate_json(body or b"null")
     except pydantic.ValidationError as e:
         raise from_validation_error(e) from None
+
+
+def parse_query(model: type[M]) -> M:
+    try:
+        return model.model_validate(request.args.to_dict())
+    except pydantic.ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+def parse_create(body: bytes | str) -> NewTask:
+    """Validate a create body into a NewTask; raises InvalidInput naming the field."""
+    return new_task(parse_body(schemas.CreateTask, body if isinstance(body, bytes)
+                               else body.encode()))
+
+
+def new_task(req: schemas.CreateTask) -> NewTask:
+    """Check what the schema cannot (handler, payload size, timing) and build the task."""
+    s = services()
     handler = req.handler or s.config.worker.default_handler
     if handler not in s.registry:
         raise UnknownHandler(handler)
@@ -65,14 +126,70 @@ def parse_create(body: bytes | str) -> NewTask:
     )
 
 
-@bp.get("/api/v1/tasks/<task_id>")
+@operation(bp, "GET", "/api/v1/tasks", tag="tasks",
+           summary="List tasks, newest first, with filters and keyset pagination",
+           query=schemas.TaskQuery, responses={200: schemas.TaskPage})
+async def list_tasks() -> Response:
+    q = parse_query(schemas.TaskQuery)
+    f = TaskFilter(status=q.status, queue_name=q.queue, name=q.name, handler=q.handler,
+                   dedup_key=q.dedup_key, created_after=q.created_after,
+                   created_before=q.created_before)
+    tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor))
+    next_cursor = (cursor.encode(tasks[-1].created_at, tasks[-1].id)
+                   if len(tasks) == q.limit else None)
+    return jsonify({"tasks": [task_json(t) for t in tasks], "next_cursor": next_cursor})
+
+
+@operation(bp, "GET", "/api/v1/tasks/<task_id>", tag="tasks",
+           summary="A task with its runs; ?wait=N long-polls until it is final",
+           query=schemas.GetTaskQuery, responses={200: schemas.TaskDetail},
+           errors={404: "No such task"})
 async def get_task(task_id: str) -> Response:
+    tid = parse_uuid(task_id, "task_id")
+    q = parse_query(schemas.GetTaskQuery)
+    s = services()
+    deadline = trio.current_time() + q.wait
+    while True:
+        found = await s.store.get_task(tid)
+        if found is None:
+            raise NotFound(f"no task with id {task_id}")
+        task, runs = found
+        if task.status in TERMINAL_TASK_STATUSES or trio.current_time() >= deadline:
+            break
+        with trio.move_on_at(min(deadline, trio.current_time() + WAIT_POLL_S)):
+            await s.waiters.wait(tid)
+    return jsonify({"task": task_json(task), "latest_run": latest_run_json(runs),
+                    "runs": [run_json(r) for r in runs]})
+
+
+@operation(bp, "GET", "/api/v1/tasks/<task_id>/runs", tag="tasks",
+           summary="Every attempt of a task, oldest first", responses={200: schemas.RunList},
+           errors={404: "No such task"})
+async def get_runs(task_id: str) -> Response:
     found = await services().store.get_task(parse_uuid(task_id, "task_id"))
     if found is None:
         raise NotFound(f"no task with id {task_id}")
-    task, runs = found
-    return jsonify({"task": task_json(task), "latest_run": latest_run_json(runs),
-                    "runs": [run_json(r) for r in runs]})
+    return jsonify({"runs": [run_json(r) for r in found[1]]})
+
+
+@operation(bp, "POST", "/api/v1/tasks/<task_id>/cancel", tag="tasks",
+           summary="Cancel a task: at once if waiting, within a second if running",
+           body=schemas.CancelTask, responses={200: schemas.Cancelled},
+           errors={404: "No such task"})
+async def cancel_task(task_id: str) -> Response:
+    tid = parse_uuid(task_id, "task_id")
+    req = parse_body(schemas.CancelTask, await _body() or b"{}")
+    s = services()
+    now = datetime.fromtimestamp(s.clock(), UTC)
+    done = await s.store.cancel_task(tid, actor=actor(), reason=req.reason, now=now)
+    if done is None:
+        raise NotFound(f"no task with id {task_id}")
+    if done.cancelled:
+        await s.broker.cancelled(waiting=[(q, str(r)) for q, r in done.waiting],
+                                 running=str(done.running) if done.running else None,
+                                 task_id=str(tid))
+    return jsonify({"task_id": str(tid), "status": done.status.value,
+                    "cancelled": done.cancelled})
 
 
 def parse_uuid(text: str, field: str) -> uuid.UUID:
@@ -97,21 +214,24 @@ def task_json(t: Task) -> dict[str, Any]:
         "id": str(t.id), "name": t.name, "handler": t.handler, "type": t.type.value,
         "queue_name": t.queue_name, "priority": t.priority, "payload": t.payload,
         "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_seconds": t.timeout_s,
-        "status": t.status.value, "failures": t.failures, "run_at": _iso(t.run_at),
-        "created_at": _iso(t.created_at), "updated_at": _iso(t.updated_at),
-        "finished_at": _iso(t.finished_at),
+        "status": t.status.value, "failures": t.failures, "run_at": iso(t.run_at),
+        "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
+        "finished_at": iso(t.finished_at), "cancelled_at": iso(t.cancelled_at),
+        "cancelled_by": t.cancelled_by, "cancel_reason": t.cancel_reason,
     }
 
 
 def run_json(r: TaskRun) -> dict[str, Any]:
     return {
         "id": str(r.id), "task_id": str(r.task_id), "attempt": r.attempt, "status": r.status.value,
-        "worker_id": r.worker_id, "lease_expires_at": _iso(r.lease_expires_at),
-        "available_at": _iso(r.available_at), "next_retry_at": _iso(r.next_retry_at),
-        "error": r.error, "result": r.result, "created_at": _iso(r.created_at),
-        "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
+        "worker_id": r.worker_id, "lease_expires_at": iso(r.lease_expires_at),
+        "available_at": iso(r.available_at), "next_retry_at": iso(r.next_retry_at),
+        "error": r.error, "result": r.result, "created_at": iso(r.created_at),
+        "started_at": iso(r.started_at), "finished_at": iso(r.finished_at),
     }
 
 
-def _iso(d: datetime | None) -> str | None:
+def iso(d: datetime | None) -> str | None:
     return d.isoformat().replace("+00:00", "Z") if d else None
+
+

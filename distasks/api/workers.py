@@ -6,13 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 from quart import Blueprint, Response, jsonify
 
+from distasks.api import schemas
+from distasks.api.openapi import operation
 from distasks.api.services import services
-from distasks.api.tasks import _iso
+from distasks.api.tasks import iso as _iso
 
 bp = Blueprint("workers", __name__)
 
 
-@bp.get("/api/v1/workers")
+@operation(bp, "GET", "/api/v1/workers", tag="workers",
+           summary="Daemons, live and recently dead, with their running runs",
+           responses={200: schemas.WorkerList})
 async def list_workers() -> Response:
     """Each daemon with `alive` (heartbeat within two leases, not stopped) and its
     running runs; dead ones stay listed for `recovery.workers_listed_s`."""

@@ -49,6 +49,8 @@ class Settlement:
     dead: dict[str, list[str]] = field(default_factory=dict)
     #: queue -> run ids to run next (interrupted runs handed back)
     urgent: dict[str, list[str]] = field(default_factory=dict)
+    #: task ids that reached a final state (announced to long-poll waiters)
+    finished: list[str] = field(default_factory=list)
 
 
 class Broker:
@@ -111,9 +113,10 @@ class Broker:
 
     # -- claim -----------------------------------------------------------------------
 
-    async def claim(self, queue: str, *, count: int, lease_until_ms: int, block: bool) -> list[str]:
+    async def claim(self, queue: str, *, count: int, lease_until_ms: int,
+                    block: bool) -> list[str] | None:
         """Lease up to `count` ready run ids of `queue`; with `block`, wait up to
-        CLAIM_BLOCK_S for the first one.
+        CLAIM_BLOCK_S for the first one. None when the queue is paused.
 
         Returns at once when work is ready; otherwise waits on the server (`wait_ready`)
         and claims what arrived, all in one crossing. Claimed ids are in the lease set when
@@ -122,13 +125,14 @@ class Broker:
         """
         return await self._call(self._claim, queue, count, lease_until_ms, block)
 
-    async def _claim(self, queue: str, count: int, lease_until_ms: int, block: bool) -> list[str]:
+    async def _claim(self, queue: str, count: int, lease_until_ms: int,
+                     block: bool) -> list[str] | None:
         keys = self.keys(queue)
-        script = self._scripts["claim"]
-        items: list[str] = await script(keys=[keys.ready, keys.leases], args=[count, lease_until_ms])
-        if items or not block or not await self._wait_ready(queue):
+        script, script_keys = self._scripts["claim"], [keys.ready, keys.leases, keys.paused]
+        items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
+        if items is None or items or not block or not await self._wait_ready(queue):
             return items
-        return list(await script(keys=[keys.ready, keys.leases], args=[count, lease_until_ms]))
+        return await script(keys=script_keys, args=[count, lease_until_ms])  # type: ignore[no-any-return]
 
     async def wait_ready(self, queue: str) -> bool:
         """Wait up to CLAIM_BLOCK_S until `queue` has a ready item; takes nothing.
@@ -169,6 +173,8 @@ class Broker:
                 pipe.rpush(self.keys(queue).dlq, *task_ids)
             for queue, run_ids in s.urgent.items():
                 pipe.lpush(self.keys(queue).ready, *reversed(run_ids))
+            if s.finished:
+                pipe.publish(self.control_channel, "done " + " ".join(s.finished))
             await pipe.execute()
 
     # -- mover -----------------------------------------------------------------------
@@ -213,6 +219,57 @@ class Broker:
             if ready:
                 pipe.rpush(keys.ready, *ready)
             await pipe.execute()
+
+    # -- control ---------------------------------------------------------------------
+
+    @property
+    def control_channel(self) -> str:
+        return global_keys(self._prefix).control
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Mirror a queue's pause flag (claims of a paused queue return nothing)."""
+        key = self.keys(queue).paused
+        if paused:
+            await self._call(self._redis.set, key, "1")
+        else:
+            await self._call(self._redis.delete, key)
+
+    async def cancelled(self, *, waiting: Sequence[tuple[str, str]], running: str | None,
+                        task_id: str) -> None:
+        """A task was cancelled: drop its waiting runs from the index, tell the daemon
+        running it (if any) to stop, and wake whoever waits for the task."""
+        await self._call(self._cancelled, waiting, running, task_id)
+
+    async def _cancelled(self, waiting: Sequence[tuple[str, str]], running: str | None,
+                         task_id: str) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, run_id in waiting:
+                keys = self.keys(queue)
+                pipe.lrem(keys.ready, 1, run_id)
+                pipe.zrem(keys.delayed, run_id)
+            if running:
+                pipe.publish(self.control_channel, f"cancel {running}")
+            pipe.publish(self.control_channel, f"done {task_id}")
+            await pipe.execute()
+
+    async def announce(self, verb: str, ids: Sequence[str]) -> None:
+        """Tell every daemon on the control channel, e.g. ("cancel", run ids)."""
+        if ids:
+            await self._call(self._redis.publish, self.control_channel, f"{verb} {' '.join(ids)}")
+
+    @asynccontextmanager
+    async def control_messages(self) -> AsyncIterator[ControlSubscription]:
+        """Subscribe to the control channel for the block."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._call(pubsub.subscribe, self.control_channel)
+            yield ControlSubscription(self, pubsub)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(SOCKET_TIMEOUT_S):
+                try:
+                    await aio.call(pubsub.aclose)
+                except _UNAVAILABLE:
+                    pass
 
     # -- leases and recovery ------------------------------------------------------------
 
@@ -301,9 +358,46 @@ class Broker:
             ready, delayed, leased, dead = await pipe.execute()
         return {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead}
 
+    async def queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Depths of many queues in one pipeline, with each ready list's head (oldest)."""
+        return await self._call(self._queue_depths, queues)
+
+    async def _queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                keys = self.keys(queue)
+                pipe.llen(keys.ready)
+                pipe.zcard(keys.delayed)
+                pipe.zcard(keys.leases)
+                pipe.llen(keys.dlq)
+                pipe.lindex(keys.ready, 0)
+            replies = await pipe.execute()
+        out = {}
+        for i, queue in enumerate(queues):
+            ready, delayed, leased, dead, head = replies[5 * i:5 * i + 5]
+            out[queue] = {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead,
+                          "head": head}
+        return out
+
     async def raw(self, fn_name: str, *args: Any) -> Any:
         """Run one plain redis-py command by name; for tests and diagnostics."""
         return await self._call(getattr(self._redis, fn_name), *args)
+
+
+class ControlSubscription:
+    def __init__(self, broker: Broker, pubsub: Any):
+        self._broker = broker
+        self._pubsub = pubsub
+
+    async def next(self, *, wait_s: float) -> tuple[str, list[str]] | None:
+        """The next control message as (verb, ids), or None if none came within `wait_s`.
+        Messages are hints: each has a slower fallback, so one lost to a reconnect or a
+        cancellation is harmless."""
+        message = await self._broker._call(self._pubsub.get_message, timeout=wait_s)
+        if not message or message.get("type") != "message":
+            return None
+        verb, _, rest = str(message["data"]).partition(" ")
+        return verb, rest.split()
 
 
 def _lua(name: str) -> str:

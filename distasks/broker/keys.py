@@ -21,6 +21,8 @@ class QueueKeys:
     leases: str
     #: SET NX PX lock, so that one daemon moves due items per tick
     mover_lock: str
+    #: exists while the queue is paused (PostgreSQL keeps the flag; this mirrors it)
+    paused: str
 
 
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
@@ -31,6 +33,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         dlq=f"{base}:dlq",
         leases=f"{base}:leases",
         mover_lock=f"{base}:mover-lock",
+        paused=f"{base}:paused",
     )
 
 
@@ -40,7 +43,10 @@ class GlobalKeys:
     epoch: str
     #: SET NX PX lock, so that one daemon rebuilds the index
     rebuild_lock: str
+    #: pub/sub channel between daemons: "cancel <run ids>", "done <task ids>"
+    control: str
 
 
 def global_keys(prefix: str) -> GlobalKeys:
-    return GlobalKeys(epoch=f"{prefix}:epoch", rebuild_lock=f"{prefix}:rebuild-lock")
+    return GlobalKeys(epoch=f"{prefix}:epoch", rebuild_lock=f"{prefix}:rebuild-lock",
+                      control=f"{prefix}:control")

@@ -74,8 +74,8 @@ async def test_outcome_of_a_worker_that_lost_the_lease_is_not_written(store):
         written = await store.record_outcomes(result("w1"))
         again = await store.record_outcomes(result("w1"))
         task, runs = await store.get_task(t.id)
-    assert written_by_other == set() and again == set()
-    assert written == {t.run_id}
+    assert written_by_other.runs == set() and again.runs == set()
+    assert written.runs == written.advanced == {t.run_id}
     assert task.status is TaskStatus.COMPLETED
     assert runs[0].status is RunStatus.SUCCEEDED and runs[0].result == "late"
 
@@ -141,11 +141,11 @@ async def test_takeover_applies_only_while_the_lease_is_still_expired(store):
             (t.run_id, Fence("w", expired_before=later + timedelta(seconds=1)), "lease_expired",
              now())]))
         held_after = await store.heartbeat("w", now=now(), run_ids=[t.run_id], lease_until=later)
-    assert held == {t.run_id}
-    assert written == set()
+    assert held.extended == {t.run_id} and held.cancelled == set()
+    assert written.runs == set()
     assert expired.run_id == t.run_id and expired.worker_id == "w"
-    assert written_late == {t.run_id}
-    assert held_after == set()
+    assert written_late.runs == {t.run_id}
+    assert held_after.extended == set()
 
 
 async def test_undispatched_runs_are_found_until_marked(store):

@@ -53,6 +53,8 @@ BAD_INPUTS = [
     ({"name": "x", "unknown": 1}, 422, "unknown_field", "unknown"),
     ({"name": "x", "payload": {"blob": BIG}}, 413, "payload_too_large", "payload"),
     (b'{"name": "x", "payload": ' + b'"' + b"y" * (3 * 1024 * 1024) + b'"}', 413,
+     "payload_too_large", "payload"),
+    (b'{"name": "x", "payload": ' + b'"' + b"y" * (17 * 1024 * 1024) + b'"}', 413,
      "request_entity_too_large", "body"),
 ]
 

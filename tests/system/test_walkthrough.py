@@ -64,7 +64,8 @@ async def test_original_walkthrough(start_daemon, daemon_env):
             assert "odd priority" in dlq["tasks"][0]["last_error"]
             r = await client.post("/api/v1/queues/default/dlq/replay",
                                   json={"count": 10, "override_priority": 4})
-            assert r.json() == {"queue": "default", "replayed": 1, "task_ids": [doomed]}
+            assert r.json() == {"queue": "default", "replayed": 1, "task_ids": [doomed],
+                                "dry_run": False}
             body = await wait_task(client, d.url, doomed)
             assert body["task"]["status"] == "completed" and body["task"]["priority"] == 4
             assert (await client.get("/api/v1/queues/default/dlq")).json()["tasks"] == []

@@ -19,6 +19,7 @@ from distasks.api.errors import from_validation_error
 from distasks.api.services import Services
 from distasks.api.tasks import parse_create
 from distasks.config import Config, HttpConfig, RetryConfig
+from distasks.control import TaskWaiters
 from distasks.errors import InvalidInput, PayloadTooLarge, UnknownHandler
 from distasks.handlers import builtin_registry
 from distasks.model import NewTask, TaskType
@@ -34,7 +35,7 @@ def app():
     config = Config(http=HttpConfig(max_payload_bytes=MAX_PAYLOAD_BYTES),
                     retry=RetryConfig(max_retries=MAX_RETRIES))
     services = Services(config=config, store=None, broker=None, intake=None,  # type: ignore[arg-type]
-                        registry=builtin_registry(), clock=lambda: NOW_S)
+                        registry=builtin_registry(), waiters=TaskWaiters(), clock=lambda: NOW_S)
     return create_app(services)
 
 

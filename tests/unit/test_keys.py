@@ -63,6 +63,7 @@ def test_keys_follow_the_documented_layout():
         dlq="distasks:{q:emails}:dlq",
         leases="distasks:{q:emails}:leases",
         mover_lock="distasks:{q:emails}:mover-lock",
+        paused="distasks:{q:emails}:paused",
     )
 
 

@@ -1,0 +1,120 @@
+"""The OpenAPI document, generated from the same declarations that route and validate
+requests: every route is declared with `operation(...)`, which registers it with Quart
+and records its body, query and response models here."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from quart import Blueprint
+
+from distasks.api.schemas import ErrorOut
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors every operation may answer, besides its own.
+COMMON_ERRORS = {
+    "422": "Invalid input: the body names the field",
+    "503": "PostgreSQL or Redis unavailable; retry after Retry-After seconds",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    rule: str
+    summary: str
+    tag: str
+    responses: dict[int, type[BaseModel] | None]
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The OpenAPI path: Quart's `<name>` becomes `{name}`."""
+        return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", self.rule)
+
+
+OPERATIONS: list[Operation] = []
+
+
+def operation(bp: Blueprint, method: str, rule: str, *, summary: str, tag: str,
+              responses: dict[int, type[BaseModel] | None], body: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None,
+              errors: dict[int, str] | None = None) -> Callable[[F], F]:
+    """Register a route on `bp` and describe it in the OpenAPI document."""
+    op = Operation(method.upper(), rule, summary, tag, responses, body, query, errors or {})
+    OPERATIONS.append(op)
+
+    def register(fn: F) -> F:
+        bp.route(rule, methods=[op.method])(fn)
+        return fn
+
+    return register
+
+
+def document(*, title: str, version: str) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorOut}
+    for op in OPERATIONS:
+        models.update(m for m in op.responses.values() if m is not None)
+        if op.body is not None:
+            models.add(op.body)
+    _, top = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+                                ref_template="#/components/schemas/{model}")
+    schemas = top.get("$defs", {})
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": "distasks: tasks recorded in PostgreSQL, dispatched via Redis."},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    doc: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],
+                           "operationId": re.sub(r"\W+", "_", f"{op.method}_{op.path}").strip("_")}
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{([a-z_]+)}", op.path)]
+    if op.query is not None:
+        schema = op.query.model_json_schema()
+        required = set(schema.get("required", []))
+        for name, prop in schema.get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": name in required,
+                           "schema": _inline(prop)})
+    if params:
+        doc["parameters"] = params
+    if op.body is not None:
+        doc["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
+    responses: dict[str, Any] = {}
+    for status, model in op.responses.items():
+        entry: dict[str, Any] = {"description": "OK" if status < 300 else "See the body"}
+        if model is not None:
+            entry["content"] = {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+        responses[str(status)] = entry
+    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for status, text in {**{int(k): v for k, v in COMMON_ERRORS.items()}, **op.errors}.items():
+        responses.setdefault(str(status), {"description": text, "content": error_ref})
+    if op.body is not None:
+        responses.setdefault("400", {"description": "Malformed JSON", "content": error_ref})
+        responses.setdefault("413", {"description": "Body or payload too large",
+                                     "content": error_ref})
+    doc["responses"] = responses
+    return doc
+
+
+def _inline(prop: dict[str, Any]) -> dict[str, Any]:
+    """Query parameter schemas are small; drop titles and keep them inline."""
+    return {k: v for k, v in prop.items() if k != "title"}

@@ -1,0 +1,90 @@
+"""Control: what daemons tell each other through Redis pub/sub, at once.
+
+"cancel <run ids>": the daemon running one of them stops its handler.
+"done <task ids>": tasks reached a final state; long-polling requests wake up.
+Every message is a hint with a slower fallback (heartbeats notice cancelled tasks,
+long polls re-read PostgreSQL every second), so a message lost to a reconnect is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+
+import trio
+
+from distasks import backoff
+from distasks.broker import Broker
+from distasks.errors import BrokerUnavailable
+from distasks.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+# How long one wait for a message lasts; also bounds how late shutdown notices.
+WAIT_S = 1.0
+
+
+class TaskWaiters:
+    """Requests waiting for tasks to finish, woken by "done" messages."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, list[trio.Event]] = {}
+
+    async def wait(self, task_id: uuid.UUID) -> None:
+        """Return when `task_id` is announced done; callers bound the wait."""
+        event = trio.Event()
+        key = str(task_id)
+        self._events.setdefault(key, []).append(event)
+        try:
+            await event.wait()
+        finally:
+            waiting = self._events.get(key, [])
+            if event in waiting:
+                waiting.remove(event)
+            if not waiting:
+                self._events.pop(key, None)
+
+    def notify(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            for event in self._events.pop(task_id, []):
+                event.set()
+
+
+async def run(broker: Broker, pool: WorkerPool, waiters: TaskWaiters, *,
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on the control channel until cancelled, resubscribing after failures."""
+    failures = 0
+    started = False
+    while True:
+        try:
+            async with broker.control_messages() as messages:
+                if not started:
+                    task_status.started()
+                    started = True
+                failures = 0
+                while True:
+                    message = await messages.next(wait_s=WAIT_S)
+                    if message is not None:
+                        _handle(*message, pool=pool, waiters=waiters)
+        except BrokerUnavailable as e:
+            failures += 1
+            if not started:
+                task_status.started()
+                started = True
+            log.warning("control channel lost, resubscribing: %s", e,
+                        extra={"event": "control_retry"})
+            await trio.sleep(backoff.delay_s(failures))
+
+
+def _handle(verb: str, ids: list[str], *, pool: WorkerPool, waiters: TaskWaiters) -> None:
+    if verb == "cancel":
+        run_ids = set()
+        for i in ids:
+            try:
+                run_ids.add(uuid.UUID(i))
+            except ValueError:
+                continue
+        pool.cancel_runs(run_ids)
+    elif verb == "done":
+        waiters.notify(ids)

@@ -1,0 +1,95 @@
+"""The connection pool, the one bridge crossing per call, and row mapping shared by the
+query modules."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+
+from distasks import aio
+from distasks.errors import StoreUnavailable
+from distasks.model import ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
+
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S", bound="StoreBase")
+
+# How long closing the pool may take at shutdown.
+CLOSE_TIMEOUT_S = 2.0
+# How long a caller waits for a free connection before the store counts as unavailable.
+POOL_TIMEOUT_S = 5.0
+
+
+class StoreBase:
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any]):
+        self._pool = pool
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> AsyncIterator[Self]:
+        """Open a pool to `dsn` for the block; must run inside aio.open_loop()."""
+        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+            dsn, min_size=min_size, max_size=max_size, open=False, timeout=POOL_TIMEOUT_S,
+            name="distasks", kwargs={"application_name": "distasks"},
+        )
+        await aio.call(pool.open, wait=False)
+        try:
+            yield cls(pool)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await aio.call(pool.close, timeout=CLOSE_TIMEOUT_S)
+
+
+def crossing(fn: Callable[Concatenate[S, P], Awaitable[T]]) -> Callable[Concatenate[S, P], Awaitable[T]]:
+    """Turn an asyncio-side query method into a Trio method: each call is one crossing of
+    the bridge, and connection failures surface as StoreUnavailable."""
+
+    @functools.wraps(fn)
+    async def from_trio(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await aio.call(fn, self, *args, **kwargs)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            raise StoreUnavailable(str(e).strip() or type(e).__name__) from e
+
+    return from_trio
+
+
+def dumps(value: Any) -> str:
+    """JSON for jsonb columns: compact, UTF-8, and never NaN (PostgreSQL rejects it)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def task_from_row(r: dict[str, Any]) -> Task:
+    return Task(
+        id=r["id"], name=r["name"], handler=r["handler"], type=TaskType(r["type"]),
+        queue_name=r["queue_name"], priority=r["priority"], payload=r["payload"],
+        dedup_key=r["dedup_key"], max_retries=r["max_retries"], timeout_s=r["timeout_s"],
+        status=TaskStatus(r["status"]), failures=r["failures"], run_at=r["run_at"],
+        created_at=r["created_at"], updated_at=r["updated_at"], finished_at=r["finished_at"],
+        cancelled_at=r.get("cancelled_at"), cancelled_by=r.get("cancelled_by"),
+        cancel_reason=r.get("cancel_reason"),
+    )
+
+
+def run_from_row(r: dict[str, Any]) -> TaskRun:
+    return TaskRun(
+        id=r["id"], task_id=r["task_id"], attempt=r["attempt"], status=RunStatus(r["status"]),
+        worker_id=r["worker_id"], lease_expires_at=r["lease_expires_at"],
+        available_at=r["available_at"], next_retry_at=r["next_retry_at"], error=r["error"],
+        result=r["result"], created_at=r["created_at"], started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+def claimed_from_row(r: dict[str, Any]) -> ClaimedRun:
+    """A row of a run (as run_id, attempt, available_at, worker_id) joined with its task."""
+    return ClaimedRun(run_id=r["run_id"], task=task_from_row(r), attempt=r["attempt"],
+                      queue_name=r["queue_name"], message=str(r["run_id"]),
+                      enqueued_at=r["available_at"], worker_id=r["worker_id"])

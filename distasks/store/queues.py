@@ -1,0 +1,81 @@
+"""Queues: pause and resume, and what the queue list shows from PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from psycopg.types.json import Jsonb
+
+from distasks.store.base import StoreBase, crossing
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    paused_by: str | None
+    completed_last_minute: int
+    failed_last_minute: int
+
+
+SET_PAUSED = """
+INSERT INTO queues (name, paused, paused_at, paused_by)
+VALUES (%(name)s, %(paused)s, CASE WHEN %(paused)s THEN %(now)s END,
+        CASE WHEN %(paused)s THEN %(actor)s END)
+ON CONFLICT (name) DO UPDATE
+SET paused = excluded.paused, paused_at = excluded.paused_at, paused_by = excluded.paused_by
+"""
+
+QUEUES = "SELECT name, paused, paused_at, paused_by FROM queues ORDER BY name"
+
+FINISHED_LAST_MINUTE = """
+SELECT queue_name, status, count(*) FROM tasks
+WHERE finished_at >= %(since)s AND status IN ('completed', 'failed')
+GROUP BY 1, 2
+"""
+
+AVAILABLE_SINCE = "SELECT id, available_at FROM task_runs WHERE id = ANY(%s)"
+
+
+class QueueQueries(StoreBase):
+    @crossing
+    async def set_paused(self, queue_name: str, paused: bool, *, actor: str,
+                         now: datetime) -> None:
+        """Pause or resume a queue (PostgreSQL keeps the flag; Redis mirrors it)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(SET_PAUSED, {"name": queue_name, "paused": paused, "now": now,
+                                            "actor": actor})
+            await conn.execute(
+                "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (now, actor, "pause" if paused else "resume", queue_name, Jsonb({})))
+            await conn.commit()
+
+    @crossing
+    async def queues(self, *, now: datetime) -> list[QueueRecord]:
+        """Every known queue with its pause flag and its completions and failures in the
+        minute before `now`."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUEUES)
+            rows = await cur.fetchall()
+            cur = await conn.execute(FINISHED_LAST_MINUTE, {"since": now - timedelta(minutes=1)})
+            counts = {(q, s): n for q, s, n in await cur.fetchall()}
+            await conn.rollback()
+        return [QueueRecord(name, paused, paused_at, paused_by,
+                            counts.get((name, "completed"), 0), counts.get((name, "failed"), 0))
+                for name, paused, paused_at, paused_by in rows]
+
+    @crossing
+    async def available_since(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        """When each run became available (for the age of the oldest ready run)."""
+        if not run_ids:
+            return {}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(AVAILABLE_SINCE, (list(run_ids),))
+            found = {r[0]: r[1] for r in await cur.fetchall()}
+            await conn.rollback()
+        return found

@@ -1,0 +1,291 @@
+"""Runs: start (claim), record outcomes (fenced), leases, heartbeats and takeover."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from psycopg.rows import dict_row
+
+from distasks.model import ClaimedRun, RunStatus
+from distasks.store.base import StoreBase, claimed_from_row, crossing
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Whose lease an outcome write needs: the run must still be running under
+    `worker_id` and, for a takeover, its lease must have expired before `expired_before`."""
+
+    worker_id: str
+    expired_before: datetime | None = None
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """A batch of finished runs for `record_outcomes`, one row list per kind; every row
+    starts with (run_id, fence)."""
+
+    #: (run_id, fence, result_json, finished_at)
+    succeeded: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
+    #: (run_id, fence, error, finished_at, next_retry_at, new_run_id)
+    retrying: list[tuple[uuid.UUID, Fence, str, datetime, datetime, uuid.UUID]] = field(
+        default_factory=list)
+    #: (run_id, fence, error, finished_at)
+    failed: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
+    #: (run_id, fence, reason, finished_at, new_run_id)
+    interrupted: list[tuple[uuid.UUID, Fence, str, datetime, uuid.UUID]] = field(
+        default_factory=list)
+    #: (run_id, fence, reason, finished_at)
+    cancelled: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (len(self.succeeded) + len(self.retrying) + len(self.failed)
+                + len(self.interrupted) + len(self.cancelled))
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What `record_outcomes` wrote: runs written, and among them those whose task moved
+    on (a retry scheduled, dead-lettered, handed back); a task cancelled meanwhile does not."""
+
+    runs: set[uuid.UUID]
+    advanced: set[uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a heartbeat found: leases extended, and among them runs whose task was
+    cancelled (their handlers should stop)."""
+
+    extended: set[uuid.UUID]
+    cancelled: set[uuid.UUID]
+
+
+# Claim in PostgreSQL: only a queued run of a queued task starts, so a message that
+# Redis delivers twice after a fault does not start the run twice.
+START_RUNS = """
+UPDATE task_runs r
+SET status = 'running', worker_id = %(worker_id)s, started_at = %(now)s,
+    lease_expires_at = %(lease_until)s
+FROM tasks t
+WHERE r.id = ANY(%(run_ids)s) AND r.status = 'queued'
+  AND t.id = r.task_id AND t.status = 'queued'
+RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
+"""
+
+# The outcome statements take column arrays and return (run id, whether its task moved
+# on). FENCE is the fencing condition: a run that was taken over is no longer running
+# under the worker that reports on it and is not touched; a takeover (expired_before
+# set) only applies while the lease is still expired, so a heartbeat that got in first
+# wins. A task cancelled meanwhile keeps its status and gets no next attempt.
+FENCE = ("r.status = 'running' AND r.worker_id = i.worker_id"
+         " AND (i.expired_before IS NULL OR r.lease_expires_at < i.expired_before)")
+
+SUCCEED_RUNS = f"""
+WITH i AS (
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::jsonb[], %s::timestamptz[])
+        AS i(run_id, worker_id, expired_before, result, at)
+), done AS (
+    UPDATE task_runs r
+    SET status = 'succeeded', result = i.result, finished_at = i.at, lease_expires_at = NULL
+    FROM i WHERE r.id = i.run_id AND {FENCE}
+    RETURNING r.id, r.task_id, i.at
+), t AS (
+    UPDATE tasks t SET status = 'completed', updated_at = done.at, finished_at = done.at
+    FROM done WHERE t.id = done.task_id AND t.status = 'queued'
+    RETURNING t.id
+)
+SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+"""
+
+RETRY_RUNS = f"""
+WITH i AS (
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[], %s::timestamptz[], %s::uuid[])
+        AS i(run_id, worker_id, expired_before, error, at, next_retry_at, new_run_id)
+), done AS (
+    UPDATE task_runs r
+    SET status = 'retrying', error = i.error, finished_at = i.at,
+        next_retry_at = i.next_retry_at, lease_expires_at = NULL
+    FROM i WHERE r.id = i.run_id AND {FENCE}
+    RETURNING r.id, r.task_id, r.attempt, i.at, i.next_retry_at, i.new_run_id
+), t AS (
+    UPDATE tasks t SET failures = t.failures + 1, updated_at = done.at
+    FROM done WHERE t.id = done.task_id AND t.status = 'queued'
+    RETURNING t.id
+), next_run AS (
+    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
+    SELECT new_run_id, task_id, attempt + 1, at, next_retry_at
+    FROM done JOIN t ON t.id = done.task_id
+)
+SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+"""
+
+FAIL_RUNS = f"""
+WITH i AS (
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[])
+        AS i(run_id, worker_id, expired_before, error, at)
+), done AS (
+    UPDATE task_runs r
+    SET status = 'failed', error = i.error, finished_at = i.at, lease_expires_at = NULL
+    FROM i WHERE r.id = i.run_id AND {FENCE}
+    RETURNING r.id, r.task_id, i.at
+), t AS (
+    UPDATE tasks t
+    SET status = 'failed', failures = t.failures + 1, updated_at = done.at, finished_at = done.at
+    FROM done WHERE t.id = done.task_id AND t.status = 'queued'
+    RETURNING t.id
+)
+SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+"""
+
+# Interrupted by shutdown: not a failure, so `failures` stays; the next attempt is ready now.
+INTERRUPT_RUNS = f"""
+WITH i AS (
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[], %s::uuid[])
+        AS i(run_id, worker_id, expired_before, error, at, new_run_id)
+), done AS (
+    UPDATE task_runs r
+    SET status = 'interrupted', error = i.error, finished_at = i.at, lease_expires_at = NULL
+    FROM i WHERE r.id = i.run_id AND {FENCE}
+    RETURNING r.id, r.task_id, r.attempt, i.at, i.new_run_id
+), t AS (
+    SELECT t.id FROM tasks t JOIN done ON t.id = done.task_id WHERE t.status = 'queued'
+), next_run AS (
+    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
+    SELECT new_run_id, task_id, attempt + 1, at, at FROM done JOIN t ON t.id = done.task_id
+)
+SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+"""
+
+# The handler was stopped because its task was cancelled.
+CANCEL_RUNS = f"""
+WITH i AS (
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[],
+                         %s::text[], %s::timestamptz[])
+        AS i(run_id, worker_id, expired_before, error, at)
+), done AS (
+    UPDATE task_runs r
+    SET status = 'cancelled', error = i.error, finished_at = i.at, lease_expires_at = NULL
+    FROM i WHERE r.id = i.run_id AND {FENCE}
+    RETURNING r.id
+)
+SELECT id, false FROM done
+"""
+
+EXPIRED_RUNS = """
+SELECT r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
+FROM task_runs r JOIN tasks t ON t.id = r.task_id
+WHERE r.status = 'running' AND r.lease_expires_at < %(now)s
+ORDER BY r.lease_expires_at
+LIMIT %(limit)s
+"""
+
+RUN_STATES = "SELECT id, status FROM task_runs WHERE id = ANY(%s)"
+
+HEARTBEAT = """
+UPDATE workers
+SET heartbeat_at = %(now)s, stopped_at = CASE WHEN %(stopped)s THEN %(now)s END
+WHERE id = %(id)s
+"""
+
+# Only runs still running under this worker: a run taken over is not extended.
+EXTEND_LEASES = """
+UPDATE task_runs r SET lease_expires_at = %(lease_until)s
+FROM tasks t
+WHERE r.id = ANY(%(run_ids)s) AND r.status = 'running' AND r.worker_id = %(worker_id)s
+  AND t.id = r.task_id
+RETURNING r.id, t.status = 'cancelled'
+"""
+
+
+class RunQueries(StoreBase):
+    @crossing
+    async def start_runs(self, run_ids: Sequence[uuid.UUID], *, worker_id: str, now: datetime,
+                         lease_until: datetime) -> list[ClaimedRun]:
+        """Mark queued runs running under `worker_id`'s lease; returns those that were.
+
+        A run that is not queued any more (claimed elsewhere after a fault, its task
+        finished or cancelled) is left alone and not returned.
+        """
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(START_RUNS, {"run_ids": list(run_ids), "worker_id": worker_id,
+                                           "now": now, "lease_until": lease_until})
+            rows = await cur.fetchall()
+            await conn.commit()
+        return [claimed_from_row(r) for r in rows]
+
+    @crossing
+    async def record_outcomes(self, o: Outcomes) -> Written:
+        """Write a batch of outcomes in one transaction.
+
+        Fencing: a run is written only while its Fence holds (still `running` under that
+        worker, and for a takeover still expired); a run taken over meanwhile is skipped,
+        so a late result never overwrites the attempt that took over.
+        """
+        runs: set[uuid.UUID] = set()
+        advanced: set[uuid.UUID] = set()
+        async with self._pool.connection() as conn:
+            for sql, rows in ((SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying),
+                              (FAIL_RUNS, o.failed), (INTERRUPT_RUNS, o.interrupted),
+                              (CANCEL_RUNS, o.cancelled)):
+                if not rows:
+                    continue
+                run_ids = [row[0] for row in rows]
+                worker_ids = [row[1].worker_id for row in rows]
+                expired_before = [row[1].expired_before for row in rows]
+                rest = [list(col) for col in zip(*(row[2:] for row in rows), strict=True)]
+                cur = await conn.execute(sql, (run_ids, worker_ids, expired_before, *rest))
+                for run_id, moved_on in await cur.fetchall():
+                    runs.add(run_id)
+                    if moved_on:
+                        advanced.add(run_id)
+            await conn.commit()
+        return Written(runs, advanced)
+
+    @crossing
+    async def expired_runs(self, *, now: datetime, limit: int) -> list[ClaimedRun]:
+        """Running runs whose lease expired before `now`, oldest deadline first."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(EXPIRED_RUNS, {"now": now, "limit": limit})
+            rows = await cur.fetchall()
+            await conn.rollback()
+        return [claimed_from_row(r) for r in rows]
+
+    @crossing
+    async def run_states(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
+        """Status of each existing run among `run_ids`."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(RUN_STATES, (list(run_ids),))
+            states = {r[0]: RunStatus(r[1]) for r in await cur.fetchall()}
+            await conn.rollback()
+        return states
+
+    @crossing
+    async def heartbeat(self, worker_id: str, *, now: datetime, run_ids: Sequence[uuid.UUID] = (),
+                        lease_until: datetime | None = None, stopped: bool = False) -> Held:
+        """Record that the daemon lives (or, with `stopped`, that it stopped cleanly) and
+        extend to `lease_until` the leases it still holds among `run_ids`.
+
+        A run missing from `extended` was taken over: its handler should stop.
+        """
+        extended: set[uuid.UUID] = set()
+        cancelled: set[uuid.UUID] = set()
+        async with self._pool.connection() as conn:
+            await conn.execute(HEARTBEAT, {"id": worker_id, "now": now, "stopped": stopped})
+            if run_ids:
+                cur = await conn.execute(EXTEND_LEASES, {
+                    "run_ids": list(run_ids), "worker_id": worker_id, "lease_until": lease_until})
+                for run_id, task_cancelled in await cur.fetchall():
+                    extended.add(run_id)
+                    if task_cancelled:
+                        cancelled.add(run_id)
+            await conn.commit()
+        return Held(extended, cancelled)

@@ -1,0 +1,221 @@
+"""Tasks: create (in batches), read, list, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from distasks.model import CreateResult, NewTask, Task, TaskRun, TaskStatus
+from distasks.store.base import StoreBase, crossing, run_from_row, task_from_row
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """What `list_tasks` keeps; None means any."""
+
+    status: str | None = None
+    queue_name: str | None = None
+    name: str | None = None
+    handler: str | None = None
+    dedup_key: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What `cancel_task` did: the task's status after it, and the run to stop, if one
+    was running (its daemon records it cancelled once the handler has stopped)."""
+
+    status: TaskStatus
+    cancelled: bool
+    #: (queue, run_id) of runs that were waiting and are now cancelled
+    waiting: list[tuple[str, uuid.UUID]]
+    #: the running run, if any
+    running: uuid.UUID | None
+
+
+# Batch insert: tasks and their first runs in one statement. ON CONFLICT skips a
+# dedup_key that exists (waiting for a concurrent inserter to commit or roll back
+# first), and the runs CTE joins on what was really inserted. New queue names are
+# recorded for the queue list.
+CREATE_TASKS = """
+WITH input AS (
+    SELECT * FROM unnest(
+        %(id)s::uuid[], %(run_id)s::uuid[], %(name)s::text[], %(handler)s::text[],
+        %(type)s::text[], %(queue_name)s::text[], %(priority)s::int[], %(payload)s::jsonb[],
+        %(dedup_key)s::text[], %(max_retries)s::int[], %(timeout_s)s::float8[],
+        %(run_at)s::timestamptz[], %(available_at)s::timestamptz[]
+    ) AS i(id, run_id, name, handler, type, queue_name, priority, payload, dedup_key,
+           max_retries, timeout_s, run_at, available_at)
+), inserted AS (
+    INSERT INTO tasks (id, name, handler, type, queue_name, priority, payload, dedup_key,
+                       max_retries, timeout_s, run_at)
+    SELECT id, name, handler, type, queue_name, priority, payload, dedup_key,
+           max_retries, timeout_s, run_at
+    FROM input
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING id
+), runs AS (
+    INSERT INTO task_runs (id, task_id, attempt, available_at)
+    SELECT i.run_id, i.id, 1, coalesce(i.available_at, now())
+    FROM input i JOIN inserted USING (id)
+), new_queues AS (
+    INSERT INTO queues (name)
+    SELECT DISTINCT queue_name FROM input
+    WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = input.queue_name)
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM inserted
+"""
+
+EXISTING_BY_DEDUP_KEY = "SELECT dedup_key, id, status FROM tasks WHERE dedup_key = ANY(%s)"
+
+GET_TASK = "SELECT * FROM tasks WHERE id = %s"
+
+GET_RUNS = "SELECT * FROM task_runs WHERE task_id = %s ORDER BY attempt"
+
+# Queued runs are cancelled with the task; a running one is left to its daemon, which
+# stops the handler and records the run cancelled (fenced like any outcome).
+CANCEL_TASK = """
+WITH task AS (
+    UPDATE tasks
+    SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(actor)s,
+        cancel_reason = %(reason)s, updated_at = %(now)s, finished_at = %(now)s
+    WHERE id = %(id)s AND status = 'queued'
+    RETURNING id, queue_name
+), waiting AS (
+    UPDATE task_runs r SET status = 'cancelled', finished_at = %(now)s
+    FROM task WHERE r.task_id = task.id AND r.status = 'queued'
+    RETURNING r.id
+)
+SELECT task.queue_name,
+       (SELECT array_agg(id) FROM waiting) AS waiting,
+       (SELECT r.id FROM task_runs r WHERE r.task_id = task.id AND r.status = 'running') AS running
+FROM task
+"""
+
+
+class TaskQueries(StoreBase):
+    @crossing
+    async def create_tasks(self, tasks: Sequence[NewTask]) -> list[CreateResult]:
+        """Insert tasks with their first run in one transaction; results in input order.
+
+        A task whose dedup_key already exists (committed, or earlier in `tasks`) is not
+        inserted: its result names the existing task with created=False.
+        """
+        # Two items of one batch with one dedup_key: only the first is offered to INSERT.
+        first_by_key: dict[str, NewTask] = {}
+        to_insert = []
+        for t in tasks:
+            if t.dedup_key is None:
+                to_insert.append(t)
+            elif t.dedup_key not in first_by_key:
+                first_by_key[t.dedup_key] = t
+                to_insert.append(t)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(CREATE_TASKS, {
+                "id": [t.id for t in to_insert],
+                "run_id": [t.run_id for t in to_insert],
+                "name": [t.name for t in to_insert],
+                "handler": [t.handler for t in to_insert],
+                "type": [t.type.value for t in to_insert],
+                "queue_name": [t.queue_name for t in to_insert],
+                "priority": [t.priority for t in to_insert],
+                "payload": [t.payload_json for t in to_insert],
+                "dedup_key": [t.dedup_key for t in to_insert],
+                "max_retries": [t.max_retries for t in to_insert],
+                "timeout_s": [t.timeout_s for t in to_insert],
+                "run_at": [t.run_at for t in to_insert],
+                "available_at": [t.run_at for t in to_insert],
+            })
+            inserted = {row[0] for row in await cur.fetchall()}
+            existing: dict[str, tuple[uuid.UUID, str]] = {}
+            lost_keys = [t.dedup_key for t in tasks if t.dedup_key and t.id not in inserted]
+            if lost_keys:
+                cur = await conn.execute(EXISTING_BY_DEDUP_KEY, (lost_keys,))
+                existing = {key: (tid, status) for key, tid, status in await cur.fetchall()}
+            await conn.commit()
+        results = []
+        for t in tasks:
+            if t.id in inserted:
+                results.append(CreateResult(t.id, TaskStatus.QUEUED, created=True))
+            else:
+                assert t.dedup_key is not None
+                tid, status = existing[t.dedup_key]
+                results.append(CreateResult(tid, TaskStatus(status), created=False))
+        return results
+
+    @crossing
+    async def get_task(self, task_id: uuid.UUID) -> tuple[Task, list[TaskRun]] | None:
+        """The task and all its runs, oldest attempt first; None if there is no such task."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(GET_TASK, (task_id,))
+            row = await cur.fetchone()
+            if row is None:
+                await conn.rollback()
+                return None
+            await cur.execute(GET_RUNS, (task_id,))
+            runs = [run_from_row(r) for r in await cur.fetchall()]
+            await conn.rollback()
+        return task_from_row(row), runs
+
+    @crossing
+    async def list_tasks(self, f: TaskFilter, *, limit: int,
+                         after: tuple[datetime, uuid.UUID] | None) -> list[Task]:
+        """Tasks matching `f`, newest first, continuing after the (created_at, id) key."""
+        where, params = ["true"], dict[str, Any]()
+        for column in ("status", "queue_name", "name", "handler", "dedup_key"):
+            if (value := getattr(f, column)) is not None:
+                where.append(f"{column} = %({column})s")
+                params[column] = value
+        if f.created_after is not None:
+            where.append("created_at >= %(created_after)s")
+            params["created_after"] = f.created_after
+        if f.created_before is not None:
+            where.append("created_at < %(created_before)s")
+            params["created_before"] = f.created_before
+        if after is not None:
+            where.append("(created_at, id) < (%(after_at)s, %(after_id)s)")
+            params["after_at"], params["after_id"] = after
+        params["limit"] = limit
+        # Only fixed fragments are joined into the text; every value is a parameter.
+        sql = ("SELECT * FROM tasks WHERE " + " AND ".join(where)
+               + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql.encode(), params)
+            rows = await cur.fetchall()
+            await conn.rollback()
+        return [task_from_row(r) for r in rows]
+
+    @crossing
+    async def cancel_task(self, task_id: uuid.UUID, *, actor: str, reason: str | None,
+                          now: datetime) -> Cancellation | None:
+        """Cancel a queued task (waiting, delayed or running); None if there is no such
+        task. A task already finished is left as it is (`cancelled` False)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(CANCEL_TASK, {"id": task_id, "actor": actor,
+                                                   "reason": reason, "now": now})
+            row = await cur.fetchone()
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
+                    " VALUES (%s, %s, 'cancel', %s, %s)",
+                    (now, actor, row[0], Jsonb({"task_id": str(task_id), "reason": reason})))
+                await conn.commit()
+                return Cancellation(TaskStatus.CANCELLED, True,
+                                    [(row[0], r) for r in row[1] or []], row[2])
+            cur = await conn.execute("SELECT status FROM tasks WHERE id = %s", (task_id,))
+            found = await cur.fetchone()
+            await conn.rollback()
+        if found is None:
+            return None
+        return Cancellation(TaskStatus(found[0]), False, [], None)
