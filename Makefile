@@ -25,6 +25,8 @@ help:
 	@echo 'make test       run pytest (PYTEST_ARGS, default -q)'
 	@echo 'make bench      run bench/throughput.py'
 	@echo 'make lint       ruff check and mypy'
+	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
+	@echo 'make install    (root) install dist/distasks, the systemd unit and the config'
 	@echo 'make clean      remove .venv and build artefacts'
 	@echo 'make distclean  clean, stop private services and remove .local'
 
@@ -67,3 +69,74 @@ clean:
 distclean: clean
 	bash scripts/services.sh purge
 	rm -rf .local
+
+# --- Deployment: `make dist`, then `sudo make install` (README, "Deployment") ---------------
+
+# shiv builds the zipapp: pip installs distasks and its pinned dependencies into one
+# archive with a #! line; on first start it unpacks them to $SHIV_ROOT (default ~/.shiv).
+SHIV_VERSION := 1.0.8
+# redis needs async-timeout on Python < 3.11.3 (Debian 12 ships 3.11.2) but pip leaves it
+# out when the build's Python is newer: always include it, it is inert where unused.
+DIST_EXTRA_REQUIREMENTS := async-timeout==5.0.1
+# The zipapp carries compiled extensions (psycopg-binary, hiredis, pydantic-core) for the
+# venv's Python minor version, so its #! line asks for exactly that version on the target.
+# Empty means `/usr/bin/env python3.X` with the venv's X.
+DIST_PYTHON ?=
+DIST_SOURCES := pyproject.toml $(shell find distasks -name '*.py' -o -name '*.sql' -o -name '*.lua')
+
+# `make install DESTDIR=/tmp/stage PREFIX=/usr` stages files for a package instead;
+# only a real install (no DESTDIR) creates the system user.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DESTDIR ?=
+UNITDIR := /etc/systemd/system
+CONFDIR := /etc/distasks
+SERVICE_USER := distasks
+
+.PHONY: dist install
+
+dist: dist/distasks
+
+dist/distasks: $(STAMP) $(DIST_SOURCES)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check shiv==$(SHIV_VERSION)
+	@# setuptools reuses build/lib, where a module deleted from distasks/ would linger.
+	rm -rf build
+	@mkdir -p dist
+	interpreter='$(DIST_PYTHON)'; \
+	if [ -z "$$interpreter" ]; then \
+		interpreter="/usr/bin/env python$$($(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+	fi; \
+	$(VENV)/bin/shiv --quiet --reproducible --compressed --python "$$interpreter" \
+		--entry-point distasks.cli:main --output-file $@.tmp \
+		--disable-pip-version-check . $(DIST_EXTRA_REQUIREMENTS)
+	mv $@.tmp $@
+	@echo "built $@ ($$(du -h $@ | cut -f1)): run it as $@ serve --config PATH"
+
+install:
+	@test -x dist/distasks || { echo 'make install: no dist/distasks: run `make dist` first' >&2; exit 1; }
+	install -D -m 0755 dist/distasks $(DESTDIR)$(BINDIR)/distasks
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	sed 's|^ExecStart=/usr/local/bin/distasks |ExecStart=$(BINDIR)/distasks |' \
+		systemd/distasks.service >$(DESTDIR)$(UNITDIR)/distasks.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/distasks.service
+	@# The config may hold passwords: readable by root and the service's group only.
+	@if [ -e $(DESTDIR)$(CONFDIR)/distasks.toml ]; then \
+		echo "kept the existing $(DESTDIR)$(CONFDIR)/distasks.toml (compare with config/distasks.toml)"; \
+	else \
+		echo "install -m 0640 config/distasks.toml $(DESTDIR)$(CONFDIR)/distasks.toml"; \
+		install -m 0640 config/distasks.toml $(DESTDIR)$(CONFDIR)/distasks.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+		if ! getent passwd $(SERVICE_USER) >/dev/null; then \
+			echo "useradd --system $(SERVICE_USER)"; \
+			useradd --system --user-group --no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin --comment 'distasks daemon' $(SERVICE_USER); \
+		fi; \
+		chgrp $(SERVICE_USER) $(CONFDIR)/distasks.toml; \
+	fi
+	@echo
+	@echo 'Next steps:'
+	@echo '  edit $(CONFDIR)/distasks.toml, and put DATABASE_URL=... and REDIS_URL=... in $(CONFDIR)/env (mode 0600)'
+	@echo '  $(BINDIR)/distasks check-config --config $(CONFDIR)/distasks.toml'
+	@echo '  systemctl daemon-reload && systemctl enable --now distasks'
+	@echo '  systemctl status distasks; journalctl -u distasks -o cat -f'
