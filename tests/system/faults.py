@@ -322,11 +322,15 @@ class ScenarioFailed(RuntimeError):
     """A fault run could not get to the end; the message says at which step and why."""
 
 
+# The repository's documented defaults; DAEMON_SETTINGS and daemon_env() override them.
+DAEMON_CONFIG = REPO / "config" / "distasks.toml"
+
+
 def daemon_env(*, database_url: str, redis_url: str, prefix: str, chaos_log: Path,
                concurrency: int = CONCURRENCY, extra: dict[str, str] | None = None,
                ) -> dict[str, str]:
     """Environment of a fault-run daemon on a free port. Inherited DISTASKS_* variables are
-    dropped, so it runs on built-in defaults plus DAEMON_SETTINGS."""
+    dropped, so it runs on DAEMON_CONFIG plus DAEMON_SETTINGS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
     pythonpath = [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update({
@@ -373,7 +377,10 @@ class Daemon:
         """Spawn the process; `wait_ready()` tells when it serves."""
         with open(self.log_path, "ab") as log_file:  # noqa: ASYNC230 (a local file, once)
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "distasks", "serve"], env=self.env, cwd=REPO,
+                # An explicit --config: without one the daemon would read
+                # /etc/distasks/distasks.toml when a machine has one.
+                [sys.executable, "-m", "distasks", "serve", "--config", str(DAEMON_CONFIG)],
+                env=self.env, cwd=REPO,
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
         self.stopped_on_purpose = False
 
