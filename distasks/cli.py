@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import trio
@@ -23,14 +25,23 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="TOML config file (default: $DISTASKS_CONFIG, then "
                              f"{SYSTEM_CONFIG} if it exists, else built-in defaults)")
+    # --url, --json and --actor too, for the commands that talk to a daemon.
+    remote = _remote_options()
     parser = argparse.ArgumentParser(prog="distasks", description="distasks task platform",
-                                     parents=[common])
+                                     parents=[common, remote])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the daemon: API, workers, mover")
     sub.add_parser("migrate", parents=[common], help="apply the database schema and exit")
     sub.add_parser("check-config", parents=[common],
                    help="validate the config, print the settings, exit")
+    _add_remote_commands(sub, remote)
     args = parser.parse_args(argv)
+    if args.command in REMOTE_COMMANDS:
+        from distasks.cli_remote import run
+
+        return run(args)
+    if given := [f"--{k}" for k in ("url", "json", "actor") if k in vars(args)]:
+        parser.error(f"{given[0]} applies to the {', '.join(REMOTE_COMMANDS)} commands")
 
     try:
         config = load(_config_path(getattr(args, "config", None)))
@@ -69,3 +80,111 @@ def _config_path(flag: str | None) -> Path | None:
     if env := os.environ.get("DISTASKS_CONFIG"):
         return Path(env)
     return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
+
+
+# Commands that talk to a daemon over its HTTP API (distasks.cli_remote runs them).
+REMOTE_COMMANDS = ("task", "queue", "dlq", "worker")
+TASK_STATUSES = ("queued", "completed", "failed", "cancelled")
+
+
+def _remote_options() -> argparse.ArgumentParser:
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--url", default=argparse.SUPPRESS,
+                        help="the API's base URL (default: $DISTASKS_URL, then "
+                             "http://127.0.0.1:8080)")
+    remote.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the API's JSON instead of a table")
+    remote.add_argument("--actor", default=argparse.SUPPRESS,
+                        help="who you are, for the audit log (default: $DISTASKS_ACTOR, "
+                             "then user@host)")
+    return remote
+
+
+def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                         remote: argparse.ArgumentParser) -> None:
+    def group(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        return sub.add_parser(name, help=help).add_subparsers(
+            dest="action", required=True, metavar="ACTION")
+
+    def command(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                help: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, parents=[remote], help=help, description=help)
+
+    tasks = group("task", "create, inspect, list and cancel tasks")
+    p = command(tasks, "create", "create a task")
+    p.add_argument("name")
+    p.add_argument("--handler", help="registered handler (default: the daemon's default)")
+    p.add_argument("--payload", type=_json_value, metavar="JSON", help="any JSON value")
+    p.add_argument("--queue", help="queue name (default: default)")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--delay", type=float, metavar="S", help="a delayed task, due in S seconds")
+    p.add_argument("--dedup-key", metavar="KEY",
+                   help="idempotency key: an existing task with it is returned")
+    p.add_argument("--max-retries", type=int, metavar="N")
+    p.add_argument("--timeout", type=float, metavar="S", help="per-attempt time limit")
+    p.add_argument("--wait", type=float, metavar="S",
+                   help="then wait up to S seconds for a final state and show the task")
+    p = command(tasks, "get", "show a task and its runs")
+    p.add_argument("id", type=_task_id)
+    p.add_argument("--wait", type=float, metavar="S",
+                   help="wait up to S seconds for a final state first")
+    p = command(tasks, "cancel", "cancel a task")
+    p.add_argument("id", type=_task_id)
+    p.add_argument("--reason")
+    p = command(tasks, "list", "list tasks, newest first")
+    p.add_argument("--status", choices=TASK_STATUSES)
+    p.add_argument("--queue")
+    p.add_argument("--name")
+    p.add_argument("--handler")
+    p.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="at most N tasks (1-500; the page size with --all)")
+    p.add_argument("--cursor", help="continue after a previous page")
+    p.add_argument("--all", action="store_true", help="every matching task, page by page")
+
+    queues = group("queue", "list, pause and resume queues")
+    command(queues, "list", "every queue with its depths")
+    for name, help in (("pause", "stop claiming from a queue"),
+                       ("resume", "claim from a paused queue again")):
+        command(queues, name, help).add_argument("queue")
+
+    dlq = group("dlq", "list, replay and delete dead-lettered tasks")
+    p = command(dlq, "list", "a queue's dead-lettered tasks, oldest failure first")
+    p.add_argument("queue")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N (1-1000, default 50)")
+    p.add_argument("--cursor", help="continue after a previous page")
+    _dlq_filters(p)
+    for name, help in (("replay", "replay DLQ entries as new attempts"),
+                       ("delete", "remove DLQ entries (the tasks stay on record)")):
+        p = command(dlq, name, help)
+        p.add_argument("queue")
+        p.add_argument("--count", type=int, metavar="N",
+                       help="the oldest N matching entries (default 10, or all --ids)")
+        p.add_argument("--ids", nargs="+", type=_task_id, metavar="ID",
+                       help="these tasks only")
+        if name == "replay":
+            p.add_argument("--override-priority", type=int, metavar="N")
+        p.add_argument("--dry-run", action="store_true",
+                       help="show what would be touched, change nothing")
+        _dlq_filters(p)
+
+    workers = group("worker", "daemons and what they run")
+    command(workers, "list", "daemons, alive and recently stopped")
+
+
+def _dlq_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--handler", help="only tasks of this handler")
+    p.add_argument("--error", help="only entries whose last error contains this text")
+
+
+def _task_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a task id (a UUID): {text!r}") from None
+
+
+def _json_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None

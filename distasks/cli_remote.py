@@ -1,0 +1,267 @@
+"""The commands that talk to a daemon over HTTP (`task`, `queue`, `dlq`, `worker`): each
+calls distasks.client and prints a table, or the API's JSON with --json.
+
+An API error is one line on stderr, `distasks: 422 invalid_input (priority): …`, and exit
+code 1; usage errors are argparse's (exit code 2, before anything is sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from distasks.client import (
+    Client,
+    DistasksError,
+    DlqFilters,
+    Run,
+    Task,
+    TaskDetail,
+    TaskFilters,
+    WaitTimeout,
+)
+
+# Longest text shown in a table cell (errors, names); --json has it all.
+MAX_CELL_CHARS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    #: what --json prints: the API's JSON
+    json: Any
+    #: what is printed otherwise
+    text: str
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one remote command; the exit code: 0, or 1 after an API or connection error."""
+    command = COMMANDS[(args.command, args.action)]
+    try:
+        actor = getattr(args, "actor", None) or _default_actor()
+        with Client(getattr(args, "url", None), actor=actor) as client:
+            out = command(client, args)
+        if getattr(args, "json", False):
+            print(json.dumps(out.json, indent=2, ensure_ascii=False))
+        elif out.text:
+            print(out.text)
+    except DistasksError as e:
+        hint = "; is the daemon running there? (--url, $DISTASKS_URL)"
+        print(f"distasks: {e}{hint if e.code == 'unreachable' else ''}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `distasks task list --all | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _default_actor() -> str | None:
+    if actor := os.environ.get("DISTASKS_ACTOR"):
+        return actor
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return None
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+def task_create(c: Client, a: argparse.Namespace) -> Output:
+    created = c.create(a.name, handler=a.handler, payload=a.payload, queue=a.queue,
+                       priority=a.priority, delay_seconds=a.delay, dedup_key=a.dedup_key,
+                       max_retries=a.max_retries, timeout_seconds=a.timeout)
+    if a.wait is not None:
+        return _detail(_wait(c, created.task_id, a.wait))
+    how = "created" if created.created else "the existing task with this dedup key"
+    return Output(created.raw, f"{created.task_id} {created.status} ({how})")
+
+
+def task_get(c: Client, a: argparse.Namespace) -> Output:
+    return _detail(_wait(c, a.id, a.wait) if a.wait is not None else c.get(a.id))
+
+
+def _wait(c: Client, task_id: str, timeout: float) -> TaskDetail:
+    """The task once final, or as it is after `timeout` seconds."""
+    try:
+        return c.wait(task_id, timeout=timeout)
+    except WaitTimeout as e:
+        if e.last is None:
+            raise
+        return e.last
+
+
+def task_cancel(c: Client, a: argparse.Namespace) -> Output:
+    done = c.cancel(a.id, reason=a.reason)
+    text = (f"{done.task_id} cancelled" if done.cancelled
+            else f"{done.task_id} not cancelled: already {done.status}")
+    return Output(done.raw, text)
+
+
+def task_list(c: Client, a: argparse.Namespace) -> Output:
+    filters = TaskFilters(status=a.status, queue=a.queue, name=a.name, handler=a.handler)
+    if a.all:
+        tasks = list(c.iter_tasks(limit=a.limit, **filters))
+        body: dict[str, Any] = {"tasks": [t.raw for t in tasks], "next_cursor": None}
+        more = None
+    else:
+        page = c.list(limit=a.limit, cursor=a.cursor, **filters)
+        tasks, body, more = page.tasks, dict(page.raw), page.next_cursor
+    text = _tasks_table(tasks)
+    if more:
+        text += f"\n(more: --all, or --cursor {more})"
+    return Output(body, text)
+
+
+def _tasks_table(tasks: Sequence[Task]) -> str:
+    return table(("ID", "NAME", "STATUS", "QUEUE", "HANDLER", "PRIORITY", "FAILURES",
+                  "CREATED"),
+                 [(t.id, t.name, t.status, t.queue_name, t.handler, t.priority, t.failures,
+                   t.created_at) for t in tasks], empty="no tasks")
+
+
+def _detail(d: TaskDetail) -> Output:
+    t = d.task
+    fields: list[tuple[str, Any]] = [
+        ("id", t.id), ("name", t.name), ("status", t.status), ("queue", t.queue_name),
+        ("handler", t.handler), ("priority", t.priority), ("type", t.type),
+        ("payload", t.payload), ("dedup_key", t.dedup_key),
+        ("retries", f"{t.failures} failure(s) of {t.max_retries} retries allowed"),
+        ("run_at", t.run_at), ("created", t.created_at), ("finished", t.finished_at),
+        ("cancelled", t.cancelled_at and f"{cell(t.cancelled_at)} by {t.cancelled_by}"
+         + (f": {t.cancel_reason}" if t.cancel_reason else "")),
+    ]
+    shown = [(k, v) for k, v in fields if v is not None]
+    width = max(len(k) for k, _ in shown)
+    text = "\n".join(f"{k.ljust(width)}  {cell(v, limit=200)}" for k, v in shown)
+    return Output(d.raw, text + "\n\n" + _runs_table(d.runs))
+
+
+def _runs_table(runs: Sequence[Run]) -> str:
+    return table(("ATTEMPT", "STATUS", "STARTED", "FINISHED", "NEXT RETRY", "ERROR/RESULT"),
+                 [(r.attempt, r.status, r.started_at, r.finished_at, r.next_retry_at,
+                   r.error if r.error is not None else r.result) for r in runs],
+                 empty="no runs")
+
+
+# -- queues -----------------------------------------------------------------------------
+
+def queue_list(c: Client, a: argparse.Namespace) -> Output:
+    queues = c.queues()
+    rows = [(q.name, "yes" if q.paused else "no", q.ready, q.delayed, q.leased, q.dlq,
+             q.completed_last_minute, q.failed_last_minute,
+             None if q.oldest_ready_age_seconds is None
+             else f"{q.oldest_ready_age_seconds:.1f}s") for q in queues]
+    return Output({"queues": [q.raw for q in queues]},
+                  table(("QUEUE", "PAUSED", "READY", "DELAYED", "LEASED", "DLQ", "DONE/MIN",
+                         "FAILED/MIN", "OLDEST READY"), rows, empty="no queues"))
+
+
+def queue_pause(c: Client, a: argparse.Namespace) -> Output:
+    state = c.pause(a.queue)
+    return Output(state.raw, f"queue {state.name} paused")
+
+
+def queue_resume(c: Client, a: argparse.Namespace) -> Output:
+    state = c.resume(a.queue)
+    return Output(state.raw, f"queue {state.name} resumed")
+
+
+# -- dead-letter queues -------------------------------------------------------------------
+
+def dlq_list(c: Client, a: argparse.Namespace) -> Output:
+    page = c.dlq(a.queue, limit=a.limit, cursor=a.cursor, **_dlq_filters(a))
+    text = table(("ID", "NAME", "HANDLER", "ATTEMPTS", "FAILED", "LAST ERROR"),
+                 [(t.id, t.name, t.handler, t.attempts, t.failed_at, t.last_error)
+                  for t in page.tasks], empty=f"the DLQ of {page.queue} is empty")
+    if page.next_cursor:
+        text += f"\n(more: --cursor {page.next_cursor})"
+    return Output(page.raw, text)
+
+
+def dlq_replay(c: Client, a: argparse.Namespace) -> Output:
+    done = c.replay(a.queue, count=a.count, task_ids=a.ids,
+                    override_priority=a.override_priority, dry_run=a.dry_run,
+                    **_dlq_filters(a))
+    verb = "would replay" if done.dry_run else "replayed"
+    return Output(done.raw, _listing(f"{verb} {done.replayed} task(s) from the DLQ of "
+                                     f"{done.queue}", done.task_ids))
+
+
+def dlq_delete(c: Client, a: argparse.Namespace) -> Output:
+    done = c.delete_dlq(a.queue, count=a.count, task_ids=a.ids, dry_run=a.dry_run,
+                        **_dlq_filters(a))
+    verb = "would delete" if done.dry_run else "deleted"
+    return Output(done.raw, _listing(f"{verb} {done.deleted} task(s) from the DLQ of "
+                                     f"{done.queue}", done.task_ids))
+
+
+def _dlq_filters(a: argparse.Namespace) -> DlqFilters:
+    return DlqFilters(handler=a.handler, error=a.error)
+
+
+def _listing(head: str, ids: Iterable[str]) -> str:
+    return "\n".join([head, *(f"  {i}" for i in ids)])
+
+
+# -- workers ----------------------------------------------------------------------------
+
+def worker_list(c: Client, a: argparse.Namespace) -> Output:
+    workers = c.workers()
+    rows = [(w.id, "alive" if w.alive else "stopped" if w.stopped_at else "silent",
+             ",".join(w.queues), f"{len(w.running)}/{w.concurrency}", w.version, w.started_at,
+             w.heartbeat_at) for w in workers]
+    return Output({"workers": [w.raw for w in workers]},
+                  table(("ID", "STATE", "QUEUES", "RUNNING", "VERSION", "STARTED",
+                         "HEARTBEAT"), rows, empty="no workers"))
+
+
+COMMANDS: dict[tuple[str, str], Callable[[Client, argparse.Namespace], Output]] = {
+    ("task", "create"): task_create,
+    ("task", "get"): task_get,
+    ("task", "cancel"): task_cancel,
+    ("task", "list"): task_list,
+    ("queue", "list"): queue_list,
+    ("queue", "pause"): queue_pause,
+    ("queue", "resume"): queue_resume,
+    ("dlq", "list"): dlq_list,
+    ("dlq", "replay"): dlq_replay,
+    ("dlq", "delete"): dlq_delete,
+    ("worker", "list"): worker_list,
+}
+
+
+# -- tables -----------------------------------------------------------------------------
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str) -> str:
+    """Aligned columns under a header, or `empty` when there are no rows."""
+    cells = [[cell(v) for v in row] for row in rows]
+    if not cells:
+        return f"({empty})"
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = [headers, *cells]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def cell(value: Any, *, limit: int = MAX_CELL_CHARS) -> str:
+    """One value as table text: instants in UTC to the second, JSON compact, one line."""
+    if value is None:
+        text = "-"
+    elif isinstance(value, datetime):
+        text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"

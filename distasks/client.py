@@ -1,0 +1,840 @@
+"""A typed Python client for the distasks HTTP API, blocking (`Client`) or async
+(`AsyncClient`, on Trio or asyncio through httpx/anyio).
+
+Each API operation is written once, as a sans-I/O generator that yields the requests it
+needs and turns the responses into results or exceptions (`_get`, `_wait`, …). The two
+clients only differ in how they send a request, so their methods cannot drift apart:
+`Client.get` runs the generator blocking, `AsyncClient.get` awaits it.
+
+    with Client("http://127.0.0.1:8080", actor="alice") as c:
+        task_id = c.create("send-email", payload={"to": "a@example.com"}).task_id
+        print(c.wait(task_id, timeout=30).task.status)
+
+Errors: every non-2xx answer raises a `DistasksError` subclass carrying the API's
+`status`, `code`, `message` and `field`; a daemon that cannot be reached raises
+`Unavailable` with no status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+import urllib.parse
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+import httpx
+
+from distasks import errors
+from distasks.model import Json
+
+__all__ = [
+    "AsyncClient", "CancelResult", "Client", "CreateResult", "DeadTask", "DeleteResult",
+    "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Queue",
+    "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "ServerError", "Task",
+    "TaskDetail", "TaskFilters", "TaskPage", "TaskSpec", "Unavailable", "WaitTimeout",
+    "Worker",
+]
+
+# Where the API is when neither the `url` argument nor $DISTASKS_URL says.
+DEFAULT_URL = "http://127.0.0.1:8080"
+# Seconds to connect, send, or wait for an answer (a long poll adds its wait to the read).
+DEFAULT_TIMEOUT_S = 10.0
+# The longest wait one GET /api/v1/tasks/{id}?wait= may ask for (the API's limit).
+MAX_WAIT_PER_REQUEST_S = 60.0
+# Task statuses no daemon moves out of on its own (a DLQ replay does, on request).
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# -- errors -------------------------------------------------------------------------
+
+class DistasksError(errors.DistasksError):
+    """The API answered with an error (`status` is its HTTP status), or could not be
+    reached (`status` is None). `code` and `field` are the API's, e.g. `invalid_input`
+    and `priority`."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "error",
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.field = field
+
+    def __str__(self) -> str:
+        # "422 invalid_input (priority): priority: Input should be …"
+        head = " ".join(str(p) for p in (self.status, self.code) if p is not None)
+        if self.field:
+            head += f" ({self.field})"
+        return f"{head}: {self.message}"
+
+
+class InvalidRequest(DistasksError):
+    """400, 413 or 422: the request was refused and nothing was written."""
+
+
+class NotFound(DistasksError):
+    """404: no such task (or route)."""
+
+
+class Unavailable(DistasksError):
+    """503 (PostgreSQL or Redis is down; retry after `retry_after_s`), or the daemon
+    could not be reached at all (`status` None)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "unavailable",
+                 field: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status=status, code=code, field=field)
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.message
+        after = f" (retry after {self.retry_after_s:g} s)" if self.retry_after_s else ""
+        return super().__str__() + after
+
+
+class ServerError(DistasksError):
+    """Any other 5xx: a bug or a proxy error; the daemon's log says more."""
+
+
+class WaitTimeout(DistasksError, TimeoutError):
+    """`wait()` ran out of time before the task was final; `last` is what it saw last."""
+
+    def __init__(self, task_id: str, timeout: float, last: TaskDetail | None) -> None:
+        status = last.task.status if last else "unknown"
+        super().__init__(f"task {task_id} is not final after {timeout:g} s (status {status})",
+                         code="wait_timeout")
+        self.task_id = task_id
+        self.last = last
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# -- results ------------------------------------------------------------------------
+# Frozen views of the API's JSON. Instants (`*_at`) become aware datetimes; `raw` keeps
+# the object as the API sent it, including fields this client does not know yet.
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Shape:
+    raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
+
+
+S = TypeVar("S", bound=_Shape)
+
+
+def _shape(cls: type[S], data: Any, **nested: Any) -> S:
+    """Build `cls` from a JSON object: known fields only, `*_at` strings parsed,
+    `nested` given already built. A missing field is an unexpected response."""
+    if not isinstance(data, Mapping):
+        raise _unexpected(f"expected a JSON object for {cls.__name__}, got {data!r:.80}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "raw":
+            continue
+        if f.name in nested:
+            values[f.name] = nested[f.name]
+        elif f.name in data:
+            value = data[f.name]
+            if f.name.endswith("_at") and isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            values[f.name] = value
+        elif f.default is dataclasses.MISSING:
+            raise _unexpected(f"{cls.__name__} without {f.name!r}")
+    return cls(raw=dict(data), **values)
+
+
+def _unexpected(what: str) -> ServerError:
+    return ServerError(f"unexpected response: {what}", code="unexpected_response")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task(_Shape):
+    id: str
+    name: str
+    handler: str
+    type: str
+    queue_name: str
+    priority: int
+    payload: Json
+    dedup_key: str | None
+    max_retries: int
+    timeout_seconds: float | None
+    status: str
+    failures: int
+    run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+    cancel_reason: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """Completed, failed or cancelled: no daemon will change it on its own."""
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadTask(Task):
+    """A task in a dead-letter queue, with its last error."""
+
+    attempts: int
+    last_error: str | None
+    failed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run(_Shape):
+    """One attempt of a task."""
+
+    id: str
+    task_id: str
+    attempt: int
+    status: str
+    worker_id: str | None
+    available_at: datetime
+    error: str | None
+    result: Json
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_expires_at: datetime | None = None
+    next_retry_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDetail(_Shape):
+    """A task with every run; `latest_run` is the latest attempt that has started."""
+
+    task: Task
+    latest_run: Run | None
+    runs: list[Run]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateResult(_Shape):
+    task_id: str
+    status: str
+    #: False when an existing task with the same dedup_key was returned
+    created: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPage(_Shape):
+    tasks: list[Task]
+    #: pass to `list(cursor=)` for the next page; None on the last page
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelResult(_Shape):
+    task_id: str
+    status: str
+    #: False when the task had already finished
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Queue(_Shape):
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    paused_by: str | None
+    ready: int
+    delayed: int
+    leased: int
+    dlq: int
+    completed_last_minute: int
+    failed_last_minute: int
+    oldest_ready_age_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueState(_Shape):
+    name: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DlqPage(_Shape):
+    queue: str
+    tasks: list[DeadTask]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayResult(_Shape):
+    queue: str
+    replayed: int
+    task_ids: list[str]
+    #: True: nothing was changed, `task_ids` are what would have been replayed
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteResult(_Shape):
+    queue: str
+    deleted: int
+    task_ids: list[str]
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunningRun(_Shape):
+    """A run a worker holds right now."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    name: str
+    handler: str
+    queue_name: str
+    started_at: datetime | None
+    lease_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Worker(_Shape):
+    """A daemon, alive or recently stopped, and the runs it holds."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+    running: list[RunningRun]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness(_Shape):
+    ready: bool
+    #: each backing service: "ok" or "down: why"
+    checks: dict[str, str]
+
+
+# -- requests -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """One task to create; None leaves a field to the API's default. `type` is inferred
+    as "delayed" when `run_at` or `delay_seconds` is given."""
+
+    name: str
+    handler: str | None = None
+    payload: Json = None
+    queue: str | None = None
+    priority: int | None = None
+    type: str | None = None
+    run_at: datetime | str | None = None
+    delay_seconds: float | None = None
+    dedup_key: str | None = None
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Json]:
+        """The create body, in the API's field names."""
+        body: dict[str, Json] = {"name": self.name}
+        task_type = self.type
+        if task_type is None and (self.run_at is not None or self.delay_seconds is not None):
+            task_type = "delayed"
+        for key, value in (("handler", self.handler), ("payload", self.payload),
+                           ("queue_name", self.queue), ("priority", self.priority),
+                           ("type", task_type), ("run_at", _param(self.run_at)),
+                           ("delay_seconds", self.delay_seconds),
+                           ("dedup_key", self.dedup_key), ("max_retries", self.max_retries),
+                           ("timeout_seconds", self.timeout_seconds)):
+            if value is not None:
+                body[key] = value
+        return body
+
+
+class TaskFilters(TypedDict, total=False):
+    """Filters of `list()` and `iter_tasks()`; all given must match, None is no filter."""
+
+    status: str | None
+    queue: str | None
+    name: str | None
+    handler: str | None
+    dedup_key: str | None
+    created_after: datetime | str | None
+    created_before: datetime | str | None
+
+
+class DlqFilters(TypedDict, total=False):
+    """Filters of the DLQ operations; `error` is a case-insensitive substring of the last
+    error. None is no filter."""
+
+    handler: str | None
+    error: str | None
+    failed_since: datetime | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    params: Mapping[str, Any] | None = None
+    json: Json = None
+    #: seconds the server may hold the answer (a long poll), added to the read timeout
+    wait_s: float = 0.0
+
+
+# An operation: yields requests, receives their responses, returns its result.
+Op = Generator[_Request, httpx.Response, T]
+
+
+def _param(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: _param(v) for k, v in values.items() if v is not None}
+
+
+def _quote(segment: str) -> str:
+    # A task id or queue name is one path segment, whatever it contains.
+    return urllib.parse.quote(str(segment), safe="")
+
+
+def _json(response: httpx.Response) -> Any:
+    """The body of a 2xx answer; any other status raises its DistasksError."""
+    if response.is_success:
+        try:
+            return response.json()
+        except ValueError:
+            raise _unexpected(f"HTTP {response.status_code} without JSON") from None
+    raise error_from(response)
+
+
+def error_from(response: httpx.Response) -> DistasksError:
+    """The exception for a non-2xx answer: the API's `{"error": {code, message, field}}`
+    when the body has one (a proxy's error page has not)."""
+    status = response.status_code
+    code, message, field = f"http_{status}", response.reason_phrase or "error", None
+    try:
+        error = response.json()["error"]
+        code = str(error["code"])
+        message = str(error.get("message") or message)
+        field = error.get("field")
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip()
+        if text:
+            message = text.splitlines()[0][:200]
+    if status in (400, 413, 422):
+        return InvalidRequest(message, status=status, code=code, field=field)
+    if status == 404:
+        return NotFound(message, status=status, code=code, field=field)
+    if status == 503:
+        return Unavailable(message, status=status, code=code, field=field,
+                           retry_after_s=_retry_after(response.headers.get("Retry-After")))
+    if status >= 500:
+        return ServerError(message, status=status, code=code, field=field)
+    return DistasksError(message, status=status, code=code, field=field)
+
+
+def _retry_after(value: str | None) -> float | None:
+    # The API sends seconds; an HTTP date (from a proxy) is not worth parsing here.
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _unreachable(url: str, e: httpx.TransportError) -> Unavailable:
+    why = "connection refused" if _refused(e) else (str(e) or type(e).__name__)
+    return Unavailable(f"cannot reach the distasks API at {url}: {why}", code="unreachable")
+
+
+def _refused(e: BaseException | None) -> bool:
+    """Whether a ConnectionRefusedError is behind `e` (anyio wraps it in a group)."""
+    seen = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ConnectionRefusedError):
+            return True
+        stack += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    return False
+
+
+# -- operations (sans-I/O; shared by both clients) ------------------------------------
+
+def _create(name: str, *, handler: str | None = None, payload: Json = None,
+            queue: str | None = None, priority: int | None = None, type: str | None = None,
+            run_at: datetime | str | None = None, delay_seconds: float | None = None,
+            dedup_key: str | None = None, max_retries: int | None = None,
+            timeout_seconds: float | None = None) -> Op[CreateResult]:
+    """Create a task; unset arguments take the API's defaults (see TaskSpec). With a
+    `dedup_key` that exists, returns that task with `created` False.
+
+    Raises InvalidRequest (e.g. `unknown_handler`, field `handler`)."""
+    spec = TaskSpec(name=name, handler=handler, payload=payload, queue=queue,
+                    priority=priority, type=type, run_at=run_at, delay_seconds=delay_seconds,
+                    dedup_key=dedup_key, max_retries=max_retries,
+                    timeout_seconds=timeout_seconds)
+    response = yield _Request("POST", "/api/v1/tasks", json=spec.to_json())
+    body = _json(response)
+    return _shape(CreateResult, body, created=response.status_code == 201)
+
+
+def _create_many(tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> Op[list[CreateResult]]:
+    """Create tasks in one transaction: all or none. Mappings are TaskSpec's keyword
+    arguments (`queue`, not `queue_name`). Results are in the order given.
+
+    Raises InvalidRequest with `field` like `tasks.3.priority`."""
+    specs = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in tasks]
+    body = _json((yield _Request("POST", "/api/v1/tasks/batch",
+                                 json={"tasks": [s.to_json() for s in specs]})))
+    return [_shape(CreateResult, item) for item in _member(body, "tasks")]
+
+
+def _member(body: Any, key: str) -> Any:
+    """`body[key]`, or an unexpected-response error."""
+    try:
+        return body[key]
+    except (KeyError, TypeError, IndexError):
+        raise _unexpected(f"no {key!r} in {body!r:.80}") from None
+
+
+def _detail(body: Any) -> TaskDetail:
+    runs = [_shape(Run, r) for r in _member(body, "runs")]
+    latest = _member(body, "latest_run")
+    return _shape(TaskDetail, body, task=_shape(Task, _member(body, "task")), runs=runs,
+                  latest_run=_shape(Run, latest) if latest is not None else None)
+
+
+def _get(task_id: str, *, wait: float | None = None) -> Op[TaskDetail]:
+    """The task with its runs. `wait` (seconds, at most 60) lets the API hold the answer
+    until the task is final or the time is up; either way the current state is returned.
+
+    Raises NotFound; InvalidRequest (`invalid_id`) when `task_id` is not a UUID."""
+    body = _json((yield _Request("GET", f"/api/v1/tasks/{_quote(task_id)}",
+                                 params=_params(wait=wait), wait_s=wait or 0.0)))
+    return _detail(body)
+
+
+def _wait(task_id: str, *, timeout: float) -> Op[TaskDetail]:
+    """The task once it is final (completed, failed or cancelled), long-polling for up to
+    `timeout` seconds in requests of at most 60 s.
+
+    Raises WaitTimeout (a TimeoutError, with the last state seen) when time is up."""
+    deadline = time.monotonic() + timeout
+    last: TaskDetail | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if last is not None and remaining <= 0:
+            raise WaitTimeout(task_id, timeout, last)
+        wait = round(min(MAX_WAIT_PER_REQUEST_S, max(0.0, remaining)), 3)
+        last = yield from _get(task_id, wait=wait)
+        if last.task.is_final:
+            return last
+
+
+def _runs(task_id: str) -> Op[list[Run]]:
+    """Every attempt of the task, oldest first. Raises NotFound."""
+    body = _json((yield _Request("GET", f"/api/v1/tasks/{_quote(task_id)}/runs")))
+    return [_shape(Run, r) for r in _member(body, "runs")]
+
+
+def _cancel(task_id: str, *, reason: str | None = None) -> Op[CancelResult]:
+    """Cancel the task: at once if it waits, within about a second if it runs.
+    `cancelled` is False when it had already finished. Raises NotFound."""
+    body = _json((yield _Request("POST", f"/api/v1/tasks/{_quote(task_id)}/cancel",
+                                 json=_params(reason=reason))))
+    return _shape(CancelResult, body)
+
+
+def _list(*, limit: int | None = None, cursor: str | None = None,
+          **filters: Unpack[TaskFilters]) -> Op[TaskPage]:
+    """One page of tasks, newest first (`limit` 1–500, API default 50); follow
+    `next_cursor`, or use `iter_tasks()`."""
+    body = _json((yield _Request("GET", "/api/v1/tasks",
+                                 params=_params(limit=limit, cursor=cursor, **filters))))
+    return _shape(TaskPage, body, tasks=[_shape(Task, t) for t in _member(body, "tasks")])
+
+
+def _queues() -> Op[list[Queue]]:
+    """Every queue known to the daemons, with depths and last-minute throughput."""
+    body = _json((yield _Request("GET", "/api/v1/queues")))
+    return [_shape(Queue, q) for q in _member(body, "queues")]
+
+
+def _pause(queue: str) -> Op[QueueState]:
+    """Stop every daemon claiming from `queue`; creates are still accepted."""
+    return _shape(QueueState, _json((yield _Request(
+        "POST", f"/api/v1/queues/{_quote(queue)}/pause"))))
+
+
+def _resume(queue: str) -> Op[QueueState]:
+    """Claim from a paused `queue` again."""
+    return _shape(QueueState, _json((yield _Request(
+        "POST", f"/api/v1/queues/{_quote(queue)}/resume"))))
+
+
+def _dlq(queue: str, *, limit: int | None = None, cursor: str | None = None,
+         **filters: Unpack[DlqFilters]) -> Op[DlqPage]:
+    """One page of `queue`'s dead-lettered tasks, oldest failure first (`limit` 1–1000)."""
+    body = _json((yield _Request("GET", f"/api/v1/queues/{_quote(queue)}/dlq",
+                                 params=_params(limit=limit, cursor=cursor, **filters))))
+    return _shape(DlqPage, body, tasks=[_shape(DeadTask, t) for t in _member(body, "tasks")])
+
+
+def _selection(count: int | None, task_ids: Iterable[str] | None, dry_run: bool,
+               filters: Mapping[str, Any]) -> dict[str, Any]:
+    ids = None if task_ids is None else [str(i) for i in task_ids]
+    if count is None and ids:
+        # The API applies `count` (default 10) to task_ids too.
+        count = len(ids)
+    return _params(count=count, task_ids=ids, **filters) | {"dry_run": dry_run}
+
+
+def _replay(queue: str, *, count: int | None = None, task_ids: Iterable[str] | None = None,
+            override_priority: int | None = None, dry_run: bool = False,
+            **filters: Unpack[DlqFilters]) -> Op[ReplayResult]:
+    """Replay DLQ entries as new queued attempts with fresh retries: `task_ids`, or the
+    oldest `count` (API default 10) matching the filters. `dry_run` only reports."""
+    body = _selection(count, task_ids, dry_run, filters) | _params(
+        override_priority=override_priority)
+    return _shape(ReplayResult, _json((yield _Request(
+        "POST", f"/api/v1/queues/{_quote(queue)}/dlq/replay", json=body))))
+
+
+def _delete_dlq(queue: str, *, count: int | None = None,
+                task_ids: Iterable[str] | None = None, dry_run: bool = False,
+                **filters: Unpack[DlqFilters]) -> Op[DeleteResult]:
+    """Remove DLQ entries (the tasks stay on record, failed), selected as in `replay`."""
+    return _shape(DeleteResult, _json((yield _Request(
+        "POST", f"/api/v1/queues/{_quote(queue)}/dlq/delete",
+        json=_selection(count, task_ids, dry_run, filters)))))
+
+
+def _workers() -> Op[list[Worker]]:
+    """Daemons, alive and recently stopped, with the runs they hold."""
+    body = _json((yield _Request("GET", "/api/v1/workers")))
+    return [_shape(Worker, w, running=[_shape(RunningRun, r) for r in _member(w, "running")])
+            for w in _member(body, "workers")]
+
+
+def _ready() -> Op[Readiness]:
+    """Readiness of the daemon answering: `ready` False (its 503) names what is down.
+    Raises Unavailable only when the daemon cannot be reached."""
+    response = yield _Request("GET", "/readyz")
+    if response.status_code != 503:
+        body = _json(response)
+    else:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not (isinstance(body, Mapping) and "ready" in body):
+            raise error_from(response)  # a 503 from something else than the readiness check
+    if not isinstance(body, Mapping):
+        raise _unexpected(f"readiness {body!r:.80}")
+    checks = {str(k): str(v) for k, v in body.items() if k != "ready"}
+    return _shape(Readiness, body, ready=bool(_member(body, "ready")), checks=checks)
+
+
+# -- the two clients ---------------------------------------------------------------------
+
+class _Endpoint(Generic[P, T]):
+    """An operation as a method of both clients: `Client` runs it blocking and returns
+    its result, `AsyncClient` returns a coroutine (typed by the overloads)."""
+
+    def __init__(self, op: Callable[P, Op[T]]) -> None:
+        self.op = op
+        self.__doc__ = op.__doc__
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _Endpoint[P, T]: ...
+    @overload
+    def __get__(self, obj: AsyncClient, owner: type[Any]) -> Callable[
+        P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def __get__(self, obj: Client, owner: type[Any]) -> Callable[P, T]: ...
+
+    def __get__(self, obj: _BaseClient | None, owner: type[Any]) -> Any:
+        if obj is None:
+            return self
+        method = obj._bind(self.op)
+        method.__name__ = self.name
+        method.__qualname__ = f"{type(obj).__name__}.{self.name}"
+        method.__doc__ = self.op.__doc__
+        signature = inspect.signature(self.op)
+        # For help(): the op's "Op[X]" return annotation is X to the caller.
+        returns = str(signature.return_annotation).removeprefix("Op[").removesuffix("]")
+        method.__signature__ = signature.replace(return_annotation=returns)
+        return method
+
+
+class _BaseClient:
+    """What both clients share: the base URL, headers and timeouts, and the operations."""
+
+    def __init__(self, url: str | None, *, actor: str | None, timeout: float) -> None:
+        #: the API's base URL, e.g. http://127.0.0.1:8080
+        self.url = (url or os.environ.get("DISTASKS_URL") or DEFAULT_URL).rstrip("/")
+        self._timeout = timeout
+        self._headers = {"User-Agent": "distasks-client", "Accept": "application/json"}
+        if actor:
+            self._headers["X-Distasks-Actor"] = actor
+
+    def _request_args(self, request: _Request) -> dict[str, Any]:
+        return {
+            "method": request.method, "url": request.path, "params": request.params,
+            "json": request.json,
+            "timeout": httpx.Timeout(self._timeout, read=self._timeout + request.wait_s),
+        }
+
+    def _bind(self, op: Callable[P, Op[T]]) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    create = _Endpoint(_create)
+    create_many = _Endpoint(_create_many)
+    get = _Endpoint(_get)
+    wait = _Endpoint(_wait)
+    runs = _Endpoint(_runs)
+    cancel = _Endpoint(_cancel)
+    list = _Endpoint(_list)
+    queues = _Endpoint(_queues)
+    pause = _Endpoint(_pause)
+    resume = _Endpoint(_resume)
+    dlq = _Endpoint(_dlq)
+    replay = _Endpoint(_replay)
+    delete_dlq = _Endpoint(_delete_dlq)
+    workers = _Endpoint(_workers)
+    ready = _Endpoint(_ready)
+
+
+class Client(_BaseClient):
+    """The API, blocking. `url` defaults to $DISTASKS_URL, then http://127.0.0.1:8080;
+    `actor` names you in the audit log (X-Distasks-Actor); `timeout` is seconds per
+    request. Use as a context manager, or call `close()`."""
+
+    def __init__(self, url: str | None = None, *, actor: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(url, actor=actor, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, headers=self._headers,
+                                  transport=transport)
+
+    def _bind(self, op: Callable[P, Op[T]]) -> Callable[P, T]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            steps = op(*args, **kwargs)
+            try:
+                request = next(steps)
+                while True:
+                    try:
+                        response = self._http.request(**self._request_args(request))
+                    except httpx.TransportError as e:
+                        raise _unreachable(self.url, e) from e
+                    request = steps.send(response)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            finally:
+                steps.close()
+        return call
+
+    def iter_tasks(self, *, limit: int | None = None,
+                   **filters: Unpack[TaskFilters]) -> Iterator[Task]:
+        """Every task matching the filters, newest first, fetching pages of `limit`."""
+        cursor = None
+        while True:
+            page = self.list(limit=limit, cursor=cursor, **filters)
+            yield from page.tasks
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncClient(_BaseClient):
+    """The API, async (Trio or asyncio). Arguments as for `Client`. Use as an async
+    context manager, or call `aclose()`. Cancelling a call abandons its request."""
+
+    def __init__(self, url: str | None = None, *, actor: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(url, actor=actor, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers,
+                                       transport=transport)
+
+    def _bind(self, op: Callable[P, Op[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            steps = op(*args, **kwargs)
+            try:
+                request = next(steps)
+                while True:
+                    try:
+                        response = await self._http.request(**self._request_args(request))
+                    except httpx.TransportError as e:
+                        raise _unreachable(self.url, e) from e
+                    request = steps.send(response)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            finally:
+                steps.close()
+        return call
+
+    async def iter_tasks(self, *, limit: int | None = None,
+                         **filters: Unpack[TaskFilters]) -> AsyncIterator[Task]:
+        """Every task matching the filters, newest first, fetching pages of `limit`."""
+        cursor = None
+        while True:
+            page = await self.list(limit=limit, cursor=cursor, **filters)
+            for task in page.tasks:
+                yield task
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
