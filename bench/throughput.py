@@ -277,7 +277,9 @@ async def running_daemon(label: str, env: dict[str, str], out_dir: Path,
                          code_dir: Path) -> AsyncIterator[Daemon]:
     """`distasks serve` for the block, ready when it yields; SIGTERM and wait after.
 
-    Its output goes to files, not pipes: a pipe nobody reads would block it.
+    If the daemon exits while in use, the block is cancelled with BenchError at once,
+    rather than measuring thousands of refused connections. Its output goes to files,
+    not pipes: a pipe nobody reads would block it.
     """
     stdout_path, stderr_path = out_dir / f"{label}.out", out_dir / f"{label}.err"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
@@ -287,24 +289,38 @@ async def running_daemon(label: str, env: dict[str, str], out_dir: Path,
     daemon = Daemon(label, process, f"http://{HOST}:{env['HTTP_PORT']}",
                     stdout_path, stderr_path, time.time())
     try:
-        await wait_ready(daemon)
-        yield daemon
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail_on_exit, daemon)
+            await wait_ready(daemon)
+            yield daemon
+            nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await stop(daemon)
 
 
 class BenchError(Exception):
-    """The bench could not measure: a daemon did not start, or a phase ran out of time."""
+    """The bench could not measure: a daemon did not start or died, or a phase ran out
+    of time."""
+
+
+async def fail_on_exit(daemon: Daemon) -> None:
+    """Raise BenchError when the daemon exits; the bench cancels this before its SIGTERM."""
+    await daemon.process.wait()
+    raise BenchError(
+        f"{daemon.label} exited with {daemon.process.returncode} "
+        f"{time.time() - daemon.spawned_at_s:.1f}s after start, before the bench sent "
+        f"SIGTERM\n{tail(daemon.stdout_path)}\n{tail(daemon.stderr_path, CRASH_TAIL_LINES)}")
 
 
 async def wait_ready(daemon: Daemon) -> None:
-    """Poll /readyz until 200; BenchError if the daemon exits or READY_TIMEOUT_S passes."""
+    """Poll /readyz until 200; BenchError after READY_TIMEOUT_S (`fail_on_exit` watches
+    for an early exit)."""
     last = "no answer"
     async with httpx.AsyncClient(base_url=daemon.base_url, timeout=READY_POLL_INTERVAL_S * 10,
                                  trust_env=False) as client:
         with trio.move_on_after(READY_TIMEOUT_S):
-            while daemon.process.poll() is None:
+            while True:
                 try:
                     response = await client.get("/readyz")
                     if response.status_code == 200:
@@ -313,8 +329,6 @@ async def wait_ready(daemon: Daemon) -> None:
                 except httpx.TransportError as e:
                     last = f"{type(e).__name__} (not listening yet?)"
                 await trio.sleep(READY_POLL_INTERVAL_S)
-            raise BenchError(f"{daemon.label} exited with {daemon.process.returncode} before "
-                             f"it was ready:\n{tail(daemon.stderr_path, CRASH_TAIL_LINES)}")
     raise BenchError(f"{daemon.label} not ready after {READY_TIMEOUT_S:g}s; last /readyz: "
                      f"{last}\n{tail(daemon.stdout_path)}\n{tail(daemon.stderr_path)}")
 
@@ -809,15 +823,32 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="distasks-bench-") as out_dir:
         h = header(opts, res, code_dir)
         print_header(h)
-        try:
-            results = trio.run(run_phases, res, opts, Path(out_dir), code_dir)
-        except (BenchError, trio.TooSlowError) as e:
-            print(f"bench failed: {str(e) or 'a phase ran out of time'}", file=sys.stderr)
+        results = run_or_report(res, opts, Path(out_dir), code_dir)
+        if results is None:
             return 2
         print_daemons(results)
     if opts.json:
         print(json.dumps({"config": h, **results}, default=str))
     return 0 if healthy(results) else 1
+
+
+def run_or_report(res: Resources, opts: Options, out_dir: Path,
+                  code_dir: Path) -> dict[str, Any] | None:
+    """The results, or None after printing why the bench could not measure."""
+    try:
+        return trio.run(run_phases, res, opts, out_dir, code_dir)
+    except* (BenchError, trio.TooSlowError) as group:
+        for e in leaves(group):
+            print(f"bench failed: {str(e) or 'a phase ran out of time'}", file=sys.stderr)
+    return None
+
+
+def leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from leaves(e)
+        else:
+            yield e
 
 
 def healthy(results: dict[str, Any]) -> bool:
