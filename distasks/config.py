@@ -18,7 +18,9 @@ from typing import Any
 
 from distasks.errors import ConfigError
 
-QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path.
+QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$"
+QUEUE_NAME_RE = re.compile(QUEUE_NAME_PATTERN)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
 
@@ -90,6 +92,15 @@ class MoverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpHandlerConfig:
+    #: hosts the built-in `http` handler may call: names, `*.wildcards`, `host:port`.
+    #: Empty (the default): none, so the daemon is no proxy until configured.
+    allowed_hosts: tuple[str, ...] = ()
+    #: most bytes of a response body kept on the run
+    max_response_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveryConfig:
     #: how often the reaper looks for expired leases
     reaper_interval_s: float = 1.0
@@ -117,6 +128,7 @@ class Config:
     retry: RetryConfig = RetryConfig()
     mover: MoverConfig = MoverConfig()
     recovery: RecoveryConfig = RecoveryConfig()
+    http_handler: HttpHandlerConfig = HttpHandlerConfig()
     log: LogConfig = LogConfig()
 
     def summary(self) -> str:
@@ -269,6 +281,8 @@ def _validate(c: Config) -> None:
     need(0 <= c.retry.jitter < 1, "retry.jitter", "must be in [0, 1)")
     need(c.mover.interval_s > 0, "mover.interval_s", "must be positive")
     need(1 <= c.mover.batch <= 5000, "mover.batch", "must be between 1 and 5000")
+    need(c.http_handler.max_response_bytes >= 0, "http_handler.max_response_bytes",
+         "must not be negative")
     need(c.recovery.reaper_interval_s > 0, "recovery.reaper_interval_s", "must be positive")
     need(c.recovery.reconciler_interval_s > 0, "recovery.reconciler_interval_s",
          "must be positive")

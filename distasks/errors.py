@@ -41,6 +41,10 @@ class StoreUnavailable(DistasksError):
     """PostgreSQL cannot be reached or failed mid-operation; retry with backoff."""
 
 
+class StoreRejected(DistasksError):
+    """PostgreSQL refused a statement's data (a validation gap, not an outage)."""
+
+
 class BrokerUnavailable(DistasksError):
     """Redis cannot be reached or failed mid-operation; retry with backoff."""
 

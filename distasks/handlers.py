@@ -67,7 +67,10 @@ class Registry:
     def add(self, name: str, fn: HandlerFn) -> None:
         if name in self._handlers:
             raise ValueError(f"handler {name!r} is registered twice")
-        self._handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn))
+        # A callable object (the http handler) is async when its __call__ is.
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            type(fn).__call__)
+        self._handlers[name] = Handler(name, fn, is_async)
 
     def get(self, name: str) -> Handler | None:
         return self._handlers.get(name)
@@ -90,11 +93,14 @@ class Registry:
         return found
 
 
-def builtin_registry(modules: tuple[str, ...] = ()) -> Registry:
-    """The built-in handlers plus those of the user modules named in the config."""
+def builtin_registry(modules: tuple[str, ...] = (), *, http: HandlerFn | None = None) -> Registry:
+    """The built-in handlers (`demo`, `noop`, and `http` when given) plus those of the
+    user modules named in the config."""
     registry = Registry()
     registry.add("demo", demo)
     registry.add("noop", noop)
+    if http is not None:
+        registry.add("http", http)
     for module_name in modules:
         registry.add_module(module_name)
     return registry

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import trio
 
 from distasks.broker import Broker
-from distasks.errors import BrokerUnavailable, DistasksError, StoreUnavailable
+from distasks.errors import BrokerUnavailable, DistasksError, StoreRejected, StoreUnavailable
 from distasks.model import CreateResult, NewTask, TaskType
 from distasks.store import Store
 
@@ -80,7 +80,19 @@ class Intake:
         tasks = [t for request in batch for t in request.tasks]
         try:
             results = await self._store.create_tasks(tasks)
+        except StoreRejected as e:
+            if len(batch) > 1:
+                # One request's data was refused: commit the others without it.
+                for request in batch:
+                    await self._commit([request])
+                return
+            log.error("create refused by PostgreSQL: %s", e,
+                      extra={"event": "create_rejected", "count": len(tasks)})
+            batch[0].error = e
+            batch[0].done.set()
+            return
         except StoreUnavailable as e:
+            # Every caller of the batch gets the error; the intake itself goes on.
             log.warning("create batch not recorded: %s", e,
                         extra={"event": "create_failed", "count": len(tasks)})
             for request in batch:

@@ -31,6 +31,7 @@ from distasks.broker import Broker
 from distasks.config import Config
 from distasks.errors import ConfigError, StoreUnavailable
 from distasks.handlers import Registry, builtin_registry
+from distasks.http_handler import HttpHandler
 from distasks.intake import Intake
 from distasks.retry import RetryPolicy
 from distasks.store import Store, WorkerInfo
@@ -46,7 +47,8 @@ HARD_STOP_MARGIN_S = 4.0
 def load_registry(config: Config) -> Registry:
     """Built-in and configured handlers; ConfigError if they do not add up."""
     try:
-        registry = builtin_registry(config.worker.handlers)
+        registry = builtin_registry(config.worker.handlers, http=HttpHandler(
+            config.http_handler.allowed_hosts, config.http_handler.max_response_bytes))
     except (ImportError, ValueError) as e:
         raise ConfigError("worker.handlers", str(e)) from None
     if config.worker.default_handler not in registry:

@@ -8,6 +8,7 @@ from typing import Any
 import hypercorn.config
 import hypercorn.trio
 import trio
+from quart import Response, request
 from quart_trio import QuartTrio
 
 import distasks
@@ -34,6 +35,20 @@ def create_app(services: Services) -> QuartTrio:
     @app.get("/openapi.json")
     async def openapi_json() -> Any:
         return document
+
+    @app.after_request
+    async def drain_request_body(response: Response) -> Response:
+        # Hypercorn's trio worker stalls a keep-alive connection when a response (a 405,
+        # say) goes out before the request body has arrived; reading the body first
+        # avoids it. A body too large to read closes the connection instead.
+        if response.status_code == 413:
+            response.headers["Connection"] = "close"
+        else:
+            try:
+                await request.get_data(parse_form_data=False)
+            except Exception:
+                response.headers["Connection"] = "close"
+        return response
 
     errors.install(app)
     return app

@@ -7,7 +7,6 @@ and deletions are recorded in the audit log with who did them and what they touc
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 from quart import Blueprint, Response, jsonify
@@ -30,14 +29,15 @@ def queue_name(name: str) -> str:
 
 
 def _selection(sel: schemas.DlqSelection) -> DlqFilter:
-    ids = None
-    if sel.task_ids is not None:
-        try:
-            ids = tuple(uuid.UUID(i) for i in sel.task_ids)
-        except ValueError:
-            raise InvalidInput("task_ids must be UUIDs", field="task_ids") from None
     return DlqFilter(handler=sel.handler, error=sel.error, failed_since=sel.failed_since,
-                     task_ids=ids)
+                     task_ids=tuple(sel.task_ids) if sel.task_ids is not None else None)
+
+
+def _limit(sel: schemas.DlqSelection) -> int:
+    """With task_ids and no explicit count, all the named tasks."""
+    if sel.task_ids is not None and "count" not in sel.model_fields_set:
+        return len(sel.task_ids)
+    return sel.count
 
 
 @operation(bp, "GET", "/api/v1/queues/<queue>/dlq", tag="dlq",
@@ -63,13 +63,13 @@ async def list_dlq(queue: str) -> Response:
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/dlq/replay", tag="dlq",
            summary="Replay DLQ entries (by ids or the oldest matching filters) as new attempts",
-           body=schemas.ReplayDlq, responses={200: schemas.Replayed})
+           body_required=False, body=schemas.ReplayDlq, responses={200: schemas.Replayed})
 async def replay_dlq(queue: str) -> Response:
     queue = queue_name(queue)
     req = parse_body(schemas.ReplayDlq, await _body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
-    replayed = await s.store.replay(queue, _selection(req), limit=req.count,
+    replayed = await s.store.replay(queue, _selection(req), limit=_limit(req),
                                     override_priority=req.override_priority, now=now,
                                     actor=actor(), dry_run=req.dry_run)
     run_ids = [run_id for _, run_id in replayed if run_id is not None]
@@ -87,13 +87,13 @@ async def replay_dlq(queue: str) -> Response:
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/dlq/delete", tag="dlq",
            summary="Remove DLQ entries (the tasks stay on record)",
-           body=schemas.DlqSelection, responses={200: schemas.Deleted})
+           body_required=False, body=schemas.DlqSelection, responses={200: schemas.Deleted})
 async def delete_dlq(queue: str) -> Response:
     queue = queue_name(queue)
     req = parse_body(schemas.DlqSelection, await _body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
-    deleted = await s.store.delete_dead(queue, _selection(req), limit=req.count, now=now,
+    deleted = await s.store.delete_dead(queue, _selection(req), limit=_limit(req), now=now,
                                         actor=actor(), dry_run=req.dry_run)
     if deleted and not req.dry_run:
         try:

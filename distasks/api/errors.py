@@ -74,7 +74,11 @@ def install(app: Quart) -> None:
     async def http_error(e: HTTPException) -> Response:
         code = (e.name or "error").lower().replace(" ", "_")
         field = "body" if e.code == 413 else None
-        return error_response(e.code or 500, code, e.description or e.name or "error", field)
+        response = error_response(e.code or 500, code, e.description or e.name or "error", field)
+        for name, value in e.get_headers():
+            if name.lower() == "allow":  # a 405 lists the methods the resource supports
+                response.headers["Allow"] = value
+        return response
 
     @app.errorhandler(Exception)
     async def internal(e: Exception) -> Any:

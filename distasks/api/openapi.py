@@ -13,9 +13,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint
 
-from distasks.api.schemas import ErrorOut
+from distasks.api.schemas import QUEUE_NAME_PATTERN, ErrorOut
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Path parameters by name: what a valid one looks like.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "task_id": {"type": "string", "format": "uuid"},
+    "queue": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
+}
 
 # Errors every operation may answer, besides its own.
 COMMON_ERRORS = {
@@ -34,6 +40,8 @@ class Operation:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     errors: dict[int, str] = field(default_factory=dict)
+    #: False when every field has a default, so an empty body is as good as {}
+    body_required: bool = True
 
     @property
     def path(self) -> str:
@@ -46,10 +54,11 @@ OPERATIONS: list[Operation] = []
 
 def operation(bp: Blueprint, method: str, rule: str, *, summary: str, tag: str,
               responses: dict[int, type[BaseModel] | None], body: type[BaseModel] | None = None,
-              query: type[BaseModel] | None = None,
-              errors: dict[int, str] | None = None) -> Callable[[F], F]:
+              query: type[BaseModel] | None = None, errors: dict[int, str] | None = None,
+              body_required: bool = True) -> Callable[[F], F]:
     """Register a route on `bp` and describe it in the OpenAPI document."""
-    op = Operation(method.upper(), rule, summary, tag, responses, body, query, errors or {})
+    op = Operation(method.upper(), rule, summary, tag, responses, body, query, errors or {},
+                   body_required)
     OPERATIONS.append(op)
 
     def register(fn: F) -> F:
@@ -84,7 +93,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     doc: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],
                            "operationId": re.sub(r"\W+", "_", f"{op.method}_{op.path}").strip("_")}
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS[name]}
         for name in re.findall(r"{([a-z_]+)}", op.path)]
     if op.query is not None:
         schema = op.query.model_json_schema()
@@ -95,7 +104,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     if params:
         doc["parameters"] = params
     if op.body is not None:
-        doc["requestBody"] = {"required": True, "content": {"application/json": {
+        doc["requestBody"] = {"required": op.body_required, "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
     responses: dict[str, Any] = {}
     for status, model in op.responses.items():

@@ -3,26 +3,48 @@ schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+import uuid
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
-QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+from distasks.api.cursor import PATTERN as CURSOR_PATTERN
+from distasks.config import QUEUE_NAME_PATTERN as QUEUE_NAME_PATTERN
+
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
 RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
                         "cancelled"]
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer; so do we (but not "3", nor 3.5)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _rfc3339(value: Any) -> Any:
+    """Lax parsing would read "1.5" as a Unix time; a query date-time must look like one."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]", value):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2030-01-01T00:00:00Z")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+
 class _Strict(BaseModel):
     # Unknown fields are refused (a typo such as `max_retry` must not pass silently);
     # strict types: "3" is not an integer.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
 class _Query(BaseModel):
     # Query strings are text: lax mode turns "50" into 50. Unknown parameters are refused.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
 
 # -- requests -----------------------------------------------------------------------
@@ -33,10 +55,10 @@ class CreateTask(_Strict):
                                 description="Registered handler; the config's default if absent")
     type: Literal["immediate", "delayed"] = "immediate"
     queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
-    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+    priority: Int = Field(0, ge=INT32_MIN, le=INT32_MAX)
     payload: Any = Field(default_factory=dict, description="Any JSON value")
     dedup_key: str | None = Field(None, min_length=1, max_length=256)
-    max_retries: int | None = Field(None, ge=0, le=1000)
+    max_retries: Int | None = Field(None, ge=0, le=1000)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
     run_at: AwareDatetime | None = Field(None, description="RFC 3339, for type delayed")
     delay_seconds: float | None = Field(None, ge=0, le=366 * 86400,
@@ -55,8 +77,8 @@ class DlqSelection(_Strict):
     """Which DLQ entries a replay or delete touches: `task_ids`, or the oldest `count`
     matching the filters."""
 
-    count: int = Field(10, ge=1, le=10_000)
-    task_ids: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    count: Int = Field(10, ge=1, le=10_000)
+    task_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=10_000)
     handler: str | None = Field(None, min_length=1, max_length=128)
     error: str | None = Field(None, min_length=1, max_length=1000,
                               description="Substring of the last error, case-insensitive")
@@ -65,7 +87,7 @@ class DlqSelection(_Strict):
 
 
 class ReplayDlq(DlqSelection):
-    override_priority: int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
+    override_priority: Int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
 
 
 class TaskQuery(_Query):
@@ -74,10 +96,11 @@ class TaskQuery(_Query):
     name: str | None = Field(None, min_length=1, max_length=256)
     handler: str | None = Field(None, min_length=1, max_length=128)
     dedup_key: str | None = Field(None, min_length=1, max_length=256)
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
-    limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=200)
+    created_after: QueryDatetime | None = None
+    created_before: QueryDatetime | None = None
+    limit: Int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
+                               description="next_cursor of the previous page")
 
 
 class GetTaskQuery(_Query):
@@ -86,12 +109,14 @@ class GetTaskQuery(_Query):
 
 
 class DlqQuery(_Query):
-    count: int | None = Field(None, ge=1, le=1000, description="Same as limit (original API)")
-    limit: int = Field(50, ge=1, le=1000)
-    cursor: str | None = Field(None, max_length=200)
+    count: Int = Field(0, ge=0, le=1000,
+                       description="Same as limit, as in the original API; 0: use limit")
+    limit: Int = Field(50, ge=1, le=1000)
+    cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
+                               description="next_cursor of the previous page")
     handler: str | None = Field(None, min_length=1, max_length=128)
     error: str | None = Field(None, min_length=1, max_length=1000)
-    failed_since: AwareDatetime | None = None
+    failed_since: QueryDatetime | None = None
 
 
 # -- responses ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from distasks.api.errors import from_validation_error
 from distasks.api.openapi import operation
 from distasks.api.services import actor, services
 from distasks.errors import InvalidInput, NotFound, PayloadTooLarge, UnknownHandler
+from distasks.http_handler import HttpHandler
 from distasks.model import (
     TERMINAL_TASK_STATUSES,
     NewTask,
@@ -74,16 +75,35 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 def parse_body(model: type[M], body: bytes) -> M:
     try:
-        return model.model_validate_json(body or b"null")
+        parsed = model.model_validate_json(body or b"null")
     except pydantic.ValidationError as e:
         raise from_validation_error(e) from None
+    _refuse_nul(parsed.model_dump(mode="python"))
+    return parsed
 
 
 def parse_query(model: type[M]) -> M:
+    args = request.args.to_dict()
+    _refuse_nul(args)
     try:
-        return model.model_validate(request.args.to_dict())
+        return model.model_validate(args)
     except pydantic.ValidationError as e:
         raise from_validation_error(e) from None
+
+
+def _refuse_nul(value: Any, path: str = "") -> None:
+    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them up front,
+    naming where, instead of failing in the database."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(f"{path or 'value'} contains a NUL character", field=path or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, path)
+            _refuse_nul(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _refuse_nul(item, f"{path}.{i}" if path else str(i))
 
 
 def parse_create(body: bytes | str) -> NewTask:
@@ -105,6 +125,9 @@ def new_task(req: schemas.CreateTask) -> NewTask:
     limit = s.config.http.max_payload_bytes
     if len(payload_json.encode()) > limit:
         raise PayloadTooLarge(len(payload_json.encode()), limit)
+    registered = s.registry.get(handler)
+    if registered is not None and isinstance(registered.fn, HttpHandler):
+        registered.fn.check(req.payload)  # refuse a call that could never be made
     run_at = None
     task_type = TaskType(req.type)
     if task_type is TaskType.DELAYED:
@@ -140,12 +163,12 @@ async def list_tasks() -> Response:
     return jsonify({"tasks": [task_json(t) for t in tasks], "next_cursor": next_cursor})
 
 
-@operation(bp, "GET", "/api/v1/tasks/<task_id>", tag="tasks",
+@operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>", tag="tasks",
            summary="A task with its runs; ?wait=N long-polls until it is final",
            query=schemas.GetTaskQuery, responses={200: schemas.TaskDetail},
            errors={404: "No such task"})
-async def get_task(task_id: str) -> Response:
-    tid = parse_uuid(task_id, "task_id")
+async def get_task(task_id: uuid.UUID) -> Response:
+    tid = task_id
     q = parse_query(schemas.GetTaskQuery)
     s = services()
     deadline = trio.current_time() + q.wait
@@ -162,22 +185,22 @@ async def get_task(task_id: str) -> Response:
                     "runs": [run_json(r) for r in runs]})
 
 
-@operation(bp, "GET", "/api/v1/tasks/<task_id>/runs", tag="tasks",
+@operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>/runs", tag="tasks",
            summary="Every attempt of a task, oldest first", responses={200: schemas.RunList},
            errors={404: "No such task"})
-async def get_runs(task_id: str) -> Response:
-    found = await services().store.get_task(parse_uuid(task_id, "task_id"))
+async def get_runs(task_id: uuid.UUID) -> Response:
+    found = await services().store.get_task(task_id)
     if found is None:
         raise NotFound(f"no task with id {task_id}")
     return jsonify({"runs": [run_json(r) for r in found[1]]})
 
 
-@operation(bp, "POST", "/api/v1/tasks/<task_id>/cancel", tag="tasks",
+@operation(bp, "POST", "/api/v1/tasks/<uuid:task_id>/cancel", tag="tasks",
            summary="Cancel a task: at once if waiting, within a second if running",
-           body=schemas.CancelTask, responses={200: schemas.Cancelled},
+           body_required=False, body=schemas.CancelTask, responses={200: schemas.Cancelled},
            errors={404: "No such task"})
-async def cancel_task(task_id: str) -> Response:
-    tid = parse_uuid(task_id, "task_id")
+async def cancel_task(task_id: uuid.UUID) -> Response:
+    tid = task_id
     req = parse_body(schemas.CancelTask, await _body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
@@ -190,14 +213,6 @@ async def cancel_task(task_id: str) -> Response:
                                  task_id=str(tid))
     return jsonify({"task_id": str(tid), "status": done.status.value,
                     "cancelled": done.cancelled})
-
-
-def parse_uuid(text: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise InvalidInput(f"{field} is not a UUID: {text!r}", field=field,
-                           code="invalid_id") from None
 
 
 def latest_run_json(runs: list[TaskRun]) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import psycopg_pool
 import trio
 
 from distasks import aio
-from distasks.errors import StoreUnavailable
+from distasks.errors import StoreRejected, StoreUnavailable
 from distasks.model import ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
 
 P = ParamSpec("P")
@@ -57,6 +57,8 @@ def crossing(fn: Callable[Concatenate[S, P], Awaitable[T]]) -> Callable[Concaten
             return await aio.call(fn, self, *args, **kwargs)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
             raise StoreUnavailable(str(e).strip() or type(e).__name__) from e
+        except (psycopg.DataError, psycopg.IntegrityError) as e:
+            raise StoreRejected(str(e).strip() or type(e).__name__) from e
 
     return from_trio
 
