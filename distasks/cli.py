@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{given[0]} applies to the {', '.join(REMOTE_COMMANDS)} commands")
 
     try:
-        config = load(_config_path(getattr(args, "config", None)))
+        config_path = _config_path(getattr(args, "config", None))
+        config = load(config_path)
         if args.command == "serve":
             from distasks.supervisor import Daemon  # imports the bridge first (see __init__)
 
-            daemon = Daemon(config)
+            daemon = Daemon(config, config_path=config_path)
             logs.setup(config.log.level, config.log.format)
             trio.run(daemon.run)
         elif args.command == "migrate":

@@ -333,6 +333,8 @@ class Readiness(_Shape):
     ready: bool
     #: each backing service: "ok" or "down: why"
     checks: dict[str, str]
+    #: each component loop of the daemon: "ok" or "down"
+    components: dict[str, str]
 
 
 # -- requests -----------------------------------------------------------------------
@@ -656,8 +658,12 @@ def _ready() -> Op[Readiness]:
             raise error_from(response)  # a 503 from something else than the readiness check
     if not isinstance(body, Mapping):
         raise _unexpected(f"readiness {body!r:.80}")
-    checks = {str(k): str(v) for k, v in body.items() if k != "ready"}
-    return _shape(Readiness, body, ready=bool(_member(body, "ready")), checks=checks)
+    checks = {str(k): str(v) for k, v in body.items()
+              if k not in ("ready", "components", "progress")}
+    components = body.get("components")
+    return _shape(Readiness, body, ready=bool(_member(body, "ready")), checks=checks,
+                  components={str(k): str(v) for k, v in components.items()}
+                  if isinstance(components, Mapping) else {})
 
 
 # -- the two clients ---------------------------------------------------------------------

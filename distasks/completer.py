@@ -8,6 +8,7 @@ pipeline. PostgreSQL first: Redis only ever indexes what is already true.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 import trio
@@ -15,6 +16,8 @@ import trio
 from distasks import backoff
 from distasks.broker import Broker, Settlement
 from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.health import Health
+from distasks.metrics import Metrics
 from distasks.outcome import Outcome, OutcomeKind
 from distasks.store import Fence, Outcomes, Store, Written
 
@@ -22,26 +25,41 @@ log = logging.getLogger(__name__)
 
 # Most outcomes written in one transaction.
 MAX_BATCH = 1000
+# While idle, the loop still says it lives this often.
+IDLE_BEAT_S = 5.0
 # Outcomes after which the task is final (waiters of GET …?wait= are told).
 FINAL_KINDS = frozenset({OutcomeKind.SUCCEEDED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
 
 
 async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, broker: Broker,
+              metrics: Metrics, health: Health,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Record outcomes until the channel is closed and drained (or until cancelled)."""
+    health.expect("completer", allowance_s=IDLE_BEAT_S * 6)
     task_status.started()
     async with outcomes:
-        async for first in outcomes:
+        while True:
+            health.beat("completer")
+            first: Outcome | None = None
+            with trio.move_on_after(IDLE_BEAT_S):
+                try:
+                    first = await outcomes.receive()
+                except trio.EndOfChannel:
+                    health.forget("completer")
+                    return
+            if first is None:
+                continue
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(outcomes.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await record_once(batch, store=store, broker=broker)
+            await record_once(batch, store=store, broker=broker, metrics=metrics)
 
 
-async def record_once(batch: list[Outcome], *, store: Store, broker: Broker) -> int:
+async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
+                      metrics: Metrics | None = None) -> int:
     """Write one batch, retrying while PostgreSQL is unavailable; returns how many were
     written (the others had lost their lease). Used by the workers and the reaper."""
     outcomes = _store_outcomes(batch)
@@ -60,6 +78,8 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker) -> 
         log.warning("run lost its lease; outcome %s discarded", o.kind,
                     extra={"event": "outcome_fenced", "run_id": str(o.run.run_id),
                            "task_id": str(o.run.task.id), "attempt": o.run.attempt})
+    if metrics is not None:
+        _count(batch, written, metrics)
     settlement = _settlement(batch, written)
     try:
         await broker.settle(settlement)
@@ -72,6 +92,17 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker) -> 
         log.warning("outcomes recorded, Redis index deferred: %s", e,
                     extra={"event": "settle_deferred", "count": len(batch)})
     return len(written.runs)
+
+
+def _count(batch: list[Outcome], written: Written, metrics: Metrics) -> None:
+    counters = {OutcomeKind.SUCCEEDED: metrics.completed, OutcomeKind.RETRYING: metrics.retries,
+                OutcomeKind.FAILED: metrics.failed}
+    for o in batch:
+        counter = counters.get(o.kind)
+        if counter is not None and o.run.run_id in written.advanced:
+            counter.labels(o.run.queue_name, o.run.task.handler).inc()
+    if written.runs:
+        metrics.progressed(time.time())
 
 
 def _store_outcomes(batch: list[Outcome]) -> Outcomes:

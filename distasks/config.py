@@ -117,6 +117,8 @@ class LogConfig:
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
     format: str = "auto"
+    #: one line per HTTP request, with its status and duration
+    access: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import trio
 from distasks import backoff
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable
+from distasks.health import Health
 from distasks.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ class TaskWaiters:
                 event.set()
 
 
-async def run(broker: Broker, pool: WorkerPool, waiters: TaskWaiters, *,
+async def run(broker: Broker, pool: WorkerPool, waiters: TaskWaiters, *, health: Health,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on the control channel until cancelled, resubscribing after failures."""
+    health.expect("control", allowance_s=30 * WAIT_S)
     failures = 0
     started = False
     while True:
@@ -64,6 +66,7 @@ async def run(broker: Broker, pool: WorkerPool, waiters: TaskWaiters, *,
                     started = True
                 failures = 0
                 while True:
+                    health.beat("control")
                     message = await messages.next(wait_s=WAIT_S)
                     if message is not None:
                         _handle(*message, pool=pool, waiters=waiters)

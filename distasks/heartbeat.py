@@ -19,6 +19,7 @@ import trio
 from distasks import backoff
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.health import Health
 from distasks.store import Store, WorkerInfo
 from distasks.worker import WorkerPool
 
@@ -50,10 +51,12 @@ async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id
 
 
 async def run(store: Store, broker: Broker, pool: WorkerPool, *, info: WorkerInfo, lease_s: float,
-              clock: Callable[[], float] = time.time,
+              health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Register, then beat every lease_s / 3 until cancelled; say "stopped" on the way out."""
     interval_s = lease_s / 3
+    # Leases expire after lease_s: a heartbeat silent that long is a real problem.
+    health.expect("heartbeat", allowance_s=lease_s)
     failures = 0
     while True:
         try:
@@ -67,6 +70,8 @@ async def run(store: Store, broker: Broker, pool: WorkerPool, *, info: WorkerInf
     try:
         failures = 0
         while True:
+            # Alive even while PostgreSQL is down: the loop goes on trying.
+            health.beat("heartbeat")
             try:
                 await beat_once(store, broker, pool, worker_id=info.id, now_s=clock(),
                                 lease_s=lease_s)

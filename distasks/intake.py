@@ -17,6 +17,7 @@ import trio
 
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, DistasksError, StoreRejected, StoreUnavailable
+from distasks.metrics import Metrics
 from distasks.model import CreateResult, NewTask, TaskType
 from distasks.store import Store
 
@@ -37,9 +38,10 @@ class _Request:
 
 
 class Intake:
-    def __init__(self, store: Store, broker: Broker):
+    def __init__(self, store: Store, broker: Broker, metrics: Metrics | None = None):
         self._store = store
         self._broker = broker
+        self._metrics = metrics or Metrics()
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
 
     async def create(self, task: NewTask) -> CreateResult:
@@ -103,6 +105,7 @@ class Intake:
         for t, result in zip(tasks, results, strict=True):
             if not result.created:
                 continue
+            self._metrics.created.labels(t.queue_name, t.handler).inc()
             if t.type is TaskType.DELAYED and t.run_at is not None:
                 delayed.append((t.queue_name, str(t.run_id), int(t.run_at.timestamp() * 1000)))
             else:

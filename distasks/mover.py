@@ -17,6 +17,8 @@ import trio
 from distasks import backoff
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable
+from distasks.health import Health
+from distasks.tunables import Tunables
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +35,20 @@ async def move_once(broker: Broker, queues: Sequence[str], *, now_ms: int, batch
     return moved
 
 
-async def run(broker: Broker, queues: Sequence[str], *, interval_s: float, batch: int,
-              clock: Callable[[], float] = time.time,
+async def run(broker: Broker, tunables: Tunables, *, interval_s: float, batch: int,
+              health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Move due runs every `interval_s` (with jitter) until cancelled."""
+    """Move due runs of the queues as tuned now, every `interval_s` (with jitter), until
+    cancelled."""
     # The lock lasts a little less than a tick, so the next tick finds it free.
     lock_ms = max(1, int(interval_s * 900))
+    health.expect("mover", allowance_s=max(30.0, 10 * interval_s))
     task_status.started()
     failures = 0
     while True:
+        health.beat("mover")
         try:
-            await move_once(broker, queues, now_ms=int(clock() * 1000), batch=batch,
+            await move_once(broker, tunables.queues, now_ms=int(clock() * 1000), batch=batch,
                             lock_ms=lock_ms)
             failures = 0
         except BrokerUnavailable as e:

@@ -20,10 +20,13 @@ import trio
 from distasks import backoff, completer
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.health import Health
+from distasks.metrics import Metrics
 from distasks.model import ClaimedRun, RunStatus, TaskStatus
 from distasks.outcome import Outcome, OutcomeKind, failure
 from distasks.retry import RetryPolicy
 from distasks.store import Store
+from distasks.tunables import Tunables
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +35,16 @@ BATCH = 500
 
 
 async def reap_once(store: Store, broker: Broker, queues: Sequence[str], *, now_s: float,
-                    policy: RetryPolicy) -> int:
+                    policy: RetryPolicy, metrics: Metrics | None = None) -> int:
     """One pass; returns how many runs were taken over or handed back."""
     now = datetime.fromtimestamp(now_s, UTC)
     expired = await store.expired_runs(now=now, limit=BATCH)
     taken = 0
     if expired:
         outcomes = [_takeover(run, now_s=now_s, now=now, policy=policy) for run in expired]
-        taken = await completer.record_once(outcomes, store=store, broker=broker)
+        taken = await completer.record_once(outcomes, store=store, broker=broker, metrics=metrics)
+        if taken and metrics is not None:
+            metrics.takeovers.inc(taken)
         if taken:
             log.warning("took over %d runs whose lease expired", taken,
                         extra={"event": "lease_takeover", "count": taken})
@@ -81,15 +86,18 @@ async def _hand_back_unstarted(store: Store, broker: Broker, queue: str, *, now_
     return handed_back
 
 
-async def run(store: Store, broker: Broker, queues: Sequence[str], *, interval_s: float,
-              policy: RetryPolicy, clock: Callable[[], float] = time.time,
+async def run(store: Store, broker: Broker, tunables: Tunables, *, interval_s: float,
+              metrics: Metrics, health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Reap every `interval_s` until cancelled."""
+    """Reap every `interval_s` until cancelled (queues and retry policy as tuned now)."""
+    health.expect("reaper", allowance_s=max(30.0, 10 * interval_s))
     task_status.started()
     failures = 0
     while True:
+        health.beat("reaper")
         try:
-            await reap_once(store, broker, queues, now_s=clock(), policy=policy)
+            await reap_once(store, broker, tunables.queues, now_s=clock(),
+                            policy=tunables.retry, metrics=metrics)
             failures = 0
         except (StoreUnavailable, BrokerUnavailable) as e:
             failures += 1

@@ -23,6 +23,7 @@ import trio
 from distasks import backoff
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.health import Health
 from distasks.store import PendingDispatch, Store
 
 log = logging.getLogger(__name__)
@@ -98,18 +99,23 @@ async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s:
         started = time.monotonic()
         added = await rebuild(store, broker, now_s=now_s)
         await broker.end_rebuild(epoch=secrets.token_hex(8))
-        log.warning("rebuilt the Redis index from PostgreSQL: %d runs in %.2fs", added,
-                    time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
+        # A first start finds nothing to rebuild; a rebuild that restored runs is news.
+        log.log(logging.WARNING if added else logging.INFO,
+                "rebuilt the Redis index from PostgreSQL: %d runs in %.2fs", added,
+                time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
     return await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)
 
 
 async def run(store: Store, broker: Broker, *, interval_s: float, grace_s: float,
-              clock: Callable[[], float] = time.time,
+              health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Reconcile at once, then every `interval_s`, until cancelled."""
+    # A rebuild of a large index may take a while: a generous allowance.
+    health.expect("reconciler", allowance_s=max(120.0, 10 * interval_s))
     task_status.started()
     failures = 0
     while True:
+        health.beat("reconciler")
         try:
             await reconcile_once(store, broker, now_s=clock(), grace_s=grace_s)
             failures = 0

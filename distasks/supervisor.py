@@ -14,6 +14,7 @@ The only module that knows them all. Shutdown order is nesting order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -21,20 +22,35 @@ import signal
 import socket
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import trio
 
 import distasks
-from distasks import aio, api, backoff, control, heartbeat, mover, reaper, reconciler
+from distasks import (
+    aio,
+    api,
+    backoff,
+    control,
+    heartbeat,
+    mover,
+    reaper,
+    reconciler,
+    reporter,
+    sdnotify,
+)
 from distasks.api.services import Services
 from distasks.broker import Broker
 from distasks.config import Config
+from distasks.config import load as load_config
 from distasks.errors import ConfigError, StoreUnavailable
 from distasks.handlers import Registry, builtin_registry
+from distasks.health import Health
 from distasks.http_handler import HttpHandler
 from distasks.intake import Intake
-from distasks.retry import RetryPolicy
+from distasks.metrics import Metrics
 from distasks.store import Store, WorkerInfo
+from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -42,6 +58,9 @@ log = logging.getLogger(__name__)
 # After the grace period, how long the rest of shutdown (handing back, flushing
 # outcomes, closing connections) may take before everything is cancelled.
 HARD_STOP_MARGIN_S = 4.0
+# How long the API finishes requests in flight (and waits on idle keep-alive connections)
+# once shutdown begins; long polls are cut short and clients retry elsewhere.
+API_DRAIN_S = 2.0
 
 
 def load_registry(config: Config) -> Registry:
@@ -64,10 +83,15 @@ def new_worker_id() -> str:
 class Daemon:
     """One distasks process: API, workers, mover, sharing one store and one broker."""
 
-    def __init__(self, config: Config, *, registry: Registry | None = None):
+    def __init__(self, config: Config, *, config_path: Path | None = None,
+                 registry: Registry | None = None):
         self.config = config
+        self.config_path = config_path
         self.registry = registry or load_registry(config)
         self.worker_id = new_worker_id()
+        self.tunables = Tunables.from_config(config)
+        self.metrics = Metrics()
+        self.health = Health()
         self._everything = trio.CancelScope()
         self._api_stop = trio.Event()
         self._pool: WorkerPool | None = None
@@ -79,11 +103,44 @@ class Daemon:
         grace = self.config.worker.grace_period_s if self._stop_requests == 1 else 0.0
         log.info("stopping: grace period %gs", grace,
                  extra={"event": "stopping", "grace_s": grace})
+        sdnotify.stopping()
         self._api_stop.set()
         if self._pool is not None:
             self._pool.stop(grace)
         deadline = trio.current_time() + grace + HARD_STOP_MARGIN_S
         self._everything.deadline = min(self._everything.deadline, deadline)
+
+    def reload(self) -> None:
+        """Re-read the config (SIGHUP) and apply what can change live: worker
+        concurrency, subscribed queues, retry policy, log level. Other changes are logged
+        as needing a restart; an invalid file changes nothing."""
+        sdnotify.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e,
+                      extra={"event": "reload_failed"})
+            sdnotify.ready()
+            return
+        fresh = Tunables.from_config(new)
+        changed = [name for name in ("queues", "concurrency", "retry", "log_level")
+                   if getattr(fresh, name) != getattr(self.tunables, name)]
+        self.tunables.queues, self.tunables.concurrency = fresh.queues, fresh.concurrency
+        self.tunables.retry, self.tunables.log_level = fresh.retry, fresh.log_level
+        logging.getLogger().setLevel(fresh.log_level)
+        if self._pool is not None:
+            self._pool.retune()
+        live = {"worker.queues", "worker.concurrency", "retry", "log.level"}
+        restart = [key for key in _differences(self.config, new)
+                   if key not in live and not key.startswith(("retry.", "log.level"))]
+        log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
+                 extra={"event": "reloaded", "changed": changed,
+                        "needs_restart": restart, "queues": list(fresh.queues),
+                        "concurrency": fresh.concurrency})
+        if restart:
+            log.warning("these settings change only after a restart: %s", ", ".join(restart),
+                        extra={"event": "reload_needs_restart", "keys": restart})
+        sdnotify.ready()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until stopped; `task_status.started()` once the API listens and the
@@ -117,55 +174,77 @@ class Daemon:
 
     async def _serve(self, store: Store, broker: Broker,
                      task_status: trio.TaskStatus[None]) -> None:
-        c = self.config
-        policy = RetryPolicy(c.retry.base_s, c.retry.cap_s, c.retry.jitter)
-        intake = Intake(store, broker)
+        c, t, m, h = self.config, self.tunables, self.metrics, self.health
+        intake = Intake(store, broker, m)
         self._pool = pool = WorkerPool(
-            store=store, broker=broker, registry=self.registry, config=c.worker,
-            retry=policy, worker_id=self.worker_id)
+            store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
+            worker_id=self.worker_id, metrics=m, health=h)
         waiters = control.TaskWaiters()
+        progress = reporter.Progress()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
-                                      registry=self.registry, waiters=waiters, clock=time.time))
+                                      registry=self.registry, waiters=waiters, clock=time.time,
+                                      metrics=m, health=h, progress=progress))
         info = WorkerInfo(id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                          queues=c.worker.queues, concurrency=c.worker.concurrency,
+                          queues=t.queues, concurrency=t.concurrency,
                           version=distasks.__version__, started_at=datetime.now(UTC))
         async with trio.open_nursery() as services:
             await services.start(intake.run)
             await services.start(lambda task_status: heartbeat.run(
-                store, broker, pool, info=info, lease_s=c.worker.lease_s,
+                store, broker, pool, info=info, lease_s=c.worker.lease_s, health=h,
                 task_status=task_status))
             await services.start(lambda task_status: mover.run(
-                broker, c.worker.queues, interval_s=c.mover.interval_s, batch=c.mover.batch,
+                broker, t, interval_s=c.mover.interval_s, batch=c.mover.batch, health=h,
                 task_status=task_status))
             await services.start(lambda task_status: reaper.run(
-                store, broker, c.worker.queues, interval_s=c.recovery.reaper_interval_s,
-                policy=policy, task_status=task_status))
+                store, broker, t, interval_s=c.recovery.reaper_interval_s, metrics=m,
+                health=h, task_status=task_status))
             await services.start(lambda task_status: control.run(
-                broker, pool, waiters, task_status=task_status))
+                broker, pool, waiters, health=h, task_status=task_status))
             await services.start(lambda task_status: reconciler.run(
                 store, broker, interval_s=c.recovery.reconciler_interval_s,
-                grace_s=c.recovery.dispatch_grace_s, task_status=task_status))
+                grace_s=c.recovery.dispatch_grace_s, health=h, task_status=task_status))
+            await services.start(lambda task_status: reporter.run(
+                store, broker, pool, t, metrics=m, health=h, progress=progress,
+                task_status=task_status))
             async with trio.open_nursery() as front:
                 await front.start(self._watch_signals)
                 async with trio.open_nursery() as work:
                     await work.start(lambda task_status: api.serve(
                         app, host=c.http.host, port=c.http.port, shutdown=self._api_stop,
-                        graceful_s=c.worker.grace_period_s, task_status=task_status))
+                        graceful_s=min(c.worker.grace_period_s, API_DRAIN_S),
+                        task_status=task_status))
                     await work.start(pool.run)
                     log.info("ready: listening on %s:%d, workers claiming",
                              c.http.host, c.http.port,
                              extra={"event": "ready", "worker_id": self.worker_id})
+                    sdnotify.ready()
+                    sdnotify.status(f"serving on {c.http.host}:{c.http.port}, "
+                                    f"queues {','.join(t.queues)}")
                     task_status.started()
                 front.cancel_scope.cancel()
             services.cancel_scope.cancel()
 
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
-                log.info("received %s", signal.Signals(signum).name,
-                         extra={"event": "signal", "signal": signal.Signals(signum).name})
-                self.request_stop()
+                name = signal.Signals(signum).name
+                log.info("received %s", name, extra={"event": "signal", "signal": name})
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.request_stop()
+
+
+def _differences(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    keys = []
+    for section in dataclasses.fields(old):
+        a, b = getattr(old, section.name), getattr(new, section.name)
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                keys.append(f"{section.name}.{f.name}")
+    return keys
 
 
 async def migrate_only(config: Config) -> list[int]:

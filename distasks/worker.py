@@ -6,7 +6,8 @@ A fetcher claims as many runs as there are idle executors in one Redis step, mar
 running in one PostgreSQL statement, and passes them on; each executor runs one handler
 at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
 fetchers stop claiming at once, running handlers get `grace_s`, and whatever is still
-running then is cancelled and handed back as a new attempt.
+running then is cancelled and handed back as a new attempt. `retune()` applies a reload:
+more or fewer executors, other queues.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from distasks.broker import Broker
 from distasks.config import WorkerConfig
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.handlers import Registry, TaskContext
+from distasks.health import Health
+from distasks.metrics import Metrics
 from distasks.model import ClaimedRun
 from distasks.outcome import Outcome, OutcomeKind, failure
-from distasks.retry import RetryPolicy
+from distasks.slots import Slots
 from distasks.store import Store, dumps
+from distasks.tunables import Tunables
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +41,46 @@ log = logging.getLogger(__name__)
 PAUSED_POLL_S = 0.5
 # Longest error text kept on a run.
 MAX_ERROR_CHARS = 4000
+# A fetcher that has not gone round its loop for this long is reported down.
+FETCH_ALLOWANCE_S = 30.0
 
 
 class WorkerPool:
     def __init__(self, *, store: Store, broker: Broker, registry: Registry, config: WorkerConfig,
-                 retry: RetryPolicy, worker_id: str, clock: Callable[[], float] = time.time):
+                 tunables: Tunables, worker_id: str, metrics: Metrics | None = None,
+                 health: Health | None = None, clock: Callable[[], float] = time.time):
         self._store = store
         self._broker = broker
         self._registry = registry
         self._config = config
-        self._retry = retry
+        self._tunables = tunables
         self.worker_id = worker_id
+        self._metrics = metrics or Metrics()
+        self._health = health or Health()
         self._clock = clock
         self._fetch_scope = trio.CancelScope()
         self._exec_scope = trio.CancelScope()
         # One unit per idle executor: a fetcher claims one run per unit it holds.
-        self._idle = trio.Semaphore(config.concurrency)
+        self._slots = Slots(tunables.concurrency)
         self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
         #: runs whose handler is running now, by run id
         self.in_flight: dict[uuid.UUID, ClaimedRun] = {}
         self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
         self._cancel_requested: set[uuid.UUID] = set()
+        # Set by run(): where retune() starts executors and fetchers.
+        self._executors: trio.Nursery | None = None
+        self._fetchers: trio.Nursery | None = None
+        self._runs_recv: trio.MemoryReceiveChannel[ClaimedRun] | None = None
+        self._runs_send: trio.MemorySendChannel[ClaimedRun] | None = None
+        self._outcomes_send: trio.MemorySendChannel[Outcome] | None = None
+        self._executor_count = 0
+        # Executors to retire after a retune shrank the pool; each surplus executor takes
+        # one ticket when it is next between runs.
+        self._to_retire = 0
+        self._idle_scopes: list[trio.CancelScope] = []
+        self._fetch_scopes: dict[str, trio.CancelScope] = {}
+
+    # -- control from outside ----------------------------------------------------------
 
     def abandon(self, run_ids: set[uuid.UUID]) -> None:
         """Cancel the handlers of runs this daemon no longer holds (taken over after its
@@ -82,24 +105,58 @@ class WorkerPool:
         deadline = trio.current_time() + grace_s
         self._exec_scope.deadline = min(self._exec_scope.deadline, deadline)
 
+    def retune(self) -> None:
+        """Apply the tunables' concurrency and queues: extra executors are started at
+        once; surplus ones finish their current run and exit; new queues get a fetcher;
+        dropped ones stop claiming (what they claimed still runs)."""
+        if self._executors is None or self._fetchers is None or self._fetch_scope.cancel_called:
+            return
+        target = self._tunables.concurrency
+        self._slots.resize(target)
+        live = self._executor_count - self._to_retire
+        if target > live:
+            kept = min(self._to_retire, target - live)
+            self._to_retire -= kept
+            for _ in range(target - live - kept):
+                self._start_executor()
+        elif target < live:
+            self._to_retire += live - target
+            for scope in self._idle_scopes[:self._to_retire]:
+                scope.cancel()  # idle ones go now; busy ones after their run
+        wanted = set(self._tunables.queues)
+        for queue in set(self._fetch_scopes) - wanted:
+            self._fetch_scopes.pop(queue).cancel()
+            self._health.forget(f"fetch:{queue}")
+        for queue in sorted(wanted - set(self._fetch_scopes)):
+            self._start_fetcher(queue)
+        self._metrics.workers_total.set(target)
+
+    # -- the pool ----------------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until `stop()` has drained the pool, or until cancelled."""
         runs_send, runs_recv = trio.open_memory_channel[ClaimedRun](math.inf)
         outcomes_send, outcomes_recv = trio.open_memory_channel[Outcome](math.inf)
+        self._runs_recv, self._runs_send, self._outcomes_send = runs_recv, runs_send, outcomes_send
+        self._metrics.workers_total.set(self._tunables.concurrency)
+        self._metrics.workers_busy.set_function(lambda: len(self.in_flight))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: completer.run(
-                outcomes_recv, store=self._store, broker=self._broker))
+                outcomes_recv, store=self._store, broker=self._broker, metrics=self._metrics,
+                health=self._health))
             async with outcomes_send:
                 with self._exec_scope:
                     async with trio.open_nursery() as executors:
-                        for _ in range(self._config.concurrency):
-                            executors.start_soon(self._execute, runs_recv.clone(),
-                                                 outcomes_send.clone())
+                        self._executors = executors
+                        for _ in range(self._tunables.concurrency):
+                            self._start_executor()
                         with self._fetch_scope:
                             async with runs_send, trio.open_nursery() as fetchers:
-                                for queue in self._config.queues:
-                                    fetchers.start_soon(self._fetch, queue, runs_send.clone())
+                                self._fetchers = fetchers
+                                for queue in self._tunables.queues:
+                                    self._start_fetcher(queue)
                                 task_status.started()
+                            self._fetchers = None
                 # Claimed but never started (the grace period ended first): hand back.
                 while True:
                     try:
@@ -108,51 +165,70 @@ class WorkerPool:
                         break
                     outcomes_send.send_nowait(self._interrupted(claimed, "stopped before start"))
 
+    def _start_executor(self) -> None:
+        assert self._executors and self._runs_recv and self._outcomes_send
+        self._executor_count += 1
+        self._executors.start_soon(self._execute, self._runs_recv.clone(),
+                                   self._outcomes_send.clone())
+
+    def _start_fetcher(self, queue: str) -> None:
+        assert self._fetchers and self._runs_send
+        scope = self._fetch_scopes[queue] = trio.CancelScope()
+        self._health.expect(f"fetch:{queue}", allowance_s=FETCH_ALLOWANCE_S)
+        self._fetchers.start_soon(self._fetch, queue, scope, self._runs_send.clone())
+
     # -- fetch -----------------------------------------------------------------------
 
-    async def _fetch(self, queue: str, runs: trio.MemorySendChannel[ClaimedRun]) -> None:
+    async def _fetch(self, queue: str, scope: trio.CancelScope,
+                     runs: trio.MemorySendChannel[ClaimedRun]) -> None:
         """Claim runs of `queue` for idle executors until cancelled."""
-        # With one queue the claim itself blocks on Redis while idle. With several, a
-        # fetcher must not sit on idle executors while its queue is empty: it waits
-        # without holding any, so the other queues' fetchers can use them.
-        block = len(self._config.queues) == 1
         failures = 0
-        async with runs:
-            while True:
-                await self._idle.acquire()
-                held = 1
-                while held < self._config.claim_batch:
+        with scope:
+            async with runs:
+                while True:
+                    self._health.beat(f"fetch:{queue}")
+                    # With one queue the claim itself blocks on Redis while idle. With
+                    # several, a fetcher must not sit on idle executors while its queue is
+                    # empty: it waits without holding any, so other queues can use them.
+                    block = len(self._tunables.queues) == 1
+                    with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
+                        await self._slots.acquire()
+                    if wait.cancelled_caught:
+                        continue  # no executor came free: beat, and wait again
+                    held = 1
+                    while held < self._config.claim_batch:
+                        try:
+                            self._slots.acquire_nowait()
+                        except trio.WouldBlock:
+                            break
+                        held += 1
+                    paused = False
                     try:
-                        self._idle.acquire_nowait()
-                    except trio.WouldBlock:
-                        break
-                    held += 1
-                paused = False
-                try:
-                    # Never cancelled in flight (DESIGN §1): it ends by itself within about
-                    # a second, and everything it claimed is passed on below.
-                    with trio.CancelScope(shield=True):
-                        result = await self._claim(queue, held, block=block)
-                    failures = 0
-                    paused = result is None
-                    claimed = result or []
-                except (StoreUnavailable, BrokerUnavailable) as e:
-                    claimed, failures = [], failures + 1
-                    log.warning("claim from %s failed, backing off: %s", queue, e,
-                                extra={"event": "claim_failed", "queue": queue})
-                for run in claimed:
-                    runs.send_nowait(run)
-                for _ in range(held - len(claimed)):
-                    self._idle.release()
-                if failures:
-                    await trio.sleep(backoff.delay_s(failures))
-                elif paused:
-                    await trio.sleep(PAUSED_POLL_S)
-                elif not claimed and not block:
-                    with trio.CancelScope(shield=True):
-                        await self._broker.wait_ready(queue)
+                        # Never cancelled in flight (DESIGN §1): it ends by itself within
+                        # about a second, and everything it claimed is passed on below.
+                        with trio.CancelScope(shield=True):
+                            result = await self._claim(queue, held, block=block, scope=scope)
+                        failures = 0
+                        paused = result is None
+                        claimed = result or []
+                    except (StoreUnavailable, BrokerUnavailable) as e:
+                        claimed, failures = [], failures + 1
+                        log.warning("claim from %s failed, backing off: %s", queue, e,
+                                    extra={"event": "claim_failed", "queue": queue})
+                    for run in claimed:
+                        runs.send_nowait(run)
+                    for _ in range(held - len(claimed)):
+                        self._slots.release()
+                    if failures:
+                        await trio.sleep(backoff.delay_s(failures))
+                    elif paused:
+                        await trio.sleep(PAUSED_POLL_S)
+                    elif not claimed and not block:
+                        with trio.CancelScope(shield=True):
+                            await self._broker.wait_ready(queue)
 
-    async def _claim(self, queue: str, count: int, *, block: bool) -> list[ClaimedRun] | None:
+    async def _claim(self, queue: str, count: int, *, block: bool,
+                     scope: trio.CancelScope) -> list[ClaimedRun] | None:
         """Lease up to `count` runs in Redis, then mark them running in PostgreSQL;
         None if the queue is paused."""
         now_s = self._clock()
@@ -161,7 +237,7 @@ class WorkerPool:
                                             lease_until_ms=int(lease_until_s * 1000))
         if messages is None:
             return None
-        if messages and self._fetch_scope.cancel_called:
+        if messages and (self._fetch_scope.cancel_called or scope.cancel_called):
             # Stopped while the claim blocked: nothing has started, so it all goes back.
             await self._broker.requeue(queue, messages)
             return []
@@ -189,37 +265,66 @@ class WorkerPool:
                         extra={"event": "claim_dropped", "queue": queue,
                                "undecodable": len(garbage)})
             await self._broker.release(queue, list(stale))
+        start_s = self._clock()
+        for c in started:
+            self._metrics.enqueue_to_start.labels(queue).observe(
+                max(0.0, start_s - c.enqueued_at.timestamp()))
         return started
 
     # -- execute ---------------------------------------------------------------------
 
     async def _execute(self, runs: trio.MemoryReceiveChannel[ClaimedRun],
                        outcomes: trio.MemorySendChannel[Outcome]) -> None:
-        """Run claimed runs one at a time until the fetchers are done."""
+        """Run claimed runs one at a time until the fetchers are done, or until a retune
+        makes this executor surplus."""
         async with runs, outcomes:
-            async for claimed in runs:
-                self.in_flight[claimed.run_id] = claimed
-                outcome: Outcome | None = None
-                try:
-                    with trio.CancelScope() as scope:
-                        self._run_scopes[claimed.run_id] = scope
-                        outcome = await self._run_handler(claimed)
-                except BaseException as exc:
-                    if not _is_cancelled(exc):
-                        raise
-                    # The grace period is over: hand the run back, not as a failure.
-                    outcomes.send_nowait(self._interrupted(claimed, "interrupted by shutdown"))
-                    raise
-                finally:
-                    del self.in_flight[claimed.run_id]
-                    del self._run_scopes[claimed.run_id]
-                    self._idle.release()
-                if claimed.run_id in self._cancel_requested:
-                    self._cancel_requested.discard(claimed.run_id)
-                    outcome = Outcome(claimed, OutcomeKind.CANCELLED, _dt(self._clock()),
-                                      error="cancelled while running")
-                if outcome is not None:  # None: abandoned after the lease was lost
-                    outcomes.send_nowait(outcome)
+            try:
+                while True:
+                    if self._to_retire > 0:
+                        self._to_retire -= 1
+                        return
+                    idle = trio.CancelScope()
+                    self._idle_scopes.append(idle)
+                    claimed = None
+                    with idle:
+                        try:
+                            claimed = await runs.receive()
+                        except trio.EndOfChannel:
+                            return
+                        finally:
+                            self._idle_scopes.remove(idle)
+                    if claimed is not None:  # None: woken to retire
+                        await self._execute_one(claimed, outcomes)
+            finally:
+                self._executor_count -= 1
+
+    async def _execute_one(self, claimed: ClaimedRun,
+                           outcomes: trio.MemorySendChannel[Outcome]) -> None:
+        self.in_flight[claimed.run_id] = claimed
+        outcome: Outcome | None = None
+        started_s = self._clock()
+        try:
+            with trio.CancelScope() as scope:
+                self._run_scopes[claimed.run_id] = scope
+                outcome = await self._run_handler(claimed)
+        except BaseException as exc:
+            if not _is_cancelled(exc):
+                raise
+            # The grace period is over: hand the run back, not as a failure.
+            outcomes.send_nowait(self._interrupted(claimed, "interrupted by shutdown"))
+            raise
+        finally:
+            del self.in_flight[claimed.run_id]
+            del self._run_scopes[claimed.run_id]
+            self._slots.release()
+            self._metrics.run_duration.labels(claimed.queue_name, claimed.task.handler).observe(
+                self._clock() - started_s)
+        if claimed.run_id in self._cancel_requested:
+            self._cancel_requested.discard(claimed.run_id)
+            outcome = Outcome(claimed, OutcomeKind.CANCELLED, _dt(self._clock()),
+                              error="cancelled while running")
+        if outcome is not None:  # None: abandoned after the lease was lost
+            outcomes.send_nowait(outcome)
 
     async def _run_handler(self, claimed: ClaimedRun) -> Outcome:
         """Run the handler of `claimed` with its timeout; a failure becomes an Outcome.
@@ -258,7 +363,7 @@ class WorkerPool:
         return Outcome(claimed, OutcomeKind.SUCCEEDED, _dt(self._clock()), result_json=result_json)
 
     def _failure(self, claimed: ClaimedRun, error: str) -> Outcome:
-        return failure(claimed, error, now_s=self._clock(), policy=self._retry)
+        return failure(claimed, error, now_s=self._clock(), policy=self._tunables.retry)
 
     def _interrupted(self, claimed: ClaimedRun, reason: str) -> Outcome:
         return Outcome(claimed, OutcomeKind.INTERRUPTED, _dt(self._clock()), error=reason,

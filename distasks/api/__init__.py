@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
+import secrets
+import time
 from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 import distasks
@@ -17,6 +20,10 @@ from distasks.api.services import Services
 
 log = logging.getLogger(__name__)
 
+access_log = logging.getLogger("distasks.access")
+
+# A client's X-Request-Id is kept when it looks like an id; otherwise one is made up.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Room for the rest of a create body around the largest accepted payload.
 BODY_OVERHEAD_BYTES = 64 * 1024
 
@@ -35,6 +42,33 @@ def create_app(services: Services) -> QuartTrio:
     @app.get("/openapi.json")
     async def openapi_json() -> Any:
         return document
+
+    @app.before_request
+    async def start_clock() -> None:
+        g.started = time.perf_counter()
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
+
+    @app.after_request
+    async def account(response: Response) -> Response:
+        """One access log line and the HTTP metrics per request."""
+        duration_s = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        services.metrics.http_requests.labels(route, request.method,
+                                              str(response.status_code)).inc()
+        services.metrics.http_duration.labels(route).observe(duration_s)
+        request_id = g.get("request_id", "")
+        response.headers["X-Request-Id"] = request_id
+        if services.config.log.access:
+            access_log.info("%s %s %d %.1fms", request.method, request.path,
+                            response.status_code, duration_s * 1000, extra={
+                                "event": "http_request", "method": request.method,
+                                "path": request.path, "route": route,
+                                "status": response.status_code,
+                                "duration_ms": round(duration_s * 1000, 2),
+                                "request_id": request_id,
+                                "remote": request.remote_addr})
+        return response
 
     @app.after_request
     async def drain_request_body(response: Response) -> Response:

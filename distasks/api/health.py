@@ -16,6 +16,13 @@ bp = Blueprint("health", __name__)
 PROBE_TIMEOUT_S = 1.0
 
 
+@operation(bp, "GET", "/metrics", tag="health",
+           summary="Prometheus metrics, text format", responses={200: None})
+async def metrics() -> Response:
+    return Response(services().metrics.exposition(),
+                    content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 @operation(bp, "GET", "/healthz", tag="health", summary="Liveness: 200 while the process runs",
            responses={200: schemas.Health})
 async def healthz() -> Response:
@@ -42,7 +49,13 @@ async def readyz() -> Response:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(probe, "postgres", s.store.ping)
         nursery.start_soon(probe, "redis", s.broker.ping)
-    ready = all(v == "ok" for v in checks.values())
-    response = jsonify({"ready": ready, **dict(sorted(checks.items()))})
+    components = s.health.status()
+    ready = all(v == "ok" for v in checks.values()) and all(components.values())
+    response = jsonify({
+        "ready": ready, **dict(sorted(checks.items())),
+        "components": {name: "ok" if alive else "down" for name, alive in components.items()},
+        "progress": {"stalled": s.progress.stalled, "ready_runs": s.progress.ready,
+                     "last_outcome_age_seconds": s.progress.last_outcome_age_s},
+    })
     response.status_code = 200 if ready else 503
     return response

@@ -276,11 +276,18 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class ProgressOut(BaseModel):
+    stalled: bool
+    ready_runs: int
+    last_outcome_age_seconds: float | None
+
+
 class Readiness(BaseModel):
-    model_config = ConfigDict(extra="allow")
     ready: bool
     postgres: str
     redis: str
+    components: dict[str, Literal["ok", "down"]]
+    progress: ProgressOut
 
 
 class ErrorBody(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quart import current_app, request
 
@@ -11,7 +11,10 @@ from distasks.broker import Broker
 from distasks.config import Config
 from distasks.control import TaskWaiters
 from distasks.handlers import Registry
+from distasks.health import Health
 from distasks.intake import Intake
+from distasks.metrics import Metrics
+from distasks.reporter import Progress
 from distasks.store import Store
 
 
@@ -25,6 +28,9 @@ class Services:
     waiters: TaskWaiters
     #: wall clock, Unix seconds
     clock: Callable[[], float]
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
+    progress: Progress = field(default_factory=Progress)
 
 
 def services() -> Services:

@@ -21,9 +21,14 @@ class PendingDispatch:
     lease_expires_at: datetime | None
 
 
+# SKIP LOCKED: a locked run is being started or finished by a worker right now, so it
+# is no longer queued and the reconciler will not look at it; waiting for it could only
+# deadlock with the worker's statement.
 MARK_DISPATCHED = """
 UPDATE task_runs SET dispatched_at = %(now)s
-WHERE id = ANY(%(run_ids)s) AND dispatched_at IS NULL
+WHERE id IN (SELECT id FROM task_runs
+             WHERE id = ANY(%(run_ids)s) AND dispatched_at IS NULL
+             ORDER BY id FOR UPDATE SKIP LOCKED)
 """
 
 UNDISPATCHED_RUNS = """

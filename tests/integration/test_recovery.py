@@ -15,6 +15,7 @@ from distasks import heartbeat, reaper, reconciler
 from distasks.handlers import Registry
 from distasks.model import RunStatus, TaskStatus
 from distasks.retry import RetryPolicy
+from distasks.tunables import Tunables
 from distasks.store import Fence, Outcomes
 from distasks.worker import WorkerPool
 
@@ -96,7 +97,9 @@ async def test_zombie_worker_cannot_commit_after_takeover_and_abandons_its_handl
 
     registry.add("stall", stall)
     wc = dataclasses.replace(config.worker, queues=("q",), lease_s=60)
-    pool = WorkerPool(store=store, broker=broker, registry=registry, config=wc, retry=POLICY,
+    pool = WorkerPool(store=store, broker=broker, registry=registry, config=wc,
+                      tunables=Tunables(queues=("q",), concurrency=wc.concurrency, retry=POLICY,
+                                        log_level="INFO"),
                       worker_id="zombie")
     t = new_task(queue="q", handler="stall", max_retries=1)
     with trio.fail_after(10):
@@ -139,7 +142,9 @@ async def test_heartbeat_extends_the_leases_of_running_handlers(config, store, b
 
     registry.add("hold", hold)
     wc = dataclasses.replace(config.worker, queues=("q",), lease_s=5)
-    pool = WorkerPool(store=store, broker=broker, registry=registry, config=wc, retry=POLICY,
+    pool = WorkerPool(store=store, broker=broker, registry=registry, config=wc,
+                      tunables=Tunables(queues=("q",), concurrency=wc.concurrency, retry=POLICY,
+                                        log_level="INFO"),
                       worker_id="w")
     t = new_task(queue="q", handler="hold")
     with trio.fail_after(10):

@@ -13,16 +13,25 @@ from distasks import mover
 from distasks.handlers import Registry, builtin_registry
 from distasks.intake import Intake
 from distasks.model import RunStatus, TaskStatus
+from distasks.health import Health
 from distasks.retry import RetryPolicy
+from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
 
 from .helpers import new_task, wait_until
 
 
+def tunables_for(config, **worker_overrides) -> Tunables:
+    wc = dataclasses.replace(config.worker, queues=("q",), **worker_overrides)
+    return Tunables(queues=wc.queues, concurrency=wc.concurrency,
+                    retry=RetryPolicy(config.retry.base_s, config.retry.cap_s, 0.0),
+                    log_level="INFO")
+
+
 def make_pool(config, store, broker, registry, **worker_overrides) -> WorkerPool:
     wc = dataclasses.replace(config.worker, queues=("q",), **worker_overrides)
     return WorkerPool(store=store, broker=broker, registry=registry, config=wc,
-                      retry=RetryPolicy(config.retry.base_s, config.retry.cap_s, 0.0),
+                      tunables=tunables_for(config, **worker_overrides),
                       worker_id="test-worker")
 
 
@@ -35,7 +44,8 @@ async def running(config, store, broker, registry, *, with_mover=True, **worker_
         await nursery.start(intake.run)
         if with_mover:
             await nursery.start(lambda task_status: mover.run(
-                broker, ["q"], interval_s=0.02, batch=100, task_status=task_status))
+                broker, tunables_for(config), interval_s=0.02, batch=100, health=Health(),
+                task_status=task_status))
         await nursery.start(pool.run)
         yield pool, intake
         nursery.cancel_scope.cancel()

@@ -15,8 +15,10 @@ async def test_original_walkthrough(start_daemon, daemon_env):
     with trio.fail_after(30):
         async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as client:
             assert (await client.get("/healthz")).status_code == 200
-            ready = await client.get("/readyz")
-            assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+            ready = (await client.get("/readyz")).json()
+            assert (ready["ready"], ready["postgres"], ready["redis"]) == (True, "ok", "ok")
+            assert set(ready["components"].values()) == {"ok"}
+            assert "fetch:default" in ready["components"]
 
             # An even priority succeeds on the first attempt.
             r = await client.post("/api/v1/tasks", json={

@@ -1,0 +1,67 @@
+"""Prometheus metrics: one registry per daemon, named as deploy/prometheus/alerts.yml
+expects. Components are handed this object and count what they do; the reporter sets
+the gauges that need a look at Redis."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Seconds; from a no-op handler to a long job.
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+# Seconds; enqueue to start is milliseconds when healthy, minutes when backlogged.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                     60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        by_task = ["queue", "handler"]
+        self.created = Counter("distasks_tasks_created", "Tasks created", by_task, registry=r)
+        self.completed = Counter("distasks_tasks_completed", "Tasks completed", by_task,
+                                 registry=r)
+        self.failed = Counter("distasks_tasks_failed",
+                              "Tasks failed for good (dead-lettered)", by_task, registry=r)
+        self.retries = Counter("distasks_task_retries", "Failed attempts that were retried",
+                               by_task, registry=r)
+        self.cancelled = Counter("distasks_tasks_cancelled", "Tasks cancelled", by_task,
+                                 registry=r)
+        self.takeovers = Counter("distasks_lease_takeovers",
+                                 "Runs taken over after their lease expired", registry=r)
+        self.run_duration = Histogram("distasks_run_duration_seconds", "Handler run time",
+                                      by_task, buckets=DURATION_BUCKETS_S, registry=r)
+        self.enqueue_to_start = Histogram(
+            "distasks_enqueue_to_start_seconds",
+            "From a run becoming available to its handler starting", ["queue"],
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_depth = Gauge("distasks_queue_depth", "Runs or tasks per queue and state",
+                                 ["queue", "state"], registry=r)
+        self.oldest_ready_age = Gauge("distasks_queue_oldest_ready_age_seconds",
+                                      "How long the oldest ready run has waited", ["queue"],
+                                      registry=r)
+        self.workers_busy = Gauge("distasks_workers_busy", "Executors running a handler",
+                                  registry=r)
+        self.workers_total = Gauge("distasks_workers_total", "Executors of this daemon",
+                                   registry=r)
+        self.component_up = Gauge("distasks_component_up",
+                                  "1 while a component's loop is alive and ticking",
+                                  ["component"], registry=r)
+        self.last_progress = Gauge("distasks_last_progress_timestamp_seconds",
+                                   "Unix time of the last recorded run outcome", registry=r)
+        self.http_requests = Counter("distasks_http_requests", "HTTP requests answered",
+                                     ["route", "method", "status"], registry=r)
+        self.http_duration = Histogram("distasks_http_request_duration_seconds",
+                                       "HTTP request handling time", ["route"],
+                                       buckets=LATENCY_BUCKETS_S, registry=r)
+
+        #: Unix time of the last recorded outcome (the gauge's value, readable)
+        self.last_outcome_s: float | None = None
+
+    def progressed(self, now_s: float) -> None:
+        """An outcome was recorded at `now_s`."""
+        self.last_outcome_s = now_s
+        self.last_progress.set(now_s)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)

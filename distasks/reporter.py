@@ -1,0 +1,110 @@
+"""Reporter: owns liveness. It turns what the components say (distasks.health) and what
+Redis holds into metrics gauges, judges whether work is progressing, and pings the
+systemd watchdog while every component loop is alive.
+
+Outages of PostgreSQL or Redis do not stop the pings: the loops keep running and
+retrying (DESIGN §5.6), and killing the daemon would not bring the database back.
+A hung loop does stop them, and systemd then restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import trio
+
+from distasks import sdnotify
+from distasks.broker import Broker
+from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.health import Health
+from distasks.metrics import Metrics
+from distasks.store import Store
+from distasks.tunables import Tunables
+from distasks.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+# How often queue gauges are refreshed from Redis.
+GAUGE_INTERVAL_S = 5.0
+# Work waiting, executors free, and no outcome for this long: progress has stalled.
+STALL_AFTER_S = 60.0
+
+
+@dataclass(slots=True)
+class Progress:
+    """What /readyz says about progress, kept up to date by the reporter."""
+
+    stalled: bool = False
+    ready: int = 0
+    last_outcome_age_s: float | None = None
+
+
+async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: Tunables,
+                      metrics: Metrics, health: Health, progress: Progress, *,
+                      now_s: float) -> None:
+    """Refresh the gauges and the progress verdict."""
+    for name, alive in health.status().items():
+        metrics.component_up.labels(name).set(1 if alive else 0)
+    queues = list(tunables.queues)
+    depths = await broker.queue_depths(queues)
+    heads: dict[str, uuid.UUID] = {}
+    for queue, d in depths.items():
+        for state in ("ready", "delayed", "leased", "dlq"):
+            metrics.queue_depth.labels(queue, state).set(d[state])
+        try:
+            if d["head"]:
+                heads[queue] = uuid.UUID(d["head"])
+        except ValueError:
+            pass
+    since = await store.available_since(list(heads.values())) if heads else {}
+    now = datetime.fromtimestamp(now_s, UTC)
+    for queue in queues:
+        head = heads.get(queue)
+        age = (now - since[head]).total_seconds() if head in since else 0.0
+        metrics.oldest_ready_age.labels(queue).set(max(0.0, age))
+    last = metrics.last_outcome_s
+    progress.ready = sum(d["ready"] for d in depths.values())
+    progress.last_outcome_age_s = now_s - last if last else None
+    idle = len(pool.in_flight) < tunables.concurrency
+    quiet = progress.last_outcome_age_s is None or progress.last_outcome_age_s > STALL_AFTER_S
+    stalled = progress.ready > 0 and idle and quiet and _waited(since, now, STALL_AFTER_S)
+    if stalled and not progress.stalled:
+        log.warning("no progress: %d runs ready, executors free, no outcome for %.0fs",
+                    progress.ready, STALL_AFTER_S, extra={"event": "progress_stalled"})
+    progress.stalled = stalled
+
+
+def _waited(since: dict[uuid.UUID, datetime], now: datetime, seconds: float) -> bool:
+    return any((now - at).total_seconds() > seconds for at in since.values())
+
+
+async def run(store: Store, broker: Broker, pool: WorkerPool, tunables: Tunables, *,
+              metrics: Metrics, health: Health, progress: Progress,
+              clock: Callable[[], float] = time.time,
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Report until cancelled; ping the watchdog at systemd's requested pace."""
+    watchdog_s = sdnotify.watchdog_interval_s()
+    tick_s = min(GAUGE_INTERVAL_S, watchdog_s) if watchdog_s else GAUGE_INTERVAL_S
+    next_gauges = 0.0
+    task_status.started()
+    while True:
+        if trio.current_time() >= next_gauges:
+            next_gauges = trio.current_time() + GAUGE_INTERVAL_S
+            try:
+                await report_once(store, broker, pool, tunables, metrics, health, progress,
+                                  now_s=clock())
+            except (StoreUnavailable, BrokerUnavailable) as e:
+                log.debug("gauges not refreshed: %s", e, extra={"event": "report_skipped"})
+        down = [name for name, alive in health.status().items() if not alive]
+        if watchdog_s:
+            if down:
+                log.error("components not ticking: %s; withholding the watchdog ping",
+                          ", ".join(down), extra={"event": "watchdog_withheld"})
+            else:
+                sdnotify.watchdog()
+        await trio.sleep(tick_s)
