@@ -183,7 +183,8 @@ class Daemon:
         progress = reporter.Progress()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, waiters=waiters, clock=time.time,
-                                      metrics=m, health=h, progress=progress))
+                                      metrics=m, health=h, progress=progress,
+                                      stopping=self._api_stop))
         info = WorkerInfo(id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
                           queues=t.queues, concurrency=t.concurrency,
                           version=distasks.__version__, started_at=datetime.now(UTC))

@@ -59,6 +59,9 @@ def create_app(services: Services) -> QuartTrio:
         services.metrics.http_duration.labels(route).observe(duration_s)
         request_id = g.get("request_id", "")
         response.headers["X-Request-Id"] = request_id
+        if services.stopping.is_set():
+            # Shutting down: no keep-alive, so the client reconnects (elsewhere) at once.
+            response.headers["Connection"] = "close"
         if services.config.log.access:
             access_log.info("%s %s %d %.1fms", request.method, request.path,
                             response.status_code, duration_s * 1000, extra={

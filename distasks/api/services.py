@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import trio
 from quart import current_app, request
 
 from distasks.broker import Broker
@@ -31,6 +32,8 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     health: Health = field(default_factory=Health)
     progress: Progress = field(default_factory=Progress)
+    #: set when shutdown begins: responses then close their connection
+    stopping: trio.Event = field(default_factory=trio.Event)
 
 
 def services() -> Services:
