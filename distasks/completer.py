@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks import backoff
-from distasks.broker import Broker, Settlement
+from distasks import aio, backoff
+from distasks.broker import Broker, Settlement, broker_errors
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.outcome import Outcome, OutcomeKind
 from distasks.store import Fence, Outcomes, Store, Written
+from distasks.store.base import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
     failures = 0
     while True:
         try:
-            written = await store.record_outcomes(outcomes)
+            # One crossing: write in PostgreSQL, then index in Redis.
+            written, deferred = await aio.call(_record_and_settle, batch, outcomes, store, broker)
             break
         except StoreUnavailable as e:
             failures += 1
@@ -80,18 +82,32 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
                            "task_id": str(o.run.task.id), "attempt": o.run.attempt})
     if metrics is not None:
         _count(batch, written, metrics)
-    settlement = _settlement(batch, written)
-    try:
-        await broker.settle(settlement)
-        new_runs = [o.new_run_id for o in batch
-                    if o.run.run_id in written.advanced and o.new_run_id]
-        await store.mark_dispatched(new_runs, now=datetime.now(UTC))
-    except (BrokerUnavailable, StoreUnavailable) as e:
+    if deferred is not None:
         # PostgreSQL holds the truth: the reconciler pushes runs never marked dispatched,
         # and stale leases left in Redis are cleaned by the reaper.
-        log.warning("outcomes recorded, Redis index deferred: %s", e,
+        log.warning("outcomes recorded, Redis index deferred: %s", deferred,
                     extra={"event": "settle_deferred", "count": len(batch)})
     return len(written.runs)
+
+
+async def _record_and_settle(batch: list[Outcome], outcomes: Outcomes, store: Store,
+                             broker: Broker) -> tuple[
+        Written, BrokerUnavailable | StoreUnavailable | None]:
+    """asyncio side of record_once: only a failed PostgreSQL write raises; a failed
+    Redis step comes back as the second value."""
+    with store_errors():
+        written = await aio.asyncio_side(store.record_outcomes)(outcomes)
+    try:
+        with broker_errors():
+            await aio.asyncio_side(broker.settle)(_settlement(batch, written))
+        new_runs = [o.new_run_id for o in batch
+                    if o.run.run_id in written.advanced and o.new_run_id]
+        if new_runs:
+            with store_errors():
+                await aio.asyncio_side(store.mark_dispatched)(new_runs, now=datetime.now(UTC))
+    except (BrokerUnavailable, StoreUnavailable) as e:
+        return written, e
+    return written, None
 
 
 def _count(batch: list[Outcome], written: Written, metrics: Metrics) -> None:

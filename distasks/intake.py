@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks.broker import Broker
+from distasks import aio
+from distasks.broker import Broker, broker_errors
 from distasks.errors import BrokerUnavailable, DistasksError, StoreRejected, StoreUnavailable
 from distasks.metrics import Metrics
 from distasks.model import CreateResult, NewTask, TaskType
 from distasks.store import Store
+from distasks.store.base import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,8 @@ class Intake:
     async def _commit(self, batch: list[_Request]) -> None:
         tasks = [t for request in batch for t in request.tasks]
         try:
-            results = await self._store.create_tasks(tasks)
+            # One crossing of the bridge for the whole batch: commit, push, mark pushed.
+            results, deferred = await aio.call(self._commit_and_dispatch, tasks)
         except StoreRejected as e:
             if len(batch) > 1:
                 # One request's data was refused: commit the others without it.
@@ -101,25 +104,39 @@ class Intake:
                 request.error = e
                 request.done.set()
             return
-        ready, delayed = [], []
         for t, result in zip(tasks, results, strict=True):
-            if not result.created:
-                continue
-            self._metrics.created.labels(t.queue_name, t.handler).inc()
-            if t.type is TaskType.DELAYED and t.run_at is not None:
-                delayed.append((t.queue_name, str(t.run_id), int(t.run_at.timestamp() * 1000)))
-            else:
-                ready.append((t.queue_name, str(t.run_id)))
-        try:
-            await self._broker.dispatch(ready=ready, delayed=delayed)
-            pushed = [t.run_id for t, r in zip(tasks, results, strict=True) if r.created]
-            await self._store.mark_dispatched(pushed, now=datetime.now(UTC))
-        except (BrokerUnavailable, StoreUnavailable) as e:
+            if result.created:
+                self._metrics.created.labels(t.queue_name, t.handler).inc()
+        if deferred is not None:
             # Committed, so accepted: the reconciler pushes what is not marked dispatched.
-            log.warning("created tasks not dispatched yet: %s", e,
-                        extra={"event": "dispatch_deferred", "count": len(ready) + len(delayed)})
+            log.warning("created tasks not dispatched yet: %s", deferred,
+                        extra={"event": "dispatch_deferred", "count": len(tasks)})
         position = 0
         for request in batch:
             request.results = results[position:position + len(request.tasks)]
             position += len(request.tasks)
             request.done.set()
+
+    async def _commit_and_dispatch(self, tasks: list[NewTask]) -> tuple[
+            list[CreateResult], BrokerUnavailable | StoreUnavailable | None]:
+        """asyncio side: insert, then push and mark what was created. Only a failed insert
+        raises; a failed push comes back as the second value."""
+        with store_errors():
+            results = await aio.asyncio_side(self._store.create_tasks)(tasks)
+        ready, delayed = [], []
+        for t, result in zip(tasks, results, strict=True):
+            if not result.created:
+                continue
+            if t.type is TaskType.DELAYED and t.run_at is not None:
+                delayed.append((t.queue_name, str(t.run_id), int(t.run_at.timestamp() * 1000)))
+            else:
+                ready.append((t.queue_name, str(t.run_id)))
+        try:
+            with broker_errors():
+                await aio.asyncio_side(self._broker.dispatch)(ready=ready, delayed=delayed)
+            with store_errors():
+                pushed = [t.run_id for t, r in zip(tasks, results, strict=True) if r.created]
+                await aio.asyncio_side(self._store.mark_dispatched)(pushed, now=datetime.now(UTC))
+        except (BrokerUnavailable, StoreUnavailable) as e:
+            return results, e
+        return results, None

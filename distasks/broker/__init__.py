@@ -7,12 +7,14 @@ pipelined or done by a Lua script (`<name>.lua` beside this file, called by SHA)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis.asyncio as aredis
 import redis.exceptions
@@ -53,6 +55,32 @@ class Settlement:
     finished: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def broker_errors() -> Iterator[None]:
+    """Map redis-py's connection failures to BrokerUnavailable, on either side of the
+    bridge."""
+    try:
+        yield
+    except _UNAVAILABLE as e:
+        raise BrokerUnavailable(str(e) or type(e).__name__) from e
+
+
+B = TypeVar("B", bound="Broker")
+
+
+def crossing(fn: Callable[Concatenate[B, P], Awaitable[T]]) -> Callable[Concatenate[B, P], Awaitable[T]]:
+    """An asyncio-side method called from Trio in one crossing, failures mapped; the
+    asyncio side stays reachable through aio.asyncio_side(broker.<method>)."""
+
+    @functools.wraps(fn)
+    async def from_trio(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with broker_errors():
+            return await aio.call(fn, self, *args, **kwargs)
+
+    from_trio.aio = fn  # type: ignore[attr-defined]
+    return from_trio
+
+
 class Broker:
     def __init__(self, client: aredis.Redis, prefix: str):
         self._redis = client
@@ -81,23 +109,20 @@ class Broker:
 
     async def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """One crossing of the bridge, with connection failures mapped to BrokerUnavailable."""
-        try:
+        with broker_errors():
             return await aio.call(fn, *args, **kwargs)
-        except _UNAVAILABLE as e:
-            raise BrokerUnavailable(str(e) or type(e).__name__) from e
 
     async def ping(self) -> None:
         await self._call(self._redis.ping)
 
     # -- dispatch --------------------------------------------------------------------
 
-    async def dispatch(self, ready: Iterable[tuple[str, str]] = (),
-                       delayed: Iterable[tuple[str, str, int]] = ()) -> None:
+    @crossing
+    async def dispatch(self, ready: Sequence[tuple[str, str]] = (),
+                       delayed: Sequence[tuple[str, str, int]] = ()) -> None:
         """Push (queue, run_id) to ready lists and (queue, run_id, due_ms) to delayed sets."""
-        await self._call(self._dispatch, list(ready), list(delayed))
-
-    async def _dispatch(self, ready: list[tuple[str, str]],
-                        delayed: list[tuple[str, str, int]]) -> None:
+        if not ready and not delayed:
+            return
         by_queue: dict[str, list[str]] = {}
         for queue, run_id in ready:
             by_queue.setdefault(queue, []).append(run_id)
@@ -113,6 +138,7 @@ class Broker:
 
     # -- claim -----------------------------------------------------------------------
 
+    @crossing
     async def claim(self, queue: str, *, count: int, lease_until_ms: int,
                     block: bool) -> list[str] | None:
         """Lease up to `count` ready run ids of `queue`; with `block`, wait up to
@@ -123,10 +149,6 @@ class Broker:
         this returns. Call it shielded: it must not be cancelled in flight, and it ends by
         itself within CLAIM_BLOCK_S plus a round trip.
         """
-        return await self._call(self._claim, queue, count, lease_until_ms, block)
-
-    async def _claim(self, queue: str, count: int, lease_until_ms: int,
-                     block: bool) -> list[str] | None:
         keys = self.keys(queue)
         script, script_keys = self._scripts["claim"], [keys.ready, keys.leases, keys.paused]
         items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
@@ -146,24 +168,24 @@ class Broker:
         ready = self.keys(queue).ready
         return await self._redis.blmove(ready, ready, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
 
+    @crossing
     async def requeue(self, queue: str, run_ids: Sequence[str]) -> int:
         """Hand leased run ids back to the head of the ready list; returns how many."""
         if not run_ids:
             return 0
         keys = self.keys(queue)
-        return int(await self._call(self._scripts["requeue"], keys=[keys.leases, keys.ready],
-                                    args=list(run_ids)))
+        return int(await self._scripts["requeue"](keys=[keys.leases, keys.ready],
+                                                  args=list(run_ids)))
 
+    @crossing
     async def release(self, queue: str, run_ids: Sequence[str]) -> None:
         """Drop the leases of claimed ids that have nothing to run."""
         if run_ids:
-            await self._call(self._redis.zrem, self.keys(queue).leases, *run_ids)
+            await self._redis.zrem(self.keys(queue).leases, *run_ids)
 
+    @crossing
     async def settle(self, s: Settlement) -> None:
         """Apply the Redis side of recorded outcomes in one pipeline."""
-        await self._call(self._settle, s)
-
-    async def _settle(self, s: Settlement) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, run_ids in s.unleased.items():
                 pipe.zrem(self.keys(queue).leases, *run_ids)

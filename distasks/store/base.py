@@ -3,9 +3,10 @@ query modules."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
@@ -47,19 +48,29 @@ class StoreBase:
                 await aio.call(pool.close, timeout=CLOSE_TIMEOUT_S)
 
 
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Map psycopg's failures to ours: outages to StoreUnavailable, refused data to
+    StoreRejected. Usable on either side of the bridge."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+        raise StoreUnavailable(str(e).strip() or type(e).__name__) from e
+    except (psycopg.DataError, psycopg.IntegrityError) as e:
+        raise StoreRejected(str(e).strip() or type(e).__name__) from e
+
+
 def crossing(fn: Callable[Concatenate[S, P], Awaitable[T]]) -> Callable[Concatenate[S, P], Awaitable[T]]:
     """Turn an asyncio-side query method into a Trio method: each call is one crossing of
-    the bridge, and connection failures surface as StoreUnavailable."""
+    the bridge, and connection failures surface as StoreUnavailable. The asyncio side
+    stays reachable through aio.asyncio_side(store.<method>)."""
 
     @functools.wraps(fn)
     async def from_trio(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with store_errors():
             return await aio.call(fn, self, *args, **kwargs)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
-            raise StoreUnavailable(str(e).strip() or type(e).__name__) from e
-        except (psycopg.DataError, psycopg.IntegrityError) as e:
-            raise StoreRejected(str(e).strip() or type(e).__name__) from e
 
+    from_trio.aio = fn  # type: ignore[attr-defined]
     return from_trio
 
 
