@@ -8,15 +8,13 @@ each queue per tick.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 
 import trio
 
-from distasks import backoff
+from distasks import periodic
 from distasks.broker import Broker
-from distasks.errors import BrokerUnavailable
 from distasks.health import Health
 from distasks.tunables import Tunables
 
@@ -38,23 +36,11 @@ async def move_once(broker: Broker, queues: Sequence[str], *, now_ms: int, batch
 async def run(broker: Broker, tunables: Tunables, *, interval_s: float, batch: int,
               health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Move due runs of the queues as tuned now, every `interval_s` (with jitter), until
-    cancelled."""
+    """Move due runs of the queues as tuned now, every `interval_s`, until cancelled."""
     # The lock lasts a little less than a tick, so the next tick finds it free.
     lock_ms = max(1, int(interval_s * 900))
-    health.expect("mover", allowance_s=max(30.0, 10 * interval_s))
-    task_status.started()
-    failures = 0
-    while True:
-        health.beat("mover")
-        try:
-            await move_once(broker, tunables.queues, now_ms=int(clock() * 1000), batch=batch,
-                            lock_ms=lock_ms)
-            failures = 0
-        except BrokerUnavailable as e:
-            failures += 1
-            log.warning("mover pass failed: %s", e, extra={"event": "mover_failed"})
-            await trio.sleep(backoff.delay_s(failures))
-            continue
-        # Jitter keeps the daemons of a fleet from ticking in lockstep.
-        await trio.sleep(interval_s * random.uniform(0.9, 1.1))
+    await periodic.every(
+        "mover", interval_s,
+        lambda: move_once(broker, tunables.queues, now_ms=int(clock() * 1000), batch=batch,
+                          lock_ms=lock_ms),
+        health=health, allowance_s=max(30.0, 10 * interval_s), task_status=task_status)

@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks import backoff, completer
+from distasks import completer, periodic
 from distasks.broker import Broker
-from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.model import ClaimedRun, RunStatus, TaskStatus
@@ -90,18 +89,8 @@ async def run(store: Store, broker: Broker, tunables: Tunables, *, interval_s: f
               metrics: Metrics, health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Reap every `interval_s` until cancelled (queues and retry policy as tuned now)."""
-    health.expect("reaper", allowance_s=max(30.0, 10 * interval_s))
-    task_status.started()
-    failures = 0
-    while True:
-        health.beat("reaper")
-        try:
-            await reap_once(store, broker, tunables.queues, now_s=clock(),
-                            policy=tunables.retry, metrics=metrics)
-            failures = 0
-        except (StoreUnavailable, BrokerUnavailable) as e:
-            failures += 1
-            log.warning("reaper pass failed: %s", e, extra={"event": "reaper_failed"})
-            await trio.sleep(backoff.delay_s(failures))
-            continue
-        await trio.sleep(interval_s)
+    await periodic.every(
+        "reaper", interval_s,
+        lambda: reap_once(store, broker, tunables.queues, now_s=clock(), policy=tunables.retry,
+                          metrics=metrics),
+        health=health, allowance_s=max(30.0, 10 * interval_s), task_status=task_status)

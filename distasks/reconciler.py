@@ -20,9 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from distasks import backoff
+from distasks import periodic
 from distasks.broker import Broker
-from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
 from distasks.store import PendingDispatch, Store
 
@@ -111,17 +110,7 @@ async def run(store: Store, broker: Broker, *, interval_s: float, grace_s: float
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Reconcile at once, then every `interval_s`, until cancelled."""
     # A rebuild of a large index may take a while: a generous allowance.
-    health.expect("reconciler", allowance_s=max(120.0, 10 * interval_s))
-    task_status.started()
-    failures = 0
-    while True:
-        health.beat("reconciler")
-        try:
-            await reconcile_once(store, broker, now_s=clock(), grace_s=grace_s)
-            failures = 0
-        except (StoreUnavailable, BrokerUnavailable) as e:
-            failures += 1
-            log.warning("reconcile failed: %s", e, extra={"event": "reconcile_failed"})
-            await trio.sleep(backoff.delay_s(failures))
-            continue
-        await trio.sleep(interval_s)
+    await periodic.every(
+        "reconciler", interval_s,
+        lambda: reconcile_once(store, broker, now_s=clock(), grace_s=grace_s),
+        health=health, allowance_s=max(120.0, 10 * interval_s), task_status=task_status)
