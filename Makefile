@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 SERVICES_ENV := . .local/services.env
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate run test bench lint clean distclean
+.PHONY: help venv services migrate run test fuzz bench lint clean distclean
 
 help:
 	@echo 'make venv       create .venv and install distasks with [test,dev] extras'
@@ -23,6 +23,7 @@ help:
 	@echo 'make migrate    apply database migrations'
 	@echo 'make run        run the daemon (distasks serve) in the foreground'
 	@echo 'make test       run pytest (PYTEST_ARGS, default -q)'
+	@echo 'make fuzz       schemathesis against a live daemon, new random seed'
 	@echo 'make bench      run bench/throughput.py'
 	@echo 'make lint       ruff check and mypy'
 	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
@@ -57,6 +58,11 @@ test: venv services
 
 bench: venv services
 	$(SERVICES_ENV) && $(VENV)/bin/python bench/throughput.py
+
+# Schemathesis against a live daemon with a fresh random seed and more examples.
+fuzz: venv services
+	$(SERVICES_ENV) && DISTASKS_FUZZ_SEED=$$(od -An -N8 -tu8 /dev/urandom | tr -d ' ') \
+		DISTASKS_FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q tests/system/test_schemathesis.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

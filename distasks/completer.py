@@ -56,11 +56,11 @@ async def run(outcomes: trio.MemoryReceiveChannel[Outcome], *, store: Store, bro
                     batch.append(outcomes.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await record_once(batch, store=store, broker=broker, metrics=metrics)
+            await record_once(batch, store=store, broker=broker, metrics=metrics, health=health)
 
 
 async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
-                      metrics: Metrics | None = None) -> int:
+                      metrics: Metrics | None = None, health: Health | None = None) -> int:
     """Write one batch, retrying while PostgreSQL is unavailable; returns how many were
     written (the others had lost their lease). Used by the workers and the reaper."""
     outcomes = _store_outcomes(batch)
@@ -72,6 +72,8 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
             break
         except StoreUnavailable as e:
             failures += 1
+            if health is not None:
+                health.beat("completer")  # alive and retrying: an outage is not a hang
             log.warning("outcomes not recorded yet, retrying: %s", e,
                         extra={"event": "record_retry", "count": len(batch)})
             await trio.sleep(backoff.delay_s(failures))

@@ -72,6 +72,7 @@ async def run(broker: Broker, pool: WorkerPool, waiters: TaskWaiters, *, health:
                         _handle(*message, pool=pool, waiters=waiters)
         except BrokerUnavailable as e:
             failures += 1
+            health.beat("control")  # alive and retrying: an outage is not a hang
             if not started:
                 task_status.started()
                 started = True

@@ -32,7 +32,8 @@ FAREWELL_TIMEOUT_S = 2.0
 async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id: str,
                     now_s: float, lease_s: float) -> int:
     """One heartbeat; returns how many runs were found taken over (and abandoned)."""
-    in_flight = dict(pool.in_flight)
+    # Runs waiting for an executor hold leases too (a shrunk pool may keep them waiting).
+    in_flight = {**pool.waiting, **pool.in_flight}
     lease_until_s = now_s + lease_s
     held = await store.heartbeat(worker_id, now=_dt(now_s), run_ids=list(in_flight),
                                  lease_until=_dt(lease_until_s))

@@ -30,6 +30,16 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class DefaultEvent(logging.Filter):
+    """Records from libraries (hypercorn, redis, asyncio) get an `event` too: their
+    logger's name, so every line can be filtered by event."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "event"):
+            record.event = record.name
+        return True
+
+
 def setup(level: str = "INFO", fmt: str = "auto") -> None:
     """Route every logger to stdout in the chosen format; idempotent."""
     if fmt == "auto":
@@ -37,12 +47,13 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stdout)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(
-            "{asctime}{levelname}{name}{message}", style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            "{levelname}{name}{message}", style="{",
+            rename_fields={"levelname": "level", "name": "logger", "timestamp": "time"},
+            timestamp=True,
         ))
     else:
         handler.setFormatter(TextFormatter())
+    handler.addFilter(DefaultEvent())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -41,7 +41,8 @@ class Metrics:
                                       registry=r)
         self.workers_busy = Gauge("distasks_workers_busy", "Executors running a handler",
                                   registry=r)
-        self.workers_total = Gauge("distasks_workers_total", "Executors of this daemon",
+        # Not "_total": that suffix is for counters.
+        self.workers_total = Gauge("distasks_workers", "Executors of this daemon (concurrency)",
                                    registry=r)
         self.component_up = Gauge("distasks_component_up",
                                   "1 while a component's loop is alive and ticking",

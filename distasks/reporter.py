@@ -48,10 +48,14 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
                       metrics: Metrics, health: Health, progress: Progress, *,
                       now_s: float) -> None:
     """Refresh the gauges and the progress verdict."""
-    for name, alive in health.status().items():
-        metrics.component_up.labels(name).set(1 if alive else 0)
     queues = list(tunables.queues)
     depths = await broker.queue_depths(queues)
+    # Cleared and set again with no await in between, so that a scrape never sees a half
+    # update, and components or queues dropped by a reload leave no stale series behind.
+    metrics.component_up.clear()
+    for name, alive in health.status().items():
+        metrics.component_up.labels(name).set(1 if alive else 0)
+    metrics.queue_depth.clear()
     heads: dict[str, uuid.UUID] = {}
     for queue, d in depths.items():
         for state in ("ready", "delayed", "leased", "dlq"):
@@ -63,16 +67,20 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
             pass
     since = await store.available_since(list(heads.values())) if heads else {}
     now = datetime.fromtimestamp(now_s, UTC)
+    metrics.oldest_ready_age.clear()
     for queue in queues:
         head = heads.get(queue)
         age = (now - since[head]).total_seconds() if head in since else 0.0
         metrics.oldest_ready_age.labels(queue).set(max(0.0, age))
     last = metrics.last_outcome_s
-    progress.ready = sum(d["ready"] for d in depths.values())
+    # A paused queue waits on purpose: its backlog is no sign of a stall.
+    progress.ready = sum(d["ready"] for d in depths.values() if not d["paused"])
     progress.last_outcome_age_s = now_s - last if last else None
     idle = len(pool.in_flight) < tunables.concurrency
     quiet = progress.last_outcome_age_s is None or progress.last_outcome_age_s > STALL_AFTER_S
-    stalled = progress.ready > 0 and idle and quiet and _waited(since, now, STALL_AFTER_S)
+    waiting = {h: at for q, h in heads.items() if not depths[q]["paused"] and h in since
+               for at in [since[h]]}
+    stalled = progress.ready > 0 and idle and quiet and _waited(waiting, now, STALL_AFTER_S)
     if stalled and not progress.stalled:
         log.warning("no progress: %d runs ready, executors free, no outcome for %.0fs",
                     progress.ready, STALL_AFTER_S, extra={"event": "progress_stalled"})

@@ -98,6 +98,8 @@ class Daemon:
         self._everything = trio.CancelScope()
         self._api_stop = trio.Event()
         self._pool: WorkerPool | None = None
+        self._store: Store | None = None
+        self._info: WorkerInfo | None = None
         self._stop_requests = 0
 
     def request_stop(self) -> None:
@@ -113,7 +115,7 @@ class Daemon:
         deadline = trio.current_time() + grace + HARD_STOP_MARGIN_S
         self._everything.deadline = min(self._everything.deadline, deadline)
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """Re-read the config (SIGHUP) and apply what can change live: worker
         concurrency, subscribed queues, retry policy, log level. Other changes are logged
         as needing a restart; an invalid file changes nothing."""
@@ -126,16 +128,24 @@ class Daemon:
             sdnotify.ready()
             return
         fresh = Tunables.from_config(new)
-        changed = [name for name in ("queues", "concurrency", "retry", "log_level")
-                   if getattr(fresh, name) != getattr(self.tunables, name)]
-        self.tunables.queues, self.tunables.concurrency = fresh.queues, fresh.concurrency
-        self.tunables.retry, self.tunables.log_level = fresh.retry, fresh.log_level
+        names = ("queues", "concurrency", "retry", "log_level", "default_max_retries")
+        changed = [name for name in names if getattr(fresh, name) != getattr(self.tunables, name)]
+        for name in names:
+            setattr(self.tunables, name, getattr(fresh, name))
         logging.getLogger().setLevel(fresh.log_level)
         if self._pool is not None:
             self._pool.retune()
-        live = {"worker.queues", "worker.concurrency", "retry", "log.level"}
+        if self._store is not None and self._info is not None:
+            # GET /api/v1/workers shows what the daemon works on now.
+            self._info = dataclasses.replace(self._info, queues=fresh.queues,
+                                             concurrency=fresh.concurrency)
+            try:
+                await self._store.register_worker(self._info)
+            except StoreUnavailable:
+                pass  # shown at the next start; the heartbeat goes on regardless
+        live = {"worker.queues", "worker.concurrency", "log.level"}
         restart = [key for key in _differences(self.config, new)
-                   if key not in live and not key.startswith(("retry.", "log.level"))]
+                   if key not in live and not key.startswith("retry.")]
         log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
                  extra={"event": "reloaded", "changed": changed,
                         "needs_restart": restart, "queues": list(fresh.queues),
@@ -144,6 +154,12 @@ class Daemon:
             log.warning("these settings change only after a restart: %s", ", ".join(restart),
                         extra={"event": "reload_needs_restart", "keys": restart})
         sdnotify.ready()
+        sdnotify.status(self._status_line())
+
+    def _status_line(self) -> str:
+        c, t = self.config, self.tunables
+        return (f"serving on {c.http.host}:{c.http.port}, queues {','.join(t.queues)}, "
+                f"concurrency {t.concurrency}")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until stopped; `task_status.started()` once the API listens and the
@@ -187,10 +203,11 @@ class Daemon:
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, waiters=waiters, clock=time.time,
                                       metrics=m, health=h, progress=progress,
-                                      stopping=self._api_stop))
-        info = WorkerInfo(id=self.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                          queues=t.queues, concurrency=t.concurrency,
-                          version=distasks.__version__, started_at=datetime.now(UTC))
+                                      stopping=self._api_stop, tunables=t))
+        self._store = store
+        self._info = info = WorkerInfo(
+            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,
+            concurrency=t.concurrency, version=distasks.__version__, started_at=datetime.now(UTC))
         async with trio.open_nursery() as services:
             await services.start(intake.run)
             await services.start(lambda task_status: heartbeat.run(
@@ -227,8 +244,7 @@ class Daemon:
                     gc.freeze()
                     gc.set_threshold(GC_THRESHOLD_0, 20, 20)
                     sdnotify.ready()
-                    sdnotify.status(f"serving on {c.http.host}:{c.http.port}, "
-                                    f"queues {','.join(t.queues)}")
+                    sdnotify.status(self._status_line())
                     task_status.started()
                 front.cancel_scope.cancel()
             services.cancel_scope.cancel()
@@ -240,7 +256,7 @@ class Daemon:
                 name = signal.Signals(signum).name
                 log.info("received %s", name, extra={"event": "signal", "signal": name})
                 if signum == signal.SIGHUP:
-                    self.reload()
+                    await self.reload()
                 else:
                     self.request_stop()
 

@@ -18,9 +18,11 @@ class Tunables:
     concurrency: int
     retry: RetryPolicy
     log_level: str
+    #: given to tasks created without max_retries
+    default_max_retries: int = 3
 
     @classmethod
     def from_config(cls, c: Config) -> Tunables:
         return cls(queues=c.worker.queues, concurrency=c.worker.concurrency,
                    retry=RetryPolicy(c.retry.base_s, c.retry.cap_s, c.retry.jitter),
-                   log_level=c.log.level.upper())
+                   log_level=c.log.level.upper(), default_max_retries=c.retry.max_retries)

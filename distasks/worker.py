@@ -66,6 +66,8 @@ class WorkerPool:
         self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
         #: runs whose handler is running now, by run id
         self.in_flight: dict[uuid.UUID, ClaimedRun] = {}
+        #: runs claimed and waiting for an executor (their leases need the heartbeat too)
+        self.waiting: dict[uuid.UUID, ClaimedRun] = {}
         self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
         self._cancel_requested: set[uuid.UUID] = set()
         # Set by run(): where retune() starts executors and fetchers.
@@ -164,6 +166,7 @@ class WorkerPool:
                         claimed = runs_recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    self.waiting.pop(claimed.run_id, None)
                     outcomes_send.send_nowait(self._interrupted(claimed, "stopped before start"))
 
     def _start_executor(self) -> None:
@@ -217,6 +220,7 @@ class WorkerPool:
                         log.warning("claim from %s failed, backing off: %s", queue, e,
                                     extra={"event": "claim_failed", "queue": queue})
                     for run in claimed:
+                        self.waiting[run.run_id] = run
                         runs.send_nowait(run)
                     for _ in range(held - len(claimed)):
                         self._slots.release()
@@ -307,6 +311,7 @@ class WorkerPool:
                         finally:
                             self._idle_scopes.remove(idle)
                     if claimed is not None:  # None: woken to retire
+                        self.waiting.pop(claimed.run_id, None)
                         await self._execute_one(claimed, outcomes)
             finally:
                 self._executor_count -= 1

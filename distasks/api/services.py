@@ -17,6 +17,7 @@ from distasks.intake import Intake
 from distasks.metrics import Metrics
 from distasks.reporter import Progress
 from distasks.store import Store
+from distasks.tunables import Tunables
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Services:
     progress: Progress = field(default_factory=Progress)
     #: set when shutdown begins: responses then close their connection
     stopping: trio.Event = field(default_factory=trio.Event)
+    #: what a SIGHUP may change (the default max_retries of new tasks)
+    tunables: Tunables | None = None
 
 
 def services() -> Services:

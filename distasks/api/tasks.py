@@ -144,7 +144,7 @@ def new_task(req: schemas.CreateTask) -> NewTask:
         queue_name=req.queue_name, priority=req.priority, payload=req.payload,
         payload_json=payload_json, dedup_key=req.dedup_key,
         max_retries=req.max_retries if req.max_retries is not None
-        else s.config.retry.max_retries,
+        else (s.tunables.default_max_retries if s.tunables else s.config.retry.max_retries),
         timeout_s=req.timeout_seconds, run_at=run_at,
     )
 
@@ -208,6 +208,7 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
     if done is None:
         raise NotFound(f"no task with id {task_id}")
     if done.cancelled:
+        s.metrics.cancelled.labels(done.queue_name, done.handler).inc()
         await s.broker.cancelled(waiting=[(q, str(r)) for q, r in done.waiting],
                                  running=str(done.running) if done.running else None,
                                  task_id=str(tid))

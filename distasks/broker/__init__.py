@@ -381,7 +381,8 @@ class Broker:
         return {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead}
 
     async def queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Depths of many queues in one pipeline, with each ready list's head (oldest)."""
+        """Depths of many queues in one pipeline, with each ready list's head (oldest) and
+        whether it is paused."""
         return await self._call(self._queue_depths, queues)
 
     async def _queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -393,12 +394,13 @@ class Broker:
                 pipe.zcard(keys.leases)
                 pipe.llen(keys.dlq)
                 pipe.lindex(keys.ready, 0)
+                pipe.exists(keys.paused)
             replies = await pipe.execute()
         out = {}
         for i, queue in enumerate(queues):
-            ready, delayed, leased, dead, head = replies[5 * i:5 * i + 5]
+            ready, delayed, leased, dead, head, paused = replies[6 * i:6 * i + 6]
             out[queue] = {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead,
-                          "head": head}
+                          "head": head, "paused": bool(paused)}
         return out
 
     async def raw(self, fn_name: str, *args: Any) -> Any:

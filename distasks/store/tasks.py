@@ -39,6 +39,8 @@ class Cancellation:
     waiting: list[tuple[str, uuid.UUID]]
     #: the running run, if any
     running: uuid.UUID | None
+    queue_name: str | None = None
+    handler: str | None = None
 
 
 # Batch insert: tasks and their first runs in one statement. ON CONFLICT skips a
@@ -89,13 +91,13 @@ WITH task AS (
     SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(actor)s,
         cancel_reason = %(reason)s, updated_at = %(now)s, finished_at = %(now)s
     WHERE id = %(id)s AND status = 'queued'
-    RETURNING id, queue_name
+    RETURNING id, queue_name, handler
 ), waiting AS (
     UPDATE task_runs r SET status = 'cancelled', finished_at = %(now)s
     FROM task WHERE r.task_id = task.id AND r.status = 'queued'
     RETURNING r.id
 )
-SELECT task.queue_name,
+SELECT task.queue_name, task.handler,
        (SELECT array_agg(id) FROM waiting) AS waiting,
        (SELECT r.id FROM task_runs r WHERE r.task_id = task.id AND r.status = 'running') AS running
 FROM task
@@ -212,7 +214,8 @@ class TaskQueries(StoreBase):
                     (now, actor, row[0], Jsonb({"task_id": str(task_id), "reason": reason})))
                 await conn.commit()
                 return Cancellation(TaskStatus.CANCELLED, True,
-                                    [(row[0], r) for r in row[1] or []], row[2])
+                                    [(row[0], r) for r in row[2] or []], row[3],
+                                    queue_name=row[0], handler=row[1])
             cur = await conn.execute("SELECT status FROM tasks WHERE id = %s", (task_id,))
             found = await cur.fetchone()
             await conn.rollback()

@@ -27,7 +27,9 @@ class WorkerInfo:
 REGISTER_WORKER = """
 INSERT INTO workers (id, host, pid, queues, concurrency, version, started_at, heartbeat_at)
 VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s, %(version)s, %(now)s, %(now)s)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, stopped_at = NULL
+ON CONFLICT (id) DO UPDATE
+SET queues = excluded.queues, concurrency = excluded.concurrency,
+    heartbeat_at = excluded.heartbeat_at, stopped_at = NULL
 """
 
 LIST_WORKERS = """

@@ -15,8 +15,8 @@ from distasks import heartbeat, reaper, reconciler
 from distasks.handlers import Registry
 from distasks.model import RunStatus, TaskStatus
 from distasks.retry import RetryPolicy
-from distasks.tunables import Tunables
 from distasks.store import Fence, Outcomes
+from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
 
 from .helpers import new_task, now, wait_until

@@ -11,9 +11,9 @@ import trio
 
 from distasks import mover
 from distasks.handlers import Registry, builtin_registry
+from distasks.health import Health
 from distasks.intake import Intake
 from distasks.model import RunStatus, TaskStatus
-from distasks.health import Health
 from distasks.retry import RetryPolicy
 from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
