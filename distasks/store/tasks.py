@@ -62,6 +62,8 @@ WITH input AS (
     SELECT id, name, handler, type, queue_name, priority, payload, dedup_key,
            max_retries, timeout_s, run_at
     FROM input
+    -- One order for every batch: concurrent batches sharing dedup keys wait, not deadlock.
+    ORDER BY dedup_key
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING id
 ), runs AS (
