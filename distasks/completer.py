@@ -7,6 +7,7 @@ pipeline. PostgreSQL first: Redis only ever indexes what is already true.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import trio
 
 from distasks import aio, backoff
 from distasks.broker import Broker, Settlement, broker_errors
-from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.errors import BrokerUnavailable, StoreRejected, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.outcome import Outcome, OutcomeKind
@@ -70,6 +71,10 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
             # One crossing: write in PostgreSQL, then index in Redis.
             written, deferred = await aio.call(_record_and_settle, batch, outcomes, store, broker)
             break
+        except StoreRejected as e:
+            # Data PostgreSQL refuses must not take the batch (or the daemon) down with it.
+            return await _record_rejected(batch, e, store=store, broker=broker,
+                                          metrics=metrics, health=health)
         except StoreUnavailable as e:
             failures += 1
             if health is not None:
@@ -90,6 +95,31 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
         log.warning("outcomes recorded, Redis index deferred: %s", deferred,
                     extra={"event": "settle_deferred", "count": len(batch)})
     return len(written.runs)
+
+
+async def _record_rejected(batch: list[Outcome], error: StoreRejected, *, store: Store,
+                           broker: Broker, metrics: Metrics | None,
+                           health: Health | None) -> int:
+    """Write the outcomes of a refused batch one by one; one still refused becomes a
+    plain failure saying why, and if even that is refused it is left to the reaper."""
+    if len(batch) > 1:
+        written = 0
+        for outcome in batch:
+            written += await record_once([outcome], store=store, broker=broker, metrics=metrics,
+                                         health=health)
+        return written
+    [outcome] = batch
+    log.error("outcome refused by PostgreSQL: %s", error, extra={
+        "event": "outcome_rejected", "run_id": str(outcome.run.run_id),
+        "task_id": str(outcome.run.task.id)})
+    if outcome.kind is OutcomeKind.FAILED and outcome.result_json is None and (
+            outcome.error or "").startswith("outcome could not be stored"):
+        return 0  # the lease runs out and the reaper records a takeover
+    plain = dataclasses.replace(outcome, kind=OutcomeKind.FAILED, result_json=None,
+                                error=f"outcome could not be stored: {error}"[:4000],
+                                next_retry_at_ms=None, new_run_id=None)
+    return await record_once([plain], store=store, broker=broker, metrics=metrics,
+                             health=health)
 
 
 async def _record_and_settle(batch: list[Outcome], outcomes: Outcomes, store: Store,

@@ -26,6 +26,8 @@ from distasks.store.base import store_errors
 
 log = logging.getLogger(__name__)
 
+# Longest a batch commit may take; shutdown waits for it (a hung server fails the batch).
+COMMIT_TIMEOUT_S = 10.0
 # Most creates committed in one transaction.
 MAX_BATCH = 500
 
@@ -78,8 +80,12 @@ class Intake:
                 size += len(request.tasks)
             # Shielded so that shutdown never leaves a caller without an answer for a
             # batch that did commit; the pool's timeout bounds it.
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(COMMIT_TIMEOUT_S):
                 await self._commit(batch)
+            for request in batch:
+                if not request.done.is_set():  # the commit hung, outcome unknown
+                    request.error = StoreUnavailable(f"no answer within {COMMIT_TIMEOUT_S}s")
+                    request.done.set()
 
     async def _commit(self, batch: list[_Request]) -> None:
         tasks = [t for request in batch for t in request.tasks]

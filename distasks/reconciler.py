@@ -37,6 +37,10 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
     """Re-add every unfinished run and every DLQ entry to Redis; returns runs added."""
     now_ms = int(now_s * 1000)
     added = 0
+    # Pause flags first, so that no paused queue is claimed from while runs come back.
+    for record in await store.queues(now=datetime.fromtimestamp(now_s, UTC)):
+        if record.paused:
+            await broker.set_paused(record.name, True)
     for queue in await store.active_queues():
         after: PendingDispatch | None = None
         while True:
@@ -50,9 +54,6 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
             if len(page) < PAGE:
                 break
         await broker.restore_dlq(queue, [str(i) for i in await store.dead_task_ids(queue)])
-    for record in await store.queues(now=datetime.fromtimestamp(now_s, UTC)):
-        if record.paused:
-            await broker.set_paused(record.name, True)
     return added
 
 

@@ -33,11 +33,13 @@ from distasks.model import ClaimedRun
 from distasks.outcome import Outcome, OutcomeKind, failure
 from distasks.slots import Slots
 from distasks.store import Store, dumps
-from distasks.store.base import store_errors
+from distasks.store.base import store_errors, without_nul
 from distasks.tunables import Tunables
 
 log = logging.getLogger(__name__)
 
+# Longest a shielded claim may take (Redis blocks for 1 s of it); shutdown waits for it.
+CLAIM_TIMEOUT_S = 5.0
 # How often a fetcher looks again at a paused queue.
 PAUSED_POLL_S = 0.5
 # Longest error text kept on a run.
@@ -70,6 +72,7 @@ class WorkerPool:
         self.waiting: dict[uuid.UUID, ClaimedRun] = {}
         self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
         self._cancel_requested: set[uuid.UUID] = set()
+        self._abandoned: set[uuid.UUID] = set()
         # Set by run(): where retune() starts executors and fetchers.
         self._executors: trio.Nursery | None = None
         self._fetchers: trio.Nursery | None = None
@@ -93,6 +96,8 @@ class WorkerPool:
                 log.warning("lease lost: abandoning the run", extra={
                     "event": "lease_lost", "run_id": str(run_id)})
                 scope.cancel()
+            elif run_id in self.waiting:
+                self._abandoned.add(run_id)  # skipped when an executor takes it
 
     def cancel_runs(self, run_ids: set[uuid.UUID]) -> None:
         """Stop the handlers of these runs because their task was cancelled; each is
@@ -101,6 +106,8 @@ class WorkerPool:
             if scope := self._run_scopes.get(run_id):
                 self._cancel_requested.add(run_id)
                 scope.cancel()
+            elif run_id in self.waiting:
+                self._cancel_requested.add(run_id)  # recorded cancelled, never started
 
     def stop(self, grace_s: float) -> None:
         """Stop claiming now; cancel handlers still running after `grace_s` seconds."""
@@ -210,8 +217,14 @@ class WorkerPool:
                     try:
                         # Never cancelled in flight (DESIGN §1): it ends by itself within
                         # about a second, and everything it claimed is passed on below.
-                        with trio.CancelScope(shield=True):
+                        result = None
+                        with trio.CancelScope(shield=True), trio.move_on_after(
+                                CLAIM_TIMEOUT_S) as bounded:
                             result = await self._claim(queue, held, block=block, scope=scope)
+                        if bounded.cancelled_caught:
+                            # PostgreSQL or Redis hung: what Redis leased comes back through
+                            # the reaper once the lease ends.
+                            raise StoreUnavailable(f"claim took over {CLAIM_TIMEOUT_S}s")
                         failures = 0
                         paused = result is None
                         claimed = result or []
@@ -310,8 +323,19 @@ class WorkerPool:
                             return
                         finally:
                             self._idle_scopes.remove(idle)
-                    if claimed is not None:  # None: woken to retire
-                        self.waiting.pop(claimed.run_id, None)
+                    if claimed is None:
+                        continue  # woken to retire
+                    self.waiting.pop(claimed.run_id, None)
+                    if claimed.run_id in self._abandoned:
+                        self._abandoned.discard(claimed.run_id)
+                        self._slots.release()  # taken over while it waited: not ours
+                    elif claimed.run_id in self._cancel_requested:
+                        self._cancel_requested.discard(claimed.run_id)
+                        self._slots.release()
+                        outcomes.send_nowait(Outcome(claimed, OutcomeKind.CANCELLED,
+                                                     _dt(self._clock()),
+                                                     error="cancelled before it started"))
+                    else:
                         await self._execute_one(claimed, outcomes)
             finally:
                 self._executor_count -= 1
@@ -366,7 +390,7 @@ class WorkerPool:
                 else:
                     result = await trio.to_thread.run_sync(
                         handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)
-            result_json = dumps(result)
+            result_json = dumps(without_nul(result))
             if len(result_json.encode()) > self._config.max_result_bytes:
                 # Succeeded all the same; the run says what was dropped instead.
                 result_json = dumps({"result_dropped": {
@@ -395,7 +419,7 @@ def _dt(unix_s: float) -> datetime:
 def _describe(exc: BaseException) -> str:
     """`Type: message`, as users read it; the traceback goes to the DEBUG log."""
     text = "".join(traceback.format_exception_only(exc)).strip()
-    return text[:MAX_ERROR_CHARS]
+    return str(without_nul(text[:MAX_ERROR_CHARS]))
 
 
 def _is_cancelled(exc: BaseException) -> bool:

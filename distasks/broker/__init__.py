@@ -35,8 +35,12 @@ CLAIM_BLOCK_S = 1
 # Most batches the mover moves per lock, so one busy queue cannot hold a daemon forever.
 MOVE_MAX_ROUNDS = 10
 
+# Outages, not bugs: connection loss, a replica after failover (READONLY), memory full,
+# a master or cluster not ready yet.
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError, OSError)
+                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
+                redis.exceptions.OutOfMemoryError, redis.exceptions.MasterDownError,
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError, OSError)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import psycopg
+import psycopg.errors
 import psycopg_pool
 import trio
 
@@ -24,6 +25,10 @@ S = TypeVar("S", bound="StoreBase")
 
 # How long closing the pool may take at shutdown.
 CLOSE_TIMEOUT_S = 2.0
+# Connecting to PostgreSQL gives up after this long.
+CONNECT_TIMEOUT_S = 5
+# Any statement is cancelled by the server after this long (migrations lift it).
+STATEMENT_TIMEOUT_MS = 30_000
 # How long a caller waits for a free connection before the store counts as unavailable.
 POOL_TIMEOUT_S = 5.0
 
@@ -38,7 +43,14 @@ class StoreBase:
         """Open a pool to `dsn` for the block; must run inside aio.open_loop()."""
         pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
             dsn, min_size=min_size, max_size=max_size, open=False, timeout=POOL_TIMEOUT_S,
-            name="distasks", kwargs={"application_name": "distasks"},
+            name="distasks", kwargs={
+                "application_name": "distasks",
+                # A dead server or network is noticed in seconds, not at TCP's minutes.
+                "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1,
+                "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                # No statement of ours runs long; one that hangs on a lock gives up.
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            },
         )
         await aio.call(pool.open, wait=False)
         try:
@@ -54,7 +66,9 @@ def store_errors() -> Iterator[None]:
     StoreRejected. Usable on either side of the bridge."""
     try:
         yield
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout,
+            psycopg.errors.ReadOnlySqlTransaction) as e:
+        # ReadOnlySqlTransaction: a standby after a failover; the pool reconnects.
         raise StoreUnavailable(str(e).strip() or type(e).__name__) from e
     except (psycopg.DataError, psycopg.IntegrityError) as e:
         raise StoreRejected(str(e).strip() or type(e).__name__) from e
@@ -77,6 +91,18 @@ def crossing(fn: Callable[Concatenate[S, P], Awaitable[T]]) -> Callable[Concaten
 def dumps(value: Any) -> str:
     """JSON for jsonb columns: compact, UTF-8, and never NaN (PostgreSQL rejects it)."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def without_nul(value: Any) -> Any:
+    """`value` with NUL characters replaced by U+FFFD: PostgreSQL text and jsonb cannot
+    hold them. For what handlers produce (results, errors), which must be stored anyway."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def task_from_row(r: dict[str, Any]) -> Task:

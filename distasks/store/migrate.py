@@ -51,6 +51,8 @@ async def apply(conn: psycopg.AsyncConnection) -> list[int]:
     applied_now = []
     for migration in migrations():
         async with conn.transaction():
+            # A migration may rewrite a large table: no statement timeout for it.
+            await conn.execute("SET LOCAL statement_timeout = 0")
             # Transaction-scoped: released at commit, even if this process dies.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             await conn.execute(CREATE_VERSIONS)

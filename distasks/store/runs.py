@@ -155,7 +155,9 @@ WITH i AS (
     FROM i WHERE r.id = i.run_id AND {FENCE}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.new_run_id
 ), t AS (
+    -- Locked, so that a concurrent cancel waits and then sees the next attempt.
     SELECT t.id FROM tasks t JOIN done ON t.id = done.task_id WHERE t.status = 'queued'
+    FOR UPDATE OF t
 ), next_run AS (
     INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
     SELECT new_run_id, task_id, attempt + 1, at, at FROM done JOIN t ON t.id = done.task_id

@@ -85,24 +85,26 @@ GET_TASK = "SELECT * FROM tasks WHERE id = %s"
 
 GET_RUNS = "SELECT * FROM task_runs WHERE task_id = %s ORDER BY attempt"
 
-# Queued runs are cancelled with the task; a running one is left to its daemon, which
-# stops the handler and records the run cancelled (fenced like any outcome).
+# Two statements in one transaction: the runs are read after the task row is locked and
+# updated, so an attempt that an outcome write created just before (a retry, a hand-back)
+# is seen and cancelled too. A running run is left to its daemon, which stops the handler
+# and records the run cancelled (fenced like any outcome).
 CANCEL_TASK = """
-WITH task AS (
-    UPDATE tasks
-    SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(actor)s,
-        cancel_reason = %(reason)s, updated_at = %(now)s, finished_at = %(now)s
-    WHERE id = %(id)s AND status = 'queued'
-    RETURNING id, queue_name, handler
-), waiting AS (
-    UPDATE task_runs r SET status = 'cancelled', finished_at = %(now)s
-    FROM task WHERE r.task_id = task.id AND r.status = 'queued'
-    RETURNING r.id
+UPDATE tasks
+SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(actor)s,
+    cancel_reason = %(reason)s, updated_at = %(now)s, finished_at = %(now)s
+WHERE id = %(id)s AND status = 'queued'
+RETURNING queue_name, handler
+"""
+
+CANCEL_RUNS = """
+WITH waiting AS (
+    UPDATE task_runs SET status = 'cancelled', finished_at = %(now)s
+    WHERE task_id = %(id)s AND status = 'queued'
+    RETURNING id
 )
-SELECT task.queue_name, task.handler,
-       (SELECT array_agg(id) FROM waiting) AS waiting,
-       (SELECT r.id FROM task_runs r WHERE r.task_id = task.id AND r.status = 'running') AS running
-FROM task
+SELECT (SELECT array_agg(id) FROM waiting),
+       (SELECT id FROM task_runs WHERE task_id = %(id)s AND status = 'running')
 """
 
 
@@ -206,10 +208,14 @@ class TaskQueries(StoreBase):
         """Cancel a queued task (waiting, delayed or running); None if there is no such
         task. A task already finished is left as it is (`cancelled` False)."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(CANCEL_TASK, {"id": task_id, "actor": actor,
-                                                   "reason": reason, "now": now})
-            row = await cur.fetchone()
-            if row is not None:
+            params = {"id": task_id, "actor": actor, "reason": reason, "now": now}
+            cur = await conn.execute(CANCEL_TASK, params)
+            task_row = await cur.fetchone()
+            if task_row is not None:
+                cur = await conn.execute(CANCEL_RUNS, params)
+                runs_row = await cur.fetchone()
+                assert runs_row is not None
+                row = (*task_row, *runs_row)
                 await conn.execute(
                     "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
                     " VALUES (%s, %s, 'cancel', %s, %s)",
