@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 HARD_STOP_MARGIN_S = 4.0
 # Create batches committed at once: a request arriving while one batch commits goes into
 # the next at once instead of waiting for the first to finish (lower create latency).
-INTAKE_LOOPS = 2
+INTAKE_LOOPS = 1
 # Allocations between young-generation collections (CPython's default is 700).
 GC_THRESHOLD_0 = 10_000
 # How long the API finishes requests in flight (and waits on idle keep-alive connections)
