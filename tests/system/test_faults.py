@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -25,10 +26,13 @@ from .faults import (
     FAULTS,
     GRACE_S,
     STRESS_CYCLES,
+    Daemon,
     PrivatePostgres,
     PrivateRedis,
     Result,
+    daemon_env,
     run_scenario,
+    wait_final,
 )
 
 pytestmark = pytest.mark.faults
@@ -117,3 +121,68 @@ async def test_sigterm_and_restart_cycles_lose_nothing(run_fault):
     assert len(r.stops) == STRESS_CYCLES, r.explain()
     assert all(s.returncode == 0 and s.seconds <= GRACE_S + EXIT_MARGIN_S
                for s in r.stops), r.explain()
+
+
+async def test_outages_degrade_and_the_daemon_resumes_by_itself(private_pg, private_redis,
+                                                                tmp_path):
+    """DESIGN §5.6: with Redis gone, /readyz says 503 naming it, creates are still accepted
+    and run once it is back (empty); with PostgreSQL gone, /readyz says so and creates
+    answer 503 with Retry-After; the process keeps running throughout."""
+    dbname = f"outage_{tmp_path.name[-12:].replace('-', '_')}".lower()
+    await trio.to_thread.run_sync(private_pg.create_database, dbname)
+    dsn = private_pg.dsn(dbname)
+    env = daemon_env(database_url=dsn, redis_url=private_redis.url, prefix="outage",
+                     chaos_log=tmp_path / "executions.log")
+    daemon = Daemon("outage", env, tmp_path / "daemon.log")
+    body = {"name": "outage", "handler": "chaos_sleep", "payload": {"ms": 10}}
+
+    async def readiness(client):
+        r = await client.get("/readyz")
+        return r.status_code, r.json()
+
+    async def wait_readiness(client, status, down):
+        while True:
+            code, ready = await readiness(client)
+            if code == status and (down is None or ready[down].startswith("down")):
+                return ready
+            await trio.sleep(0.1)
+
+    try:
+        with trio.fail_after(120):
+            await daemon.start()
+            await daemon.wait_ready()
+            async with httpx.AsyncClient(base_url=daemon.url, timeout=15) as client:
+                # Redis down: not ready, creates still accepted (committed in PostgreSQL).
+                await trio.to_thread.run_sync(private_redis.kill)
+                ready = await wait_readiness(client, 503, "redis")
+                assert ready["postgres"] == "ok"
+                r = await client.post("/api/v1/tasks", json=body)
+                assert r.status_code == 201, r.text
+                during_redis_outage = r.json()["task_id"]
+                # Redis back, empty: the task runs without anyone creating it again.
+                await trio.to_thread.run_sync(private_redis.start)
+                await wait_readiness(client, 200, None)
+                assert await wait_final(dsn, [during_redis_outage])
+
+                # PostgreSQL down: not ready, creates refused with Retry-After.
+                await trio.to_thread.run_sync(private_pg.halt)
+                try:
+                    ready = await wait_readiness(client, 503, "postgres")
+                    assert ready["redis"] == "ok"
+                    r = await client.post("/api/v1/tasks", json=body)
+                    assert r.status_code == 503, r.text
+                    assert r.json()["error"]["code"] == "postgres_unavailable"
+                    assert int(r.headers["Retry-After"]) > 0
+                    assert daemon.is_running()
+                finally:
+                    await trio.to_thread.run_sync(private_pg.start)
+                await wait_readiness(client, 200, None)
+                r = await client.post("/api/v1/tasks", json=body)
+                assert r.status_code == 201, r.text
+                assert await wait_final(dsn, [r.json()["task_id"]])
+            assert daemon.is_running()
+    finally:
+        await daemon.stop()
+        await trio.to_thread.run_sync(private_redis.ensure_running)
+        await trio.to_thread.run_sync(private_pg.ensure_running)
+        await trio.to_thread.run_sync(private_pg.drop_database, dbname)
