@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
+from distasks.queue_state import queue_states
 from distasks.store import Store
 from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
@@ -48,47 +48,32 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
                       metrics: Metrics, health: Health, progress: Progress, *,
                       now_s: float) -> None:
     """Refresh the gauges and the progress verdict."""
-    queues = list(tunables.queues)
-    depths = await broker.queue_depths(queues)
+    states = await queue_states(store, broker, tunables.queues,
+                                now=datetime.fromtimestamp(now_s, UTC))
     # Cleared and set again with no await in between, so that a scrape never sees a half
     # update, and components or queues dropped by a reload leave no stale series behind.
     metrics.component_up.clear()
     for name, alive in health.status().items():
         metrics.component_up.labels(name).set(1 if alive else 0)
     metrics.queue_depth.clear()
-    heads: dict[str, uuid.UUID] = {}
-    for queue, d in depths.items():
-        for state in ("ready", "delayed", "leased", "dlq"):
-            metrics.queue_depth.labels(queue, state).set(d[state])
-        try:
-            if d["head"]:
-                heads[queue] = uuid.UUID(d["head"])
-        except ValueError:
-            pass
-    since = await store.available_since(list(heads.values())) if heads else {}
-    now = datetime.fromtimestamp(now_s, UTC)
     metrics.oldest_ready_age.clear()
-    for queue in queues:
-        head = heads.get(queue)
-        age = (now - since[head]).total_seconds() if head in since else 0.0
-        metrics.oldest_ready_age.labels(queue).set(max(0.0, age))
-    last = metrics.last_outcome_s
+    for queue, st in states.items():
+        for state in ("ready", "delayed", "leased", "dlq"):
+            metrics.queue_depth.labels(queue, state).set(getattr(st, state))
+        metrics.oldest_ready_age.labels(queue).set(st.oldest_ready_age_s or 0.0)
     # A paused queue waits on purpose: its backlog is no sign of a stall.
-    progress.ready = sum(d["ready"] for d in depths.values() if not d["paused"])
+    working = [st for st in states.values() if not st.paused]
+    last = metrics.last_outcome_s
+    progress.ready = sum(st.ready for st in working)
     progress.last_outcome_age_s = now_s - last if last else None
     idle = len(pool.in_flight) < tunables.concurrency
     quiet = progress.last_outcome_age_s is None or progress.last_outcome_age_s > STALL_AFTER_S
-    waiting = {h: at for q, h in heads.items() if not depths[q]["paused"] and h in since
-               for at in [since[h]]}
-    stalled = progress.ready > 0 and idle and quiet and _waited(waiting, now, STALL_AFTER_S)
+    waited = any((st.oldest_ready_age_s or 0.0) > STALL_AFTER_S for st in working)
+    stalled = progress.ready > 0 and idle and quiet and waited
     if stalled and not progress.stalled:
         log.warning("no progress: %d runs ready, executors free, no outcome for %.0fs",
                     progress.ready, STALL_AFTER_S, extra={"event": "progress_stalled"})
     progress.stalled = stalled
-
-
-def _waited(since: dict[uuid.UUID, datetime], now: datetime, seconds: float) -> bool:
-    return any((now - at).total_seconds() > seconds for at in since.values())
 
 
 async def run(store: Store, broker: Broker, pool: WorkerPool, tunables: Tunables, *,

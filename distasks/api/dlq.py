@@ -16,7 +16,7 @@ from distasks.api.openapi import operation
 from distasks.api.services import actor, services
 from distasks.api.tasks import _body, iso, parse_body, parse_query, task_json
 from distasks.config import QUEUE_NAME_RE
-from distasks.errors import BrokerUnavailable, InvalidInput
+from distasks.errors import BrokerUnavailable, InvalidInput, StoreUnavailable
 from distasks.store import DlqFilter
 
 bp = Blueprint("dlq", __name__)
@@ -75,11 +75,11 @@ async def replay_dlq(queue: str) -> Response:
     run_ids = [run_id for _, run_id in replayed if run_id is not None]
     if run_ids:
         try:
-            await s.broker.replayed(queue, removed=[str(t) for t, _ in replayed],
+            await s.broker.leave_dlq(queue, removed=[str(t) for t, _ in replayed],
                                     ready=[str(r) for r in run_ids])
             await s.store.mark_dispatched(run_ids, now=now)
-        except BrokerUnavailable:
-            pass  # committed: the reconciler pushes the new runs once Redis is back
+        except (BrokerUnavailable, StoreUnavailable):
+            pass  # committed: the reconciler pushes unmarked runs once both are back
     return jsonify({"queue": queue, "replayed": len(replayed),
                     "task_ids": [str(task_id) for task_id, _ in replayed],
                     "dry_run": req.dry_run})
@@ -97,7 +97,7 @@ async def delete_dlq(queue: str) -> Response:
                                         actor=actor(), dry_run=req.dry_run)
     if deleted and not req.dry_run:
         try:
-            await s.broker.replayed(queue, removed=[str(t) for t in deleted], ready=[])
+            await s.broker.leave_dlq(queue, removed=[str(t) for t in deleted], ready=[])
         except BrokerUnavailable:
             pass  # the DLQ index is rebuilt from PostgreSQL when Redis returns
     return jsonify({"queue": queue, "deleted": len(deleted),

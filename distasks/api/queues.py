@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 from quart import Blueprint, Response, jsonify
@@ -12,6 +11,7 @@ from distasks.api.dlq import queue_name
 from distasks.api.openapi import operation
 from distasks.api.services import actor, services
 from distasks.api.tasks import iso
+from distasks.queue_state import queue_states
 
 bp = Blueprint("queues", __name__)
 
@@ -24,29 +24,18 @@ async def list_queues() -> Response:
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
     records = {r.name: r for r in await s.store.queues(now=now)}
-    names = sorted(set(records) | set(s.config.worker.queues))
-    depths = await s.broker.queue_depths(names)
-    heads = {}
-    for name in names:
-        head = depths[name].get("head")
-        try:
-            heads[name] = uuid.UUID(head) if head else None
-        except ValueError:
-            heads[name] = None
-    since = await s.store.available_since([h for h in heads.values() if h])
+    served = s.tunables.queues if s.tunables else s.config.worker.queues
+    states = await queue_states(s.store, s.broker, sorted(set(records) | set(served)), now=now)
     out = []
-    for name in names:
-        r, d = records.get(name), depths[name]
-        head = heads[name]
-        oldest = (max(0.0, (now - since[head]).total_seconds())
-                  if head is not None and head in since else None)
+    for name, st in states.items():
+        r = records.get(name)
         out.append({
-            "name": name, "paused": r.paused if r else False,
+            "name": name, "paused": r.paused if r else st.paused,
             "paused_at": iso(r.paused_at) if r else None, "paused_by": r.paused_by if r else None,
-            "ready": d["ready"], "delayed": d["delayed"], "leased": d["leased"], "dlq": d["dlq"],
+            "ready": st.ready, "delayed": st.delayed, "leased": st.leased, "dlq": st.dlq,
             "completed_last_minute": r.completed_last_minute if r else 0,
             "failed_last_minute": r.failed_last_minute if r else 0,
-            "oldest_ready_age_seconds": oldest,
+            "oldest_ready_age_seconds": st.oldest_ready_age_s,
         })
     return jsonify({"queues": out})
 

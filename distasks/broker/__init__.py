@@ -228,16 +228,12 @@ class Broker:
 
     # -- dead-letter queue -----------------------------------------------------------
 
-    async def dlq_head(self, queue: str, count: int) -> list[str]:
-        """The oldest `count` task ids in the DLQ of `queue`."""
-        items = await self._call(self._redis.lrange, self.keys(queue).dlq, 0, count - 1)
-        return [str(i) for i in items]
+    async def leave_dlq(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
+        """Take `removed` task ids out of the DLQ index and push the `ready` run ids of
+        those replayed (none for a deletion)."""
+        await self._call(self._leave_dlq, queue, removed, ready)
 
-    async def replayed(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
-        """Take `removed` task ids out of the DLQ and push the new `ready` run ids."""
-        await self._call(self._replayed, queue, removed, ready)
-
-    async def _replayed(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
+    async def _leave_dlq(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=True) as pipe:
             for task_id in removed:
@@ -277,11 +273,6 @@ class Broker:
                 pipe.publish(self.control_channel, f"cancel {running}")
             pipe.publish(self.control_channel, f"done {task_id}")
             await pipe.execute()
-
-    async def announce(self, verb: str, ids: Sequence[str]) -> None:
-        """Tell every daemon on the control channel, e.g. ("cancel", run ids)."""
-        if ids:
-            await self._call(self._redis.publish, self.control_channel, f"{verb} {' '.join(ids)}")
 
     @asynccontextmanager
     async def control_messages(self) -> AsyncIterator[ControlSubscription]:

@@ -89,7 +89,7 @@ async def test_failing_task_is_retried_then_dead_lettered(config, store, broker)
         async with running(config, store, broker, builtin_registry()) as (_, intake):
             r = await intake.create(new_task(payload={"always_fail": True}, max_retries=2))
             status, runs = await wait_until(lambda: final(store, r.task_id))
-        dlq = await broker.dlq_head("q", 10)
+        dlq = await broker.raw("lrange", broker.keys("q").dlq, 0, -1)
     assert status is TaskStatus.FAILED
     assert runs == [RunStatus.RETRYING, RunStatus.RETRYING, RunStatus.FAILED]
     assert dlq == [str(r.task_id)]
