@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import trio
 
 from distasks import completer, periodic
-from distasks.broker import Broker
+from distasks.broker import Broker, printable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.model import ClaimedRun, RunStatus, TaskStatus
@@ -71,6 +71,8 @@ async def _hand_back_unstarted(store: Store, broker: Broker, queue: str, *, now_
         try:
             ids[m] = uuid.UUID(m)
         except ValueError:
+            log.warning("dropped an undecodable leased entry: %s", printable(m),
+                        extra={"event": "lease_dropped", "queue": queue})
             ids[m] = None
     states = await store.run_states([i for i in ids.values() if i])
     unstarted = [m for m, i in ids.items() if i and states.get(i) is RunStatus.QUEUED]

@@ -27,6 +27,10 @@ from distasks.errors import BrokerUnavailable
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# Replies are decoded as UTF-8, and bytes that are not UTF-8 (an entry no daemon wrote)
+# survive as lone surrogates instead of raising: such an entry reads without error and,
+# encoded back the same way, still names the exact bytes to remove.
+ENCODING_ERRORS = "surrogateescape"
 # Upper bound on any single Redis reply; a blocking claim waits at most CLAIM_BLOCK_S.
 SOCKET_TIMEOUT_S = 5.0
 # How long a claim blocks on an empty queue. It is never cancelled in flight (a pop
@@ -73,15 +77,13 @@ B = TypeVar("B", bound="Broker")
 
 
 def crossing(fn: Callable[Concatenate[B, P], Awaitable[T]]) -> Callable[Concatenate[B, P], Awaitable[T]]:
-    """An asyncio-side method called from Trio in one crossing, failures mapped; the
-    asyncio side stays reachable through aio.asyncio_side(broker.<method>)."""
+    """An asyncio-side method called from Trio in one crossing, failures mapped."""
 
     @functools.wraps(fn)
     async def from_trio(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
         with broker_errors():
             return await aio.call(fn, self, *args, **kwargs)
 
-    from_trio.aio = fn  # type: ignore[attr-defined]
     return from_trio
 
 
@@ -99,7 +101,7 @@ class Broker:
         pool = aredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-            decode_responses=True, retry_on_timeout=False)
+            decode_responses=True, encoding_errors=ENCODING_ERRORS, retry_on_timeout=False)
         client = aredis.Redis(connection_pool=pool)
         try:
             yield cls(client, prefix)
@@ -417,6 +419,12 @@ class ControlSubscription:
             return None
         verb, _, rest = str(message["data"]).partition(" ")
         return verb, rest.split()
+
+
+def printable(entry: str) -> str:
+    """A Redis entry as printable ASCII for a log line: its raw bytes with everything
+    unusual escaped, at most 200 characters."""
+    return repr(entry.encode("utf-8", ENCODING_ERRORS))[2:-1][:200]
 
 
 def _lua(name: str) -> str:
