@@ -1,13 +1,13 @@
-"""The one bridge between Trio and the asyncio-only clients (psycopg, redis-py).
+"""The one bridge between Trio and the asyncio-only redis-py.
 
-Everything else speaks plain Trio. Each `call` is one crossing of the bridge, which
-costs about 300 µs (DESIGN §1), so callers pass a whole asyncio coroutine function
-that does all its I/O for a batch in one go, rather than crossing per command.
+Everything else speaks plain Trio; PostgreSQL needs no bridge (store/pg.py). Each `call`
+is one crossing of the bridge, which costs about 300 µs (DESIGN §1), so callers pass a
+whole asyncio coroutine function that does all its I/O for a batch in one go, rather
+than crossing per command.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import ParamSpec, TypeVar
@@ -23,16 +23,6 @@ async def open_loop() -> AsyncIterator[None]:
     """Run an asyncio event loop on top of the current Trio run for the block's lifetime."""
     async with trio_asyncio.open_loop():
         yield
-
-
-def asyncio_side(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """The asyncio side of a bound Trio method made by a `crossing` decorator (store,
-    broker), to compose several steps into one coroutine run by a single `call`.
-
-    Errors come out raw from it: wrap the steps in the module's error mapping.
-    """
-    fn = method.__func__.aio  # type: ignore[attr-defined]
-    return functools.partial(fn, method.__self__)  # type: ignore[attr-defined]
 
 
 async def call(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:

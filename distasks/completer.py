@@ -14,14 +14,13 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks import aio, backoff
-from distasks.broker import Broker, Settlement, broker_errors
+from distasks import backoff
+from distasks.broker import Broker, Settlement
 from distasks.errors import BrokerUnavailable, StoreRejected, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.outcome import Outcome, OutcomeKind
 from distasks.store import Fence, Outcomes, Store, Written
-from distasks.store.base import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,8 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
     failures = 0
     while True:
         try:
-            # One crossing: write in PostgreSQL, then index in Redis.
-            written, deferred = await aio.call(_record_and_settle, batch, outcomes, store, broker)
+            # Write in PostgreSQL, then index in Redis (one crossing of the bridge).
+            written, deferred = await _record_and_settle(batch, outcomes, store, broker)
             break
         except StoreRejected as e:
             # Data PostgreSQL refuses must not take the batch (or the daemon) down with it.
@@ -125,18 +124,15 @@ async def _record_rejected(batch: list[Outcome], error: StoreRejected, *, store:
 async def _record_and_settle(batch: list[Outcome], outcomes: Outcomes, store: Store,
                              broker: Broker) -> tuple[
         Written, BrokerUnavailable | StoreUnavailable | None]:
-    """asyncio side of record_once: only a failed PostgreSQL write raises; a failed
-    Redis step comes back as the second value."""
-    with store_errors():
-        written = await aio.asyncio_side(store.record_outcomes)(outcomes)
+    """Only a failed PostgreSQL write raises; a failed Redis step comes back as the
+    second value."""
+    written = await store.record_outcomes(outcomes)
     try:
-        with broker_errors():
-            await aio.asyncio_side(broker.settle)(_settlement(batch, written))
+        await broker.settle(_settlement(batch, written))
         new_runs = [o.new_run_id for o in batch
                     if o.run.run_id in written.advanced and o.new_run_id]
         if new_runs:
-            with store_errors():
-                await aio.asyncio_side(store.mark_dispatched)(new_runs, now=datetime.now(UTC))
+            await store.mark_dispatched(new_runs, now=datetime.now(UTC))
     except (BrokerUnavailable, StoreUnavailable) as e:
         return written, e
     return written, None

@@ -16,13 +16,11 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks import aio
-from distasks.broker import Broker, broker_errors
+from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, DistasksError, StoreRejected, StoreUnavailable
 from distasks.metrics import Metrics
 from distasks.model import CreateResult, NewTask, TaskType
 from distasks.store import Store
-from distasks.store.base import store_errors
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +88,8 @@ class Intake:
     async def _commit(self, batch: list[_Request]) -> None:
         tasks = [t for request in batch for t in request.tasks]
         try:
-            # One crossing of the bridge for the whole batch: commit, push, mark pushed.
-            results, deferred = await aio.call(self._commit_and_dispatch, tasks)
+            # The whole batch at once: one commit, one Redis pipeline, one mark.
+            results, deferred = await self._commit_and_dispatch(tasks)
         except StoreRejected as e:
             if len(batch) > 1:
                 # One request's data was refused: commit the others without it.
@@ -126,10 +124,9 @@ class Intake:
 
     async def _commit_and_dispatch(self, tasks: list[NewTask]) -> tuple[
             list[CreateResult], BrokerUnavailable | StoreUnavailable | None]:
-        """asyncio side: insert, then push and mark what was created. Only a failed insert
-        raises; a failed push comes back as the second value."""
-        with store_errors():
-            results = await aio.asyncio_side(self._store.create_tasks)(tasks)
+        """Insert, then push and mark what was created. Only a failed insert raises; a
+        failed push comes back as the second value."""
+        results = await self._store.create_tasks(tasks)
         ready, delayed = [], []
         for t, result in zip(tasks, results, strict=True):
             if not result.created:
@@ -139,11 +136,9 @@ class Intake:
             else:
                 ready.append((t.queue_name, str(t.run_id)))
         try:
-            with broker_errors():
-                await aio.asyncio_side(self._broker.dispatch)(ready=ready, delayed=delayed)
-            with store_errors():
-                pushed = [t.run_id for t, r in zip(tasks, results, strict=True) if r.created]
-                await aio.asyncio_side(self._store.mark_dispatched)(pushed, now=datetime.now(UTC))
+            await self._broker.dispatch(ready=ready, delayed=delayed)
+            pushed = [t.run_id for t, r in zip(tasks, results, strict=True) if r.created]
+            await self._store.mark_dispatched(pushed, now=datetime.now(UTC))
         except (BrokerUnavailable, StoreUnavailable) as e:
             return results, e
         return results, None

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks import aio, backoff, completer
-from distasks.broker import Broker, broker_errors
+from distasks import backoff, completer
+from distasks.broker import Broker, printable
 from distasks.config import WorkerConfig
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.handlers import Registry, TaskContext
@@ -33,7 +33,7 @@ from distasks.model import ClaimedRun
 from distasks.outcome import Outcome, OutcomeKind, failure
 from distasks.slots import Slots
 from distasks.store import Store, dumps
-from distasks.store.base import store_errors, without_nul
+from distasks.store.base import without_nul
 from distasks.tunables import Tunables
 
 log = logging.getLogger(__name__)
@@ -247,58 +247,46 @@ class WorkerPool:
 
     async def _claim(self, queue: str, count: int, *, block: bool,
                      scope: trio.CancelScope) -> list[ClaimedRun] | None:
-        """Lease up to `count` runs in Redis, then mark them running in PostgreSQL, in one
-        crossing of the bridge; None if the queue is paused."""
-        started = await aio.call(self._claim_and_start, queue, count, block, scope)
-        if started is None:
-            return None
-        start_s = self._clock()
-        for c in started:
-            self._metrics.enqueue_to_start.labels(queue).observe(
-                max(0.0, start_s - c.enqueued_at.timestamp()))
-        return started
-
-    async def _claim_and_start(self, queue: str, count: int, block: bool,
-                               scope: trio.CancelScope) -> list[ClaimedRun] | None:
-        """asyncio side of `_claim`."""
-        broker, store = self._broker, self._store
+        """Lease up to `count` runs in Redis (one crossing of the bridge), then mark them
+        running in PostgreSQL; None if the queue is paused."""
+        broker = self._broker
         lease_until_s = self._clock() + self._config.lease_s
-        with broker_errors():
-            messages = await aio.asyncio_side(broker.claim)(
-                queue, count=count, block=block, lease_until_ms=int(lease_until_s * 1000))
-            if messages is None:
-                return None
-            if messages and (self._fetch_scope.cancel_called or scope.cancel_called):
-                # Stopped while the claim blocked: nothing has started, so it all goes back.
-                await aio.asyncio_side(broker.requeue)(queue, messages)
-                return []
+        messages = await broker.claim(queue, count=count, block=block,
+                                      lease_until_ms=int(lease_until_s * 1000))
+        if messages is None:
+            return None
         if not messages:
             return []
-        run_ids, garbage = [], []
+        if self._fetch_scope.cancel_called or scope.cancel_called:
+            # Stopped while the claim blocked: nothing has started, so it all goes back.
+            await broker.requeue(queue, messages)
+            return []
+        run_ids = []
         for m in messages:
             try:
                 run_ids.append(uuid.UUID(m))
             except ValueError:
-                garbage.append(m)
+                log.warning("dropped an undecodable claimed message: %s", printable(m),
+                            extra={"event": "claim_dropped", "queue": queue})
+        start_s = self._clock()
         try:
-            with store_errors():
-                started = await aio.asyncio_side(store.start_runs)(
-                    run_ids, worker_id=self.worker_id, now=_dt(self._clock()),
-                    lease_until=_dt(lease_until_s))
+            started = await self._store.start_runs(
+                run_ids, worker_id=self.worker_id, now=_dt(start_s),
+                lease_until=_dt(lease_until_s))
         except StoreUnavailable:
             # Not started anywhere: put them back for the next claim.
-            with broker_errors():
-                await aio.asyncio_side(broker.requeue)(queue, [str(r) for r in run_ids])
+            await broker.requeue(queue, [str(r) for r in run_ids])
             raise
         stale = set(messages) - {c.message for c in started}
         if stale:
             # Undecodable, unknown, or no longer queued (finished, or started elsewhere
             # after a fault): nothing to run, so only the lease goes.
             log.warning("dropped %d claimed messages with nothing to run", len(stale),
-                        extra={"event": "claim_dropped", "queue": queue,
-                               "undecodable": len(garbage)})
-            with broker_errors():
-                await aio.asyncio_side(broker.release)(queue, list(stale))
+                        extra={"event": "claim_dropped", "queue": queue})
+            await broker.release(queue, list(stale))
+        for c in started:
+            self._metrics.enqueue_to_start.labels(queue).observe(
+                max(0.0, start_s - c.enqueued_at.timestamp()))
         return started
 
     # -- execute ---------------------------------------------------------------------

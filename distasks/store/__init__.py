@@ -1,14 +1,14 @@
 """Store: every PostgreSQL read and write, in domain terms, one module per area.
 
-Each public method is one crossing of the asyncio bridge and (at most) one
-transaction, and the hot-path ones take whole batches (DESIGN §1). Connection failures
+Each public method is at most one transaction on a connection driven by Trio itself
+(store/pg.py: no bridge crossing), and the hot-path ones take whole batches (DESIGN §1). Connection failures
 surface as StoreUnavailable, for the caller's loop to retry with backoff.
 """
 
 from __future__ import annotations
 
 from distasks.store import migrate as _migrate
-from distasks.store.base import crossing, dumps
+from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.queues import QueueQueries, QueueRecord
@@ -25,21 +25,16 @@ __all__ = [
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
-    @crossing
+    @query
     async def migrate(self) -> list[int]:
         """Apply pending migrations; safe when several daemons start at once."""
         async with self._pool.connection() as conn:
-            await conn.set_autocommit(True)
-            try:
-                return await _migrate.apply(conn)
-            finally:
-                await conn.set_autocommit(False)
+            return await _migrate.apply(conn)
 
-    @crossing
+    @query
     async def ping(self) -> None:
         """Raise StoreUnavailable unless PostgreSQL answers."""
         async with self._pool.connection() as conn:
             await conn.execute("SELECT 1")
-            await conn.rollback()
 
 

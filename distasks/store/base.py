@@ -1,5 +1,5 @@
-"""The connection pool, the one bridge crossing per call, and row mapping shared by the
-query modules."""
+"""The connection pool, the error mapping of every query method, and row mapping shared
+by the query modules."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import psycopg
 import psycopg.errors
-import psycopg_pool
 import trio
 
-from distasks import aio
 from distasks.errors import StoreRejected, StoreUnavailable
 from distasks.model import ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
+from distasks.store.pg import TrioPool
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -34,58 +33,55 @@ POOL_TIMEOUT_S = 5.0
 
 
 class StoreBase:
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any]):
+    def __init__(self, pool: TrioPool):
         self._pool = pool
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> AsyncIterator[Self]:
-        """Open a pool to `dsn` for the block; must run inside aio.open_loop()."""
-        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, open=False, timeout=POOL_TIMEOUT_S,
-            name="distasks", kwargs={
-                "application_name": "distasks",
-                # A dead server or network is noticed in seconds, not at TCP's minutes.
-                "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1,
-                "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                # No statement of ours runs long; one that hangs on a lock gives up.
-                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-            },
-        )
-        await aio.call(pool.open, wait=False)
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Self]:
+        """A store over a pool of at most `max_size` connections to `dsn`, for the block,
+        `min_size` of them opened at once if PostgreSQL answers (it may be down: then
+        connections are made on first use)."""
+        pool = TrioPool(dsn, max_size=max_size, timeout_s=POOL_TIMEOUT_S, kwargs={
+            "application_name": "distasks",
+            # A dead server or network is noticed in seconds, not at TCP's minutes.
+            "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1,
+            "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            # No statement of ours runs long; one that hangs on a lock gives up.
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        })
+        with trio.move_on_after(CONNECT_TIMEOUT_S):
+            await pool.warm(min_size)
         try:
             yield cls(pool)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                await aio.call(pool.close, timeout=CLOSE_TIMEOUT_S)
+                await pool.close()
 
 
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
-    """Map psycopg's failures to ours: outages to StoreUnavailable, refused data to
-    StoreRejected. Usable on either side of the bridge."""
+    """Map psycopg's failures to ours: outages (the pool's timeout included) to
+    StoreUnavailable, refused data to StoreRejected."""
     try:
         yield
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout,
-            psycopg.errors.ReadOnlySqlTransaction) as e:
-        # ReadOnlySqlTransaction: a standby after a failover; the pool reconnects.
+    except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as e:
+        # ReadOnlySqlTransaction: a standby after a failover; new connections follow it.
         raise StoreUnavailable(str(e).strip() or type(e).__name__) from e
     except (psycopg.DataError, psycopg.IntegrityError) as e:
         raise StoreRejected(str(e).strip() or type(e).__name__) from e
 
 
-def crossing(fn: Callable[Concatenate[S, P], Awaitable[T]]) -> Callable[Concatenate[S, P], Awaitable[T]]:
-    """Turn an asyncio-side query method into a Trio method: each call is one crossing of
-    the bridge, and connection failures surface as StoreUnavailable. The asyncio side
-    stays reachable through aio.asyncio_side(store.<method>)."""
+def query(fn: Callable[Concatenate[S, P], Awaitable[T]]) -> Callable[Concatenate[S, P], Awaitable[T]]:
+    """Mark a public Store method: psycopg's failures surface from it as StoreUnavailable
+    or StoreRejected, and cancelling it closes the connection it was using."""
 
     @functools.wraps(fn)
-    async def from_trio(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def mapped(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         with store_errors():
-            return await aio.call(fn, self, *args, **kwargs)
+            return await fn(self, *args, **kwargs)
 
-    from_trio.aio = fn  # type: ignore[attr-defined]
-    return from_trio
+    return mapped
 
 
 def dumps(value: Any) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from distasks.store.base import StoreBase, crossing
+from distasks.store.base import StoreBase, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +54,15 @@ ACTIVE_QUEUES = "SELECT name FROM queues ORDER BY name"
 
 
 class DispatchQueries(StoreBase):
-    @crossing
+    @query
     async def mark_dispatched(self, run_ids: Sequence[uuid.UUID], *, now: datetime) -> None:
         """Record that these runs' ids are in Redis."""
         if not run_ids:
             return
         async with self._pool.connection() as conn:
             await conn.execute(MARK_DISPATCHED, {"run_ids": list(run_ids), "now": now})
-            await conn.commit()
 
-    @crossing
+    @query
     async def undispatched_runs(self, *, created_before: datetime,
                                 limit: int) -> list[PendingDispatch]:
         """Queued runs created before `created_before` that never reached Redis."""
@@ -71,10 +70,9 @@ class DispatchQueries(StoreBase):
             cur = await conn.execute(UNDISPATCHED_RUNS,
                                      {"created_before": created_before, "limit": limit})
             rows = [PendingDispatch(*r) for r in await cur.fetchall()]
-            await conn.rollback()
         return rows
 
-    @crossing
+    @query
     async def dispatch_snapshot(self, queue_name: str, *, after: PendingDispatch | None,
                                 limit: int) -> list[PendingDispatch]:
         """Unfinished runs of a queue (queued or running) in the order they became
@@ -85,14 +83,12 @@ class DispatchQueries(StoreBase):
                 "after_at": after.available_at if after else None,
                 "after_id": after.run_id if after else None})
             rows = [PendingDispatch(*r) for r in await cur.fetchall()]
-            await conn.rollback()
         return rows
 
-    @crossing
+    @query
     async def active_queues(self) -> list[str]:
         """Every queue that ever had a task: those whose Redis index may matter."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(ACTIVE_QUEUES)
             names = [r[0] for r in await cur.fetchall()]
-            await conn.rollback()
         return names

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from distasks.model import Task
-from distasks.store.base import StoreBase, crossing, task_from_row
+from distasks.store.base import StoreBase, query, task_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ INSERT INTO audit_log (at, actor, action, queue_name, detail) VALUES (%s, %s, %s
 
 
 class DlqQueries(StoreBase):
-    @crossing
+    @query
     async def dead_tasks(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None = None) -> list[DeadTask]:
         """DLQ entries of a queue matching `f`, oldest failure first, continuing after the
@@ -107,11 +107,10 @@ class DlqQueries(StoreBase):
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
             rows = await cur.fetchall()
-            await conn.rollback()
         return [DeadTask(task_from_row(r), r["attempts"], r["last_error"], r["finished_at"])
                 for r in rows]
 
-    @crossing
+    @query
     async def replay(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                      override_priority: int | None, now: datetime, actor: str = "system",
                      dry_run: bool = False) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
@@ -121,10 +120,9 @@ class DlqQueries(StoreBase):
         Concurrent replays take disjoint tasks (SKIP LOCKED). The priority changes only
         when `override_priority` is given.
         """
-        async with self._pool.connection() as conn:
+        async with self._pool.transaction() as conn:
             ids = await self._pick(conn, queue_name, f, limit)
             if dry_run or not ids:
-                await conn.rollback()
                 return [(i, None) for i in ids]
             cur = await conn.execute(REPLAY_PICKED, {"ids": ids, "priority": override_priority,
                                                      "now": now})
@@ -132,25 +130,22 @@ class DlqQueries(StoreBase):
             await conn.execute(AUDIT, (now, actor, "dlq_replay", queue_name, Jsonb({
                 "task_ids": [str(i) for i in ids], "override_priority": override_priority,
                 "filter": _describe(f)})))
-            await conn.commit()
         return [(i, run_by_task[i]) for i in ids if i in run_by_task]
 
-    @crossing
+    @query
     async def delete_dead(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                           now: datetime, actor: str = "system",
                           dry_run: bool = False) -> list[uuid.UUID]:
         """Take the oldest `limit` DLQ entries matching `f` out of the DLQ (the tasks and
         their runs stay on record); returns their ids."""
-        async with self._pool.connection() as conn:
+        async with self._pool.transaction() as conn:
             ids = await self._pick(conn, queue_name, f, limit)
             if dry_run or not ids:
-                await conn.rollback()
                 return ids
             await conn.execute("UPDATE tasks SET dlq_deleted_at = %s, updated_at = %s"
                                " WHERE id = ANY(%s)", (now, now, ids))
             await conn.execute(AUDIT, (now, actor, "dlq_delete", queue_name, Jsonb({
                 "task_ids": [str(i) for i in ids], "filter": _describe(f)})))
-            await conn.commit()
         return ids
 
     async def _pick(self, conn: Any, queue_name: str, f: DlqFilter, limit: int) -> list[uuid.UUID]:
@@ -162,7 +157,7 @@ class DlqQueries(StoreBase):
                                   " FOR UPDATE SKIP LOCKED").encode(), params)
         return [r[0] for r in await cur.fetchall()]
 
-    @crossing
+    @query
     async def dead_task_ids(self, queue_name: str) -> list[uuid.UUID]:
         """Every DLQ entry of a queue, oldest failure first (to rebuild the Redis index)."""
         where, params = _where(queue_name, DlqFilter())
@@ -171,7 +166,6 @@ class DlqQueries(StoreBase):
                 f"SELECT t.id FROM tasks t WHERE {where} ORDER BY t.finished_at, t.id".encode(),
                 params)
             ids = [r[0] for r in await cur.fetchall()]
-            await conn.rollback()
         return ids
 
 

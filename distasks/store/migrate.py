@@ -47,7 +47,7 @@ def migrations() -> list[Migration]:
 
 
 async def apply(conn: psycopg.AsyncConnection) -> list[int]:
-    """Apply the migrations not yet recorded; returns the versions applied now (asyncio side)."""
+    """Apply the migrations not yet recorded; returns the versions applied now ."""
     applied_now = []
     for migration in migrations():
         async with conn.transaction():

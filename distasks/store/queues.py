@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from psycopg.types.json import Jsonb
 
-from distasks.store.base import StoreBase, crossing
+from distasks.store.base import StoreBase, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,20 +42,19 @@ AVAILABLE_SINCE = "SELECT id, available_at FROM task_runs WHERE id = ANY(%s)"
 
 
 class QueueQueries(StoreBase):
-    @crossing
+    @query
     async def set_paused(self, queue_name: str, paused: bool, *, actor: str,
                          now: datetime) -> None:
         """Pause or resume a queue (PostgreSQL keeps the flag; Redis mirrors it)."""
-        async with self._pool.connection() as conn:
+        async with self._pool.transaction() as conn:
             await conn.execute(SET_PAUSED, {"name": queue_name, "paused": paused, "now": now,
                                             "actor": actor})
             await conn.execute(
                 "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
                 " VALUES (%s, %s, %s, %s, %s)",
                 (now, actor, "pause" if paused else "resume", queue_name, Jsonb({})))
-            await conn.commit()
 
-    @crossing
+    @query
     async def queues(self, *, now: datetime) -> list[QueueRecord]:
         """Every known queue with its pause flag and its completions and failures in the
         minute before `now`."""
@@ -64,12 +63,11 @@ class QueueQueries(StoreBase):
             rows = await cur.fetchall()
             cur = await conn.execute(FINISHED_LAST_MINUTE, {"since": now - timedelta(minutes=1)})
             counts = {(q, s): n for q, s, n in await cur.fetchall()}
-            await conn.rollback()
         return [QueueRecord(name, paused, paused_at, paused_by,
                             counts.get((name, "completed"), 0), counts.get((name, "failed"), 0))
                 for name, paused, paused_at, paused_by in rows]
 
-    @crossing
+    @query
     async def available_since(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
         """When each run became available (for the age of the oldest ready run)."""
         if not run_ids:
@@ -77,5 +75,4 @@ class QueueQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = await conn.execute(AVAILABLE_SINCE, (list(run_ids),))
             found = {r[0]: r[1] for r in await cur.fetchall()}
-            await conn.rollback()
         return found

@@ -10,7 +10,7 @@ from datetime import datetime
 from psycopg.rows import dict_row
 
 from distasks.model import ClaimedRun, RunStatus
-from distasks.store.base import StoreBase, claimed_from_row, crossing
+from distasks.store.base import StoreBase, claimed_from_row, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ RETURNING r.id, t.status = 'cancelled'
 
 
 class RunQueries(StoreBase):
-    @crossing
+    @query
     async def start_runs(self, run_ids: Sequence[uuid.UUID], *, worker_id: str, now: datetime,
                          lease_until: datetime) -> list[ClaimedRun]:
         """Mark queued runs running under `worker_id`'s lease; returns those that were.
@@ -220,10 +220,9 @@ class RunQueries(StoreBase):
             await cur.execute(START_RUNS, {"run_ids": list(run_ids), "worker_id": worker_id,
                                            "now": now, "lease_until": lease_until})
             rows = await cur.fetchall()
-            await conn.commit()
         return [claimed_from_row(r) for r in rows]
 
-    @crossing
+    @query
     async def record_outcomes(self, o: Outcomes) -> Written:
         """Write a batch of outcomes in one transaction.
 
@@ -233,12 +232,14 @@ class RunQueries(StoreBase):
         """
         runs: set[uuid.UUID] = set()
         advanced: set[uuid.UUID] = set()
-        async with self._pool.connection() as conn:
-            for sql, rows in ((SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying),
-                              (FAIL_RUNS, o.failed), (INTERRUPT_RUNS, o.interrupted),
-                              (CANCEL_RUNS, o.cancelled)):
-                if not rows:
-                    continue
+        kinds = [(sql, rows) for sql, rows in (
+            (SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying), (FAIL_RUNS, o.failed),
+            (INTERRUPT_RUNS, o.interrupted), (CANCEL_RUNS, o.cancelled)) if rows]
+        # One statement commits by itself; several share a transaction, so that a retried
+        # batch never finds half of itself already written.
+        async with (self._pool.transaction() if len(kinds) > 1
+                    else self._pool.connection()) as conn:
+            for sql, rows in kinds:
                 run_ids = [row[0] for row in rows]
                 worker_ids = [row[1].worker_id for row in rows]
                 expired_before = [row[1].expired_before for row in rows]
@@ -248,29 +249,26 @@ class RunQueries(StoreBase):
                     runs.add(run_id)
                     if moved_on:
                         advanced.add(run_id)
-            await conn.commit()
         return Written(runs, advanced)
 
-    @crossing
+    @query
     async def expired_runs(self, *, now: datetime, limit: int) -> list[ClaimedRun]:
         """Running runs whose lease expired before `now`, oldest deadline first."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(EXPIRED_RUNS, {"now": now, "limit": limit})
             rows = await cur.fetchall()
-            await conn.rollback()
         return [claimed_from_row(r) for r in rows]
 
-    @crossing
+    @query
     async def run_states(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
         """Status of each existing run among `run_ids`."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(RUN_STATES, (list(run_ids),))
             states = {r[0]: RunStatus(r[1]) for r in await cur.fetchall()}
-            await conn.rollback()
         return states
 
-    @crossing
+    @query
     async def heartbeat(self, worker_id: str, *, now: datetime, run_ids: Sequence[uuid.UUID] = (),
                         lease_until: datetime | None = None, stopped: bool = False) -> Held:
         """Record that the daemon lives (or, with `stopped`, that it stopped cleanly) and
@@ -280,7 +278,7 @@ class RunQueries(StoreBase):
         """
         extended: set[uuid.UUID] = set()
         cancelled: set[uuid.UUID] = set()
-        async with self._pool.connection() as conn:
+        async with self._pool.transaction() as conn:
             await conn.execute(HEARTBEAT, {"id": worker_id, "now": now, "stopped": stopped})
             if run_ids:
                 cur = await conn.execute(EXTEND_LEASES, {
@@ -289,5 +287,4 @@ class RunQueries(StoreBase):
                     extended.add(run_id)
                     if task_cancelled:
                         cancelled.add(run_id)
-            await conn.commit()
         return Held(extended, cancelled)

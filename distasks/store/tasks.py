@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from distasks.model import CreateResult, NewTask, Task, TaskRun, TaskStatus
-from distasks.store.base import StoreBase, crossing, run_from_row, task_from_row
+from distasks.store.base import StoreBase, query, run_from_row, task_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,7 @@ SELECT (SELECT array_agg(id) FROM waiting),
 
 
 class TaskQueries(StoreBase):
-    @crossing
+    @query
     async def create_tasks(self, tasks: Sequence[NewTask]) -> list[CreateResult]:
         """Insert tasks with their first run in one transaction; results in input order.
 
@@ -147,7 +147,6 @@ class TaskQueries(StoreBase):
             if lost_keys:
                 cur = await conn.execute(EXISTING_BY_DEDUP_KEY, (lost_keys,))
                 existing = {key: (tid, status) for key, tid, status in await cur.fetchall()}
-            await conn.commit()
         results = []
         for t in tasks:
             if t.id in inserted:
@@ -158,7 +157,7 @@ class TaskQueries(StoreBase):
                 results.append(CreateResult(tid, TaskStatus(status), created=False))
         return results
 
-    @crossing
+    @query
     async def get_task(self, task_id: uuid.UUID) -> tuple[Task, list[TaskRun]] | None:
         """The task and all its runs, oldest attempt first; None if there is no such task."""
         async with self._pool.connection() as conn:
@@ -166,14 +165,12 @@ class TaskQueries(StoreBase):
             await cur.execute(GET_TASK, (task_id,))
             row = await cur.fetchone()
             if row is None:
-                await conn.rollback()
                 return None
             await cur.execute(GET_RUNS, (task_id,))
             runs = [run_from_row(r) for r in await cur.fetchall()]
-            await conn.rollback()
         return task_from_row(row), runs
 
-    @crossing
+    @query
     async def list_tasks(self, f: TaskFilter, *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None) -> list[Task]:
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key."""
@@ -199,15 +196,14 @@ class TaskQueries(StoreBase):
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
             rows = await cur.fetchall()
-            await conn.rollback()
         return [task_from_row(r) for r in rows]
 
-    @crossing
+    @query
     async def cancel_task(self, task_id: uuid.UUID, *, actor: str, reason: str | None,
                           now: datetime) -> Cancellation | None:
         """Cancel a queued task (waiting, delayed or running); None if there is no such
         task. A task already finished is left as it is (`cancelled` False)."""
-        async with self._pool.connection() as conn:
+        async with self._pool.transaction() as conn:
             params = {"id": task_id, "actor": actor, "reason": reason, "now": now}
             cur = await conn.execute(CANCEL_TASK, params)
             task_row = await cur.fetchone()
@@ -220,13 +216,11 @@ class TaskQueries(StoreBase):
                     "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
                     " VALUES (%s, %s, 'cancel', %s, %s)",
                     (now, actor, row[0], Jsonb({"task_id": str(task_id), "reason": reason})))
-                await conn.commit()
                 return Cancellation(TaskStatus.CANCELLED, True,
                                     [(row[0], r) for r in row[2] or []], row[3],
                                     queue_name=row[0], handler=row[1])
             cur = await conn.execute("SELECT status FROM tasks WHERE id = %s", (task_id,))
             found = await cur.fetchone()
-            await conn.rollback()
         if found is None:
             return None
         return Cancellation(TaskStatus(found[0]), False, [], None)

@@ -8,7 +8,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from distasks.store.base import StoreBase, crossing
+from distasks.store.base import StoreBase, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +46,14 @@ ORDER BY r.started_at
 
 
 class WorkerQueries(StoreBase):
-    @crossing
+    @query
     async def register_worker(self, w: WorkerInfo) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(REGISTER_WORKER, {
                 "id": w.id, "host": w.host, "pid": w.pid, "queues": list(w.queues),
                 "concurrency": w.concurrency, "version": w.version, "now": w.started_at})
-            await conn.commit()
 
-    @crossing
+    @query
     async def list_workers(self, *, since: datetime
                            ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """Daemons that heartbeat since `since`, newest first, each with its running runs."""
@@ -64,7 +63,6 @@ class WorkerQueries(StoreBase):
             workers = await cur.fetchall()
             await cur.execute(RUNNING_BY_WORKER, ([w["id"] for w in workers],))
             runs = await cur.fetchall()
-            await conn.rollback()
         by_worker: dict[str, list[dict[str, Any]]] = {}
         for r in runs:
             by_worker.setdefault(r["worker_id"], []).append(r)
