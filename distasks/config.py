@@ -67,6 +67,9 @@ class WorkerConfig:
     lease_s: float = 15.0
     #: most runs claimed in one Redis round trip
     claim_batch: int = 100
+    #: a create for a queue this daemon serves, while it has an idle executor, starts the
+    #: run at once in the same statement (no Redis push and claim); false: always via Redis
+    start_at_create: bool = True
     #: threads for synchronous handlers
     sync_threads: int = 16
     #: largest handler result stored on a run (as JSON); a larger one is not kept

@@ -115,11 +115,13 @@ class TaskRun:
 
 @dataclass(frozen=True, slots=True)
 class CreateResult:
-    """What a create did: `created` is False when the dedup_key named an existing task."""
+    """What a create did: `created` is False when the dedup_key named an existing task;
+    `started` is True when its first run began at once on the creating daemon."""
 
     task_id: uuid.UUID
     status: TaskStatus
     created: bool
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,10 +197,10 @@ class Daemon:
     async def _serve(self, store: Store, broker: Broker,
                      task_status: trio.TaskStatus[None]) -> None:
         c, t, m, h = self.config, self.tunables, self.metrics, self.health
-        intake = Intake(store, broker, m)
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
             worker_id=self.worker_id, metrics=m, health=h)
+        intake = Intake(store, broker, m, pool=pool)
         waiters = control.TaskWaiters()
         progress = reporter.Progress()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,

@@ -31,7 +31,7 @@ from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.model import ClaimedRun
 from distasks.outcome import Outcome, OutcomeKind, failure
-from distasks.slots import Slots
+from distasks.slots import Loan, Slots
 from distasks.store import Store, dumps
 from distasks.store.base import without_nul
 from distasks.tunables import Tunables
@@ -108,6 +108,52 @@ class WorkerPool:
                 scope.cancel()
             elif run_id in self.waiting:
                 self._cancel_requested.add(run_id)  # recorded cancelled, never started
+
+    @property
+    def lease_s(self) -> float:
+        return self._config.lease_s
+
+    def reserve(self, queue: str, count: int) -> int:
+        """Set aside up to `count` idle executors for runs of `queue` that a create is
+        about to start on this daemon (no Redis round trip, no claim); returns how many.
+        0 while stopping or for a queue this daemon does not serve. Each one is then
+        passed to `start_created` or given back with `unreserve`.
+
+        An executor a fetcher has set aside while it blocks on an empty queue counts as
+        idle: the fetcher gives back what it claims beyond what it still holds."""
+        if (not self._config.start_at_create or self._executors is None
+                or self._fetch_scope.cancel_called or queue not in self._tunables.queues):
+            return 0
+        taken = 0
+        while taken < count and self._slots.take_nowait():
+            taken += 1
+        return taken
+
+    def unreserve(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    def start_created(self, runs: list[ClaimedRun]) -> None:
+        """Run these runs, started (leased to this daemon) by the create that reserved
+        executors for them. If the pool stopped meanwhile, they are handed back as
+        interrupted, like runs claimed but never started."""
+        assert self._runs_send is not None and self._outcomes_send is not None
+        for run in runs:
+            try:
+                if self._fetch_scope.cancel_called:
+                    raise trio.ClosedResourceError  # stopping: new work is not started
+                self._runs_send.send_nowait(run)
+            except trio.ClosedResourceError:
+                try:
+                    self._outcomes_send.send_nowait(self._interrupted(run, "stopped before start"))
+                except trio.ClosedResourceError:
+                    log.warning("stopped before a run created here could start; its lease "
+                                "runs out and the reaper retries it", extra={
+                                    "event": "start_abandoned", "run_id": str(run.run_id)})
+                self._slots.release()
+                continue
+            self.waiting[run.run_id] = run
+            self._metrics.enqueue_to_start.labels(run.queue_name).observe(0.0)
 
     def stop(self, grace_s: float) -> None:
         """Stop claiming now; cancel handlers still running after `grace_s` seconds."""
@@ -214,13 +260,15 @@ class WorkerPool:
                             break
                         held += 1
                     paused = False
+                    # While the claim blocks, a create may start a run on one of these.
+                    loan = self._slots.lend(held)
                     try:
                         # Never cancelled in flight (DESIGN §1): it ends by itself within
                         # about a second, and everything it claimed is passed on below.
                         result = None
                         with trio.CancelScope(shield=True), trio.move_on_after(
                                 CLAIM_TIMEOUT_S) as bounded:
-                            result = await self._claim(queue, held, block=block, scope=scope)
+                            result = await self._claim(queue, loan, block=block, scope=scope)
                         if bounded.cancelled_caught:
                             # PostgreSQL or Redis hung: what Redis leased comes back through
                             # the reaper once the lease ends.
@@ -235,7 +283,7 @@ class WorkerPool:
                     for run in claimed:
                         self.waiting[run.run_id] = run
                         runs.send_nowait(run)
-                    for _ in range(held - len(claimed)):
+                    for _ in range(self._slots.end_loan(loan) - len(claimed)):
                         self._slots.release()
                     if failures:
                         await trio.sleep(backoff.delay_s(failures))
@@ -245,16 +293,21 @@ class WorkerPool:
                         with trio.CancelScope(shield=True):
                             await self._broker.wait_ready(queue)
 
-    async def _claim(self, queue: str, count: int, *, block: bool,
+    async def _claim(self, queue: str, loan: Loan, *, block: bool,
                      scope: trio.CancelScope) -> list[ClaimedRun] | None:
-        """Lease up to `count` runs in Redis (one crossing of the bridge), then mark them
-        running in PostgreSQL; None if the queue is paused."""
+        """Lease up to `loan.units` runs in Redis (one crossing of the bridge), then mark
+        them running in PostgreSQL; None if the queue is paused. Ends the loan."""
         broker = self._broker
         lease_until_s = self._clock() + self._config.lease_s
-        messages = await broker.claim(queue, count=count, block=block,
+        messages = await broker.claim(queue, count=loan.units, block=block,
                                       lease_until_ms=int(lease_until_s * 1000))
+        kept = self._slots.end_loan(loan)
         if messages is None:
             return None
+        if len(messages) > kept:
+            # Creates started runs on executors this claim had set aside: the rest wait.
+            await broker.requeue(queue, messages[kept:])
+            messages = messages[:kept]
         if not messages:
             return []
         if self._fetch_scope.cancel_called or scope.cancel_called:

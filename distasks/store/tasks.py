@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,17 +45,19 @@ class Cancellation:
 
 # Batch insert: tasks and their first runs in one statement. ON CONFLICT skips a
 # dedup_key that exists (waiting for a concurrent inserter to commit or roll back
-# first), and the runs CTE joins on what was really inserted. New queue names are
-# recorded for the queue list.
+# first), and the runs CTE joins on what was really inserted. A run offered to start at
+# once (`start`: this daemon has an idle executor for its queue) is inserted running
+# under the daemon's lease, unless its queue is paused; it never needs Redis. New queue
+# names are recorded for the queue list.
 CREATE_TASKS = """
 WITH input AS (
     SELECT * FROM unnest(
         %(id)s::uuid[], %(run_id)s::uuid[], %(name)s::text[], %(handler)s::text[],
         %(type)s::text[], %(queue_name)s::text[], %(priority)s::int[], %(payload)s::jsonb[],
         %(dedup_key)s::text[], %(max_retries)s::int[], %(timeout_s)s::float8[],
-        %(run_at)s::timestamptz[], %(available_at)s::timestamptz[]
+        %(run_at)s::timestamptz[], %(start)s::bool[]
     ) AS i(id, run_id, name, handler, type, queue_name, priority, payload, dedup_key,
-           max_retries, timeout_s, run_at, available_at)
+           max_retries, timeout_s, run_at, start)
 ), inserted AS (
     INSERT INTO tasks (id, name, handler, type, queue_name, priority, payload, dedup_key,
                        max_retries, timeout_s, run_at)
@@ -67,16 +69,24 @@ WITH input AS (
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING id
 ), runs AS (
-    INSERT INTO task_runs (id, task_id, attempt, available_at)
-    SELECT i.run_id, i.id, 1, coalesce(i.available_at, now())
+    INSERT INTO task_runs (id, task_id, attempt, available_at, status, worker_id, started_at,
+                           lease_expires_at, dispatched_at)
+    SELECT i.run_id, i.id, 1, coalesce(i.run_at, now()),
+           CASE WHEN s.now THEN 'running' ELSE 'queued' END,
+           CASE WHEN s.now THEN %(worker_id)s END, CASE WHEN s.now THEN now() END,
+           CASE WHEN s.now THEN %(lease_until)s::timestamptz END,
+           CASE WHEN s.now THEN now() END
     FROM input i JOIN inserted USING (id)
+    CROSS JOIN LATERAL (SELECT i.start AND NOT EXISTS (
+        SELECT 1 FROM queues q WHERE q.name = i.queue_name AND q.paused)) AS s(now)
+    RETURNING id, status = 'running' AS started
 ), new_queues AS (
     INSERT INTO queues (name)
     SELECT DISTINCT queue_name FROM input
     WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = input.queue_name)
     ON CONFLICT DO NOTHING
 )
-SELECT id FROM inserted
+SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
 """
 
 EXISTING_BY_DEDUP_KEY = "SELECT dedup_key, id, status FROM tasks WHERE dedup_key = ANY(%s)"
@@ -110,11 +120,15 @@ SELECT (SELECT array_agg(id) FROM waiting),
 
 class TaskQueries(StoreBase):
     @query
-    async def create_tasks(self, tasks: Sequence[NewTask]) -> list[CreateResult]:
-        """Insert tasks with their first run in one transaction; results in input order.
+    async def create_tasks(self, tasks: Sequence[NewTask], *,
+                           start: Collection[uuid.UUID] = frozenset(), worker_id: str = "",
+                           lease_until: datetime | None = None) -> list[CreateResult]:
+        """Insert tasks with their first run in one statement; results in input order.
 
         A task whose dedup_key already exists (committed, or earlier in `tasks`) is not
-        inserted: its result names the existing task with created=False.
+        inserted: its result names the existing task with created=False. Runs named in
+        `start` begin running under `worker_id`'s lease until `lease_until` (`started` in
+        their result), unless their queue is paused.
         """
         # Two items of one batch with one dedup_key: only the first is offered to INSERT.
         first_by_key: dict[str, NewTask] = {}
@@ -139,9 +153,10 @@ class TaskQueries(StoreBase):
                 "max_retries": [t.max_retries for t in to_insert],
                 "timeout_s": [t.timeout_s for t in to_insert],
                 "run_at": [t.run_at for t in to_insert],
-                "available_at": [t.run_at for t in to_insert],
+                "start": [t.run_id in start for t in to_insert],
+                "worker_id": worker_id, "lease_until": lease_until,
             })
-            inserted = {row[0] for row in await cur.fetchall()}
+            inserted = dict(await cur.fetchall())  # task id -> started
             existing: dict[str, tuple[uuid.UUID, str]] = {}
             lost_keys = [t.dedup_key for t in tasks if t.dedup_key and t.id not in inserted]
             if lost_keys:
@@ -150,7 +165,8 @@ class TaskQueries(StoreBase):
         results = []
         for t in tasks:
             if t.id in inserted:
-                results.append(CreateResult(t.id, TaskStatus.QUEUED, created=True))
+                results.append(CreateResult(t.id, TaskStatus.QUEUED, created=True,
+                                            started=inserted[t.id]))
             else:
                 assert t.dedup_key is not None
                 tid, status = existing[t.dedup_key]

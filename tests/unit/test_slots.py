@@ -156,3 +156,24 @@ async def test_acquire_in_a_cancelled_scope_raises_even_with_units_free():
         await slots.acquire()
     assert scope.cancelled_caught
     assert slots.taken == 0
+
+
+def test_take_nowait_uses_a_free_unit_first_then_one_lent_by_a_holder():
+    slots = Slots(3)
+    slots.acquire_nowait()
+    slots.acquire_nowait()
+    loan = slots.lend(2)  # the holder of those two waits, lending them
+    assert slots.take_nowait()  # the free third unit: the loan is untouched
+    assert slots.take_nowait() and slots.take_nowait()  # then the lent ones
+    assert not slots.take_nowait()
+    assert slots.taken == 3
+    assert slots.end_loan(loan) == 0  # the holder keeps none of its two
+    assert slots.end_loan(loan) == 0  # ending twice changes nothing
+
+
+def test_an_ended_loan_cannot_be_taken_from():
+    slots = Slots(1)
+    slots.acquire_nowait()
+    loan = slots.lend(1)
+    assert slots.end_loan(loan) == 1
+    assert not slots.take_nowait()
