@@ -172,7 +172,7 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
 
 
 def _settlement(batch: list[Outcome], written: Written) -> Settlement:
-    s = Settlement()
+    s = Settlement(now_ms=int(max(x.finished_at for x in batch).timestamp() * 1000))
     for x in batch:
         queue = x.run.queue_name
         s.unleased.setdefault(queue, []).append(x.run.message)

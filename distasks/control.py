@@ -1,7 +1,8 @@
 """Control: what daemons tell each other through Redis pub/sub, at once.
 
 "cancel <run ids>": the daemon running one of them stops its handler.
-"done <task ids>": tasks reached a final state; long-polling requests wake up.
+"done <task ids>": tasks reached a final state; long-polling requests wake up (only
+tasks some request waits for are announced: broker/announce_done.lua).
 Every message is a hint with a slower fallback (heartbeats notice cancelled tasks,
 long polls re-read PostgreSQL every second), so a message lost to a reconnect is harmless.
 """

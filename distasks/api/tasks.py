@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -14,7 +15,13 @@ from distasks.api import cursor, schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.openapi import operation
 from distasks.api.services import actor, services
-from distasks.errors import InvalidInput, NotFound, PayloadTooLarge, UnknownHandler
+from distasks.errors import (
+    BrokerUnavailable,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    UnknownHandler,
+)
 from distasks.http_handler import HttpHandler
 from distasks.model import (
     TERMINAL_TASK_STATUSES,
@@ -174,6 +181,10 @@ async def get_task(task_id: uuid.UUID) -> Response:
     q = parse_query(schemas.GetTaskQuery)
     s = services()
     deadline = trio.current_time() + q.wait
+    if q.wait > 0:
+        # Without Redis the wait still ends: the task is re-read every WAIT_POLL_S.
+        with contextlib.suppress(BrokerUnavailable):
+            await s.broker.watch(str(tid), until_ms=int((s.clock() + q.wait) * 1000))
     while True:
         found = await s.store.get_task(tid)
         if found is None:
@@ -213,7 +224,7 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
         s.metrics.cancelled.labels(done.queue_name, done.handler).inc()
         await s.broker.cancelled(waiting=[(q, str(r)) for q, r in done.waiting],
                                  running=str(done.running) if done.running else None,
-                                 task_id=str(tid))
+                                 task_id=str(tid), now_ms=int(now.timestamp() * 1000))
     return jsonify({"task_id": str(tid), "status": done.status.value,
                     "cancelled": done.cancelled})
 

@@ -31,7 +31,11 @@ T = TypeVar("T")
 # survive as lone surrogates instead of raising: such an entry reads without error and,
 # encoded back the same way, still names the exact bytes to remove.
 ENCODING_ERRORS = "surrogateescape"
-# Upper bound on any single Redis reply; a blocking claim waits at most CLAIM_BLOCK_S.
+# Longest any crossing to Redis may take (a blocking claim waits at most CLAIM_BLOCK_S of
+# it), also how long connecting may take. A Trio deadline around the crossing, not
+# redis-py's socket timeouts: those wrap every command in an asyncio timer (and every
+# send in a task), which costs more than the command. Cancelling the crossing drops the
+# connection it was using (redis-py disconnects on cancellation mid-reply).
 SOCKET_TIMEOUT_S = 5.0
 # How long a claim blocks on an empty queue. It is never cancelled in flight (a pop
 # whose reply is lost loses the item, DESIGN §1), so shutdown waits at most this long.
@@ -61,6 +65,8 @@ class Settlement:
     urgent: dict[str, list[str]] = field(default_factory=dict)
     #: task ids that reached a final state (announced to long-poll waiters)
     finished: list[str] = field(default_factory=list)
+    #: when the outcomes were recorded, Unix time in ms
+    now_ms: int = 0
 
 
 @contextlib.contextmanager
@@ -81,10 +87,16 @@ def crossing(fn: Callable[Concatenate[B, P], Awaitable[T]]) -> Callable[Concaten
 
     @functools.wraps(fn)
     async def from_trio(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        with broker_errors():
-            return await aio.call(fn, self, *args, **kwargs)
+        return await _cross(fn, self, *args, **kwargs)
 
     return from_trio
+
+
+async def _cross(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """One crossing of the bridge within SOCKET_TIMEOUT_S, failures mapped."""
+    with broker_errors(), trio.move_on_after(SOCKET_TIMEOUT_S):
+        return await aio.call(fn, *args, **kwargs)
+    raise BrokerUnavailable(f"no answer from Redis within {SOCKET_TIMEOUT_S:g}s")
 
 
 class Broker:
@@ -92,15 +104,15 @@ class Broker:
         self._redis = client
         self._prefix = prefix
         self._scripts = {name: client.register_script(_lua(name))
-                         for name in ("claim", "move_due", "requeue")}
+                         for name in ("claim", "move_due", "requeue", "announce_done")}
 
     @classmethod
     @asynccontextmanager
     async def open(cls, url: str, *, prefix: str, max_connections: int = 64) -> AsyncIterator[Broker]:
         """Connect to `url` for the block; must run inside aio.open_loop()."""
         pool = aredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+            url, max_connections=max_connections, timeout=None,
+            socket_timeout=None, socket_connect_timeout=SOCKET_TIMEOUT_S,
             decode_responses=True, encoding_errors=ENCODING_ERRORS, retry_on_timeout=False)
         client = aredis.Redis(connection_pool=pool)
         try:
@@ -115,8 +127,7 @@ class Broker:
 
     async def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """One crossing of the bridge, with connection failures mapped to BrokerUnavailable."""
-        with broker_errors():
-            return await aio.call(fn, *args, **kwargs)
+        return await _cross(fn, *args, **kwargs)
 
     async def ping(self) -> None:
         await self._call(self._redis.ping)
@@ -202,7 +213,7 @@ class Broker:
             for queue, run_ids in s.urgent.items():
                 pipe.lpush(self.keys(queue).ready, *reversed(run_ids))
             if s.finished:
-                pipe.publish(self.control_channel, "done " + " ".join(s.finished))
+                await self._announce_done(pipe, s.finished, now_ms=s.now_ms)
             await pipe.execute()
 
     # -- mover -----------------------------------------------------------------------
@@ -258,14 +269,11 @@ class Broker:
         else:
             await self._call(self._redis.delete, key)
 
+    @crossing
     async def cancelled(self, *, waiting: Sequence[tuple[str, str]], running: str | None,
-                        task_id: str) -> None:
+                        task_id: str, now_ms: int) -> None:
         """A task was cancelled: drop its waiting runs from the index, tell the daemon
         running it (if any) to stop, and wake whoever waits for the task."""
-        await self._call(self._cancelled, waiting, running, task_id)
-
-    async def _cancelled(self, waiting: Sequence[tuple[str, str]], running: str | None,
-                         task_id: str) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, run_id in waiting:
                 keys = self.keys(queue)
@@ -273,8 +281,21 @@ class Broker:
                 pipe.zrem(keys.delayed, run_id)
             if running:
                 pipe.publish(self.control_channel, f"cancel {running}")
-            pipe.publish(self.control_channel, f"done {task_id}")
+            await self._announce_done(pipe, [task_id], now_ms=now_ms)
             await pipe.execute()
+
+    @crossing
+    async def watch(self, task_id: str, *, until_ms: int) -> None:
+        """Have "done" announced for `task_id` (see announce_done.lua) until `until_ms`:
+        call it before reading the task's state, so that an end between the read and the
+        wait is announced."""
+        await self._redis.zadd(global_keys(self._prefix).waited, {task_id: until_ms}, gt=True)
+
+    async def _announce_done(self, pipe: Any, task_ids: Sequence[str], *, now_ms: int) -> None:
+        """Queue announce_done.lua on `pipe` (awaiting only queues it)."""
+        await self._scripts["announce_done"](keys=[global_keys(self._prefix).waited],
+                                       args=[self.control_channel, now_ms, *task_ids],
+                                       client=pipe)
 
     @asynccontextmanager
     async def control_messages(self) -> AsyncIterator[ControlSubscription]:

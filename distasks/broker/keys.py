@@ -45,8 +45,11 @@ class GlobalKeys:
     rebuild_lock: str
     #: pub/sub channel between daemons: "cancel <run ids>", "done <task ids>"
     control: str
+    #: zset of task ids a request waits for (long polls), score = when that wait ends in
+    #: ms; "done" is announced only for these
+    waited: str
 
 
 def global_keys(prefix: str) -> GlobalKeys:
     return GlobalKeys(epoch=f"{prefix}:epoch", rebuild_lock=f"{prefix}:rebuild-lock",
-                      control=f"{prefix}:control")
+                      control=f"{prefix}:control", waited=f"{prefix}:waited")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from distasks.broker import Broker
+from distasks.broker import Broker, Settlement
+from distasks.broker.keys import global_keys
 
 
 async def seed(broker: Broker, *, ready=(), delayed=(), leases=()) -> None:
@@ -131,3 +132,48 @@ async def test_requeue_hands_leased_items_back_to_the_head_once(
     assert again == 0
     assert s["ready"] == want_ready
     assert s["leases"] == want_leases
+
+
+@pytest.mark.parametrize(
+    ("waited", "finished", "now_ms", "want_announced", "want_waited"),
+    [
+        # Nobody waits: nothing is published, whatever finishes.
+        ([], ["t1", "t2"], 100, None, []),
+        # Only the waited-for task is announced, and its entry goes.
+        ([("t1", 500)], ["t1", "t2"], 100, "done t1", []),
+        ([("t1", 500), ("t2", 500), ("t3", 500)], ["t1", "t3"], 100, "done t1 t3",
+         [("t2", 500.0)]),
+        # A wait that ended before now is dropped and not announced.
+        ([("t1", 50), ("t2", 500)], ["t1"], 100, None, [("t2", 500.0)]),
+    ],
+)
+async def test_announce_done_publishes_only_tasks_someone_waits_for(
+        broker, waited, finished, now_ms, want_announced, want_waited):
+    waited_key = global_keys(broker._prefix).waited
+    with trio.fail_after(5):
+        for task_id, until_ms in waited:
+            await broker.watch(task_id, until_ms=until_ms)
+        async with broker.control_messages() as messages:
+            await broker.settle(Settlement(finished=finished, now_ms=now_ms))
+            message = await next_message(messages, within_s=0.5)
+        left = await broker.raw("zrange", waited_key, 0, -1, False, True)
+    assert message == (("done", want_announced.split()[1:]) if want_announced else None)
+    assert left == want_waited
+
+
+async def test_watch_keeps_the_latest_end_of_overlapping_waits(broker):
+    with trio.fail_after(5):
+        await broker.watch("t", until_ms=900)
+        await broker.watch("t", until_ms=300)
+        left = await broker.raw("zrange", global_keys(broker._prefix).waited, 0, -1, False, True)
+    assert left == [("t", 900.0)]
+
+
+async def next_message(messages, *, within_s: float):
+    """The first control message within `within_s` (the subscription's confirmation reads
+    as None first), or None."""
+    with trio.move_on_after(within_s):
+        while (message := await messages.next(wait_s=0.1)) is None:
+            pass
+        return message
+    return None
