@@ -52,6 +52,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # instead (any other name: its workers must not compete with the creates).
 BENCH_QUEUE = "bench"
 IDLE_QUEUE = "bench-idle"
+# Phase e's batch creates go here: no daemon works it.
+BATCH_QUEUE = "bench-batch"
 
 # How long a fresh daemon may take to answer /readyz 200 (it migrates the schema first).
 READY_TIMEOUT_S = 60.0
@@ -618,6 +620,86 @@ async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon
             "batching": batching(batch_row)}
 
 
+# -- phase d: sequential single creates --------------------------------------------------------
+
+
+async def measure_sequential(db: Database, daemon: Daemon, *, queue: str,
+                             tasks: int) -> dict[str, Any]:
+    """One client creates `tasks` tasks one after another into a worked queue, each sent
+    when the previous one was answered: nothing batches, so the daemon's CPU per task
+    is the cost of one whole unbatched cycle (HTTP create, commit, push, claim, start,
+    run, record)."""
+    cpu = CpuMeter(daemon.process.pid)
+    latencies_s: list[float] = []
+    ids: list[uuid.UUID] = []
+    errors: Counter[str] = Counter()
+    started_s = time.perf_counter()
+    async with connections(daemon.base_url, 1) as conns:
+        [client] = conns.clients
+        with trio.fail_after(phase_timeout_s(tasks)):
+            for _ in range(tasks):
+                sent_s = time.perf_counter()
+                try:
+                    response = await client.post("/api/v1/tasks", json=create_body(queue))
+                except httpx.HTTPError as e:
+                    errors[type(e).__name__] += 1
+                    continue
+                latencies_s.append(time.perf_counter() - sent_s)
+                if response.status_code == 201:
+                    ids.append(uuid.UUID(response.json()["task_id"]))
+                else:
+                    errors[f"HTTP {response.status_code}"] += 1
+    elapsed_s = time.perf_counter() - started_s
+    all_done = await wait_succeeded(db, ids)
+    cpu_use = cpu.read()
+    daemon_cpu_s = cpu_use["daemon_pct_of_core"] / 100 * (time.perf_counter() - started_s)
+    [batch_row] = await db.rows(BATCHES_AMONG, (ids,))
+    return {"requests": tasks, "elapsed_s": round(elapsed_s, 3),
+            "requests_per_s": round(tasks / elapsed_s, 1), "create": latency_summary_ms(latencies_s),
+            "all_succeeded": all_done, "errors": dict(errors),
+            "daemon_cpu_ms_per_task": round(1000 * daemon_cpu_s / max(len(ids), 1), 2),
+            "cpu": cpu_use, "batching": batching(batch_row)}
+
+
+# -- phase e: batch creates ----------------------------------------------------------------------
+
+
+async def measure_batch_creates(db: Database, daemon: Daemon, *, queue: str, batches: int,
+                                batch_size: int, clients: int) -> dict[str, Any]:
+    """`batches` POST /api/v1/tasks/batch requests of `batch_size` tasks each, from
+    `clients` closed-loop senders, into a queue no daemon works."""
+    cpu = CpuMeter(daemon.process.pid)
+    latencies_s: list[float] = []
+    errors: Counter[str] = Counter()
+    indexes = iter(range(batches))
+    body = {"tasks": [create_body(queue) for _ in range(batch_size)]}
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        for _ in indexes:
+            sent_s = time.perf_counter()
+            try:
+                response = await client.post("/api/v1/tasks/batch", json=body)
+                if response.status_code != 200:
+                    errors[f"HTTP {response.status_code}"] += 1
+            except httpx.HTTPError as e:
+                errors[type(e).__name__] += 1
+            latencies_s.append(time.perf_counter() - sent_s)
+
+    started_s = time.perf_counter()
+    async with connections(daemon.base_url, clients) as conns:
+        with trio.fail_after(phase_timeout_s(batches * batch_size)):
+            async with trio.open_nursery() as nursery:
+                for client in conns.clients:
+                    nursery.start_soon(sender, client)
+    elapsed_s = time.perf_counter() - started_s
+    cpu_use = cpu.read()
+    [(created,)] = await db.rows("SELECT count(*) FROM tasks WHERE queue_name = %s", (queue,))
+    return {"requests": batches, "batch_size": batch_size, "clients": clients,
+            "elapsed_s": round(elapsed_s, 3), "tasks_created": created,
+            "tasks_per_s": round(created / elapsed_s, 1), "request": latency_summary_ms(latencies_s),
+            "errors": dict(errors), "cpu": cpu_use}
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -630,6 +712,9 @@ class Options:
     duration_s: float
     json: bool
     ref: str | None
+    sequential: int
+    batches: int
+    batch_size: int
 
 
 async def run_phases(res: Resources, opts: Options, out_dir: Path,
@@ -659,6 +744,15 @@ async def run_phases(res: Resources, opts: Options, out_dir: Path,
                     db, conns, d2, queue=BENCH_QUEUE, rate_per_s=opts.rate_per_s,
                     duration_s=opts.duration_s)
             print_latency(results["latency"])
+            if opts.sequential:
+                results["sequential"] = await measure_sequential(
+                    db, d2, queue=BENCH_QUEUE, tasks=opts.sequential)
+                print_sequential(results["sequential"])
+            if opts.batches:
+                results["batch"] = await measure_batch_creates(
+                    db, d2, queue=BATCH_QUEUE, batches=opts.batches,
+                    batch_size=opts.batch_size, clients=min(opts.clients, 4))
+                print_batch(results["batch"])
         results["daemon2"] = d2.report()
         results["final_states"] = await final_states(db, BENCH_QUEUE)
     finally:
@@ -675,7 +769,9 @@ def header(opts: Options, res: Resources, code_dir: Path) -> dict[str, Any]:
     if opts.ref is None and git("status", "--porcelain", "--", "distasks"):
         commit += "+uncommitted changes in distasks/"
     return {"tasks": opts.tasks, "clients": opts.clients, "concurrency": opts.concurrency,
-            "rate_per_s": opts.rate_per_s, "duration_s": opts.duration_s, "commit": commit,
+            "rate_per_s": opts.rate_per_s, "duration_s": opts.duration_s,
+            "sequential": opts.sequential, "batches": opts.batches,
+            "batch_size": opts.batch_size, "commit": commit,
             "code": str(imported_from(code_dir)),
             "python": platform.python_version(), "cpus": os.cpu_count(),
             # Other work on the machine skews every figure: note how busy it was.
@@ -727,7 +823,8 @@ def print_header(h: dict[str, Any]) -> None:
           f"cpus {h['cpus']}  load {h['load_avg_1min']}")
     print(f"  code: {h['code']}")
     print(f"  tasks={h['tasks']} clients={h['clients']} concurrency={h['concurrency']} "
-          f"rate={h['rate_per_s']:g}/s duration={h['duration_s']:g}s")
+          f"rate={h['rate_per_s']:g}/s duration={h['duration_s']:g}s "
+          f"sequential={h['sequential']} batches={h['batches']}x{h['batch_size']}")
     print(f"  daemon: {h['daemon_config']}")
 
 
@@ -781,6 +878,23 @@ def print_latency(r: dict[str, Any]) -> None:
     print(f"            {batching_text(r['batching'])}")
 
 
+def print_sequential(r: dict[str, Any]) -> None:
+    print(f"d. sequential: {r['requests']} single creates, one client, one at a time: "
+          f"{r['requests_per_s']} creates/s; create p50 {r['create']['p50_ms']} ms, "
+          f"p99 {r['create']['p99_ms']} ms; daemon CPU per whole cycle "
+          f"{r['daemon_cpu_ms_per_task']} ms; all succeeded: {r['all_succeeded']}; "
+          f"errors {r['errors'] or 'none'}")
+    print(f"   cpu: {cpu_text(r['cpu'])}")
+
+
+def print_batch(r: dict[str, Any]) -> None:
+    print(f"e. batch create: {r['requests']} requests of {r['batch_size']} tasks from "
+          f"{r['clients']} clients: {r['tasks_per_s']} tasks/s ({r['tasks_created']} "
+          f"created); request p50 {r['request']['p50_ms']} ms, p99 {r['request']['p99_ms']} "
+          f"ms; errors {r['errors'] or 'none'}")
+    print(f"   cpu: {cpu_text(r['cpu'])}")
+
+
 def print_daemons(results: dict[str, Any]) -> None:
     """Exit codes and unexpected output: a healthy daemon exits 0 and, at WARNING,
     prints nothing."""
@@ -809,10 +923,19 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--ref", metavar="GIT_REF",
                    help="run the daemon from this commit (exported to a temporary directory) "
                         "instead of the working tree")
+    p.add_argument("--sequential", type=int, default=1000,
+                   help="single creates sent one at a time in phase d (default 1000; 0 skips)")
+    p.add_argument("--batches", type=int, default=40,
+                   help="batch create requests in phase e (default 40; 0 skips)")
+    p.add_argument("--batch-size", type=int, default=500,
+                   help="tasks per batch request in phase e (default 500)")
     a = p.parse_args(argv)
-    if min(a.tasks, a.clients, a.concurrency) < 1 or a.rate <= 0 or a.duration <= 0:
+    if min(a.tasks, a.clients, a.concurrency, a.batch_size) < 1 or a.rate <= 0 or a.duration <= 0:
         p.error("every size, the rate and the duration must be positive")
-    return Options(a.tasks, a.clients, a.concurrency, a.rate, a.duration, a.json, a.ref)
+    if min(a.sequential, a.batches) < 0:
+        p.error("--sequential and --batches must not be negative")
+    return Options(a.tasks, a.clients, a.concurrency, a.rate, a.duration, a.json, a.ref,
+                   a.sequential, a.batches, a.batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -854,7 +977,10 @@ def leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
 def healthy(results: dict[str, Any]) -> bool:
     """Every request answered 201, every task completed, both daemons exited 0 quietly."""
     states = results["final_states"]
+    extra = [results[p] for p in ("sequential", "batch") if p in results]
     return (not results["create"]["errors"] and not results["latency"]["errors"]
+            and not any(r["errors"] for r in extra)
+            and all(results[p]["all_succeeded"] for p in ("sequential",) if p in results)
             and set(states["tasks"]) == {"completed"} and set(states["runs"]) == {"succeeded"}
             and all(results[d]["exit_code"] == 0 and not results[d]["stderr_lines"]
                     for d in ("daemon1", "daemon2")))
