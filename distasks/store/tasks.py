@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from distasks.model import CreateResult, NewTask, Task, TaskRun, TaskStatus
-from distasks.store.base import StoreBase, query, run_from_row, task_from_row
+from distasks.store.base import StoreBase, dumps, query, run_from_row, task_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +49,15 @@ class Cancellation:
 # once (`start`: this daemon has an idle executor for its queue) is inserted running
 # under the daemon's lease, unless its queue is paused; it never needs Redis. New queue
 # names are recorded for the queue list.
+#
+# The rows come as one JSON array (built by `_input_json`): dumping thirteen parameter
+# arrays element by element in Python cost about a quarter of a batch create's CPU.
 CREATE_TASKS = """
 WITH input AS (
-    SELECT * FROM unnest(
-        %(id)s::uuid[], %(run_id)s::uuid[], %(name)s::text[], %(handler)s::text[],
-        %(type)s::text[], %(queue_name)s::text[], %(priority)s::int[], %(payload)s::jsonb[],
-        %(dedup_key)s::text[], %(max_retries)s::int[], %(timeout_s)s::float8[],
-        %(run_at)s::timestamptz[], %(start)s::bool[]
-    ) AS i(id, run_id, name, handler, type, queue_name, priority, payload, dedup_key,
-           max_retries, timeout_s, run_at, start)
+    SELECT * FROM json_to_recordset(%(input)s::json) AS i(
+        id uuid, run_id uuid, name text, handler text, type text, queue_name text,
+        priority int, payload jsonb, dedup_key text, max_retries int, timeout_s float8,
+        run_at timestamptz, start bool)
 ), inserted AS (
     INSERT INTO tasks (id, name, handler, type, queue_name, priority, payload, dedup_key,
                        max_retries, timeout_s, run_at)
@@ -141,19 +141,7 @@ class TaskQueries(StoreBase):
                 to_insert.append(t)
         async with self._pool.connection() as conn:
             cur = await conn.execute(CREATE_TASKS, {
-                "id": [t.id for t in to_insert],
-                "run_id": [t.run_id for t in to_insert],
-                "name": [t.name for t in to_insert],
-                "handler": [t.handler for t in to_insert],
-                "type": [t.type.value for t in to_insert],
-                "queue_name": [t.queue_name for t in to_insert],
-                "priority": [t.priority for t in to_insert],
-                "payload": [t.payload_json for t in to_insert],
-                "dedup_key": [t.dedup_key for t in to_insert],
-                "max_retries": [t.max_retries for t in to_insert],
-                "timeout_s": [t.timeout_s for t in to_insert],
-                "run_at": [t.run_at for t in to_insert],
-                "start": [t.run_id in start for t in to_insert],
+                "input": _input_json(to_insert, start),
                 "worker_id": worker_id, "lease_until": lease_until,
             })
             inserted = dict(await cur.fetchall())  # task id -> started
@@ -240,3 +228,17 @@ class TaskQueries(StoreBase):
         if found is None:
             return None
         return Cancellation(TaskStatus(found[0]), False, [], None)
+
+
+def _input_json(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -> str:
+    """CREATE_TASKS' input: one JSON object per task, its payload spliced in as the JSON
+    text the API already made (not parsed and dumped again)."""
+    rows = []
+    for t in tasks:
+        head = dumps({
+            "id": str(t.id), "run_id": str(t.run_id), "name": t.name, "handler": t.handler,
+            "type": t.type.value, "queue_name": t.queue_name, "priority": t.priority,
+            "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_s": t.timeout_s,
+            "run_at": t.run_at.isoformat() if t.run_at else None, "start": t.run_id in start})
+        rows.append(f'{head[:-1]},"payload":{t.payload_json}}}')
+    return f"[{','.join(rows)}]"
