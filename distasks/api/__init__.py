@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 import time
 from typing import Any
 
@@ -16,14 +14,13 @@ from quart_trio import QuartTrio
 
 import distasks
 from distasks.api import dlq, errors, health, openapi, queues, tasks, workers
-from distasks.api.services import Services
+from distasks.api.fast import with_lean_create
+from distasks.api.services import Services, request_id_for
 
 log = logging.getLogger(__name__)
 
 access_log = logging.getLogger("distasks.access")
 
-# A client's X-Request-Id is kept when it looks like an id; otherwise one is made up.
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Room for the rest of a create body around the largest accepted payload.
 BODY_OVERHEAD_BYTES = 64 * 1024
 
@@ -46,8 +43,7 @@ def create_app(services: Services) -> QuartTrio:
     @app.before_request
     async def start_clock() -> None:
         g.started = time.perf_counter()
-        given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
+        g.request_id = request_id_for(request.headers.get("X-Request-Id", ""))
 
     @app.after_request
     async def account(response: Response) -> Response:
@@ -94,13 +90,16 @@ def create_app(services: Services) -> QuartTrio:
 async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
                 graceful_s: float,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `app` until `shutdown` is set, then finish requests in flight for at most
-    `graceful_s`; `task_status.started()` once the socket listens."""
+    """Serve `app` (with the lean create route in front, api/fast.py) until `shutdown` is
+    set, then finish requests in flight for at most `graceful_s`; `task_status.started()`
+    once the socket listens."""
     config = hypercorn.config.Config()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_s
     config.accesslog = None
     config.errorlog = logging.getLogger("distasks.http")
     config.keep_alive_timeout = 75  # longer than common proxies' idle timeout
-    await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait,
-                               task_status=task_status)
+    front = with_lean_create(app, app.extensions["distasks"],  # type: ignore[arg-type]
+                             max_body_bytes=app.config["MAX_CONTENT_LENGTH"])
+    await hypercorn.trio.serve(front, config,  # type: ignore[arg-type]
+                               shutdown_trigger=shutdown.wait, task_status=task_status)

@@ -26,7 +26,7 @@ RETRY_AFTER_S = 2
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
-    response = jsonify({"error": {"code": code, "message": message, "field": field}})
+    response = jsonify(_body(code, message, field))
     response.status_code = status
     return response
 
@@ -47,27 +47,46 @@ def from_validation_error(e: pydantic.ValidationError) -> InvalidInput:
     return InvalidInput(f"{field}: {err['msg']}" if field else err["msg"], field=field)
 
 
-def install(app: Quart) -> None:
-    @app.errorhandler(InvalidInput)
-    async def invalid(e: InvalidInput) -> Response:
+INTERNAL_BODY: dict[str, Any] = {"error": {
+    "code": "internal", "message": "internal error; see the daemon's log", "field": None}}
+
+
+def error_for(e: Exception) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """Status, JSON body and extra headers for one of our errors; None for anything else
+    (a bug: a 500). Shared by the Quart routes and the lean create route (api/fast.py)."""
+    if isinstance(e, InvalidInput):
         if isinstance(e, PayloadTooLarge):
             status = 413
         elif isinstance(e, UnknownHandler) or e.code not in ("malformed_json", "invalid_body"):
             status = 422
         else:
             status = 400
-        return error_response(status, e.code, e.message, e.field)
+        return status, _body(e.code, e.message, e.field), {}
+    if isinstance(e, NotFound):
+        return 404, _body("not_found", e.message), {}
+    if isinstance(e, StoreUnavailable | BrokerUnavailable):
+        what = "postgres" if isinstance(e, StoreUnavailable) else "redis"
+        return (503, _body(f"{what}_unavailable", f"{what} is unavailable, try again"),
+                {"Retry-After": str(RETRY_AFTER_S)})
+    return None
 
+
+def _body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def install(app: Quart) -> None:
+    @app.errorhandler(InvalidInput)
     @app.errorhandler(NotFound)
-    async def not_found(e: NotFound) -> Response:
-        return error_response(404, "not_found", e.message)
-
     @app.errorhandler(StoreUnavailable)
     @app.errorhandler(BrokerUnavailable)
-    async def unavailable(e: Exception) -> Response:
-        what = "postgres" if isinstance(e, StoreUnavailable) else "redis"
-        response = error_response(503, f"{what}_unavailable", f"{what} is unavailable, try again")
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    async def ours(e: Exception) -> Response:
+        mapped = error_for(e)
+        assert mapped is not None
+        status, body, headers = mapped
+        response = jsonify(body)
+        response.status_code = status
+        response.headers.update(headers)
         return response
 
     @app.errorhandler(HTTPException)
@@ -83,4 +102,6 @@ def install(app: Quart) -> None:
     @app.errorhandler(Exception)
     async def internal(e: Exception) -> Any:
         log.exception("unhandled error in a request", extra={"event": "http_internal_error"})
-        return error_response(500, "internal", "internal error; see the daemon's log")
+        response = jsonify(INTERNAL_BODY)
+        response.status_code = 500
+        return response

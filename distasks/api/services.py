@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +44,15 @@ class Services:
 def services() -> Services:
     s: Services = current_app.extensions["distasks"]
     return s
+
+
+# A client's X-Request-Id is kept when it looks like an id; otherwise one is made up.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id_for(given: str) -> str:
+    """The request's id: the client's X-Request-Id if it looks like one, else a new one."""
+    return given if REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
 
 
 # Longest actor name kept in the audit log.

@@ -14,7 +14,7 @@ from quart import Blueprint, Response, jsonify, request
 from distasks.api import cursor, schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.openapi import operation
-from distasks.api.services import actor, services
+from distasks.api.services import Services, actor, services
 from distasks.errors import (
     BrokerUnavailable,
     InvalidInput,
@@ -43,9 +43,10 @@ WAIT_POLL_S = 1.0
            body=schemas.CreateTask, responses={201: schemas.Created, 200: schemas.Created},
            errors={413: "Payload over http.max_payload_bytes"})
 async def create_task() -> tuple[Response, int]:
-    req = parse_body(schemas.CreateTask, await _body())
-    new = new_task(req)
-    result = await services().intake.create(new)
+    # Served by api/fast.py in the daemon; this route serves the test client and
+    # documents the operation.
+    s = services()
+    result = await s.intake.create(parse_create(await _body(), s))
     return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
         201 if result.created else 200)
 
@@ -55,19 +56,20 @@ async def create_task() -> tuple[Response, int]:
            body=schemas.CreateTasks, responses={200: schemas.BatchCreated})
 async def create_tasks() -> Response:
     req = parse_body(schemas.CreateTasks, await _body())
-    limit = services().config.http.max_batch
+    s = services()
+    limit = s.config.http.max_batch
     if len(req.tasks) > limit:
         raise InvalidInput(f"at most {limit} tasks per batch, got {len(req.tasks)}",
                            field="tasks")
     news = []
     for i, item in enumerate(req.tasks):
         try:
-            news.append(new_task(item))
+            news.append(new_task(item, s))
         except InvalidInput as e:
             e.field = f"tasks.{i}.{e.field}" if e.field else f"tasks.{i}"
             e.message = f"tasks[{i}]: {e.message}"
             raise
-    results = await services().intake.create_many(news)
+    results = await s.intake.create_many(news)
     return jsonify({"tasks": [{"task_id": str(r.task_id), "status": r.status.value,
                                "created": r.created} for r in results]})
 
@@ -115,15 +117,14 @@ def _refuse_nul(value: Any, path: str = "") -> None:
             _refuse_nul(item, f"{path}.{i}" if path else str(i))
 
 
-def parse_create(body: bytes | str) -> NewTask:
+def parse_create(body: bytes | str, s: Services) -> NewTask:
     """Validate a create body into a NewTask; raises InvalidInput naming the field."""
     return new_task(parse_body(schemas.CreateTask, body if isinstance(body, bytes)
-                               else body.encode()))
+                               else body.encode()), s)
 
 
-def new_task(req: schemas.CreateTask) -> NewTask:
+def new_task(req: schemas.CreateTask, s: Services) -> NewTask:
     """Check what the schema cannot (handler, payload size, timing) and build the task."""
-    s = services()
     handler = req.handler or s.config.worker.default_handler
     if handler not in s.registry:
         raise UnknownHandler(handler)

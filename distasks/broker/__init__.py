@@ -104,7 +104,8 @@ class Broker:
         self._redis = client
         self._prefix = prefix
         self._scripts = {name: client.register_script(_lua(name))
-                         for name in ("claim", "move_due", "requeue", "announce_done")}
+                         for name in ("claim", "move_due", "requeue", "announce_done",
+                                      "release_lock")}
 
     @classmethod
     @asynccontextmanager
@@ -212,9 +213,7 @@ class Broker:
                 pipe.rpush(self.keys(queue).dlq, *task_ids)
             for queue, run_ids in s.urgent.items():
                 pipe.lpush(self.keys(queue).ready, *reversed(run_ids))
-            if s.finished:
-                await self._announce_done(pipe, s.finished, now_ms=s.now_ms)
-            await pipe.execute()
+            await self._execute_announcing(pipe, s.finished, now_ms=s.now_ms)
 
     # -- mover -----------------------------------------------------------------------
 
@@ -281,8 +280,7 @@ class Broker:
                 pipe.zrem(keys.delayed, run_id)
             if running:
                 pipe.publish(self.control_channel, f"cancel {running}")
-            await self._announce_done(pipe, [task_id], now_ms=now_ms)
-            await pipe.execute()
+            await self._execute_announcing(pipe, [task_id], now_ms=now_ms)
 
     @crossing
     async def watch(self, task_id: str, *, until_ms: int) -> None:
@@ -291,11 +289,24 @@ class Broker:
         wait is announced."""
         await self._redis.zadd(global_keys(self._prefix).waited, {task_id: until_ms}, gt=True)
 
-    async def _announce_done(self, pipe: Any, task_ids: Sequence[str], *, now_ms: int) -> None:
-        """Queue announce_done.lua on `pipe` (awaiting only queues it)."""
-        await self._scripts["announce_done"](keys=[global_keys(self._prefix).waited],
-                                       args=[self.control_channel, now_ms, *task_ids],
-                                       client=pipe)
+    async def _execute_announcing(self, pipe: Any, task_ids: Sequence[str], *,
+                                  now_ms: int) -> None:
+        """Execute `pipe` with announce_done.lua for `task_ids` at its end.
+
+        The script goes by SHA: a redis-py Script object in a pipeline makes it ask
+        SCRIPT EXISTS first, one more round trip every time. If Redis lost its script
+        cache (a restart), the rest of the pipeline has run; the script is then loaded
+        and run on its own."""
+        args: list[str | int] = [self.control_channel, now_ms, *task_ids]
+        script = self._scripts["announce_done"]
+        waited = global_keys(self._prefix).waited
+        if task_ids:
+            pipe.evalsha(script.sha, 1, waited, *args)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                await script(keys=[waited], args=args)
+            elif isinstance(reply, Exception):
+                raise reply
 
     @asynccontextmanager
     async def control_messages(self) -> AsyncIterator[ControlSubscription]:
@@ -334,11 +345,19 @@ class Broker:
         """False when Redis lost our data (restarted empty, failed over, flushed)."""
         return bool(await self._call(self._redis.exists, global_keys(self._prefix).epoch))
 
-    async def begin_rebuild(self, *, lock_ms: int) -> bool:
-        """Take the rebuild lock; False if another daemon is rebuilding."""
-        lock = global_keys(self._prefix).rebuild_lock
-        return bool(await self._call(self._redis.set, lock, secrets.token_hex(8), nx=True,
-                                     px=lock_ms))
+    async def begin_rebuild(self, *, lock_ms: int) -> str | None:
+        """Take the rebuild lock; its token, or None if another daemon is rebuilding."""
+        lock, token = global_keys(self._prefix).rebuild_lock, secrets.token_hex(8)
+        taken = await self._call(self._redis.set, lock, token, nx=True, px=lock_ms)
+        return token if taken else None
+
+    @crossing
+    async def abandon_rebuild(self, token: str) -> None:
+        """Release the rebuild lock taken with `token` after a rebuild failed, so that
+        the next pass (of any daemon) starts again at once instead of after the lock's
+        time runs out."""
+        await self._scripts["release_lock"](keys=[global_keys(self._prefix).rebuild_lock],
+                                            args=[token])
 
     async def end_rebuild(self, *, epoch: str) -> None:
         """Mark the index complete and release the rebuild lock."""

@@ -177,3 +177,13 @@ async def next_message(messages, *, within_s: float):
             pass
         return message
     return None
+
+
+async def test_announce_done_survives_redis_losing_its_script_cache(broker):
+    with trio.fail_after(5):
+        await broker.watch("t1", until_ms=500)
+        await broker.raw("script_flush")
+        async with broker.control_messages() as messages:
+            await broker.settle(Settlement(finished=["t1"], now_ms=100))
+            message = await next_message(messages, within_s=0.5)
+    assert message == ("done", ["t1"])

@@ -42,8 +42,7 @@ def app():
 async def parse(app, body: bytes | dict[str, Any] | list[Any]) -> NewTask:
     if not isinstance(body, bytes):
         body = json.dumps(body).encode()
-    async with app.app_context():
-        return parse_create(body)
+    return parse_create(body, app.extensions["distasks"])
 
 
 # --- refused -----------------------------------------------------------------------------
