@@ -12,6 +12,7 @@ once (PostgreSQL's conditional update decides) and a stale id is dropped when cl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -22,6 +23,7 @@ import trio
 
 from distasks import periodic
 from distasks.broker import Broker
+from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
 from distasks.store import PendingDispatch, Store
 
@@ -95,10 +97,17 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
 
 async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float) -> int:
     """One pass: rebuild if Redis lost its data, then push undispatched runs."""
-    if not await broker.has_epoch() and await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS):
+    if not await broker.has_epoch() and (
+            token := await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS)):
         started = time.monotonic()
-        added = await rebuild(store, broker, now_s=now_s)
-        await broker.end_rebuild(epoch=secrets.token_hex(8))
+        try:
+            added = await rebuild(store, broker, now_s=now_s)
+            await broker.end_rebuild(epoch=secrets.token_hex(8))
+        except (StoreUnavailable, BrokerUnavailable):
+            # Redis is often still settling after it came back: let the next pass retry.
+            with contextlib.suppress(BrokerUnavailable):
+                await broker.abandon_rebuild(token)
+            raise
         # A first start finds nothing to rebuild; a rebuild that restored runs is news.
         log.log(logging.WARNING if added else logging.INFO,
                 "rebuilt the Redis index from PostgreSQL: %d runs in %.2fs", added,

@@ -61,8 +61,9 @@ WITH input AS (
 ), inserted AS (
     INSERT INTO tasks (id, name, handler, type, queue_name, priority, payload, dedup_key,
                        max_retries, timeout_s, run_at)
-    SELECT id, name, handler, type, queue_name, priority, payload, dedup_key,
-           max_retries, timeout_s, run_at
+    -- json_to_recordset reads a JSON null payload as SQL NULL: it is JSON's null.
+    SELECT id, name, handler, type, queue_name, priority, coalesce(payload, 'null'),
+           dedup_key, max_retries, timeout_s, run_at
     FROM input
     -- One order for every batch: concurrent batches sharing dedup keys wait, not deadlock.
     ORDER BY dedup_key

@@ -9,13 +9,16 @@ import time
 import uuid
 from datetime import timedelta
 
+import pytest
 import trio
 
 from distasks import heartbeat, reaper, reconciler
+from distasks.broker.keys import global_keys
+from distasks.errors import StoreUnavailable
 from distasks.handlers import Registry
 from distasks.model import RunStatus, TaskStatus
 from distasks.retry import RetryPolicy
-from distasks.store import Fence, Outcomes
+from distasks.store import Fence, Outcomes, Store
 from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
 
@@ -162,6 +165,24 @@ async def test_heartbeat_extends_the_leases_of_running_handlers(config, store, b
             pool.stop(0)
     assert runs[0].lease_expires_at.timestamp() > time.time() + 100
     assert score > (time.time() + 100) * 1000
+
+
+async def test_a_rebuild_that_fails_midway_lets_the_next_pass_rebuild_at_once(store, broker):
+    # PostgreSQL refusing connections (a port nothing listens on) fails the rebuild
+    # after it took the lock; the lock must not keep every daemon from retrying.
+    t = new_task(queue="q")
+    with trio.fail_after(20):
+        await store.create_tasks([t])
+        async with Store.open("host=127.0.0.1 port=1 user=postgres dbname=none",
+                              min_size=0) as unreachable:
+            with pytest.raises(StoreUnavailable):
+                await reconciler.reconcile_once(unreachable, broker, now_s=time.time(),
+                                                grace_s=3600)
+        lock = await broker.raw("exists", global_keys(broker._prefix).rebuild_lock)
+        await reconciler.reconcile_once(store, broker, now_s=time.time(), grace_s=3600)
+        ready = await broker.raw("lrange", broker.keys("q").ready, 0, -1)
+    assert lock == 0
+    assert ready == [str(t.run_id)] and await broker.has_epoch()
 
 
 async def test_reconciler_rebuilds_redis_after_it_lost_everything(store, broker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import timedelta
 
@@ -160,3 +161,12 @@ async def test_undispatched_runs_are_found_until_marked(store):
         after = await store.undispatched_runs(created_before=later, limit=10)
     assert (pending.queue_name, pending.run_id, pending.status) == ("q", t.run_id, "queued")
     assert none_yet == [] and after == []
+
+
+async def test_a_null_payload_is_stored_as_json_null(store):
+    with trio.fail_after(5):
+        t = new_task(payload=None)
+        t = dataclasses.replace(t, payload=None, payload_json="null")
+        await store.create_tasks([t])
+        task, _ = await store.get_task(t.id)
+    assert task.payload is None
