@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 SERVICES_ENV := . .local/services.env
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate run test fuzz bench lint clean distclean
+.PHONY: help venv services migrate run test fuzz bench bench-compare lint clean distclean
 
 help:
 	@echo 'make venv       create .venv and install distasks with [test,dev] extras'
@@ -25,6 +25,7 @@ help:
 	@echo 'make test       run pytest (PYTEST_ARGS, default -q)'
 	@echo 'make fuzz       schemathesis against a live daemon, new random seed'
 	@echo 'make bench      run bench/throughput.py'
+	@echo 'make bench-compare  bench/compare_taskiq.py: distasks vs Taskiq, same handler'
 	@echo 'make lint       ruff check and mypy'
 	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
 	@echo 'make install    (root) install dist/distasks, the systemd unit and the config'
@@ -58,6 +59,11 @@ test: venv services
 
 bench: venv services
 	$(SERVICES_ENV) && $(VENV)/bin/python bench/throughput.py
+
+# distasks against a Taskiq worker, same handler (one Redis write), same box.
+bench-compare: venv services
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,dev,bench]'
+	$(SERVICES_ENV) && $(VENV)/bin/python bench/compare_taskiq.py
 
 # Schemathesis against a live daemon with a fresh random seed and more examples.
 fuzz: venv services
