@@ -32,7 +32,6 @@ from typing import Any
 import httpx
 import redis
 import trio
-
 from throughput import (
     DEFAULT_ADMIN_DSN,
     DEFAULT_REDIS_URL,
