@@ -131,7 +131,13 @@ class Broker:
         return await _cross(fn, *args, **kwargs)
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        """PING, asked twice before Redis is called down: a connection the pool kept
+        across a Redis restart can be dead while Redis is up, and the first command on
+        it fails; the second runs on a fresh connection."""
+        try:
+            await self._call(self._redis.ping)
+        except BrokerUnavailable:
+            await self._call(self._redis.ping)
 
     # -- dispatch --------------------------------------------------------------------
 
