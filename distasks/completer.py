@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import trio
 
-from distasks import backoff
+from distasks import backoff, mirror
 from distasks.broker import Broker, Settlement
-from distasks.errors import BrokerUnavailable, StoreRejected, StoreUnavailable
+from distasks.errors import StoreRejected, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.outcome import Outcome, OutcomeKind
@@ -68,7 +68,7 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
     while True:
         try:
             # Write in PostgreSQL, then index in Redis (one crossing of the bridge).
-            written, deferred = await _record_and_settle(batch, outcomes, store, broker)
+            written = await _record_and_settle(batch, outcomes, store, broker)
             break
         except StoreRejected as e:
             # Data PostgreSQL refuses must not take the batch (or the daemon) down with it.
@@ -88,11 +88,6 @@ async def record_once(batch: list[Outcome], *, store: Store, broker: Broker,
                            "task_id": str(o.run.task.id), "attempt": o.run.attempt})
     if metrics is not None:
         _count(batch, written, metrics)
-    if deferred is not None:
-        # PostgreSQL holds the truth: the reconciler pushes runs never marked dispatched,
-        # and stale leases left in Redis are cleaned by the reaper.
-        log.warning("outcomes recorded, Redis index deferred: %s", deferred,
-                    extra={"event": "settle_deferred", "count": len(batch)})
     return len(written.runs)
 
 
@@ -122,20 +117,16 @@ async def _record_rejected(batch: list[Outcome], error: StoreRejected, *, store:
 
 
 async def _record_and_settle(batch: list[Outcome], outcomes: Outcomes, store: Store,
-                             broker: Broker) -> tuple[
-        Written, BrokerUnavailable | StoreUnavailable | None]:
-    """Only a failed PostgreSQL write raises; a failed Redis step comes back as the
-    second value."""
+                             broker: Broker) -> Written:
+    """Write in PostgreSQL, then settle in Redis and mark the next attempts dispatched.
+    Only a failed PostgreSQL write raises: once recorded, the outcomes stand."""
     written = await store.record_outcomes(outcomes)
-    try:
-        await broker.settle(_settlement(batch, written))
-        new_runs = [o.new_run_id for o in batch
-                    if o.run.run_id in written.advanced and o.new_run_id]
-        if new_runs:
-            await store.mark_dispatched(new_runs, now=datetime.now(UTC))
-    except (BrokerUnavailable, StoreUnavailable) as e:
-        return written, e
-    return written, None
+    settlement = _settlement(batch, written)
+    new_runs = [o.new_run_id for o in batch if o.run.run_id in written.advanced and o.new_run_id]
+    await mirror.copy("outcomes", lambda: broker.settle(settlement), count=len(batch),
+                      store=store, pushed=new_runs,
+                      now=datetime.fromtimestamp(settlement.now_ms / 1000, UTC))
+    return written
 
 
 def _count(batch: list[Outcome], written: Written, metrics: Metrics) -> None:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from distasks import mirror
 from distasks.broker import Broker
-from distasks.errors import BrokerUnavailable, DistasksError, StoreRejected, StoreUnavailable
+from distasks.errors import DistasksError, StoreRejected, StoreUnavailable
 from distasks.metrics import Metrics
 from distasks.model import ClaimedRun, CreateResult, NewTask, Task, TaskStatus, TaskType
 from distasks.store import Store
@@ -103,7 +104,7 @@ class Intake:
         tasks = [t for request in batch for t in request.tasks]
         try:
             # The whole batch at once: one commit, one Redis pipeline, one mark.
-            results, deferred = await self._commit_and_dispatch(tasks)
+            results = await self._commit_and_dispatch(tasks)
         except StoreRejected as e:
             if len(batch) > 1:
                 # One request's data was refused: commit the others without it.
@@ -126,20 +127,15 @@ class Intake:
         for t, result in zip(tasks, results, strict=True):
             if result.created:
                 self._metrics.created.labels(t.queue_name, t.handler).inc()
-        if deferred is not None:
-            # Committed, so accepted: the reconciler pushes what is not marked dispatched.
-            log.warning("created tasks not dispatched yet: %s", deferred,
-                        extra={"event": "dispatch_deferred", "count": len(tasks)})
         position = 0
         for request in batch:
             request.results = results[position:position + len(request.tasks)]
             position += len(request.tasks)
             request.done.set()
 
-    async def _commit_and_dispatch(self, tasks: list[NewTask]) -> tuple[
-            list[CreateResult], BrokerUnavailable | StoreUnavailable | None]:
+    async def _commit_and_dispatch(self, tasks: list[NewTask]) -> list[CreateResult]:
         """Insert (starting what this daemon can run now), then push and mark the rest.
-        Only a failed insert raises; a failed push comes back as the second value."""
+        Only a failed insert raises: once committed, the tasks are accepted."""
         now_s = self._clock()
         start, reserved = self._reserve(tasks)
         try:
@@ -164,16 +160,14 @@ class Intake:
         if self._pool is not None:
             self._pool.unreserve(reserved - len(started))
             self._pool.start_created(started)
-        if not ready and not delayed:
-            return results, None
-        try:
-            await self._broker.dispatch(ready=ready, delayed=delayed)
+        if ready or delayed:
             pushed = [t.run_id for t, r in zip(tasks, results, strict=True)
                       if r.created and not r.started]
-            await self._store.mark_dispatched(pushed, now=datetime.now(UTC))
-        except (BrokerUnavailable, StoreUnavailable) as e:
-            return results, e
-        return results, None
+            await mirror.copy("created tasks",
+                              lambda: self._broker.dispatch(ready=ready, delayed=delayed),
+                              count=len(pushed), store=self._store, pushed=pushed,
+                              now=_dt(self._clock()))
+        return results
 
     def _reserve(self, tasks: list[NewTask]) -> tuple[set[uuid.UUID], int]:
         """Run ids of immediate tasks to start at create, as many per queue as the pool

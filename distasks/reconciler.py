@@ -1,9 +1,11 @@
 """Reconciler: keeps the Redis index true to PostgreSQL.
 
-Two jobs, every few seconds:
+Three jobs, every few seconds (the repairs that distasks.mirror leaves to it):
 - Rebuild. When the epoch key is gone, Redis lost our data (restarted without
   persistence, failed over, flushed): one daemon, under a lock, re-adds every unfinished
   run (ready, delayed, leased) and the DLQ index from PostgreSQL.
+- Pause flags. Every queue's flag is copied from PostgreSQL, so that a pause or resume
+  committed while Redis was unreachable takes effect once it answers.
 - Dispatch. A queued run that never reached Redis (committed while Redis was down, or the
   daemon died between commit and push) is pushed, then marked dispatched.
 Both may add an id that is already there; that is harmless, since a run starts at most
@@ -40,9 +42,7 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
     now_ms = int(now_s * 1000)
     added = 0
     # Pause flags first, so that no paused queue is claimed from while runs come back.
-    for record in await store.queues(now=datetime.fromtimestamp(now_s, UTC)):
-        if record.paused:
-            await broker.set_paused(record.name, True)
+    await copy_pause_flags(store, broker)
     for queue in await store.active_queues():
         after: PendingDispatch | None = None
         while True:
@@ -95,8 +95,14 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
     return len(pending)
 
 
+async def copy_pause_flags(store: Store, broker: Broker) -> None:
+    """Set or clear every queue's pause flag in Redis as PostgreSQL has it."""
+    await store.copy_pause_flags(broker.set_pause_flags)
+
+
 async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float) -> int:
-    """One pass: rebuild if Redis lost its data, then push undispatched runs."""
+    """One pass: rebuild if Redis lost its data, copy the pause flags, then push
+    undispatched runs."""
     if not await broker.has_epoch() and (
             token := await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS)):
         started = time.monotonic()
@@ -112,6 +118,8 @@ async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s:
         log.log(logging.WARNING if added else logging.INFO,
                 "rebuilt the Redis index from PostgreSQL: %d runs in %.2fs", added,
                 time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
+    else:
+        await copy_pause_flags(store, broker)
     return await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)
 
 

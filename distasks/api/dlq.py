@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 
 from quart import Blueprint, Response, jsonify
 
+from distasks import mirror
 from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
 from distasks.api.services import actor, services
 from distasks.api.tasks import _body, iso, parse_body, parse_query, task_json
 from distasks.config import QUEUE_NAME_RE
-from distasks.errors import BrokerUnavailable, InvalidInput, StoreUnavailable
+from distasks.errors import InvalidInput
 from distasks.store import DlqFilter
 
 bp = Blueprint("dlq", __name__)
@@ -74,12 +75,9 @@ async def replay_dlq(queue: str) -> Response:
                                     actor=actor(), dry_run=req.dry_run)
     run_ids = [run_id for _, run_id in replayed if run_id is not None]
     if run_ids:
-        try:
-            await s.broker.leave_dlq(queue, removed=[str(t) for t, _ in replayed],
-                                    ready=[str(r) for r in run_ids])
-            await s.store.mark_dispatched(run_ids, now=now)
-        except (BrokerUnavailable, StoreUnavailable):
-            pass  # committed: the reconciler pushes unmarked runs once both are back
+        await mirror.copy("DLQ replay", lambda: s.broker.leave_dlq(
+            queue, removed=[str(t) for t, _ in replayed], ready=[str(r) for r in run_ids]),
+            count=len(run_ids), store=s.store, pushed=run_ids, now=now)
     return jsonify({"queue": queue, "replayed": len(replayed),
                     "task_ids": [str(task_id) for task_id, _ in replayed],
                     "dry_run": req.dry_run})
@@ -96,9 +94,7 @@ async def delete_dlq(queue: str) -> Response:
     deleted = await s.store.delete_dead(queue, _selection(req), limit=_limit(req), now=now,
                                         actor=actor(), dry_run=req.dry_run)
     if deleted and not req.dry_run:
-        try:
-            await s.broker.leave_dlq(queue, removed=[str(t) for t in deleted], ready=[])
-        except BrokerUnavailable:
-            pass  # the DLQ index is rebuilt from PostgreSQL when Redis returns
+        await mirror.copy("DLQ delete", lambda: s.broker.leave_dlq(
+            queue, removed=[str(t) for t in deleted], ready=[]), count=len(deleted))
     return jsonify({"queue": queue, "deleted": len(deleted),
                     "task_ids": [str(t) for t in deleted], "dry_run": req.dry_run})

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from quart import Blueprint, Response, jsonify
 
+from distasks import mirror
 from distasks.api import schemas
 from distasks.api.dlq import queue_name
 from distasks.api.openapi import operation
@@ -56,8 +57,10 @@ async def resume_queue(queue: str) -> Response:
 async def _set_paused(queue: str, paused: bool) -> Response:
     queue = queue_name(queue)
     s = services()
-    # PostgreSQL first (the truth, rebuilt into Redis after a loss), then the flag claims see.
+    # PostgreSQL first (the truth), then the flag claims see; if Redis does not answer,
+    # the reconciler copies the flag on its next pass.
     await s.store.set_paused(queue, paused, actor=actor(),
                              now=datetime.fromtimestamp(s.clock(), UTC))
-    await s.broker.set_paused(queue, paused)
+    await mirror.copy("pause" if paused else "resume",
+                      lambda: s.broker.set_paused(queue, paused))
     return jsonify({"name": queue, "paused": paused})

@@ -11,6 +11,7 @@ import pydantic
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from distasks import mirror
 from distasks.api import cursor, schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.openapi import operation
@@ -223,9 +224,12 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
         raise NotFound(f"no task with id {task_id}")
     if done.cancelled:
         s.metrics.cancelled.labels(done.queue_name, done.handler).inc()
-        await s.broker.cancelled(waiting=[(q, str(r)) for q, r in done.waiting],
-                                 running=str(done.running) if done.running else None,
-                                 task_id=str(tid), now_ms=int(now.timestamp() * 1000))
+        # If Redis does not answer: waiting ids are dropped when claimed, the running
+        # attempt learns of the cancel from its next heartbeat, waiters from their poll.
+        await mirror.copy("cancel", lambda: s.broker.cancelled(
+            waiting=[(q, str(r)) for q, r in done.waiting],
+            running=str(done.running) if done.running else None,
+            task_id=str(tid), now_ms=int(now.timestamp() * 1000)))
     return jsonify({"task_id": str(tid), "status": done.status.value,
                     "cancelled": done.cancelled})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -268,11 +268,20 @@ class Broker:
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Mirror a queue's pause flag (claims of a paused queue return nothing)."""
-        key = self.keys(queue).paused
-        if paused:
-            await self._call(self._redis.set, key, "1")
-        else:
-            await self._call(self._redis.delete, key)
+        await self.set_pause_flags({queue: paused})
+
+    @crossing
+    async def set_pause_flags(self, flags: Mapping[str, bool]) -> None:
+        """Mirror the pause flags of many queues in one round trip."""
+        if not flags:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, paused in flags.items():
+                if paused:
+                    pipe.set(self.keys(queue).paused, "1")
+                else:
+                    pipe.delete(self.keys(queue).paused)
+            await pipe.execute()
 
     @crossing
     async def cancelled(self, *, waiting: Sequence[tuple[str, str]], running: str | None,

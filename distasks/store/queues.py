@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,6 +53,15 @@ class QueueQueries(StoreBase):
                 "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
                 " VALUES (%s, %s, %s, %s, %s)",
                 (now, actor, "pause" if paused else "resume", queue_name, Jsonb({})))
+
+    @query
+    async def copy_pause_flags(self, apply: Callable[[dict[str, bool]], Awaitable[None]]) -> None:
+        """Call `apply` with every queue ever paused or resumed and whether it is paused
+        now, holding those rows so that no pause or resume commits meanwhile: a copy of
+        a flag can then never land in Redis after the copy of a newer one."""
+        async with self._pool.transaction() as conn:
+            cur = await conn.execute("SELECT name, paused FROM queues FOR SHARE")
+            await apply({name: paused for name, paused in await cur.fetchall()})
 
     @query
     async def queues(self, *, now: datetime) -> list[QueueRecord]:

@@ -175,6 +175,16 @@ class PrivateRedis:
             self._process.kill()
             self._process.wait(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as in a network partition;
+        `thaw()` brings it back with its data."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def restart_empty(self) -> None:
         """Kill the server and start a new, empty one on the same port."""
         self.kill()

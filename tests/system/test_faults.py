@@ -21,6 +21,8 @@ import httpx
 import pytest
 import trio
 
+from distasks.broker.keys import queue_keys
+
 from .faults import (
     EXIT_MARGIN_S,
     FAULTS,
@@ -31,6 +33,7 @@ from .faults import (
     PrivateRedis,
     Result,
     daemon_env,
+    query,
     run_scenario,
     wait_final,
 )
@@ -186,3 +189,67 @@ async def test_outages_degrade_and_the_daemon_resumes_by_itself(private_pg, priv
         await trio.to_thread.run_sync(private_redis.ensure_running)
         await trio.to_thread.run_sync(private_pg.ensure_running)
         await trio.to_thread.run_sync(private_pg.drop_database, dbname)
+
+
+async def test_changes_committed_while_redis_is_unreachable_are_accepted_and_reach_it_later(
+        private_pg, private_redis, tmp_path):
+    """Committed in PostgreSQL = accepted (distasks.mirror): with Redis not answering, a
+    cancel, a pause and a DLQ replay answer 200 like a create; once Redis answers again
+    (with its data, so no rebuild runs) the reconciler copies the pause flag, the
+    replayed attempt runs, and the cancelled attempt has stopped."""
+    dbname = f"seams_{tmp_path.name[-12:].replace('-', '_')}".lower()
+    await trio.to_thread.run_sync(private_pg.create_database, dbname)
+    dsn = private_pg.dsn(dbname)
+    env = daemon_env(database_url=dsn, redis_url=private_redis.url, prefix="seams",
+                     chaos_log=tmp_path / "executions.log")
+    daemon = Daemon("seams", env, tmp_path / "daemon.log")
+    paused_flag = queue_keys("seams", "held").paused
+
+    async def runs_become(task_id: str, want: list[str]) -> None:
+        while True:
+            rows = await query(dsn, "SELECT status FROM task_runs WHERE task_id = %s"
+                                    " ORDER BY attempt", (task_id,))
+            if [r[0] for r in rows or []] == want:
+                return
+            await trio.sleep(0.1)
+
+    def paused_in_redis() -> bool:
+        with private_redis.client() as c:
+            return bool(c.exists(paused_flag))
+
+    try:
+        with trio.fail_after(120):
+            await daemon.start()
+            await daemon.wait_ready()
+            async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as client:
+                r = await client.post("/api/v1/tasks", json={
+                    "name": "dead", "handler": "demo",
+                    "max_retries": 0, "payload": {"always_fail": True}})
+                dead = r.json()["task_id"]
+                r = await client.post("/api/v1/tasks", json={
+                    "name": "long", "handler": "chaos_sleep", "payload": {"ms": 60_000}})
+                long_running = r.json()["task_id"]
+                await runs_become(dead, ["failed"])
+                await runs_become(long_running, ["running"])
+
+                await trio.to_thread.run_sync(private_redis.freeze)
+                try:
+                    r = await client.post(f"/api/v1/tasks/{long_running}/cancel")
+                    assert r.status_code == 200 and r.json()["cancelled"], r.text
+                    r = await client.post("/api/v1/queues/held/pause")
+                    assert r.status_code == 200 and r.json()["paused"], r.text
+                    r = await client.post("/api/v1/queues/default/dlq/replay", json={})
+                    assert r.status_code == 200 and r.json()["replayed"] == 1, r.text
+                finally:
+                    await trio.to_thread.run_sync(private_redis.thaw)
+
+                while not await trio.to_thread.run_sync(paused_in_redis):  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+                await runs_become(dead, ["failed", "failed"])
+                await runs_become(long_running, ["cancelled"])
+            assert daemon.is_running()
+    finally:
+        await daemon.stop()
+        await trio.to_thread.run_sync(private_redis.thaw)
+        await trio.to_thread.run_sync(private_pg.drop_database, dbname)
+
