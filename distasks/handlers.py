@@ -81,6 +81,15 @@ class Registry:
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._handlers))
 
+    def payload_schemas(self) -> dict[str, dict[str, Any] | None]:
+        """Each handler's payloads as a JSON Schema: `{}` (any JSON value) unless the
+        handler says otherwise with a `payload_schema()` method (the http handler)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for name, h in self._handlers.items():
+            describe = getattr(h.fn, "payload_schema", None)
+            out[name] = describe() if callable(describe) else {}
+        return out
+
     def add_module(self, module_name: str) -> int:
         """Import `module_name` and register every function it marks; returns how many."""
         module = importlib.import_module(module_name)

@@ -44,11 +44,16 @@ class HttpHandler:
         url = payload.get("url")
         if not isinstance(url, str):
             raise InvalidInput("payload.url is required (a string)", field="payload.url")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:  # a port out of range, an unclosed IPv6 bracket
+            raise InvalidInput(f"payload.url is not a valid URL: {e}",
+                               field="payload.url") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput("payload.url must be an http or https URL",
                                field="payload.url")
-        if not self._allows(parts.hostname, parts.port):
+        if not self._allows(parts.hostname, port):
             raise InvalidInput(f"host {parts.hostname!r} is not in http_handler.allowed_hosts",
                                field="payload.url", code="host_not_allowed")
         method = str(payload.get("method", "POST")).upper()
@@ -72,6 +77,25 @@ class HttpHandler:
                                    field="payload.body_text")
             body["content"] = payload["body_text"].encode()
         return method, url, headers, body
+
+    def payload_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema of the payloads `check` accepts, for the OpenAPI document; None
+        while no host is allowed (then no payload is)."""
+        if not self._allowed:
+            return None
+        hosts = "|".join(_host_pattern(entry) for entry in self._allowed)
+        methods = "|".join(_any_case(m) for m in sorted(METHODS))
+        return {
+            "type": "object", "required": ["url"],
+            "properties": {
+                "url": {"type": "string", "pattern": f"^{_any_case('http')}[sS]?://"
+                        f"([^/?#@]*@)?({hosts})([/?#].*)?$"},
+                "method": {"type": "string", "pattern": f"^({methods})$", "default": "POST"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "body_text": {"type": "string"},
+            },
+            "not": {"required": ["body", "body_text"]},
+        }
 
     def _allows(self, host: str, port: int | None) -> bool:
         host = host.lower()
@@ -99,3 +123,31 @@ class HttpHandler:
         return {"status": response.status_code,
                 "content_type": response.headers.get("content-type"),
                 "body": text, "truncated": len(kept) >= self._max_response_bytes}
+
+
+# A port urlsplit accepts: 0-65535.
+_PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+
+
+def _host_pattern(entry: str) -> str:
+    """A regular expression (ECMAScript as well as Python) for the URL host and port an
+    allow-list entry admits, as `_allows` reads them: case-insensitive names, `*` and `?`
+    wildcards, any port unless the entry names one."""
+    name, _, port = entry.partition(":")
+    out = []
+    for c in name:
+        if c == "*":
+            out.append(r"[^/?#@:\[\]]*")
+        elif c == "?":
+            out.append(r"[^/?#@:\[\]]")
+        elif c.isalpha():
+            out.append(_any_case(c))
+        elif c.isalnum() or c in "_~":
+            out.append(c)
+        else:
+            out.append("\\" + c)
+    return "".join(out) + (f":{port}" if port else f"(:{_PORT})?")
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)

@@ -34,7 +34,8 @@ def create_app(services: Services) -> QuartTrio:
     app.extensions["distasks"] = services
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, health.bp):
         app.register_blueprint(bp)
-    document = openapi.document(title="distasks", version=distasks.__version__)
+    document = openapi.document(title="distasks", version=distasks.__version__,
+                                handlers=services.registry.payload_schemas())
 
     @app.get("/openapi.json")
     async def openapi_json() -> Any:

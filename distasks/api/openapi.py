@@ -5,7 +5,7 @@ and records its body, query and response models here."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint
 
-from distasks.api.schemas import QUEUE_NAME_PATTERN, ErrorOut
+from distasks.api.schemas import JSON_VALUE_SCHEMA, QUEUE_NAME_PATTERN, ErrorOut
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,7 +68,12 @@ def operation(bp: Blueprint, method: str, rule: str, *, summary: str, tag: str,
     return register
 
 
-def document(*, title: str, version: str) -> dict[str, Any]:
+def document(*, title: str, version: str,
+             handlers: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The document of every declared operation. `handlers` are this daemon's handlers
+    by name with the JSON Schema of the payloads each accepts (`{}`: any JSON value;
+    None: none at all, so the name is left out), so that the document promises no more
+    than the server takes."""
     models: set[type[BaseModel]] = {ErrorOut}
     for op in OPERATIONS:
         models.update(m for m in op.responses.values() if m is not None)
@@ -77,6 +82,16 @@ def document(*, title: str, version: str) -> dict[str, Any]:
     _, top = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
                                 ref_template="#/components/schemas/{model}")
     schemas = top.get("$defs", {})
+    schemas["JsonValue"] = JSON_VALUE_SCHEMA
+    create = schemas["CreateTask"]["properties"]
+    create["payload"] = {"$ref": "#/components/schemas/JsonValue",
+                         "description": create["payload"].get("description", "")}
+    [handler_name, _null] = create["handler"]["anyOf"]
+    handler_name["enum"] = sorted(name for name, payload in handlers.items() if payload is not None)
+    schemas["CreateTask"].setdefault("allOf", []).extend(
+        {"if": {"required": ["handler"], "properties": {"handler": {"const": name}}},
+         "then": {"properties": {"payload": payload}}}
+        for name, payload in sorted(handlers.items()) if payload)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)

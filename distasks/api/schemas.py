@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+)
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
 from distasks.config import QUEUE_NAME_PATTERN as QUEUE_NAME_PATTERN
@@ -32,8 +40,62 @@ def _rfc3339(value: Any) -> Any:
     return value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]
-QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+def _utc(value: datetime) -> datetime:
+    """PostgreSQL takes UTC offsets up to 15:59 only, and RFC 3339 allows up to 23:59:
+    every time is kept in UTC."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
+
+# PostgreSQL text and jsonb cannot hold NUL: said in the schema by this pattern on every
+# free text (the server refuses NUL itself, naming the field, api/tasks.py _refuse_nul).
+NO_NUL = r"^[^\x00]*$"
+NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
+
+
+# Integers within bounds. The bounds sit inside the type, so that they stay in the schema
+# (on the field of an `int | None` they would not).
+Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX), BeforeValidator(_integral)]
+Retries = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
+SelectionCount = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
+TaskPageLimit = Annotated[int, Field(ge=1, le=500), BeforeValidator(_integral)]
+DlqPageCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
+DlqPageLimit = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
+
+
+def text(min_length: int, max_length: int, description: str | None = None) -> Any:
+    """A free-text field, absent by default."""
+    return Field(None, min_length=min_length, max_length=max_length, description=description,
+                 json_schema_extra=NO_NUL_TEXT)
+
+
+# Any JSON value without NUL in its strings or keys: what a payload may be. The document
+# (api/openapi.py) gives it to the payload field, which pydantic can only call "any".
+JSON_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "null"}, {"type": "boolean"}, {"type": "number"},
+    {"type": "string", "pattern": NO_NUL},
+    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+    {"type": "object", "propertyNames": {"pattern": NO_NUL},
+     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+]}
+
+# What the type decides: an immediate task takes neither run_at nor delay_seconds; a
+# delayed one exactly one of them.
+TIMING_RULES: dict[str, Any] = {"anyOf": [
+    {"properties": {"type": {"const": "immediate"}, "run_at": {"type": "null"},
+                    "delay_seconds": {"type": "null"}}},
+    {"required": ["type", "run_at"],
+     "properties": {"type": {"const": "delayed"}, "run_at": {"type": "string"},
+                    "delay_seconds": {"type": "null"}}},
+    {"required": ["type", "delay_seconds"],
+     "properties": {"type": {"const": "delayed"}, "delay_seconds": {"type": "number"},
+                    "run_at": {"type": "null"}}},
+]}
 
 
 class _Strict(BaseModel):
@@ -50,17 +112,19 @@ class _Query(BaseModel):
 # -- requests -----------------------------------------------------------------------
 
 class CreateTask(_Strict):
-    name: str = Field(min_length=1, max_length=256, description="A free label")
-    handler: str | None = Field(None, min_length=1, max_length=128,
-                                description="Registered handler; the config's default if absent")
+    model_config = ConfigDict(json_schema_extra=TIMING_RULES)
+
+    name: str = Field(min_length=1, max_length=256, description="A free label",
+                      json_schema_extra=NO_NUL_TEXT)
+    handler: str | None = text(1, 128, "Registered handler; the config's default if absent")
     type: Literal["immediate", "delayed"] = "immediate"
     queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
-    priority: Int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+    priority: Priority = 0
     payload: Any = Field(default_factory=dict, description="Any JSON value")
-    dedup_key: str | None = Field(None, min_length=1, max_length=256)
-    max_retries: Int | None = Field(None, ge=0, le=1000)
+    dedup_key: str | None = text(1, 256)
+    max_retries: Retries | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    run_at: AwareDatetime | None = Field(None, description="RFC 3339, for type delayed")
+    run_at: UtcDatetime | None = Field(None, description="RFC 3339, for type delayed")
     delay_seconds: float | None = Field(None, ge=0, le=366 * 86400,
                                         description="For type delayed, instead of run_at")
 
@@ -70,35 +134,34 @@ class CreateTasks(_Strict):
 
 
 class CancelTask(_Strict):
-    reason: str | None = Field(None, max_length=1000)
+    reason: str | None = Field(None, max_length=1000, json_schema_extra=NO_NUL_TEXT)
 
 
 class DlqSelection(_Strict):
     """Which DLQ entries a replay or delete touches: `task_ids`, or the oldest `count`
     matching the filters."""
 
-    count: Int = Field(10, ge=1, le=10_000)
+    count: SelectionCount = 10
     task_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=10_000)
-    handler: str | None = Field(None, min_length=1, max_length=128)
-    error: str | None = Field(None, min_length=1, max_length=1000,
-                              description="Substring of the last error, case-insensitive")
-    failed_since: AwareDatetime | None = None
+    handler: str | None = text(1, 128)
+    error: str | None = text(1, 1000, "Substring of the last error, case-insensitive")
+    failed_since: UtcDatetime | None = None
     dry_run: bool = False
 
 
 class ReplayDlq(DlqSelection):
-    override_priority: Int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
+    override_priority: Priority | None = None
 
 
 class TaskQuery(_Query):
     status: TaskStatusName | None = None
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
-    name: str | None = Field(None, min_length=1, max_length=256)
-    handler: str | None = Field(None, min_length=1, max_length=128)
-    dedup_key: str | None = Field(None, min_length=1, max_length=256)
+    name: str | None = text(1, 256)
+    handler: str | None = text(1, 128)
+    dedup_key: str | None = text(1, 256)
     created_after: QueryDatetime | None = None
     created_before: QueryDatetime | None = None
-    limit: Int = Field(50, ge=1, le=500)
+    limit: TaskPageLimit = 50
     cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
                                description="next_cursor of the previous page")
 
@@ -109,13 +172,12 @@ class GetTaskQuery(_Query):
 
 
 class DlqQuery(_Query):
-    count: Int = Field(0, ge=0, le=1000,
-                       description="Same as limit, as in the original API; 0: use limit")
-    limit: Int = Field(50, ge=1, le=1000)
+    count: DlqPageCount = Field(0, description="Same as limit, as in the original API; 0: use limit")
+    limit: DlqPageLimit = 50
     cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
                                description="next_cursor of the previous page")
-    handler: str | None = Field(None, min_length=1, max_length=128)
-    error: str | None = Field(None, min_length=1, max_length=1000)
+    handler: str | None = text(1, 128)
+    error: str | None = text(1, 1000)
     failed_since: QueryDatetime | None = None
 
 

@@ -8,7 +8,7 @@ no store, broker or intake; Quart's app context works under Trio through quart_t
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
@@ -105,6 +105,9 @@ BAD_BODIES = [
                                  "run_at": "2030-01-01T00:00:00"},
      InvalidInput, "invalid_input", "run_at"),
     ("run_at_not_a_date", {"name": "x", "type": "delayed", "run_at": "tomorrow"},
+     InvalidInput, "invalid_input", "run_at"),
+    ("run_at_before_year_1_in_utc", {"name": "x", "type": "delayed",
+                                     "run_at": "0001-01-01T00:00:00+05:00"},
      InvalidInput, "invalid_input", "run_at"),
     ("run_at_on_immediate", {"name": "x", "run_at": "2030-01-01T00:00:00Z"},
      InvalidInput, "invalid_input", "run_at"),
@@ -210,13 +213,20 @@ async def test_delayed_with_zero_delay_is_due_at_the_clock(app):
     assert new.run_at == datetime.fromtimestamp(NOW_S, UTC)
 
 
-async def test_delayed_with_run_at_keeps_the_instant_and_its_offset(app):
+async def test_delayed_with_run_at_keeps_the_instant_in_utc(app):
     new = await parse(app, {"name": "x", "type": "delayed",
                             "run_at": "2030-01-01T02:00:00+02:00"})
 
     assert new.run_at == datetime(2030, 1, 1, tzinfo=UTC)
-    assert new.run_at.utcoffset() == timedelta(hours=2)
-    assert new.run_at.tzinfo == timezone(timedelta(hours=2))
+    assert new.run_at.tzinfo == UTC
+
+
+async def test_run_at_with_an_offset_postgresql_cannot_hold_is_kept_as_its_utc_instant(app):
+    """RFC 3339 allows offsets up to 23:59, PostgreSQL up to 15:59 (this was a 500)."""
+    new = await parse(app, {"name": "x", "type": "delayed",
+                            "run_at": "2030-01-01T18:41:00+18:41"})
+
+    assert new.run_at == datetime(2030, 1, 1, tzinfo=UTC)
 
 
 # --- from_validation_error ---------------------------------------------------------------

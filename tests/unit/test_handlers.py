@@ -256,3 +256,14 @@ def test_bare_handler_decorator_registers_the_function_under_its_name(write_modu
 
     assert registry.add_module(name) == 1
     assert list(registry) == ["resize"]
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com:99999/", "http://api.example.com:x/",
+                                 "http://[::1/"])
+def test_an_http_url_urlsplit_cannot_read_is_refused_naming_the_field(url):
+    """A port out of range or an unclosed bracket made urlsplit raise ValueError (a 500)."""
+    from distasks.errors import InvalidInput
+    from distasks.http_handler import HttpHandler
+    with pytest.raises(InvalidInput) as e:
+        HttpHandler(("api.example.com",), 1000).check({"url": url})
+    assert e.value.field == "payload.url"

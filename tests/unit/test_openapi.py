@@ -43,3 +43,40 @@ async def test_request_schemas_come_from_the_validating_models():
     assert schema["properties"]["queue_name"]["pattern"] == QUEUE_NAME_PATTERN
     for op in (op for ops in spec["paths"].values() for op in ops.values()):
         assert "503" in op["responses"] and "422" in op["responses"]
+
+
+def http_app(allowed_hosts: tuple[str, ...]):
+    from distasks.http_handler import HttpHandler
+    registry = builtin_registry(http=HttpHandler(allowed_hosts, 1000))
+    return create_app(Services(config=Config(), store=None, broker=None, intake=None,  # type: ignore[arg-type]
+                               registry=registry, waiters=TaskWaiters(), clock=lambda: 0.0))
+
+
+async def test_a_handler_that_accepts_no_payload_is_not_offered():
+    """With no allowed host the http handler refuses every create: the document must not
+    offer it."""
+    spec = await (await http_app(()).test_client().get("/openapi.json")).get_json()
+    [name, _null] = spec["components"]["schemas"]["CreateTask"]["properties"]["handler"]["anyOf"]
+    assert name["enum"] == ["demo", "noop"]
+
+
+async def test_the_http_handler_payload_schema_names_its_allowed_hosts():
+    spec = await (await http_app(("api.example.com",)).test_client().get("/openapi.json")
+                  ).get_json()
+    create = spec["components"]["schemas"]["CreateTask"]
+    assert "http" in create["properties"]["handler"]["anyOf"][0]["enum"]
+    [rule] = [r for r in create["allOf"] if r["if"]["properties"]["handler"]["const"] == "http"]
+    url = re.compile(rule["then"]["properties"]["payload"]["properties"]["url"]["pattern"])
+    assert url.match("https://API.example.com:8443/hook")
+    assert not url.match("https://api.example.com.evil.test/")
+    assert not url.match("https://api.example.com:99999/")
+
+
+async def test_free_text_and_payload_strings_exclude_nul_in_the_document():
+    spec = await (await make_app().test_client().get("/openapi.json")).get_json()
+    schemas = spec["components"]["schemas"]
+    assert schemas["CreateTask"]["properties"]["name"]["pattern"] == "^[^\\x00]*$"
+    assert schemas["CreateTask"]["properties"]["payload"]["$ref"] == (
+        "#/components/schemas/JsonValue")
+    strings = [s for s in schemas["JsonValue"]["anyOf"] if s.get("type") == "string"]
+    assert strings == [{"type": "string", "pattern": "^[^\\x00]*$"}]
