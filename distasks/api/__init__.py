@@ -9,11 +9,22 @@ from typing import Any
 import hypercorn.config
 import hypercorn.trio
 import trio
+import werkzeug.exceptions
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
 import distasks
-from distasks.api import dlq, errors, health, openapi, queues, tasks, workers
+from distasks.api import (
+    dlq,
+    errors,
+    health,
+    openapi,
+    parse,
+    protocol_errors,
+    queues,
+    tasks,
+    workers,
+)
 from distasks.api.fast import with_lean_create
 from distasks.api.services import Services, request_id_for
 
@@ -85,6 +96,20 @@ def create_app(services: Services) -> QuartTrio:
         return response
 
     errors.install(app)
+
+    @app.errorhandler(werkzeug.exceptions.NotFound)
+    async def no_route(_e: werkzeug.exceptions.NotFound) -> Response:
+        """A path with the shape of a route but a parameter that does not read (a queue
+        name with a slash, a task id that is no UUID) is a 422 naming it; any other
+        unknown path a 404 that names what was asked for."""
+        raw = request.scope.get("raw_path") or request.path.encode()
+        problem = parse.path_parameter_problem(
+            [op.path for op in openapi.OPERATIONS], raw.decode("latin-1"))
+        if problem is not None:
+            return errors.error_response(422, problem.code, problem.message, problem.field)
+        return errors.error_response(404, "not_found",
+                                     f"no route for {request.method} {request.path[:200]}")
+
     return app
 
 
@@ -94,6 +119,7 @@ async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
     """Serve `app` (with the lean create route in front, api/fast.py) until `shutdown` is
     set, then finish requests in flight for at most `graceful_s`; `task_status.started()`
     once the socket listens."""
+    protocol_errors.install()
     config = hypercorn.config.Config()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_s

@@ -14,19 +14,12 @@ from quart import Blueprint, Response, jsonify
 from distasks import mirror
 from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
+from distasks.api.parse import parse_body, parse_query, queue_name, read_body
+from distasks.api.render import iso, task_json
 from distasks.api.services import actor, services
-from distasks.api.tasks import _body, iso, parse_body, parse_query, task_json
-from distasks.config import QUEUE_NAME_RE
-from distasks.errors import InvalidInput
 from distasks.store import DlqFilter
 
 bp = Blueprint("dlq", __name__)
-
-
-def queue_name(name: str) -> str:
-    if not QUEUE_NAME_RE.fullmatch(name):
-        raise InvalidInput(f"queue name {name!r} is not 1-64 of [A-Za-z0-9_.-]", field="queue")
-    return name
 
 
 def _selection(sel: schemas.DlqSelection) -> DlqFilter:
@@ -67,7 +60,7 @@ async def list_dlq(queue: str) -> Response:
            body_required=False, body=schemas.ReplayDlq, responses={200: schemas.Replayed})
 async def replay_dlq(queue: str) -> Response:
     queue = queue_name(queue)
-    req = parse_body(schemas.ReplayDlq, await _body() or b"{}")
+    req = parse_body(schemas.ReplayDlq, await read_body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
     replayed = await s.store.replay(queue, _selection(req), limit=_limit(req),
@@ -88,7 +81,7 @@ async def replay_dlq(queue: str) -> Response:
            body_required=False, body=schemas.DlqSelection, responses={200: schemas.Deleted})
 async def delete_dlq(queue: str) -> Response:
     queue = queue_name(queue)
-    req = parse_body(schemas.DlqSelection, await _body() or b"{}")
+    req = parse_body(schemas.DlqSelection, await read_body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
     deleted = await s.store.delete_dead(queue, _selection(req), limit=_limit(req), now=now,

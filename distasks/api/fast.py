@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from distasks.api import errors
+from distasks.api.parse import parse_create
 from distasks.api.services import Services, request_id_for
-from distasks.api.tasks import parse_create
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("distasks.access")

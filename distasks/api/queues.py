@@ -8,10 +8,10 @@ from quart import Blueprint, Response, jsonify
 
 from distasks import mirror
 from distasks.api import schemas
-from distasks.api.dlq import queue_name
 from distasks.api.openapi import operation
+from distasks.api.parse import queue_name
+from distasks.api.render import iso
 from distasks.api.services import actor, services
-from distasks.api.tasks import iso
 from distasks.queue_state import queue_states
 
 bp = Blueprint("queues", __name__)

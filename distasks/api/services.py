@@ -13,6 +13,7 @@ from quart import current_app, request
 from distasks.broker import Broker
 from distasks.config import Config
 from distasks.control import TaskWaiters
+from distasks.creation import CreationRules
 from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
@@ -39,6 +40,14 @@ class Services:
     stopping: trio.Event = field(default_factory=trio.Event)
     #: what a SIGHUP may change (the default max_retries of new tasks)
     tunables: Tunables | None = None
+
+    def creation_rules(self) -> CreationRules:
+        """The rules new tasks obey now (a SIGHUP may change the default max_retries)."""
+        return CreationRules(
+            registry=self.registry, default_handler=self.config.worker.default_handler,
+            default_max_retries=(self.tunables.default_max_retries if self.tunables
+                                 else self.config.retry.max_retries),
+            max_payload_bytes=self.config.http.max_payload_bytes)
 
 
 def services() -> Services:

@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime
 
-import pydantic
 import trio
-from quart import Blueprint, Response, jsonify, request
+from quart import Blueprint, Response, jsonify
 
 from distasks import mirror
 from distasks.api import cursor, schemas
-from distasks.api.errors import from_validation_error
 from distasks.api.openapi import operation
-from distasks.api.services import Services, actor, services
-from distasks.errors import (
-    BrokerUnavailable,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    UnknownHandler,
-)
-from distasks.http_handler import HttpHandler
-from distasks.model import (
-    TERMINAL_TASK_STATUSES,
-    NewTask,
-    RunStatus,
-    Task,
-    TaskRun,
-    TaskType,
-)
-from distasks.store import TaskFilter, dumps
+from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
+from distasks.api.render import latest_run_json, run_json, task_json
+from distasks.api.services import actor, services
+from distasks.errors import BrokerUnavailable, InvalidInput, NotFound
+from distasks.model import TERMINAL_TASK_STATUSES
+from distasks.store import TaskFilter
 
 bp = Blueprint("tasks", __name__)
 
@@ -47,7 +32,7 @@ async def create_task() -> tuple[Response, int]:
     # Served by api/fast.py in the daemon; this route serves the test client and
     # documents the operation.
     s = services()
-    result = await s.intake.create(parse_create(await _body(), s))
+    result = await s.intake.create(parse_create(await read_body(), s))
     return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
         201 if result.created else 200)
 
@@ -56,7 +41,7 @@ async def create_task() -> tuple[Response, int]:
            summary="Create many tasks at once: all valid or none written, one transaction",
            body=schemas.CreateTasks, responses={200: schemas.BatchCreated})
 async def create_tasks() -> Response:
-    req = parse_body(schemas.CreateTasks, await _body())
+    req = parse_body(schemas.CreateTasks, await read_body())
     s = services()
     limit = s.config.http.max_batch
     if len(req.tasks) > limit:
@@ -73,91 +58,6 @@ async def create_tasks() -> Response:
     results = await s.intake.create_many(news)
     return jsonify({"tasks": [{"task_id": str(r.task_id), "status": r.status.value,
                                "created": r.created} for r in results]})
-
-
-async def _body() -> bytes:
-    data = await request.get_data(as_text=False, parse_form_data=False)
-    return data if isinstance(data, bytes) else data.encode()
-
-
-M = TypeVar("M", bound=pydantic.BaseModel)
-
-
-def parse_body(model: type[M], body: bytes) -> M:
-    try:
-        parsed = model.model_validate_json(body or b"null")
-    except pydantic.ValidationError as e:
-        raise from_validation_error(e) from None
-    # JSON can carry a NUL only as the escape \u0000: walk the values only then.
-    if b"\\u0000" in body:
-        _refuse_nul(parsed.model_dump(mode="python"))
-    return parsed
-
-
-def parse_query(model: type[M]) -> M:
-    args = request.args.to_dict()
-    _refuse_nul(args)
-    try:
-        return model.model_validate(args)
-    except pydantic.ValidationError as e:
-        raise from_validation_error(e) from None
-
-
-def _refuse_nul(value: Any, path: str = "") -> None:
-    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them up front,
-    naming where, instead of failing in the database."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput(f"{path or 'value'} contains a NUL character", field=path or None)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_nul(key, path)
-            _refuse_nul(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _refuse_nul(item, f"{path}.{i}" if path else str(i))
-
-
-def parse_create(body: bytes | str, s: Services) -> NewTask:
-    """Validate a create body into a NewTask; raises InvalidInput naming the field."""
-    return new_task(parse_body(schemas.CreateTask, body if isinstance(body, bytes)
-                               else body.encode()), s)
-
-
-def new_task(req: schemas.CreateTask, s: Services) -> NewTask:
-    """Check what the schema cannot (handler, payload size, timing) and build the task."""
-    handler = req.handler or s.config.worker.default_handler
-    if handler not in s.registry:
-        raise UnknownHandler(handler)
-    try:
-        payload_json = dumps(req.payload)
-    except ValueError:
-        raise InvalidInput("payload must not contain NaN or Infinity", field="payload") from None
-    limit = s.config.http.max_payload_bytes
-    if len(payload_json.encode()) > limit:
-        raise PayloadTooLarge(len(payload_json.encode()), limit)
-    registered = s.registry.get(handler)
-    if registered is not None and isinstance(registered.fn, HttpHandler):
-        registered.fn.check(req.payload)  # refuse a call that could never be made
-    run_at = None
-    task_type = TaskType(req.type)
-    if task_type is TaskType.DELAYED:
-        if (req.run_at is None) == (req.delay_seconds is None):
-            raise InvalidInput("a delayed task needs exactly one of run_at and delay_seconds",
-                               field="run_at")
-        now = datetime.fromtimestamp(s.clock(), UTC)
-        run_at = req.run_at or now + timedelta(seconds=req.delay_seconds or 0)
-    elif req.run_at is not None or req.delay_seconds is not None:
-        field = "run_at" if req.run_at is not None else "delay_seconds"
-        raise InvalidInput(f"{field} needs type \"delayed\"", field=field)
-    return NewTask(
-        id=uuid.uuid4(), run_id=uuid.uuid4(), name=req.name, handler=handler, type=task_type,
-        queue_name=req.queue_name, priority=req.priority, payload=req.payload,
-        payload_json=payload_json, dedup_key=req.dedup_key,
-        max_retries=req.max_retries if req.max_retries is not None
-        else (s.tunables.default_max_retries if s.tunables else s.config.retry.max_retries),
-        timeout_s=req.timeout_seconds, run_at=run_at,
-    )
 
 
 @operation(bp, "GET", "/api/v1/tasks", tag="tasks",
@@ -216,7 +116,7 @@ async def get_runs(task_id: uuid.UUID) -> Response:
            errors={404: "No such task"})
 async def cancel_task(task_id: uuid.UUID) -> Response:
     tid = task_id
-    req = parse_body(schemas.CancelTask, await _body() or b"{}")
+    req = parse_body(schemas.CancelTask, await read_body() or b"{}")
     s = services()
     now = datetime.fromtimestamp(s.clock(), UTC)
     done = await s.store.cancel_task(tid, actor=actor(), reason=req.reason, now=now)
@@ -232,40 +132,3 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
             task_id=str(tid), now_ms=int(now.timestamp() * 1000)))
     return jsonify({"task_id": str(tid), "status": done.status.value,
                     "cancelled": done.cancelled})
-
-
-def latest_run_json(runs: list[TaskRun]) -> dict[str, Any] | None:
-    """The latest attempt that has started; the next attempt waiting for its time is
-    listed in `runs` but is not "latest" until it starts, so that right after a failure
-    the latest run says `retrying` and when the retry is due."""
-    started = [r for r in runs if r.status is not RunStatus.QUEUED]
-    pick = started[-1] if started else (runs[-1] if runs else None)
-    return run_json(pick) if pick else None
-
-
-def task_json(t: Task) -> dict[str, Any]:
-    return {
-        "id": str(t.id), "name": t.name, "handler": t.handler, "type": t.type.value,
-        "queue_name": t.queue_name, "priority": t.priority, "payload": t.payload,
-        "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_seconds": t.timeout_s,
-        "status": t.status.value, "failures": t.failures, "run_at": iso(t.run_at),
-        "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
-        "finished_at": iso(t.finished_at), "cancelled_at": iso(t.cancelled_at),
-        "cancelled_by": t.cancelled_by, "cancel_reason": t.cancel_reason,
-    }
-
-
-def run_json(r: TaskRun) -> dict[str, Any]:
-    return {
-        "id": str(r.id), "task_id": str(r.task_id), "attempt": r.attempt, "status": r.status.value,
-        "worker_id": r.worker_id, "lease_expires_at": iso(r.lease_expires_at),
-        "available_at": iso(r.available_at), "next_retry_at": iso(r.next_retry_at),
-        "error": r.error, "result": r.result, "created_at": iso(r.created_at),
-        "started_at": iso(r.started_at), "finished_at": iso(r.finished_at),
-    }
-
-
-def iso(d: datetime | None) -> str | None:
-    return d.isoformat().replace("+00:00", "Z") if d else None
-
-

@@ -8,8 +8,8 @@ from quart import Blueprint, Response, jsonify
 
 from distasks.api import schemas
 from distasks.api.openapi import operation
+from distasks.api.render import iso
 from distasks.api.services import services
-from distasks.api.tasks import iso as _iso
 
 bp = Blueprint("workers", __name__)
 
@@ -28,12 +28,12 @@ async def list_workers() -> Response:
     return jsonify({"workers": [{
         "id": w["id"], "host": w["host"], "pid": w["pid"], "queues": w["queues"],
         "concurrency": w["concurrency"], "version": w["version"],
-        "started_at": _iso(w["started_at"]), "heartbeat_at": _iso(w["heartbeat_at"]),
-        "stopped_at": _iso(w["stopped_at"]),
+        "started_at": iso(w["started_at"]), "heartbeat_at": iso(w["heartbeat_at"]),
+        "stopped_at": iso(w["stopped_at"]),
         "alive": w["stopped_at"] is None and w["heartbeat_at"] >= alive_after,
         "running": [{
             "run_id": str(r["run_id"]), "task_id": str(r["task_id"]), "attempt": r["attempt"],
             "name": r["name"], "handler": r["handler"], "queue_name": r["queue_name"],
-            "started_at": _iso(r["started_at"]), "lease_expires_at": _iso(r["lease_expires_at"]),
+            "started_at": iso(r["started_at"]), "lease_expires_at": iso(r["lease_expires_at"]),
         } for r in runs],
     } for w, runs in listed]})

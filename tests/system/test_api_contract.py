@@ -89,7 +89,8 @@ async def test_other_routes_refuse_bad_input_cleanly(start_daemon, daemon_env):
     with trio.fail_after(30):
         async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as client:
             cases = [
-                (await client.get("/api/v1/tasks/not-a-uuid"), 404, None),
+                (await client.get("/api/v1/tasks/not-a-uuid"), 422, "task_id"),
+                (await client.post("/api/v1/queues/a%2Fb/pause"), 422, "queue"),
                 (await client.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000"), 404,
                  None),
                 (await client.get("/api/v1/queues/default/dlq?count=-1"), 422, "count"),
@@ -106,3 +107,42 @@ async def test_other_routes_refuse_bad_input_cleanly(start_daemon, daemon_env):
     for response, status, field in cases:
         assert response.status_code == status, (response.request.url, response.text)
         assert response.json()["error"]["field"] == field, response.text
+        assert response.headers["X-Request-Id"], response.request.url
+    [no_route] = [r for r, _, _ in cases if r.request.url.path == "/no/such/route"]
+    assert no_route.json()["error"]["message"] == "no route for GET /no/such/route"
+
+
+# Requests Hypercorn refuses before any route sees them.
+MALFORMED_REQUESTS = [
+    (b"GARBAGE\r\n\r\n", 400, "malformed_request"),
+    (b"POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+     b"Content-Length: 3\r\n\r\n{}", 400, "malformed_request"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431,
+     "headers_too_large"),
+]
+
+
+async def test_requests_the_http_server_refuses_get_the_one_error_shape(start_daemon,
+                                                                         daemon_env):
+    """A malformed request line, a duplicate Content-Length and oversized headers are
+    answered by Hypercorn itself (api/protocol_errors.py): same body, with a request id."""
+    answers = []
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d:
+            port = int(d.url.rsplit(":", 1)[1])
+            for raw, _, _ in MALFORMED_REQUESTS:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    await stream.send_all(raw)
+                    answer = b""
+                    while chunk := await stream.receive_some():
+                        answer += chunk
+                answers.append(answer)
+    for (_, status, code), answer in zip(MALFORMED_REQUESTS, answers, strict=True):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        assert lines[0].startswith(f"HTTP/1.1 {status}"), answer[:300]
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        assert headers["content-type"] == "application/json"
+        assert headers["x-request-id"]
+        assert json.loads(body)["error"]["code"] == code

@@ -16,8 +16,8 @@ import pytest
 
 from distasks.api import create_app, schemas
 from distasks.api.errors import from_validation_error
+from distasks.api.parse import parse_create
 from distasks.api.services import Services
-from distasks.api.tasks import parse_create
 from distasks.config import Config, HttpConfig, RetryConfig
 from distasks.control import TaskWaiters
 from distasks.errors import InvalidInput, PayloadTooLarge, UnknownHandler

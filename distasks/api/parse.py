@@ -1,0 +1,127 @@
+"""Reading requests: bodies and query strings into the schemas' models, path parameters,
+and a create body into a task (the rules themselves live in distasks.creation). Every
+refusal is an InvalidInput naming the field; api/errors.py renders it."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import pydantic
+from quart import request
+
+from distasks import creation
+from distasks.api import schemas
+from distasks.api.errors import from_validation_error
+from distasks.api.services import Services
+from distasks.config import QUEUE_NAME_RE
+from distasks.errors import InvalidInput
+from distasks.model import NewTask, TaskType
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+async def read_body() -> bytes:
+    data = await request.get_data(as_text=False, parse_form_data=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    try:
+        parsed = model.model_validate_json(body or b"null")
+    except pydantic.ValidationError as e:
+        raise from_validation_error(e) from None
+    # JSON can carry a NUL only as the escape \u0000: walk the values only then.
+    if b"\\u0000" in body:
+        refuse_nul(parsed.model_dump(mode="python"))
+    return parsed
+
+
+def parse_query(model: type[M]) -> M:
+    args = request.args.to_dict()
+    refuse_nul(args)
+    try:
+        return model.model_validate(args)
+    except pydantic.ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+def refuse_nul(value: Any, path: str = "") -> None:
+    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them up front,
+    naming where, instead of failing in the database."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(f"{path or 'value'} contains a NUL character", field=path or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_nul(key, path)
+            refuse_nul(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            refuse_nul(item, f"{path}.{i}" if path else str(i))
+
+
+def queue_name(name: str) -> str:
+    """A queue name from a URL, or a 422 naming `queue`."""
+    if not QUEUE_NAME_RE.fullmatch(name):
+        raise InvalidInput(f"queue name {name!r} is not 1-64 of [A-Za-z0-9_.-]", field="queue")
+    return name
+
+
+def task_id(value: str) -> uuid.UUID:
+    """A task id from a URL, or a 422 naming `task_id`."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(f"task id {value!r} is not a UUID", field="task_id") from None
+
+
+# Readers of each kind of path parameter, by name (as the routes spell them).
+PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id}
+
+
+def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidInput | None:
+    """For a path no route matched: if it has the shape of one of `path_templates`
+    (`/api/v1/queues/{queue}/dlq`) with a parameter that does not read (a queue name
+    with a slash in it, a task id that is no UUID), the error naming that parameter."""
+    segments = raw_path.split("/")
+    for template in path_templates:
+        parts = template.split("/")
+        if len(parts) != len(segments):
+            continue
+        named = {}
+        for part, segment in zip(parts, segments, strict=True):
+            if m := re.fullmatch(r"{([a-z_]+)}", part):
+                named[m.group(1)] = unquote(segment)
+            elif part != segment:
+                break
+        else:
+            for name, value in named.items():
+                try:
+                    PATH_PARAMETERS[name](value)
+                except InvalidInput as e:
+                    return e
+    return None
+
+
+def parse_create(body: bytes | str, s: Services) -> NewTask:
+    """Validate a create body into a NewTask; raises InvalidInput naming the field."""
+    req = parse_body(schemas.CreateTask, body if isinstance(body, bytes) else body.encode())
+    return new_task(req, s)
+
+
+def new_task(req: schemas.CreateTask, s: Services) -> NewTask:
+    """The task a validated create body asks for, under this daemon's rules."""
+    return creation.new_task(task_request(req), s.creation_rules(),
+                             now=datetime.fromtimestamp(s.clock(), UTC))
+
+
+def task_request(req: schemas.CreateTask) -> creation.TaskRequest:
+    return creation.TaskRequest(
+        name=req.name, handler=req.handler, type=TaskType(req.type), queue_name=req.queue_name,
+        priority=req.priority, payload=req.payload, dedup_key=req.dedup_key,
+        max_retries=req.max_retries, timeout_s=req.timeout_seconds, run_at=req.run_at,
+        delay_s=req.delay_seconds)
