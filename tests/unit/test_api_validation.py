@@ -1,9 +1,6 @@
-"""distasks.api.tasks.parse_create and api.errors.from_validation_error: what a create
-body must look like, and which field an error names (DESIGN §5.4).
-
-parse_create uses only the config, the registry and the clock, so the app is built with
-no store, broker or intake; Quart's app context works under Trio through quart_trio.
-"""
+"""What a create body must look like, and which field an error names (DESIGN §5.4): the
+API's schemas (distasks.api.parse) and the creation rules (distasks.creation), run as
+plain functions with the rules and the clock passed in; no app, store or broker."""
 
 from __future__ import annotations
 
@@ -14,35 +11,28 @@ from typing import Any
 import pydantic
 import pytest
 
-from distasks.api import create_app, schemas
+from distasks import creation
+from distasks.api import schemas
 from distasks.api.errors import from_validation_error
-from distasks.api.parse import parse_create
-from distasks.api.services import Services
-from distasks.config import Config, HttpConfig, RetryConfig
-from distasks.control import TaskWaiters
+from distasks.api.parse import parse_body, task_request
 from distasks.errors import InvalidInput, PayloadTooLarge, UnknownHandler
 from distasks.handlers import builtin_registry
 from distasks.model import NewTask, TaskType
 
-# The clock parse_create sees, Unix seconds.
+# The clock the rules see, Unix seconds.
 NOW_S = 1_700_000_000.0
 MAX_PAYLOAD_BYTES = 200
 MAX_RETRIES = 5
+RULES = creation.CreationRules(registry=builtin_registry(), default_handler="demo",
+                               default_max_retries=MAX_RETRIES,
+                               max_payload_bytes=MAX_PAYLOAD_BYTES)
 
 
-@pytest.fixture
-def app():
-    config = Config(http=HttpConfig(max_payload_bytes=MAX_PAYLOAD_BYTES),
-                    retry=RetryConfig(max_retries=MAX_RETRIES))
-    services = Services(config=config, store=None, broker=None, intake=None,  # type: ignore[arg-type]
-                        registry=builtin_registry(), waiters=TaskWaiters(), clock=lambda: NOW_S)
-    return create_app(services)
-
-
-async def parse(app, body: bytes | dict[str, Any] | list[Any]) -> NewTask:
+def parse(body: bytes | dict[str, Any] | list[Any]) -> NewTask:
     if not isinstance(body, bytes):
         body = json.dumps(body).encode()
-    return parse_create(body, app.extensions["distasks"])
+    return creation.new_task(task_request(parse_body(schemas.CreateTask, body)), RULES,
+                             now=datetime.fromtimestamp(NOW_S, UTC))
 
 
 # --- refused -----------------------------------------------------------------------------
@@ -118,35 +108,35 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("body", "exc_class", "code", "field"),
                          [case[1:] for case in BAD_BODIES], ids=[case[0] for case in BAD_BODIES])
-async def test_bad_body_is_refused_naming_the_field(app, body, exc_class, code, field):
+def test_bad_body_is_refused_naming_the_field(body, exc_class, code, field):
     with pytest.raises(InvalidInput) as info:
-        await parse(app, body)
+        parse(body)
 
     assert type(info.value) is exc_class
     assert (info.value.code, info.value.field) == (code, field)
     assert info.value.message
 
 
-async def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not(app):
+def test_payload_exactly_at_the_limit_is_accepted_one_byte_more_is_not():
     # A JSON string is its characters plus two quotes.
     at_limit = "p" * (MAX_PAYLOAD_BYTES - 2)
 
-    assert len((await parse(app, {"name": "x", "payload": at_limit})).payload_json) == (
+    assert len((parse({"name": "x", "payload": at_limit})).payload_json) == (
         MAX_PAYLOAD_BYTES)
     with pytest.raises(PayloadTooLarge, match=f"{MAX_PAYLOAD_BYTES + 1} bytes"):
-        await parse(app, {"name": "x", "payload": at_limit + "p"})
+        parse({"name": "x", "payload": at_limit + "p"})
 
 
-async def test_unknown_handler_message_names_the_handler(app):
+def test_unknown_handler_message_names_the_handler():
     with pytest.raises(UnknownHandler, match="'nope'"):
-        await parse(app, {"name": "x", "handler": "nope"})
+        parse({"name": "x", "handler": "nope"})
 
 
 # --- accepted ----------------------------------------------------------------------------
 
 
-async def test_minimal_body_gets_the_defaults(app):
-    new = await parse(app, {"name": "hello"})
+def test_minimal_body_gets_the_defaults():
+    new = parse({"name": "hello"})
 
     assert new.name == "hello"
     assert new.type is TaskType.IMMEDIATE
@@ -162,15 +152,15 @@ async def test_minimal_body_gets_the_defaults(app):
     assert new.id != new.run_id
 
 
-async def test_every_create_gets_fresh_ids(app):
-    first, second = await parse(app, {"name": "x"}), await parse(app, {"name": "x"})
+def test_every_create_gets_fresh_ids():
+    first, second = parse({"name": "x"}), parse({"name": "x"})
 
     assert first.id != second.id
     assert first.run_id != second.run_id
 
 
-async def test_given_fields_are_kept(app):
-    new = await parse(app, {
+def test_given_fields_are_kept():
+    new = parse({
         "name": "report", "handler": "noop", "queue_name": "A.b-c_9", "priority": -7,
         "payload": {"rows": [1, 2], "title": "é"}, "dedup_key": "report-2024-01",
         "max_retries": 0, "timeout_seconds": 30,
@@ -186,20 +176,20 @@ async def test_given_fields_are_kept(app):
     assert new.timeout_s == 30.0
 
 
-async def test_queue_name_of_64_chars_is_accepted(app):
-    assert (await parse(app, {"name": "x", "queue_name": "q" * 64})).queue_name == "q" * 64
+def test_queue_name_of_64_chars_is_accepted():
+    assert (parse({"name": "x", "queue_name": "q" * 64})).queue_name == "q" * 64
 
 
 @pytest.mark.parametrize("payload", [None, [1, "two"], "text", 3.5, True])
-async def test_payload_may_be_any_json_value(app, payload):
-    new = await parse(app, {"name": "x", "payload": payload})
+def test_payload_may_be_any_json_value(payload):
+    new = parse({"name": "x", "payload": payload})
 
     assert new.payload == payload
     assert json.loads(new.payload_json) == payload
 
 
-async def test_delayed_with_delay_seconds_runs_that_long_after_the_clock(app):
-    new = await parse(app, {"name": "x", "type": "delayed", "delay_seconds": 90})
+def test_delayed_with_delay_seconds_runs_that_long_after_the_clock():
+    new = parse({"name": "x", "type": "delayed", "delay_seconds": 90})
 
     assert new.type is TaskType.DELAYED
     assert new.run_at is not None
@@ -207,23 +197,23 @@ async def test_delayed_with_delay_seconds_runs_that_long_after_the_clock(app):
     assert (new.run_at.timestamp() - NOW_S) == pytest.approx(90)
 
 
-async def test_delayed_with_zero_delay_is_due_at_the_clock(app):
-    new = await parse(app, {"name": "x", "type": "delayed", "delay_seconds": 0})
+def test_delayed_with_zero_delay_is_due_at_the_clock():
+    new = parse({"name": "x", "type": "delayed", "delay_seconds": 0})
 
     assert new.run_at == datetime.fromtimestamp(NOW_S, UTC)
 
 
-async def test_delayed_with_run_at_keeps_the_instant_in_utc(app):
-    new = await parse(app, {"name": "x", "type": "delayed",
+def test_delayed_with_run_at_keeps_the_instant_in_utc():
+    new = parse({"name": "x", "type": "delayed",
                             "run_at": "2030-01-01T02:00:00+02:00"})
 
     assert new.run_at == datetime(2030, 1, 1, tzinfo=UTC)
     assert new.run_at.tzinfo == UTC
 
 
-async def test_run_at_with_an_offset_postgresql_cannot_hold_is_kept_as_its_utc_instant(app):
+def test_run_at_with_an_offset_postgresql_cannot_hold_is_kept_as_its_utc_instant():
     """RFC 3339 allows offsets up to 23:59, PostgreSQL up to 15:59 (this was a 500)."""
-    new = await parse(app, {"name": "x", "type": "delayed",
+    new = parse({"name": "x", "type": "delayed",
                             "run_at": "2030-01-01T18:41:00+18:41"})
 
     assert new.run_at == datetime(2030, 1, 1, tzinfo=UTC)
