@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
 
 import trio
 
@@ -19,38 +18,13 @@ from distasks import backoff
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable
 from distasks.health import Health
+from distasks.waiters import TaskWaiters
 from distasks.worker import WorkerPool
 
 log = logging.getLogger(__name__)
 
 # How long one wait for a message lasts; also bounds how late shutdown notices.
 WAIT_S = 1.0
-
-
-class TaskWaiters:
-    """Requests waiting for tasks to finish, woken by "done" messages."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, list[trio.Event]] = {}
-
-    async def wait(self, task_id: uuid.UUID) -> None:
-        """Return when `task_id` is announced done; callers bound the wait."""
-        event = trio.Event()
-        key = str(task_id)
-        self._events.setdefault(key, []).append(event)
-        try:
-            await event.wait()
-        finally:
-            waiting = self._events.get(key, [])
-            if event in waiting:
-                waiting.remove(event)
-            if not waiting:
-                self._events.pop(key, None)
-
-    def notify(self, task_ids: Iterable[str]) -> None:
-        for task_id in task_ids:
-            for event in self._events.pop(task_id, []):
-                event.set()
 
 
 async def run(broker: Broker, pool: WorkerPool, waiters: TaskWaiters, *, health: Health,

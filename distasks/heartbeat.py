@@ -33,7 +33,7 @@ async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id
                     now_s: float, lease_s: float) -> int:
     """One heartbeat; returns how many runs were found taken over (and abandoned)."""
     # Runs waiting for an executor hold leases too (a shrunk pool may keep them waiting).
-    in_flight = {**pool.waiting, **pool.in_flight}
+    in_flight = pool.leased_runs()
     lease_until_s = now_s + lease_s
     held = await store.heartbeat(worker_id, now=_dt(now_s), run_ids=list(in_flight),
                                  lease_until=_dt(lease_until_s))

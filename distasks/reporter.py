@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import trio
@@ -22,6 +21,7 @@ from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
+from distasks.progress import Progress
 from distasks.queue_state import queue_states
 from distasks.store import Store
 from distasks.tunables import Tunables
@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 GAUGE_INTERVAL_S = 5.0
 # Work waiting, executors free, and no outcome for this long: progress has stalled.
 STALL_AFTER_S = 60.0
-
-
-@dataclass(slots=True)
-class Progress:
-    """What /readyz says about progress, kept up to date by the reporter."""
-
-    stalled: bool = False
-    ready: int = 0
-    last_outcome_age_s: float | None = None
 
 
 async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: Tunables,
@@ -66,7 +57,7 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
     last = metrics.last_outcome_s
     progress.ready = sum(st.ready for st in working)
     progress.last_outcome_age_s = now_s - last if last else None
-    idle = len(pool.in_flight) < tunables.concurrency
+    idle = pool.busy() < tunables.concurrency
     quiet = progress.last_outcome_age_s is None or progress.last_outcome_age_s > STALL_AFTER_S
     waited = any((st.oldest_ready_age_s or 0.0) > STALL_AFTER_S for st in working)
     stalled = progress.ready > 0 and idle and quiet and waited

@@ -50,8 +50,10 @@ from distasks.health import Health
 from distasks.http_handler import HttpHandler
 from distasks.intake import Intake
 from distasks.metrics import Metrics
+from distasks.progress import Progress
 from distasks.store import Store, WorkerInfo
 from distasks.tunables import Tunables
+from distasks.waiters import TaskWaiters
 from distasks.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -201,8 +203,8 @@ class Daemon:
             store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
             worker_id=self.worker_id, metrics=m, health=h)
         intake = Intake(store, broker, m, pool=pool)
-        waiters = control.TaskWaiters()
-        progress = reporter.Progress()
+        waiters = TaskWaiters()
+        progress = Progress()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, waiters=waiters, clock=time.time,
                                       metrics=m, health=h, progress=progress,

@@ -67,9 +67,9 @@ class WorkerPool:
         self._slots = Slots(tunables.concurrency)
         self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
         #: runs whose handler is running now, by run id
-        self.in_flight: dict[uuid.UUID, ClaimedRun] = {}
+        self._in_flight: dict[uuid.UUID, ClaimedRun] = {}
         #: runs claimed and waiting for an executor (their leases need the heartbeat too)
-        self.waiting: dict[uuid.UUID, ClaimedRun] = {}
+        self._waiting: dict[uuid.UUID, ClaimedRun] = {}
         self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
         self._cancel_requested: set[uuid.UUID] = set()
         self._abandoned: set[uuid.UUID] = set()
@@ -96,7 +96,7 @@ class WorkerPool:
                 log.warning("lease lost: abandoning the run", extra={
                     "event": "lease_lost", "run_id": str(run_id)})
                 scope.cancel()
-            elif run_id in self.waiting:
+            elif run_id in self._waiting:
                 self._abandoned.add(run_id)  # skipped when an executor takes it
 
     def cancel_runs(self, run_ids: set[uuid.UUID]) -> None:
@@ -106,8 +106,17 @@ class WorkerPool:
             if scope := self._run_scopes.get(run_id):
                 self._cancel_requested.add(run_id)
                 scope.cancel()
-            elif run_id in self.waiting:
+            elif run_id in self._waiting:
                 self._cancel_requested.add(run_id)  # recorded cancelled, never started
+
+    def leased_runs(self) -> dict[uuid.UUID, ClaimedRun]:
+        """Every run this daemon holds a lease on, by run id: running, or claimed and
+        waiting for an executor (the heartbeat extends them all)."""
+        return {**self._waiting, **self._in_flight}
+
+    def busy(self) -> int:
+        """Executors running a handler now."""
+        return len(self._in_flight)
 
     @property
     def lease_s(self) -> float:
@@ -152,7 +161,7 @@ class WorkerPool:
                                     "event": "start_abandoned", "run_id": str(run.run_id)})
                 self._slots.release()
                 continue
-            self.waiting[run.run_id] = run
+            self._waiting[run.run_id] = run
             self._metrics.enqueue_to_start.labels(run.queue_name).observe(0.0)
 
     def stop(self, grace_s: float) -> None:
@@ -195,7 +204,7 @@ class WorkerPool:
         outcomes_send, outcomes_recv = trio.open_memory_channel[Outcome](math.inf)
         self._runs_recv, self._runs_send, self._outcomes_send = runs_recv, runs_send, outcomes_send
         self._metrics.workers_total.set(self._tunables.concurrency)
-        self._metrics.workers_busy.set_function(lambda: len(self.in_flight))
+        self._metrics.workers_busy.set_function(lambda: len(self._in_flight))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: completer.run(
                 outcomes_recv, store=self._store, broker=self._broker, metrics=self._metrics,
@@ -219,7 +228,7 @@ class WorkerPool:
                         claimed = runs_recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    self.waiting.pop(claimed.run_id, None)
+                    self._waiting.pop(claimed.run_id, None)
                     outcomes_send.send_nowait(self._interrupted(claimed, "stopped before start"))
 
     def _start_executor(self) -> None:
@@ -281,7 +290,7 @@ class WorkerPool:
                         log.warning("claim from %s failed, backing off: %s", queue, e,
                                     extra={"event": "claim_failed", "queue": queue})
                     for run in claimed:
-                        self.waiting[run.run_id] = run
+                        self._waiting[run.run_id] = run
                         runs.send_nowait(run)
                     for _ in range(self._slots.end_loan(loan) - len(claimed)):
                         self._slots.release()
@@ -366,7 +375,7 @@ class WorkerPool:
                             self._idle_scopes.remove(idle)
                     if claimed is None:
                         continue  # woken to retire
-                    self.waiting.pop(claimed.run_id, None)
+                    self._waiting.pop(claimed.run_id, None)
                     if claimed.run_id in self._abandoned:
                         self._abandoned.discard(claimed.run_id)
                         self._slots.release()  # taken over while it waited: not ours
@@ -383,7 +392,7 @@ class WorkerPool:
 
     async def _execute_one(self, claimed: ClaimedRun,
                            outcomes: trio.MemorySendChannel[Outcome]) -> None:
-        self.in_flight[claimed.run_id] = claimed
+        self._in_flight[claimed.run_id] = claimed
         outcome: Outcome | None = None
         started_s = self._clock()
         try:
@@ -397,7 +406,7 @@ class WorkerPool:
             outcomes.send_nowait(self._interrupted(claimed, "interrupted by shutdown"))
             raise
         finally:
-            del self.in_flight[claimed.run_id]
+            del self._in_flight[claimed.run_id]
             del self._run_scopes[claimed.run_id]
             self._slots.release()
             self._metrics.run_duration.labels(claimed.queue_name, claimed.task.handler).observe(

@@ -12,15 +12,15 @@ from quart import current_app, request
 
 from distasks.broker import Broker
 from distasks.config import Config
-from distasks.control import TaskWaiters
 from distasks.creation import CreationRules
 from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
 from distasks.metrics import Metrics
-from distasks.reporter import Progress
+from distasks.progress import Progress
 from distasks.store import Store
 from distasks.tunables import Tunables
+from distasks.waiters import TaskWaiters
 
 
 @dataclass(frozen=True, slots=True)

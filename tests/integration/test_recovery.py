@@ -161,7 +161,7 @@ async def test_heartbeat_extends_the_leases_of_running_handlers(config, store, b
             _, runs = await store.get_task(t.id)
             score = await broker.raw("zscore", broker.keys("q").leases, str(t.run_id))
             release.set()
-            await wait_until(lambda: _true(not pool.in_flight))
+            await wait_until(lambda: _true(not pool.busy()))
             pool.stop(0)
     assert runs[0].lease_expires_at.timestamp() > time.time() + 100
     assert score > (time.time() + 100) * 1000

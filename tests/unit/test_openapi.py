@@ -8,8 +8,8 @@ import re
 from distasks.api import create_app
 from distasks.api.services import Services
 from distasks.config import QUEUE_NAME_PATTERN, Config
-from distasks.control import TaskWaiters
 from distasks.handlers import builtin_registry
+from distasks.waiters import TaskWaiters
 
 
 def make_app():
