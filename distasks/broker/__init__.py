@@ -1,8 +1,12 @@
 """Broker: the Redis dispatch index of ready, delayed, leased and dead-lettered work.
 
 Redis holds only run and task ids, never payloads, and can be rebuilt from PostgreSQL
-(DESIGN §2). Each public method is one crossing of the bridge; multi-command steps are
-pipelined or done by a Lua script (`<name>.lua` beside this file, called by SHA).
+(DESIGN §2). Every public method is one crossing of the bridge, written the one way: its
+body is asyncio-side redis-py code and `@crossing` runs it from Trio under a deadline,
+failures mapped to BrokerUnavailable, so no caller ever holds an asyncio coroutine. A
+body two crossings share is a private `_…_on_asyncio` helper, called only from inside a
+crossing. Multi-command steps are pipelined or done by a Lua script (`<name>.lua`
+beside this file, called by SHA).
 """
 
 from __future__ import annotations
@@ -126,18 +130,18 @@ class Broker:
     def keys(self, queue: str) -> QueueKeys:
         return queue_keys(self._prefix, queue)
 
-    async def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """One crossing of the bridge, with connection failures mapped to BrokerUnavailable."""
-        return await _cross(fn, *args, **kwargs)
-
     async def ping(self) -> None:
         """PING, asked twice before Redis is called down: a connection the pool kept
         across a Redis restart can be dead while Redis is up, and the first command on
         it fails; the second runs on a fresh connection."""
         try:
-            await self._call(self._redis.ping)
+            await self._ping()
         except BrokerUnavailable:
-            await self._call(self._redis.ping)
+            await self._ping()
+
+    @crossing
+    async def _ping(self) -> None:
+        await self._redis.ping()
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -176,19 +180,21 @@ class Broker:
         keys = self.keys(queue)
         script, script_keys = self._scripts["claim"], [keys.ready, keys.leases, keys.paused]
         items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
-        if items is None or items or not block or not await self._wait_ready(queue):
+        if items is None or items or not block or not await self._wait_ready_on_asyncio(queue):
             return items
         return await script(keys=script_keys, args=[count, lease_until_ms])  # type: ignore[no-any-return]
 
+    @crossing
     async def wait_ready(self, queue: str) -> bool:
         """Wait up to CLAIM_BLOCK_S until `queue` has a ready item; takes nothing.
 
         BLMOVE of the list onto itself (head to head) blocks like a pop but leaves the
         item where it was, so even a reply lost to a dropped connection loses nothing.
         """
-        return await self._call(self._wait_ready, queue)
+        return await self._wait_ready_on_asyncio(queue)
 
-    async def _wait_ready(self, queue: str) -> bool:
+    async def _wait_ready_on_asyncio(self, queue: str) -> bool:
+        """wait_ready's body, for `claim` to use within its own crossing."""
         ready = self.keys(queue).ready
         return await self._redis.blmove(ready, ready, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
 
@@ -223,15 +229,13 @@ class Broker:
 
     # -- mover -----------------------------------------------------------------------
 
+    @crossing
     async def move_due(self, queue: str, *, now_ms: int, limit: int, lock_ms: int) -> int | None:
         """Move due delayed ids of `queue` to ready; None if another daemon holds the lock.
 
         The lock (SET NX PX, not released) makes one daemon move per `lock_ms`; the script
         is atomic, so even two movers would never move one item twice.
         """
-        return await self._call(self._move_due, queue, now_ms, limit, lock_ms)
-
-    async def _move_due(self, queue: str, now_ms: int, limit: int, lock_ms: int) -> int | None:
         keys = self.keys(queue)
         if not await self._redis.set(keys.mover_lock, secrets.token_hex(8), nx=True, px=lock_ms):
             return None
@@ -244,14 +248,13 @@ class Broker:
                 break
         return moved
 
+
     # -- dead-letter queue -----------------------------------------------------------
 
+    @crossing
     async def leave_dlq(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
         """Take `removed` task ids out of the DLQ index and push the `ready` run ids of
         those replayed (none for a deletion)."""
-        await self._call(self._leave_dlq, queue, removed, ready)
-
-    async def _leave_dlq(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=True) as pipe:
             for task_id in removed:
@@ -259,6 +262,7 @@ class Broker:
             if ready:
                 pipe.rpush(keys.ready, *ready)
             await pipe.execute()
+
 
     # -- control ---------------------------------------------------------------------
 
@@ -328,8 +332,8 @@ class Broker:
         """Subscribe to the control channel for the block."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await self._call(pubsub.subscribe, self.control_channel)
-            yield ControlSubscription(self, pubsub)
+            await _cross(pubsub.subscribe, self.control_channel)
+            yield ControlSubscription(pubsub)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SOCKET_TIMEOUT_S):
                 try:
@@ -339,31 +343,33 @@ class Broker:
 
     # -- leases and recovery ------------------------------------------------------------
 
+    @crossing
     async def extend_leases(self, by_queue: dict[str, list[str]], *, lease_until_ms: int) -> None:
         """Move the lease deadline of held run ids (only those still in the lease set)."""
-        if by_queue:
-            await self._call(self._extend_leases, by_queue, lease_until_ms)
-
-    async def _extend_leases(self, by_queue: dict[str, list[str]], lease_until_ms: int) -> None:
+        if not by_queue:
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, run_ids in by_queue.items():
                 pipe.zadd(self.keys(queue).leases, dict.fromkeys(run_ids, lease_until_ms), xx=True)
             await pipe.execute()
 
+    @crossing
     async def expired_leases(self, queue: str, *, before_ms: int, limit: int) -> list[str]:
         """Run ids of `queue` whose Redis lease ended before `before_ms`."""
-        items = await self._call(self._redis.zrange, self.keys(queue).leases, "-inf", before_ms,
-                                 byscore=True, offset=0, num=limit)
+        items = await self._redis.zrange(self.keys(queue).leases, "-inf", before_ms,
+                                         byscore=True, offset=0, num=limit)
         return [str(i) for i in items]
 
+    @crossing
     async def has_epoch(self) -> bool:
         """False when Redis lost our data (restarted empty, failed over, flushed)."""
-        return bool(await self._call(self._redis.exists, global_keys(self._prefix).epoch))
+        return bool(await self._redis.exists(global_keys(self._prefix).epoch))
 
+    @crossing
     async def begin_rebuild(self, *, lock_ms: int) -> str | None:
         """Take the rebuild lock; its token, or None if another daemon is rebuilding."""
         lock, token = global_keys(self._prefix).rebuild_lock, secrets.token_hex(8)
-        taken = await self._call(self._redis.set, lock, token, nx=True, px=lock_ms)
+        taken = await self._redis.set(lock, token, nx=True, px=lock_ms)
         return token if taken else None
 
     @crossing
@@ -374,26 +380,22 @@ class Broker:
         await self._scripts["release_lock"](keys=[global_keys(self._prefix).rebuild_lock],
                                             args=[token])
 
+    @crossing
     async def end_rebuild(self, *, epoch: str) -> None:
         """Mark the index complete and release the rebuild lock."""
-        await self._call(self._end_rebuild, epoch)
-
-    async def _end_rebuild(self, epoch: str) -> None:
         g = global_keys(self._prefix)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(g.epoch, epoch)
             pipe.delete(g.rebuild_lock)
             await pipe.execute()
 
+
+    @crossing
     async def restore(self, queue: str, *, ready: Sequence[str] = (),
                       delayed: Sequence[tuple[str, int]] = (),
                       leased: Sequence[tuple[str, int]] = ()) -> None:
         """Add rebuilt entries to a queue's index. Duplicates of entries pushed since
         Redis came back are harmless: a run starts only once (PostgreSQL decides)."""
-        await self._call(self._restore, queue, ready, delayed, leased)
-
-    async def _restore(self, queue: str, ready: Sequence[str], delayed: Sequence[tuple[str, int]],
-                       leased: Sequence[tuple[str, int]]) -> None:
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=False) as pipe:
             if ready:
@@ -404,11 +406,10 @@ class Broker:
                 pipe.zadd(keys.leases, dict(leased))
             await pipe.execute()
 
+
+    @crossing
     async def restore_dlq(self, queue: str, task_ids: Sequence[str]) -> None:
         """Replace the DLQ index of a queue with `task_ids` (oldest first)."""
-        await self._call(self._restore_dlq, queue, task_ids)
-
-    async def _restore_dlq(self, queue: str, task_ids: Sequence[str]) -> None:
         dlq = self.keys(queue).dlq
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(dlq)
@@ -416,13 +417,12 @@ class Broker:
                 pipe.rpush(dlq, *task_ids)
             await pipe.execute()
 
+
     # -- inspection (tests, health) ----------------------------------------------------
 
+    @crossing
     async def depths(self, queue: str) -> dict[str, int]:
         """Sizes of the queue's ready, delayed, leased and DLQ structures."""
-        return await self._call(self._depths, queue)
-
-    async def _depths(self, queue: str) -> dict[str, int]:
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.llen(keys.ready)
@@ -432,12 +432,11 @@ class Broker:
             ready, delayed, leased, dead = await pipe.execute()
         return {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead}
 
+
+    @crossing
     async def queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Depths of many queues in one pipeline, with each ready list's head (oldest) and
         whether it is paused."""
-        return await self._call(self._queue_depths, queues)
-
-    async def _queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue in queues:
                 keys = self.keys(queue)
@@ -455,21 +454,21 @@ class Broker:
                           "head": head, "paused": bool(paused)}
         return out
 
+
     async def raw(self, fn_name: str, *args: Any) -> Any:
         """Run one plain redis-py command by name; for tests and diagnostics."""
-        return await self._call(getattr(self._redis, fn_name), *args)
+        return await _cross(getattr(self._redis, fn_name), *args)
 
 
 class ControlSubscription:
-    def __init__(self, broker: Broker, pubsub: Any):
-        self._broker = broker
+    def __init__(self, pubsub: Any):
         self._pubsub = pubsub
 
     async def next(self, *, wait_s: float) -> tuple[str, list[str]] | None:
         """The next control message as (verb, ids), or None if none came within `wait_s`.
         Messages are hints: each has a slower fallback, so one lost to a reconnect or a
         cancellation is harmless."""
-        message = await self._broker._call(self._pubsub.get_message, timeout=wait_s)
+        message = await _cross(self._pubsub.get_message, timeout=wait_s)
         if not message or message.get("type") != "message":
             return None
         verb, _, rest = str(message["data"]).partition(" ")
