@@ -1,4 +1,4 @@
-# Install, run and test distasks from a fresh clone: `make test` is all CI does (.ci/run).
+# Install, run and test distasks from a fresh clone: `make lint` and `make test` are all CI does (.ci/run).
 # PostgreSQL and Redis come from scripts/services.sh, which writes .local/services.env.
 
 # The first interpreter that satisfies requires-python (>=3.11,<3.14) and can make a venv. Each
