@@ -41,10 +41,7 @@ from pathlib import Path
 
 import trio
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.system import faults as f  # noqa: E402  (needs the repository on sys.path)
+from distasks.testing import faults as f
 
 # One scenario, everything included; far above a healthy run (about 15-40 s).
 SCENARIO_TIMEOUT_S = 300.0

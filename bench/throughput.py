@@ -2,14 +2,18 @@
 
 The daemon runs as a subprocess configured only by environment variables, in a
 database and under a Redis key prefix of its own, both removed at the end. The bench
-speaks HTTP to it and reads the outcome from PostgreSQL; it imports nothing from
-distasks, so it measures what a client sees. Three phases:
+speaks HTTP to it and reads the outcome from PostgreSQL; of distasks it imports only the
+harness that runs the daemon (distasks.testing), so it measures what a client sees. Five
+phases:
 
   a. create   N concurrent POSTs into a queue no worker consumes (requests/s, latency)
   b. drain    a second daemon subscribed to that queue works the N tasks off (tasks/s,
               from the runs' finished_at in PostgreSQL, so the start-up does not count)
   c. latency  creates at a fixed rate (open loop) into the worked queue; for each task,
               run.started_at minus the client's send time (same host, same wall clock)
+  d. sequential  single creates one after another into the worked queue (creates/s, and
+              the daemon's CPU per whole unbatched cycle)
+  e. batch    batch creates of --batch-size tasks into a queue no worker consumes
 
 Usage: .venv/bin/python bench/throughput.py [--tasks N] [--clients C] [--json] ...
 """
@@ -22,8 +26,6 @@ import math
 import os
 import platform
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,8 @@ import redis
 import trio
 from psycopg import sql
 
+from distasks.testing.daemon import DaemonProcess, free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
@@ -57,8 +61,6 @@ BATCH_QUEUE = "bench-batch"
 
 # How long a fresh daemon may take to answer /readyz 200 (it migrates the schema first).
 READY_TIMEOUT_S = 60.0
-# How often /readyz is asked while waiting.
-READY_POLL_INTERVAL_S = 0.1
 # SIGTERM to exit: the daemon's grace period (10 s) + its hard-stop margin (4 s) + slack.
 STOP_TIMEOUT_S = 30.0
 # Any single HTTP request; far above any healthy latency, so it only catches hangs.
@@ -226,12 +228,6 @@ class Database:
 # -- the daemon under test ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def daemon_env(res: Resources, *, port: int, queues: str, concurrency: int) -> dict[str, str]:
     """The daemon's whole configuration: built-in defaults plus these variables.
 
@@ -255,20 +251,33 @@ def daemon_env(res: Resources, *, port: int, queues: str, concurrency: int) -> d
 
 @dataclass
 class Daemon:
-    label: str
-    process: trio.Process
-    base_url: str
-    stdout_path: Path
-    stderr_path: Path
+    """A daemon under measurement: the harness's process (distasks.testing), plus when it
+    was spawned and how it stopped, for the report."""
+
+    proc: DaemonProcess
     spawned_at_s: float  # wall clock
     exit_code: int | None = None
     stop_s: float | None = None
 
+    @property
+    def label(self) -> str:
+        return self.proc.name
+
+    @property
+    def base_url(self) -> str:
+        return self.proc.url
+
+    @property
+    def process(self) -> trio.Process:
+        assert self.proc.process is not None
+        return self.proc.process
+
     def report(self) -> dict[str, Any]:
         """Exit status and anything it printed: at log level WARNING a healthy run
         prints nothing."""
-        out = self.stdout_path.read_text(errors="replace").splitlines()
-        err = self.stderr_path.read_text(errors="replace").splitlines()
+        out = self.proc.log().splitlines()
+        assert self.proc.stderr_path is not None
+        err = self.proc.stderr_path.read_text(errors="replace").splitlines()
         return {"exit_code": self.exit_code, "stop_s": self.stop_s,
                 "log_lines": len(out), "stderr_lines": len(err),
                 "log_tail": out[-OUTPUT_TAIL_LINES:], "stderr_tail": err[-OUTPUT_TAIL_LINES:]}
@@ -277,19 +286,17 @@ class Daemon:
 @asynccontextmanager
 async def running_daemon(label: str, env: dict[str, str], out_dir: Path,
                          code_dir: Path) -> AsyncIterator[Daemon]:
-    """`distasks serve` for the block, ready when it yields; SIGTERM and wait after.
+    """`distasks serve` of `code_dir` for the block, ready when it yields; SIGTERM and
+    wait after.
 
     If the daemon exits while in use, the block is cancelled with BenchError at once,
     rather than measuring thousands of refused connections. Its output goes to files,
     not pipes: a pipe nobody reads would block it.
     """
-    stdout_path, stderr_path = out_dir / f"{label}.out", out_dir / f"{label}.err"
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "distasks", "serve"], env=env, cwd=code_dir,
-            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-    daemon = Daemon(label, process, f"http://{HOST}:{env['HTTP_PORT']}",
-                    stdout_path, stderr_path, time.time())
+    proc = DaemonProcess(label, env, out_dir / f"{label}.out", cwd=code_dir,
+                         stderr_path=out_dir / f"{label}.err")
+    await proc.start()
+    daemon = Daemon(proc, time.time())
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fail_on_exit, daemon)
@@ -308,51 +315,31 @@ class BenchError(Exception):
 
 async def fail_on_exit(daemon: Daemon) -> None:
     """Raise BenchError when the daemon exits; the bench cancels this before its SIGTERM."""
-    await daemon.process.wait()
+    await daemon.proc.wait_exit()
     raise BenchError(
-        f"{daemon.label} exited with {daemon.process.returncode} "
+        f"{daemon.label} exited with {daemon.proc.returncode} "
         f"{time.time() - daemon.spawned_at_s:.1f}s after start, before the bench sent "
-        f"SIGTERM\n{tail(daemon.stdout_path)}\n{tail(daemon.stderr_path, CRASH_TAIL_LINES)}")
+        f"SIGTERM\n{daemon.proc.tail(CRASH_TAIL_LINES)}")
 
 
 async def wait_ready(daemon: Daemon) -> None:
-    """Poll /readyz until 200; BenchError after READY_TIMEOUT_S (`fail_on_exit` watches
+    """Until /readyz answers 200; BenchError after READY_TIMEOUT_S (`fail_on_exit` watches
     for an early exit)."""
-    last = "no answer"
-    async with httpx.AsyncClient(base_url=daemon.base_url, timeout=READY_POLL_INTERVAL_S * 10,
-                                 trust_env=False) as client:
-        with trio.move_on_after(READY_TIMEOUT_S):
-            while True:
-                try:
-                    response = await client.get("/readyz")
-                    if response.status_code == 200:
-                        return
-                    last = f"{response.status_code} {response.text.strip()}"
-                except httpx.TransportError as e:
-                    last = f"{type(e).__name__} (not listening yet?)"
-                await trio.sleep(READY_POLL_INTERVAL_S)
-    raise BenchError(f"{daemon.label} not ready after {READY_TIMEOUT_S:g}s; last /readyz: "
-                     f"{last}\n{tail(daemon.stdout_path)}\n{tail(daemon.stderr_path)}")
+    with trio.move_on_after(READY_TIMEOUT_S):
+        await daemon.proc.wait_ready()
+        return
+    raise BenchError(f"{daemon.label} not ready after {READY_TIMEOUT_S:g}s\n"
+                     f"{daemon.proc.tail(OUTPUT_TAIL_LINES)}")
 
 
 async def stop(daemon: Daemon) -> None:
     """SIGTERM, then wait up to STOP_TIMEOUT_S; kill it if it does not exit by then."""
     started_s = time.perf_counter()
-    if daemon.process.poll() is None:
-        daemon.process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_TIMEOUT_S):
-            await daemon.process.wait()
-        if daemon.process.poll() is None:
-            print(f"{daemon.label}: no exit {STOP_TIMEOUT_S:g}s after SIGTERM, killing it",
-                  file=sys.stderr)
-            daemon.process.kill()
-            await daemon.process.wait()
-    daemon.exit_code = daemon.process.returncode
+    if await daemon.proc.stop(STOP_TIMEOUT_S) is None and daemon.proc.returncode is not None:
+        print(f"{daemon.label}: no exit {STOP_TIMEOUT_S:g}s after SIGTERM, killed it",
+              file=sys.stderr)
+    daemon.exit_code = daemon.proc.returncode
     daemon.stop_s = round(time.perf_counter() - started_s, 2)
-
-
-def tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class Connections:

@@ -12,7 +12,7 @@ import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import trio
 
@@ -34,7 +34,15 @@ class TaskContext:
     run_id: uuid.UUID
 
 
-def handler(name: str | F | None = None) -> Any:
+@overload
+def handler(name: F) -> F: ...
+
+
+@overload
+def handler(name: str | None = None) -> Callable[[F], F]: ...
+
+
+def handler(name: str | F | None = None) -> F | Callable[[F], F]:
     """Mark a function as a distasks handler, registered under `name` (default: its name).
 
     Use as `@handler`, `@handler()` or `@handler("name")`.

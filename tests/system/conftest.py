@@ -3,42 +3,23 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from distasks.testing.daemon import DaemonProcess, free_port, running
+
 REPO = Path(__file__).resolve().parents[2]
 # How long a daemon may take to answer /readyz after it was started.
 START_TIMEOUT_S = 20.0
+# How long it may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 15.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class DaemonProcess:
-    process: trio.Process
-    url: str
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self, sig: int = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
+__all__ = ["REPO", "DaemonProcess", "free_port", "wait_task"]
 
 
 @pytest.fixture
@@ -67,42 +48,14 @@ def start_daemon(tmp_path: Path):
     @asynccontextmanager
     async def start(env: dict[str, str], *, config: str | None = "config/distasks.toml",
                     ) -> AsyncIterator[DaemonProcess]:
-        log_path = tmp_path / f"daemon-{next(counter)}.log"
-        args = [sys.executable, "-m", "distasks", "serve"]
-        if config:
-            args += ["--config", str(REPO / config)]
-        with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local file, once)
-            process = await trio.lowlevel.open_process(
-                args, env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
-        d = DaemonProcess(process, f"http://127.0.0.1:{env['HTTP_PORT']}", log_path, env)
-        try:
-            await wait_ready(d)
+        n = next(counter)
+        daemon = DaemonProcess(f"daemon-{n}", env, tmp_path / f"daemon-{n}.log",
+                               config=REPO / config if config else None, cwd=REPO)
+        async with running(daemon, ready_timeout_s=START_TIMEOUT_S,
+                           stop_timeout_s=STOP_TIMEOUT_S) as d:
             yield d
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(15):
-                    await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
 
     return start
-
-
-async def wait_ready(d: DaemonProcess) -> None:
-    with trio.fail_after(START_TIMEOUT_S):
-        async with httpx.AsyncClient() as client:
-            while True:
-                if d.process.returncode is not None:
-                    raise AssertionError(f"daemon exited {d.process.returncode}:\n{d.log()}")
-                try:
-                    r = await client.get(f"{d.url}/readyz")
-                    if r.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
 
 
 async def wait_task(client: httpx.AsyncClient, url: str, task_id: str,

@@ -4,7 +4,7 @@ runs twice only after a fault, each time as an attempt on record (§5.2).
 Each test creates 500 `chaos_sleep` tasks over HTTP against one or two daemons, injects
 its fault once a third of them completed, waits until every accepted task is final in
 PostgreSQL and counts from PostgreSQL and the handlers' execution log
-(tests/system/faults.py). The servers are private: a PostgreSQL cluster and a Redis
+(distasks/testing/faults.py). The servers are private: a PostgreSQL cluster and a Redis
 started for this module on free loopback ports, so that they can be killed and
 restarted. The shared ones are never touched.
 
@@ -22,17 +22,16 @@ import pytest
 import trio
 
 from distasks.broker.keys import queue_keys
-
-from .faults import (
+from distasks.testing.faults import (
     EXIT_MARGIN_S,
     FAULTS,
     GRACE_S,
     STRESS_CYCLES,
-    Daemon,
     PrivatePostgres,
     PrivateRedis,
     Result,
     daemon_env,
+    fault_daemon,
     query,
     run_scenario,
     wait_final,
@@ -136,7 +135,7 @@ async def test_outages_degrade_and_the_daemon_resumes_by_itself(private_pg, priv
     dsn = private_pg.dsn(dbname)
     env = daemon_env(database_url=dsn, redis_url=private_redis.url, prefix="outage",
                      chaos_log=tmp_path / "executions.log")
-    daemon = Daemon("outage", env, tmp_path / "daemon.log")
+    daemon = fault_daemon("outage", env, tmp_path / "daemon.log")
     body = {"name": "outage", "handler": "chaos_sleep", "payload": {"ms": 10}}
 
     async def readiness(client):
@@ -202,7 +201,7 @@ async def test_changes_committed_while_redis_is_unreachable_are_accepted_and_rea
     dsn = private_pg.dsn(dbname)
     env = daemon_env(database_url=dsn, redis_url=private_redis.url, prefix="seams",
                      chaos_log=tmp_path / "executions.log")
-    daemon = Daemon("seams", env, tmp_path / "daemon.log")
+    daemon = fault_daemon("seams", env, tmp_path / "daemon.log")
     paused_flag = queue_keys("seams", "held").paused
 
     async def runs_become(task_id: str, want: list[str]) -> None:

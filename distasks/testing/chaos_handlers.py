@@ -4,7 +4,7 @@ Each execution appends one line `task_id attempt run_id pid` to the file named b
 `DISTASKS_CHAOS_LOG` when it *starts*, so that an execution cut short by `kill -9` is
 counted too. The file is opened with O_APPEND and each line is one write(2), so the
 daemons of one test can share it. Loaded by the daemon through
-`DISTASKS_WORKER_HANDLERS=tests.system.chaos_handlers`.
+`DISTASKS_WORKER_HANDLERS=distasks.testing.chaos_handlers`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ What is here, used by tests/system/test_faults.py and bench/chaos.py alike:
 - `PrivateRedis`, `PrivatePostgres`: throwaway servers on free loopback ports that a
   test may kill, restart or cut off. The shared servers on 6379 and 5432 are never
   touched.
-- `Daemon`: `python -m distasks serve` as a subprocess, configured by environment only.
+- `DaemonProcess`: `python -m distasks serve` as a subprocess, configured by environment only.
 - The workload: N `chaos_sleep` tasks created over HTTP (`create_tasks`), then a wait
   until every accepted task is final in PostgreSQL (`wait_final`).
 - `FAULTS`: the faults, each injected once a third of the tasks have completed.
@@ -22,9 +22,7 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -38,6 +36,8 @@ import httpx
 import psycopg
 import redis
 import trio
+
+from distasks.testing.daemon import DaemonProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -100,12 +100,6 @@ PG_CONNECT_TIMEOUT_S = 3
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_until(ok: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -307,7 +301,7 @@ class PrivatePostgres:
 
     def _admin(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
     def create_database(self, name: str) -> None:
@@ -328,10 +322,6 @@ class PrivatePostgres:
 # -- the daemon -----------------------------------------------------------------------
 
 
-class DaemonExited(RuntimeError):
-    """The daemon exited while it was expected to start."""
-
-
 class ScenarioFailed(RuntimeError):
     """A fault run could not get to the end; the message says at which step and why."""
 
@@ -346,7 +336,6 @@ def daemon_env(*, database_url: str, redis_url: str, prefix: str, chaos_log: Pat
     """Environment of a fault-run daemon on a free port. Inherited DISTASKS_* variables are
     dropped, so it runs on DAEMON_CONFIG plus DAEMON_SETTINGS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
-    pythonpath = [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update({
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -354,96 +343,19 @@ def daemon_env(*, database_url: str, redis_url: str, prefix: str, chaos_log: Pat
         "HTTP_PORT": str(free_port()),
         "DISTASKS_HTTP_HOST": HOST,
         "DISTASKS_LOG_FORMAT": "json",
-        "DISTASKS_WORKER_HANDLERS": "tests.system.chaos_handlers",
+        "DISTASKS_WORKER_HANDLERS": "distasks.testing.chaos_handlers",
         "WORKER_CONCURRENCY": str(concurrency),
         "DISTASKS_CHAOS_LOG": str(chaos_log),
-        "PYTHONPATH": os.pathsep.join(pythonpath),
         **DAEMON_SETTINGS,
         **(extra or {}),
     })
     return env
 
 
-@dataclass
-class Daemon:
-    """One `distasks serve` subprocess; `start()` again after it exited restarts it on the
-    same port. Its stdout and stderr are appended to `log_path`."""
-
-    name: str
-    env: dict[str, str]
-    log_path: Path
-    process: trio.Process | None = None
-    #: set when the harness stopped or killed it on purpose
-    stopped_on_purpose: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.env['HTTP_PORT']}"
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.process is None else self.process.returncode
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    async def start(self) -> None:
-        """Spawn the process; `wait_ready()` tells when it serves."""
-        with open(self.log_path, "ab") as log_file:  # noqa: ASYNC230 (a local file, once)
-            self.process = await trio.lowlevel.open_process(
-                # An explicit --config: without one the daemon would read
-                # /etc/distasks/distasks.toml when a machine has one.
-                [sys.executable, "-m", "distasks", "serve", "--config", str(DAEMON_CONFIG)],
-                env=self.env, cwd=REPO,
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-        self.stopped_on_purpose = False
-
-    async def wait_ready(self) -> None:
-        """Until /readyz answers 200; DaemonExited if the process exits first. The caller
-        bounds the time."""
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while True:
-                if not self.is_running():
-                    raise DaemonExited(f"daemon {self.name} exited {self.returncode}:\n"
-                                       + tail(self.log_path))
-                try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
-
-    def kill9(self) -> None:
-        if self.is_running():
-            assert self.process is not None
-            self.stopped_on_purpose = True
-            self.process.kill()
-
-    def sigterm(self) -> None:
-        if self.is_running():
-            assert self.process is not None
-            self.stopped_on_purpose = True
-            self.process.send_signal(signal.SIGTERM)
-
-    async def wait_exit(self) -> int:
-        """Until the process exits; its exit code. The caller bounds the time."""
-        assert self.process is not None
-        return await self.process.wait()
-
-    async def stop(self, timeout_s: float = GRACE_S + EXIT_MARGIN_S + 2.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; the exit code
-        (None when it had to be killed)."""
-        if self.process is None:
-            return None
-        if self.process.returncode is None:
-            self.sigterm()
-            with trio.move_on_after(timeout_s):
-                return await self.process.wait()
-            self.process.kill()
-            with trio.move_on_after(5):
-                await self.process.wait()
-            return None
-        return self.process.returncode
+def fault_daemon(name: str, env: dict[str, str], log_path: Path) -> DaemonProcess:
+    """A fault-run daemon on the repository's config, stopped within its grace period
+    plus the hard-stop margin when the harness ends it."""
+    return DaemonProcess(name, env, log_path, config=DAEMON_CONFIG, cwd=REPO)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -568,7 +480,7 @@ async def create_tasks(urls: Sequence[str], n: int, stats: IntakeStats, *, tag: 
 
 def _query(dsn: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 async def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]] | None:
@@ -787,7 +699,7 @@ class Cluster:
     pg: PrivatePostgres
     redis: PrivateRedis
     dbname: str
-    daemons: list[Daemon]
+    daemons: list[DaemonProcess]
     rng: random.Random
     #: wall-clock time the fault was injected (the last step of a repeated fault)
     fault_at: float | None = None
@@ -818,7 +730,7 @@ class Fault:
     trigger_fraction: float = 1 / 3
 
 
-async def sigterm_and_wait(c: Cluster, d: Daemon) -> Stop:
+async def sigterm_and_wait(c: Cluster, d: DaemonProcess) -> Stop:
     """SIGTERM `d` and wait for it to exit (killed after grace + margin + 5 s)."""
     started = trio.current_time()
     d.sigterm()
@@ -1015,7 +927,7 @@ async def run_scenario(fault: Fault, *, pg: PrivatePostgres, redis_server: Priva
     dsn = pg.dsn(dbname)
     concurrency = fault.concurrency or (CONCURRENCY,) * fault.daemons
     daemons = [
-        Daemon(name, daemon_env(database_url=pg.dsn(dbname), redis_url=redis_server.url,
+        fault_daemon(name, daemon_env(database_url=pg.dsn(dbname), redis_url=redis_server.url,
                                 prefix=f"chaos-{tag}", chaos_log=chaos_log,
                                 concurrency=concurrency[k]),
                workdir / f"daemon-{tag}-{name}.log")

@@ -1,0 +1,2 @@
+"""Support for testing against a real daemon: distasks's own tests and benchmarks use it,
+and so can the integration tests of an application that runs distasks."""
