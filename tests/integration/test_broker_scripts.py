@@ -54,13 +54,21 @@ async def test_blocking_claim_on_an_empty_queue_returns_empty_after_the_block(br
         assert await broker.claim("q", count=3, lease_until_ms=1, block=True) == []
 
 
+async def blocked_in_blmove(broker: Broker) -> int:
+    """Clients the Redis server holds blocked in BLMOVE now."""
+    clients = await broker.raw("client_list")
+    return sum(1 for c in clients if c.get("cmd") == "blmove" and "b" in c.get("flags", ""))
+
+
 async def test_blocking_claim_wakes_when_an_item_arrives(broker):
     with trio.fail_after(5):
+        before = await blocked_in_blmove(broker)
         async with trio.open_nursery() as nursery:
-            async def push_later():
-                await trio.sleep(0.2)
+            async def push_once_the_claim_blocks():
+                while await blocked_in_blmove(broker) <= before:  # noqa: ASYNC110 (Redis state)
+                    await trio.sleep(0.01)
                 await broker.dispatch(ready=[("q", "late")])
-            nursery.start_soon(push_later)
+            nursery.start_soon(push_once_the_claim_blocks)
             claimed = await broker.claim("q", count=3, lease_until_ms=7, block=True)
     assert claimed == ["late"]
     assert (await state(broker))["leases"] == [("late", 7.0)]

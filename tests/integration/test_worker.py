@@ -8,6 +8,7 @@ import uuid
 from contextlib import asynccontextmanager
 
 import trio
+import trio.testing
 
 from distasks import mover
 from distasks.handlers import Registry, builtin_registry
@@ -188,7 +189,9 @@ async def _no_leases(broker):
 
 async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config, store, broker):
     """DESIGN §5.1: a task cancelled mid-BLPOP. Cancel pools again and again while work
-    arrives; every run must end up ready, leased or started: none vanishes."""
+    arrives, half of them once every task is blocked (the fetcher waiting on Redis), half
+    at once (the claim not started or in flight); every run must end up ready, leased or
+    started: none vanishes."""
     registry = Registry()
     registry.add("noop", lambda ctx: None)
     tasks = [new_task(handler="noop") for _ in range(60)]
@@ -198,7 +201,8 @@ async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config
             pool = make_pool(config, store, broker, registry, concurrency=1)
             async with trio.open_nursery() as nursery:
                 await nursery.start(pool.run)
-                await trio.sleep(0.005 * (i % 4))  # blocked in the claim, or not yet
+                if i % 2:
+                    await trio.testing.wait_all_tasks_blocked()  # blocked in the claim
                 await broker.dispatch(ready=[("q", str(t.run_id))])
                 nursery.cancel_scope.cancel()
         accounted = set(await broker.raw("lrange", broker.keys("q").ready, 0, -1))

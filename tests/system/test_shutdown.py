@@ -68,7 +68,8 @@ async def test_second_sigterm_skips_the_rest_of_the_grace_period(start_daemon, d
                             until=lambda b: b["latest_run"]["status"] == "running")
             stopped_at = time.monotonic()
             d.terminate()
-            await trio.sleep(0.3)
+            while '"event": "stopping"' not in d.log():  # noqa: ASYNC110 (a file)
+                await trio.sleep(0.02)  # the first SIGTERM is being handled
             d.terminate()
             rc = await d.process.wait()
         assert rc == 0, d.log()
