@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from datetime import UTC, datetime
 
 import trio
 
-from distasks import backoff, mirror
+from distasks import backoff, mirror, times
 from distasks.broker import Broker, Settlement
 from distasks.errors import StoreRejected, StoreUnavailable
 from distasks.health import Health
@@ -125,7 +124,7 @@ async def _record_and_settle(batch: list[Outcome], outcomes: Outcomes, store: St
     new_runs = [o.new_run_id for o in batch if o.run.run_id in written.advanced and o.new_run_id]
     await mirror.copy("outcomes", lambda: broker.settle(settlement), count=len(batch),
                       store=store, pushed=new_runs,
-                      now=datetime.fromtimestamp(settlement.now_ms / 1000, UTC))
+                      now=times.utc_of_ms(settlement.now_ms))
     return written
 
 
@@ -150,7 +149,7 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
                 o.succeeded.append((run_id, fence, x.result_json or "null", at))
             case OutcomeKind.RETRYING:
                 assert x.next_retry_at_ms is not None and x.new_run_id is not None
-                due = datetime.fromtimestamp(x.next_retry_at_ms / 1000, UTC)
+                due = times.utc_of_ms(x.next_retry_at_ms)
                 o.retrying.append((run_id, fence, x.error or "", at, due, x.new_run_id))
             case OutcomeKind.FAILED:
                 o.failed.append((run_id, fence, x.error or "", at))
@@ -163,7 +162,7 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
 
 
 def _settlement(batch: list[Outcome], written: Written) -> Settlement:
-    s = Settlement(now_ms=int(max(x.finished_at for x in batch).timestamp() * 1000))
+    s = Settlement(now_ms=times.ms_of(max(x.finished_at for x in batch)))
     for x in batch:
         queue = x.run.queue_name
         s.unleased.setdefault(queue, []).append(x.run.message)
@@ -175,7 +174,7 @@ def _settlement(batch: list[Outcome], written: Written) -> Settlement:
             continue  # cancelled meanwhile: no next attempt, no DLQ entry
         if x.kind is OutcomeKind.RETRYING:
             assert x.next_retry_at_ms is not None
-            if x.next_retry_at_ms <= x.finished_at.timestamp() * 1000:
+            if x.next_retry_at_ms <= times.ms_of(x.finished_at):
                 # Due at once (a takeover): straight to ready, no mover tick to wait for.
                 s.urgent.setdefault(queue, []).append(str(x.new_run_id))
             else:

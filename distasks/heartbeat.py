@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import trio
 
-from distasks import backoff
+from distasks import backoff, times
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
@@ -35,8 +34,8 @@ async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id
     # Runs waiting for an executor hold leases too (a shrunk pool may keep them waiting).
     in_flight = pool.leased_runs()
     lease_until_s = now_s + lease_s
-    held = await store.heartbeat(worker_id, now=_dt(now_s), run_ids=list(in_flight),
-                                 lease_until=_dt(lease_until_s))
+    held = await store.heartbeat(worker_id, now=times.utc(now_s), run_ids=list(in_flight),
+                                 lease_until=times.utc(lease_until_s))
     lost = set(in_flight) - held.extended
     if lost:
         pool.abandon(lost)
@@ -47,7 +46,7 @@ async def beat_once(store: Store, broker: Broker, pool: WorkerPool, *, worker_id
     for run_id in held.extended:
         run = in_flight[run_id]
         by_queue.setdefault(run.queue_name, []).append(run.message)
-    await broker.extend_leases(by_queue, lease_until_ms=int(lease_until_s * 1000))
+    await broker.extend_leases(by_queue, lease_until_ms=times.ms(lease_until_s))
     return len(lost)
 
 
@@ -86,10 +85,6 @@ async def run(store: Store, broker: Broker, pool: WorkerPool, *, info: WorkerInf
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(FAREWELL_TIMEOUT_S):
             try:
-                await store.heartbeat(info.id, now=_dt(clock()), stopped=True)
+                await store.heartbeat(info.id, now=times.utc(clock()), stopped=True)
             except StoreUnavailable:
                 pass
-
-
-def _dt(unix_s: float) -> datetime:
-    return datetime.fromtimestamp(unix_s, UTC)

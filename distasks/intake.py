@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import trio
 
-from distasks import mirror
+from distasks import mirror, times
 from distasks.broker import Broker
 from distasks.errors import DistasksError, StoreRejected, StoreUnavailable
 from distasks.metrics import Metrics
@@ -141,7 +141,7 @@ class Intake:
         try:
             results = await self._store.create_tasks(
                 tasks, start=start, worker_id=self._pool.worker_id if self._pool else "",
-                lease_until=_dt(now_s + self._pool.lease_s) if self._pool else None)
+                lease_until=times.utc(now_s + self._pool.lease_s) if self._pool else None)
         except BaseException:
             if self._pool is not None:
                 self._pool.unreserve(reserved)
@@ -152,9 +152,9 @@ class Intake:
                 continue
             if result.started:
                 assert self._pool is not None
-                started.append(_claimed(t, worker_id=self._pool.worker_id, now=_dt(now_s)))
+                started.append(_claimed(t, worker_id=self._pool.worker_id, now=times.utc(now_s)))
             elif t.type is TaskType.DELAYED and t.run_at is not None:
-                delayed.append((t.queue_name, str(t.run_id), int(t.run_at.timestamp() * 1000)))
+                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at)))
             else:
                 ready.append((t.queue_name, str(t.run_id)))
         if self._pool is not None:
@@ -166,7 +166,7 @@ class Intake:
             await mirror.copy("created tasks",
                               lambda: self._broker.dispatch(ready=ready, delayed=delayed),
                               count=len(pushed), store=self._store, pushed=pushed,
-                              now=_dt(self._clock()))
+                              now=times.utc(self._clock()))
         return results
 
     def _reserve(self, tasks: list[NewTask]) -> tuple[set[uuid.UUID], int]:
@@ -192,7 +192,3 @@ def _claimed(t: NewTask, *, worker_id: str, now: datetime) -> ClaimedRun:
                 failures=0, run_at=t.run_at, created_at=now, updated_at=now, finished_at=None)
     return ClaimedRun(run_id=t.run_id, task=task, attempt=1, queue_name=t.queue_name,
                       message=str(t.run_id), enqueued_at=now, worker_id=worker_id)
-
-
-def _dt(unix_s: float) -> datetime:
-    return datetime.fromtimestamp(unix_s, UTC)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from distasks import periodic
+from distasks import periodic, times
 from distasks.broker import Broker
 from distasks.health import Health
 from distasks.tunables import Tunables
@@ -41,6 +41,6 @@ async def run(broker: Broker, tunables: Tunables, *, interval_s: float, batch: i
     lock_ms = max(1, int(interval_s * 900))
     await periodic.every(
         "mover", interval_s,
-        lambda: move_once(broker, tunables.queues, now_ms=int(clock() * 1000), batch=batch,
+        lambda: move_once(broker, tunables.queues, now_ms=times.ms(clock()), batch=batch,
                           lock_ms=lock_ms),
         health=health, allowance_s=max(30.0, 10 * interval_s), task_status=task_status)

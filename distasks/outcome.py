@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from distasks import times
 from distasks.model import ClaimedRun
 from distasks.retry import RetryPolicy
 
@@ -45,10 +46,10 @@ def failure(run: ClaimedRun, error: str, *, now_s: float, policy: RetryPolicy,
             retry_now: bool = False, expired_before: datetime | None = None) -> Outcome:
     """The outcome of a failed attempt: a retry while the task has retries left (after
     the policy's backoff, or at once with `retry_now`), else the final failure."""
-    at = datetime.fromtimestamp(now_s, UTC)
+    at = times.utc(now_s)
     failures = run.task.failures + 1
     if failures <= run.task.max_retries:
-        now_ms = int(now_s * 1000)
+        now_ms = times.ms(now_s)
         due_ms = now_ms if retry_now else policy.next_retry_at_ms(failures, now_ms)
         return Outcome(run, OutcomeKind.RETRYING, at, error=error, next_retry_at_ms=due_ms,
                        new_run_id=uuid.uuid4(), expired_before=expired_before)

@@ -13,11 +13,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import trio
 
-from distasks import completer, periodic
+from distasks import completer, periodic, times
 from distasks.broker import Broker, printable
 from distasks.health import Health
 from distasks.metrics import Metrics
@@ -36,7 +36,7 @@ BATCH = 500
 async def reap_once(store: Store, broker: Broker, queues: Sequence[str], *, now_s: float,
                     policy: RetryPolicy, metrics: Metrics | None = None) -> int:
     """One pass; returns how many runs were taken over or handed back."""
-    now = datetime.fromtimestamp(now_s, UTC)
+    now = times.utc(now_s)
     expired = await store.expired_runs(now=now, limit=BATCH)
     taken = 0
     if expired:
@@ -48,7 +48,7 @@ async def reap_once(store: Store, broker: Broker, queues: Sequence[str], *, now_
             log.warning("took over %d runs whose lease expired", taken,
                         extra={"event": "lease_takeover", "count": taken})
     for queue in queues:
-        taken += await _hand_back_unstarted(store, broker, queue, now_ms=int(now_s * 1000))
+        taken += await _hand_back_unstarted(store, broker, queue, now_ms=times.ms(now_s))
     return taken
 
 

@@ -19,11 +19,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import trio
 
-from distasks import periodic
+from distasks import periodic, times
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
@@ -39,7 +39,7 @@ REBUILD_LOCK_MS = 120_000
 
 async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
     """Re-add every unfinished run and every DLQ entry to Redis; returns runs added."""
-    now_ms = int(now_s * 1000)
+    now_ms = times.ms(now_s)
     added = 0
     # Pause flags first, so that no paused queue is claimed from while runs come back.
     await copy_pause_flags(store, broker)
@@ -64,9 +64,9 @@ def _split(page: list[PendingDispatch], now_ms: int) -> tuple[
     ready, delayed, leased = [], [], []
     for p in page:
         if p.status == "running":
-            deadline = p.lease_expires_at or datetime.fromtimestamp(now_ms / 1000, UTC)
-            leased.append((str(p.run_id), int(deadline.timestamp() * 1000)))
-        elif (due_ms := int(p.available_at.timestamp() * 1000)) > now_ms:
+            deadline = p.lease_expires_at or times.utc_of_ms(now_ms)
+            leased.append((str(p.run_id), times.ms_of(deadline)))
+        elif (due_ms := times.ms_of(p.available_at)) > now_ms:
             delayed.append((str(p.run_id), due_ms))
         else:
             ready.append(str(p.run_id))
@@ -75,15 +75,15 @@ def _split(page: list[PendingDispatch], now_ms: int) -> tuple[
 
 async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_s: float) -> int:
     """Push queued runs older than `grace_s` that never reached Redis; returns how many."""
-    now = datetime.fromtimestamp(now_s, UTC)
+    now = times.utc(now_s)
     pending = await store.undispatched_runs(created_before=now - timedelta(seconds=grace_s),
                                             limit=PAGE)
     if not pending:
         return 0
-    now_ms = int(now_s * 1000)
+    now_ms = times.ms(now_s)
     ready, delayed = [], []
     for p in pending:
-        due_ms = int(p.available_at.timestamp() * 1000)
+        due_ms = times.ms_of(p.available_at)
         if due_ms > now_ms:
             delayed.append((p.queue_name, str(p.run_id), due_ms))
         else:

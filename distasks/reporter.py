@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import trio
 
-from distasks import sdnotify
+from distasks import sdnotify, times
 from distasks.broker import Broker
 from distasks.errors import BrokerUnavailable, StoreUnavailable
 from distasks.health import Health
@@ -40,7 +39,7 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
                       now_s: float) -> None:
     """Refresh the gauges and the progress verdict."""
     states = await queue_states(store, broker, tunables.queues,
-                                now=datetime.fromtimestamp(now_s, UTC))
+                                now=times.utc(now_s))
     # Cleared and set again with no await in between, so that a scrape never sees a half
     # update, and components or queues dropped by a reload leave no stale series behind.
     metrics.component_up.clear()

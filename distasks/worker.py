@@ -18,11 +18,10 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import trio
 
-from distasks import backoff, completer
+from distasks import backoff, completer, times
 from distasks.broker import Broker, printable
 from distasks.config import WorkerConfig
 from distasks.errors import BrokerUnavailable, StoreUnavailable
@@ -309,7 +308,7 @@ class WorkerPool:
         broker = self._broker
         lease_until_s = self._clock() + self._config.lease_s
         messages = await broker.claim(queue, count=loan.units, block=block,
-                                      lease_until_ms=int(lease_until_s * 1000))
+                                      lease_until_ms=times.ms(lease_until_s))
         kept = self._slots.end_loan(loan)
         if messages is None:
             return None
@@ -333,8 +332,8 @@ class WorkerPool:
         start_s = self._clock()
         try:
             started = await self._store.start_runs(
-                run_ids, worker_id=self.worker_id, now=_dt(start_s),
-                lease_until=_dt(lease_until_s))
+                run_ids, worker_id=self.worker_id, now=times.utc(start_s),
+                lease_until=times.utc(lease_until_s))
         except StoreUnavailable:
             # Not started anywhere: put them back for the next claim.
             await broker.requeue(queue, [str(r) for r in run_ids])
@@ -348,7 +347,7 @@ class WorkerPool:
             await broker.release(queue, list(stale))
         for c in started:
             self._metrics.enqueue_to_start.labels(queue).observe(
-                max(0.0, start_s - c.enqueued_at.timestamp()))
+                max(0.0, start_s - times.unix_s(c.enqueued_at)))
         return started
 
     # -- execute ---------------------------------------------------------------------
@@ -383,7 +382,7 @@ class WorkerPool:
                         self._cancel_requested.discard(claimed.run_id)
                         self._slots.release()
                         outcomes.send_nowait(Outcome(claimed, OutcomeKind.CANCELLED,
-                                                     _dt(self._clock()),
+                                                     times.utc(self._clock()),
                                                      error="cancelled before it started"))
                     else:
                         await self._execute_one(claimed, outcomes)
@@ -413,7 +412,7 @@ class WorkerPool:
                 self._clock() - started_s)
         if claimed.run_id in self._cancel_requested:
             self._cancel_requested.discard(claimed.run_id)
-            outcome = Outcome(claimed, OutcomeKind.CANCELLED, _dt(self._clock()),
+            outcome = Outcome(claimed, OutcomeKind.CANCELLED, times.utc(self._clock()),
                               error="cancelled while running")
         if outcome is not None:  # None: abandoned after the lease was lost
             outcomes.send_nowait(outcome)
@@ -452,18 +451,14 @@ class WorkerPool:
                      exc_info=log.isEnabledFor(logging.DEBUG))
             return self._failure(claimed, _describe(exc))
         log.debug("run succeeded", extra={"event": "run_succeeded", **ids})
-        return Outcome(claimed, OutcomeKind.SUCCEEDED, _dt(self._clock()), result_json=result_json)
+        return Outcome(claimed, OutcomeKind.SUCCEEDED, times.utc(self._clock()), result_json=result_json)
 
     def _failure(self, claimed: ClaimedRun, error: str) -> Outcome:
         return failure(claimed, error, now_s=self._clock(), policy=self._tunables.retry)
 
     def _interrupted(self, claimed: ClaimedRun, reason: str) -> Outcome:
-        return Outcome(claimed, OutcomeKind.INTERRUPTED, _dt(self._clock()), error=reason,
+        return Outcome(claimed, OutcomeKind.INTERRUPTED, times.utc(self._clock()), error=reason,
                        new_run_id=uuid.uuid4())
-
-
-def _dt(unix_s: float) -> datetime:
-    return datetime.fromtimestamp(unix_s, UTC)
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,11 +7,9 @@ and deletions are recorded in the audit log with who did them and what they touc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from quart import Blueprint, Response, jsonify
 
-from distasks import mirror
+from distasks import mirror, times
 from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, queue_name, read_body
@@ -62,7 +60,7 @@ async def replay_dlq(queue: str) -> Response:
     queue = queue_name(queue)
     req = parse_body(schemas.ReplayDlq, await read_body() or b"{}")
     s = services()
-    now = datetime.fromtimestamp(s.clock(), UTC)
+    now = times.utc(s.clock())
     replayed = await s.store.replay(queue, _selection(req), limit=_limit(req),
                                     override_priority=req.override_priority, now=now,
                                     actor=actor(), dry_run=req.dry_run)
@@ -83,7 +81,7 @@ async def delete_dlq(queue: str) -> Response:
     queue = queue_name(queue)
     req = parse_body(schemas.DlqSelection, await read_body() or b"{}")
     s = services()
-    now = datetime.fromtimestamp(s.clock(), UTC)
+    now = times.utc(s.clock())
     deleted = await s.store.delete_dead(queue, _selection(req), limit=_limit(req), now=now,
                                         actor=actor(), dry_run=req.dry_run)
     if deleted and not req.dry_run:

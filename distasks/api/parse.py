@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import pydantic
 from quart import request
 
-from distasks import creation
+from distasks import creation, times
 from distasks.api import schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.services import Services
@@ -116,7 +115,7 @@ def parse_create(body: bytes | str, s: Services) -> NewTask:
 def new_task(req: schemas.CreateTask, s: Services) -> NewTask:
     """The task a validated create body asks for, under this daemon's rules."""
     return creation.new_task(task_request(req), s.creation_rules(),
-                             now=datetime.fromtimestamp(s.clock(), UTC))
+                             now=times.utc(s.clock()))
 
 
 def task_request(req: schemas.CreateTask) -> creation.TaskRequest:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from quart import Blueprint, Response, jsonify
 
-from distasks import mirror
+from distasks import mirror, times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import queue_name
@@ -23,7 +21,7 @@ bp = Blueprint("queues", __name__)
            responses={200: schemas.QueueList})
 async def list_queues() -> Response:
     s = services()
-    now = datetime.fromtimestamp(s.clock(), UTC)
+    now = times.utc(s.clock())
     records = {r.name: r for r in await s.store.queues(now=now)}
     served = s.tunables.queues if s.tunables else s.config.worker.queues
     states = await queue_states(s.store, s.broker, sorted(set(records) | set(served)), now=now)
@@ -60,7 +58,7 @@ async def _set_paused(queue: str, paused: bool) -> Response:
     # PostgreSQL first (the truth), then the flag claims see; if Redis does not answer,
     # the reconciler copies the flag on its next pass.
     await s.store.set_paused(queue, paused, actor=actor(),
-                             now=datetime.fromtimestamp(s.clock(), UTC))
+                             now=times.utc(s.clock()))
     await mirror.copy("pause" if paused else "resume",
                       lambda: s.broker.set_paused(queue, paused))
     return jsonify({"name": queue, "paused": paused})

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from datetime import UTC, datetime
 
 import trio
 from quart import Blueprint, Response, jsonify
 
-from distasks import mirror
+from distasks import mirror, times
 from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
@@ -86,7 +85,7 @@ async def get_task(task_id: uuid.UUID) -> Response:
     if q.wait > 0:
         # Without Redis the wait still ends: the task is re-read every WAIT_POLL_S.
         with contextlib.suppress(BrokerUnavailable):
-            await s.broker.watch(str(tid), until_ms=int((s.clock() + q.wait) * 1000))
+            await s.broker.watch(str(tid), until_ms=times.ms(s.clock() + q.wait))
     while True:
         found = await s.store.get_task(tid)
         if found is None:
@@ -118,7 +117,7 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
     tid = task_id
     req = parse_body(schemas.CancelTask, await read_body() or b"{}")
     s = services()
-    now = datetime.fromtimestamp(s.clock(), UTC)
+    now = times.utc(s.clock())
     done = await s.store.cancel_task(tid, actor=actor(), reason=req.reason, now=now)
     if done is None:
         raise NotFound(f"no task with id {task_id}")
@@ -129,6 +128,6 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
         await mirror.copy("cancel", lambda: s.broker.cancelled(
             waiting=[(q, str(r)) for q, r in done.waiting],
             running=str(done.running) if done.running else None,
-            task_id=str(tid), now_ms=int(now.timestamp() * 1000)))
+            task_id=str(tid), now_ms=times.ms_of(now)))
     return jsonify({"task_id": str(tid), "status": done.status.value,
                     "cancelled": done.cancelled})

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from quart import Blueprint, Response, jsonify
 
+from distasks import times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.render import iso
@@ -21,7 +22,7 @@ async def list_workers() -> Response:
     """Each daemon with `alive` (heartbeat within two leases, not stopped) and its
     running runs; dead ones stay listed for `recovery.workers_listed_s`."""
     s = services()
-    now = datetime.fromtimestamp(s.clock(), UTC)
+    now = times.utc(s.clock())
     listed = await s.store.list_workers(
         since=now - timedelta(seconds=s.config.recovery.workers_listed_s))
     alive_after = now - timedelta(seconds=2 * s.config.worker.lease_s)
