@@ -19,7 +19,17 @@ from distasks.errors import StoreRejected, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.outcome import Outcome, OutcomeKind
-from distasks.store import Fence, Outcomes, Store, Written
+from distasks.store import (
+    Cancelled,
+    Failed,
+    Fence,
+    Interrupted,
+    Outcomes,
+    Retrying,
+    Store,
+    Succeeded,
+    Written,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +156,19 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
         fence = Fence(x.run.worker_id, x.expired_before)
         match x.kind:
             case OutcomeKind.SUCCEEDED:
-                o.succeeded.append((run_id, fence, x.result_json or "null", at))
+                o.succeeded.append(Succeeded(run_id, fence, x.result_json or "null", at))
             case OutcomeKind.RETRYING:
                 assert x.next_retry_at_ms is not None and x.new_run_id is not None
                 due = times.utc_of_ms(x.next_retry_at_ms)
-                o.retrying.append((run_id, fence, x.error or "", at, due, x.new_run_id))
+                o.retrying.append(Retrying(run_id, fence, x.error or "", at, due, x.new_run_id))
             case OutcomeKind.FAILED:
-                o.failed.append((run_id, fence, x.error or "", at))
+                o.failed.append(Failed(run_id, fence, x.error or "", at))
             case OutcomeKind.INTERRUPTED:
                 assert x.new_run_id is not None
-                o.interrupted.append((run_id, fence, x.error or "interrupted", at, x.new_run_id))
+                o.interrupted.append(Interrupted(run_id, fence, x.error or "interrupted", at,
+                                             x.new_run_id))
             case OutcomeKind.CANCELLED:
-                o.cancelled.append((run_id, fence, x.error or "cancelled", at))
+                o.cancelled.append(Cancelled(run_id, fence, x.error or "cancelled", at))
     return o
 
 

@@ -1,8 +1,8 @@
 """Store: every PostgreSQL read and write, in domain terms, one module per area.
 
 Each public method is at most one transaction on a connection driven by Trio itself
-(store/pg.py: no bridge crossing), and the hot-path ones take whole batches (DESIGN §1). Connection failures
-surface as StoreUnavailable, for the caller's loop to retry with backoff.
+(store/pg.py: no bridge crossing), and the hot-path ones take whole batches (DESIGN §1). Connection
+failures surface as StoreUnavailable, for the caller's loop to retry with backoff.
 """
 
 from __future__ import annotations
@@ -12,13 +12,25 @@ from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.queues import QueueQueries, QueueRecord
-from distasks.store.runs import Fence, Held, Outcomes, RunQueries, Written
+from distasks.store.runs import (
+    Cancelled,
+    Failed,
+    Fence,
+    Held,
+    Interrupted,
+    Outcomes,
+    Retrying,
+    RunQueries,
+    Succeeded,
+    Written,
+)
 from distasks.store.tasks import Cancellation, TaskFilter, TaskQueries
 from distasks.store.workers import WorkerInfo, WorkerQueries
 
 __all__ = [
-    "Cancellation", "DeadTask", "DlqFilter", "Fence", "Held", "Outcomes", "PendingDispatch",
-    "QueueRecord", "Store", "TaskFilter", "WorkerInfo", "Written", "dumps",
+    "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
+    "Interrupted", "Outcomes", "PendingDispatch", "QueueRecord", "Retrying", "Store",
+    "Succeeded", "TaskFilter", "WorkerInfo", "Written", "dumps",
 ]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from psycopg.rows import dict_row
 
@@ -22,23 +24,60 @@ class Fence:
     expired_before: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    run_id: uuid.UUID
+    fence: Fence
+    result_json: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    run_id: uuid.UUID
+    fence: Fence
+    error: str
+    at: datetime
+    next_retry_at: datetime
+    #: the next attempt, created queued (due at next_retry_at)
+    new_run_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    run_id: uuid.UUID
+    fence: Fence
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    run_id: uuid.UUID
+    fence: Fence
+    reason: str
+    at: datetime
+    #: the next attempt, created queued and due at once
+    new_run_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    run_id: uuid.UUID
+    fence: Fence
+    reason: str
+    at: datetime
+
+
 @dataclass(slots=True)
 class Outcomes:
-    """A batch of finished runs for `record_outcomes`, one row list per kind; every row
-    starts with (run_id, fence)."""
+    """A batch of finished runs for `record_outcomes`, one row list per kind."""
 
-    #: (run_id, fence, result_json, finished_at)
-    succeeded: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
-    #: (run_id, fence, error, finished_at, next_retry_at, new_run_id)
-    retrying: list[tuple[uuid.UUID, Fence, str, datetime, datetime, uuid.UUID]] = field(
-        default_factory=list)
-    #: (run_id, fence, error, finished_at)
-    failed: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
-    #: (run_id, fence, reason, finished_at, new_run_id)
-    interrupted: list[tuple[uuid.UUID, Fence, str, datetime, uuid.UUID]] = field(
-        default_factory=list)
-    #: (run_id, fence, reason, finished_at)
-    cancelled: list[tuple[uuid.UUID, Fence, str, datetime]] = field(default_factory=list)
+    succeeded: list[Succeeded] = field(default_factory=list)
+    retrying: list[Retrying] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    interrupted: list[Interrupted] = field(default_factory=list)
+    cancelled: list[Cancelled] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.succeeded) + len(self.retrying) + len(self.failed)
@@ -232,7 +271,7 @@ class RunQueries(StoreBase):
         """
         runs: set[uuid.UUID] = set()
         advanced: set[uuid.UUID] = set()
-        kinds = [(sql, rows) for sql, rows in (
+        kinds: list[tuple[str, Sequence[OutcomeRow]]] = [(sql, rows) for sql, rows in (
             (SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying), (FAIL_RUNS, o.failed),
             (INTERRUPT_RUNS, o.interrupted), (CANCEL_RUNS, o.cancelled)) if rows]
         # One statement commits by itself; several share a transaction, so that a retried
@@ -240,11 +279,7 @@ class RunQueries(StoreBase):
         async with (self._pool.transaction() if len(kinds) > 1
                     else self._pool.connection()) as conn:
             for sql, rows in kinds:
-                run_ids = [row[0] for row in rows]
-                worker_ids = [row[1].worker_id for row in rows]
-                expired_before = [row[1].expired_before for row in rows]
-                rest = [list(col) for col in zip(*(row[2:] for row in rows), strict=True)]
-                cur = await conn.execute(sql, (run_ids, worker_ids, expired_before, *rest))
+                cur = await conn.execute(sql, _columns(rows))
                 for run_id, moved_on in await cur.fetchall():
                     runs.add(run_id)
                     if moved_on:
@@ -288,3 +323,15 @@ class RunQueries(StoreBase):
                     if task_cancelled:
                         cancelled.add(run_id)
         return Held(extended, cancelled)
+
+
+OutcomeRow = Succeeded | Retrying | Failed | Interrupted | Cancelled
+
+
+def _columns(rows: Sequence[OutcomeRow]) -> list[list[Any]]:
+    """The statement's parameters: one array per column, in the order the row classes
+    declare their fields (run_id, the fence's two, then the kind's own)."""
+    names = [f.name for f in dataclasses.fields(rows[0])[2:]]
+    return [[r.run_id for r in rows], [r.fence.worker_id for r in rows],
+            [r.fence.expired_before for r in rows],
+            *([getattr(r, name) for r in rows] for name in names)]

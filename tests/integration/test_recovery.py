@@ -18,7 +18,7 @@ from distasks.errors import StoreUnavailable
 from distasks.handlers import Registry
 from distasks.model import RunStatus, TaskStatus
 from distasks.retry import RetryPolicy
-from distasks.store import Fence, Outcomes, Store
+from distasks.store import Failed, Fence, Outcomes, Store
 from distasks.tunables import Tunables
 from distasks.worker import WorkerPool
 
@@ -194,7 +194,7 @@ async def test_reconciler_rebuilds_redis_after_it_lost_everything(store, broker)
         lease_until = now() + timedelta(seconds=30)
         await store.start_runs([running_task.run_id, dead_task.run_id], worker_id="w",
                                now=now(), lease_until=lease_until)
-        await store.record_outcomes(Outcomes(failed=[(dead_task.run_id, Fence("w"), "x", now())]))
+        await store.record_outcomes(Outcomes(failed=[Failed(dead_task.run_id, Fence("w"), "x", now())]))
         # Redis holds nothing of this prefix (as after a restart without persistence).
         pushed = await reconciler.reconcile_once(store, broker, now_s=time.time(), grace_s=3600)
         k = broker.keys("q")

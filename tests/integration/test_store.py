@@ -9,7 +9,7 @@ from datetime import timedelta
 import trio
 
 from distasks.model import RunStatus, TaskStatus
-from distasks.store import Fence, Outcomes
+from distasks.store import Failed, Fence, Interrupted, Outcomes, Retrying, Succeeded
 
 from .helpers import new_task, now
 
@@ -69,7 +69,7 @@ async def test_outcome_of_a_worker_that_lost_the_lease_is_not_written(store):
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w1", now=now(), lease_until=now())
         def result(worker_id):
-            return Outcomes(succeeded=[(t.run_id, Fence(worker_id), '"late"', now())])
+            return Outcomes(succeeded=[Succeeded(t.run_id, Fence(worker_id), '"late"', now())])
 
         written_by_other = await store.record_outcomes(result("w2"))
         written = await store.record_outcomes(result("w1"))
@@ -88,7 +88,7 @@ async def test_retry_records_the_failure_and_queues_the_next_attempt(store):
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         due, next_run = now() + timedelta(seconds=2), uuid.uuid4()
         await store.record_outcomes(
-            Outcomes(retrying=[(t.run_id, Fence("w"), "boom", now(), due, next_run)]))
+            Outcomes(retrying=[Retrying(t.run_id, Fence("w"), "boom", now(), due, next_run)]))
         task, runs = await store.get_task(t.id)
     assert task.status is TaskStatus.QUEUED and task.failures == 1
     assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.RETRYING), (2, RunStatus.QUEUED)]
@@ -102,7 +102,8 @@ async def test_interrupted_run_is_not_counted_as_a_failure(store):
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         await store.record_outcomes(
-            Outcomes(interrupted=[(t.run_id, Fence("w"), "shutdown", now(), uuid.uuid4())]))
+            Outcomes(interrupted=[Interrupted(t.run_id, Fence("w"), "shutdown", now(),
+                                                  uuid.uuid4())]))
         task, runs = await store.get_task(t.id)
     assert task.failures == 0 and task.status is TaskStatus.QUEUED
     assert [r.status for r in runs] == [RunStatus.INTERRUPTED, RunStatus.QUEUED]
@@ -113,7 +114,7 @@ async def test_final_failure_then_replay_gives_a_fresh_attempt_and_priority(stor
         t = new_task(max_retries=0, priority=1)
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
-        await store.record_outcomes(Outcomes(failed=[(t.run_id, Fence("w"), "dead", now())]))
+        await store.record_outcomes(Outcomes(failed=[Failed(t.run_id, Fence("w"), "dead", now())]))
         [dead] = await store.dead_tasks("q", limit=10)
         replayed = await store.replay("q", limit=10, override_priority=None, now=now())
         twice = await store.replay("q", limit=10, override_priority=None, now=now())
@@ -133,14 +134,14 @@ async def test_takeover_applies_only_while_the_lease_is_still_expired(store):
         # The worker's heartbeat extends the lease before the reaper's write lands.
         later = lease_end + timedelta(seconds=30)
         held = await store.heartbeat("w", now=now(), run_ids=[t.run_id], lease_until=later)
-        takeover = Outcomes(failed=[(t.run_id, Fence("w", expired_before=lease_end
-                                                     + timedelta(seconds=1)), "lease_expired",
-                                     now())])
+        takeover = Outcomes(failed=[Failed(
+            t.run_id, Fence("w", expired_before=lease_end + timedelta(seconds=1)),
+            "lease_expired", now())])
         written = await store.record_outcomes(takeover)
         [expired] = await store.expired_runs(now=later + timedelta(seconds=1), limit=10)
-        written_late = await store.record_outcomes(Outcomes(failed=[
-            (t.run_id, Fence("w", expired_before=later + timedelta(seconds=1)), "lease_expired",
-             now())]))
+        written_late = await store.record_outcomes(Outcomes(failed=[Failed(
+            t.run_id, Fence("w", expired_before=later + timedelta(seconds=1)), "lease_expired",
+            now())]))
         held_after = await store.heartbeat("w", now=now(), run_ids=[t.run_id], lease_until=later)
     assert held.extended == {t.run_id} and held.cancelled == set()
     assert written.runs == set()
