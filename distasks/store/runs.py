@@ -119,6 +119,9 @@ RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
 # under the worker that reports on it and is not touched; a takeover (expired_before
 # set) only applies while the lease is still expired, so a heartbeat that got in first
 # wins. A task cancelled meanwhile keeps its status and gets no next attempt.
+# Five whole statements rather than one template with holes: they differ in what they
+# set on the run, what they do to the task, and whether they create the next attempt,
+# and each reads top to bottom as what it does.
 FENCE = ("r.status = 'running' AND r.worker_id = i.worker_id"
          " AND (i.expired_before IS NULL OR r.lease_expires_at < i.expired_before)")
 
