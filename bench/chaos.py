@@ -42,6 +42,7 @@ from pathlib import Path
 import trio
 
 from distasks.testing import faults as f
+from distasks.testing.daemon import DaemonExited
 
 # One scenario, everything included; far above a healthy run (about 15-40 s).
 SCENARIO_TIMEOUT_S = 300.0
@@ -105,7 +106,7 @@ async def run(args: argparse.Namespace, names: list[str], workdir: Path) -> int:
                     result = await f.run_scenario(
                         fault, pg=pg, redis_server=redis_server, workdir=workdir / name,
                         n=args.tasks, seed=args.seed, stress_cycles=args.cycles)
-            except (f.ScenarioFailed, f.DaemonExited, trio.TooSlowError) as e:
+            except (f.ScenarioFailed, DaemonExited, trio.TooSlowError) as e:
                 failed = True
                 print(format_row({c: "-" for c in COLUMNS} | {"fault": name, "ok": "ERROR"}))
                 print(f"  {name}: {e}", flush=True)

@@ -40,7 +40,6 @@ from throughput import (
     Resources,
     cpu_text,
     daemon_env,
-    free_port,
     measure_drain,
     process_cpu_s,
     provisioned,
@@ -63,7 +62,7 @@ async def distasks_drain(res: Resources, out_dir: Path, *, tasks: int,
                          concurrency: int) -> dict[str, Any]:
     db = Database(res.dsn)
     try:
-        env = daemon_env(res, port=free_port(), queues=IDLE_QUEUE, concurrency=1)
+        env = daemon_env(res, queues=IDLE_QUEUE, concurrency=1)
         env.update(handler_env(res))  # a create names a handler the daemon knows
         async with running_daemon("creator", env, out_dir, REPO_ROOT) as creator:
             async with httpx.AsyncClient(base_url=creator.base_url, timeout=60,
@@ -74,7 +73,7 @@ async def distasks_drain(res: Resources, out_dir: Path, *, tasks: int,
                     body["tasks"] = body["tasks"][:min(CREATE_BATCH, tasks - start)]
                     response = await client.post("/api/v1/tasks/batch", json=body)
                     response.raise_for_status()
-        env = daemon_env(res, port=free_port(), queues=QUEUE, concurrency=concurrency)
+        env = daemon_env(res, queues=QUEUE, concurrency=concurrency)
         env.update(handler_env(res))
         async with running_daemon("worker", env, out_dir, REPO_ROOT) as worker:
             drain = await measure_drain(db, worker, queue=QUEUE, tasks=tasks)

@@ -44,7 +44,8 @@ import redis
 import trio
 from psycopg import sql
 
-from distasks.testing.daemon import DaemonProcess, free_port
+from distasks.testing.daemon import DaemonProcess
+from distasks.testing.daemon import daemon_env as own_daemon_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -228,25 +229,14 @@ class Database:
 # -- the daemon under test ----------------------------------------------------------------
 
 
-def daemon_env(res: Resources, *, port: int, queues: str, concurrency: int) -> dict[str, str]:
-    """The daemon's whole configuration: built-in defaults plus these variables.
-
-    Inherited DISTASKS_* variables are dropped (DISTASKS_CONFIG included), so that a
-    setting left in the caller's shell cannot skew the figures.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
-    env.update({
-        "DATABASE_URL": res.dsn,
-        "REDIS_URL": res.redis_url,
-        "HTTP_PORT": str(port),
-        "DISTASKS_HTTP_HOST": HOST,  # listen on loopback only, not 0.0.0.0
-        "DISTASKS_REDIS_PREFIX": res.name,
-        "QUEUE_NAMES": queues,
-        "WORKER_CONCURRENCY": str(concurrency),
-        "DISTASKS_LOG_LEVEL": "WARNING",
-        "DISTASKS_WORKER_DEFAULT_HANDLER": "noop",
-    })
-    return env
+def daemon_env(res: Resources, *, queues: str, concurrency: int) -> dict[str, str]:
+    """The daemon's whole configuration: built-in defaults plus these variables (none
+    inherited: a DISTASKS_* setting left in the caller's shell cannot skew the figures)."""
+    return own_daemon_env(database_url=res.dsn, redis_url=res.redis_url, prefix=res.name,
+                          settings={"QUEUE_NAMES": queues,
+                                    "WORKER_CONCURRENCY": str(concurrency),
+                                    "DISTASKS_LOG_LEVEL": "WARNING",
+                                    "DISTASKS_WORKER_DEFAULT_HANDLER": "noop"})
 
 
 @dataclass
@@ -711,7 +701,7 @@ async def run_phases(res: Resources, opts: Options, out_dir: Path,
     results: dict[str, Any] = {}
     db = Database(res.dsn)
     try:
-        idle_env = daemon_env(res, port=free_port(), queues=IDLE_QUEUE,
+        idle_env = daemon_env(res, queues=IDLE_QUEUE,
                               concurrency=opts.concurrency)
         async with running_daemon("daemon1", idle_env, out_dir, code_dir) as d1:
             async with connections(d1.base_url, opts.clients) as conns:
@@ -720,7 +710,7 @@ async def run_phases(res: Resources, opts: Options, out_dir: Path,
         print_create(results["create"])
         results["daemon1"] = d1.report()
 
-        work_env = daemon_env(res, port=free_port(), queues=BENCH_QUEUE,
+        work_env = daemon_env(res, queues=BENCH_QUEUE,
                               concurrency=opts.concurrency)
         async with running_daemon("daemon2", work_env, out_dir, code_dir) as d2:
             created = results["create"]["requests"] - sum(results["create"]["errors"].values())
@@ -798,7 +788,7 @@ def imported_from(code_dir: Path) -> Path:
 
 def daemon_summary(res: Resources, opts: Options, code_dir: Path) -> str:
     """The daemon's own one-line summary of its settings (`distasks check-config`)."""
-    env = daemon_env(res, port=free_port(), queues=BENCH_QUEUE, concurrency=opts.concurrency)
+    env = daemon_env(res, queues=BENCH_QUEUE, concurrency=opts.concurrency)
     done = subprocess.run([sys.executable, "-m", "distasks", "check-config"], env=env,
                           cwd=code_dir, capture_output=True, text=True, timeout=60)
     lines = (done.stdout or done.stderr).splitlines()

@@ -4,6 +4,7 @@ benchmarks."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -30,6 +31,25 @@ def free_port(host: str = HOST) -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def daemon_env(*, database_url: str, redis_url: str, prefix: str,
+               settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a daemon of its own: this process's environment without any
+    DISTASKS_* variable (a setting left in a shell must not change what is measured or
+    tested), the servers and key prefix given, a free loopback port, JSON logs, and
+    `settings` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
+    env.update({
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DISTASKS_REDIS_PREFIX": prefix,
+        "HTTP_PORT": str(free_port()),
+        "DISTASKS_HTTP_HOST": HOST,
+        "DISTASKS_LOG_FORMAT": "json",
+        **(settings or {}),
+    })
+    return env
 
 
 class DaemonExited(Exception):

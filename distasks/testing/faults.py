@@ -38,6 +38,7 @@ import redis
 import trio
 
 from distasks.testing.daemon import DaemonProcess, free_port
+from distasks.testing.daemon import daemon_env as own_daemon_env
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -335,21 +336,14 @@ def daemon_env(*, database_url: str, redis_url: str, prefix: str, chaos_log: Pat
                ) -> dict[str, str]:
     """Environment of a fault-run daemon on a free port. Inherited DISTASKS_* variables are
     dropped, so it runs on DAEMON_CONFIG plus DAEMON_SETTINGS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
-    env.update({
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "DISTASKS_REDIS_PREFIX": prefix,
-        "HTTP_PORT": str(free_port()),
-        "DISTASKS_HTTP_HOST": HOST,
-        "DISTASKS_LOG_FORMAT": "json",
-        "DISTASKS_WORKER_HANDLERS": "distasks.testing.chaos_handlers",
-        "WORKER_CONCURRENCY": str(concurrency),
-        "DISTASKS_CHAOS_LOG": str(chaos_log),
-        **DAEMON_SETTINGS,
-        **(extra or {}),
-    })
-    return env
+    return own_daemon_env(database_url=database_url, redis_url=redis_url, prefix=prefix,
+                          settings={
+                              "DISTASKS_WORKER_HANDLERS": "distasks.testing.chaos_handlers",
+                              "WORKER_CONCURRENCY": str(concurrency),
+                              "DISTASKS_CHAOS_LOG": str(chaos_log),
+                              **DAEMON_SETTINGS,
+                              **(extra or {}),
+                          })
 
 
 def fault_daemon(name: str, env: dict[str, str], log_path: Path) -> DaemonProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import trio
 
 from distasks.testing.daemon import DaemonProcess, free_port, running
+from distasks.testing.daemon import daemon_env as own_daemon_env
 
 REPO = Path(__file__).resolve().parents[2]
 # How long a daemon may take to answer /readyz after it was started.
@@ -25,18 +25,9 @@ __all__ = ["REPO", "DaemonProcess", "free_port", "wait_task"]
 @pytest.fixture
 def daemon_env(pg_dsn: str, redis_prefix: str, redis_url: str) -> dict[str, str]:
     """Environment of a daemon using this test's database and prefix, fast timings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
-    env.update({
-        "DATABASE_URL": pg_dsn,
-        "REDIS_URL": redis_url,
-        "DISTASKS_REDIS_PREFIX": redis_prefix,
-        "HTTP_PORT": str(free_port()),
-        "DISTASKS_HTTP_HOST": "127.0.0.1",
-        "DISTASKS_LOG_FORMAT": "json",
-        "DISTASKS_MOVER_INTERVAL_S": "0.1",
-        "WORKER_CONCURRENCY": "4",
-    })
-    return env
+    return own_daemon_env(database_url=pg_dsn, redis_url=redis_url, prefix=redis_prefix,
+                          settings={"DISTASKS_MOVER_INTERVAL_S": "0.1",
+                                    "WORKER_CONCURRENCY": "4"})
 
 
 @pytest.fixture
