@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="TOML config file (default: $DISTASKS_CONFIG, then "
                              f"{SYSTEM_CONFIG} if it exists, else built-in defaults)")
-    # --url, --json and --actor too, for the commands that talk to a daemon.
+    # --url, --json and --api-key too, for the commands that talk to a daemon.
     remote = _remote_options()
     parser = argparse.ArgumentParser(prog="distasks", description="distasks task platform",
                                      parents=[common, remote])
@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check-config", parents=[common],
                    help="validate the config, print the settings, exit")
     _add_remote_commands(sub, remote)
+    _add_key_commands(sub, common)
     args = parser.parse_args(argv)
     if args.command in REMOTE_COMMANDS:
         from distasks.cli_remote import run
 
         return run(args)
-    if given := [f"--{k}" for k in ("url", "json", "actor") if k in vars(args)]:
+    if given := [f"--{k.replace('_', '-')}" for k in ("url", "json", "api_key")
+                 if k in vars(args)]:
         parser.error(f"{given[0]} applies to the {', '.join(REMOTE_COMMANDS)} commands")
 
     try:
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             daemon = Daemon(config, config_path=config_path)
             logs.setup(config.log.level, config.log.format)
             trio.run(daemon.run)
+        elif args.command == "keys":
+            from distasks.cli_keys import run as run_keys
+
+            return run_keys(args, config)
         elif args.command == "migrate":
             from distasks.supervisor import migrate_only
 
@@ -75,6 +81,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                      common: argparse.ArgumentParser) -> None:
+    from distasks.auth import SCOPES
+
+    actions = sub.add_parser(
+        "keys", help="API keys, in PostgreSQL directly (works before the daemon first runs)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("create", parents=[common], help="a new key; prints its token once")
+    p.add_argument("--name", required=True, help="what the key is for, e.g. billing-service")
+    p.add_argument("--scope", dest="scopes", action="append", required=True,
+                   choices=SCOPES, help="a scope it grants (repeat); all: every one")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--expires-in", metavar="DURATION", type=_duration,
+                   help="e.g. 90d, 12h, 30m; default: never")
+    actions.add_parser("list", parents=[common], help="every key (never a token)")
+    for name, help in (("revoke", "stop a key at once (within a few seconds)"),
+                       ("rotate", "a new token for a key; the old one works for --overlap")):
+        p = actions.add_parser(name, parents=[common], help=help)
+        p.add_argument("key_id", type=uuid.UUID, metavar="KEY_ID")
+        if name == "rotate":
+            p.add_argument("--overlap", metavar="DURATION", type=_duration,
+                           help="how long the old token stays valid (default 24h)")
+
+
+def _duration(text: str) -> float:
+    """Seconds of "90d", "12h", "30m", "45s"."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        value = float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90d, 12h, 30m") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
+
+
 def _config_path(flag: str | None) -> Path | None:
     if flag:
         return Path(flag)
@@ -95,9 +137,9 @@ def _remote_options() -> argparse.ArgumentParser:
                              "http://127.0.0.1:8080)")
     remote.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the API's JSON instead of a table")
-    remote.add_argument("--actor", default=argparse.SUPPRESS,
-                        help="who you are, for the audit log (default: $DISTASKS_ACTOR, "
-                             "then user@host)")
+    remote.add_argument("--api-key", default=argparse.SUPPRESS,
+                        help="the API key to call with (default: $DISTASKS_API_KEY; none: "
+                             "anonymous, where the daemon allows it)")
     return remote
 
 

@@ -8,10 +8,8 @@ code 1; usage errors are argparse's (exit code 2, before anything is sent).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -45,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Run one remote command; the exit code: 0, or 1 after an API or connection error."""
     command = COMMANDS[(args.command, args.action)]
     try:
-        actor = getattr(args, "actor", None) or _default_actor()
-        with Client(getattr(args, "url", None), actor=actor) as client:
+        with Client(getattr(args, "url", None), api_key=getattr(args, "api_key", None)) as client:
             out = command(client, args)
         if getattr(args, "json", False):
             print(json.dumps(out.json, indent=2, ensure_ascii=False))
@@ -63,15 +60,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def _default_actor() -> str | None:
-    if actor := os.environ.get("DISTASKS_ACTOR"):
-        return actor
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except (KeyError, OSError):  # no user name for this uid (a bare container)
-        return None
 
 
 # -- tasks ------------------------------------------------------------------------------

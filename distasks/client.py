@@ -6,7 +6,7 @@ needs and turns the responses into results or exceptions (`_get`, `_wait`, …).
 clients only differ in how they send a request, so their methods cannot drift apart:
 `Client.get` runs the generator blocking, `AsyncClient.get` awaits it.
 
-    with Client("http://127.0.0.1:8080", actor="alice") as c:
+    with Client("http://127.0.0.1:8080", api_key=os.environ["DISTASKS_API_KEY"]) as c:
         task_id = c.create("send-email", payload={"to": "a@example.com"}).task_id
         print(c.wait(task_id, timeout=30).task.status)
 
@@ -704,13 +704,13 @@ class _Endpoint(Generic[P, T]):
 class _BaseClient:
     """What both clients share: the base URL, headers and timeouts, and the operations."""
 
-    def __init__(self, url: str | None, *, actor: str | None, timeout: float) -> None:
+    def __init__(self, url: str | None, *, api_key: str | None, timeout: float) -> None:
         #: the API's base URL, e.g. http://127.0.0.1:8080
         self.url = (url or os.environ.get("DISTASKS_URL") or DEFAULT_URL).rstrip("/")
         self._timeout = timeout
         self._headers = {"User-Agent": "distasks-client", "Accept": "application/json"}
-        if actor:
-            self._headers["X-Distasks-Actor"] = actor
+        if key := api_key or os.environ.get("DISTASKS_API_KEY"):
+            self._headers["Authorization"] = f"Bearer {key}"
 
     def _request_args(self, request: _Request) -> dict[str, Any]:
         return {
@@ -744,13 +744,13 @@ class _BaseClient:
 
 class Client(_BaseClient):
     """The API, blocking. `url` defaults to $DISTASKS_URL, then http://127.0.0.1:8080;
-    `actor` names you in the audit log (X-Distasks-Actor); `timeout` is seconds per
+    `api_key` (default $DISTASKS_API_KEY) authenticates you; `timeout` is seconds per
     request. Use as a context manager, or call `close()`."""
 
-    def __init__(self, url: str | None = None, *, actor: str | None = None,
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S,
                  transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(url, actor=actor, timeout=timeout)
+        super().__init__(url, api_key=api_key, timeout=timeout)
         self._http = httpx.Client(base_url=self.url, headers=self._headers,
                                   transport=transport)
 
@@ -798,10 +798,10 @@ class AsyncClient(_BaseClient):
     """The API, async (Trio or asyncio). Arguments as for `Client`. Use as an async
     context manager, or call `aclose()`. Cancelling a call abandons its request."""
 
-    def __init__(self, url: str | None = None, *, actor: str | None = None,
+    def __init__(self, url: str | None = None, *, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(url, actor=actor, timeout=timeout)
+        super().__init__(url, api_key=api_key, timeout=timeout)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers,
                                        transport=transport)
 

@@ -8,6 +8,7 @@ keep working and win over the file. Every problem raises ConfigError naming the 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -23,11 +24,13 @@ QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$"
 QUEUE_NAME_RE = re.compile(QUEUE_NAME_PATTERN)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
+ANONYMOUS_MODES = ("none", "loopback")
 
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    host: str = "0.0.0.0"
+    #: loopback unless said otherwise: put a proxy in front, or name the address
+    host: str = "127.0.0.1"
     port: int = 8080
     #: largest accepted task payload, serialized as JSON
     max_payload_bytes: int = 1024 * 1024
@@ -35,6 +38,12 @@ class HttpConfig:
     max_batch: int = 1000
     #: largest request body (a batch of many payloads); larger: 413
     max_body_bytes: int = 16 * 1024 * 1024
+    #: Host names this daemon answers to besides loopback and http.host (a request for
+    #: any other is refused: DNS rebinding); the public name when behind a proxy
+    allowed_hosts: tuple[str, ...] = ()
+    #: web origins (https://console.example.com) whose browser writes are accepted;
+    #: none by default, so a web page elsewhere cannot make a browser write here
+    trusted_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,19 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    #: who may call without a key: "none" (every request needs one) or "loopback" (a
+    #: request from this machine, not through a proxy, is the anonymous principal with
+    #: every scope; for development only, refused with a non-loopback http.host)
+    anonymous: str = "none"
+    #: proxies whose X-Forwarded-For is believed (the client address is the last hop
+    #: they added); anything else that sends the header is taken at its own address
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    #: networks that may read /metrics without a key (a key needs metrics:read)
+    metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
@@ -134,6 +156,7 @@ class Config:
     mover: MoverConfig = MoverConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     http_handler: HttpHandlerConfig = HttpHandlerConfig()
+    auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
 
     def summary(self) -> str:
@@ -145,7 +168,8 @@ class Config:
             f"concurrency={self.worker.concurrency} default_handler={self.worker.default_handler} "
             f"handlers=[{','.join(self.worker.handlers)}] grace={self.worker.grace_period_s}s "
             f"lease={self.worker.lease_s}s retry=base {self.retry.base_s}s cap {self.retry.cap_s}s "
-            f"jitter {self.retry.jitter} max {self.retry.max_retries}"
+            f"jitter {self.retry.jitter} max {self.retry.max_retries} "
+            f"anonymous={self.auth.anonymous}"
         )
 
 
@@ -293,8 +317,29 @@ def _validate(c: Config) -> None:
          "must be positive")
     need(c.recovery.dispatch_grace_s >= 0, "recovery.dispatch_grace_s", "must not be negative")
     need(c.recovery.workers_listed_s > 0, "recovery.workers_listed_s", "must be positive")
+    need(c.auth.anonymous in ANONYMOUS_MODES, "auth.anonymous",
+         f"must be one of {', '.join(ANONYMOUS_MODES)}")
+    need(c.auth.anonymous != "loopback" or _is_loopback_host(c.http.host), "auth.anonymous",
+         f"\"loopback\" needs http.host on loopback (127.0.0.1, ::1 or localhost), not "
+         f"{c.http.host!r}: anonymous access must not be reachable from the network")
+    for key, networks in (("auth.trusted_proxies", c.auth.trusted_proxies),
+                          ("auth.metrics_networks", c.auth.metrics_networks)):
+        for n in networks:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ConfigError(key, f"{n!r} is not an address or network") from None
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _redact(url: str) -> str:

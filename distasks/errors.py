@@ -56,3 +56,28 @@ class ConfigError(DistasksError):
         super().__init__(f"config: {key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+class Refused(DistasksError):
+    """A request refused before it is served: no or bad credentials (401), a missing
+    scope (403), a cross-site or wrongly typed write (403, 415), an unknown Host (400)."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class Unauthenticated(Refused):
+    def __init__(self, message: str):
+        super().__init__(401, "unauthenticated", message,
+                         {"WWW-Authenticate": 'Bearer realm="distasks"'})
+
+
+class Forbidden(Refused):
+    def __init__(self, scope: str):
+        super().__init__(403, "forbidden", f"this operation needs the scope {scope!r}")
+        self.scope = scope

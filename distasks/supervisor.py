@@ -172,6 +172,10 @@ class Daemon:
         c = self.config
         log.info("distasks starting: %s", c.summary(),
                  extra={"event": "starting", "worker_id": self.worker_id})
+        if c.auth.anonymous == "loopback":
+            log.warning("anonymous access from loopback is on (auth.anonymous = \"loopback\"):"
+                        " any local process may call every operation; for development only",
+                        extra={"event": "anonymous_access"})
         with self._everything:
             async with aio.open_loop():
                 async with (

@@ -14,7 +14,9 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 import distasks
+from distasks import auth
 from distasks.api import (
+    access,
     dlq,
     errors,
     health,
@@ -46,7 +48,11 @@ def create_app(services: Services) -> QuartTrio:
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, health.bp):
         app.register_blueprint(bp)
     document = openapi.document(title="distasks", version=distasks.__version__,
-                                handlers=services.registry.payload_schemas())
+                                handlers=services.registry.payload_schemas(),
+                                anonymous_allowed=services.config.auth.anonymous == "loopback",
+                                keyless_scopes=frozenset(
+                                    {"metrics:read"} if services.config.auth.metrics_networks
+                                    else ()))
 
     @app.get("/openapi.json")
     async def openapi_json() -> Any:
@@ -56,6 +62,20 @@ def create_app(services: Services) -> QuartTrio:
     async def start_clock() -> None:
         g.started = time.perf_counter()
         g.request_id = request_id_for(request.headers.get("X-Request-Id", ""))
+
+    @app.before_request
+    async def check_access() -> None:
+        """api/access.py: transport rules, then the principal and the route's scope."""
+        req = access.Request(request.method, {k.lower(): v for k, v in request.headers.items()},
+                             request.remote_addr or "")
+        access.check_transport(req, services.config)
+        g.principal = await access.principal(services, req)
+        scope = openapi.SCOPE_BY_ENDPOINT.get(request.endpoint or "")
+        if scope == "metrics:read" and g.principal is None and auth.in_networks(
+                req.peer, services.config.auth.metrics_networks):
+            return  # a scraper on a configured network needs no key
+        if scope is not None:
+            access.require(g.principal, scope)
 
     @app.after_request
     async def account(response: Response) -> Response:
@@ -67,6 +87,7 @@ def create_app(services: Services) -> QuartTrio:
         services.metrics.http_duration.labels(route).observe(duration_s)
         request_id = g.get("request_id", "")
         response.headers["X-Request-Id"] = request_id
+        response.headers.update(access.SECURITY_HEADERS)
         if services.stopping.is_set():
             # Shutting down: no keep-alive, so the client reconnects (elsewhere) at once.
             response.headers["Connection"] = "close"

@@ -32,7 +32,7 @@ def _limit(sel: schemas.DlqSelection) -> int:
     return sel.count
 
 
-@operation(bp, "GET", "/api/v1/queues/<queue>/dlq", tag="dlq",
+@operation(bp, "GET", "/api/v1/queues/<queue>/dlq", scope="tasks:read", tag="dlq",
            summary="Dead-lettered tasks of a queue, oldest failure first",
            query=schemas.DlqQuery, responses={200: schemas.DlqPage})
 async def list_dlq(queue: str) -> Response:
@@ -53,7 +53,7 @@ async def list_dlq(queue: str) -> Response:
     })
 
 
-@operation(bp, "POST", "/api/v1/queues/<queue>/dlq/replay", tag="dlq",
+@operation(bp, "POST", "/api/v1/queues/<queue>/dlq/replay", scope="dlq:admin", tag="dlq",
            summary="Replay DLQ entries (by ids or the oldest matching filters) as new attempts",
            body_required=False, body=schemas.ReplayDlq, responses={200: schemas.Replayed})
 async def replay_dlq(queue: str) -> Response:
@@ -74,7 +74,7 @@ async def replay_dlq(queue: str) -> Response:
                     "dry_run": req.dry_run})
 
 
-@operation(bp, "POST", "/api/v1/queues/<queue>/dlq/delete", tag="dlq",
+@operation(bp, "POST", "/api/v1/queues/<queue>/dlq/delete", scope="dlq:admin", tag="dlq",
            summary="Remove DLQ entries (the tasks stay on record)",
            body_required=False, body=schemas.DlqSelection, responses={200: schemas.Deleted})
 async def delete_dlq(queue: str) -> Response:

@@ -15,6 +15,7 @@ from distasks.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    Refused,
     StoreUnavailable,
     UnknownHandler,
 )
@@ -62,6 +63,8 @@ def error_for(e: Exception) -> tuple[int, dict[str, Any], dict[str, str]] | None
         else:
             status = 400
         return status, _body(e.code, e.message, e.field), {}
+    if isinstance(e, Refused):
+        return e.status, _body(e.code, e.message), e.headers
     if isinstance(e, NotFound):
         return 404, _body("not_found", e.message), {}
     if isinstance(e, StoreUnavailable | BrokerUnavailable):
@@ -80,6 +83,7 @@ def install(app: Quart) -> None:
     @app.errorhandler(NotFound)
     @app.errorhandler(StoreUnavailable)
     @app.errorhandler(BrokerUnavailable)
+    @app.errorhandler(Refused)
     async def ours(e: Exception) -> Response:
         mapped = error_for(e)
         assert mapped is not None

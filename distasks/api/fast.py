@@ -3,9 +3,10 @@
 It is the one request every producer makes, and Quart's per-request machinery (request
 and app contexts, hooks, signals, response objects) cost about as much daemon CPU as
 the rest of a create (measured with bench/throughput.py, phase d: docs/architecture.md).
-It answers exactly as the Quart route in api/tasks.py would: the same parsing and checks
-(`parse_create`), errors (`errors.error_for`), request id, metrics, access log line and
-`Connection: close` during shutdown. Every other request, and a create body over the size
+It answers exactly as the Quart route in api/tasks.py would: the same access checks
+(api/access.py), parsing and checks (`parse_create`), errors (`errors.error_for`),
+request id, security headers, metrics, access log line and `Connection: close` during
+shutdown. Every other request, and a create body over the size
 limit, goes to Quart.
 """
 
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from distasks.api import errors
+from distasks.api import access, errors
 from distasks.api.parse import parse_create
 from distasks.api.services import Services, request_id_for
 
@@ -31,6 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROUTE = "/api/v1/tasks"
+SECURITY_HEADERS = [(k.lower().encode(), v.encode()) for k, v in access.SECURITY_HEADERS.items()]
 
 
 def with_lean_create(app: ASGIApp, services: Services, *, max_body_bytes: int) -> ASGIApp:
@@ -50,12 +52,13 @@ def with_lean_create(app: ASGIApp, services: Services, *, max_body_bytes: int) -
             await app(scope, _replay(messages, receive), send)
             return
         request_id = request_id_for(_header(scope, b"x-request-id"))
-        status, document, headers = await _create(services, body)
+        status, document, headers = await _create(services, scope, body)
         payload = json.dumps(document, separators=(",", ":")).encode()
         response_headers = [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode()),
                             (b"x-request-id", request_id.encode())]
         response_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        response_headers += SECURITY_HEADERS
         if services.stopping.is_set():
             response_headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status,
@@ -66,8 +69,15 @@ def with_lean_create(app: ASGIApp, services: Services, *, max_body_bytes: int) -
     return asgi
 
 
-async def _create(s: Services, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
+        int, dict[str, Any], dict[str, str]]:
     try:
+        client = scope.get("client")
+        req = access.Request("POST", {bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
+                                      for k, v in scope["headers"]},
+                             client[0] if client else "")
+        access.check_transport(req, s.config)
+        access.require(await access.principal(s, req), "tasks:write")
         result = await s.intake.create(parse_create(body, s))
     except Exception as e:
         mapped = errors.error_for(e)

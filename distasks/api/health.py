@@ -16,7 +16,7 @@ bp = Blueprint("health", __name__)
 PROBE_TIMEOUT_S = 1.0
 
 
-@operation(bp, "GET", "/metrics", tag="health",
+@operation(bp, "GET", "/metrics", scope="metrics:read", tag="health",
            summary="Prometheus metrics, text format", responses={200: None})
 async def metrics() -> Response:
     return Response(services().metrics.exposition(),

@@ -25,6 +25,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 
 # Errors every operation may answer, besides its own.
 COMMON_ERRORS = {
+    "400": "Malformed JSON, or a Host this daemon does not answer to",
     "422": "Invalid input: the body names the field",
     "503": "PostgreSQL or Redis unavailable; retry after Retry-After seconds",
 }
@@ -37,6 +38,8 @@ class Operation:
     summary: str
     tag: str
     responses: dict[int, type[BaseModel] | None]
+    #: what a principal needs to call it (distasks.auth.SCOPES); None: open to anyone
+    scope: str | None = None
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     errors: dict[int, str] = field(default_factory=dict)
@@ -52,28 +55,39 @@ class Operation:
 OPERATIONS: list[Operation] = []
 
 
+# The scope each Quart endpoint ("blueprint.function") needs; absent: open.
+SCOPE_BY_ENDPOINT: dict[str, str] = {}
+
+
 def operation(bp: Blueprint, method: str, rule: str, *, summary: str, tag: str,
-              responses: dict[int, type[BaseModel] | None], body: type[BaseModel] | None = None,
-              query: type[BaseModel] | None = None, errors: dict[int, str] | None = None,
+              responses: dict[int, type[BaseModel] | None], scope: str | None = None,
+              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
+              errors: dict[int, str] | None = None,
               body_required: bool = True) -> Callable[[F], F]:
-    """Register a route on `bp` and describe it in the OpenAPI document."""
-    op = Operation(method.upper(), rule, summary, tag, responses, body, query, errors or {},
-                   body_required)
+    """Register a route on `bp` and describe it in the OpenAPI document; `scope` is what
+    a caller needs (api/access.py checks it before the route runs)."""
+    op = Operation(method.upper(), rule, summary, tag, responses, scope, body, query,
+                   errors or {}, body_required)
     OPERATIONS.append(op)
 
     def register(fn: F) -> F:
         bp.route(rule, methods=[op.method])(fn)
+        if scope is not None:
+            SCOPE_BY_ENDPOINT[f"{bp.name}.{fn.__name__}"] = scope
         return fn
 
     return register
 
 
-def document(*, title: str, version: str,
-             handlers: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+def document(*, title: str, version: str, handlers: Mapping[str, dict[str, Any] | None],
+             anonymous_allowed: bool = False,
+             keyless_scopes: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The document of every declared operation. `handlers` are this daemon's handlers
     by name with the JSON Schema of the payloads each accepts (`{}`: any JSON value;
     None: none at all, so the name is left out), so that the document promises no more
-    than the server takes."""
+    than the server takes. With `anonymous_allowed` (auth.anonymous = "loopback") a key
+    is optional, and so it is for the `keyless_scopes` (metrics:read, when
+    auth.metrics_networks names any)."""
     models: set[type[BaseModel]] = {ErrorOut}
     for op in OPERATIONS:
         models.update(m for m in op.responses.values() if m is not None)
@@ -94,18 +108,23 @@ def document(*, title: str, version: str,
         for name, payload in sorted(handlers.items()) if payload)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(
+            op, anonymous_allowed or op.scope in keyless_scopes)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version,
                  "description": "distasks: tasks recorded in PostgreSQL, dispatched via Redis."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (dtk_…) from `distasks keys create`; each operation "
+                           "names the scope it needs"}}},
     }
 
 
-def _operation(op: Operation) -> dict[str, Any]:
-    doc: dict[str, Any] = {"summary": op.summary, "tags": [op.tag],
+def _operation(op: Operation, key_optional: bool) -> dict[str, Any]:
+    summary = op.summary if op.scope is None else f"{op.summary} (scope {op.scope})"
+    doc: dict[str, Any] = {"summary": summary, "tags": [op.tag],
                            "operationId": re.sub(r"\W+", "_", f"{op.method}_{op.path}").strip("_")}
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS[name]}
@@ -129,10 +148,16 @@ def _operation(op: Operation) -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
         responses[str(status)] = entry
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
-    for status, text in {**{int(k): v for k, v in COMMON_ERRORS.items()}, **op.errors}.items():
+    own = dict(op.errors)
+    if op.scope is not None:
+        doc["security"] = [{"apiKey": []}, {}] if key_optional else [{"apiKey": []}]
+        own.setdefault(401, "No API key, or one unknown, expired or revoked")
+        own.setdefault(403, f"The key lacks the scope {op.scope}, or a cross-site write")
+    if op.method not in ("GET", "HEAD"):
+        own.setdefault(415, "A body that is not Content-Type: application/json")
+    for status, text in {**{int(k): v for k, v in COMMON_ERRORS.items()}, **own}.items():
         responses.setdefault(str(status), {"description": text, "content": error_ref})
     if op.body is not None:
-        responses.setdefault("400", {"description": "Malformed JSON", "content": error_ref})
         responses.setdefault("413", {"description": "Body or payload too large",
                                      "content": error_ref})
     doc["responses"] = responses

@@ -15,7 +15,7 @@ from distasks.queue_state import queue_states
 bp = Blueprint("queues", __name__)
 
 
-@operation(bp, "GET", "/api/v1/queues", tag="queues",
+@operation(bp, "GET", "/api/v1/queues", scope="queues:read", tag="queues",
            summary="Every queue: depths, paused, completed and failed in the last minute, "
                    "age of the oldest ready run",
            responses={200: schemas.QueueList})
@@ -39,14 +39,14 @@ async def list_queues() -> Response:
     return jsonify({"queues": out})
 
 
-@operation(bp, "POST", "/api/v1/queues/<queue>/pause", tag="queues",
+@operation(bp, "POST", "/api/v1/queues/<queue>/pause", scope="queues:admin", tag="queues",
            summary="Stop claiming from a queue (creates are still accepted)",
            responses={200: schemas.QueueState})
 async def pause_queue(queue: str) -> Response:
     return await _set_paused(queue, True)
 
 
-@operation(bp, "POST", "/api/v1/queues/<queue>/resume", tag="queues",
+@operation(bp, "POST", "/api/v1/queues/<queue>/resume", scope="queues:admin", tag="queues",
            summary="Claim from a paused queue again", responses={200: schemas.QueueState})
 async def resume_queue(queue: str) -> Response:
     return await _set_paused(queue, False)

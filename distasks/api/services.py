@@ -8,8 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-from quart import current_app, request
+from quart import current_app, g
 
+from distasks import times
+from distasks.auth import KeyCache
 from distasks.broker import Broker
 from distasks.config import Config
 from distasks.creation import CreationRules
@@ -41,6 +43,19 @@ class Services:
     #: what a SIGHUP may change (the default max_retries of new tasks)
     tunables: Tunables | None = None
 
+    #: API keys by token, cached (distasks.auth); made from the store when not given
+    keys: KeyCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            store, clock = self.store, self.clock
+            object.__setattr__(self, "keys", KeyCache(
+                lambda digest: store.use_key(digest, now=times.utc(clock())), clock))
+
+    def key_cache(self) -> KeyCache:
+        assert self.keys is not None
+        return self.keys
+
     def creation_rules(self) -> CreationRules:
         """The rules new tasks obey now (a SIGHUP may change the default max_retries)."""
         return CreationRules(
@@ -64,14 +79,9 @@ def request_id_for(given: str) -> str:
     return given if REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
 
 
-# Longest actor name kept in the audit log.
-MAX_ACTOR_CHARS = 200
-
-
 def actor() -> str:
-    """Who makes this request, for the audit log: the X-Distasks-Actor header, else the
-    client address. (Authentication, when it comes, will supply a verified identity.)"""
-    named = request.headers.get("X-Distasks-Actor", "").strip()
-    if named:
-        return named[:MAX_ACTOR_CHARS]
-    return f"anonymous@{request.remote_addr or 'unknown'}"
+    """Who makes this request, for the audit log: the authenticated principal (a key id,
+    or anonymous@<address> where anonymous access is allowed), never anything the client
+    says about itself."""
+    who = g.get("principal")
+    return who.id if who is not None else "unknown"

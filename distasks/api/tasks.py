@@ -24,7 +24,7 @@ bp = Blueprint("tasks", __name__)
 WAIT_POLL_S = 1.0
 
 
-@operation(bp, "POST", "/api/v1/tasks", tag="tasks", summary="Create a task",
+@operation(bp, "POST", "/api/v1/tasks", scope="tasks:write", tag="tasks", summary="Create a task",
            body=schemas.CreateTask, responses={201: schemas.Created, 200: schemas.Created},
            errors={413: "Payload over http.max_payload_bytes"})
 async def create_task() -> tuple[Response, int]:
@@ -36,7 +36,7 @@ async def create_task() -> tuple[Response, int]:
         201 if result.created else 200)
 
 
-@operation(bp, "POST", "/api/v1/tasks/batch", tag="tasks",
+@operation(bp, "POST", "/api/v1/tasks/batch", scope="tasks:write", tag="tasks",
            summary="Create many tasks at once: all valid or none written, one transaction",
            body=schemas.CreateTasks, responses={200: schemas.BatchCreated})
 async def create_tasks() -> Response:
@@ -59,7 +59,7 @@ async def create_tasks() -> Response:
                                "created": r.created} for r in results]})
 
 
-@operation(bp, "GET", "/api/v1/tasks", tag="tasks",
+@operation(bp, "GET", "/api/v1/tasks", scope="tasks:read", tag="tasks",
            summary="List tasks, newest first, with filters and keyset pagination",
            query=schemas.TaskQuery, responses={200: schemas.TaskPage})
 async def list_tasks() -> Response:
@@ -73,7 +73,7 @@ async def list_tasks() -> Response:
     return jsonify({"tasks": [task_json(t) for t in tasks], "next_cursor": next_cursor})
 
 
-@operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>", tag="tasks",
+@operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>", scope="tasks:read", tag="tasks",
            summary="A task with its runs; ?wait=N long-polls until it is final",
            query=schemas.GetTaskQuery, responses={200: schemas.TaskDetail},
            errors={404: "No such task"})
@@ -99,7 +99,7 @@ async def get_task(task_id: uuid.UUID) -> Response:
                     "runs": [run_json(r) for r in runs]})
 
 
-@operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>/runs", tag="tasks",
+@operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>/runs", scope="tasks:read", tag="tasks",
            summary="Every attempt of a task, oldest first", responses={200: schemas.RunList},
            errors={404: "No such task"})
 async def get_runs(task_id: uuid.UUID) -> Response:
@@ -109,7 +109,7 @@ async def get_runs(task_id: uuid.UUID) -> Response:
     return jsonify({"runs": [run_json(r) for r in found[1]]})
 
 
-@operation(bp, "POST", "/api/v1/tasks/<uuid:task_id>/cancel", tag="tasks",
+@operation(bp, "POST", "/api/v1/tasks/<uuid:task_id>/cancel", scope="tasks:cancel", tag="tasks",
            summary="Cancel a task: at once if waiting, within a second if running",
            body_required=False, body=schemas.CancelTask, responses={200: schemas.Cancelled},
            errors={404: "No such task"})

@@ -15,7 +15,7 @@ from distasks.api.services import services
 bp = Blueprint("workers", __name__)
 
 
-@operation(bp, "GET", "/api/v1/workers", tag="workers",
+@operation(bp, "GET", "/api/v1/workers", scope="queues:read", tag="workers",
            summary="Daemons, live and recently dead, with their running runs",
            responses={200: schemas.WorkerList})
 async def list_workers() -> Response:

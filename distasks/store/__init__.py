@@ -11,6 +11,7 @@ from distasks.store import migrate as _migrate
 from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
+from distasks.store.keys import KeyQueries
 from distasks.store.queues import QueueQueries, QueueRecord
 from distasks.store.runs import (
     Cancelled,
@@ -34,7 +35,8 @@ __all__ = [
 ]
 
 
-class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries):
+class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
+            KeyQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query

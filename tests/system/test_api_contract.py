@@ -100,7 +100,10 @@ async def test_other_routes_refuse_bad_input_cleanly(start_daemon, daemon_env):
                  "count"),
                 (await client.post("/api/v1/queues/default/dlq/replay",
                                    json={"override_priority": "high"}), 422, "override_priority"),
-                (await client.post("/api/v1/queues/default/dlq/replay", content=b"{"), 400, None),
+                (await client.post("/api/v1/queues/default/dlq/replay", content=b"{",
+                                   headers={"content-type": "application/json"}), 400, None),
+                (await client.post("/api/v1/queues/default/dlq/replay", content=b"{}"), 415,
+                 None),
                 (await client.get("/no/such/route"), 404, None),
                 (await client.delete("/api/v1/tasks"), 405, None),
             ]

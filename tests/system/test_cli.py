@@ -31,7 +31,7 @@ class Result:
 
 def cli_env(url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
-    env.update({"DISTASKS_URL": url, "DISTASKS_ACTOR": "tester"})
+    env.update({"DISTASKS_URL": url})
     return env
 
 
@@ -142,7 +142,8 @@ async def test_task_queue_dlq_and_worker_commands(start_daemon, daemon_env):
             queues_json, queues_table, empty_dlq = await cli(
                 env, "queue list --json", "queue list", "--json dlq list default")
             default = [q for q in queues_json.json()["queues"] if q["name"] == "default"]
-            assert default[0]["paused"] is True and default[0]["paused_by"] == "tester"
+            assert default[0]["paused"] is True and default[0]["paused_by"] == (
+                "anonymous@127.0.0.1")
             assert [r["PAUSED"] for r in columns(queues_table.out) if r["QUEUE"] == "default"] \
                 == ["yes"]
             assert empty_dlq.json()["tasks"] == []

@@ -25,7 +25,7 @@ DOOMED = {"always_fail": True}
 
 async def test_async_client_covers_the_api(start_daemon, daemon_env):
     with trio.fail_after(30):
-        async with start_daemon(daemon_env) as d, AsyncClient(d.url, actor="alice") as c:
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url) as c:
             readiness = await c.ready()
             assert readiness.ready and readiness.checks == {"postgres": "ok", "redis": "ok"}
 
@@ -59,7 +59,7 @@ async def test_async_client_covers_the_api(start_daemon, daemon_env):
             assert (cancelled.cancelled, cancelled.status) == (True, "cancelled")
             task = (await c.get(later.task_id)).task
             assert (task.type, task.cancelled_by, task.cancel_reason) == (
-                "delayed", "alice", "not needed")
+                "delayed", "anonymous@127.0.0.1", "not needed")
             assert (await c.cancel(later.task_id)).cancelled is False
 
             # wait() gives up with the last state it saw.
@@ -72,7 +72,8 @@ async def test_async_client_covers_the_api(start_daemon, daemon_env):
             state = await c.pause("default")
             assert (state.name, state.paused) == ("default", True)
             queues = {q.name: q for q in await c.queues()}
-            assert queues["default"].paused and queues["default"].paused_by == "alice"
+            assert queues["default"].paused and queues["default"].paused_by == (
+                "anonymous@127.0.0.1")
             assert (await c.resume("default")).paused is False
 
             # Two tasks out of retries: list, replay (dry run, then one), delete the other.
@@ -115,7 +116,7 @@ async def test_async_client_covers_the_api(start_daemon, daemon_env):
 
 def sync_scenario(url: str) -> None:
     """The same surface through the blocking client (run in a thread)."""
-    with Client(url, actor="bob") as c:
+    with Client(url) as c:
         assert c.ready().ready
         created = c.create("email", priority=2)
         assert c.wait(created.task_id, timeout=10).task.status == "completed"
@@ -130,7 +131,7 @@ def sync_scenario(url: str) -> None:
 
         later = c.create("later", delay_seconds=3600)
         assert c.cancel(later.task_id, reason="r").cancelled
-        assert c.get(later.task_id).task.cancelled_by == "bob"
+        assert c.get(later.task_id).task.cancelled_by == "anonymous@127.0.0.1"
         with pytest.raises(WaitTimeout):
             c.wait(c.create("waiting", delay_seconds=3600).task_id, timeout=0.1)
 

@@ -143,7 +143,9 @@ def test_unit_settings_fit_the_daemon():
     assert float(unit["TimeoutStopSec"][0]) > config["worker"]["grace_period_s"] + 5
     # With ProtectSystem=strict only the cache directory is writable: shiv unpacks there.
     assert unit["ProtectSystem"] == ["strict"]
-    assert unit["Environment"] == [f"SHIV_ROOT=/var/cache/{unit['CacheDirectory'][0]}"]
+    # Production needs a key for every call, whatever the shipped config file allows.
+    assert unit["Environment"] == ["DISTASKS_AUTH_ANONYMOUS=none",
+                                   f"SHIV_ROOT=/var/cache/{unit['CacheDirectory'][0]}"]
 
 
 # --- nginx --------------------------------------------------------------------------------

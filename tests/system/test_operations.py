@@ -301,7 +301,8 @@ async def test_log_is_json_lines_with_one_access_line_per_request_and_no_payload
                                   json={"name": "op", "payload": {"m": marker}, marker: 1})
             assert r.status_code == 422
             assert r.headers["X-Request-Id"] == request_ids[-1]
-            r = await client.post("/api/v1/tasks", headers=rid(),
+            r = await client.post("/api/v1/tasks",
+                                  headers={**rid(), "content-type": "application/json"},
                                   content=b'{"name": "op", "payload": {"m": "' + marker.encode())
             assert r.status_code == 400
             for task_id in ids:

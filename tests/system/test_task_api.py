@@ -34,7 +34,8 @@ async def test_cancel_waiting_delayed_and_running_tasks(start_daemon, daemon_env
                                   headers={"X-Distasks-Actor": "alice"})
             assert r.json() == {"task_id": waiting, "status": "cancelled", "cancelled": True}
             task = (await client.get(f"/api/v1/tasks/{waiting}")).json()
-            assert task["task"]["cancelled_by"] == "alice"
+            # The actor is who authenticated, never what a header claims.
+            assert task["task"]["cancelled_by"] == "anonymous@127.0.0.1"
             assert task["task"]["cancel_reason"] == "typo" and task["task"]["cancelled_at"]
             assert [run["status"] for run in task["runs"]] == ["cancelled"]
 
@@ -170,7 +171,7 @@ async def test_dlq_filters_replay_by_ids_dry_run_and_delete_are_audited(start_da
             assert kept["task"]["status"] == "failed"  # deleted from the DLQ, not from history
     with psycopg.connect(daemon_env["DATABASE_URL"]) as conn:
         audit = conn.execute("SELECT actor, action, detail FROM audit_log ORDER BY id").fetchall()
-    assert [(a, act) for a, act, _ in audit] == [("bob", "dlq_delete")]
+    assert [(a, act) for a, act, _ in audit] == [("anonymous@127.0.0.1", "dlq_delete")]
     assert audit[0][2]["task_ids"] == [dead[0]]
 
 

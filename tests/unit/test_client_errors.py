@@ -179,7 +179,7 @@ def test_unknown_fields_are_kept_in_raw_and_missing_ones_are_an_unexpected_respo
     assert caught.value.code == "unexpected_response"
 
 
-def test_requests_carry_base_url_actor_and_api_field_names(monkeypatch):
+def test_requests_carry_base_url_api_key_and_api_field_names(monkeypatch):
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -193,14 +193,14 @@ def test_requests_carry_base_url_actor_and_api_field_names(monkeypatch):
         return httpx.Response(201, json={"task_id": TASK_ID, "status": "queued"})
 
     monkeypatch.setenv("DISTASKS_URL", "http://from-env:9000/")
-    with Client(actor="alice", transport=httpx.MockTransport(handler)) as c:
+    with Client(api_key="dtk_k", transport=httpx.MockTransport(handler)) as c:
         assert c.url == "http://from-env:9000"
         created = c.create("later", queue="q", delay_seconds=5, payload={"a": 1})
         results = c.create_many([{"name": "a", "queue": "q"},
                                  TaskSpec(name="b", run_at=datetime(2030, 1, 1, tzinfo=UTC))])
         c.replay("q", task_ids=[TASK_ID] * 12, dry_run=True)
     assert created.created is True and [r.created for r in results] == [True, True]
-    assert all(r.headers["X-Distasks-Actor"] == "alice" for r in seen)
+    assert all(r.headers["Authorization"] == "Bearer dtk_k" for r in seen)
     assert str(seen[0].url) == "http://from-env:9000/api/v1/tasks"
     assert json.loads(seen[0].content) == {
         "name": "later", "payload": {"a": 1}, "queue_name": "q", "type": "delayed",

@@ -6,6 +6,7 @@ Every `load` call passes `env` explicitly, so the tests never see the real envir
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,21 @@ def test_no_file_and_no_env_gives_the_documented_defaults():
     assert config.retry.jitter == 0.2
 
 
-def test_shipped_config_file_states_exactly_the_defaults():
-    assert load(SHIPPED_CONFIG, env={}) == Config()
+def test_shipped_config_file_states_exactly_the_defaults_but_anonymous_loopback_access():
+    """The one deliberate difference: the shipped file is for development (`make run`,
+    the README's curl examples), so it lets local calls in without a key; the built-in
+    default, and the systemd unit, need a key for every call."""
+    shipped = load(SHIPPED_CONFIG, env={})
+    assert shipped.auth.anonymous == "loopback" and Config().auth.anonymous == "none"
+    assert replace(shipped, auth=replace(shipped.auth, anonymous="none")) == Config()
+
+
+def test_anonymous_access_is_refused_on_an_address_reachable_from_the_network(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(SHIPPED_CONFIG, env={"DISTASKS_HTTP_HOST": "0.0.0.0"})
+    assert e.value.key == "auth.anonymous"
+    assert load(SHIPPED_CONFIG, env={"DISTASKS_HTTP_HOST": "0.0.0.0",
+                                     "DISTASKS_AUTH_ANONYMOUS": "none"}).http.host == "0.0.0.0"
 
 
 def test_file_values_replace_defaults_and_keep_the_rest(tmp_path):
@@ -57,7 +71,7 @@ def test_file_values_replace_defaults_and_keep_the_rest(tmp_path):
     config = load(path, env={})
 
     assert config.http.port == 9000
-    assert config.http.host == "0.0.0.0"
+    assert config.http.host == "127.0.0.1"
     assert config.worker.queues == ("emails", "reports")
     assert config.worker.lease_s == 30.0
     assert config.retry.base_s == 1.0

@@ -1,0 +1,92 @@
+"""Access: what every request passes before it is served, on the Quart routes and the
+lean create route alike.
+
+1. Transport: a Host this daemon answers to (a DNS-rebinding page names its own), and for
+   writes no cross-site browser origin and a JSON body (a form or text/plain post from a
+   web page fails here, before any effect).
+2. The principal: an API key from `Authorization: Bearer`, or the anonymous principal of
+   a request from this machine where auth.anonymous = "loopback".
+3. The scope the operation needs.
+Every response also carries SECURITY_HEADERS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from distasks import auth, times
+from distasks.api.services import Services
+from distasks.auth import Principal
+from distasks.config import Config
+from distasks.errors import Forbidden, Refused, Unauthenticated
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Host names every daemon answers to besides http.allowed_hosts.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What access control reads of a request: method, headers (lower-case names), and
+    the address of the peer that connected."""
+
+    method: str
+    headers: Mapping[str, str]
+    peer: str
+
+
+def check_transport(req: Request, config: Config) -> None:
+    host = req.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    allowed = LOOPBACK_NAMES | set(config.http.allowed_hosts) | {config.http.host}
+    if name.lower() not in allowed and "*" not in allowed:
+        raise Refused(400, "bad_host", f"this daemon does not answer to the host {host!r}; "
+                      "add it to http.allowed_hosts")
+    if req.method in SAFE_METHODS:
+        return
+    origin = req.headers.get("origin")
+    if origin is not None and origin not in config.http.trusted_origins:
+        raise Refused(403, "cross_origin", f"writes from the web origin {origin!r} are refused")
+    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        raise Refused(403, "cross_origin", "cross-site writes from a browser are refused")
+    content_type = req.headers.get("content-type")
+    has_body = req.headers.get("content-length", "0") not in ("", "0") or (
+        "transfer-encoding" in req.headers)
+    if content_type is not None or has_body:
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            raise Refused(415, "unsupported_media_type",
+                          "a request body must be sent as Content-Type: application/json")
+
+
+async def principal(s: Services, req: Request) -> Principal | None:
+    """The caller, or None when it gave no credentials and is not anonymous here."""
+    a = s.config.auth
+    address = auth.client_address(req.peer, req.headers.get("x-forwarded-for"),
+                                  a.trusted_proxies)
+    token = auth.bearer_token(req.headers.get("authorization"))
+    if token is None:
+        if a.anonymous == "loopback" and auth.is_loopback(address):
+            return auth.anonymous(address)
+        return None
+    key = await s.key_cache().key(token)
+    if key is None or not key.valid_at(times.utc(s.clock())):
+        raise Unauthenticated("the API key is unknown, expired or revoked")
+    return key.principal()
+
+
+def require(who: Principal | None, scope: str) -> Principal:
+    if who is None:
+        raise Unauthenticated("this operation needs an API key: Authorization: Bearer <token>")
+    if not who.allows(scope):
+        raise Forbidden(scope)
+    return who
+
