@@ -396,7 +396,7 @@ def create_body(queue: str) -> dict[str, str]:
 # Rows that share a timestamp were written together: tasks.created_at is now() of the
 # transaction that created them (the API's group commit), and a run's started_at is one
 # value per claim (one Redis claim + one UPDATE). So these counts tell how well the
-# daemon batches (DESIGN §1) without looking inside it.
+# daemon batches (architecture §1) without looking inside it.
 BATCHES_IN_QUEUE = """
 SELECT count(*), count(DISTINCT t.created_at), count(DISTINCT r.started_at)
 FROM tasks t JOIN task_runs r ON r.task_id = t.id AND r.attempt = 1

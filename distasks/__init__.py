@@ -1,7 +1,7 @@
 """distasks: a distributed task platform, one Trio daemon over PostgreSQL and Redis."""
 
 # The bridge must be imported before psycopg, which binds asyncio.get_running_loop at
-# import time (DESIGN §1); importing it here makes every entry point get the order right.
+# import time (architecture §1); importing it here makes every entry point get the order right.
 from distasks import aio as _aio  # noqa: F401  (imported for its side effect)
 from distasks.handlers import TaskContext, handler
 

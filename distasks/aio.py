@@ -1,7 +1,7 @@
 """The one bridge between Trio and the asyncio-only redis-py.
 
 Everything else speaks plain Trio; PostgreSQL needs no bridge (store/pg.py). Each `call`
-is one crossing of the bridge, which costs about 300 µs (DESIGN §1), so callers pass a
+is one crossing of the bridge, which costs about 300 µs (architecture §1), so callers pass a
 whole asyncio coroutine function that does all its I/O for a batch in one go, rather
 than crossing per command.
 """

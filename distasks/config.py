@@ -1,4 +1,4 @@
-"""Configuration: one TOML file, every key overridable from the environment (DESIGN §6).
+"""Configuration: one TOML file, every key overridable from the environment (architecture §6).
 
 A key `section.key` is overridden by `DISTASKS_SECTION_KEY`; the original platform's
 variables (`HTTP_PORT`, `DATABASE_URL`, `REDIS_URL`, `QUEUE_NAMES`, `WORKER_CONCURRENCY`)

@@ -1,7 +1,8 @@
 """Heartbeat: keeps this daemon's registration and its runs' leases alive.
 
 Every third of a lease, one PostgreSQL transaction records that the daemon lives and
-extends the leases of the runs its handlers are running, and one Redis pipeline moves
+extends the leases of the runs it holds (running, or claimed and waiting for an
+executor), and one Redis pipeline moves
 their deadlines in the lease sets. A run whose lease was taken over meanwhile is
 abandoned: its handler is cancelled, since its outcome would be fenced off anyway; a run
 whose task was cancelled is stopped and recorded cancelled.

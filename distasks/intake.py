@@ -2,7 +2,7 @@
 
 Concurrent API requests hand their validated task here; a loop writes everything
 waiting in one transaction and pushes it to Redis in one pipeline, so the bridge and
-the commit are paid once per batch instead of once per task (DESIGN §1). No batch
+the commit are paid once per batch instead of once per task (architecture §1). No batch
 waits for a timer: what arrives while one batch commits forms the next. (Several loops
 may share one Intake; one is best on a busy small box: fewer, larger transactions.)
 """

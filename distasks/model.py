@@ -1,4 +1,4 @@
-"""The domain: tasks, their runs (attempts), and the states they move through (DESIGN §3).
+"""The domain: tasks, their runs (attempts), and the states they move through (architecture §3).
 
 Frozen values, no I/O. Enum values are the strings stored in PostgreSQL and shown in JSON.
 """
@@ -16,7 +16,8 @@ Json = Any
 
 
 class TaskType(enum.StrEnum):
-    #: pushed to its queue's ready list at once
+    #: ready at once: started in the create statement by an idle executor of this daemon, or
+    #: pushed to its queue's ready list
     IMMEDIATE = "immediate"
     #: waits in the delayed set until `run_at`; the mover makes it ready
     DELAYED = "delayed"

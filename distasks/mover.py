@@ -1,4 +1,4 @@
-"""Mover: makes delayed runs ready when their time comes (DESIGN §3, step 5).
+"""Mover: makes delayed runs ready when their time comes (architecture §3, step 5).
 
 Every tick, for each subscribed queue, one Lua script moves the due members of the
 delayed set to the ready list, under a short lock so that of many daemons one moves

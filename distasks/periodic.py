@@ -1,6 +1,6 @@
 """The loop shared by the periodic components (mover, reaper, reconciler): one pass
 every interval, with jitter, until cancelled. A pass that finds PostgreSQL or Redis
-unavailable is logged and retried with backoff (DESIGN §5.6: degrade, don't die)."""
+unavailable is logged and retried with backoff (architecture §5.6: degrade, don't die)."""
 
 from __future__ import annotations
 

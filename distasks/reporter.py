@@ -3,7 +3,7 @@ Redis holds into metrics gauges, judges whether work is progressing, and pings t
 systemd watchdog while every component loop is alive.
 
 Outages of PostgreSQL or Redis do not stop the pings: the loops keep running and
-retrying (DESIGN §5.6), and killing the daemon would not bring the database back.
+retrying (architecture §5.6), and killing the daemon would not bring the database back.
 A hung loop does stop them, and systemd then restarts the daemon.
 """
 

@@ -1,11 +1,11 @@
-"""Supervisor: builds every component and runs them in one nursery (DESIGN §1).
+"""Supervisor: builds every component and runs them in one nursery (architecture §1).
 
 The only module that knows them all. Shutdown order is nesting order:
 
     everything (hard deadline: grace + HARD_STOP_MARGIN_S after the first stop request)
     └── services: intake, heartbeat,       cancelled last (the heartbeat keeps leases
         │         mover, reaper, control,  alive while handlers use their grace period)
-        │         reconciler
+        │         reconciler, reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
                                            pool stops claiming and gives handlers the

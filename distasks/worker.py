@@ -271,7 +271,7 @@ class WorkerPool:
                     # While the claim blocks, a create may start a run on one of these.
                     loan = self._slots.lend(held)
                     try:
-                        # Never cancelled in flight (DESIGN §1): it ends by itself within
+                        # Never cancelled in flight (architecture §1): it ends by itself within
                         # about a second, and everything it claimed is passed on below.
                         result = None
                         with trio.CancelScope(shield=True), trio.move_on_after(

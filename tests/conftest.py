@@ -8,7 +8,7 @@ and both are removed afterwards (keys by SCAN MATCH, never FLUSHDB).
 from __future__ import annotations
 
 # isort: off
-import distasks  # noqa: F401  (the bridge must be imported before psycopg: DESIGN §1)
+import distasks  # noqa: F401  (the bridge must be imported before psycopg: architecture §1)
 
 # isort: on
 import dataclasses

@@ -53,7 +53,7 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
 
 # PostgreSQL text and jsonb cannot hold NUL: said in the schema by this pattern on every
-# free text (the server refuses NUL itself, naming the field, api/tasks.py _refuse_nul).
+# free text (the server refuses NUL itself, naming the field, api/parse.py refuse_nul).
 NO_NUL = r"^[^\x00]*$"
 NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
 

@@ -1,7 +1,7 @@
 """Broker: the Redis dispatch index of ready, delayed, leased and dead-lettered work.
 
 Redis holds only run and task ids, never payloads, and can be rebuilt from PostgreSQL
-(DESIGN §2). Every public method is one crossing of the bridge, written the one way: its
+(architecture §2). Every public method is one crossing of the bridge, written the one way: its
 body is asyncio-side redis-py code and `@crossing` runs it from Trio under a deadline,
 failures mapped to BrokerUnavailable, so no caller ever holds an asyncio coroutine. A
 body two crossings share is a private `_…_on_asyncio` helper, called only from inside a
@@ -42,7 +42,7 @@ ENCODING_ERRORS = "surrogateescape"
 # connection it was using (redis-py disconnects on cancellation mid-reply).
 SOCKET_TIMEOUT_S = 5.0
 # How long a claim blocks on an empty queue. It is never cancelled in flight (a pop
-# whose reply is lost loses the item, DESIGN §1), so shutdown waits at most this long.
+# whose reply is lost loses the item, architecture §1), so shutdown waits at most this long.
 CLAIM_BLOCK_S = 1
 # Most batches the mover moves per lock, so one busy queue cannot hold a daemon forever.
 MOVE_MAX_ROUNDS = 10

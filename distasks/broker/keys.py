@@ -1,4 +1,4 @@
-"""Every Redis key distasks uses, and nothing else builds one (DESIGN §4).
+"""Every Redis key distasks uses, and nothing else builds one (architecture §4).
 
 All keys of a queue share the hash tag `{q:<queue>}`, so a script that touches one
 queue stays in one Redis Cluster slot. The prefix keeps deployments and tests apart.

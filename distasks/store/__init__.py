@@ -1,7 +1,7 @@
 """Store: every PostgreSQL read and write, in domain terms, one module per area.
 
 Each public method is at most one transaction on a connection driven by Trio itself
-(store/pg.py: no bridge crossing), and the hot-path ones take whole batches (DESIGN §1). Connection
+(store/pg.py: no bridge crossing), and the hot-path ones take whole batches (architecture §1). Connection
 failures surface as StoreUnavailable, for the caller's loop to retry with backoff.
 """
 

@@ -3,7 +3,7 @@
 psycopg speaks the protocol in generators that yield "wait until this socket is
 readable/writable"; only `AsyncConnection.wait` and `connect` hand those waits to asyncio.
 `TrioConnection` overrides both to wait with `trio.lowlevel.wait_readable/_writable`, so
-a query costs no crossing of the trio-asyncio bridge (a transaction is about 4x cheaper,
+a query costs no crossing of the trio-asyncio bridge (a transaction costs about a sixth of the CPU,
 docs/architecture.md). Everything else (adaptation, cursors, `transaction()`, pipelines)
 is psycopg's own code. Relies on psycopg internals of the pinned 3.3 series:
 `_connect_gen`, `waiting.Wait/Ready`, `_conninfo_attempts.conninfo_attempts`.

@@ -1,4 +1,4 @@
-"""Fault injection for "nothing accepted is ever lost" (DESIGN §5.1, §5.2, §5.5, §5.6).
+"""Fault injection for "nothing accepted is ever lost" (architecture §5.1, §5.2, §5.5, §5.6).
 
 What is here, used by tests/system/test_faults.py and bench/chaos.py alike:
 
@@ -11,7 +11,7 @@ What is here, used by tests/system/test_faults.py and bench/chaos.py alike:
 - `FAULTS`: the faults, each injected once a third of the tasks have completed.
 - `tally`: what happened, from the handlers' execution log and PostgreSQL.
 
-It imports nothing from distasks: it sees the daemon as a client and an operator do.
+Of distasks it imports only the daemon harness: it sees the daemon as a client and an operator do.
 Every wait here is bounded, either by the caller's cancel scope or by its own limit.
 """
 
@@ -77,7 +77,7 @@ DAEMON_SETTINGS = {
 # How long a server or a daemon may take to start answering.
 SERVER_START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
-# A SIGTERM'd daemon must exit 0 within its grace period plus this (DESIGN §5.5).
+# A SIGTERM'd daemon must exit 0 within its grace period plus this (architecture §5.5).
 EXIT_MARGIN_S = 5.0
 # How long the first third of the tasks may take to complete.
 TRIGGER_TIMEOUT_S = 60.0
@@ -569,7 +569,7 @@ class Tally:
     - duplicated: accepted tasks whose handler started more than once.
     - unrecorded: re-executions that are not a separate attempt on record: a second start
       with the same (task_id, attempt), or a start whose run is not that task's run of
-      that attempt in PostgreSQL. Must be 0 (DESIGN §5.2).
+      that attempt in PostgreSQL. Must be 0 (architecture §5.2).
     - taken_over: runs ended with an error containing `lease_expired`.
     - interrupted: runs handed back by a shutdown.
     - resume_s: from the fault to the first success of a run that started after it: how

@@ -188,7 +188,7 @@ async def _no_leases(broker):
 
 
 async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config, store, broker):
-    """DESIGN §5.1: a task cancelled mid-BLPOP. Cancel pools again and again while work
+    """architecture §5.1: a task cancelled while its claim blocks on Redis. Cancel pools again and again while work
     arrives, half of them once every task is blocked (the fetcher waiting on Redis), half
     at once (the claim not started or in flight); every run must end up ready, leased or
     started: none vanishes."""

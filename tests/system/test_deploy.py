@@ -139,7 +139,7 @@ def test_unit_settings_fit_the_daemon():
     assert unit["ExecStart"] == [f"{INSTALLED_BIN} serve --config /etc/distasks/distasks.toml"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["EnvironmentFile"] == ["-/etc/distasks/env"]
-    # The daemon exits within grace + 5 s (DESIGN §5.5); systemd must wait longer.
+    # The daemon exits within grace + 5 s (architecture §5.5); systemd must wait longer.
     assert float(unit["TimeoutStopSec"][0]) > config["worker"]["grace_period_s"] + 5
     # With ProtectSystem=strict only the cache directory is writable: shiv unpacks there.
     assert unit["ProtectSystem"] == ["strict"]

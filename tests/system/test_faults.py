@@ -1,4 +1,4 @@
-"""Nothing accepted is lost, whatever single fault happens (DESIGN §5.1), and a handler
+"""Nothing accepted is lost, whatever single fault happens (architecture §5.1), and a handler
 runs twice only after a fault, each time as an attempt on record (§5.2).
 
 Each test creates 500 `chaos_sleep` tasks over HTTP against one or two daemons, injects
@@ -127,7 +127,7 @@ async def test_sigterm_and_restart_cycles_lose_nothing(run_fault):
 
 async def test_outages_degrade_and_the_daemon_resumes_by_itself(private_pg, private_redis,
                                                                 tmp_path):
-    """DESIGN §5.6: with Redis gone, /readyz says 503 naming it, creates are still accepted
+    """architecture §5.6: with Redis gone, /readyz says 503 naming it, creates are still accepted
     and run once it is back (empty); with PostgreSQL gone, /readyz says so and creates
     answer 503 with Retry-After; the process keeps running throughout."""
     dbname = f"outage_{tmp_path.name[-12:].replace('-', '_')}".lower()

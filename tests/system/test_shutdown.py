@@ -1,4 +1,4 @@
-"""SIGTERM with tasks in flight (DESIGN §5.5): short handlers finish within the grace
+"""SIGTERM with tasks in flight (architecture §5.5): short handlers finish within the grace
 period, long ones are handed back, the daemon exits 0 in time, and nothing is lost."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a create body must look like, and which field an error names (DESIGN §5.4): the
+"""What a create body must look like, and which field an error names (architecture §5.4): the
 API's schemas (distasks.api.parse) and the creation rules (distasks.creation), run as
 plain functions with the rules and the clock passed in; no app, store or broker."""
 
