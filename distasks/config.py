@@ -163,7 +163,7 @@ class Config:
         """One line with the settings in effect (no secrets: URLs lose their passwords)."""
         return (
             f"http={self.http.host}:{self.http.port} "
-            f"database={_redact(self.database.url)} redis={_redact(self.redis.url)} "
+            f"database={redact(self.database.url)} redis={redact(self.redis.url)} "
             f"prefix={self.redis.prefix} queues=[{','.join(self.worker.queues)}] "
             f"concurrency={self.worker.concurrency} default_handler={self.worker.default_handler} "
             f"handlers=[{','.join(self.worker.handlers)}] grace={self.worker.grace_period_s}s "
@@ -342,7 +342,14 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-def _redact(url: str) -> str:
-    """Hide a password in a URL or a libpq keyword string."""
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+def redact(url: str) -> str:
+    """`url` with its password hidden, whole: a URL's user info up to the last "@" before
+    the query (a password may hold "@", ":" and "/"), or a libpq `password=` keyword."""
+    if "://" in url:
+        scheme, _, rest = url.partition("://")
+        before_query, question, query = rest.partition("?")
+        if "@" in before_query:
+            userinfo, _, host = before_query.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            url = f"{scheme}://{user}{':***' if colon else ''}@{host}{question}{query}"
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)

@@ -377,3 +377,16 @@ def test_check_config_with_the_shipped_file_exits_0_and_prints_the_summary(
     assert err == ""
     assert "queues=[default]" in out
     assert "demo" in out
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://app:p@ss:w/rd@db.example:5432/x?sslmode=require",
+     "postgresql://app:***@db.example:5432/x?sslmode=require"),
+    ("redis://:s3cr@t@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("postgresql://app@db/x", "postgresql://app@db/x"),
+    ("host=db user=app password='a b@c'", "host=db user=app password=***"),
+])
+def test_a_password_is_hidden_whole_whatever_it_holds(url, shown):
+    """A password holding "@" was half shown in check-config and the start-up line."""
+    from distasks.config import redact
+    assert redact(url) == shown
