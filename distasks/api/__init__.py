@@ -69,10 +69,11 @@ def create_app(services: Services) -> QuartTrio:
         req = access.Request(request.method, {k.lower(): v for k, v in request.headers.items()},
                              request.remote_addr or "")
         access.check_transport(req, services.config)
+        g.address = access.address(services, req)
         g.principal = await access.principal(services, req)
         scope = openapi.SCOPE_BY_ENDPOINT.get(request.endpoint or "")
         if scope == "metrics:read" and g.principal is None and auth.in_networks(
-                req.peer, services.config.auth.metrics_networks):
+                g.address, services.config.auth.metrics_networks):
             return  # a scraper on a configured network needs no key
         if scope is not None:
             access.require(g.principal, scope)

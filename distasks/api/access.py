@@ -67,15 +67,20 @@ def check_transport(req: Request, config: Config) -> None:
                           "a request body must be sent as Content-Type: application/json")
 
 
+def address(s: Services, req: Request) -> str:
+    """The client's address: the peer's, or what a trusted proxy says it forwards."""
+    return auth.client_address(req.peer, req.headers.get("x-forwarded-for"),
+                               s.config.auth.trusted_proxies)
+
+
 async def principal(s: Services, req: Request) -> Principal | None:
     """The caller, or None when it gave no credentials and is not anonymous here."""
     a = s.config.auth
-    address = auth.client_address(req.peer, req.headers.get("x-forwarded-for"),
-                                  a.trusted_proxies)
+    client = address(s, req)
     token = auth.bearer_token(req.headers.get("authorization"))
     if token is None:
-        if a.anonymous == "loopback" and auth.is_loopback(address):
-            return auth.anonymous(address)
+        if a.anonymous == "loopback" and auth.is_loopback(client):
+            return auth.anonymous(client)
         return None
     key = await s.key_cache().key(token)
     if key is None or not key.valid_at(times.utc(s.clock())):

@@ -345,11 +345,13 @@ class ProgressOut(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Only `ready` for a caller that is neither authenticated nor on a scrape network."""
+
     ready: bool
-    postgres: str
-    redis: str
-    components: dict[str, Literal["ok", "down"]]
-    progress: ProgressOut
+    postgres: str | None = None
+    redis: str | None = None
+    components: dict[str, Literal["ok", "down"]] | None = None
+    progress: ProgressOut | None = None
 
 
 class ErrorBody(BaseModel):

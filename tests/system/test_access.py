@@ -124,6 +124,13 @@ async def test_anonymous_access_is_for_this_machine_only(start_daemon, daemon_en
             forged = await client.get("/api/v1/queues",
                                       headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"})
             assert forged.status_code == 401, forged.text
+            # Readiness: the verdict for anyone, what is down and why only for callers.
+            local = (await client.get("/readyz")).json()
+            assert local["postgres"] == "ok" and "components" in local
+            remote = await client.get("/readyz", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert remote.json() == {"ready": True}
+            metrics = await client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert metrics.status_code == 401
 
 
 async def test_a_web_page_cannot_make_a_browser_write(start_daemon, daemon_env):
