@@ -20,6 +20,7 @@ from distasks.api import (
     dlq,
     errors,
     health,
+    keys,
     openapi,
     parse,
     protocol_errors,
@@ -45,7 +46,7 @@ def create_app(services: Services) -> QuartTrio:
                                            http.max_payload_bytes + BODY_OVERHEAD_BYTES)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["distasks"] = services
-    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, health.bp):
+    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, health.bp):
         app.register_blueprint(bp)
     document = openapi.document(title="distasks", version=distasks.__version__,
                                 handlers=services.registry.payload_schemas(),

@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Path parameters by name: what a valid one looks like.
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "task_id": {"type": "string", "format": "uuid"},
+    "key_id": {"type": "string", "format": "uuid"},
     "queue": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
 }
 

@@ -72,14 +72,24 @@ def queue_name(name: str) -> str:
 
 def task_id(value: str) -> uuid.UUID:
     """A task id from a URL, or a 422 naming `task_id`."""
+    return _uuid(value, "task_id")
+
+
+def key_id(value: str) -> uuid.UUID:
+    """A key id from a URL, or a 422 naming `key_id`."""
+    return _uuid(value, "key_id")
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise InvalidInput(f"task id {value!r} is not a UUID", field="task_id") from None
+        what = field.replace("_", " ")
+        raise InvalidInput(f"{what} {value!r} is not a UUID", field=field) from None
 
 
 # Readers of each kind of path parameter, by name (as the routes spell them).
-PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id}
+PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id, "key_id": key_id}
 
 
 def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidInput | None:

@@ -153,6 +153,24 @@ class ReplayDlq(DlqSelection):
     override_priority: Priority | None = None
 
 
+ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",
+                    "dlq:admin", "keys:admin", "metrics:read"]
+
+
+class CreateKey(_Strict):
+    name: str = Field(min_length=1, max_length=200, description="What the key is for",
+                      json_schema_extra=NO_NUL_TEXT)
+    scopes: list[ScopeName] = Field(min_length=1, max_length=8)
+    tenant: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    expires_in_seconds: float | None = Field(None, gt=0, le=10 * 366 * 86400,
+                                             description="Default: never")
+
+
+class RotateKey(_Strict):
+    overlap_seconds: float = Field(86400, ge=0, le=366 * 86400,
+                                   description="How long the old token stays valid")
+
+
 class TaskQuery(_Query):
     status: TaskStatusName | None = None
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
@@ -352,6 +370,28 @@ class Readiness(BaseModel):
     redis: str | None = None
     components: dict[str, Literal["ok", "down"]] | None = None
     progress: ProgressOut | None = None
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    tenant: str
+    scopes: list[str]
+    token_prefix: str
+    created_at: str
+    created_by: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class NewKey(BaseModel):
+    key: KeyOut
+    token: str = Field(description="Shown only in this answer; kept nowhere")
 
 
 class ErrorBody(BaseModel):

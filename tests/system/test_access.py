@@ -22,6 +22,7 @@ BY_SCOPE = {
     "queues:read": ("GET", "/api/v1/queues", None, 200),
     "queues:admin": ("POST", "/api/v1/queues/default/resume", None, 200),
     "dlq:admin": ("POST", "/api/v1/queues/default/dlq/replay", {"dry_run": True}, 200),
+    "keys:admin": ("GET", "/api/v1/keys", None, 200),
     "metrics:read": ("GET", "/metrics", None, 200),
 }
 # How long a revoked key may still be accepted (distasks.auth.CACHE_TTL_S), with slack.
@@ -158,3 +159,38 @@ async def test_a_web_page_cannot_make_a_browser_write(start_daemon, daemon_env):
     assert queues == [] or not any(q["paused"] for q in queues)
     with psycopg.connect(daemon_env["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+async def test_keys_are_managed_over_the_api_with_keys_admin(start_daemon, daemon_env):
+    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none"}
+    admin = await trio.to_thread.run_sync(new_key, env, "keys:admin")
+    auth = {"Authorization": f"Bearer {admin}"}
+    with trio.fail_after(60):
+        async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            r = await client.post("/api/v1/keys", headers=auth, json={
+                "name": "reader", "scopes": ["tasks:read"], "expires_in_seconds": 3600})
+            assert r.status_code == 201, r.text
+            made = r.json()
+            assert made["token"].startswith("dtk_") and made["key"]["expires_at"]
+            assert (await call(client, "tasks:read", made["token"])).status_code == 200
+            listed = (await client.get("/api/v1/keys", headers=auth)).json()["keys"]
+            assert [k["name"] for k in listed] == ["keys:admin", "reader"]
+            assert all("token" not in k for k in listed)
+            key_id = made["key"]["id"]
+            rotated = await client.post(f"/api/v1/keys/{key_id}/rotate", headers=auth,
+                                        json={"overlap_seconds": 0})
+            assert rotated.status_code == 201, rotated.text
+            assert (await call(client, "tasks:read", rotated.json()["token"])).status_code == 200
+            revoked = await client.post(f"/api/v1/keys/{rotated.json()['key']['id']}/revoke",
+                                        headers=auth)
+            assert revoked.json()["revoked_at"] is not None
+            with trio.fail_after(REVOCATION_S):
+                while (await call(client, "tasks:read", rotated.json()["token"])  # noqa: ASYNC110
+                       ).status_code != 401:
+                    await trio.sleep(0.2)
+            bad = await client.post("/api/v1/keys", headers=auth,
+                                    json={"name": "x", "scopes": ["everything"]})
+            assert (bad.status_code, bad.json()["error"]["field"]) == (422, "scopes.0")
+            missing = await client.post(
+                "/api/v1/keys/00000000-0000-0000-0000-000000000000/revoke", headers=auth)
+            assert missing.status_code == 404

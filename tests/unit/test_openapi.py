@@ -80,3 +80,11 @@ async def test_free_text_and_payload_strings_exclude_nul_in_the_document():
         "#/components/schemas/JsonValue")
     strings = [s for s in schemas["JsonValue"]["anyOf"] if s.get("type") == "string"]
     assert strings == [{"type": "string", "pattern": "^[^\\x00]*$"}]
+
+
+def test_the_scopes_a_key_may_be_given_are_the_scopes_there_are():
+    import typing
+
+    from distasks.api.schemas import ScopeName
+    from distasks.auth import SCOPES
+    assert set(typing.get_args(ScopeName)) == set(SCOPES)

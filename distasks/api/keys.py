@@ -1,0 +1,72 @@
+"""Key resources: create, list, rotate and revoke API keys (scope keys:admin); the work is
+distasks.keys, shared with `distasks keys …`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from quart import Blueprint, Response, jsonify
+
+from distasks import keys, times
+from distasks.api import schemas
+from distasks.api.openapi import operation
+from distasks.api.parse import parse_body, read_body
+from distasks.api.render import iso
+from distasks.api.services import actor, services
+from distasks.auth import ApiKey
+from distasks.errors import NotFound
+
+bp = Blueprint("keys", __name__)
+
+
+@operation(bp, "POST", "/api/v1/keys", scope="keys:admin", tag="keys",
+           summary="Create an API key; its token is in this answer only",
+           body=schemas.CreateKey, responses={201: schemas.NewKey})
+async def create_key() -> tuple[Response, int]:
+    req = parse_body(schemas.CreateKey, await read_body())
+    s = services()
+    now = times.utc(s.clock())
+    expires = now + timedelta(seconds=req.expires_in_seconds) if req.expires_in_seconds else None
+    key, token = await keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
+                                   tenant=req.tenant, expires_at=expires, actor=actor(), now=now)
+    return jsonify({"key": key_json(key), "token": token}), 201
+
+
+@operation(bp, "GET", "/api/v1/keys", scope="keys:admin", tag="keys",
+           summary="Every key, oldest first (never a token)", responses={200: schemas.KeyList})
+async def list_keys() -> Response:
+    return jsonify({"keys": [key_json(k) for k in await services().store.list_keys()]})
+
+
+@operation(bp, "POST", "/api/v1/keys/<uuid:key_id>/rotate", scope="keys:admin", tag="keys",
+           summary="A new token for a key; the old one stays valid for overlap_seconds",
+           body=schemas.RotateKey, body_required=False, responses={201: schemas.NewKey},
+           errors={404: "No such active key"})
+async def rotate_key(key_id: uuid.UUID) -> tuple[Response, int]:
+    req = parse_body(schemas.RotateKey, await read_body() or b"{}")
+    s = services()
+    rotated = await keys.rotate(s.store, key_id, overlap=timedelta(seconds=req.overlap_seconds),
+                                actor=actor(), now=times.utc(s.clock()))
+    if rotated is None:
+        raise NotFound(f"no active key with id {key_id}")
+    key, token = rotated
+    return jsonify({"key": key_json(key), "token": token}), 201
+
+
+@operation(bp, "POST", "/api/v1/keys/<uuid:key_id>/revoke", scope="keys:admin", tag="keys",
+           summary="Revoke a key: refused within seconds", responses={200: schemas.KeyOut},
+           errors={404: "No such key"})
+async def revoke_key(key_id: uuid.UUID) -> Response:
+    s = services()
+    key = await s.store.revoke_key(key_id, actor=actor(), now=times.utc(s.clock()))
+    if key is None:
+        raise NotFound(f"no key with id {key_id}")
+    return jsonify(key_json(key))
+
+
+def key_json(k: ApiKey) -> dict[str, object]:
+    return {"id": str(k.id), "name": k.name, "tenant": k.tenant, "scopes": list(k.scopes),
+            "token_prefix": k.token_prefix, "created_at": iso(k.created_at),
+            "created_by": k.created_by, "expires_at": iso(k.expires_at),
+            "revoked_at": iso(k.revoked_at), "last_used_at": iso(k.last_used_at)}
