@@ -36,6 +36,7 @@ SCOPES = (
     "queues:admin",   # pause, resume
     "dlq:admin",      # replay, delete
     "keys:admin",     # create, list, rotate, revoke keys
+    "audit:read",     # the audit log
     "metrics:read",   # /metrics
 )
 

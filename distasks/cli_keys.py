@@ -14,6 +14,7 @@ import trio
 from distasks import keys, times
 from distasks.auth import ApiKey
 from distasks.config import Config
+from distasks.model import Actor
 from distasks.store import Store
 
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
-    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    actor = Actor(f"cli:{getpass.getuser()}@{socket.gethostname()}")
     now = times.utc(time.time())
     async with Store.open(config.database.url, min_size=1, max_size=1) as store:
         await store.migrate()

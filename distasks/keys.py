@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from distasks import auth
 from distasks.auth import ApiKey
+from distasks.model import Actor
 from distasks.store import Store
 
 # How long the old token of a rotated key stays valid by default.
@@ -17,7 +18,7 @@ DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
 
 
 async def create(store: Store, *, name: str, scopes: tuple[str, ...], tenant: str = "default",
-                 expires_at: datetime | None = None, actor: str,
+                 expires_at: datetime | None = None, actor: Actor,
                  now: datetime) -> tuple[ApiKey, str]:
     """A new key and its token (kept nowhere: show it once)."""
     if not name.strip():
@@ -31,7 +32,7 @@ async def create(store: Store, *, name: str, scopes: tuple[str, ...], tenant: st
 
 
 async def rotate(store: Store, key_id: uuid.UUID, *, overlap: timedelta = DEFAULT_ROTATION_OVERLAP,
-                 actor: str, now: datetime) -> tuple[ApiKey, str] | None:
+                 actor: Actor, now: datetime) -> tuple[ApiKey, str] | None:
     """A new key like `key_id` (name, tenant, scopes, expiry), and the old one set to
     expire after `overlap`, so that both work while clients move over; None if there is
     no such key or it is revoked."""

@@ -137,3 +137,18 @@ class ClaimedRun:
     enqueued_at: datetime
     #: the daemon holding its lease
     worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did something, for the audit log: the principal's id (a key, anonymous@address,
+    cli:user@host, system), its tenant, and from where in which request."""
+
+    id: str
+    tenant: str = "default"
+    address: str | None = None
+    request_id: str | None = None
+
+
+#: Changes the daemon makes by itself.
+SYSTEM = Actor("system")

@@ -17,6 +17,7 @@ import distasks
 from distasks import auth
 from distasks.api import (
     access,
+    audit,
     dlq,
     errors,
     health,
@@ -46,7 +47,7 @@ def create_app(services: Services) -> QuartTrio:
                                            http.max_payload_bytes + BODY_OVERHEAD_BYTES)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["distasks"] = services
-    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, health.bp):
+    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, health.bp):
         app.register_blueprint(bp)
     document = openapi.document(title="distasks", version=distasks.__version__,
                                 handlers=services.registry.payload_schemas(),

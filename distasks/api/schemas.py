@@ -154,7 +154,7 @@ class ReplayDlq(DlqSelection):
 
 
 ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",
-                    "dlq:admin", "keys:admin", "metrics:read"]
+                    "dlq:admin", "keys:admin", "audit:read", "metrics:read"]
 
 
 class CreateKey(_Strict):
@@ -169,6 +169,16 @@ class CreateKey(_Strict):
 class RotateKey(_Strict):
     overlap_seconds: float = Field(86400, ge=0, le=366 * 86400,
                                    description="How long the old token stays valid")
+
+
+class AuditQuery(_Query):
+    actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
+    action: str | None = text(1, 64, "cancel, pause, resume, dlq_replay, dlq_delete, key_…")
+    queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
+    since: QueryDatetime | None = None
+    limit: TaskPageLimit = 50
+    cursor: str | None = Field(None, pattern=r"^[1-9][0-9]{0,18}$",
+                               description="next_cursor of the previous page")
 
 
 class TaskQuery(_Query):
@@ -392,6 +402,23 @@ class KeyList(BaseModel):
 class NewKey(BaseModel):
     key: KeyOut
     token: str = Field(description="Shown only in this answer; kept nowhere")
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: str
+    actor: str
+    tenant: str
+    address: str | None
+    request_id: str | None
+    action: str
+    queue_name: str | None
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next_cursor: str | None
 
 
 class ErrorBody(BaseModel):

@@ -19,6 +19,7 @@ from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
 from distasks.metrics import Metrics
+from distasks.model import Actor
 from distasks.progress import Progress
 from distasks.store import Store
 from distasks.tunables import Tunables
@@ -79,9 +80,11 @@ def request_id_for(given: str) -> str:
     return given if REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
 
 
-def actor() -> str:
+def actor() -> Actor:
     """Who makes this request, for the audit log: the authenticated principal (a key id,
-    or anonymous@<address> where anonymous access is allowed), never anything the client
-    says about itself."""
+    or anonymous@<address> where anonymous access is allowed), from which address in which
+    request; never anything the client says about itself."""
     who = g.get("principal")
-    return who.id if who is not None else "unknown"
+    return Actor(who.id if who is not None else "unknown",
+                 tenant=who.tenant if who is not None else "default",
+                 address=g.get("address"), request_id=g.get("request_id"))

@@ -12,7 +12,7 @@ from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.keys import KeyQueries
-from distasks.store.queues import QueueQueries, QueueRecord
+from distasks.store.queues import AuditEntry, AuditQueries, QueueQueries, QueueRecord
 from distasks.store.runs import (
     Cancelled,
     Failed,
@@ -29,14 +29,14 @@ from distasks.store.tasks import Cancellation, TaskFilter, TaskQueries
 from distasks.store.workers import WorkerInfo, WorkerQueries
 
 __all__ = [
-    "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
+    "AuditEntry", "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
     "Interrupted", "Outcomes", "PendingDispatch", "QueueRecord", "Retrying", "Store",
     "Succeeded", "TaskFilter", "WorkerInfo", "Written", "dumps",
 ]
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries):
+            KeyQueries, AuditQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query

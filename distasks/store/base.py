@@ -8,14 +8,16 @@ import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import psycopg
 import psycopg.errors
 import trio
+from psycopg.types.json import Jsonb
 
 from distasks.errors import StoreRejected, StoreUnavailable
-from distasks.model import ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
+from distasks.model import Actor, ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
 from distasks.store.pg import TrioPool
 
 P = ParamSpec("P")
@@ -128,3 +130,14 @@ def claimed_from_row(r: dict[str, Any]) -> ClaimedRun:
     return ClaimedRun(run_id=r["run_id"], task=task_from_row(r), attempt=r["attempt"],
                       queue_name=r["queue_name"], message=str(r["run_id"]),
                       enqueued_at=r["available_at"], worker_id=r["worker_id"])
+
+
+AUDIT = ("INSERT INTO audit_log (at, actor, tenant, address, request_id, action, queue_name,"
+         " detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+
+
+async def record_audit(conn: Any, *, at: datetime, actor: Actor, action: str,
+                       queue_name: str | None = None, detail: dict[str, Any]) -> None:
+    """One audit_log row, in the caller's transaction."""
+    await conn.execute(AUDIT, (at, actor.id, actor.tenant, actor.address, actor.request_id,
+                               action, queue_name, Jsonb(detail)))

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from distasks.model import Task
-from distasks.store.base import StoreBase, query, task_from_row
+from distasks.model import SYSTEM, Actor, Task
+from distasks.store.base import StoreBase, query, record_audit, task_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +76,6 @@ FROM picked p
 RETURNING task_id, id
 """
 
-AUDIT = """
-INSERT INTO audit_log (at, actor, action, queue_name, detail) VALUES (%s, %s, %s, %s, %s)
-"""
-
 
 class DlqQueries(StoreBase):
     @query
@@ -112,7 +107,7 @@ class DlqQueries(StoreBase):
 
     @query
     async def replay(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
-                     override_priority: int | None, now: datetime, actor: str = "system",
+                     override_priority: int | None, now: datetime, actor: Actor = SYSTEM,
                      dry_run: bool = False) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
         """Give the oldest `limit` DLQ entries matching `f` a new queued run with fresh
         retries; returns (task_id, new run_id) oldest first (run_id None on a dry run).
@@ -127,14 +122,16 @@ class DlqQueries(StoreBase):
             cur = await conn.execute(REPLAY_PICKED, {"ids": ids, "priority": override_priority,
                                                      "now": now})
             run_by_task = {task_id: run_id for task_id, run_id in await cur.fetchall()}
-            await conn.execute(AUDIT, (now, actor, "dlq_replay", queue_name, Jsonb({
-                "task_ids": [str(i) for i in ids], "override_priority": override_priority,
-                "filter": _describe(f)})))
+            await record_audit(conn, at=now, actor=actor, action="dlq_replay",
+                               queue_name=queue_name, detail={
+                                   "task_ids": [str(i) for i in ids],
+                                   "override_priority": override_priority,
+                                   "filter": _describe(f)})
         return [(i, run_by_task[i]) for i in ids if i in run_by_task]
 
     @query
     async def delete_dead(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
-                          now: datetime, actor: str = "system",
+                          now: datetime, actor: Actor = SYSTEM,
                           dry_run: bool = False) -> list[uuid.UUID]:
         """Take the oldest `limit` DLQ entries matching `f` out of the DLQ (the tasks and
         their runs stay on record); returns their ids."""
@@ -144,8 +141,9 @@ class DlqQueries(StoreBase):
                 return ids
             await conn.execute("UPDATE tasks SET dlq_deleted_at = %s, updated_at = %s"
                                " WHERE id = ANY(%s)", (now, now, ids))
-            await conn.execute(AUDIT, (now, actor, "dlq_delete", queue_name, Jsonb({
-                "task_ids": [str(i) for i in ids], "filter": _describe(f)})))
+            await record_audit(conn, at=now, actor=actor, action="dlq_delete",
+                               queue_name=queue_name, detail={
+                                   "task_ids": [str(i) for i in ids], "filter": _describe(f)})
         return ids
 
     async def _pick(self, conn: Any, queue_name: str, f: DlqFilter, limit: int) -> list[uuid.UUID]:

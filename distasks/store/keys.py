@@ -7,17 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from distasks.auth import ApiKey
-from distasks.store.base import StoreBase, query
+from distasks.model import Actor
+from distasks.store.base import StoreBase, query, record_audit
 
 KEY_COLUMNS = ("id, name, tenant, scopes, token_prefix, created_at, created_by, expires_at,"
                " revoked_at, last_used_at")
-
-AUDIT = ("INSERT INTO audit_log (at, actor, action, queue_name, detail)"
-         " VALUES (%s, %s, %s, NULL, %s)")
-
 
 def _key(r: dict[str, Any]) -> ApiKey:
     return ApiKey(id=r["id"], name=r["name"], tenant=r["tenant"], scopes=tuple(r["scopes"]),
@@ -30,7 +26,7 @@ class KeyQueries(StoreBase):
     @query
     async def create_key(self, *, name: str, tenant: str, scopes: tuple[str, ...],
                          token_hash: bytes, token_prefix: str, expires_at: datetime | None,
-                         actor: str, now: datetime) -> ApiKey:
+                         actor: Actor, now: datetime) -> ApiKey:
         key_id = uuid.uuid4()
         async with self._pool.transaction() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -38,12 +34,11 @@ class KeyQueries(StoreBase):
                 f"INSERT INTO api_keys (id, name, tenant, scopes, token_hash, token_prefix,"
                 f" created_at, created_by, expires_at)"
                 f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {KEY_COLUMNS}",
-                (key_id, name, tenant, list(scopes), token_hash, token_prefix, now, actor,
+                (key_id, name, tenant, list(scopes), token_hash, token_prefix, now, actor.id,
                  expires_at))
             row = await cur.fetchone()
-            await conn.execute(AUDIT, (now, actor, "key_create", Jsonb(
-                {"key_id": str(key_id), "name": name, "tenant": tenant,
-                 "scopes": list(scopes)})))
+            await record_audit(conn, at=now, actor=actor, action="key_create", detail={
+                "key_id": str(key_id), "name": name, "tenant": tenant, "scopes": list(scopes)})
         assert row is not None
         return _key(row)
 
@@ -66,7 +61,7 @@ class KeyQueries(StoreBase):
         return _key(row) if row else None
 
     @query
-    async def revoke_key(self, key_id: uuid.UUID, *, actor: str, now: datetime) -> ApiKey | None:
+    async def revoke_key(self, key_id: uuid.UUID, *, actor: Actor, now: datetime) -> ApiKey | None:
         """Revoke at `now` (a key already revoked keeps its first revocation time)."""
         async with self._pool.transaction() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -75,17 +70,17 @@ class KeyQueries(StoreBase):
                 f" RETURNING {KEY_COLUMNS}", (now, key_id))
             row = await cur.fetchone()
             if row is not None:
-                await conn.execute(AUDIT, (now, actor, "key_revoke",
-                                           Jsonb({"key_id": str(key_id)})))
+                await record_audit(conn, at=now, actor=actor, action="key_revoke",
+                                   detail={"key_id": str(key_id)})
         return _key(row) if row else None
 
     @query
-    async def expire_key(self, key_id: uuid.UUID, *, at: datetime, actor: str,
+    async def expire_key(self, key_id: uuid.UUID, *, at: datetime, actor: Actor,
                          now: datetime) -> None:
         """Make a key expire at `at` unless it expires sooner (rotation's overlap)."""
         async with self._pool.transaction() as conn:
             await conn.execute(
                 "UPDATE api_keys SET expires_at = least(coalesce(expires_at, %(at)s), %(at)s)"
                 " WHERE id = %(id)s", {"at": at, "id": key_id})
-            await conn.execute(AUDIT, (now, actor, "key_rotate", Jsonb(
-                {"key_id": str(key_id), "old_key_expires_at": at.isoformat()})))
+            await record_audit(conn, at=now, actor=actor, action="key_rotate", detail={
+                "key_id": str(key_id), "old_key_expires_at": at.isoformat()})

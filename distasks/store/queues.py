@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from psycopg.types.json import Jsonb
-
-from distasks.store.base import StoreBase, query
+from distasks.model import Actor
+from distasks.store.base import StoreBase, query, record_audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +43,14 @@ AVAILABLE_SINCE = "SELECT id, available_at FROM task_runs WHERE id = ANY(%s)"
 
 class QueueQueries(StoreBase):
     @query
-    async def set_paused(self, queue_name: str, paused: bool, *, actor: str,
+    async def set_paused(self, queue_name: str, paused: bool, *, actor: Actor,
                          now: datetime) -> None:
         """Pause or resume a queue (PostgreSQL keeps the flag; Redis mirrors it)."""
         async with self._pool.transaction() as conn:
             await conn.execute(SET_PAUSED, {"name": queue_name, "paused": paused, "now": now,
-                                            "actor": actor})
-            await conn.execute(
-                "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (now, actor, "pause" if paused else "resume", queue_name, Jsonb({})))
+                                            "actor": actor.id})
+            await record_audit(conn, at=now, actor=actor, action="pause" if paused else "resume",
+                               queue_name=queue_name, detail={})
 
     @query
     async def copy_pause_flags(self, apply: Callable[[dict[str, bool]], Awaitable[None]]) -> None:
@@ -85,3 +83,36 @@ class QueueQueries(StoreBase):
             cur = await conn.execute(AVAILABLE_SINCE, (list(run_ids),))
             found = {r[0]: r[1] for r in await cur.fetchall()}
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    tenant: str
+    address: str | None
+    request_id: str | None
+    action: str
+    queue_name: str | None
+    detail: dict[str, Any]
+
+
+class AuditQueries(StoreBase):
+    @query
+    async def audit_entries(self, *, actor: str | None = None, action: str | None = None,
+                            queue_name: str | None = None, since: datetime | None = None,
+                            before_id: int | None = None, limit: int) -> list[AuditEntry]:
+        """The audit log, newest first, filtered, in pages by id."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, at, actor, tenant, address, request_id, action, queue_name, detail"
+                " FROM audit_log WHERE (%(actor)s::text IS NULL OR actor = %(actor)s)"
+                " AND (%(action)s::text IS NULL OR action = %(action)s)"
+                " AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)"
+                " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
+                " AND (%(before)s::bigint IS NULL OR id < %(before)s)"
+                " ORDER BY id DESC LIMIT %(limit)s",
+                {"actor": actor, "action": action, "queue": queue_name, "since": since,
+                 "before": before_id, "limit": limit})
+            return [AuditEntry(*row) for row in await cur.fetchall()]

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from distasks.model import CreateResult, NewTask, Task, TaskRun, TaskStatus
-from distasks.store.base import StoreBase, dumps, query, run_from_row, task_from_row
+from distasks.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
+from distasks.store.base import StoreBase, dumps, query, record_audit, run_from_row, task_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +203,12 @@ class TaskQueries(StoreBase):
         return [task_from_row(r) for r in rows]
 
     @query
-    async def cancel_task(self, task_id: uuid.UUID, *, actor: str, reason: str | None,
+    async def cancel_task(self, task_id: uuid.UUID, *, actor: Actor, reason: str | None,
                           now: datetime) -> Cancellation | None:
         """Cancel a queued task (waiting, delayed or running); None if there is no such
         task. A task already finished is left as it is (`cancelled` False)."""
         async with self._pool.transaction() as conn:
-            params = {"id": task_id, "actor": actor, "reason": reason, "now": now}
+            params = {"id": task_id, "actor": actor.id, "reason": reason, "now": now}
             cur = await conn.execute(CANCEL_TASK, params)
             task_row = await cur.fetchone()
             if task_row is not None:
@@ -217,10 +216,8 @@ class TaskQueries(StoreBase):
                 runs_row = await cur.fetchone()
                 assert runs_row is not None
                 row = (*task_row, *runs_row)
-                await conn.execute(
-                    "INSERT INTO audit_log (at, actor, action, queue_name, detail)"
-                    " VALUES (%s, %s, 'cancel', %s, %s)",
-                    (now, actor, row[0], Jsonb({"task_id": str(task_id), "reason": reason})))
+                await record_audit(conn, at=now, actor=actor, action="cancel", queue_name=row[0],
+                                   detail={"task_id": str(task_id), "reason": reason})
                 return Cancellation(TaskStatus.CANCELLED, True,
                                     [(row[0], r) for r in row[2] or []], row[3],
                                     queue_name=row[0], handler=row[1])

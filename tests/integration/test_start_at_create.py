@@ -11,7 +11,7 @@ import trio
 
 from distasks.handlers import builtin_registry
 from distasks.intake import Intake, _claimed
-from distasks.model import RunStatus, TaskStatus
+from distasks.model import Actor, RunStatus, TaskStatus
 
 from .helpers import new_task, now, wait_until
 from .test_worker import final, make_pool
@@ -79,7 +79,7 @@ async def test_creates_beyond_the_idle_executors_go_through_redis(config, store,
 
 async def test_a_paused_queue_starts_nothing_at_create(config, store, broker):
     with trio.fail_after(10):
-        await store.set_paused("q", True, actor="test", now=now())
+        await store.set_paused("q", True, actor=Actor("test"), now=now())
         await broker.set_paused("q", True)
         async with serving(config, store, broker) as (_, intake):
             result = await intake.create(new_task(payload={"skip_fail": True}))

@@ -23,6 +23,7 @@ BY_SCOPE = {
     "queues:admin": ("POST", "/api/v1/queues/default/resume", None, 200),
     "dlq:admin": ("POST", "/api/v1/queues/default/dlq/replay", {"dry_run": True}, 200),
     "keys:admin": ("GET", "/api/v1/keys", None, 200),
+    "audit:read": ("GET", "/api/v1/audit", None, 200),
     "metrics:read": ("GET", "/metrics", None, 200),
 }
 # How long a revoked key may still be accepted (distasks.auth.CACHE_TTL_S), with slack.
@@ -101,16 +102,22 @@ async def test_revoked_expired_and_rotated_keys(start_daemon, daemon_env):
 async def test_the_audit_actor_is_the_key_never_a_header(start_daemon, daemon_env):
     env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none"}
     token = await trio.to_thread.run_sync(new_key, env, "queues:admin")
+    auditor = await trio.to_thread.run_sync(new_key, env, "audit:read")
     key_id = (await trio.to_thread.run_sync(keys_cli, env, "list")).split()[0]
     with trio.fail_after(30):
         async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
             r = await client.post("/api/v1/queues/reports/pause", headers={
-                "Authorization": f"Bearer {token}", "X-Distasks-Actor": "admin\x1b[31m"})
+                "Authorization": f"Bearer {token}", "X-Distasks-Actor": "admin\x1b[31m",
+                "X-Request-Id": "req-pause-1"})
             assert r.status_code == 200, r.text
+            page = (await client.get("/api/v1/audit", params={"action": "pause"},
+                                     headers={"Authorization": f"Bearer {auditor}"})).json()
+    [entry] = page["entries"]
+    assert (entry["actor"], entry["address"], entry["request_id"], entry["queue_name"]) == (
+        f"key:{key_id}", "127.0.0.1", "req-pause-1", "reports")
     with psycopg.connect(env["DATABASE_URL"]) as conn:
-        actors = conn.execute(
-            "SELECT actor FROM audit_log WHERE action = 'pause'").fetchall()
-    assert actors == [(f"key:{key_id}",)]
+        actions = [a for (a,) in conn.execute("SELECT action FROM audit_log ORDER BY id")]
+    assert actions == ["key_create", "key_create", "pause"]
 
 
 async def test_anonymous_access_is_for_this_machine_only(start_daemon, daemon_env):

@@ -16,3 +16,9 @@ CREATE TABLE api_keys (
     last_used_at  timestamptz
 );
 
+
+-- Who did what, from where, in which request (the actor is the authenticated principal).
+ALTER TABLE audit_log ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE audit_log ADD COLUMN address text;
+ALTER TABLE audit_log ADD COLUMN request_id text;
+CREATE INDEX audit_log_id_desc ON audit_log (id DESC);
