@@ -49,6 +49,8 @@ class Principal:
     name: str
     tenant: str
     scopes: frozenset[str]
+    #: requests per minute instead of limits.per_minute (None: the configured one)
+    rate_per_minute: int | None = None
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -75,13 +77,14 @@ class ApiKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    rate_per_minute: int | None = None
 
     def valid_at(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
     def principal(self) -> Principal:
         return Principal(id=f"key:{self.id}", name=self.name, tenant=self.tenant,
-                         scopes=frozenset(self.scopes))
+                         scopes=frozenset(self.scopes), rate_per_minute=self.rate_per_minute)
 
 
 def new_token() -> str:

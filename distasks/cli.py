@@ -95,6 +95,8 @@ def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--tenant", default="default")
     p.add_argument("--expires-in", metavar="DURATION", type=_duration,
                    help="e.g. 90d, 12h, 30m; default: never")
+    p.add_argument("--rate-per-minute", metavar="N", type=int,
+                   help="requests per minute instead of limits.per_minute (0: no limit)")
     actions.add_parser("list", parents=[common], help="every key (never a token)")
     for name, help in (("revoke", "stop a key at once (within a few seconds)"),
                        ("rotate", "a new token for a key; the old one works for --overlap")):

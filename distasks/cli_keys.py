@@ -31,7 +31,8 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             scopes = tuple(args.scopes)
             expires = now + timedelta(seconds=args.expires_in) if args.expires_in else None
             key, token = await keys.create(store, name=args.name, scopes=scopes,
-                                           tenant=args.tenant, expires_at=expires, actor=actor,
+                                           tenant=args.tenant, expires_at=expires,
+                                           rate_per_minute=args.rate_per_minute, actor=actor,
                                            now=now)
             _show_token(key, token)
         elif args.action == "rotate":

@@ -138,6 +138,15 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    #: requests a principal (a key, or an anonymous local address) may make per minute,
+    #: shared by every daemon; a key may have its own. 0: no limit
+    per_minute: int = 6000
+    #: requests per minute of all the principals of one tenant together. 0: no limit
+    tenant_per_minute: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
@@ -157,6 +166,7 @@ class Config:
     recovery: RecoveryConfig = RecoveryConfig()
     http_handler: HttpHandlerConfig = HttpHandlerConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
 
     def summary(self) -> str:
@@ -329,6 +339,8 @@ def _validate(c: Config) -> None:
                 ipaddress.ip_network(n, strict=False)
             except ValueError:
                 raise ConfigError(key, f"{n!r} is not an address or network") from None
+    need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
+    need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

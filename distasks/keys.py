@@ -18,8 +18,8 @@ DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
 
 
 async def create(store: Store, *, name: str, scopes: tuple[str, ...], tenant: str = "default",
-                 expires_at: datetime | None = None, actor: Actor,
-                 now: datetime) -> tuple[ApiKey, str]:
+                 expires_at: datetime | None = None, rate_per_minute: int | None = None,
+                 actor: Actor, now: datetime) -> tuple[ApiKey, str]:
     """A new key and its token (kept nowhere: show it once)."""
     if not name.strip():
         raise ValueError("a key needs a name")
@@ -27,7 +27,7 @@ async def create(store: Store, *, name: str, scopes: tuple[str, ...], tenant: st
     key = await store.create_key(
         name=name.strip(), tenant=tenant, scopes=auth.check_scopes(scopes),
         token_hash=auth.token_hash(token), token_prefix=token[:auth.SHOWN_PREFIX_CHARS],
-        expires_at=expires_at, actor=actor, now=now)
+        expires_at=expires_at, actor=actor, now=now, rate_per_minute=rate_per_minute)
     return key, token
 
 
@@ -40,6 +40,7 @@ async def rotate(store: Store, key_id: uuid.UUID, *, overlap: timedelta = DEFAUL
     if old is None or old.revoked_at is not None:
         return None
     new = await create(store, name=old.name, scopes=old.scopes, tenant=old.tenant,
-                       expires_at=old.expires_at, actor=actor, now=now)
+                       expires_at=old.expires_at, rate_per_minute=old.rate_per_minute,
+                       actor=actor, now=now)
     await store.expire_key(key_id, at=now + overlap, actor=actor, now=now)
     return new

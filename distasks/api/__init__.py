@@ -78,7 +78,7 @@ def create_app(services: Services) -> QuartTrio:
                 g.address, services.config.auth.metrics_networks):
             return  # a scraper on a configured network needs no key
         if scope is not None:
-            access.require(g.principal, scope)
+            await access.require(services, g.principal, scope)
 
     @app.after_request
     async def account(response: Response) -> Response:

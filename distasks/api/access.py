@@ -6,7 +6,7 @@ lean create route alike.
    web page fails here, before any effect).
 2. The principal: an API key from `Authorization: Bearer`, or the anonymous principal of
    a request from this machine where auth.anonymous = "loopback".
-3. The scope the operation needs.
+3. The scope the operation needs, and the principal's and its tenant's rate limits.
 Every response also carries SECURITY_HEADERS.
 """
 
@@ -88,10 +88,13 @@ async def principal(s: Services, req: Request) -> Principal | None:
     return key.principal()
 
 
-def require(who: Principal | None, scope: str) -> Principal:
+async def require(s: Services, who: Principal | None, scope: str) -> Principal:
+    """`who`, if it holds `scope` and is within its rate limits."""
     if who is None:
         raise Unauthenticated("this operation needs an API key: Authorization: Bearer <token>")
     if not who.allows(scope):
         raise Forbidden(scope)
+    assert s.limiter is not None
+    await s.limiter.spend(who)
     return who
 

@@ -77,7 +77,7 @@ async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
                                       for k, v in scope["headers"]},
                              client[0] if client else "")
         access.check_transport(req, s.config)
-        access.require(await access.principal(s, req), "tasks:write")
+        await access.require(s, await access.principal(s, req), "tasks:write")
         result = await s.intake.create(parse_create(body, s))
     except Exception as e:
         mapped = errors.error_for(e)

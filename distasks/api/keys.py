@@ -29,7 +29,8 @@ async def create_key() -> tuple[Response, int]:
     now = times.utc(s.clock())
     expires = now + timedelta(seconds=req.expires_in_seconds) if req.expires_in_seconds else None
     key, token = await keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
-                                   tenant=req.tenant, expires_at=expires, actor=actor(), now=now)
+                                   tenant=req.tenant, expires_at=expires,
+                                   rate_per_minute=req.rate_per_minute, actor=actor(), now=now)
     return jsonify({"key": key_json(key), "token": token}), 201
 
 
@@ -67,6 +68,7 @@ async def revoke_key(key_id: uuid.UUID) -> Response:
 
 def key_json(k: ApiKey) -> dict[str, object]:
     return {"id": str(k.id), "name": k.name, "tenant": k.tenant, "scopes": list(k.scopes),
+            "rate_per_minute": k.rate_per_minute,
             "token_prefix": k.token_prefix, "created_at": iso(k.created_at),
             "created_by": k.created_by, "expires_at": iso(k.expires_at),
             "revoked_at": iso(k.revoked_at), "last_used_at": iso(k.last_used_at)}

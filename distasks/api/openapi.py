@@ -154,6 +154,7 @@ def _operation(op: Operation, key_optional: bool) -> dict[str, Any]:
         doc["security"] = [{"apiKey": []}, {}] if key_optional else [{"apiKey": []}]
         own.setdefault(401, "No API key, or one unknown, expired or revoked")
         own.setdefault(403, f"The key lacks the scope {op.scope}, or a cross-site write")
+        own.setdefault(429, "Over the rate limit of the key or its tenant; see Retry-After")
     if op.method not in ("GET", "HEAD"):
         own.setdefault(415, "A body that is not Content-Type: application/json")
     for status, text in {**{int(k): v for k, v in COMMON_ERRORS.items()}, **own}.items():

@@ -66,6 +66,7 @@ SelectionCount = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integra
 TaskPageLimit = Annotated[int, Field(ge=1, le=500), BeforeValidator(_integral)]
 DlqPageCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
 DlqPageLimit = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
+RatePerMinute = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_integral)]
 
 
 def text(min_length: int, max_length: int, description: str | None = None) -> Any:
@@ -164,6 +165,8 @@ class CreateKey(_Strict):
     tenant: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     expires_in_seconds: float | None = Field(None, gt=0, le=10 * 366 * 86400,
                                              description="Default: never")
+    rate_per_minute: RatePerMinute | None = Field(
+        None, description="Requests per minute instead of limits.per_minute (0: none)")
 
 
 class RotateKey(_Strict):
@@ -387,6 +390,7 @@ class KeyOut(BaseModel):
     name: str
     tenant: str
     scopes: list[str]
+    rate_per_minute: int | None
     token_prefix: str
     created_at: str
     created_by: str

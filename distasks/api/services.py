@@ -21,6 +21,7 @@ from distasks.intake import Intake
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
+from distasks.ratelimit import RateLimiter
 from distasks.store import Store
 from distasks.tunables import Tunables
 from distasks.waiters import TaskWaiters
@@ -46,12 +47,16 @@ class Services:
 
     #: API keys by token, cached (distasks.auth); made from the store when not given
     keys: KeyCache | None = None
+    #: requests per principal and tenant (distasks.ratelimit); made when not given
+    limiter: RateLimiter | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
             store, clock = self.store, self.clock
             object.__setattr__(self, "keys", KeyCache(
                 lambda digest: store.use_key(digest, now=times.utc(clock())), clock))
+        if self.limiter is None:
+            object.__setattr__(self, "limiter", RateLimiter(self.broker, self.config.limits))
 
     def key_cache(self) -> KeyCache:
         assert self.keys is not None

@@ -25,7 +25,7 @@ import redis.exceptions
 import trio
 
 from distasks import aio
-from distasks.broker.keys import QueueKeys, global_keys, queue_keys
+from distasks.broker.keys import QueueKeys, global_keys, queue_keys, rate_keys
 from distasks.errors import BrokerUnavailable
 
 P = ParamSpec("P")
@@ -109,7 +109,7 @@ class Broker:
         self._prefix = prefix
         self._scripts = {name: client.register_script(_lua(name))
                          for name in ("claim", "move_due", "requeue", "announce_done",
-                                      "release_lock")}
+                                      "release_lock", "rate_take")}
 
     @classmethod
     @asynccontextmanager
@@ -417,6 +417,19 @@ class Broker:
                 pipe.rpush(dlq, *task_ids)
             await pipe.execute()
 
+
+    # -- rate limits ---------------------------------------------------------------------
+
+    @crossing
+    async def take_tokens(self, principal: str, tenant: str, *, per_ms: float,
+                          capacity: int, tenant_per_ms: float, tenant_capacity: int,
+                          want: int) -> tuple[int, int]:
+        """Up to `want` tokens from the principal's and the tenant's buckets (a capacity
+        of 0: no limit); (granted, ms until the next token when none was granted)."""
+        keys = rate_keys(self._prefix, principal, tenant)
+        granted, wait_ms, _left = await self._scripts["rate_take"](
+            keys=list(keys), args=[per_ms, capacity, tenant_per_ms or 1, tenant_capacity, want])
+        return int(granted), int(wait_ms)
 
     # -- inspection (tests, health) ----------------------------------------------------
 

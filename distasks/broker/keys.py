@@ -53,3 +53,9 @@ class GlobalKeys:
 def global_keys(prefix: str) -> GlobalKeys:
     return GlobalKeys(epoch=f"{prefix}:epoch", rebuild_lock=f"{prefix}:rebuild-lock",
                       control=f"{prefix}:control", waited=f"{prefix}:waited")
+
+
+def rate_keys(prefix: str, principal: str, tenant: str) -> tuple[str, str]:
+    """The token buckets of a principal and of its tenant (hashes: tokens, at_ms). One
+    hash tag for all, so that rate_take.lua touching both stays in one cluster slot."""
+    return f"{prefix}:{{rl}}:p:{principal}", f"{prefix}:{{rl}}:t:{tenant}"

@@ -13,29 +13,31 @@ from distasks.model import Actor
 from distasks.store.base import StoreBase, query, record_audit
 
 KEY_COLUMNS = ("id, name, tenant, scopes, token_prefix, created_at, created_by, expires_at,"
-               " revoked_at, last_used_at")
+               " revoked_at, last_used_at, rate_per_minute")
 
 def _key(r: dict[str, Any]) -> ApiKey:
     return ApiKey(id=r["id"], name=r["name"], tenant=r["tenant"], scopes=tuple(r["scopes"]),
                   token_prefix=r["token_prefix"], created_at=r["created_at"],
                   created_by=r["created_by"], expires_at=r["expires_at"],
-                  revoked_at=r["revoked_at"], last_used_at=r["last_used_at"])
+                  revoked_at=r["revoked_at"], last_used_at=r["last_used_at"],
+                  rate_per_minute=r["rate_per_minute"])
 
 
 class KeyQueries(StoreBase):
     @query
     async def create_key(self, *, name: str, tenant: str, scopes: tuple[str, ...],
                          token_hash: bytes, token_prefix: str, expires_at: datetime | None,
-                         actor: Actor, now: datetime) -> ApiKey:
+                         actor: Actor, now: datetime,
+                         rate_per_minute: int | None = None) -> ApiKey:
         key_id = uuid.uuid4()
         async with self._pool.transaction() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 f"INSERT INTO api_keys (id, name, tenant, scopes, token_hash, token_prefix,"
-                f" created_at, created_by, expires_at)"
-                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {KEY_COLUMNS}",
+                f" created_at, created_by, expires_at, rate_per_minute)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {KEY_COLUMNS}",
                 (key_id, name, tenant, list(scopes), token_hash, token_prefix, now, actor.id,
-                 expires_at))
+                 expires_at, rate_per_minute))
             row = await cur.fetchone()
             await record_audit(conn, at=now, actor=actor, action="key_create", detail={
                 "key_id": str(key_id), "name": name, "tenant": tenant, "scopes": list(scopes)})

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import trio
 
-from .conftest import REPO
+from .conftest import REPO, free_port
 
 # One operation per scope, and the status it answers when allowed with an empty store.
 BY_SCOPE = {
@@ -201,3 +201,30 @@ async def test_keys_are_managed_over_the_api_with_keys_admin(start_daemon, daemo
             missing = await client.post(
                 "/api/v1/keys/00000000-0000-0000-0000-000000000000/revoke", headers=auth)
             assert missing.status_code == 404
+
+
+async def test_a_rate_limit_holds_across_two_daemons(start_daemon, daemon_env):
+    """A key limited to 60 requests a minute (a burst of 10) gets about 10 through two
+    daemons sharing one Redis, then 429 with Retry-After and RateLimit-* headers."""
+    token = await trio.to_thread.run_sync(
+        keys_cli, daemon_env, "create", "--name", "slow", "--scope", "tasks:read",
+        "--rate-per-minute", "60")
+    second_env = {**daemon_env, "HTTP_PORT": str(free_port())}
+    headers = {"Authorization": f"Bearer {token}"}
+    answers = []
+    with trio.fail_after(60):
+        async with (start_daemon(daemon_env) as d1, start_daemon(second_env) as d2,
+                    httpx.AsyncClient() as client):
+            started = trio.current_time()
+            for i in range(30):
+                url = (d1 if i % 2 else d2).url
+                answers.append(await client.get(f"{url}/api/v1/tasks", headers=headers))
+            elapsed = trio.current_time() - started
+    passed = [r for r in answers if r.status_code == 200]
+    limited = [r for r in answers if r.status_code == 429]
+    assert len(passed) + len(limited) == 30
+    # The burst, what refilled meanwhile (1/s), and a token each daemon may hold unspent.
+    assert 10 <= len(passed) <= 10 + int(elapsed) + 1 + 2, (len(passed), elapsed)
+    assert int(limited[0].headers["Retry-After"]) >= 1
+    assert limited[0].headers["RateLimit-Limit"] == "60"
+    assert limited[0].json()["error"]["code"] == "rate_limited"

@@ -13,7 +13,9 @@ CREATE TABLE api_keys (
     created_by    text NOT NULL,
     expires_at    timestamptz,
     revoked_at    timestamptz,
-    last_used_at  timestamptz
+    last_used_at  timestamptz,
+    -- requests per minute for this key instead of limits.per_minute (0: no limit)
+    rate_per_minute integer
 );
 
 
