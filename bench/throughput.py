@@ -3,7 +3,7 @@
 The daemon runs as a subprocess configured only by environment variables, in a
 database and under a Redis key prefix of its own, both removed at the end. The bench
 speaks HTTP to it and reads the outcome from PostgreSQL; of distasks it imports only the
-harness that runs the daemon (distasks.testing), so it measures what a client sees. Five
+harness that runs the daemon (distasks.testing), so it measures what a client sees. Six
 phases:
 
   a. create   N concurrent POSTs into a queue no worker consumes (requests/s, latency)
@@ -14,6 +14,7 @@ phases:
   d. sequential  single creates one after another into the worked queue (creates/s, and
               the daemon's CPU per whole unbatched cycle)
   e. batch    batch creates of --batch-size tasks into a queue no worker consumes
+  f. keyed    phase d again with an API key and a rate limit on: their cost per create
 
 Usage: .venv/bin/python bench/throughput.py [--tasks N] [--clients C] [--json] ...
 """
@@ -604,8 +605,8 @@ async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon
 # -- phase d: sequential single creates --------------------------------------------------------
 
 
-async def measure_sequential(db: Database, daemon: Daemon, *, queue: str,
-                             tasks: int) -> dict[str, Any]:
+async def measure_sequential(db: Database, daemon: Daemon, *, queue: str, tasks: int,
+                             headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One client creates `tasks` tasks one after another into a worked queue, each sent
     when the previous one was answered: nothing batches, so the daemon's CPU per task
     is the cost of one whole unbatched cycle (HTTP create, commit, push, claim, start,
@@ -621,7 +622,8 @@ async def measure_sequential(db: Database, daemon: Daemon, *, queue: str,
             for _ in range(tasks):
                 sent_s = time.perf_counter()
                 try:
-                    response = await client.post("/api/v1/tasks", json=create_body(queue))
+                    response = await client.post("/api/v1/tasks", json=create_body(queue),
+                                                 headers=headers)
                 except httpx.HTTPError as e:
                     errors[type(e).__name__] += 1
                     continue
@@ -640,6 +642,52 @@ async def measure_sequential(db: Database, daemon: Daemon, *, queue: str,
             "all_succeeded": all_done, "errors": dict(errors),
             "daemon_cpu_ms_per_task": round(1000 * daemon_cpu_s / max(len(ids), 1), 2),
             "cpu": cpu_use, "batching": batching(batch_row)}
+
+
+# -- phase f: sequential creates with an API key ---------------------------------------------
+
+# Creates sent to phase f's fresh daemon before it is measured.
+WARMUP_CREATES = 300
+
+
+async def measure_keyed(db: Database, res: Resources, opts: Options, out_dir: Path,
+                        code_dir: Path) -> dict[str, Any] | None:
+    """Phase d again on a daemon that needs a key for every call and counts every request
+    against a rate limit set too high to refuse any: what authentication and rate
+    limiting cost per create (None for code without `distasks keys`)."""
+    env = daemon_env(res, queues=BENCH_QUEUE, concurrency=opts.concurrency)
+    env.update({"DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_LIMITS_PER_MINUTE": "6000000"})
+    made = await trio.run_process(
+        [sys.executable, "-m", "distasks", "keys", "create", "--name", "bench",
+         "--scope", "tasks:write"], env=env, cwd=code_dir, capture_stdout=True,
+        capture_stderr=True, check=False)
+    if made.returncode != 0:
+        return None
+    token = made.stdout.decode().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with running_daemon("daemon3", env, out_dir, code_dir) as d3:
+        # As warm as daemon 2 was for phase d: connections open, statements prepared.
+        await measure_sequential(db, d3, queue=BENCH_QUEUE, tasks=WARMUP_CREATES,
+                                 headers=headers)
+        result = await measure_sequential(db, d3, queue=BENCH_QUEUE, tasks=opts.sequential,
+                                          headers=headers)
+    result["daemon3"] = d3.report()
+    return result
+
+
+def print_keyed(keyed: dict[str, Any] | None, plain: dict[str, Any] | None) -> None:
+    if keyed is None:
+        print("f. keyed: skipped (this code has no `distasks keys`)")
+        return
+    cost = ""
+    if plain:
+        extra = keyed["daemon_cpu_ms_per_task"] - plain["daemon_cpu_ms_per_task"]
+        cost = (f"; authentication + rate limit cost {extra:+.2f} ms CPU per create "
+                f"({100 * extra / plain['daemon_cpu_ms_per_task']:+.1f} %)")
+    print(f"f. keyed: phase d with an API key and a rate limit: "
+          f"{keyed['requests_per_s']} creates/s; create p50 {keyed['create']['p50_ms']} ms; "
+          f"daemon CPU per whole cycle {keyed['daemon_cpu_ms_per_task']} ms{cost}; "
+          f"errors {keyed['errors'] or 'none'}")
 
 
 # -- phase e: batch creates ----------------------------------------------------------------------
@@ -735,6 +783,9 @@ async def run_phases(res: Resources, opts: Options, out_dir: Path,
                     batch_size=opts.batch_size, clients=min(opts.clients, 4))
                 print_batch(results["batch"])
         results["daemon2"] = d2.report()
+        if opts.sequential:
+            results["keyed"] = await measure_keyed(db, res, opts, out_dir, code_dir)
+            print_keyed(results["keyed"], results.get("sequential"))
         results["final_states"] = await final_states(db, BENCH_QUEUE)
     finally:
         db.close()
