@@ -8,11 +8,12 @@ failures surface as StoreUnavailable, for the caller's loop to retry with backof
 from __future__ import annotations
 
 from distasks.store import migrate as _migrate
+from distasks.store.audit import AuditEntry, AuditQueries
 from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.keys import KeyQueries
-from distasks.store.queues import AuditEntry, AuditQueries, QueueQueries, QueueRecord
+from distasks.store.queues import QueueQueries, QueueRecord
 from distasks.store.runs import (
     Cancelled,
     Failed,
