@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import trio
 
 from distasks.auth import Principal
 from distasks.broker import Broker
@@ -41,6 +43,9 @@ class RateLimited(Refused):
 class _Local:
     tokens: int = 0
     refused_until: float = 0.0
+    #: one take from Redis at a time per principal: concurrent requests wait for it and
+    #: share what it brought, instead of each taking a lease (and emptying the bucket)
+    taking: trio.Lock = field(default_factory=trio.Lock)
 
 
 class RateLimiter:
@@ -66,6 +71,14 @@ class RateLimiter:
         if local.tokens > 0:
             local.tokens -= 1
             return
+        async with local.taking:
+            if local.tokens > 0:  # brought by the take this request waited for
+                local.tokens -= 1
+                return
+            await self._take(who, local, per_minute, tenant_per_minute)
+
+    async def _take(self, who: Principal, local: _Local, per_minute: int,
+                    tenant_per_minute: int) -> None:
         now = self._clock()
         shown = per_minute or tenant_per_minute
         if now < local.refused_until:
