@@ -42,7 +42,8 @@ from distasks import errors
 from distasks.model import Json
 
 __all__ = [
-    "AsyncClient", "CancelResult", "Client", "CreateResult", "DeadTask", "DeleteResult",
+    "AccessDenied", "AsyncClient", "CancelResult", "Client", "Conflict", "CreateResult",
+    "DeadTask", "DeleteResult", "RateLimited",
     "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Queue",
     "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "ServerError", "Task",
     "TaskDetail", "TaskFilters", "TaskPage", "TaskSpec", "Unavailable", "WaitTimeout",
@@ -111,6 +112,24 @@ class Unavailable(DistasksError):
 
 class ServerError(DistasksError):
     """Any other 5xx: a bug or a proxy error; the daemon's log says more."""
+
+
+class AccessDenied(DistasksError):
+    """401 (no API key, or one unknown, expired or revoked) or 403 (the key lacks the
+    operation's scope)."""
+
+
+class Conflict(DistasksError):
+    """409: the dedup_key names a task made from a different request."""
+
+
+class RateLimited(DistasksError):
+    """429: over the key's or its tenant's rate limit; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "rate_limited",
+                 field: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status=status, code=code, field=field)
+        self.retry_after_s = retry_after_s
 
 
 class WaitTimeout(DistasksError, TimeoutError):
@@ -449,6 +468,13 @@ def error_from(response: httpx.Response) -> DistasksError:
         return InvalidRequest(message, status=status, code=code, field=field)
     if status == 404:
         return NotFound(message, status=status, code=code, field=field)
+    if status in (401, 403):
+        return AccessDenied(message, status=status, code=code, field=field)
+    if status == 409:
+        return Conflict(message, status=status, code=code, field=field)
+    if status == 429:
+        return RateLimited(message, status=status, code=code, field=field,
+                           retry_after_s=_retry_after(response.headers.get("Retry-After")))
     if status == 503:
         return Unavailable(message, status=status, code=code, field=field,
                            retry_after_s=_retry_after(response.headers.get("Retry-After")))

@@ -81,3 +81,13 @@ class Forbidden(Refused):
     def __init__(self, scope: str):
         super().__init__(403, "forbidden", f"this operation needs the scope {scope!r}")
         self.scope = scope
+
+
+class DedupConflict(Refused):
+    """A dedup_key that names a task created from a different request (409)."""
+
+    def __init__(self, dedup_key: str, task_id: str):
+        super().__init__(409, "dedup_conflict",
+                         f"dedup_key {dedup_key!r} names task {task_id}, created from a "
+                         "different request; send the same request again, or another key")
+        self.task_id = task_id

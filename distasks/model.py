@@ -123,6 +123,8 @@ class CreateResult:
     status: TaskStatus
     created: bool
     started: bool = False
+    #: the dedup_key named an existing task that was created from a different request
+    conflict: bool = False
 
 
 @dataclass(frozen=True, slots=True)

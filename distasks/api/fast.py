@@ -21,6 +21,7 @@ from typing import Any
 from distasks.api import access, errors
 from distasks.api.parse import parse_create
 from distasks.api.services import Services, request_id_for
+from distasks.api.tasks import refuse_conflict
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("distasks.access")
@@ -78,7 +79,8 @@ async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
                              client[0] if client else "")
         access.check_transport(req, s.config)
         await access.require(s, await access.principal(s, req), "tasks:write")
-        result = await s.intake.create(parse_create(body, s))
+        new = parse_create(body, s)
+        result = refuse_conflict(new, await s.intake.create(new))
     except Exception as e:
         mapped = errors.error_for(e)
         if mapped is not None:

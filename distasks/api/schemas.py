@@ -259,6 +259,8 @@ class Created(BaseModel):
 
 class BatchItem(Created):
     created: bool
+    conflict: bool = Field(description="The dedup_key names a task made from a different "
+                                       "request (created is false)")
 
 
 class BatchCreated(BaseModel):

@@ -14,8 +14,8 @@ from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
 from distasks.api.services import actor, services
-from distasks.errors import BrokerUnavailable, InvalidInput, NotFound
-from distasks.model import TERMINAL_TASK_STATUSES
+from distasks.errors import BrokerUnavailable, DedupConflict, InvalidInput, NotFound
+from distasks.model import TERMINAL_TASK_STATUSES, CreateResult, NewTask
 from distasks.store import TaskFilter
 
 bp = Blueprint("tasks", __name__)
@@ -26,12 +26,14 @@ WAIT_POLL_S = 1.0
 
 @operation(bp, "POST", "/api/v1/tasks", scope="tasks:write", tag="tasks", summary="Create a task",
            body=schemas.CreateTask, responses={201: schemas.Created, 200: schemas.Created},
-           errors={413: "Payload over http.max_payload_bytes"})
+           errors={413: "Payload over http.max_payload_bytes",
+                   409: "The dedup_key names a task made from a different request"})
 async def create_task() -> tuple[Response, int]:
     # Served by api/fast.py in the daemon; this route serves the test client and
     # documents the operation.
     s = services()
-    result = await s.intake.create(parse_create(await read_body(), s))
+    new = parse_create(await read_body(), s)
+    result = refuse_conflict(new, await s.intake.create(new))
     return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
         201 if result.created else 200)
 
@@ -56,7 +58,15 @@ async def create_tasks() -> Response:
             raise
     results = await s.intake.create_many(news)
     return jsonify({"tasks": [{"task_id": str(r.task_id), "status": r.status.value,
-                               "created": r.created} for r in results]})
+                               "created": r.created, "conflict": r.conflict}
+                              for r in results]})
+
+
+def refuse_conflict(new: NewTask, result: CreateResult) -> CreateResult:
+    """`result`, unless its dedup_key named a task made from a different request: 409."""
+    if result.conflict:
+        raise DedupConflict(new.dedup_key or "", str(result.task_id))
+    return result
 
 
 @operation(bp, "GET", "/api/v1/tasks", scope="tasks:read", tag="tasks",

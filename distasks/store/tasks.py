@@ -89,7 +89,13 @@ WITH input AS (
 SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
 """
 
-EXISTING_BY_DEDUP_KEY = "SELECT dedup_key, id, status FROM tasks WHERE dedup_key = ANY(%s)"
+# What a create with a taken dedup_key is compared with: the request that made the task
+# (run_at aside, since a delay_seconds gives a new one on every try).
+EXISTING_BY_DEDUP_KEY = """
+SELECT dedup_key, id, status, name, handler, type, queue_name, priority, payload,
+       max_retries, timeout_s
+FROM tasks WHERE dedup_key = ANY(%s)
+"""
 
 GET_TASK = "SELECT * FROM tasks WHERE id = %s"
 
@@ -145,11 +151,11 @@ class TaskQueries(StoreBase):
                 "worker_id": worker_id, "lease_until": lease_until,
             })
             inserted = dict(await cur.fetchall())  # task id -> started
-            existing: dict[str, tuple[uuid.UUID, str]] = {}
+            existing: dict[str, tuple[Any, ...]] = {}
             lost_keys = [t.dedup_key for t in tasks if t.dedup_key and t.id not in inserted]
             if lost_keys:
                 cur = await conn.execute(EXISTING_BY_DEDUP_KEY, (lost_keys,))
-                existing = {key: (tid, status) for key, tid, status in await cur.fetchall()}
+                existing = {row[0]: row[1:] for row in await cur.fetchall()}
         results = []
         for t in tasks:
             if t.id in inserted:
@@ -157,8 +163,11 @@ class TaskQueries(StoreBase):
                                             started=inserted[t.id]))
             else:
                 assert t.dedup_key is not None
-                tid, status = existing[t.dedup_key]
-                results.append(CreateResult(tid, TaskStatus(status), created=False))
+                tid, status, *made_from = existing[t.dedup_key]
+                asked = (t.name, t.handler, t.type.value, t.queue_name, t.priority, t.payload,
+                         t.max_retries, t.timeout_s)
+                results.append(CreateResult(tid, TaskStatus(status), created=False,
+                                            conflict=tuple(made_from) != asked))
         return results
 
     @query

@@ -15,14 +15,37 @@ async def test_fifty_concurrent_creates_with_one_dedup_key_give_one_task(start_d
     with trio.fail_after(30):
         async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as client:
             async def create(i):
+                # The same request fifty times (another body under the key is a 409).
                 responses.append(await client.post("/api/v1/tasks", json={
-                    "name": f"dup-{i}", "dedup_key": "order-42", "priority": 2}))
+                    "name": "dup", "dedup_key": "order-42", "priority": 2}))
 
             async with trio.open_nursery() as nursery:
                 for i in range(50):
                     nursery.start_soon(create, i)
     assert sorted(r.status_code for r in responses) == [200] * 49 + [201]
     assert len({r.json()["task_id"] for r in responses}) == 1
+    with psycopg.connect(daemon_env["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+
+
+async def test_a_dedup_key_reused_with_a_different_request_is_a_conflict(start_daemon,
+                                                                         daemon_env):
+    """The same request again is the same task (200); another request under that key is
+    a 409 naming the task, in a batch a `conflict` item, and nothing is written."""
+    body = {"name": "charge", "dedup_key": "order-7", "priority": 2, "payload": {"eur": 5}}
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            first = await client.post("/api/v1/tasks", json=body)
+            again = await client.post("/api/v1/tasks", json=body)
+            other = await client.post("/api/v1/tasks", json={**body, "payload": {"eur": 50}})
+            batch = await client.post("/api/v1/tasks/batch", json={"tasks": [
+                body, {**body, "priority": 4}]})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert (other.status_code, other.json()["error"]["code"]) == (409, "dedup_conflict")
+    assert first.json()["task_id"] in other.json()["error"]["message"]
+    assert [(t["created"], t["conflict"]) for t in batch.json()["tasks"]] == [
+        (False, False), (False, True)]
     with psycopg.connect(daemon_env["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
 

@@ -96,7 +96,7 @@ async def test_task_queue_dlq_and_worker_commands(start_daemon, daemon_env):
                 env,
                 f"task get {ok_id}",
                 f"task cancel {later_id} --reason not-needed",
-                "task create later --dedup-key later-1",
+                "task create later --delay 3600 --dedup-key later-1",
                 "dlq list default",
                 "dlq replay default --dry-run",
                 "task list --all --limit 1 --json",

@@ -223,3 +223,20 @@ def test_path_segments_are_quoted():
     with Client("http://api", transport=httpx.MockTransport(handler)) as c:
         c.pause("a/b")
     assert seen[0].url.raw_path == b"/api/v1/queues/a%2Fb/pause"
+
+
+@pytest.mark.parametrize(("status", "cls"), [(401, "AccessDenied"), (403, "AccessDenied"),
+                                             (409, "Conflict"), (429, "RateLimited")])
+def test_access_conflict_and_rate_limit_answers_have_their_own_errors(status, cls):
+    import distasks.client as client_module
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Retry-After": "3"},
+                              json={"error": {"code": "x", "message": "m", "field": None}})
+
+    with Client("http://d", transport=httpx.MockTransport(handler)) as c, \
+            pytest.raises(getattr(client_module, cls)) as e:
+        c.create("x")
+    assert e.value.status == status
+    if status == 429:
+        assert e.value.retry_after_s == 3
