@@ -191,7 +191,8 @@ class Task(_Shape):
     type: str
     queue_name: str
     priority: int
-    payload: Json
+    #: None in lists unless asked for (`include_payload=True`)
+    payload: Json = None
     dedup_key: str | None
     max_retries: int
     timeout_seconds: float | None
@@ -599,11 +600,12 @@ def _cancel(task_id: str, *, reason: str | None = None) -> Op[CancelResult]:
 
 
 def _list(*, limit: int | None = None, cursor: str | None = None,
-          **filters: Unpack[TaskFilters]) -> Op[TaskPage]:
-    """One page of tasks, newest first (`limit` 1–500, API default 50); follow
-    `next_cursor`, or use `iter_tasks()`."""
-    body = _json((yield _Request("GET", "/api/v1/tasks",
-                                 params=_params(limit=limit, cursor=cursor, **filters))))
+          include_payload: bool = False, **filters: Unpack[TaskFilters]) -> Op[TaskPage]:
+    """One page of tasks, newest first (`limit` 1–500, API default 50), their payloads
+    only with `include_payload`; follow `next_cursor`, or use `iter_tasks()`."""
+    body = _json((yield _Request("GET", "/api/v1/tasks", params=_params(
+        limit=limit, cursor=cursor, include_payload="true" if include_payload else None,
+        **filters))))
     return _shape(TaskPage, body, tasks=[_shape(Task, t) for t in _member(body, "tasks")])
 
 
@@ -626,10 +628,12 @@ def _resume(queue: str) -> Op[QueueState]:
 
 
 def _dlq(queue: str, *, limit: int | None = None, cursor: str | None = None,
-         **filters: Unpack[DlqFilters]) -> Op[DlqPage]:
-    """One page of `queue`'s dead-lettered tasks, oldest failure first (`limit` 1–1000)."""
-    body = _json((yield _Request("GET", f"/api/v1/queues/{_quote(queue)}/dlq",
-                                 params=_params(limit=limit, cursor=cursor, **filters))))
+         include_payload: bool = False, **filters: Unpack[DlqFilters]) -> Op[DlqPage]:
+    """One page of `queue`'s dead-lettered tasks, oldest failure first (`limit` 1–1000),
+    their payloads only with `include_payload`."""
+    body = _json((yield _Request("GET", f"/api/v1/queues/{_quote(queue)}/dlq", params=_params(
+        limit=limit, cursor=cursor, include_payload="true" if include_payload else None,
+        **filters))))
     return _shape(DlqPage, body, tasks=[_shape(DeadTask, t) for t in _member(body, "tasks")])
 
 

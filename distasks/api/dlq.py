@@ -40,14 +40,16 @@ async def list_dlq(queue: str) -> Response:
     q = parse_query(schemas.DlqQuery)
     limit = q.count or q.limit
     f = DlqFilter(handler=q.handler, error=q.error, failed_since=q.failed_since)
-    dead = await services().store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor))
+    dead = await services().store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor),
+                                             with_payload=q.include_payload)
     last = dead[-1] if dead else None
     next_cursor = (cursor.encode(last.failed_at, last.task.id)
                    if last and last.failed_at and len(dead) == limit else None)
     return jsonify({
         "queue": queue,
         "count": len(dead),
-        "tasks": [{**task_json(d.task), "attempts": d.attempts, "last_error": d.last_error,
+        "tasks": [{**task_json(d.task, with_payload=q.include_payload), "attempts": d.attempts,
+                   "last_error": d.last_error,
                    "failed_at": iso(d.failed_at)} for d in dead],
         "next_cursor": next_cursor,
     })

@@ -14,7 +14,15 @@ def iso(d: datetime | None) -> str | None:
     return d.isoformat().replace("+00:00", "Z") if d else None
 
 
-def task_json(t: Task) -> dict[str, Any]:
+def task_json(t: Task, *, with_payload: bool = True) -> dict[str, Any]:
+    """A task; lists leave the payload out unless asked (with_payload False)."""
+    out = _task_json(t)
+    if not with_payload:
+        del out["payload"]
+    return out
+
+
+def _task_json(t: Task) -> dict[str, Any]:
     return {
         "id": str(t.id), "name": t.name, "handler": t.handler, "type": t.type.value,
         "queue_name": t.queue_name, "priority": t.priority, "payload": t.payload,

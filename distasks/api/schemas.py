@@ -195,6 +195,7 @@ class TaskQuery(_Query):
     limit: TaskPageLimit = 50
     cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
                                description="next_cursor of the previous page")
+    include_payload: bool = Field(False, description="Each task's payload too")
 
 
 class GetTaskQuery(_Query):
@@ -210,6 +211,7 @@ class DlqQuery(_Query):
     handler: str | None = text(1, 128)
     error: str | None = text(1, 1000)
     failed_since: QueryDatetime | None = None
+    include_payload: bool = Field(False, description="Each task's payload too")
 
 
 # -- responses ----------------------------------------------------------------------
@@ -221,7 +223,7 @@ class TaskOut(BaseModel):
     type: Literal["immediate", "delayed"]
     queue_name: str
     priority: int
-    payload: Any
+    payload: Any = Field(None, description="In lists only with include_payload=true")
     dedup_key: str | None
     max_retries: int
     timeout_seconds: float | None

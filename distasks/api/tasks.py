@@ -77,10 +77,12 @@ async def list_tasks() -> Response:
     f = TaskFilter(status=q.status, queue_name=q.queue, name=q.name, handler=q.handler,
                    dedup_key=q.dedup_key, created_after=q.created_after,
                    created_before=q.created_before)
-    tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor))
+    tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
+                                              with_payload=q.include_payload)
     next_cursor = (cursor.encode(tasks[-1].created_at, tasks[-1].id)
                    if len(tasks) == q.limit else None)
-    return jsonify({"tasks": [task_json(t) for t in tasks], "next_cursor": next_cursor})
+    return jsonify({"tasks": [task_json(t, with_payload=q.include_payload) for t in tasks],
+                    "next_cursor": next_cursor})
 
 
 @operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>", scope="tasks:read", tag="tasks",

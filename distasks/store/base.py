@@ -103,6 +103,17 @@ def without_nul(value: Any) -> Any:
     return value
 
 
+def task_columns(*, with_payload: bool, alias: str = "") -> str:
+    """The columns task_from_row reads; the payload only when asked for (lists leave it
+    out: a page of large payloads would cost the daemon memory no caller asked for)."""
+    a = f"{alias}." if alias else ""
+    columns = ("id", "name", "handler", "type", "queue_name", "priority", "dedup_key",
+               "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
+               "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason")
+    payload = f"{a}payload" if with_payload else "NULL::jsonb AS payload"
+    return ", ".join([*(a + c for c in columns), payload])
+
+
 def task_from_row(r: dict[str, Any]) -> Task:
     return Task(
         id=r["id"], name=r["name"], handler=r["handler"], type=TaskType(r["type"]),

@@ -11,7 +11,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from distasks.model import SYSTEM, Actor, Task
-from distasks.store.base import StoreBase, query, record_audit, task_from_row
+from distasks.store.base import StoreBase, query, record_audit, task_columns, task_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +80,18 @@ RETURNING task_id, id
 class DlqQueries(StoreBase):
     @query
     async def dead_tasks(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
-                         after: tuple[datetime, uuid.UUID] | None = None) -> list[DeadTask]:
+                         after: tuple[datetime, uuid.UUID] | None = None,
+                         with_payload: bool = True) -> list[DeadTask]:
         """DLQ entries of a queue matching `f`, oldest failure first, continuing after the
-        (failed_at, id) key, with their last error."""
+        (failed_at, id) key, with their last error; without payloads unless asked."""
         where, params = _where(queue_name, f)
         if after is not None:
             where += " AND (t.finished_at, t.id) > (%(after_at)s, %(after_id)s)"
             params["after_at"], params["after_id"] = after
         params["limit"] = limit
         sql = f"""
-            SELECT t.*, last.attempt AS attempts, last.error AS last_error
+            SELECT {task_columns(with_payload=with_payload, alias="t")},
+                   last.attempt AS attempts, last.error AS last_error
             FROM tasks t
             LEFT JOIN LATERAL (
                 SELECT attempt, error FROM task_runs

@@ -11,7 +11,15 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from distasks.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
-from distasks.store.base import StoreBase, dumps, query, record_audit, run_from_row, task_from_row
+from distasks.store.base import (
+    StoreBase,
+    dumps,
+    query,
+    record_audit,
+    run_from_row,
+    task_columns,
+    task_from_row,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +193,10 @@ class TaskQueries(StoreBase):
 
     @query
     async def list_tasks(self, f: TaskFilter, *, limit: int,
-                         after: tuple[datetime, uuid.UUID] | None) -> list[Task]:
-        """Tasks matching `f`, newest first, continuing after the (created_at, id) key."""
+                         after: tuple[datetime, uuid.UUID] | None,
+                         with_payload: bool = True) -> list[Task]:
+        """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
+        without their payloads (None) unless `with_payload`."""
         where, params = ["true"], dict[str, Any]()
         for column in ("status", "queue_name", "name", "handler", "dedup_key"):
             if (value := getattr(f, column)) is not None:
@@ -203,7 +213,8 @@ class TaskQueries(StoreBase):
             params["after_at"], params["after_id"] = after
         params["limit"] = limit
         # Only fixed fragments are joined into the text; every value is a parameter.
-        sql = ("SELECT * FROM tasks WHERE " + " AND ".join(where)
+        sql = (f"SELECT {task_columns(with_payload=with_payload)} FROM tasks WHERE "
+               + " AND ".join(where)
                + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)

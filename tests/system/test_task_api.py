@@ -245,3 +245,19 @@ async def test_http_handler_calls_only_allowed_hosts_and_retries_on_failure(
             nursery.cancel_scope.cancel()
     assert calls[0] == ("POST /hook HTTP/1.1", b'{"hello":"world"}')
     assert len(calls) == 2
+
+
+async def test_lists_leave_payloads_out_unless_asked(start_daemon, daemon_env):
+    """A page of large payloads cost the daemon memory no caller asked for: lists name
+    tasks, GET /api/v1/tasks/{id} (or include_payload=true) gives the payload."""
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            r = await client.post("/api/v1/tasks", json={
+                "name": "big", "queue_name": "nobody", "payload": {"blob": "x" * 1000}})
+            task_id = r.json()["task_id"]
+            plain = (await client.get("/api/v1/tasks")).json()["tasks"]
+            full = (await client.get("/api/v1/tasks",
+                                     params={"include_payload": "true"})).json()["tasks"]
+            one = (await client.get(f"/api/v1/tasks/{task_id}")).json()["task"]
+    assert [t["id"] for t in plain] == [task_id] and "payload" not in plain[0]
+    assert full[0]["payload"] == {"blob": "x" * 1000} == one["payload"]
