@@ -126,7 +126,8 @@ class Intake:
             return
         for t, result in zip(tasks, results, strict=True):
             if result.created:
-                self._metrics.created.labels(t.queue_name, t.handler).inc()
+                self._metrics.created.labels(self._metrics.queue_label(t.queue_name),
+                                             t.handler).inc()
         position = 0
         for request in batch:
             request.results = results[position:position + len(request.tasks)]

@@ -4,6 +4,8 @@ the gauges that need a look at Redis."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Seconds; from a no-op handler to a long job.
@@ -13,8 +15,19 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                      60, 300)
 
 
+# The label of everything a bounded label does not name: queues this daemon does not
+# serve, HTTP methods no route has.
+OTHER = "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
-    def __init__(self) -> None:
+    """`labelled_queues` bounds the queue label: a client can name any queue (a create, a
+    cancel), and a series per name would grow without end; queues outside it are
+    counted as "other". None: every queue (tests)."""
+
+    def __init__(self, labelled_queues: Callable[[], Collection[str]] | None = None) -> None:
+        self._labelled_queues = labelled_queues
         r = self.registry = CollectorRegistry(auto_describe=True)
         by_task = ["queue", "handler"]
         self.created = Counter("distasks_tasks_created", "Tasks created", by_task, registry=r)
@@ -57,6 +70,15 @@ class Metrics:
 
         #: Unix time of the last recorded outcome (the gauge's value, readable)
         self.last_outcome_s: float | None = None
+
+    def queue_label(self, queue: str) -> str:
+        if self._labelled_queues is None or queue in self._labelled_queues():
+            return queue
+        return OTHER
+
+    @staticmethod
+    def method_label(method: str) -> str:
+        return method if method in HTTP_METHODS else OTHER
 
     def progressed(self, now_s: float) -> None:
         """An outcome was recorded at `now_s`."""

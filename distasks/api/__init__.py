@@ -85,7 +85,7 @@ def create_app(services: Services) -> QuartTrio:
         """One access log line and the HTTP metrics per request."""
         duration_s = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        services.metrics.http_requests.labels(route, request.method,
+        services.metrics.http_requests.labels(route, services.metrics.method_label(request.method),
                                               str(response.status_code)).inc()
         services.metrics.http_duration.labels(route).observe(duration_s)
         request_id = g.get("request_id", "")

@@ -134,7 +134,7 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
     if done is None:
         raise NotFound(f"no task with id {task_id}")
     if done.cancelled:
-        s.metrics.cancelled.labels(done.queue_name, done.handler).inc()
+        s.metrics.cancelled.labels(s.metrics.queue_label(done.queue_name or ""), done.handler).inc()
         # If Redis does not answer: waiting ids are dropped when claimed, the running
         # attempt learns of the cancel from its next heartbeat, waiters from their poll.
         await mirror.copy("cancel", lambda: s.broker.cancelled(

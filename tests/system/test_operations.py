@@ -656,3 +656,22 @@ async def test_readyz_names_every_component_and_reports_progress(start_daemon, d
     assert progress["stalled"] is False and progress["ready_runs"] == 0
     age = progress["last_outcome_age_seconds"]
     assert age is None or 0 <= age < 60
+
+
+async def test_metric_labels_stay_bounded_whatever_clients_send(start_daemon, daemon_env):
+    """A client names any queue and any HTTP method; a series per name would grow without
+    end. Queues this daemon does not serve and unknown methods count as "other"."""
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            for i in range(5):
+                r = await client.post("/api/v1/tasks", json={"name": "x", "queue_name": f"q{i}"})
+                assert r.status_code == 201
+            await client.request("BREW", "/api/v1/tasks")
+            text = (await client.get("/metrics")).text
+    created = {s.labels["queue"]: s.value for f in text_string_to_metric_families(text)
+               if f.name == "distasks_tasks_created" for s in f.samples
+               if s.name.endswith("_total")}
+    assert created == {"other": 5.0}
+    methods = {s.labels["method"] for f in text_string_to_metric_families(text)
+               if f.name == "distasks_http_requests" for s in f.samples}
+    assert "BREW" not in methods and "other" in methods
