@@ -5,11 +5,13 @@ A daemon takes tokens a few at a time (LEASE_FRACTION of a bucket) and spends th
 locally, so that most requests cost a dictionary lookup, not a Redis round trip; what it
 took and did not spend is all another daemon may miss. A refusal is remembered until the
 next token is due, so a client that keeps knocking costs no Redis call either. While
-Redis does not answer, requests pass: an outage must not stop the API (architecture §5.6).
+Redis does not answer (within TAKE_TIMEOUT_S), requests pass: an outage must not stop
+the API (architecture §5.6).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +28,9 @@ from distasks.errors import BrokerUnavailable, Refused
 BURST_S = 10.0
 # Share of a bucket a daemon takes at a time.
 LEASE_FRACTION = 0.05
+# Longest a request waits for Redis's tokens; without an answer it passes, and so do the
+# next lease's worth, so that a hung Redis slows one request per lease, not all of them.
+TAKE_TIMEOUT_S = 0.5
 # Most principals tracked locally; more and the table starts afresh.
 MAX_TRACKED = 10_000
 
@@ -86,13 +91,12 @@ class RateLimiter:
         capacity = _capacity(per_minute)
         tenant_capacity = _capacity(tenant_per_minute)
         want = max(1, int(min(c for c in (capacity, tenant_capacity) if c) * LEASE_FRACTION))
-        try:
+        granted, wait_ms = want, 0  # what passes when Redis does not answer in time
+        with contextlib.suppress(BrokerUnavailable), trio.move_on_after(TAKE_TIMEOUT_S):
             granted, wait_ms = await self._broker.take_tokens(
                 who.id, who.tenant, per_ms=per_minute / 60_000, capacity=capacity,
                 tenant_per_ms=tenant_per_minute / 60_000, tenant_capacity=tenant_capacity,
                 want=want)
-        except BrokerUnavailable:
-            return
         if granted == 0:
             local.refused_until = now + wait_ms / 1000
             raise RateLimited(shown, wait_ms / 1000)
