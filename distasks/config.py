@@ -322,6 +322,13 @@ def _validate(c: Config) -> None:
     need(1 <= c.mover.batch <= 5000, "mover.batch", "must be between 1 and 5000")
     need(c.http_handler.max_response_bytes >= 0, "http_handler.max_response_bytes",
          "must not be negative")
+    from distasks.http_handler import AllowEntry  # noqa: PLC0415 (it imports the handlers)
+
+    for entry in c.http_handler.allowed_hosts:
+        try:
+            AllowEntry.parse(entry)
+        except ValueError as e:
+            raise ConfigError("http_handler.allowed_hosts", str(e)) from None
     need(c.recovery.reaper_interval_s > 0, "recovery.reaper_interval_s", "must be positive")
     need(c.recovery.reconciler_interval_s > 0, "recovery.reconciler_interval_s",
          "must be positive")

@@ -60,3 +60,6 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     # Hypercorn's own loggers are replaced by our access/error logging.
     for name in ("hypercorn.error", "hypercorn.access"):
         logging.getLogger(name).handlers[:] = []
+    # httpx logs every request of the http handler at INFO with its whole URL, query
+    # string included (which may hold a token): its warnings only.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

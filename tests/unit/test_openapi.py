@@ -67,7 +67,9 @@ async def test_the_http_handler_payload_schema_names_its_allowed_hosts():
     assert "http" in create["properties"]["handler"]["anyOf"][0]["enum"]
     [rule] = [r for r in create["allOf"] if r["if"]["properties"]["handler"]["const"] == "http"]
     url = re.compile(rule["then"]["properties"]["payload"]["properties"]["url"]["pattern"])
-    assert url.match("https://API.example.com:8443/hook")
+    assert url.match("https://API.example.com/hook")
+    assert url.match("http://api.example.com:80/hook")
+    assert not url.match("https://api.example.com:8443/hook")  # no port named: 80, 443
     assert not url.match("https://api.example.com.evil.test/")
     assert not url.match("https://api.example.com:99999/")
 

@@ -1,0 +1,84 @@
+"""The http handler's allow-list: ports, addresses, IPv6, no caller Host, and the call
+going to the address that was checked (against a local TCP server, not a mock)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import trio
+
+from distasks.errors import InvalidInput
+from distasks.http_handler import AllowEntry, HttpHandler, HttpTaskFailed
+from distasks.testing.daemon import free_port
+
+
+@pytest.mark.parametrize(("entries", "url", "allowed"), [
+    (("api.example.com",), "https://api.example.com/hook", True),
+    (("api.example.com",), "http://api.example.com:80/", True),
+    # An entry without a port allows 80 and 443 only.
+    (("api.example.com",), "http://api.example.com:8080/", False),
+    (("api.example.com:8080",), "http://api.example.com:8080/", True),
+    (("*.svc",), "https://a.b.svc/", True),
+    (("203.0.113.7",), "http://203.0.113.7/", True),
+    (("10.0.0.0/8",), "http://10.9.8.7/", True),
+    (("10.0.0.0/8",), "http://11.0.0.1/", False),
+    (("[::1]:8080",), "http://[::1]:8080/x", True),
+    (("::1",), "http://[::1]/x", True),
+    (("::1",), "http://[::2]/x", False),
+])
+def test_an_entry_allows_its_hosts_and_ports(entries, url, allowed):
+    handler = HttpHandler(entries, 1000)
+    if allowed:
+        handler.check({"url": url})
+    else:
+        with pytest.raises(InvalidInput):
+            handler.check({"url": url})
+
+
+def test_the_caller_cannot_set_host():
+    with pytest.raises(InvalidInput) as e:
+        HttpHandler(("api.example.com",), 1000).check(
+            {"url": "https://api.example.com/", "headers": {"HOST": "internal"}})
+    assert e.value.field == "payload.headers"
+
+
+@pytest.mark.parametrize("entry", ["a:b", "a:0", "[::1]:x", ":80"])
+def test_a_malformed_entry_is_refused(entry):
+    with pytest.raises(ValueError):
+        AllowEntry.parse(entry)
+
+
+async def test_a_name_that_resolves_to_a_private_address_is_called_only_if_allowed():
+    """`localhost` names a loopback address: allowing the name is not enough (a public
+    name can be pointed at an internal address); the address must be allowed too. The
+    call then goes to the checked address, with the name as Host."""
+    port = free_port()
+    seen: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            request += chunk
+        seen.append(request)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                              b"Connection: close\r\n\r\nok")
+        await stream.aclose()
+
+    ctx = types.SimpleNamespace(payload={"url": f"http://localhost:{port}/hook?token=t",
+                                         "method": "GET"})
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_tcp, serve, port)
+            with pytest.raises(HttpTaskFailed, match="not public"):
+                await HttpHandler((f"localhost:{port}",), 1000)(ctx)  # type: ignore[arg-type]
+            allowed = (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}")
+            result = await HttpHandler(allowed, 1000)(ctx)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+    assert result["status"] == 200
+    [request] = seen
+    assert request.startswith(b"GET /hook?token=t HTTP/1.1")
+    assert f"host: localhost:{port}".encode() in request.lower()
