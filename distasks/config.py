@@ -105,7 +105,8 @@ class MoverConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpHandlerConfig:
-    #: hosts the built-in `http` handler may call: names, `*.wildcards`, `host:port`.
+    #: hosts the built-in `http` handler may call: names, `*.wildcards`, addresses and
+    #: ranges, each with `:port` or (without) ports 80 and 443 (http_handler.AllowEntry).
     #: Empty (the default): none, so the daemon is no proxy until configured.
     allowed_hosts: tuple[str, ...] = ()
     #: most bytes of a response body kept on the run
