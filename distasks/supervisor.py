@@ -54,6 +54,7 @@ from distasks.progress import Progress
 from distasks.store import Store, WorkerInfo
 from distasks.tunables import Tunables
 from distasks.waiters import TaskWaiters
+from distasks.waiters import poll as waiters_poll
 from distasks.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ HARD_STOP_MARGIN_S = 4.0
 # Create batches committed at once. More loops let a create skip the batch ahead, but
 # split batches: on 2 cores two loops cost more CPU than they saved (bench, phase c).
 INTAKE_LOOPS = 1
+# How often the long polls' tasks are checked in PostgreSQL, all in one query, in case a
+# "done" message was lost (distasks.waiters.poll).
+WAITERS_POLL_S = 1.0
 # Allocations between young-generation collections (CPython's default is 700).
 GC_THRESHOLD_0 = 10_000
 # How long the API finishes requests in flight (and waits on idle keep-alive connections)
@@ -231,6 +235,8 @@ class Daemon:
                 health=h, task_status=task_status))
             await services.start(lambda task_status: control.run(
                 broker, pool, waiters, health=h, task_status=task_status))
+            await services.start(lambda task_status: waiters_poll(
+                store, waiters, interval_s=WAITERS_POLL_S, health=h, task_status=task_status))
             await services.start(lambda task_status: reconciler.run(
                 store, broker, interval_s=c.recovery.reconciler_interval_s,
                 grace_s=c.recovery.dispatch_grace_s, health=h, task_status=task_status))

@@ -20,8 +20,13 @@ from distasks.store import TaskFilter
 
 bp = Blueprint("tasks", __name__)
 
-# A long poll re-reads PostgreSQL at least this often, in case a "done" message was lost.
-WAIT_POLL_S = 1.0
+# A long poll re-reads its task at least this often, a last resort: "done" messages and
+# the daemon's shared poll of every waited task (distasks.waiters.poll, each second)
+# wake it first.
+WAIT_POLL_S = 10.0
+# Longest a long poll waits for Redis to note that it waits ("done" is announced only for
+# noted tasks); past it, the shared poll is what wakes it.
+WATCH_TIMEOUT_S = 0.5
 
 
 @operation(bp, "POST", "/api/v1/tasks", scope="tasks:write", tag="tasks", summary="Create a task",
@@ -95,8 +100,9 @@ async def get_task(task_id: uuid.UUID) -> Response:
     s = services()
     deadline = trio.current_time() + q.wait
     if q.wait > 0:
-        # Without Redis the wait still ends: the task is re-read every WAIT_POLL_S.
-        with contextlib.suppress(BrokerUnavailable):
+        # Without Redis the wait still ends: distasks.waiters.poll wakes it. A Redis that
+        # hangs delays the poll by WATCH_TIMEOUT_S at most.
+        with contextlib.suppress(BrokerUnavailable), trio.move_on_after(WATCH_TIMEOUT_S):
             await s.broker.watch(str(tid), until_ms=times.ms(s.clock() + q.wait))
     while True:
         found = await s.store.get_task(tid)

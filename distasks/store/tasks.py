@@ -179,6 +179,15 @@ class TaskQueries(StoreBase):
         return results
 
     @query
+    async def final_among(self, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Those of `task_ids` that are completed, failed or cancelled."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id FROM tasks WHERE id = ANY(%s) AND status <> 'queued'",
+                (list(task_ids),))
+            return [row[0] for row in await cur.fetchall()]
+
+    @query
     async def get_task(self, task_id: uuid.UUID) -> tuple[Task, list[TaskRun]] | None:
         """The task and all its runs, oldest attempt first; None if there is no such task."""
         async with self._pool.connection() as conn:

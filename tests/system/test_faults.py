@@ -242,8 +242,24 @@ async def test_changes_committed_while_redis_is_unreachable_are_accepted_and_rea
                             "name": "during", "handler": "chaos_sleep", "payload": {"ms": 1}})
                         assert r.status_code == 201, r.text
                     assert trio.current_time() - before < 4, "each create waited for Redis"
-                    r = await client.post(f"/api/v1/tasks/{long_running}/cancel")
-                    assert r.status_code == 200 and r.json()["cancelled"], r.text
+                    # A long poll on the task: its "done" message cannot pass Redis, the
+                    # daemon's shared poll of waited tasks wakes it instead.
+                    polled: list[tuple[float, str]] = []
+
+                    async def long_poll() -> None:
+                        async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as c:
+                            r = await c.get(f"/api/v1/tasks/{long_running}",
+                                            params={"wait": 20})
+                            polled.append((trio.current_time(), r.json()["task"]["status"]))
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(long_poll)
+                        await trio.sleep(1.0)  # either way: it sees the cancel, or is woken
+                        cancelled_at = trio.current_time()
+                        r = await client.post(f"/api/v1/tasks/{long_running}/cancel")
+                        assert r.status_code == 200 and r.json()["cancelled"], r.text
+                    [(woke_at, status)] = polled
+                    assert status == "cancelled" and woke_at - cancelled_at < 4
                     r = await client.post("/api/v1/queues/held/pause")
                     assert r.status_code == 200 and r.json()["paused"], r.text
                     r = await client.post("/api/v1/queues/default/dlq/replay", json={})
