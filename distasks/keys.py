@@ -36,7 +36,7 @@ async def rotate(store: Store, key_id: uuid.UUID, *, overlap: timedelta = DEFAUL
     """A new key like `key_id` (name, tenant, scopes, expiry), and the old one set to
     expire after `overlap`, so that both work while clients move over; None if there is
     no such key or it is revoked."""
-    old = next((k for k in await store.list_keys() if k.id == key_id), None)
+    old = await store.key_by_id(key_id)
     if old is None or old.revoked_at is not None:
         return None
     new = await create(store, name=old.name, scopes=old.scopes, tenant=old.tenant,

@@ -52,6 +52,14 @@ class KeyQueries(StoreBase):
             return [_key(r) for r in await cur.fetchall()]
 
     @query
+    async def key_by_id(self, key_id: uuid.UUID) -> ApiKey | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
+            row = await cur.fetchone()
+        return _key(row) if row else None
+
+    @query
     async def use_key(self, token_hash: bytes, *, now: datetime) -> ApiKey | None:
         """The key with this token hash, its last use set to `now` (the auth cache asks
         once per token every few seconds, so this is also how last use is kept)."""

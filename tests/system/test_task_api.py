@@ -11,6 +11,8 @@ import httpx
 import psycopg
 import trio
 
+from distasks.testing.http_stub import read_request
+
 from .conftest import free_port, wait_task
 
 
@@ -201,17 +203,10 @@ async def test_http_handler_calls_only_allowed_hosts_and_retries_on_failure(
     calls = []
 
     async def serve_one(stream):
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            request += chunk
-        head, _, body = request.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        while len(body) < length:
-            body += await stream.receive_some(65536)
+        request = await read_request(stream)
+        if request is None:
+            return
+        head, body = request
         calls.append((head.split(b"\r\n")[0].decode(), body))
         status = b"500 Oops" if len(calls) == 1 else b"200 OK"
         text = b'{"pong": true}'

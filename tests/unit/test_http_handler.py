@@ -11,6 +11,7 @@ import trio
 from distasks.errors import InvalidInput
 from distasks.http_handler import AllowEntry, HttpHandler, HttpTaskFailed
 from distasks.testing.daemon import free_port
+from distasks.testing.http_stub import read_request
 
 
 @pytest.mark.parametrize(("entries", "url", "allowed"), [
@@ -57,13 +58,10 @@ async def test_a_name_that_resolves_to_a_private_address_is_called_only_if_allow
     seen: list[bytes] = []
 
     async def serve(stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            request += chunk
-        seen.append(request)
+        request = await read_request(stream)
+        if request is None:
+            return
+        seen.append(request[0])
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                               b"Connection: close\r\n\r\nok")
         await stream.aclose()
