@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distasks.errors import ConfigError
+from distasks.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 
 # 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path.
 QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$"
@@ -148,6 +149,22 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """One tenant's quotas (`[tenants.<name>]`, architecture §8); 0 means the global
+    setting or no limit. A tenant named here also gets its own metrics label."""
+
+    #: tasks this tenant may create per minute (a batch counts each task), all daemons
+    tasks_per_minute: int = 0
+    #: most unfinished (queued) tasks this tenant may have; checked against a count at
+    #: most a second old, so a burst may pass it by one second's creates
+    max_queued: int = 0
+    #: largest payload of this tenant's tasks; 0: http.max_payload_bytes
+    max_payload_bytes: int = 0
+    #: requests per minute of the tenant's principals together; 0: limits.tenant_per_minute
+    requests_per_minute: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
@@ -169,6 +186,11 @@ class Config:
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    #: quotas by tenant name; tenants not named here have none
+    tenants: Mapping[str, TenantConfig] = dataclasses.field(default_factory=dict)
+
+    def tenant(self, name: str) -> TenantConfig:
+        return self.tenants.get(name, NO_QUOTAS)
 
     def summary(self) -> str:
         """One line with the settings in effect (no secrets: URLs lose their passwords)."""
@@ -183,6 +205,8 @@ class Config:
             f"anonymous={self.auth.anonymous}"
         )
 
+
+NO_QUOTAS = TenantConfig()
 
 # The original platform's variables, mapped to their keys.
 LEGACY_ENV = {
@@ -208,7 +232,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError("--config", f"cannot read {path}: {e}") from None
-    sections: dict[str, Any] = {}
+    sections: dict[str, Any] = {"tenants": _tenants(raw.pop("tenants", {}))}
     for name, cls in _section_classes().items():
         table = raw.pop(name, {})
         if not isinstance(table, dict):
@@ -222,7 +246,27 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 
 
 def _section_classes() -> dict[str, type]:
-    return {f.name: type(f.default) for f in dataclasses.fields(Config)}
+    return {f.name: type(f.default) for f in dataclasses.fields(Config) if f.name != "tenants"}
+
+
+def _tenants(table: Any) -> dict[str, TenantConfig]:
+    """`[tenants.<name>]` tables (no environment overrides: names are open-ended)."""
+    if not isinstance(table, dict):
+        raise ConfigError("tenants", "must be a table of [tenants.<name>] tables")
+    out = {}
+    for name, quotas in table.items():
+        try:
+            check_tenant(name)
+        except ValueError as e:
+            raise ConfigError(f"tenants.{name}", str(e)) from None
+        if not isinstance(quotas, dict):
+            raise ConfigError(f"tenants.{name}", "must be a table")
+        out[name] = _build_section(f"tenants.{name}", TenantConfig, quotas, {})
+        for key in ("tasks_per_minute", "max_queued", "max_payload_bytes",
+                    "requests_per_minute"):
+            if getattr(out[name], key) < 0:
+                raise ConfigError(f"tenants.{name}.{key}", "must not be negative")
+    return out
 
 
 def _build_section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str]) -> Any:
@@ -305,8 +349,11 @@ def _validate(c: Config) -> None:
     need(c.redis.max_connections >= 4, "redis.max_connections", "must be at least 4")
     need(len(c.worker.queues) > 0, "worker.queues", "must name at least one queue")
     for q in c.worker.queues:
-        need(QUEUE_NAME_RE.fullmatch(q) is not None, "worker.queues",
-             f"{q!r} is not 1-64 of [A-Za-z0-9_.-]")
+        tenant, sep, name = q.rpartition("/")
+        need(QUEUE_NAME_RE.fullmatch(name) is not None and (not sep or (
+             TENANT_RE.fullmatch(tenant) is not None and tenant != DEFAULT_TENANT)),
+             "worker.queues", f"{q!r} is not a queue (1-64 of [A-Za-z0-9_.-]) or "
+             "<tenant>/<queue> (the default tenant's queues are named without a tenant)")
     need(c.worker.concurrency >= 1, "worker.concurrency", "must be at least 1")
     need(c.worker.default_handler != "", "worker.default_handler", "must not be empty")
     need(c.worker.task_timeout_s > 0, "worker.task_timeout_s", "must be positive")

@@ -13,6 +13,7 @@ from distasks.handlers import Registry
 from distasks.http_handler import HttpHandler
 from distasks.model import Json, NewTask, TaskType
 from distasks.store import dumps
+from distasks.tenancy import DEFAULT_TENANT, qualify
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,8 @@ class TaskRequest:
     """What a client asks for, its types already checked (the API's schemas do that)."""
 
     name: str
+    #: whose task (architecture §8); `queue_name` is as the tenant names it
+    tenant: str = DEFAULT_TENANT
     handler: str | None = None
     type: TaskType = TaskType.IMMEDIATE
     queue_name: str = "default"
@@ -61,7 +64,7 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
         registered.fn.check(req.payload)  # refuse a call that could never be made
     return NewTask(
         id=uuid.uuid4(), run_id=uuid.uuid4(), name=req.name, handler=handler, type=req.type,
-        queue_name=req.queue_name, priority=req.priority, payload=req.payload,
+        tenant=req.tenant, queue_name=qualify(req.tenant, req.queue_name), priority=req.priority, payload=req.payload,
         payload_json=payload_json, dedup_key=req.dedup_key,
         max_retries=(req.max_retries if req.max_retries is not None
                      else rules.default_max_retries),

@@ -128,6 +128,7 @@ class Intake:
             if result.created:
                 self._metrics.created.labels(self._metrics.queue_label(t.queue_name),
                                              t.handler).inc()
+                self._metrics.tenant_created.labels(self._metrics.tenant_label(t.tenant)).inc()
         position = 0
         for request in batch:
             request.results = results[position:position + len(request.tasks)]

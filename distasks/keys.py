@@ -12,6 +12,7 @@ from distasks import auth
 from distasks.auth import ApiKey
 from distasks.model import Actor
 from distasks.store import Store
+from distasks.tenancy import check_tenant
 
 # How long the old token of a rotated key stays valid by default.
 DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
@@ -23,6 +24,7 @@ async def create(store: Store, *, name: str, scopes: tuple[str, ...], tenant: st
     """A new key and its token (kept nowhere: show it once)."""
     if not name.strip():
         raise ValueError("a key needs a name")
+    check_tenant(tenant)
     token = auth.new_token()
     key = await store.create_key(
         name=name.strip(), tenant=tenant, scopes=auth.check_scopes(scopes),

@@ -8,6 +8,8 @@ from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from distasks.tenancy import DEFAULT_TENANT
+
 # Seconds; from a no-op handler to a long job.
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 # Seconds; enqueue to start is milliseconds when healthy, minutes when backlogged.
@@ -24,10 +26,13 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 class Metrics:
     """`labelled_queues` bounds the queue label: a client can name any queue (a create, a
     cancel), and a series per name would grow without end; queues outside it are
-    counted as "other". None: every queue (tests)."""
+    counted as "other". None: every queue (tests). `labelled_tenants` does the same for
+    the tenant label: the tenants the config names (architecture §8)."""
 
-    def __init__(self, labelled_queues: Callable[[], Collection[str]] | None = None) -> None:
+    def __init__(self, labelled_queues: Callable[[], Collection[str]] | None = None,
+                 labelled_tenants: Collection[str] = ()) -> None:
         self._labelled_queues = labelled_queues
+        self._labelled_tenants = frozenset({DEFAULT_TENANT, *labelled_tenants})
         r = self.registry = CollectorRegistry(auto_describe=True)
         by_task = ["queue", "handler"]
         self.created = Counter("distasks_tasks_created", "Tasks created", by_task, registry=r)
@@ -68,6 +73,12 @@ class Metrics:
                                        "HTTP request handling time", ["route"],
                                        buckets=LATENCY_BUCKETS_S, registry=r)
 
+        self.tenant_created = Counter("distasks_tenant_tasks_created",
+                                      "Tasks created, by tenant", ["tenant"], registry=r)
+        self.tenant_refused = Counter("distasks_tenant_requests_refused",
+                                      "Requests refused by a tenant's quota or rate limit",
+                                      ["tenant", "reason"], registry=r)
+
         #: Unix time of the last recorded outcome (the gauge's value, readable)
         self.last_outcome_s: float | None = None
 
@@ -75,6 +86,9 @@ class Metrics:
         if self._labelled_queues is None or queue in self._labelled_queues():
             return queue
         return OTHER
+
+    def tenant_label(self, tenant: str) -> str:
+        return tenant if tenant in self._labelled_tenants else OTHER
 
     @staticmethod
     def method_label(method: str) -> str:

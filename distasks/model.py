@@ -72,6 +72,8 @@ class NewTask:
     max_retries: int
     timeout_s: float | None
     run_at: datetime | None
+    #: whose task it is (architecture §8); queue_name is already qualified with it
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class Task:
     cancelled_at: datetime | None = None
     cancelled_by: str | None = None
     cancel_reason: str | None = None
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import trio
 
 from distasks.auth import Principal
 from distasks.broker import Broker
-from distasks.config import LimitsConfig
+from distasks.config import Config
 from distasks.errors import BrokerUnavailable, Refused
 
 # A bucket holds this many seconds' worth of requests: the burst allowed.
@@ -54,10 +54,11 @@ class _Local:
 
 
 class RateLimiter:
-    def __init__(self, broker: Broker, limits: LimitsConfig,
+    def __init__(self, broker: Broker, config: Config,
                  clock: Callable[[], float] = time.monotonic):
         self._broker = broker
-        self._limits = limits
+        self._config = config
+        self._limits = config.limits
         self._clock = clock
         self._local: dict[str, _Local] = {}
 
@@ -65,7 +66,8 @@ class RateLimiter:
         """One request of `who`; RateLimited when its bucket or its tenant's is empty."""
         per_minute = (who.rate_per_minute if who.rate_per_minute is not None
                       else self._limits.per_minute)
-        tenant_per_minute = self._limits.tenant_per_minute
+        tenant_per_minute = (self._config.tenant(who.tenant).requests_per_minute
+                             or self._limits.tenant_per_minute)
         if per_minute == 0 and tenant_per_minute == 0:
             return
         local = self._local.get(who.id)

@@ -102,7 +102,8 @@ class Daemon:
         self.registry = registry or load_registry(config)
         self.worker_id = new_worker_id()
         self.tunables = Tunables.from_config(config)
-        self.metrics = Metrics(labelled_queues=lambda: self.tunables.queues)
+        self.metrics = Metrics(labelled_queues=lambda: self.tunables.queues,
+                               labelled_tenants=config.tenants)
         self.health = Health()
         self._everything = trio.CancelScope()
         self._api_stop = trio.Event()

@@ -20,6 +20,7 @@ from distasks.api.services import Services
 from distasks.auth import Principal
 from distasks.config import Config
 from distasks.errors import Forbidden, Refused, Unauthenticated
+from distasks.ratelimit import RateLimited
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Host names every daemon answers to besides http.allowed_hosts.
@@ -95,6 +96,10 @@ async def require(s: Services, who: Principal | None, scope: str) -> Principal:
     if not who.allows(scope):
         raise Forbidden(scope)
     assert s.limiter is not None
-    await s.limiter.spend(who)
+    try:
+        await s.limiter.spend(who)
+    except RateLimited:
+        s.metrics.tenant_refused.labels(s.metrics.tenant_label(who.tenant), "rate").inc()
+        raise
     return who
 

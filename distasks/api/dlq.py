@@ -14,8 +14,9 @@ from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, queue_name, read_body
 from distasks.api.render import iso, task_json
-from distasks.api.services import actor, services
+from distasks.api.services import actor, services, tenant_queue
 from distasks.store import DlqFilter
+from distasks.tenancy import shown
 
 bp = Blueprint("dlq", __name__)
 
@@ -36,7 +37,7 @@ def _limit(sel: schemas.DlqSelection) -> int:
            summary="Dead-lettered tasks of a queue, oldest failure first",
            query=schemas.DlqQuery, responses={200: schemas.DlqPage})
 async def list_dlq(queue: str) -> Response:
-    queue = queue_name(queue)
+    queue = tenant_queue(queue_name(queue))
     q = parse_query(schemas.DlqQuery)
     limit = q.count or q.limit
     f = DlqFilter(handler=q.handler, error=q.error, failed_since=q.failed_since)
@@ -46,7 +47,7 @@ async def list_dlq(queue: str) -> Response:
     next_cursor = (cursor.encode(last.failed_at, last.task.id)
                    if last and last.failed_at and len(dead) == limit else None)
     return jsonify({
-        "queue": queue,
+        "queue": shown(queue),
         "count": len(dead),
         "tasks": [{**task_json(d.task, with_payload=q.include_payload), "attempts": d.attempts,
                    "last_error": d.last_error,
@@ -59,7 +60,7 @@ async def list_dlq(queue: str) -> Response:
            summary="Replay DLQ entries (by ids or the oldest matching filters) as new attempts",
            body_required=False, body=schemas.ReplayDlq, responses={200: schemas.Replayed})
 async def replay_dlq(queue: str) -> Response:
-    queue = queue_name(queue)
+    queue = tenant_queue(queue_name(queue))
     req = parse_body(schemas.ReplayDlq, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
@@ -71,7 +72,7 @@ async def replay_dlq(queue: str) -> Response:
         await mirror.copy("DLQ replay", lambda: s.broker.leave_dlq(
             queue, removed=[str(t) for t, _ in replayed], ready=[str(r) for r in run_ids]),
             count=len(run_ids), store=s.store, pushed=run_ids, now=now)
-    return jsonify({"queue": queue, "replayed": len(replayed),
+    return jsonify({"queue": shown(queue), "replayed": len(replayed),
                     "task_ids": [str(task_id) for task_id, _ in replayed],
                     "dry_run": req.dry_run})
 
@@ -80,7 +81,7 @@ async def replay_dlq(queue: str) -> Response:
            summary="Remove DLQ entries (the tasks stay on record)",
            body_required=False, body=schemas.DlqSelection, responses={200: schemas.Deleted})
 async def delete_dlq(queue: str) -> Response:
-    queue = queue_name(queue)
+    queue = tenant_queue(queue_name(queue))
     req = parse_body(schemas.DlqSelection, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
@@ -89,5 +90,5 @@ async def delete_dlq(queue: str) -> Response:
     if deleted and not req.dry_run:
         await mirror.copy("DLQ delete", lambda: s.broker.leave_dlq(
             queue, removed=[str(t) for t in deleted], ready=[]), count=len(deleted))
-    return jsonify({"queue": queue, "deleted": len(deleted),
+    return jsonify({"queue": shown(queue), "deleted": len(deleted),
                     "task_ids": [str(t) for t in deleted], "dry_run": req.dry_run})

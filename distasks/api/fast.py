@@ -78,8 +78,9 @@ async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
                                       for k, v in scope["headers"]},
                              client[0] if client else "")
         access.check_transport(req, s.config)
-        await access.require(s, await access.principal(s, req), "tasks:write")
-        new = parse_create(body, s)
+        who = await access.require(s, await access.principal(s, req), "tasks:write")
+        new = parse_create(body, s, who.tenant)
+        await s.admit(who.tenant, 1)
         result = refuse_conflict(new, await s.intake.create(new))
     except Exception as e:
         mapped = errors.error_for(e)

@@ -6,16 +6,17 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, g, jsonify
 
 from distasks import keys, times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, read_body
 from distasks.api.render import iso
-from distasks.api.services import actor, services
+from distasks.api.services import actor, services, tenant
 from distasks.auth import ApiKey
-from distasks.errors import NotFound
+from distasks.errors import NotFound, Refused
+from distasks.tenancy import DEFAULT_TENANT
 
 bp = Blueprint("keys", __name__)
 
@@ -26,10 +27,18 @@ bp = Blueprint("keys", __name__)
 async def create_key() -> tuple[Response, int]:
     req = parse_body(schemas.CreateKey, await read_body())
     s = services()
+    target = req.tenant or tenant()
+    if not _manages(target):
+        raise Refused(403, "forbidden", f"a key of tenant {tenant()!r} cannot make keys "
+                      f"for tenant {target!r}")
+    beyond = sorted(set(req.scopes) - set(g.principal.scopes))
+    if beyond:
+        raise Refused(403, "forbidden", f"a key cannot give scopes its maker lacks: "
+                      f"{', '.join(beyond)}")
     now = times.utc(s.clock())
     expires = now + timedelta(seconds=req.expires_in_seconds) if req.expires_in_seconds else None
     key, token = await keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
-                                   tenant=req.tenant, expires_at=expires,
+                                   tenant=target, expires_at=expires,
                                    rate_per_minute=req.rate_per_minute, actor=actor(), now=now)
     return jsonify({"key": key_json(key), "token": token}), 201
 
@@ -37,7 +46,8 @@ async def create_key() -> tuple[Response, int]:
 @operation(bp, "GET", "/api/v1/keys", scope="keys:admin", tag="keys",
            summary="Every key, oldest first (never a token)", responses={200: schemas.KeyList})
 async def list_keys() -> Response:
-    return jsonify({"keys": [key_json(k) for k in await services().store.list_keys()]})
+    return jsonify({"keys": [key_json(k) for k in await services().store.list_keys()
+                             if _manages(k.tenant)]})
 
 
 @operation(bp, "POST", "/api/v1/keys/<uuid:key_id>/rotate", scope="keys:admin", tag="keys",
@@ -47,6 +57,7 @@ async def list_keys() -> Response:
 async def rotate_key(key_id: uuid.UUID) -> tuple[Response, int]:
     req = parse_body(schemas.RotateKey, await read_body() or b"{}")
     s = services()
+    await _own_key(key_id)
     rotated = await keys.rotate(s.store, key_id, overlap=timedelta(seconds=req.overlap_seconds),
                                 actor=actor(), now=times.utc(s.clock()))
     if rotated is None:
@@ -60,10 +71,24 @@ async def rotate_key(key_id: uuid.UUID) -> tuple[Response, int]:
            errors={404: "No such key"})
 async def revoke_key(key_id: uuid.UUID) -> Response:
     s = services()
+    await _own_key(key_id)
     key = await s.store.revoke_key(key_id, actor=actor(), now=times.utc(s.clock()))
     if key is None:
         raise NotFound(f"no key with id {key_id}")
     return jsonify(key_json(key))
+
+
+def _manages(key_tenant: str) -> bool:
+    """Whether this request's principal manages keys of `key_tenant`: the default
+    tenant's keys:admin (the operator's) manages every tenant's keys, another tenant's
+    only its own (architecture §8)."""
+    return tenant() in (DEFAULT_TENANT, key_tenant)
+
+
+async def _own_key(key_id: uuid.UUID) -> None:
+    key = await services().store.key_by_id(key_id)
+    if key is None or not _manages(key.tenant):
+        raise NotFound(f"no key with id {key_id}")
 
 
 def key_json(k: ApiKey) -> dict[str, object]:

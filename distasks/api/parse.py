@@ -116,21 +116,21 @@ def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidI
     return None
 
 
-def parse_create(body: bytes | str, s: Services) -> NewTask:
-    """Validate a create body into a NewTask; raises InvalidInput naming the field."""
+def parse_create(body: bytes | str, s: Services, tenant: str) -> NewTask:
+    """Validate a create body into `tenant`'s NewTask; raises InvalidInput naming the field."""
     req = parse_body(schemas.CreateTask, body if isinstance(body, bytes) else body.encode())
-    return new_task(req, s)
+    return new_task(req, s, tenant)
 
 
-def new_task(req: schemas.CreateTask, s: Services) -> NewTask:
+def new_task(req: schemas.CreateTask, s: Services, tenant: str) -> NewTask:
     """The task a validated create body asks for, under this daemon's rules."""
-    return creation.new_task(task_request(req), s.creation_rules(),
+    return creation.new_task(task_request(req, tenant), s.creation_rules(tenant),
                              now=times.utc(s.clock()))
 
 
-def task_request(req: schemas.CreateTask) -> creation.TaskRequest:
+def task_request(req: schemas.CreateTask, tenant: str) -> creation.TaskRequest:
     return creation.TaskRequest(
-        name=req.name, handler=req.handler, type=TaskType(req.type), queue_name=req.queue_name,
+        tenant=tenant, name=req.name, handler=req.handler, type=TaskType(req.type), queue_name=req.queue_name,
         priority=req.priority, payload=req.payload, dedup_key=req.dedup_key,
         max_retries=req.max_retries, timeout_s=req.timeout_seconds, run_at=req.run_at,
         delay_s=req.delay_seconds)

@@ -9,8 +9,9 @@ from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import queue_name
 from distasks.api.render import iso
-from distasks.api.services import actor, services
+from distasks.api.services import actor, services, tenant, tenant_queue
 from distasks.queue_state import queue_states
+from distasks.tenancy import shown, tenant_of
 
 bp = Blueprint("queues", __name__)
 
@@ -22,14 +23,16 @@ bp = Blueprint("queues", __name__)
 async def list_queues() -> Response:
     s = services()
     now = times.utc(s.clock())
-    records = {r.name: r for r in await s.store.queues(now=now)}
-    served = s.tunables.queues if s.tunables else s.config.worker.queues
+    mine = tenant()
+    records = {r.name: r for r in await s.store.queues(now=now) if tenant_of(r.name) == mine}
+    served = [q for q in (s.tunables.queues if s.tunables else s.config.worker.queues)
+              if tenant_of(q) == mine]
     states = await queue_states(s.store, s.broker, sorted(set(records) | set(served)), now=now)
     out = []
     for name, st in states.items():
         r = records.get(name)
         out.append({
-            "name": name, "paused": r.paused if r else st.paused,
+            "name": shown(name), "paused": r.paused if r else st.paused,
             "paused_at": iso(r.paused_at) if r else None, "paused_by": r.paused_by if r else None,
             "ready": st.ready, "delayed": st.delayed, "leased": st.leased, "dlq": st.dlq,
             "completed_last_minute": r.completed_last_minute if r else 0,
@@ -53,7 +56,7 @@ async def resume_queue(queue: str) -> Response:
 
 
 async def _set_paused(queue: str, paused: bool) -> Response:
-    queue = queue_name(queue)
+    queue = tenant_queue(queue_name(queue))
     s = services()
     # PostgreSQL first (the truth), then the flag claims see; if Redis does not answer,
     # the reconciler copies the flag on its next pass.
@@ -61,4 +64,4 @@ async def _set_paused(queue: str, paused: bool) -> Response:
                              now=times.utc(s.clock()))
     await mirror.copy("pause" if paused else "resume",
                       lambda: s.broker.set_paused(queue, paused))
-    return jsonify({"name": queue, "paused": paused})
+    return jsonify({"name": shown(queue), "paused": paused})

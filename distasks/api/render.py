@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from distasks.model import RunStatus, Task, TaskRun
+from distasks.tenancy import shown
 
 
 def iso(d: datetime | None) -> str | None:
@@ -25,7 +26,7 @@ def task_json(t: Task, *, with_payload: bool = True) -> dict[str, Any]:
 def _task_json(t: Task) -> dict[str, Any]:
     return {
         "id": str(t.id), "name": t.name, "handler": t.handler, "type": t.type.value,
-        "queue_name": t.queue_name, "priority": t.priority, "payload": t.payload,
+        "queue_name": shown(t.queue_name), "priority": t.priority, "payload": t.payload,
         "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_seconds": t.timeout_s,
         "status": t.status.value, "failures": t.failures, "run_at": iso(t.run_at),
         "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),

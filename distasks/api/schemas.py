@@ -19,6 +19,7 @@ from pydantic import (
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
 from distasks.config import QUEUE_NAME_PATTERN as QUEUE_NAME_PATTERN
+from distasks.tenancy import TENANT_PATTERN
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
@@ -162,7 +163,8 @@ class CreateKey(_Strict):
     name: str = Field(min_length=1, max_length=200, description="What the key is for",
                       json_schema_extra=NO_NUL_TEXT)
     scopes: list[ScopeName] = Field(min_length=1, max_length=8)
-    tenant: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    tenant: str | None = Field(None, pattern=TENANT_PATTERN,
+                               description="Default: the maker's tenant")
     expires_in_seconds: float | None = Field(None, gt=0, le=10 * 366 * 86400,
                                              description="Default: never")
     rate_per_minute: RatePerMinute | None = Field(

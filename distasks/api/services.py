@@ -21,8 +21,10 @@ from distasks.intake import Intake
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
+from distasks.quotas import QuotaExceeded, TenantQuotas
 from distasks.ratelimit import RateLimiter
 from distasks.store import Store
+from distasks.tenancy import DEFAULT_TENANT, qualify
 from distasks.tunables import Tunables
 from distasks.waiters import TaskWaiters
 
@@ -49,6 +51,8 @@ class Services:
     keys: KeyCache | None = None
     #: requests per principal and tenant (distasks.ratelimit); made when not given
     limiter: RateLimiter | None = None
+    #: tenants' quotas on creates (distasks.quotas); made when not given
+    quotas: TenantQuotas | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
@@ -56,19 +60,34 @@ class Services:
             object.__setattr__(self, "keys", KeyCache(
                 lambda digest: store.use_key(digest, now=times.utc(clock())), clock))
         if self.limiter is None:
-            object.__setattr__(self, "limiter", RateLimiter(self.broker, self.config.limits))
+            object.__setattr__(self, "limiter", RateLimiter(self.broker, self.config))
+        if self.quotas is None:
+            object.__setattr__(self, "quotas", TenantQuotas(self.broker, self.store,
+                                                            self.config, self.clock))
 
     def key_cache(self) -> KeyCache:
         assert self.keys is not None
         return self.keys
 
-    def creation_rules(self) -> CreationRules:
-        """The rules new tasks obey now (a SIGHUP may change the default max_retries)."""
+    async def admit(self, tenant: str, count: int) -> None:
+        """`count` new tasks of `tenant`, within its quotas (distasks.quotas)."""
+        assert self.quotas is not None
+        try:
+            await self.quotas.admit(tenant, count)
+        except QuotaExceeded:
+            self.metrics.tenant_refused.labels(self.metrics.tenant_label(tenant), "quota").inc()
+            raise
+
+    def creation_rules(self, tenant: str = DEFAULT_TENANT) -> CreationRules:
+        """The rules `tenant`'s new tasks obey now (a SIGHUP may change the default
+        max_retries)."""
+        own_limit = self.config.tenant(tenant).max_payload_bytes
         return CreationRules(
             registry=self.registry, default_handler=self.config.worker.default_handler,
             default_max_retries=(self.tunables.default_max_retries if self.tunables
                                  else self.config.retry.max_retries),
-            max_payload_bytes=self.config.http.max_payload_bytes)
+            max_payload_bytes=min(own_limit or self.config.http.max_payload_bytes,
+                                  self.config.http.max_payload_bytes))
 
 
 def services() -> Services:
@@ -85,11 +104,21 @@ def request_id_for(given: str) -> str:
     return given if REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
 
 
+def tenant() -> str:
+    """The tenant of this request's principal (architecture §8)."""
+    who = g.get("principal")
+    return who.tenant if who is not None else DEFAULT_TENANT
+
+
+def tenant_queue(name: str) -> str:
+    """A queue named in this request's URL or body, as the tenant's qualified name."""
+    return qualify(tenant(), name)
+
+
 def actor() -> Actor:
     """Who makes this request, for the audit log: the authenticated principal (a key id,
     or anonymous@<address> where anonymous access is allowed), from which address in which
     request; never anything the client says about itself."""
     who = g.get("principal")
-    return Actor(who.id if who is not None else "unknown",
-                 tenant=who.tenant if who is not None else "default",
+    return Actor(who.id if who is not None else "unknown", tenant=tenant(),
                  address=g.get("address"), request_id=g.get("request_id"))

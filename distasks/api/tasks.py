@@ -13,9 +13,9 @@ from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
-from distasks.api.services import actor, services
+from distasks.api.services import actor, services, tenant, tenant_queue
 from distasks.errors import BrokerUnavailable, DedupConflict, InvalidInput, NotFound
-from distasks.model import TERMINAL_TASK_STATUSES, CreateResult, NewTask
+from distasks.model import TERMINAL_TASK_STATUSES, CreateResult, NewTask, Task, TaskRun
 from distasks.store import TaskFilter
 
 bp = Blueprint("tasks", __name__)
@@ -37,7 +37,8 @@ async def create_task() -> tuple[Response, int]:
     # Served by api/fast.py in the daemon; this route serves the test client and
     # documents the operation.
     s = services()
-    new = parse_create(await read_body(), s)
+    new = parse_create(await read_body(), s, tenant())
+    await s.admit(new.tenant, 1)
     result = refuse_conflict(new, await s.intake.create(new))
     return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
         201 if result.created else 200)
@@ -56,11 +57,12 @@ async def create_tasks() -> Response:
     news = []
     for i, item in enumerate(req.tasks):
         try:
-            news.append(new_task(item, s))
+            news.append(new_task(item, s, tenant()))
         except InvalidInput as e:
             e.field = f"tasks.{i}.{e.field}" if e.field else f"tasks.{i}"
             e.message = f"tasks[{i}]: {e.message}"
             raise
+    await s.admit(tenant(), len(news))
     results = await s.intake.create_many(news)
     return jsonify({"tasks": [{"task_id": str(r.task_id), "status": r.status.value,
                                "created": r.created, "conflict": r.conflict}
@@ -79,7 +81,9 @@ def refuse_conflict(new: NewTask, result: CreateResult) -> CreateResult:
            query=schemas.TaskQuery, responses={200: schemas.TaskPage})
 async def list_tasks() -> Response:
     q = parse_query(schemas.TaskQuery)
-    f = TaskFilter(status=q.status, queue_name=q.queue, name=q.name, handler=q.handler,
+    f = TaskFilter(tenant=tenant(), status=q.status,
+                   queue_name=tenant_queue(q.queue) if q.queue is not None else None,
+                   name=q.name, handler=q.handler,
                    dedup_key=q.dedup_key, created_after=q.created_after,
                    created_before=q.created_before)
     tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
@@ -105,10 +109,7 @@ async def get_task(task_id: uuid.UUID) -> Response:
         with contextlib.suppress(BrokerUnavailable), trio.move_on_after(WATCH_TIMEOUT_S):
             await s.broker.watch(str(tid), until_ms=times.ms(s.clock() + q.wait))
     while True:
-        found = await s.store.get_task(tid)
-        if found is None:
-            raise NotFound(f"no task with id {task_id}")
-        task, runs = found
+        task, runs = await _own_task(tid)
         if task.status in TERMINAL_TASK_STATUSES or trio.current_time() >= deadline:
             break
         with trio.move_on_at(min(deadline, trio.current_time() + WAIT_POLL_S)):
@@ -121,10 +122,17 @@ async def get_task(task_id: uuid.UUID) -> Response:
            summary="Every attempt of a task, oldest first", responses={200: schemas.RunList},
            errors={404: "No such task"})
 async def get_runs(task_id: uuid.UUID) -> Response:
+    _task, runs = await _own_task(task_id)
+    return jsonify({"runs": [run_json(r) for r in runs]})
+
+
+async def _own_task(task_id: uuid.UUID) -> tuple[Task, list[TaskRun]]:
+    """The task and its runs, if it is this principal's tenant's; another tenant's task
+    is as absent as one that never was (404, not 403: its existence is not told)."""
     found = await services().store.get_task(task_id)
-    if found is None:
+    if found is None or found[0].tenant != tenant():
         raise NotFound(f"no task with id {task_id}")
-    return jsonify({"runs": [run_json(r) for r in found[1]]})
+    return found
 
 
 @operation(bp, "POST", "/api/v1/tasks/<uuid:task_id>/cancel", scope="tasks:cancel", tag="tasks",
@@ -136,7 +144,8 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
     req = parse_body(schemas.CancelTask, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
-    done = await s.store.cancel_task(tid, actor=actor(), reason=req.reason, now=now)
+    done = await s.store.cancel_task(tid, tenant=tenant(), actor=actor(), reason=req.reason,
+                                     now=now)
     if done is None:
         raise NotFound(f"no task with id {task_id}")
     if done.cancelled:

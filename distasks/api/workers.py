@@ -10,7 +10,8 @@ from distasks import times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.render import iso
-from distasks.api.services import services
+from distasks.api.services import services, tenant
+from distasks.tenancy import shown, tenant_of
 
 bp = Blueprint("workers", __name__)
 
@@ -26,15 +27,18 @@ async def list_workers() -> Response:
     listed = await s.store.list_workers(
         since=now - timedelta(seconds=s.config.recovery.workers_listed_s))
     alive_after = now - timedelta(seconds=2 * s.config.worker.lease_s)
+    mine = tenant()
     return jsonify({"workers": [{
-        "id": w["id"], "host": w["host"], "pid": w["pid"], "queues": w["queues"],
+        "id": w["id"], "host": w["host"], "pid": w["pid"],
+        # Every tenant sees the fleet, but only its own queues and runs on it.
+        "queues": [shown(q) for q in w["queues"] if tenant_of(q) == mine],
         "concurrency": w["concurrency"], "version": w["version"],
         "started_at": iso(w["started_at"]), "heartbeat_at": iso(w["heartbeat_at"]),
         "stopped_at": iso(w["stopped_at"]),
         "alive": w["stopped_at"] is None and w["heartbeat_at"] >= alive_after,
         "running": [{
             "run_id": str(r["run_id"]), "task_id": str(r["task_id"]), "attempt": r["attempt"],
-            "name": r["name"], "handler": r["handler"], "queue_name": r["queue_name"],
+            "name": r["name"], "handler": r["handler"], "queue_name": shown(r["queue_name"]),
             "started_at": iso(r["started_at"]), "lease_expires_at": iso(r["lease_expires_at"]),
-        } for r in runs],
+        } for r in runs if tenant_of(r["queue_name"]) == mine],
     } for w, runs in listed]})

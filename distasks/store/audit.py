@@ -25,19 +25,20 @@ class AuditEntry:
 
 class AuditQueries(StoreBase):
     @query
-    async def audit_entries(self, *, actor: str | None = None, action: str | None = None,
+    async def audit_entries(self, *, tenant: str, actor: str | None = None, action: str | None = None,
                             queue_name: str | None = None, since: datetime | None = None,
                             before_id: int | None = None, limit: int) -> list[AuditEntry]:
-        """The audit log, newest first, filtered, in pages by id."""
+        """`tenant`'s audit log, newest first, filtered, in pages by id."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT id, at, actor, tenant, address, request_id, action, queue_name, detail"
-                " FROM audit_log WHERE (%(actor)s::text IS NULL OR actor = %(actor)s)"
+                " FROM audit_log WHERE tenant = %(tenant)s"
+                " AND (%(actor)s::text IS NULL OR actor = %(actor)s)"
                 " AND (%(action)s::text IS NULL OR action = %(action)s)"
                 " AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)"
                 " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
                 " AND (%(before)s::bigint IS NULL OR id < %(before)s)"
                 " ORDER BY id DESC LIMIT %(limit)s",
-                {"actor": actor, "action": action, "queue": queue_name, "since": since,
+                {"tenant": tenant, "actor": actor, "action": action, "queue": queue_name, "since": since,
                  "before": before_id, "limit": limit})
             return [AuditEntry(*row) for row in await cur.fetchall()]

@@ -24,8 +24,9 @@ from distasks.store.base import (
 
 @dataclass(frozen=True, slots=True)
 class TaskFilter:
-    """What `list_tasks` keeps; None means any."""
+    """What `list_tasks` keeps; None means any (but for the tenant: one tenant's tasks)."""
 
+    tenant: str = "default"
     status: str | None = None
     queue_name: str | None = None
     name: str | None = None
@@ -62,19 +63,19 @@ class Cancellation:
 CREATE_TASKS = """
 WITH input AS (
     SELECT * FROM json_to_recordset(%(input)s::json) AS i(
-        id uuid, run_id uuid, name text, handler text, type text, queue_name text,
-        priority int, payload jsonb, dedup_key text, max_retries int, timeout_s float8,
-        run_at timestamptz, start bool)
+        id uuid, run_id uuid, tenant text, name text, handler text, type text,
+        queue_name text, priority int, payload jsonb, dedup_key text, max_retries int,
+        timeout_s float8, run_at timestamptz, start bool)
 ), inserted AS (
-    INSERT INTO tasks (id, name, handler, type, queue_name, priority, payload, dedup_key,
-                       max_retries, timeout_s, run_at)
+    INSERT INTO tasks (id, tenant, name, handler, type, queue_name, priority, payload,
+                       dedup_key, max_retries, timeout_s, run_at)
     -- json_to_recordset reads a JSON null payload as SQL NULL: it is JSON's null.
-    SELECT id, name, handler, type, queue_name, priority, coalesce(payload, 'null'),
+    SELECT id, tenant, name, handler, type, queue_name, priority, coalesce(payload, 'null'),
            dedup_key, max_retries, timeout_s, run_at
     FROM input
     -- One order for every batch: concurrent batches sharing dedup keys wait, not deadlock.
-    ORDER BY dedup_key
-    ON CONFLICT (dedup_key) DO NOTHING
+    ORDER BY tenant, dedup_key
+    ON CONFLICT (tenant, dedup_key) DO NOTHING
     RETURNING id
 ), runs AS (
     INSERT INTO task_runs (id, task_id, attempt, available_at, status, worker_id, started_at,
@@ -100,9 +101,9 @@ SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
 # What a create with a taken dedup_key is compared with: the request that made the task
 # (run_at aside, since a delay_seconds gives a new one on every try).
 EXISTING_BY_DEDUP_KEY = """
-SELECT dedup_key, id, status, name, handler, type, queue_name, priority, payload,
+SELECT tenant, dedup_key, id, status, name, handler, type, queue_name, priority, payload,
        max_retries, timeout_s
-FROM tasks WHERE dedup_key = ANY(%s)
+FROM tasks WHERE (tenant, dedup_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
 GET_TASK = "SELECT * FROM tasks WHERE id = %s"
@@ -117,7 +118,7 @@ CANCEL_TASK = """
 UPDATE tasks
 SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(actor)s,
     cancel_reason = %(reason)s, updated_at = %(now)s, finished_at = %(now)s
-WHERE id = %(id)s AND status = 'queued'
+WHERE id = %(id)s AND tenant = %(tenant)s AND status = 'queued'
 RETURNING queue_name, handler
 """
 
@@ -144,14 +145,15 @@ class TaskQueries(StoreBase):
         `start` begin running under `worker_id`'s lease until `lease_until` (`started` in
         their result), unless their queue is paused.
         """
-        # Two items of one batch with one dedup_key: only the first is offered to INSERT.
-        first_by_key: dict[str, NewTask] = {}
+        # Two items of one batch with one tenant's dedup_key: only the first is offered
+        # to INSERT.
+        first_by_key: dict[tuple[str, str], NewTask] = {}
         to_insert = []
         for t in tasks:
             if t.dedup_key is None:
                 to_insert.append(t)
-            elif t.dedup_key not in first_by_key:
-                first_by_key[t.dedup_key] = t
+            elif (t.tenant, t.dedup_key) not in first_by_key:
+                first_by_key[t.tenant, t.dedup_key] = t
                 to_insert.append(t)
         async with self._pool.connection() as conn:
             cur = await conn.execute(CREATE_TASKS, {
@@ -159,11 +161,12 @@ class TaskQueries(StoreBase):
                 "worker_id": worker_id, "lease_until": lease_until,
             })
             inserted = dict(await cur.fetchall())  # task id -> started
-            existing: dict[str, tuple[Any, ...]] = {}
-            lost_keys = [t.dedup_key for t in tasks if t.dedup_key and t.id not in inserted]
-            if lost_keys:
-                cur = await conn.execute(EXISTING_BY_DEDUP_KEY, (lost_keys,))
-                existing = {row[0]: row[1:] for row in await cur.fetchall()}
+            existing: dict[tuple[str, str], tuple[Any, ...]] = {}
+            lost = [(t.tenant, t.dedup_key) for t in tasks if t.dedup_key and t.id not in inserted]
+            if lost:
+                cur = await conn.execute(EXISTING_BY_DEDUP_KEY, ([k[0] for k in lost],
+                                                                 [k[1] for k in lost]))
+                existing = {(row[0], row[1]): row[2:] for row in await cur.fetchall()}
         results = []
         for t in tasks:
             if t.id in inserted:
@@ -171,12 +174,21 @@ class TaskQueries(StoreBase):
                                             started=inserted[t.id]))
             else:
                 assert t.dedup_key is not None
-                tid, status, *made_from = existing[t.dedup_key]
+                tid, status, *made_from = existing[t.tenant, t.dedup_key]
                 asked = (t.name, t.handler, t.type.value, t.queue_name, t.priority, t.payload,
                          t.max_retries, t.timeout_s)
                 results.append(CreateResult(tid, TaskStatus(status), created=False,
                                             conflict=tuple(made_from) != asked))
         return results
+
+    @query
+    async def queued_count(self, tenant: str) -> int:
+        """How many of `tenant`'s tasks are not finished (its quota, distasks.quotas)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM tasks WHERE tenant = %s AND status = 'queued'", (tenant,))
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
 
     @query
     async def final_among(self, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -206,7 +218,7 @@ class TaskQueries(StoreBase):
                          with_payload: bool = True) -> list[Task]:
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
         without their payloads (None) unless `with_payload`."""
-        where, params = ["true"], dict[str, Any]()
+        where, params = ["tenant = %(tenant)s"], dict[str, Any](tenant=f.tenant)
         for column in ("status", "queue_name", "name", "handler", "dedup_key"):
             if (value := getattr(f, column)) is not None:
                 where.append(f"{column} = %({column})s")
@@ -232,12 +244,14 @@ class TaskQueries(StoreBase):
         return [task_from_row(r) for r in rows]
 
     @query
-    async def cancel_task(self, task_id: uuid.UUID, *, actor: Actor, reason: str | None,
-                          now: datetime) -> Cancellation | None:
-        """Cancel a queued task (waiting, delayed or running); None if there is no such
-        task. A task already finished is left as it is (`cancelled` False)."""
+    async def cancel_task(self, task_id: uuid.UUID, *, tenant: str, actor: Actor,
+                          reason: str | None, now: datetime) -> Cancellation | None:
+        """Cancel `tenant`'s queued task (waiting, delayed or running); None if the
+        tenant has no such task. A task already finished is left as it is (`cancelled`
+        False)."""
         async with self._pool.transaction() as conn:
-            params = {"id": task_id, "actor": actor.id, "reason": reason, "now": now}
+            params = {"id": task_id, "tenant": tenant, "actor": actor.id, "reason": reason,
+                      "now": now}
             cur = await conn.execute(CANCEL_TASK, params)
             task_row = await cur.fetchone()
             if task_row is not None:
@@ -250,7 +264,8 @@ class TaskQueries(StoreBase):
                 return Cancellation(TaskStatus.CANCELLED, True,
                                     [(row[0], r) for r in row[2] or []], row[3],
                                     queue_name=row[0], handler=row[1])
-            cur = await conn.execute("SELECT status FROM tasks WHERE id = %s", (task_id,))
+            cur = await conn.execute("SELECT status FROM tasks WHERE id = %s AND tenant = %s",
+                                     (task_id, tenant))
             found = await cur.fetchone()
         if found is None:
             return None
@@ -263,7 +278,8 @@ def _input_json(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -> str:
     rows = []
     for t in tasks:
         head = dumps({
-            "id": str(t.id), "run_id": str(t.run_id), "name": t.name, "handler": t.handler,
+            "id": str(t.id), "run_id": str(t.run_id), "tenant": t.tenant, "name": t.name,
+            "handler": t.handler,
             "type": t.type.value, "queue_name": t.queue_name, "priority": t.priority,
             "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_s": t.timeout_s,
             "run_at": t.run_at.isoformat() if t.run_at else None, "start": t.run_id in start})

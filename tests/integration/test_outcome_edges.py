@@ -44,7 +44,8 @@ async def test_cancel_after_a_retry_was_written_cancels_the_next_attempt(store):
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         await store.record_outcomes(Outcomes(retrying=[
             Retrying(t.run_id, Fence("w"), "boom", now(), now(), uuid.uuid4())]))
-        done = await store.cancel_task(t.id, actor=Actor("me"), reason=None, now=now())
+        done = await store.cancel_task(t.id, tenant="default", actor=Actor("me"), reason=None,
+                                       now=now())
         task, runs = await store.get_task(t.id)
     assert done is not None and done.cancelled and done.running is None
     assert task.status is TaskStatus.CANCELLED

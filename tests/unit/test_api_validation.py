@@ -31,7 +31,7 @@ RULES = creation.CreationRules(registry=builtin_registry(), default_handler="dem
 def parse(body: bytes | dict[str, Any] | list[Any]) -> NewTask:
     if not isinstance(body, bytes):
         body = json.dumps(body).encode()
-    return creation.new_task(task_request(parse_body(schemas.CreateTask, body)), RULES,
+    return creation.new_task(task_request(parse_body(schemas.CreateTask, body), "default"), RULES,
                              now=datetime.fromtimestamp(NOW_S, UTC))
 
 

@@ -182,7 +182,9 @@ INVALID_OVERRIDES = [
     ({"DISTASKS_REDIS_PREFIX": "x" * 65}, "redis.prefix"),
     ({"DISTASKS_REDIS_MAX_CONNECTIONS": "3"}, "redis.max_connections"),
     ({"QUEUE_NAMES": ""}, "worker.queues"),
-    ({"QUEUE_NAMES": "ok,bad/name"}, "worker.queues"),
+    ({"QUEUE_NAMES": "ok,Bad/name"}, "worker.queues"),
+    ({"QUEUE_NAMES": "ok,default/name"}, "worker.queues"),
+    ({"QUEUE_NAMES": "ok,a/b/c"}, "worker.queues"),
     ({"QUEUE_NAMES": "q" * 65}, "worker.queues"),
     ({"WORKER_CONCURRENCY": "0"}, "worker.concurrency"),
     ({"DISTASKS_WORKER_DEFAULT_HANDLER": ""}, "worker.default_handler"),
@@ -390,3 +392,20 @@ def test_a_password_is_hidden_whole_whatever_it_holds(url, shown):
     """A password holding "@" was half shown in check-config and the start-up line."""
     from distasks.config import redact
     assert redact(url) == shown
+
+
+def test_tenants_have_quotas_and_serve_queues_by_qualified_name(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('[worker]\nqueues = ["default", "acme/emails"]\n'
+                    '[tenants.acme]\ntasks_per_minute = 600\nmax_queued = 10\n')
+    c = load(path, env={})
+    assert c.worker.queues == ("default", "acme/emails")
+    assert c.tenant("acme").tasks_per_minute == 600 and c.tenant("acme").max_queued == 10
+    assert c.tenant("other").max_queued == 0
+    for bad, key in (('[tenants.Acme]\nmax_queued = 1\n', "tenants.Acme"),
+                     ('[tenants.acme]\nmax_queued = -1\n', "tenants.acme.max_queued"),
+                     ('[tenants.acme]\nnope = 1\n', "tenants.acme.nope")):
+        path.write_text(bad)
+        with pytest.raises(ConfigError) as info:
+            load(path, env={})
+        assert info.value.key == key, bad
