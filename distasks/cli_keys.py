@@ -19,7 +19,11 @@ from distasks.store import Store
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    return trio.run(_run, args, config)
+    try:
+        return trio.run(_run, args, config)
+    except ValueError as e:  # a name, tenant or scope refused by distasks.keys
+        print(f"distasks: {e}", file=sys.stderr)
+        return 2
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
