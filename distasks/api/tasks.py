@@ -28,11 +28,15 @@ WAIT_POLL_S = 10.0
 # noted tasks); past it, the shared poll is what wakes it.
 WATCH_TIMEOUT_S = 0.5
 
+QUOTA_OR_RATE = ("Over the rate limit of the key or its tenant, or over a quota of the "
+                 "tenant (quota_exceeded); see Retry-After")
+
 
 @operation(bp, "POST", "/api/v1/tasks", scope="tasks:write", tag="tasks", summary="Create a task",
            body=schemas.CreateTask, responses={201: schemas.Created, 200: schemas.Created},
-           errors={413: "Payload over http.max_payload_bytes",
-                   409: "The dedup_key names a task made from a different request"})
+           errors={413: "Payload over http.max_payload_bytes or the tenant's max_payload_bytes",
+                   409: "The dedup_key names a task made from a different request",
+                   429: QUOTA_OR_RATE})
 async def create_task() -> tuple[Response, int]:
     # Served by api/fast.py in the daemon; this route serves the test client and
     # documents the operation.
@@ -46,7 +50,8 @@ async def create_task() -> tuple[Response, int]:
 
 @operation(bp, "POST", "/api/v1/tasks/batch", scope="tasks:write", tag="tasks",
            summary="Create many tasks at once: all valid or none written, one transaction",
-           body=schemas.CreateTasks, responses={200: schemas.BatchCreated})
+           body=schemas.CreateTasks, responses={200: schemas.BatchCreated},
+           errors={429: QUOTA_OR_RATE})
 async def create_tasks() -> Response:
     req = parse_body(schemas.CreateTasks, await read_body())
     s = services()
