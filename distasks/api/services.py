@@ -18,6 +18,7 @@ from distasks.creation import CreationRules
 from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
+from distasks.jwt_auth import Verifier
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
@@ -49,6 +50,8 @@ class Services:
     keys: KeyCache | None = None
     #: requests per principal and tenant (distasks.ratelimit); made when not given
     limiter: RateLimiter | None = None
+    #: JWT bearer tokens (distasks.jwt_auth); None: auth.jwt is off
+    jwt: Verifier | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
