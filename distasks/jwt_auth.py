@@ -188,7 +188,7 @@ class Verifier:
         self._clock = clock
         self._scope_map = scope_table(config.scope_map)
         self._lock = trio.Lock()
-        self._read_at: float | None = None
+        self._early_at: float | None = None
         self._failing = False
 
     async def principal(self, token: str) -> Principal:
@@ -214,16 +214,18 @@ class Verifier:
             return await self._refresh_locked()
 
     async def refresh_early(self) -> None:
-        """`refresh`, unless the set was read less than EARLY_REFRESH_S ago; a read
-        already under way is waited for instead."""
+        """`refresh`, unless an early read was made less than EARLY_REFRESH_S ago (a
+        periodic read does not count: a key rotated in just after it works at once). A
+        read under way is waited for first."""
         async with self._lock:
-            if self._read_at is not None and self._clock() - self._read_at < EARLY_REFRESH_S:
+            now = self._clock()
+            if self._early_at is not None and now - self._early_at < EARLY_REFRESH_S:
                 return
+            self._early_at = now
             await self._refresh_locked()
 
     async def _refresh_locked(self) -> bool:
         assert self._read_keys is not None
-        self._read_at = self._clock()
         problem = f"no answer within {self.config.jwks_timeout_s:g}s"
         with trio.move_on_after(self.config.jwks_timeout_s):
             try:
