@@ -260,6 +260,8 @@ class Verifier:
             raise TokenRefused("it is not a well-formed JWT")
         key: Any
         if alg == "HS256":
+            if self._secret is None:
+                raise TokenRefused("it is signed with an algorithm this server does not accept")
             key = self._secret
         else:
             jwk = self.keys.find(alg, kid)

@@ -100,7 +100,9 @@ async def jwt_principal(s: Services, token: str) -> Principal:
     try:
         return await s.jwt.principal(token)
     except jwt_auth.TokenRefused as e:
-        raise Unauthenticated(f"the bearer token is refused: {e.reason}") from None
+        refused = Unauthenticated(f"the bearer token is refused: {e.reason}")
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="distasks", error="invalid_token"'
+        raise refused from None
 
 
 async def require(s: Services, who: Principal | None, scope: str) -> Principal:

@@ -6,6 +6,8 @@ once, and the audit actor is the token's subject."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from functools import partial
 from typing import Any
@@ -16,6 +18,8 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from distasks.testing.http_stub import read_request
+
+from .conftest import REPO
 
 ISSUER = "https://idp.example"
 AUDIENCE = "distasks-test"
@@ -98,7 +102,8 @@ async def test_jwt_principals_against_a_running_daemon(start_daemon, daemon_env)
                         (mint(other_key, "k1", "tasks:write"), "signature does not verify")):
                     r = await create(token)
                     assert r.status_code == 401, (reason, r.text)
-                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                    assert r.headers["WWW-Authenticate"] == (
+                        'Bearer realm="distasks", error="invalid_token"')
                     message = r.json()["error"]["message"]
                     assert reason in message and token not in r.text, message
 
@@ -124,3 +129,33 @@ async def test_jwt_principals_against_a_running_daemon(start_daemon, daemon_env)
                 document = (await client.get("/openapi.json")).json()
                 assert document["components"]["securitySchemes"]["jwt"]["bearerFormat"] == "JWT"
             nursery.cancel_scope.cancel()
+
+
+async def test_check_config_shows_the_section_and_a_bad_key_file_stops_start_up(tmp_path):
+    """`check-config` prints the JWT settings (a password in the JWKS URL hidden) and reads
+    the key files; `serve` refuses a bad one in one line before it starts anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")} | {
+        "DISTASKS_AUTH_JWT_ENABLED": "true", "DISTASKS_AUTH_JWT_ISSUER": ISSUER,
+        "DISTASKS_AUTH_JWT_AUDIENCE": AUDIENCE,
+        "DISTASKS_AUTH_JWT_JWKS_URL": "https://jwks-reader:hunter2@idp.example/jwks"}
+    (tmp_path / "jwks.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    bad_file = env | {"DISTASKS_AUTH_JWT_JWKS_URL": "",
+                      "DISTASKS_AUTH_JWT_JWKS_FILE": str(tmp_path / "jwks.json")}
+
+    async def distasks(env: dict[str, str], command: str) -> trio.CompletedProcess[bytes]:
+        return await trio.run_process(
+            [sys.executable, "-m", "distasks", command, "--config", "config/distasks.toml"],
+            env=env, cwd=REPO, check=False, capture_stdout=True, capture_stderr=True)
+
+    with trio.fail_after(30):
+        shown = await distasks(env, "check-config")
+        checked = await distasks(bad_file, "check-config")
+        served = await distasks(bad_file, "serve")
+    assert shown.returncode == 0, shown.stderr
+    assert (f"jwt=on(issuer={ISSUER} audience={AUDIENCE} algorithms=RS256,EdDSA "
+            "jwks_url=https://jwks-reader:***@idp.example/jwks)") in shown.stdout.decode()
+    assert b"hunter2" not in shown.stdout + shown.stderr
+    for p in (checked, served):
+        assert p.returncode == 2
+        assert p.stderr.decode() == ("distasks: config: auth.jwt.jwks_file: the JWKS has no "
+                                     "signing key for EdDSA, RS256\n")
