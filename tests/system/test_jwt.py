@@ -72,7 +72,9 @@ async def test_jwt_principals_against_a_running_daemon(start_daemon, daemon_env)
             env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none",
                    "DISTASKS_AUTH_JWT_ENABLED": "true", "DISTASKS_AUTH_JWT_ISSUER": ISSUER,
                    "DISTASKS_AUTH_JWT_AUDIENCE": AUDIENCE, "DISTASKS_AUTH_JWT_DEFAULT_TENANT":
-                   "default", "DISTASKS_AUTH_JWT_JWKS_URL": f"http://127.0.0.1:{port}/jwks"}
+                   "default", "DISTASKS_AUTH_JWT_JWKS_URL": f"http://127.0.0.1:{port}/jwks",
+                   # A burst of 10 requests per subject (limits.per_minute / 6).
+                   "DISTASKS_LIMITS_PER_MINUTE": "60"}
             async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
                 assert endpoint.requests == 1  # read before the daemon was ready
 
@@ -122,6 +124,15 @@ async def test_jwt_principals_against_a_running_daemon(start_daemon, daemon_env)
                 page = (await client.get("/api/v1/audit", params={"action": "pause"},
                                          headers=bearer(admin))).json()
                 assert [e["actor"] for e in page["entries"]] == ["jwt:ops-bot"]
+
+                # Rate limits hold per subject, as per key: one subject spends its burst,
+                # another is unaffected.
+                greedy = mint(idp_key, "k1", "tasks:read", sub="greedy")
+                statuses = [(await client.get("/api/v1/tasks", headers=bearer(greedy)))
+                            .status_code for _ in range(15)]
+                assert statuses[0] == 200 and statuses[-1] == 429, statuses
+                r = await client.get("/api/v1/tasks", headers=bearer(writer))
+                assert r.status_code == 200, r.text
 
                 # API keys keep working beside JWTs: a dtk_ token is never read as a JWT.
                 unknown_key = await client.get("/api/v1/tasks", headers=bearer("dtk_nope"))

@@ -84,6 +84,8 @@ async def test_each_algorithm_makes_a_principal_named_after_the_subject(key, alg
 
 async def test_a_token_without_kid_uses_the_only_key_of_its_algorithm():
     assert (await verifier().principal(mint(ED_KEY, "EdDSA"))).id == "jwt:alice"
+    listed = await verifier().principal(mint(ED_KEY, "EdDSA", aud=["other", AUDIENCE]))
+    assert listed.id == "jwt:alice"
 
 
 # --- claims -----------------------------------------------------------------------------
@@ -92,6 +94,9 @@ async def test_a_token_without_kid_uses_the_only_key_of_its_algorithm():
 @pytest.mark.parametrize(("claims", "reason"), [
     ({"aud": "someone-else"}, "it is meant for another audience"),
     ({"iss": "https://evil.example"}, "it comes from another issuer"),
+    ({"iss": ISSUER[:-1]}, "it comes from another issuer"),
+    ({"iss": None}, "it lacks the claim 'iss'"),
+    ({"aud": [AUDIENCE + "x", "other"]}, "it is meant for another audience"),
     ({"exp": int(time.time()) - 60}, "it has expired"),
     ({"nbf": int(time.time()) + 60}, "it is not valid yet"),
     ({"exp": None}, "it lacks the claim 'exp'"),
@@ -285,6 +290,7 @@ def test_the_section_is_read_from_its_toml_table_and_the_environment(tmp_path: P
     ({"DISTASKS_AUTH_JWT_ISSUER": "https://idp.example"}, "auth.jwt.audience"),
     ({"DISTASKS_AUTH_JWT_JWKS_URL": "http://idp.example/jwks"}, "auth.jwt.jwks_url"),
     ({"DISTASKS_AUTH_JWT_JWKS_URL": "ftp://idp.example/jwks"}, "auth.jwt.jwks_url"),
+    ({"DISTASKS_AUTH_JWT_JWKS_URL": "http://127.0.0.1.evil.example/jwks"}, "auth.jwt.jwks_url"),
     ({"DISTASKS_AUTH_JWT_ALGORITHMS": "HS256"}, "auth.jwt.hs256_secret_file"),
     ({"DISTASKS_AUTH_JWT_JWKS_URL": ""}, "auth.jwt.jwks_file"),
     ({"DISTASKS_AUTH_JWT_SCOPE_MAP": "ops=root"}, "auth.jwt.scope_map"),
