@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distasks import tenancy
 from distasks.auth import SCOPES
 from distasks.errors import ConfigError
-from distasks.tenancy import check_tenant
 
 # 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path.
 QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$"
@@ -435,7 +435,7 @@ def _validate_jwt(j: JwtConfig) -> None:
         need(getattr(j, key) != "", key, "must not be empty")
     if j.default_tenant:
         try:
-            check_tenant(j.default_tenant)
+            tenancy.check_tenant(j.default_tenant)
         except ValueError as e:
             raise ConfigError("auth.jwt.default_tenant", str(e)) from None
     for entry in j.scope_map:

@@ -45,13 +45,13 @@ class Services:
     stopping: trio.Event = field(default_factory=trio.Event)
     #: what a SIGHUP may change (the default max_retries of new tasks)
     tunables: Tunables | None = None
+    #: JWT bearer tokens (distasks.jwt_auth); None: auth.jwt is off
+    jwt: Verifier | None = None
 
     #: API keys by token, cached (distasks.auth); made from the store when not given
     keys: KeyCache | None = None
     #: requests per principal and tenant (distasks.ratelimit); made when not given
     limiter: RateLimiter | None = None
-    #: JWT bearer tokens (distasks.jwt_auth); None: auth.jwt is off
-    jwt: Verifier | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
