@@ -65,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             applied = trio.run(migrate_only, config)
             print(f"applied {len(applied)} migration(s)" if applied else "schema is up to date")
         else:
+            from distasks.jwt_auth import check_jwks_file, from_config
             from distasks.supervisor import load_registry
 
             registry = load_registry(config)
+            check_jwks_file(config.auth.jwt)
+            from_config(config.auth.jwt)  # reads the HS256 secret: a bad file fails here
             print(config.summary())
             print("handlers:", ", ".join(registry))
     except ConfigError as e:

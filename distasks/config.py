@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distasks import tenancy
+from distasks.auth import SCOPES
 from distasks.errors import ConfigError
 from distasks.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 
@@ -126,6 +128,60 @@ class RecoveryConfig:
     workers_listed_s: float = 3600.0
 
 
+# The JWT signing algorithms distasks can be told to accept (never "none").
+JWT_ALGORITHMS = ("HS256", "RS256", "EdDSA")
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """[auth.jwt]: bearer tokens from an external identity provider (distasks.jwt_auth)."""
+
+    enabled: bool = False
+    #: the `iss` a token must carry; required when enabled
+    issuer: str = ""
+    #: the `aud` a token must name (this API's identifier at the IdP); required when enabled
+    audience: str = ""
+    #: accepted signing algorithms, among HS256, RS256 and EdDSA
+    algorithms: tuple[str, ...] = ("RS256", "EdDSA")
+    #: file holding the HS256 shared secret (at least 32 bytes); needs HS256 in algorithms
+    hs256_secret_file: str = ""
+    #: the IdP's public keys as a JWKS document, in a file or at a URL (https, or http to
+    #: loopback only); one of the two for RS256 and EdDSA
+    jwks_file: str = ""
+    jwks_url: str = ""
+    #: how often the JWKS URL is fetched again (a token naming an unknown `kid` makes it
+    #: sooner, at most every jwt_auth.EARLY_REFRESH_S)
+    jwks_refresh_s: float = 300.0
+    #: how long one JWKS fetch may take
+    jwks_timeout_s: float = 5.0
+    #: clock skew allowed when checking `exp` and `nbf`
+    leeway_s: float = 30.0
+    #: the claim naming the principal (its id is `jwt:<value>`)
+    subject_claim: str = "sub"
+    #: the claim naming the tenant; absent: default_tenant, or refused when that is empty
+    tenant_claim: str = "tenant"
+    default_tenant: str = ""
+    #: the claim holding scopes: a space-separated string or a list
+    scopes_claim: str = "scope"
+    #: IdP scope or role names mapped to distasks scopes, as "idp-name=distasks-scope"
+    #: (a name may map to several); unmapped names count as themselves. Only distasks
+    #: scopes are kept
+    scope_map: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """What `check-config` and the start-up line show: no secret (the HS256 secret
+        stays in its file; a JWKS URL loses any password)."""
+        if not self.enabled:
+            return "off"
+        keys = [f"hs256_secret_file={self.hs256_secret_file}"] if self.hs256_secret_file else []
+        if self.jwks_file:
+            keys.append(f"jwks_file={self.jwks_file}")
+        if self.jwks_url:
+            keys.append(f"jwks_url={redact(self.jwks_url)}")
+        return (f"on(issuer={self.issuer} audience={self.audience} "
+                f"algorithms={','.join(self.algorithms)} {' '.join(keys)})")
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     #: who may call without a key: "none" (every request needs one) or "loopback" (a
@@ -137,6 +193,7 @@ class AuthConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     #: networks that may read /metrics without a key (a key needs metrics:read)
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    jwt: JwtConfig = JwtConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +259,7 @@ class Config:
             f"handlers=[{','.join(self.worker.handlers)}] grace={self.worker.grace_period_s}s "
             f"lease={self.worker.lease_s}s retry=base {self.retry.base_s}s cap {self.retry.cap_s}s "
             f"jitter {self.retry.jitter} max {self.retry.max_retries} "
-            f"anonymous={self.auth.anonymous}"
+            f"anonymous={self.auth.anonymous} jwt={self.auth.jwt.summary()}"
         )
 
 
@@ -279,7 +336,14 @@ def _build_section(name: str, cls: type, table: dict[str, Any], env: Mapping[str
         full = f"{name}.{key}"
         default = field.default
         value: Any = table.get(key, default)
-        env_names = [f"DISTASKS_{name.upper()}_{key.upper()}"]
+        if dataclasses.is_dataclass(default):
+            # A table inside the section ([auth.jwt]); its variables DISTASKS_AUTH_JWT_*.
+            if not isinstance(value, dict | type(default)):
+                raise ConfigError(full, "must be a table")
+            values[key] = _build_section(full, type(default), value if isinstance(
+                value, dict) else {}, env)
+            continue
+        env_names = [f"DISTASKS_{name.upper().replace('.', '_')}_{key.upper()}"]
         env_names += [k for k, v in LEGACY_ENV.items() if v == (name, key)]
         for env_name in env_names:
             if env_name in env:
@@ -394,10 +458,70 @@ def _validate(c: Config) -> None:
                 ipaddress.ip_network(n, strict=False)
             except ValueError:
                 raise ConfigError(key, f"{n!r} is not an address or network") from None
+    _validate_jwt(c.auth.jwt)
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _validate_jwt(j: JwtConfig) -> None:
+    """[auth.jwt]: checked only as far as it can be without reading files or the network
+    (distasks.jwt_auth.load_keys reads them at start-up)."""
+    def need(ok: bool, key: str, problem: str) -> None:
+        if not ok:
+            raise ConfigError(f"auth.jwt.{key}", problem)
+
+    for alg in j.algorithms:
+        need(alg in JWT_ALGORITHMS, "algorithms",
+             f"{alg!r} is not one of {', '.join(JWT_ALGORITHMS)}")
+    need(j.leeway_s >= 0 and j.leeway_s <= 300, "leeway_s", "must be between 0 and 300")
+    need(j.jwks_refresh_s >= 1, "jwks_refresh_s", "must be at least 1 second")
+    need(j.jwks_timeout_s > 0, "jwks_timeout_s", "must be positive")
+    for key in ("subject_claim", "tenant_claim", "scopes_claim"):
+        need(getattr(j, key) != "", key, "must not be empty")
+    if j.default_tenant:
+        try:
+            tenancy.check_tenant(j.default_tenant)
+        except ValueError as e:
+            raise ConfigError("auth.jwt.default_tenant", str(e)) from None
+    for entry in j.scope_map:
+        idp, eq, scope = entry.partition("=")
+        need(eq == "=" and idp.strip() != "", "scope_map",
+             f"{entry!r} is not \"idp-name=distasks-scope\"")
+        need(scope.strip() in SCOPES, "scope_map",
+             f"{entry!r} maps to {scope.strip()!r}, which is not a scope ({', '.join(SCOPES)})")
+    if j.jwks_url:
+        need(jwks_url_problem(j.jwks_url) is None, "jwks_url", jwks_url_problem(j.jwks_url) or "")
+    need(not (j.jwks_file and j.jwks_url), "jwks_url", "give jwks_file or jwks_url, not both")
+    if not j.enabled:
+        return
+    need(j.issuer != "", "issuer", "must be set when auth.jwt.enabled is true")
+    need(j.audience != "", "audience", "must be set when auth.jwt.enabled is true")
+    need(len(j.algorithms) > 0, "algorithms", "must name at least one algorithm")
+    need(("HS256" in j.algorithms) == bool(j.hs256_secret_file), "hs256_secret_file",
+         "must be set exactly when HS256 is in auth.jwt.algorithms")
+    asymmetric = [a for a in j.algorithms if a != "HS256"]
+    need(not asymmetric or bool(j.jwks_file or j.jwks_url), "jwks_file",
+         f"{' and '.join(asymmetric)} need the IdP's keys: set jwks_file or jwks_url")
+    need(bool(j.jwks_file or j.jwks_url) <= bool(asymmetric), "algorithms",
+         "a JWKS is configured but no algorithm uses it: add RS256 or EdDSA")
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why a JWKS URL is refused, or None: keys fetched over plain http could be swapped by
+    anyone on the path, so only https, or http to this machine."""
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if not sep or not host.strip("[]"):
+        return f"{redact(url)!r} is not an http(s) URL"
+    if scheme == "https":
+        return None
+    if scheme == "http":
+        return None if _is_loopback_host(host) else (
+            "plain http is accepted only to a loopback host; use https")
+    return f"{redact(url)!r} is not an http(s) URL"
 
 
 def _is_loopback_host(host: str) -> bool:

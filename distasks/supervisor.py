@@ -3,7 +3,7 @@
 The only module that knows them all. Shutdown order is nesting order:
 
     everything (hard deadline: grace + HARD_STOP_MARGIN_S after the first stop request)
-    └── services: intake, heartbeat,       cancelled last (the heartbeat keeps leases
+    └── services: jwks, intake, heartbeat, cancelled last (the heartbeat keeps leases
         │         mover, reaper, control,  alive while handlers use their grace period)
         │         reconciler, reporter
         └── front: signal watcher
@@ -34,6 +34,7 @@ from distasks import (
     backoff,
     control,
     heartbeat,
+    jwt_auth,
     mover,
     reaper,
     reconciler,
@@ -100,6 +101,8 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.registry = registry or load_registry(config)
+        jwt_auth.check_jwks_file(config.auth.jwt)
+        self.jwt = jwt_auth.from_config(config.auth.jwt)
         self.worker_id = new_worker_id()
         self.tunables = Tunables.from_config(config)
         self.metrics = Metrics(labelled_queues=lambda: self.tunables.queues,
@@ -217,12 +220,16 @@ class Daemon:
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, waiters=waiters, clock=time.time,
                                       metrics=m, health=h, progress=progress,
-                                      stopping=self._api_stop, tunables=t))
+                                      stopping=self._api_stop, tunables=t, jwt=self.jwt))
         self._store = store
         self._info = info = WorkerInfo(
             id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,
             concurrency=t.concurrency, version=distasks.__version__, started_at=datetime.now(UTC))
         async with trio.open_nursery() as services:
+            if self.jwt is not None and (c.auth.jwt.jwks_url or c.auth.jwt.jwks_file):
+                verifier = self.jwt
+                await services.start(lambda task_status: jwt_auth.run(
+                    verifier, interval_s=c.auth.jwt.jwks_refresh_s, task_status=task_status))
             for _ in range(INTAKE_LOOPS):
                 await services.start(intake.run)
             await services.start(lambda task_status: heartbeat.run(

@@ -54,7 +54,8 @@ def create_app(services: Services) -> QuartTrio:
                                 anonymous_allowed=services.config.auth.anonymous == "loopback",
                                 keyless_scopes=frozenset(
                                     {"metrics:read"} if services.config.auth.metrics_networks
-                                    else ()))
+                                    else ()),
+                                jwt=services.config.auth.jwt.enabled)
 
     @app.get("/openapi.json")
     async def openapi_json() -> Any:

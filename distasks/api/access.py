@@ -4,8 +4,9 @@ lean create route alike.
 1. Transport: a Host this daemon answers to (a DNS-rebinding page names its own), and for
    writes no cross-site browser origin and a JSON body (a form or text/plain post from a
    web page fails here, before any effect).
-2. The principal: an API key from `Authorization: Bearer`, or the anonymous principal of
-   a request from this machine where auth.anonymous = "loopback".
+2. The principal: an API key from `Authorization: Bearer dtk_…`, any other bearer token
+   as a JWT where auth.jwt is on (distasks.jwt_auth), or the anonymous principal of a
+   request from this machine where auth.anonymous = "loopback".
 3. The scope the operation needs, and the principal's and its tenant's rate limits.
 Every response also carries SECURITY_HEADERS.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from distasks import auth, times
+from distasks import auth, jwt_auth, times
 from distasks.api.services import Services
 from distasks.auth import Principal
 from distasks.config import Config
@@ -83,10 +84,26 @@ async def principal(s: Services, req: Request) -> Principal | None:
         if a.anonymous == "loopback" and auth.is_loopback(client):
             return auth.anonymous(client)
         return None
+    if not token.startswith(auth.TOKEN_PREFIX):
+        return await jwt_principal(s, token)
     key = await s.key_cache().key(token)
     if key is None or not key.valid_at(times.utc(s.clock())):
         raise Unauthenticated("the API key is unknown, expired or revoked")
     return key.principal()
+
+
+async def jwt_principal(s: Services, token: str) -> Principal:
+    """The principal of a bearer token that is no API key: a JWT, where auth.jwt is on.
+    A refusal says what was wrong in general terms, never the token."""
+    if s.jwt is None:
+        raise Unauthenticated("the bearer token is not an API key (dtk_…), and this server "
+                              "accepts no other")
+    try:
+        return await s.jwt.principal(token)
+    except jwt_auth.TokenRefused as e:
+        refused = Unauthenticated(f"the bearer token is refused: {e.reason}")
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="distasks", error="invalid_token"'
+        raise refused from None
 
 
 async def require(s: Services, who: Principal | None, scope: str) -> Principal:

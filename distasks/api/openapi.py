@@ -82,13 +82,15 @@ def operation(bp: Blueprint, method: str, rule: str, *, summary: str, tag: str,
 
 def document(*, title: str, version: str, handlers: Mapping[str, dict[str, Any] | None],
              anonymous_allowed: bool = False,
-             keyless_scopes: frozenset[str] = frozenset()) -> dict[str, Any]:
+             keyless_scopes: frozenset[str] = frozenset(),
+             jwt: bool = False) -> dict[str, Any]:
     """The document of every declared operation. `handlers` are this daemon's handlers
     by name with the JSON Schema of the payloads each accepts (`{}`: any JSON value;
     None: none at all, so the name is left out), so that the document promises no more
     than the server takes. With `anonymous_allowed` (auth.anonymous = "loopback") a key
     is optional, and so it is for the `keyless_scopes` (metrics:read, when
-    auth.metrics_networks names any)."""
+    auth.metrics_networks names any). With `jwt` (auth.jwt.enabled) a JWT from the
+    configured identity provider is accepted wherever a key is."""
     models: set[type[BaseModel]] = {ErrorOut}
     for op in OPERATIONS:
         models.update(m for m in op.responses.values() if m is not None)
@@ -110,20 +112,31 @@ def document(*, title: str, version: str, handlers: Mapping[str, dict[str, Any] 
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(
-            op, anonymous_allowed or op.scope in keyless_scopes)
+            op, anonymous_allowed or op.scope in keyless_scopes, jwt)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version,
                  "description": "distasks: tasks recorded in PostgreSQL, dispatched via Redis."},
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
-            "type": "http", "scheme": "bearer",
-            "description": "An API key (dtk_…) from `distasks keys create`; each operation "
-                           "names the scope it needs"}}},
+        "components": {"schemas": schemas, "securitySchemes": security_schemes(jwt)},
     }
 
 
-def _operation(op: Operation, key_optional: bool) -> dict[str, Any]:
+def security_schemes(jwt: bool) -> dict[str, Any]:
+    schemes: dict[str, Any] = {"apiKey": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key (dtk_…) from `distasks keys create`; each operation "
+                       "names the scope it needs"}}
+    if jwt:
+        schemes["jwt"] = {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "A JWT from the configured identity provider (auth.jwt): HS256, "
+                           "RS256 or EdDSA as configured, with exp, iss and aud; its scope "
+                           "claim grants the scopes each operation names"}
+    return schemes
+
+
+def _operation(op: Operation, key_optional: bool, jwt: bool) -> dict[str, Any]:
     summary = op.summary if op.scope is None else f"{op.summary} (scope {op.scope})"
     doc: dict[str, Any] = {"summary": summary, "tags": [op.tag],
                            "operationId": re.sub(r"\W+", "_", f"{op.method}_{op.path}").strip("_")}
@@ -151,8 +164,13 @@ def _operation(op: Operation, key_optional: bool) -> dict[str, Any]:
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
     own = dict(op.errors)
     if op.scope is not None:
-        doc["security"] = [{"apiKey": []}, {}] if key_optional else [{"apiKey": []}]
-        own.setdefault(401, "No API key, or one unknown, expired or revoked")
+        schemes: list[dict[str, list[str]]] = [{"apiKey": []}]
+        if jwt:
+            schemes.append({"jwt": []})
+        doc["security"] = [*schemes, {}] if key_optional else schemes
+        own.setdefault(401, "No API key, or one unknown, expired or revoked"
+                       + ("; or a JWT refused (expired, another audience or issuer, a bad "
+                          "signature)" if jwt else ""))
         own.setdefault(403, f"The key lacks the scope {op.scope}, or a cross-site write")
         own.setdefault(429, "Over the rate limit of the key or its tenant; see Retry-After")
     if op.method not in ("GET", "HEAD"):

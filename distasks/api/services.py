@@ -18,6 +18,7 @@ from distasks.creation import CreationRules
 from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
+from distasks.jwt_auth import Verifier
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
@@ -46,6 +47,8 @@ class Services:
     stopping: trio.Event = field(default_factory=trio.Event)
     #: what a SIGHUP may change (the default max_retries of new tasks)
     tunables: Tunables | None = None
+    #: JWT bearer tokens (distasks.jwt_auth); None: auth.jwt is off
+    jwt: Verifier | None = None
 
     #: API keys by token, cached (distasks.auth); made from the store when not given
     keys: KeyCache | None = None
