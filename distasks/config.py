@@ -145,6 +145,9 @@ class LimitsConfig:
     per_minute: int = 6000
     #: requests per minute of all the principals of one tenant together. 0: no limit
     tenant_per_minute: int = 0
+    #: queues a tenant may have (rows of the queues table): a pause or a create that
+    #: names a new queue beyond it is refused with 409 until one is deleted
+    max_queues: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +352,7 @@ def _validate(c: Config) -> None:
                 raise ConfigError(key, f"{n!r} is not an address or network") from None
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
+    need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

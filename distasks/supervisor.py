@@ -51,6 +51,7 @@ from distasks.http_handler import HttpHandler
 from distasks.intake import Intake
 from distasks.metrics import Metrics
 from distasks.progress import Progress
+from distasks.queue_census import QueueCensus
 from distasks.store import Store, WorkerInfo
 from distasks.tunables import Tunables
 from distasks.waiters import TaskWaiters
@@ -210,13 +211,14 @@ class Daemon:
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
             worker_id=self.worker_id, metrics=m, health=h)
-        intake = Intake(store, broker, m, pool=pool)
+        census = QueueCensus(store.queue_names, max_queues=c.limits.max_queues)
+        intake = Intake(store, broker, m, pool=pool, census=census)
         waiters = TaskWaiters()
         progress = Progress()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, waiters=waiters, clock=time.time,
                                       metrics=m, health=h, progress=progress,
-                                      stopping=self._api_stop, tunables=t))
+                                      stopping=self._api_stop, tunables=t, census=census))
         self._store = store
         self._info = info = WorkerInfo(
             id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,

@@ -1,4 +1,7 @@
-"""Queue resources: the list with depths and recent throughput; pause and resume."""
+"""Queue resources: the list with depths and recent throughput; pause and resume; delete.
+
+A pause of a name never seen adds a queue, so it is bounded by limits.max_queues per
+tenant (409 beyond it), and a queue with nothing left in it can be deleted."""
 
 from __future__ import annotations
 
@@ -41,15 +44,35 @@ async def list_queues() -> Response:
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/pause", scope="queues:admin", tag="queues",
            summary="Stop claiming from a queue (creates are still accepted)",
-           responses={200: schemas.QueueState})
+           responses={200: schemas.QueueState},
+           errors={409: "A new queue beyond limits.max_queues of the tenant"})
 async def pause_queue(queue: str) -> Response:
     return await _set_paused(queue, True)
 
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/resume", scope="queues:admin", tag="queues",
-           summary="Claim from a paused queue again", responses={200: schemas.QueueState})
+           summary="Claim from a paused queue again", responses={200: schemas.QueueState},
+           errors={409: "A new queue beyond limits.max_queues of the tenant"})
 async def resume_queue(queue: str) -> Response:
     return await _set_paused(queue, False)
+
+
+@operation(bp, "DELETE", "/api/v1/queues/<queue>", scope="queues:admin", tag="queues",
+           summary="Delete a queue that holds no unfinished or dead-lettered task",
+           responses={200: schemas.QueueDeleted},
+           errors={404: "No such queue",
+                   409: "The queue still holds unfinished or dead-lettered tasks"})
+async def delete_queue(queue: str) -> Response:
+    queue = queue_name(queue)
+    s = services()
+    await s.store.delete_queue(queue, actor=actor(), now=times.utc(s.clock()))
+    if s.census is not None:
+        s.census.forget(queue)
+    # Committed: the flag and the DLQ index go next. If Redis does not answer, a stale
+    # flag is cleared by the reconciler's copy once the queue exists again, and until
+    # then it pauses nothing anyone runs.
+    await mirror.copy("queue delete", lambda: s.broker.forget_queue(queue))
+    return jsonify({"name": queue, "deleted": True})
 
 
 async def _set_paused(queue: str, paused: bool) -> Response:
@@ -57,8 +80,8 @@ async def _set_paused(queue: str, paused: bool) -> Response:
     s = services()
     # PostgreSQL first (the truth), then the flag claims see; if Redis does not answer,
     # the reconciler copies the flag on its next pass.
-    await s.store.set_paused(queue, paused, actor=actor(),
-                             now=times.utc(s.clock()))
+    await s.store.set_paused(queue, paused, actor=actor(), now=times.utc(s.clock()),
+                             max_queues=s.config.limits.max_queues)
     await mirror.copy("pause" if paused else "resume",
                       lambda: s.broker.set_paused(queue, paused))
     return jsonify({"name": queue, "paused": paused})

@@ -313,6 +313,11 @@ class QueueState(BaseModel):
     paused: bool
 
 
+class QueueDeleted(BaseModel):
+    name: str
+    deleted: Literal[True]
+
+
 class DeadTaskOut(TaskOut):
     attempts: int
     last_error: str | None

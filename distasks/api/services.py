@@ -21,6 +21,7 @@ from distasks.intake import Intake
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
+from distasks.queue_census import QueueCensus
 from distasks.ratelimit import RateLimiter
 from distasks.store import Store
 from distasks.tunables import Tunables
@@ -49,6 +50,8 @@ class Services:
     keys: KeyCache | None = None
     #: requests per principal and tenant (distasks.ratelimit); made when not given
     limiter: RateLimiter | None = None
+    #: the queues that exist, for the cap at create (the intake holds the same one)
+    census: QueueCensus | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:

@@ -288,6 +288,15 @@ class Broker:
             await pipe.execute()
 
     @crossing
+    async def forget_queue(self, queue: str) -> None:
+        """A deleted queue's keys: its pause flag, DLQ index and mover lock. Its ready
+        list, delayed set and leases are left: PostgreSQL held no unfinished task of it,
+        so they are empty (Redis drops empty keys) unless a create raced the delete and
+        pushed a run that must stay."""
+        keys = self.keys(queue)
+        await self._redis.delete(keys.paused, keys.dlq, keys.mover_lock)
+
+    @crossing
     async def cancelled(self, *, waiting: Sequence[tuple[str, str]], running: str | None,
                         task_id: str, now_ms: int) -> None:
         """A task was cancelled: drop its waiting runs from the index, tell the daemon

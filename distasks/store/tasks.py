@@ -89,9 +89,10 @@ WITH input AS (
         SELECT 1 FROM queues q WHERE q.name = i.queue_name AND q.paused)) AS s(now)
     RETURNING id, status = 'running' AS started
 ), new_queues AS (
+    -- No NOT EXISTS filter: ON CONFLICT also waits for a queue delete in progress and
+    -- then writes the row again (store/queues.py QUEUE_FOR_DELETE).
     INSERT INTO queues (name)
     SELECT DISTINCT queue_name FROM input
-    WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = input.queue_name)
     ON CONFLICT DO NOTHING
 )
 SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
