@@ -167,6 +167,8 @@ def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="idempotency key: an existing task with it is returned")
     p.add_argument("--max-retries", type=int, metavar="N")
     p.add_argument("--timeout", type=float, metavar="S", help="per-attempt time limit")
+    p.add_argument("--secret", action="append", dest="secret_fields", metavar="KEY",
+                   help="a top-level payload key shown as \"[secret]\" (repeatable)")
     p.add_argument("--wait", type=float, metavar="S",
                    help="then wait up to S seconds for a final state and show the task")
     p = command(tasks, "get", "show a task and its runs")

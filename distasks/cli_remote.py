@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def task_create(c: Client, a: argparse.Namespace) -> Output:
     created = c.create(a.name, handler=a.handler, payload=a.payload, queue=a.queue,
                        priority=a.priority, delay_seconds=a.delay, dedup_key=a.dedup_key,
-                       max_retries=a.max_retries, timeout_seconds=a.timeout)
+                       max_retries=a.max_retries, timeout_seconds=a.timeout,
+                       secret_fields=a.secret_fields)
     if a.wait is not None:
         return _detail(_wait(c, created.task_id, a.wait))
     how = "created" if created.created else "the existing task with this dedup key"
@@ -122,7 +123,8 @@ def _detail(d: TaskDetail) -> Output:
     fields: list[tuple[str, Any]] = [
         ("id", t.id), ("name", t.name), ("status", t.status), ("queue", t.queue_name),
         ("handler", t.handler), ("priority", t.priority), ("type", t.type),
-        ("payload", t.payload), ("dedup_key", t.dedup_key),
+        ("payload", t.payload), ("secret", ", ".join(t.secret_fields) or None),
+        ("dedup_key", t.dedup_key),
         ("retries", f"{t.failures} failure(s) of {t.max_retries} retries allowed"),
         ("run_at", t.run_at), ("created", t.created_at), ("finished", t.finished_at),
         ("cancelled", t.cancelled_at and f"{cell(t.cancelled_at)} by {t.cancelled_by}"

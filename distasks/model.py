@@ -72,6 +72,8 @@ class NewTask:
     max_retries: int
     timeout_s: float | None
     run_at: datetime | None
+    #: top-level payload keys whose values the API shows redacted
+    secret_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,8 @@ class Task:
     cancelled_at: datetime | None = None
     cancelled_by: str | None = None
     cancel_reason: str | None = None
+    #: top-level payload keys whose values the API shows redacted (the handler gets them)
+    secret_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

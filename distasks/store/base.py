@@ -109,7 +109,8 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
     a = f"{alias}." if alias else ""
     columns = ("id", "name", "handler", "type", "queue_name", "priority", "dedup_key",
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
-               "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason")
+               "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
+               "secret_fields")
     payload = f"{a}payload" if with_payload else "NULL::jsonb AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
@@ -122,7 +123,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
         status=TaskStatus(r["status"]), failures=r["failures"], run_at=r["run_at"],
         created_at=r["created_at"], updated_at=r["updated_at"], finished_at=r["finished_at"],
         cancelled_at=r.get("cancelled_at"), cancelled_by=r.get("cancelled_by"),
-        cancel_reason=r.get("cancel_reason"),
+        cancel_reason=r.get("cancel_reason"), secret_fields=tuple(r.get("secret_fields") or ()),
     )
 
 
