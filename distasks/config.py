@@ -136,6 +136,9 @@ class AuthConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     #: networks that may read /metrics without a key (a key needs metrics:read)
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: a client address's first bad credential is audited at once, the ones in the
+    #: following seconds as one row with their count (distasks.login_failures)
+    failure_window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +353,7 @@ def _validate(c: Config) -> None:
                 ipaddress.ip_network(n, strict=False)
             except ValueError:
                 raise ConfigError(key, f"{n!r} is not an address or network") from None
+    need(c.auth.failure_window_s > 0, "auth.failure_window_s", "must be positive")
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")

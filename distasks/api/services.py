@@ -18,6 +18,7 @@ from distasks.creation import CreationRules
 from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
+from distasks.login_failures import LoginFailures
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
@@ -52,6 +53,8 @@ class Services:
     limiter: RateLimiter | None = None
     #: the queues that exist, for the cap at create (the intake holds the same one)
     census: QueueCensus | None = None
+    #: bad credentials, counted for the audit log (its run() writes them)
+    login_failures: LoginFailures | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
