@@ -188,10 +188,11 @@ def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--cursor", help="continue after a previous page")
     p.add_argument("--all", action="store_true", help="every matching task, page by page")
 
-    queues = group("queue", "list, pause and resume queues")
+    queues = group("queue", "list, pause, resume and delete queues")
     command(queues, "list", "every queue with its depths")
     for name, help in (("pause", "stop claiming from a queue"),
-                       ("resume", "claim from a paused queue again")):
+                       ("resume", "claim from a paused queue again"),
+                       ("delete", "delete a queue with no unfinished or dead-lettered task")):
         command(queues, name, help).add_argument("queue")
 
     dlq = group("dlq", "list, replay and delete dead-lettered tasks")

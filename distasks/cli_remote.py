@@ -166,6 +166,11 @@ def queue_resume(c: Client, a: argparse.Namespace) -> Output:
     return Output(state.raw, f"queue {state.name} resumed")
 
 
+def queue_delete(c: Client, a: argparse.Namespace) -> Output:
+    name = c.delete_queue(a.queue)
+    return Output({"name": name, "deleted": True}, f"queue {name} deleted")
+
+
 # -- dead-letter queues -------------------------------------------------------------------
 
 def dlq_list(c: Client, a: argparse.Namespace) -> Output:
@@ -223,6 +228,7 @@ COMMANDS: dict[tuple[str, str], Callable[[Client, argparse.Namespace], Output]] 
     ("queue", "list"): queue_list,
     ("queue", "pause"): queue_pause,
     ("queue", "resume"): queue_resume,
+    ("queue", "delete"): queue_delete,
     ("dlq", "list"): dlq_list,
     ("dlq", "replay"): dlq_replay,
     ("dlq", "delete"): dlq_delete,

@@ -642,6 +642,13 @@ def _resume(queue: str) -> Op[QueueState]:
         "POST", f"/api/v1/queues/{_quote(queue)}/resume"))))
 
 
+def _delete_queue(queue: str) -> Op[str]:
+    """Delete `queue`; returns its name. Conflict (409 `queue_not_empty`) while it holds
+    unfinished or dead-lettered tasks, NotFound if there is no such queue."""
+    body = _json((yield _Request("DELETE", f"/api/v1/queues/{_quote(queue)}")))
+    return str(_member(body, "name"))
+
+
 def _dlq(queue: str, *, limit: int | None = None, cursor: str | None = None,
          include_payload: bool = False, **filters: Unpack[DlqFilters]) -> Op[DlqPage]:
     """One page of `queue`'s dead-lettered tasks, oldest failure first (`limit` 1–1000),
@@ -780,6 +787,7 @@ class _BaseClient:
     queues = _Endpoint(_queues)
     pause = _Endpoint(_pause)
     resume = _Endpoint(_resume)
+    delete_queue = _Endpoint(_delete_queue)
     dlq = _Endpoint(_dlq)
     replay = _Endpoint(_replay)
     delete_dlq = _Endpoint(_delete_dlq)

@@ -4,14 +4,19 @@ queue with nothing left in it can be deleted, with its Redis keys."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import httpx
 import psycopg
+import pytest
 import redis
 import trio
 
 from distasks.broker.keys import queue_keys
+from distasks.client import AsyncClient, NotFound
 
-from .conftest import wait_task
+from .conftest import REPO, wait_task
 
 
 def queue_rows(env: dict[str, str]) -> list[str]:
@@ -45,8 +50,12 @@ async def test_a_new_queue_beyond_the_cap_is_refused_at_pause_and_at_create(
             assert batch.status_code == 409, batch.text
             assert batch.json()["error"]["field"] == "tasks.1.queue_name"
 
-            # Deleting one makes room for one.
-            assert (await client.delete("/api/v1/queues/q2")).status_code == 200
+            # Deleting one (here with the CLI) makes room for one.
+            done = await trio.run_process(
+                [sys.executable, "-m", "distasks", "queue", "delete", "q2"], cwd=REPO,
+                env={"PATH": os.environ.get("PATH", ""), "DISTASKS_URL": d.url},
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert (done.returncode, done.stdout) == (0, b"queue q2 deleted\n"), done.stderr
             again = await client.post("/api/v1/tasks", json={"name": "x", "queue_name": "q5"})
             assert again.status_code == 201, again.text
             full = await client.post("/api/v1/queues/q6/pause")
@@ -64,6 +73,9 @@ async def test_a_queue_is_deleted_only_once_nothing_is_left_in_it(
         async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
             missing = await client.delete("/api/v1/queues/nowhere")
             assert missing.status_code == 404, missing.text
+            async with AsyncClient(d.url) as api:
+                with pytest.raises(NotFound):
+                    await api.delete_queue("nowhere")
 
             # Unfinished: a task waiting for its time.
             r = await client.post("/api/v1/tasks", json={
