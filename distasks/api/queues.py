@@ -12,7 +12,8 @@ from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import queue_name
 from distasks.api.render import iso
-from distasks.api.services import actor, services
+from distasks.api.services import Services, actor, services
+from distasks.broker import QueueEntries
 from distasks.queue_state import queue_states
 
 bp = Blueprint("queues", __name__)
@@ -68,11 +69,22 @@ async def delete_queue(queue: str) -> Response:
     await s.store.delete_queue(queue, actor=actor(), now=times.utc(s.clock()))
     if s.census is not None:
         s.census.forget(queue)
-    # Committed: the flag and the DLQ index go next. If Redis does not answer, a stale
-    # flag is cleared by the reconciler's copy once the queue exists again, and until
-    # then it pauses nothing anyone runs.
-    await mirror.copy("queue delete", lambda: s.broker.forget_queue(queue))
+    # Committed: its Redis keys go next. If Redis does not answer, a stale flag is
+    # cleared by the reconciler's copy once the queue exists again (until then it pauses
+    # nothing anyone runs), and stale ids are dropped by the claim that meets them.
+    await mirror.copy("queue delete", lambda: _forget(s, queue))
     return jsonify({"name": queue, "deleted": True})
+
+
+async def _forget(s: Services, queue: str) -> None:
+    """Drop a deleted queue's keys and leftover ids from Redis, except ids of runs and
+    dead tasks that PostgreSQL still has (a create that raced the delete). Ids are read
+    from Redis before PostgreSQL is asked: an id is pushed only once committed, so one
+    read is never taken for stale."""
+    entries = await s.broker.queue_entries(queue)
+    live_runs, live_dead = await s.store.live_entries(entries.runs, entries.dead)
+    await s.broker.forget_queue(queue, QueueEntries(runs=entries.runs - live_runs,
+                                                    dead=entries.dead - live_dead))
 
 
 async def _set_paused(queue: str, paused: bool) -> Response:

@@ -4,7 +4,7 @@ shows from PostgreSQL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,6 +59,11 @@ FROM tasks WHERE queue_name = %s AND status IN ('queued', 'failed')
 """
 
 QUEUE_NAMES = "SELECT name FROM queues"
+
+# Of the ids a deleted queue's Redis structures hold, those still needed: runs waiting or
+# running, tasks dead-lettered.
+LIVE_RUNS = "SELECT id FROM task_runs WHERE id = ANY(%s) AND status IN ('queued', 'running')"
+LIVE_DEAD = "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL"
 
 QUEUES = "SELECT name, paused, paused_at, paused_by FROM queues ORDER BY name"
 
@@ -118,6 +123,19 @@ class QueueQueries(StoreBase):
                                queue_name=queue_name, detail={})
 
     @query
+    async def live_entries(self, run_ids: Collection[str], task_ids: Collection[str]
+                           ) -> tuple[set[str], set[str]]:
+        """Which of `run_ids` are runs still waiting or running, and which of `task_ids`
+        tasks still dead-lettered (ids that are not UUIDs are neither)."""
+        runs, dead = _uuids(run_ids), _uuids(task_ids)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(LIVE_RUNS, (list(runs),))
+            live_runs = {runs[r] for (r,) in await cur.fetchall()}
+            cur = await conn.execute(LIVE_DEAD, (list(dead),))
+            live_dead = {dead[t] for (t,) in await cur.fetchall()}
+        return live_runs, live_dead
+
+    @query
     async def queue_names(self) -> list[str]:
         """The name of every queue in the queues table (every tenant's)."""
         async with self._pool.connection() as conn:
@@ -156,3 +174,14 @@ class QueueQueries(StoreBase):
             found = {r[0]: r[1] for r in await cur.fetchall()}
         return found
 
+
+
+def _uuids(ids: Collection[str]) -> dict[uuid.UUID, str]:
+    """The ids that read as UUIDs, by UUID, each with its text as given."""
+    out = {}
+    for text in ids:
+        try:
+            out[uuid.UUID(text)] = text
+        except ValueError:
+            pass
+    return out

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 import trio
 
+from distasks.broker import Broker, QueueEntries
 from distasks.errors import NotFound, QueueNotEmpty, TooManyQueues
 from distasks.model import Actor
 from distasks.store import Store
@@ -71,3 +72,20 @@ async def test_a_create_racing_a_delete_writes_the_queue_row_back(store: Store, 
     finally:
         await trio.to_thread.run_sync(deleter.close)
         await trio.to_thread.run_sync(watcher.close)
+
+
+async def test_forgetting_a_queue_in_redis_keeps_the_ids_postgresql_still_needs(
+        store: Store, broker: Broker):
+    with trio.fail_after(10):
+        # A create that raced the delete: its run is queued and was pushed.
+        new = new_task(queue="r")
+        await store.create_tasks([new])
+        await broker.dispatch(ready=[("r", str(new.run_id))])
+        await broker.dispatch(ready=[("r", "not-a-run-id")])
+        await broker.set_paused("r", True)
+        entries = await broker.queue_entries("r")
+        live_runs, live_dead = await store.live_entries(entries.runs, entries.dead)
+        assert (live_runs, live_dead) == ({str(new.run_id)}, set())
+        await broker.forget_queue("r", QueueEntries(runs=entries.runs - live_runs))
+        assert await broker.queue_entries("r") == QueueEntries(runs=frozenset({str(new.run_id)}))
+        assert (await broker.queue_depths(["r"]))["r"]["paused"] is False

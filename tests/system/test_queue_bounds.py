@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 
 import httpx
 import psycopg
@@ -102,14 +103,19 @@ async def test_a_queue_is_deleted_only_once_nothing_is_left_in_it(
                     ).json()["deleted"] == 1
 
             assert (await client.post("/api/v1/queues/work/pause")).status_code == 200
-            flag = queue_keys(redis_prefix, "work").paused
+            keys = queue_keys(redis_prefix, "work")
             r_client = redis.Redis.from_url(redis_url)
             try:
-                assert r_client.exists(flag) == 1
+                assert r_client.exists(keys.paused) == 1
+                # Leftovers of copies that never happened: ids PostgreSQL has finished with.
+                r_client.rpush(keys.ready, waiting, "not-a-run-id")
+                r_client.zadd(keys.delayed, {str(uuid.uuid4()): 1})
+                r_client.rpush(keys.dlq, str(uuid.uuid4()))
                 gone = await client.delete("/api/v1/queues/work")
                 assert gone.status_code == 200, gone.text
                 assert gone.json() == {"name": "work", "deleted": True}
-                assert r_client.exists(flag) == 0
+                assert [k for k in (keys.paused, keys.ready, keys.delayed, keys.dlq,
+                                    keys.leases) if r_client.exists(k)] == []
             finally:
                 r_client.close()
             audit = (await client.get("/api/v1/audit",
