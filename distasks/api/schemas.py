@@ -192,7 +192,9 @@ class RotateKey(_Strict):
 
 class AuditQuery(_Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
-    action: str | None = text(1, 64, "cancel, pause, resume, dlq_replay, dlq_delete, key_…")
+    action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
+                                     "dlq_delete, key_…, login_failed, login_failures, "
+                                     "config_reload, config_reload_refused")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
