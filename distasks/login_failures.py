@@ -15,6 +15,7 @@ client's address.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_ADDRESSES = 1000
 # Rows kept while PostgreSQL does not answer; older ones are dropped beyond it (logged).
 MAX_PENDING = 4 * MAX_ADDRESSES
+# At shutdown, how long writing the rows still counted may take.
+CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -88,10 +91,11 @@ class LoginFailures:
                                actor=Actor(SYSTEM.id, tenant=tenant, address=address),
                                detail=detail))
 
-    def take_due(self) -> list[AuditEvent]:
+    def take_due(self, *, closing: bool = False) -> list[AuditEvent]:
         """The rows to write now: queued first failures, and a summary of each window
-        that has ended with failures after its first (those windows are closed)."""
-        now = self._clock()
+        that has ended (every window, when `closing`) with failures after its first
+        (those windows are closed)."""
+        now = math.inf if closing else self._clock()
         at = times.utc(self._wall_clock())
         for address, w in list(self._windows.items()):
             if now - w.started_at >= self.window_s:
@@ -133,23 +137,31 @@ class LoginFailures:
         until cancelled; retries with backoff while PostgreSQL does not answer."""
         task_status.started()
         failures = 0
-        while True:
-            with trio.move_on_after(self.next_due_in()):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            due = self.take_due()
-            if not due:
-                continue
-            try:
-                await store.record_events(due)
-                failures = 0
-            except StoreUnavailable as e:
-                failures += 1
-                self.requeue(due)
-                log.warning("login failures not audited yet: %s", e,
-                            extra={"event": "login_failures_deferred", "count": len(due)})
-                await trio.sleep(backoff.delay_s(failures))
-                self._wake.set()
+        try:
+            while True:
+                with trio.move_on_after(self.next_due_in()):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                due = self.take_due()
+                if not due:
+                    continue
+                try:
+                    await store.record_events(due)
+                    failures = 0
+                except StoreUnavailable as e:
+                    failures += 1
+                    self.requeue(due)
+                    log.warning("login failures not audited yet: %s", e,
+                                extra={"event": "login_failures_deferred", "count": len(due)})
+                    await trio.sleep(backoff.delay_s(failures))
+                    self._wake.set()
+        finally:
+            # Stopping: what was counted so far, open windows included, is written.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                due = self.take_due(closing=True)
+                if due:
+                    with contextlib.suppress(StoreUnavailable):
+                        await store.record_events(due)
 
 
 def _summary(at: datetime, w: _Window, address: str | None) -> AuditEvent:

@@ -60,3 +60,16 @@ def test_rows_not_written_are_kept_for_the_next_try():
     due = failures.take_due()
     failures.requeue(due)
     assert failures.take_due() == due
+
+
+def test_closing_closes_every_window():
+    failures, _ = counting()
+    failures.note("192.0.2.1", reason="unknown")
+    failures.note("192.0.2.1", reason="unknown")
+    failures.take_due()
+    assert rows_closing(failures) == [("login_failures", "192.0.2.1",
+                                       {"count": 1, "reasons": ["unknown"]})]
+
+
+def rows_closing(failures: LoginFailures) -> list[tuple[str, str | None, dict]]:
+    return [(e.action, e.actor.address, e.detail) for e in failures.take_due(closing=True)]
