@@ -170,6 +170,8 @@ def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="idempotency key: an existing task with it is returned")
     p.add_argument("--max-retries", type=int, metavar="N")
     p.add_argument("--timeout", type=float, metavar="S", help="per-attempt time limit")
+    p.add_argument("--secret", action="append", dest="secret_fields", metavar="KEY",
+                   help="a top-level payload key shown as \"[secret]\" (repeatable)")
     p.add_argument("--wait", type=float, metavar="S",
                    help="then wait up to S seconds for a final state and show the task")
     p = command(tasks, "get", "show a task and its runs")
@@ -189,10 +191,11 @@ def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--cursor", help="continue after a previous page")
     p.add_argument("--all", action="store_true", help="every matching task, page by page")
 
-    queues = group("queue", "list, pause and resume queues")
+    queues = group("queue", "list, pause, resume and delete queues")
     command(queues, "list", "every queue with its depths")
     for name, help in (("pause", "stop claiming from a queue"),
-                       ("resume", "claim from a paused queue again")):
+                       ("resume", "claim from a paused queue again"),
+                       ("delete", "delete a queue with no unfinished or dead-lettered task")):
         command(queues, name, help).add_argument("queue")
 
     dlq = group("dlq", "list, replay and delete dead-lettered tasks")

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def task_create(c: Client, a: argparse.Namespace) -> Output:
     created = c.create(a.name, handler=a.handler, payload=a.payload, queue=a.queue,
                        priority=a.priority, delay_seconds=a.delay, dedup_key=a.dedup_key,
-                       max_retries=a.max_retries, timeout_seconds=a.timeout)
+                       max_retries=a.max_retries, timeout_seconds=a.timeout,
+                       secret_fields=a.secret_fields)
     if a.wait is not None:
         return _detail(_wait(c, created.task_id, a.wait))
     how = "created" if created.created else "the existing task with this dedup key"
@@ -122,7 +123,8 @@ def _detail(d: TaskDetail) -> Output:
     fields: list[tuple[str, Any]] = [
         ("id", t.id), ("name", t.name), ("status", t.status), ("queue", t.queue_name),
         ("handler", t.handler), ("priority", t.priority), ("type", t.type),
-        ("payload", t.payload), ("dedup_key", t.dedup_key),
+        ("payload", t.payload), ("secret", ", ".join(t.secret_fields) or None),
+        ("dedup_key", t.dedup_key),
         ("retries", f"{t.failures} failure(s) of {t.max_retries} retries allowed"),
         ("run_at", t.run_at), ("created", t.created_at), ("finished", t.finished_at),
         ("cancelled", t.cancelled_at and f"{cell(t.cancelled_at)} by {t.cancelled_by}"
@@ -162,6 +164,11 @@ def queue_pause(c: Client, a: argparse.Namespace) -> Output:
 def queue_resume(c: Client, a: argparse.Namespace) -> Output:
     state = c.resume(a.queue)
     return Output(state.raw, f"queue {state.name} resumed")
+
+
+def queue_delete(c: Client, a: argparse.Namespace) -> Output:
+    name = c.delete_queue(a.queue)
+    return Output({"name": name, "deleted": True}, f"queue {name} deleted")
 
 
 # -- dead-letter queues -------------------------------------------------------------------
@@ -221,6 +228,7 @@ COMMANDS: dict[tuple[str, str], Callable[[Client, argparse.Namespace], Output]] 
     ("queue", "list"): queue_list,
     ("queue", "pause"): queue_pause,
     ("queue", "resume"): queue_resume,
+    ("queue", "delete"): queue_delete,
     ("dlq", "list"): dlq_list,
     ("dlq", "replay"): dlq_replay,
     ("dlq", "delete"): dlq_delete,

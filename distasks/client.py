@@ -30,6 +30,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,7 +175,7 @@ def _shape(cls: type[S], data: Any, **nested: Any) -> S:
             if f.name.endswith("_at") and isinstance(value, str):
                 value = datetime.fromisoformat(value)
             values[f.name] = value
-        elif f.default is dataclasses.MISSING:
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise _unexpected(f"{cls.__name__} without {f.name!r}")
     return cls(raw=dict(data), **values)
 
@@ -205,6 +206,8 @@ class Task(_Shape):
     cancelled_at: datetime | None = None
     cancelled_by: str | None = None
     cancel_reason: str | None = None
+    #: payload keys the API shows as "[secret]" (the handler gets their values)
+    secret_fields: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -375,6 +378,8 @@ class TaskSpec:
     dedup_key: str | None = None
     max_retries: int | None = None
     timeout_seconds: float | None = None
+    #: top-level keys of the (object) payload that the API and CLI show as "[secret]"
+    secret_fields: Sequence[str] | None = None
 
     def to_json(self) -> dict[str, Json]:
         """The create body, in the API's field names."""
@@ -387,10 +392,18 @@ class TaskSpec:
                            ("type", task_type), ("run_at", _param(self.run_at)),
                            ("delay_seconds", self.delay_seconds),
                            ("dedup_key", self.dedup_key), ("max_retries", self.max_retries),
-                           ("timeout_seconds", self.timeout_seconds)):
+                           ("timeout_seconds", self.timeout_seconds),
+                           ("secret_fields", _names(self.secret_fields))):
             if value is not None:
                 body[key] = value
         return body
+
+
+def _names(values: Sequence[str] | None) -> list[str] | None:
+    # A lone string would be sent as a list of its characters.
+    if isinstance(values, str):
+        raise TypeError("secret_fields must be a sequence of key names, not a string")
+    return list(values) if values is not None else None
 
 
 class TaskFilters(TypedDict, total=False):
@@ -518,15 +531,17 @@ def _create(name: str, *, handler: str | None = None, payload: Json = None,
             queue: str | None = None, priority: int | None = None, type: str | None = None,
             run_at: datetime | str | None = None, delay_seconds: float | None = None,
             dedup_key: str | None = None, max_retries: int | None = None,
-            timeout_seconds: float | None = None) -> Op[CreateResult]:
+            timeout_seconds: float | None = None,
+            secret_fields: Sequence[str] | None = None) -> Op[CreateResult]:
     """Create a task; unset arguments take the API's defaults (see TaskSpec). With a
-    `dedup_key` that exists, returns that task with `created` False.
+    `dedup_key` that exists, returns that task with `created` False. `secret_fields`
+    names payload keys whose values the API shows as "[secret]".
 
     Raises InvalidRequest (e.g. `unknown_handler`, field `handler`)."""
     spec = TaskSpec(name=name, handler=handler, payload=payload, queue=queue,
                     priority=priority, type=type, run_at=run_at, delay_seconds=delay_seconds,
                     dedup_key=dedup_key, max_retries=max_retries,
-                    timeout_seconds=timeout_seconds)
+                    timeout_seconds=timeout_seconds, secret_fields=secret_fields)
     response = yield _Request("POST", "/api/v1/tasks", json=spec.to_json())
     body = _json(response)
     return _shape(CreateResult, body, created=response.status_code == 201)
@@ -625,6 +640,13 @@ def _resume(queue: str) -> Op[QueueState]:
     """Claim from a paused `queue` again."""
     return _shape(QueueState, _json((yield _Request(
         "POST", f"/api/v1/queues/{_quote(queue)}/resume"))))
+
+
+def _delete_queue(queue: str) -> Op[str]:
+    """Delete `queue`; returns its name. Conflict (409 `queue_not_empty`) while it holds
+    unfinished or dead-lettered tasks, NotFound if there is no such queue."""
+    body = _json((yield _Request("DELETE", f"/api/v1/queues/{_quote(queue)}")))
+    return str(_member(body, "name"))
 
 
 def _dlq(queue: str, *, limit: int | None = None, cursor: str | None = None,
@@ -765,6 +787,7 @@ class _BaseClient:
     queues = _Endpoint(_queues)
     pause = _Endpoint(_pause)
     resume = _Endpoint(_resume)
+    delete_queue = _Endpoint(_delete_queue)
     dlq = _Endpoint(_dlq)
     replay = _Endpoint(_replay)
     delete_dlq = _Endpoint(_delete_dlq)

@@ -194,6 +194,9 @@ class AuthConfig:
     #: networks that may read /metrics without a key (a key needs metrics:read)
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     jwt: JwtConfig = JwtConfig()
+    #: a client address's first bad credential is audited at once, the ones in the
+    #: following seconds as one row with their count (distasks.login_failures)
+    failure_window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,9 @@ class LimitsConfig:
     per_minute: int = 6000
     #: requests per minute of all the principals of one tenant together. 0: no limit
     tenant_per_minute: int = 0
+    #: queues a tenant may have (rows of the queues table): a pause or a create that
+    #: names a new queue beyond it is refused with 409 until one is deleted
+    max_queues: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,8 +465,10 @@ def _validate(c: Config) -> None:
             except ValueError:
                 raise ConfigError(key, f"{n!r} is not an address or network") from None
     _validate_jwt(c.auth.jwt)
+    need(c.auth.failure_window_s > 0, "auth.failure_window_s", "must be positive")
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
+    need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

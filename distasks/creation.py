@@ -33,6 +33,8 @@ class TaskRequest:
     timeout_s: float | None = None
     run_at: datetime | None = None
     delay_s: float | None = None
+    #: top-level payload keys to show redacted (architecture §7)
+    secret_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +62,34 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
     size = len(payload_json.encode())
     if size > rules.max_payload_bytes:
         raise PayloadTooLarge(size, rules.max_payload_bytes)
+    if req.secret_fields and not isinstance(req.payload, dict):
+        raise InvalidInput("secret_fields names top-level keys of the payload, which must "
+                           "then be a JSON object", field="payload")
     if isinstance(registered.fn, HttpHandler):
-        registered.fn.check(req.payload)  # refuse a call that could never be made
+        try:
+            registered.fn.check(req.payload)  # refuse a call that could never be made
+        except InvalidInput as e:
+            raise _without_secrets(e, req.secret_fields) from None
     return NewTask(
         id=uuid.uuid4(), run_id=uuid.uuid4(), name=req.name, handler=handler, type=req.type,
         tenant=req.tenant, queue_name=qualify(req.tenant, req.queue_name), priority=req.priority, payload=req.payload,
         payload_json=payload_json, dedup_key=req.dedup_key,
         max_retries=(req.max_retries if req.max_retries is not None
                      else rules.default_max_retries),
-        timeout_s=req.timeout_s, run_at=_run_at(req, now))
+        timeout_s=req.timeout_s, run_at=_run_at(req, now),
+        # Sorted, once each: the same marks in any order compare equal on a dedup_key.
+        secret_fields=tuple(sorted(set(req.secret_fields))))
+
+
+def _without_secrets(e: InvalidInput, secret_fields: tuple[str, ...]) -> InvalidInput:
+    """`e`, unless it is about a secret field: its message may quote the value (a URL's
+    host, its port), so then one that only names the field."""
+    secret = next((k for k in secret_fields if e.field is not None
+                   and (e.field == f"payload.{k}" or e.field.startswith(f"payload.{k}."))), None)
+    if secret is None:
+        return e
+    return InvalidInput(f"payload.{secret} (secret) is not valid for this handler",
+                        field=e.field, code=e.code)
 
 
 def _run_at(req: TaskRequest, now: datetime) -> datetime | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from distasks.tenancy import shown
+
 
 class DistasksError(Exception):
     """Base of every error distasks raises on purpose."""
@@ -63,12 +65,14 @@ class Refused(DistasksError):
     scope (403), a cross-site or wrongly typed write (403, 415), an unknown Host (400)."""
 
     def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, *, field: str | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        #: the request field (dotted path) the refusal is about, if one is
+        self.field = field
 
 
 class Unauthenticated(Refused):
@@ -91,3 +95,27 @@ class DedupConflict(Refused):
                          f"dedup_key {dedup_key!r} names task {task_id}, created from a "
                          "different request; send the same request again, or another key")
         self.task_id = task_id
+
+
+class TooManyQueues(Refused):
+    """A new queue for a tenant that has limits.max_queues already (409). `index` is the
+    position of the task naming it in a batch create."""
+
+    def __init__(self, queue: str, tenant: str, limit: int, *, field: str = "queue",
+                 index: int = 0):
+        super().__init__(409, "too_many_queues",
+                         f"queue {shown(queue)!r} would be new, and tenant {tenant!r} has "
+                         f"{limit} queues already, the most limits.max_queues allows; "
+                         "delete an unused one (DELETE /api/v1/queues/{name})", field=field)
+        self.limit = limit
+        self.index = index
+
+
+class QueueNotEmpty(Refused):
+    """A queue delete while the queue still holds unfinished or dead-lettered tasks (409)."""
+
+    def __init__(self, queue: str, *, unfinished: int, dead: int):
+        super().__init__(409, "queue_not_empty",
+                         f"queue {shown(queue)!r} has {unfinished} unfinished and {dead} "
+                         "dead-lettered tasks; wait for them, cancel them, or delete or "
+                         "replay its DLQ first", field="queue")

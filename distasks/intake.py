@@ -25,6 +25,7 @@ from distasks.broker import Broker
 from distasks.errors import DistasksError, StoreRejected, StoreUnavailable
 from distasks.metrics import Metrics
 from distasks.model import ClaimedRun, CreateResult, NewTask, Task, TaskStatus, TaskType
+from distasks.queue_census import QueueCensus
 from distasks.store import Store
 
 if TYPE_CHECKING:
@@ -54,8 +55,10 @@ class Intake:
     hands it to the pool: no Redis push, no claim, no second statement."""
 
     def __init__(self, store: Store, broker: Broker, metrics: Metrics | None = None, *,
-                 pool: WorkerPool | None = None, clock: Callable[[], float] = time.time):
+                 pool: WorkerPool | None = None, clock: Callable[[], float] = time.time,
+                 census: QueueCensus | None = None):
         self._store = store
+        self._census = census
         self._broker = broker
         self._metrics = metrics or Metrics()
         self._pool = pool
@@ -71,7 +74,12 @@ class Intake:
         return (await self.create_many([task]))[0]
 
     async def create_many(self, tasks: list[NewTask]) -> list[CreateResult]:
-        """Like `create`, for several tasks that share one transaction (all or nothing)."""
+        """Like `create`, for several tasks that share one transaction (all or nothing).
+
+        Raises TooManyQueues (naming the first task's index) when a task names a new
+        queue its tenant has no room for (limits.max_queues); nothing is written then."""
+        if self._census is not None:
+            await self._census.admit([t.queue_name for t in tasks])
         request = _Request(tasks)
         self._send.send_nowait(request)
         await request.done.wait()

@@ -74,6 +74,8 @@ class NewTask:
     run_at: datetime | None
     #: whose task it is (architecture §8); queue_name is already qualified with it
     tenant: str = "default"
+    #: top-level payload keys whose values the API shows redacted
+    secret_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class Task:
     cancelled_by: str | None = None
     cancel_reason: str | None = None
     tenant: str = "default"
+    #: top-level payload keys whose values the API shows redacted (the handler gets them)
+    secret_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

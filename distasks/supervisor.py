@@ -3,8 +3,9 @@
 The only module that knows them all. Shutdown order is nesting order:
 
     everything (hard deadline: grace + HARD_STOP_MARGIN_S after the first stop request)
-    └── services: jwks, intake, heartbeat, cancelled last (the heartbeat keeps leases
-        │         mover, reaper, control,  alive while handlers use their grace period)
+    └── services: jwks, intake, login      cancelled last (the heartbeat keeps leases
+        │         failures, heartbeat,     alive while handlers use their grace period)
+        │         mover, reaper, control,
         │         reconciler, reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
@@ -24,6 +25,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -50,9 +52,12 @@ from distasks.handlers import Registry, builtin_registry
 from distasks.health import Health
 from distasks.http_handler import HttpHandler
 from distasks.intake import Intake
+from distasks.login_failures import LoginFailures
 from distasks.metrics import Metrics
+from distasks.model import SYSTEM
 from distasks.progress import Progress
-from distasks.store import Store, WorkerInfo
+from distasks.queue_census import QueueCensus
+from distasks.store import AuditEvent, Store, WorkerInfo
 from distasks.tunables import Tunables
 from distasks.waiters import TaskWaiters
 from distasks.waiters import poll as waiters_poll
@@ -74,6 +79,8 @@ GC_THRESHOLD_0 = 10_000
 # How long the API finishes requests in flight (and waits on idle keep-alive connections)
 # once shutdown begins; long polls are cut short and clients retry elsewhere.
 API_DRAIN_S = 2.0
+# How long a reload waits to write its audit row before giving up on it (logged).
+AUDIT_TIMEOUT_S = 5.0
 
 
 def load_registry(config: Config) -> Registry:
@@ -114,6 +121,8 @@ class Daemon:
         self._store: Store | None = None
         self._info: WorkerInfo | None = None
         self._stop_requests = 0
+        #: the file as last read (a reload's audit row names what changed since)
+        self._loaded = config
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; a second request skips the rest of the grace period."""
@@ -138,6 +147,7 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e,
                       extra={"event": "reload_failed"})
+            await self._audit("config_reload_refused", {"key": e.key, "problem": e.problem})
             sdnotify.ready()
             return
         fresh = Tunables.from_config(new)
@@ -166,8 +176,26 @@ class Daemon:
         if restart:
             log.warning("these settings change only after a restart: %s", ", ".join(restart),
                         extra={"event": "reload_needs_restart", "keys": restart})
+        # Keys only, never values: a changed database.url may carry a password.
+        edited = _differences(self._loaded, new)
+        self._loaded = new
+        await self._audit("config_reload", {
+            "changed": edited, "applied": [k for k in edited if k not in restart],
+            "needs_restart": restart})
         sdnotify.ready()
         sdnotify.status(self._status_line())
+
+    async def _audit(self, action: str, detail: dict[str, Any]) -> None:
+        """An audit row by the system; a reload does not wait for PostgreSQL to return."""
+        if self._store is None:
+            return
+        try:
+            with trio.fail_after(AUDIT_TIMEOUT_S):
+                await self._store.record_events([AuditEvent(
+                    at=datetime.now(UTC), actor=SYSTEM, action=action, detail=detail)])
+        except (StoreUnavailable, trio.TooSlowError) as e:
+            log.warning("%s not audited: %s", action, e or "no answer",
+                        extra={"event": "audit_failed", "action": action})
 
     def _status_line(self) -> str:
         c, t = self.config, self.tunables
@@ -214,13 +242,16 @@ class Daemon:
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
             worker_id=self.worker_id, metrics=m, health=h)
-        intake = Intake(store, broker, m, pool=pool)
+        census = QueueCensus(store.queue_names, max_queues=c.limits.max_queues)
+        login_failures = LoginFailures(window_s=c.auth.failure_window_s)
+        intake = Intake(store, broker, m, pool=pool, census=census)
         waiters = TaskWaiters()
         progress = Progress()
         app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
                                       registry=self.registry, waiters=waiters, clock=time.time,
                                       metrics=m, health=h, progress=progress,
-                                      stopping=self._api_stop, tunables=t, jwt=self.jwt))
+                                      stopping=self._api_stop, tunables=t, jwt=self.jwt,
+                                      census=census, login_failures=login_failures))
         self._store = store
         self._info = info = WorkerInfo(
             id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,
@@ -232,6 +263,8 @@ class Daemon:
                     verifier, interval_s=c.auth.jwt.jwks_refresh_s, task_status=task_status))
             for _ in range(INTAKE_LOOPS):
                 await services.start(intake.run)
+            await services.start(lambda task_status: login_failures.run(
+                store, task_status=task_status))
             await services.start(lambda task_status: heartbeat.run(
                 store, broker, pool, info=info, lease_s=c.worker.lease_s, health=h,
                 task_status=task_status))

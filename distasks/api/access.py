@@ -88,6 +88,11 @@ async def principal(s: Services, req: Request) -> Principal | None:
         return await jwt_principal(s, token)
     key = await s.key_cache().key(token)
     if key is None or not key.valid_at(times.utc(s.clock())):
+        if s.login_failures is not None:
+            reason = "unknown" if key is None else "revoked" if key.revoked_at else "expired"
+            s.login_failures.note(client, reason=reason,
+                                  key_id=str(key.id) if key else None,
+                                  tenant=key.tenant if key else "default")
         raise Unauthenticated("the API key is unknown, expired or revoked")
     return key.principal()
 

@@ -64,7 +64,7 @@ def error_for(e: Exception) -> tuple[int, dict[str, Any], dict[str, str]] | None
             status = 400
         return status, _body(e.code, e.message, e.field), {}
     if isinstance(e, Refused):
-        return e.status, _body(e.code, e.message), e.headers
+        return e.status, _body(e.code, e.message, e.field), e.headers
     if isinstance(e, NotFound):
         return 404, _body("not_found", e.message), {}
     if isinstance(e, StoreUnavailable | BrokerUnavailable):

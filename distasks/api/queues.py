@@ -1,4 +1,7 @@
-"""Queue resources: the list with depths and recent throughput; pause and resume."""
+"""Queue resources: the list with depths and recent throughput; pause and resume; delete.
+
+A pause of a name never seen adds a queue, so it is bounded by limits.max_queues per
+tenant (409 beyond it), and a queue with nothing left in it can be deleted."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import queue_name
 from distasks.api.render import iso
-from distasks.api.services import actor, services, tenant, tenant_queue
+from distasks.api.services import Services, actor, services, tenant, tenant_queue
+from distasks.broker import QueueEntries
 from distasks.queue_state import queue_states
 from distasks.tenancy import shown, tenant_of
 
@@ -44,15 +48,46 @@ async def list_queues() -> Response:
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/pause", scope="queues:admin", tag="queues",
            summary="Stop claiming from a queue (creates are still accepted)",
-           responses={200: schemas.QueueState})
+           responses={200: schemas.QueueState},
+           errors={409: "A new queue beyond limits.max_queues of the tenant"})
 async def pause_queue(queue: str) -> Response:
     return await _set_paused(queue, True)
 
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/resume", scope="queues:admin", tag="queues",
-           summary="Claim from a paused queue again", responses={200: schemas.QueueState})
+           summary="Claim from a paused queue again", responses={200: schemas.QueueState},
+           errors={409: "A new queue beyond limits.max_queues of the tenant"})
 async def resume_queue(queue: str) -> Response:
     return await _set_paused(queue, False)
+
+
+@operation(bp, "DELETE", "/api/v1/queues/<queue>", scope="queues:admin", tag="queues",
+           summary="Delete a queue that holds no unfinished or dead-lettered task",
+           responses={200: schemas.QueueDeleted},
+           errors={404: "No such queue",
+                   409: "The queue still holds unfinished or dead-lettered tasks"})
+async def delete_queue(queue: str) -> Response:
+    queue = tenant_queue(queue_name(queue))
+    s = services()
+    await s.store.delete_queue(queue, actor=actor(), now=times.utc(s.clock()))
+    if s.census is not None:
+        s.census.forget(queue)
+    # Committed: its Redis keys go next. If Redis does not answer, a stale flag is
+    # cleared by the reconciler's copy once the queue exists again (until then it pauses
+    # nothing anyone runs), and stale ids are dropped by the claim that meets them.
+    await mirror.copy("queue delete", lambda: _forget(s, queue))
+    return jsonify({"name": shown(queue), "deleted": True})
+
+
+async def _forget(s: Services, queue: str) -> None:
+    """Drop a deleted queue's keys and leftover ids from Redis, except ids of runs and
+    dead tasks that PostgreSQL still has (a create that raced the delete). Ids are read
+    from Redis before PostgreSQL is asked: an id is pushed only once committed, so one
+    read is never taken for stale."""
+    entries = await s.broker.queue_entries(queue)
+    live_runs, live_dead = await s.store.live_entries(entries.runs, entries.dead)
+    await s.broker.forget_queue(queue, QueueEntries(runs=entries.runs - live_runs,
+                                                    dead=entries.dead - live_dead))
 
 
 async def _set_paused(queue: str, paused: bool) -> Response:
@@ -60,8 +95,8 @@ async def _set_paused(queue: str, paused: bool) -> Response:
     s = services()
     # PostgreSQL first (the truth), then the flag claims see; if Redis does not answer,
     # the reconciler copies the flag on its next pass.
-    await s.store.set_paused(queue, paused, actor=actor(),
-                             now=times.utc(s.clock()))
+    await s.store.set_paused(queue, paused, actor=actor(), now=times.utc(s.clock()),
+                             max_queues=s.config.limits.max_queues)
     await mirror.copy("pause" if paused else "resume",
                       lambda: s.broker.set_paused(queue, paused))
     return jsonify({"name": shown(queue), "paused": paused})

@@ -15,12 +15,24 @@ def iso(d: datetime | None) -> str | None:
     return d.isoformat().replace("+00:00", "Z") if d else None
 
 
+# What a secret payload field's value reads as wherever the API shows a payload.
+SECRET = "[secret]"
+
+
 def task_json(t: Task, *, with_payload: bool = True) -> dict[str, Any]:
-    """A task; lists leave the payload out unless asked (with_payload False)."""
+    """A task, its secret fields redacted; lists leave the payload out unless asked
+    (with_payload False)."""
     out = _task_json(t)
     if not with_payload:
         del out["payload"]
+    elif t.secret_fields and isinstance(t.payload, dict):
+        out["payload"] = redacted(t.payload, t.secret_fields)
     return out
+
+
+def redacted(payload: dict[str, Any], secret_fields: tuple[str, ...]) -> dict[str, Any]:
+    """`payload` with the value of each secret field that it holds replaced by SECRET."""
+    return {k: SECRET if k in secret_fields else v for k, v in payload.items()}
 
 
 def _task_json(t: Task) -> dict[str, Any]:
@@ -32,6 +44,7 @@ def _task_json(t: Task) -> dict[str, Any]:
         "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
         "finished_at": iso(t.finished_at), "cancelled_at": iso(t.cancelled_at),
         "cancelled_by": t.cancelled_by, "cancel_reason": t.cancel_reason,
+        "secret_fields": list(t.secret_fields),
     }
 
 

@@ -100,6 +100,18 @@ TIMING_RULES: dict[str, Any] = {"anyOf": [
 ]}
 
 
+# A payload with secret fields is an object. (Names it does not hold mark nothing: JSON
+# Schema cannot tie one field's items to another's keys, and the document must say
+# exactly what is accepted; see architecture §7.)
+SECRET_FIELDS_RULE: dict[str, Any] = {
+    "if": {"required": ["secret_fields"], "properties": {"secret_fields": {"minItems": 1}}},
+    "then": {"properties": {"payload": {"type": "object"}}},
+}
+
+SecretFieldName = Annotated[str, Field(min_length=1, max_length=256,
+                                       json_schema_extra=NO_NUL_TEXT)]
+
+
 class _Strict(BaseModel):
     # Unknown fields are refused (a typo such as `max_retry` must not pass silently);
     # strict types: "3" is not an integer.
@@ -114,7 +126,7 @@ class _Query(BaseModel):
 # -- requests -----------------------------------------------------------------------
 
 class CreateTask(_Strict):
-    model_config = ConfigDict(json_schema_extra=TIMING_RULES)
+    model_config = ConfigDict(json_schema_extra={**TIMING_RULES, **SECRET_FIELDS_RULE})
 
     name: str = Field(min_length=1, max_length=256, description="A free label",
                       json_schema_extra=NO_NUL_TEXT)
@@ -129,6 +141,10 @@ class CreateTask(_Strict):
     run_at: UtcDatetime | None = Field(None, description="RFC 3339, for type delayed")
     delay_seconds: float | None = Field(None, ge=0, le=366 * 86400,
                                         description="For type delayed, instead of run_at")
+    secret_fields: list[SecretFieldName] = Field(
+        default_factory=list, max_length=64,
+        description="Top-level keys of the (object) payload whose values the API and CLI "
+                    "show as \"[secret]\"; the handler gets them as given")
 
 
 class CreateTasks(_Strict):
@@ -178,7 +194,9 @@ class RotateKey(_Strict):
 
 class AuditQuery(_Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
-    action: str | None = text(1, 64, "cancel, pause, resume, dlq_replay, dlq_delete, key_…")
+    action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
+                                     "dlq_delete, key_…, login_failed, login_failures, "
+                                     "config_reload, config_reload_refused")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
@@ -238,6 +256,7 @@ class TaskOut(BaseModel):
     cancelled_at: str | None
     cancelled_by: str | None
     cancel_reason: str | None
+    secret_fields: list[str] = Field(description="Payload keys shown as \"[secret]\"")
 
 
 class RunOut(BaseModel):
@@ -313,6 +332,11 @@ class QueueList(BaseModel):
 class QueueState(BaseModel):
     name: str
     paused: bool
+
+
+class QueueDeleted(BaseModel):
+    name: str
+    deleted: Literal[True]
 
 
 class DeadTaskOut(TaskOut):

@@ -19,9 +19,11 @@ from distasks.handlers import Registry
 from distasks.health import Health
 from distasks.intake import Intake
 from distasks.jwt_auth import Verifier
+from distasks.login_failures import LoginFailures
 from distasks.metrics import Metrics
 from distasks.model import Actor
 from distasks.progress import Progress
+from distasks.queue_census import QueueCensus
 from distasks.quotas import QuotaExceeded, TenantQuotas
 from distasks.ratelimit import RateLimiter
 from distasks.store import Store
@@ -56,6 +58,10 @@ class Services:
     limiter: RateLimiter | None = None
     #: tenants' quotas on creates (distasks.quotas); made when not given
     quotas: TenantQuotas | None = None
+    #: the queues that exist, for the cap at create (the intake holds the same one)
+    census: QueueCensus | None = None
+    #: bad credentials, counted for the audit log (its run() writes them)
+    login_failures: LoginFailures | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:

@@ -14,7 +14,13 @@ from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
 from distasks.api.services import actor, services, tenant, tenant_queue
-from distasks.errors import BrokerUnavailable, DedupConflict, InvalidInput, NotFound
+from distasks.errors import (
+    BrokerUnavailable,
+    DedupConflict,
+    InvalidInput,
+    NotFound,
+    TooManyQueues,
+)
 from distasks.model import TERMINAL_TASK_STATUSES, CreateResult, NewTask, Task, TaskRun
 from distasks.store import TaskFilter
 
@@ -35,7 +41,8 @@ QUOTA_OR_RATE = ("Over the rate limit of the key or its tenant, or over a quota 
 @operation(bp, "POST", "/api/v1/tasks", scope="tasks:write", tag="tasks", summary="Create a task",
            body=schemas.CreateTask, responses={201: schemas.Created, 200: schemas.Created},
            errors={413: "Payload over http.max_payload_bytes or the tenant's max_payload_bytes",
-                   409: "The dedup_key names a task made from a different request",
+                   409: "The dedup_key names a task made from a different request, or "
+                        "queue_name a new queue beyond limits.max_queues",
                    429: QUOTA_OR_RATE})
 async def create_task() -> tuple[Response, int]:
     # Served by api/fast.py in the daemon; this route serves the test client and
@@ -51,7 +58,8 @@ async def create_task() -> tuple[Response, int]:
 @operation(bp, "POST", "/api/v1/tasks/batch", scope="tasks:write", tag="tasks",
            summary="Create many tasks at once: all valid or none written, one transaction",
            body=schemas.CreateTasks, responses={200: schemas.BatchCreated},
-           errors={429: QUOTA_OR_RATE})
+           errors={409: "A queue_name names a new queue beyond limits.max_queues",
+                   429: QUOTA_OR_RATE})
 async def create_tasks() -> Response:
     req = parse_body(schemas.CreateTasks, await read_body())
     s = services()
@@ -68,7 +76,11 @@ async def create_tasks() -> Response:
             e.message = f"tasks[{i}]: {e.message}"
             raise
     await s.admit(tenant(), len(news))
-    results = await s.intake.create_many(news)
+    try:
+        results = await s.intake.create_many(news)
+    except TooManyQueues as e:
+        e.field = f"tasks.{e.index}.queue_name"
+        raise
     return jsonify({"tasks": [{"task_id": str(r.task_id), "status": r.status.value,
                                "created": r.created, "conflict": r.conflict}
                               for r in results]})

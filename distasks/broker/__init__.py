@@ -46,6 +46,9 @@ SOCKET_TIMEOUT_S = 5.0
 CLAIM_BLOCK_S = 1
 # Most batches the mover moves per lock, so one busy queue cannot hold a daemon forever.
 MOVE_MAX_ROUNDS = 10
+# Most entries of each structure a queue delete reads to find the stale ones (a deleted
+# queue holds none but leftovers of copies that failed: few).
+FORGET_LIMIT = 10_000
 
 # Outages, not bugs: connection loss, a replica after failover (READONLY), memory full,
 # a master or cluster not ready yet.
@@ -288,6 +291,36 @@ class Broker:
             await pipe.execute()
 
     @crossing
+    async def queue_entries(self, queue: str) -> QueueEntries:
+        """What a queue's ready list, delayed set, leases and DLQ index hold (at most
+        FORGET_LIMIT of each), for `forget_queue`."""
+        keys = self.keys(queue)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.ready, 0, FORGET_LIMIT - 1)
+            pipe.zrange(keys.delayed, 0, FORGET_LIMIT - 1)
+            pipe.zrange(keys.leases, 0, FORGET_LIMIT - 1)
+            pipe.lrange(keys.dlq, 0, FORGET_LIMIT - 1)
+            ready, delayed, leased, dead = await pipe.execute()
+        return QueueEntries(runs=frozenset([*ready, *delayed, *leased]), dead=frozenset(dead))
+
+    @crossing
+    async def forget_queue(self, queue: str, stale: QueueEntries) -> None:
+        """A deleted queue: drop its pause flag and mover lock, and the `stale` entries
+        of its ready list, delayed set, leases and DLQ index. Only those: a create that
+        raced the delete may have pushed a run since, which must stay."""
+        keys = self.keys(queue)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.paused, keys.mover_lock)
+            for run_id in stale.runs:
+                pipe.lrem(keys.ready, 0, run_id)
+            if stale.runs:
+                pipe.zrem(keys.delayed, *stale.runs)
+                pipe.zrem(keys.leases, *stale.runs)
+            for task_id in stale.dead:
+                pipe.lrem(keys.dlq, 0, task_id)
+            await pipe.execute()
+
+    @crossing
     async def cancelled(self, *, waiting: Sequence[tuple[str, str]], running: str | None,
                         task_id: str, now_ms: int) -> None:
         """A task was cancelled: drop its waiting runs from the index, tell the daemon
@@ -486,6 +519,15 @@ class ControlSubscription:
             return None
         verb, _, rest = str(message["data"]).partition(" ")
         return verb, rest.split()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntries:
+    """Ids in a queue's Redis structures: run ids (ready, delayed, leased) and task ids
+    (DLQ index)."""
+
+    runs: frozenset[str] = frozenset()
+    dead: frozenset[str] = frozenset()
 
 
 def printable(entry: str) -> str:

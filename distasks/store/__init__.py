@@ -8,7 +8,7 @@ failures surface as StoreUnavailable, for the caller's loop to retry with backof
 from __future__ import annotations
 
 from distasks.store import migrate as _migrate
-from distasks.store.audit import AuditEntry, AuditQueries
+from distasks.store.audit import AuditEntry, AuditEvent, AuditQueries
 from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
@@ -30,7 +30,7 @@ from distasks.store.tasks import Cancellation, TaskFilter, TaskQueries
 from distasks.store.workers import WorkerInfo, WorkerQueries
 
 __all__ = [
-    "AuditEntry", "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
+    "AuditEntry", "AuditEvent", "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
     "Interrupted", "Outcomes", "PendingDispatch", "QueueRecord", "Retrying", "Store",
     "Succeeded", "TaskFilter", "WorkerInfo", "Written", "dumps",
 ]

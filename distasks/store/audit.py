@@ -1,5 +1,7 @@
-"""The audit log, read: who did what, from where, in which request (rows are written by
-`record_audit` in store/base.py, in the transaction of the change they record)."""
+"""The audit log: who did what, from where, in which request. Rows of a change are
+written by `record_audit` in store/base.py, in the transaction of the change they
+record; events that change nothing in PostgreSQL (login failures, config reloads) by
+`record_events`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from distasks.store.base import StoreBase, query
+from distasks.model import Actor
+from distasks.store.base import StoreBase, query, record_audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +26,29 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An audit row to write on its own."""
+
+    at: datetime
+    actor: Actor
+    action: str
+    detail: dict[str, Any]
+    queue_name: str | None = None
+
+
 class AuditQueries(StoreBase):
     @query
-    async def audit_entries(self, *, tenant: str, actor: str | None = None, action: str | None = None,
+    async def record_events(self, events: list[AuditEvent]) -> None:
+        """Write `events` as audit rows, in one transaction."""
+        async with self._pool.transaction() as conn:
+            for e in events:
+                await record_audit(conn, at=e.at, actor=e.actor, action=e.action,
+                                   queue_name=e.queue_name, detail=e.detail)
+
+    @query
+    async def audit_entries(self, *, tenant: str, actor: str | None = None,
+                            action: str | None = None,
                             queue_name: str | None = None, since: datetime | None = None,
                             before_id: int | None = None, limit: int) -> list[AuditEntry]:
         """`tenant`'s audit log, newest first, filtered, in pages by id."""

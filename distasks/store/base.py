@@ -110,7 +110,7 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
     columns = ("id", "name", "handler", "type", "queue_name", "priority", "dedup_key",
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
                "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
-               "tenant")
+               "tenant", "secret_fields")
     payload = f"{a}payload" if with_payload else "NULL::jsonb AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
@@ -124,6 +124,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
         created_at=r["created_at"], updated_at=r["updated_at"], finished_at=r["finished_at"],
         cancelled_at=r.get("cancelled_at"), cancelled_by=r.get("cancelled_by"),
         cancel_reason=r.get("cancel_reason"), tenant=r.get("tenant", "default"),
+        secret_fields=tuple(r.get("secret_fields") or ()),
     )
 
 

@@ -1,12 +1,16 @@
-"""Queues: pause and resume, and what the queue list shows from PostgreSQL."""
+"""Queues: pause and resume, delete, how many a tenant has, and what the queue list
+shows from PostgreSQL."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from distasks import tenancy
+from distasks.errors import NotFound, QueueNotEmpty, TooManyQueues
 from distasks.model import Actor
 from distasks.store.base import StoreBase, query, record_audit
 
@@ -29,6 +33,38 @@ ON CONFLICT (name) DO UPDATE
 SET paused = excluded.paused, paused_at = excluded.paused_at, paused_by = excluded.paused_by
 """
 
+# Held (per tenant, to the end of the transaction) by whoever may add a queue row through
+# the API, so that two pauses of new names cannot both take the last place under the cap.
+QUEUES_LOCK_KEY = 0x71756575  # "queu"
+
+# The tenant of a qualified queue name, as distasks.tenancy.tenant_of says it.
+TENANT_OF_NAME = ("CASE WHEN strpos(name, '/') = 0 THEN 'default' "
+                  "ELSE split_part(name, '/', 1) END")
+
+QUEUE_EXISTS = "SELECT 1 FROM queues WHERE name = %s"
+
+TENANT_QUEUE_COUNT = f"SELECT count(*) FROM queues WHERE {TENANT_OF_NAME} = %s"
+
+# A queue row locked for its delete, and what still needs it: unfinished tasks (waiting,
+# running or awaiting a retry) and dead-lettered ones (failed, not deleted from the DLQ).
+# The lock makes a concurrent create's `INSERT INTO queues … ON CONFLICT DO NOTHING`
+# (store/tasks.py CREATE_TASKS) wait, and then write the row again: a task committed
+# after this check keeps its queue listed, so the reconciler still rebuilds it.
+QUEUE_FOR_DELETE = "SELECT name FROM queues WHERE name = %s FOR UPDATE"
+
+QUEUE_CONTENTS = """
+SELECT count(*) FILTER (WHERE status = 'queued'),
+       count(*) FILTER (WHERE status = 'failed' AND dlq_deleted_at IS NULL)
+FROM tasks WHERE queue_name = %s AND status IN ('queued', 'failed')
+"""
+
+QUEUE_NAMES = "SELECT name FROM queues"
+
+# Of the ids a deleted queue's Redis structures hold, those still needed: runs waiting or
+# running, tasks dead-lettered.
+LIVE_RUNS = "SELECT id FROM task_runs WHERE id = ANY(%s) AND status IN ('queued', 'running')"
+LIVE_DEAD = "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL"
+
 QUEUES = "SELECT name, paused, paused_at, paused_by FROM queues ORDER BY name"
 
 FINISHED_LAST_MINUTE = """
@@ -43,13 +79,68 @@ AVAILABLE_SINCE = "SELECT id, available_at FROM task_runs WHERE id = ANY(%s)"
 class QueueQueries(StoreBase):
     @query
     async def set_paused(self, queue_name: str, paused: bool, *, actor: Actor,
-                         now: datetime) -> None:
-        """Pause or resume a queue (PostgreSQL keeps the flag; Redis mirrors it)."""
+                         now: datetime, max_queues: int | None = None) -> None:
+        """Pause or resume a queue (PostgreSQL keeps the flag; Redis mirrors it).
+
+        Raises TooManyQueues when `queue_name` is new and its tenant has `max_queues`
+        queues already (exact: the tenant's queue lock is held for the count)."""
         async with self._pool.transaction() as conn:
+            if max_queues is not None:
+                await self._check_room(conn, queue_name, max_queues)
             await conn.execute(SET_PAUSED, {"name": queue_name, "paused": paused, "now": now,
                                             "actor": actor.id})
             await record_audit(conn, at=now, actor=actor, action="pause" if paused else "resume",
                                queue_name=queue_name, detail={})
+
+    @staticmethod
+    async def _check_room(conn: Any, queue_name: str, max_queues: int) -> None:
+        tenant = tenancy.tenant_of(queue_name)
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                           (QUEUES_LOCK_KEY, tenant))
+        cur = await conn.execute(QUEUE_EXISTS, (queue_name,))
+        if await cur.fetchone() is not None:
+            return
+        cur = await conn.execute(TENANT_QUEUE_COUNT, (tenant,))
+        row = await cur.fetchone()
+        if row is not None and row[0] >= max_queues:
+            raise TooManyQueues(queue_name, tenant, max_queues)
+
+    @query
+    async def delete_queue(self, queue_name: str, *, actor: Actor, now: datetime) -> None:
+        """Remove a queue's row, audited. Raises NotFound if there is none, QueueNotEmpty
+        while it holds unfinished or dead-lettered tasks."""
+        async with self._pool.transaction() as conn:
+            cur = await conn.execute(QUEUE_FOR_DELETE, (queue_name,))
+            if await cur.fetchone() is None:
+                raise NotFound(f"no queue named {tenancy.shown(queue_name)!r}")
+            cur = await conn.execute(QUEUE_CONTENTS, (queue_name,))
+            row = await cur.fetchone()
+            unfinished, dead = row if row is not None else (0, 0)
+            if unfinished or dead:
+                raise QueueNotEmpty(queue_name, unfinished=unfinished, dead=dead)
+            await conn.execute("DELETE FROM queues WHERE name = %s", (queue_name,))
+            await record_audit(conn, at=now, actor=actor, action="queue_delete",
+                               queue_name=queue_name, detail={})
+
+    @query
+    async def live_entries(self, run_ids: Collection[str], task_ids: Collection[str]
+                           ) -> tuple[set[str], set[str]]:
+        """Which of `run_ids` are runs still waiting or running, and which of `task_ids`
+        tasks still dead-lettered (ids that are not UUIDs are neither)."""
+        runs, dead = _uuids(run_ids), _uuids(task_ids)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(LIVE_RUNS, (list(runs),))
+            live_runs = {runs[r] for (r,) in await cur.fetchall()}
+            cur = await conn.execute(LIVE_DEAD, (list(dead),))
+            live_dead = {dead[t] for (t,) in await cur.fetchall()}
+        return live_runs, live_dead
+
+    @query
+    async def queue_names(self) -> list[str]:
+        """The name of every queue in the queues table (every tenant's)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(QUEUE_NAMES)
+            return [name for (name,) in await cur.fetchall()]
 
     @query
     async def copy_pause_flags(self, apply: Callable[[dict[str, bool]], Awaitable[None]]) -> None:
@@ -83,3 +174,14 @@ class QueueQueries(StoreBase):
             found = {r[0]: r[1] for r in await cur.fetchall()}
         return found
 
+
+
+def _uuids(ids: Collection[str]) -> dict[uuid.UUID, str]:
+    """The ids that read as UUIDs, by UUID, each with its text as given."""
+    out = {}
+    for text in ids:
+        try:
+            out[uuid.UUID(text)] = text
+        except ValueError:
+            pass
+    return out

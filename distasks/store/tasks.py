@@ -65,13 +65,13 @@ WITH input AS (
     SELECT * FROM json_to_recordset(%(input)s::json) AS i(
         id uuid, run_id uuid, tenant text, name text, handler text, type text,
         queue_name text, priority int, payload jsonb, dedup_key text, max_retries int,
-        timeout_s float8, run_at timestamptz, start bool)
+        timeout_s float8, run_at timestamptz, start bool, secret_fields text[])
 ), inserted AS (
     INSERT INTO tasks (id, tenant, name, handler, type, queue_name, priority, payload,
-                       dedup_key, max_retries, timeout_s, run_at)
+                       dedup_key, max_retries, timeout_s, run_at, secret_fields)
     -- json_to_recordset reads a JSON null payload as SQL NULL: it is JSON's null.
     SELECT id, tenant, name, handler, type, queue_name, priority, coalesce(payload, 'null'),
-           dedup_key, max_retries, timeout_s, run_at
+           dedup_key, max_retries, timeout_s, run_at, coalesce(secret_fields, '{}')
     FROM input
     -- One order for every batch: concurrent batches sharing dedup keys wait, not deadlock.
     ORDER BY tenant, dedup_key
@@ -90,19 +90,21 @@ WITH input AS (
         SELECT 1 FROM queues q WHERE q.name = i.queue_name AND q.paused)) AS s(now)
     RETURNING id, status = 'running' AS started
 ), new_queues AS (
+    -- No NOT EXISTS filter: ON CONFLICT also waits for a queue delete in progress and
+    -- then writes the row again (store/queues.py QUEUE_FOR_DELETE).
     INSERT INTO queues (name)
     SELECT DISTINCT queue_name FROM input
-    WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = input.queue_name)
     ON CONFLICT DO NOTHING
 )
 SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
 """
 
 # What a create with a taken dedup_key is compared with: the request that made the task
-# (run_at aside, since a delay_seconds gives a new one on every try).
+# (run_at aside, since a delay_seconds gives a new one on every try), real payload values
+# and secret marks included.
 EXISTING_BY_DEDUP_KEY = """
 SELECT tenant, dedup_key, id, status, name, handler, type, queue_name, priority, payload,
-       max_retries, timeout_s
+       max_retries, timeout_s, secret_fields
 FROM tasks WHERE (tenant, dedup_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
@@ -176,7 +178,7 @@ class TaskQueries(StoreBase):
                 assert t.dedup_key is not None
                 tid, status, *made_from = existing[t.tenant, t.dedup_key]
                 asked = (t.name, t.handler, t.type.value, t.queue_name, t.priority, t.payload,
-                         t.max_retries, t.timeout_s)
+                         t.max_retries, t.timeout_s, list(t.secret_fields))
                 results.append(CreateResult(tid, TaskStatus(status), created=False,
                                             conflict=tuple(made_from) != asked))
         return results
@@ -282,6 +284,7 @@ def _input_json(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -> str:
             "handler": t.handler,
             "type": t.type.value, "queue_name": t.queue_name, "priority": t.priority,
             "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_s": t.timeout_s,
-            "run_at": t.run_at.isoformat() if t.run_at else None, "start": t.run_id in start})
+            "run_at": t.run_at.isoformat() if t.run_at else None, "start": t.run_id in start,
+            "secret_fields": list(t.secret_fields)})
         rows.append(f'{head[:-1]},"payload":{t.payload_json}}}')
     return f"[{','.join(rows)}]"

@@ -1,0 +1,76 @@
+"""Secret payload fields as plain functions: what a create with `secret_fields` becomes
+(distasks.creation), how a task reads in the API (distasks.api.render), and refusals
+that never quote a secret value."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from distasks import creation
+from distasks.api import schemas
+from distasks.api.parse import parse_body, task_request
+from distasks.api.render import SECRET, task_json
+from distasks.errors import InvalidInput
+from distasks.handlers import builtin_registry
+from distasks.http_handler import HttpHandler
+from distasks.model import NewTask, Task, TaskStatus, TaskType
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+RULES = creation.CreationRules(
+    registry=builtin_registry(http=HttpHandler(("api.example.com",), 1000)),
+    default_handler="demo", default_max_retries=3, max_payload_bytes=10_000)
+
+
+def parse(body: dict[str, Any]) -> NewTask:
+    raw = json.dumps(body).encode()
+    return creation.new_task(task_request(parse_body(schemas.CreateTask, raw)), RULES, now=NOW)
+
+
+def test_marks_are_kept_once_each_in_one_order_and_the_payload_whole():
+    new = parse({"name": "x", "payload": {"b": 1, "a": "s"}, "secret_fields": ["b", "a", "b"]})
+    assert new.secret_fields == ("a", "b")
+    assert new.payload == {"b": 1, "a": "s"}
+    # A name the payload does not hold marks nothing, and is no error (architecture §7).
+    assert parse({"name": "x", "payload": {}, "secret_fields": ["c"]}).secret_fields == ("c",)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"name": "x", "payload": "s3cret", "secret_fields": ["a"]}, "payload"),
+    ({"name": "x", "payload": {"a": 1}, "secret_fields": [""]}, "secret_fields.0"),
+    ({"name": "x", "payload": {"a": 1}, "secret_fields": "a"}, "secret_fields"),
+])
+def test_bad_marks_are_refused_naming_the_field(body: dict[str, Any], field: str):
+    with pytest.raises(InvalidInput) as refused:
+        parse(body)
+    assert refused.value.field == field
+
+
+def test_a_refusal_about_a_secret_field_does_not_quote_its_value():
+    body = {"name": "x", "handler": "http",
+            "payload": {"url": "https://secret-host.internal/x"}}
+    with pytest.raises(InvalidInput) as plain:
+        parse(body)
+    assert "secret-host" in plain.value.message
+    with pytest.raises(InvalidInput) as secret:
+        parse({**body, "secret_fields": ["url"]})
+    assert secret.value.field == plain.value.field == "payload.url"
+    assert "secret-host" not in secret.value.message
+
+
+def test_the_api_shows_secret_values_redacted_and_lists_no_payload_unless_asked():
+    task = Task(id=uuid.uuid4(), name="x",
+                handler="demo", type=TaskType.IMMEDIATE, queue_name="default", priority=0,
+                payload={"to": "a@example.com", "token": "s3cret"}, dedup_key=None,
+                max_retries=3, timeout_s=None, status=TaskStatus.QUEUED, failures=0,
+                run_at=None, created_at=NOW, updated_at=NOW, finished_at=None,
+                secret_fields=("token", "absent"))
+    shown = task_json(task)
+    assert shown["payload"] == {"to": "a@example.com", "token": SECRET}
+    assert shown["secret_fields"] == ["token", "absent"]
+    assert "payload" not in task_json(task, with_payload=False)
+    assert task.payload["token"] == "s3cret"  # what the handler gets is untouched
