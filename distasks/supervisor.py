@@ -323,6 +323,10 @@ def _differences(old: Config, new: Config) -> list[str]:
     keys = []
     for section in dataclasses.fields(old):
         a, b = getattr(old, section.name), getattr(new, section.name)
+        if not dataclasses.is_dataclass(a):  # [tenants.<name>] tables
+            keys += [f"{section.name}.{name}" for name in sorted(set(a) | set(b))
+                     if a.get(name) != b.get(name)]
+            continue
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
                 keys.append(f"{section.name}.{f.name}")

@@ -27,10 +27,11 @@ async def test_delete_is_refused_while_a_task_is_unfinished_and_audited_once_don
         with pytest.raises(QueueNotEmpty) as refused:
             await store.delete_queue("q", actor=ADMIN, now=now())
         assert "1 unfinished and 0 dead-lettered" in refused.value.message
-        await store.cancel_task(created.task_id, actor=ADMIN, reason=None, now=now())
+        await store.cancel_task(created.task_id, tenant="default", actor=ADMIN, reason=None,
+                                now=now())
         await store.delete_queue("q", actor=ADMIN, now=now())
         assert await store.queue_names() == []
-        [entry] = await store.audit_entries(action="queue_delete", limit=10)
+        [entry] = await store.audit_entries(tenant="default", action="queue_delete", limit=10)
         assert (entry.actor, entry.queue_name) == ("test", "q")
 
 

@@ -409,3 +409,13 @@ def test_tenants_have_quotas_and_serve_queues_by_qualified_name(tmp_path):
         with pytest.raises(ConfigError) as info:
             load(path, env={})
         assert info.value.key == key, bad
+
+
+def test_a_reload_names_each_tenant_whose_quotas_changed():
+    from distasks.config import TenantConfig  # noqa: PLC0415
+    from distasks.supervisor import _differences  # noqa: PLC0415
+
+    old = replace(Config(), tenants={"acme": TenantConfig(max_queued=5)})
+    new = replace(Config(), tenants={"acme": TenantConfig(max_queued=6),
+                                     "beta": TenantConfig()})
+    assert _differences(old, new) == ["tenants.acme", "tenants.beta"]

@@ -28,7 +28,8 @@ RULES = creation.CreationRules(
 
 def parse(body: dict[str, Any]) -> NewTask:
     raw = json.dumps(body).encode()
-    return creation.new_task(task_request(parse_body(schemas.CreateTask, raw)), RULES, now=NOW)
+    return creation.new_task(task_request(parse_body(schemas.CreateTask, raw), "default"), RULES,
+                             now=NOW)
 
 
 def test_marks_are_kept_once_each_in_one_order_and_the_payload_whole():
