@@ -86,7 +86,11 @@ def slots_after(expression: str, timezone: str, after: datetime) -> Iterator[dat
     tz = zone(timezone)
     last = after.astimezone(UTC)
     try:
-        for local in CronSim(expression, after.astimezone(tz)):
+        it = CronSim(expression, after.astimezone(tz))
+    except CronSimError as e:
+        raise CronError("cron", f"{expression!r}: {e}") from None
+    try:
+        for local in it:
             slot = local.astimezone(UTC)
             if slot > last:  # belt and braces: time never goes backwards here
                 last = slot

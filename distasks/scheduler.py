@@ -183,5 +183,5 @@ async def upsert_configured(store: Store, wanted: list[Schedule], *, now_s: floa
     created, updated, deleted = await store.upsert_configured(
         wanted, lambda s: schedules.rearm(s, now=now), actor=CONFIG_ACTOR, now=now)
     log.info("config schedules: %d created, %d updated, %d deleted", created, updated, deleted,
-             extra={"event": "schedules_configured", "created": created, "updated": updated,
-                    "deleted": deleted, "count": len(wanted)})
+             extra={"event": "schedules_configured", "added": created, "changed": updated,
+                    "removed": deleted, "count": len(wanted)})
