@@ -5,12 +5,17 @@ schedules upserted at start."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import trio
 
-from .conftest import wait_task
+from distasks.client import AsyncClient, Conflict, InvalidRequest, NotFound
+
+from .conftest import REPO, wait_task
 from .test_access import keys_cli
 
 SCOPES = ("schedules:read", "schedules:write", "tasks:read", "audit:read")
@@ -172,3 +177,68 @@ async def test_the_config_files_schedules_are_upserted_at_start(start_daemon, da
                 assert (await c.delete("/api/v1/schedules/deployment-report")).status_code == 409
                 r = await c.patch("/api/v1/schedules/deployment-report", json={"enabled": False})
                 assert r.status_code == 200
+
+
+async def run_cli(url: str, *argv: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
+    p = await trio.run_process([sys.executable, "-m", "distasks", *argv],
+                               env={**env, "DISTASKS_URL": url}, cwd=REPO, check=False,
+                               capture_stdout=True, capture_stderr=True)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+async def test_the_cli_and_the_python_client_manage_schedules(start_daemon, daemon_env):
+    with trio.fail_after(90):
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url) as c:
+            code, out, err = await run_cli(
+                d.url, "schedules", "create", "nightly", "30 2 * * *", "--timezone",
+                "Europe/Berlin", "--handler", "noop", "--queue", "reports", "--payload",
+                '{"kind": "nightly"}', "--catch-up", "all", "--catch-up-max", "3")
+            assert code == 0, err
+            assert out.startswith("schedule nightly created; next fire ")
+            code, out, err = await run_cli(d.url, "schedules", "create", "bad", "61 * * * *")
+            assert code == 1 and err.startswith("distasks: 422 invalid_input (cron): "), err
+            code, out, _ = await run_cli(d.url, "schedules", "list")
+            assert code == 0 and "nightly" in out and "Europe/Berlin" in out
+            code, out, _ = await run_cli(d.url, "schedules", "get", "nightly", "--upcoming", "2",
+                                         "--json")
+            shown = json.loads(out)
+            assert len(shown["upcoming"]) == 2 and shown["schedule"]["catch_up_max"] == 3
+            code, out, _ = await run_cli(d.url, "schedules", "update", "nightly", "--cron",
+                                         "0 3 * * *", "--no-skip-if-running", "--priority", "4")
+            assert code == 0, out
+            code, out, _ = await run_cli(d.url, "schedules", "pause", "nightly")
+            assert (code, out.strip()) == (0, "schedule nightly paused")
+
+            # The same through the Python client.
+            x = await c.schedule("nightly")
+            assert (x.schedule.cron, x.schedule.enabled, x.schedule.task["priority"]) == (
+                "0 3 * * *", False, 4)
+            assert x.upcoming == [] and x.fires == []
+            resumed = await c.resume_schedule("nightly")
+            assert resumed.enabled and resumed.next_fire_at is not None
+            made = await c.create_schedule("weekly", "0 9 * * MON",
+                                           task={"handler": "noop"}, jitter_seconds=60)
+            assert made.owner == "api" and made.jitter_seconds == 60
+            assert [s.name for s in await c.schedules()] == ["nightly", "weekly"]
+            try:
+                await c.create_schedule("weekly", "0 9 * * MON")
+            except Conflict as e:
+                assert e.code == "schedule_exists"
+            else:
+                raise AssertionError("a second schedule of one name was accepted")
+            try:
+                await c.update_schedule("weekly", timezone="Nowhere/Special")
+            except InvalidRequest as e:
+                assert e.field == "timezone"
+            else:
+                raise AssertionError("an unknown time zone was accepted")
+            await c.delete_schedule("weekly")
+            try:
+                await c.schedule("weekly")
+            except NotFound:
+                pass
+            else:
+                raise AssertionError("a deleted schedule is still shown")
+            code, out, _ = await run_cli(d.url, "schedules", "delete", "nightly")
+            assert (code, out.strip()) == (0, "schedule nightly deleted")
