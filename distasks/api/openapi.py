@@ -23,7 +23,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "task_id": {"type": "string", "format": "uuid"},
     "key_id": {"type": "string", "format": "uuid"},
     "queue": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
-    "schedule": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
+    # a schedule's name
+    "name": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
 }
 
 # Errors every operation may answer, besides its own.

@@ -71,10 +71,10 @@ def queue_name(name: str) -> str:
 
 
 def schedule_name(name: str) -> str:
-    """A schedule name from a URL, or a 422 naming `schedule`."""
+    """A schedule name from a URL, or a 422 naming `name`."""
     if not QUEUE_NAME_RE.fullmatch(name):
         raise InvalidInput(f"schedule name {name!r} is not 1-64 of [A-Za-z0-9_.-]",
-                           field="schedule")
+                           field="name")
     return name
 
 
@@ -98,7 +98,7 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 # Readers of each kind of path parameter, by name (as the routes spell them).
 PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id, "key_id": key_id,
-                   "schedule": schedule_name}
+                   "name": schedule_name}
 
 
 def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidInput | None:

@@ -52,12 +52,12 @@ async def list_schedules() -> Response:
     return jsonify({"schedules": [schedule_json(x) for x in found]})
 
 
-@operation(bp, "GET", "/api/v1/schedules/<schedule>", scope="schedules:read", tag="schedules",
+@operation(bp, "GET", "/api/v1/schedules/<name>", scope="schedules:read", tag="schedules",
            summary="A schedule with its next fire times and its last fires",
            query=schemas.ScheduleQuery, responses={200: schemas.ScheduleDetail},
            errors={404: "No such schedule in the tenant"})
-async def get_schedule(schedule: str) -> Response:
-    name = schedule_name(schedule)
+async def get_schedule(name: str) -> Response:
+    name = schedule_name(name)
     q = parse_query(schemas.ScheduleQuery)
     s = services()
     found = await s.store.get_schedule(_tenant(), name)
@@ -74,7 +74,7 @@ async def get_schedule(schedule: str) -> Response:
                     "fires": [fire_json(f) for f in fires]})
 
 
-@operation(bp, "PATCH", "/api/v1/schedules/<schedule>", scope="schedules:write",
+@operation(bp, "PATCH", "/api/v1/schedules/<name>", scope="schedules:write",
            tag="schedules", summary="Change, pause (enabled false) or resume a schedule",
            body=schemas.UpdateSchedule, body_required=False,
            responses={200: schemas.ScheduleOut},
@@ -82,8 +82,8 @@ async def get_schedule(schedule: str) -> Response:
                    409: "A schedule of the config file: only enabled may change",
                    422: "Invalid input, a cron expression or time zone that cannot be used, "
                         "or a task template that would be refused: the body names the field"})
-async def update_schedule(schedule: str) -> Response:
-    name = schedule_name(schedule)
+async def update_schedule(name: str) -> Response:
+    name = schedule_name(name)
     req = parse_body(schemas.UpdateSchedule, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
@@ -104,13 +104,13 @@ async def update_schedule(schedule: str) -> Response:
     return jsonify(schedule_json(updated))
 
 
-@operation(bp, "DELETE", "/api/v1/schedules/<schedule>", scope="schedules:write",
+@operation(bp, "DELETE", "/api/v1/schedules/<name>", scope="schedules:write",
            tag="schedules", summary="Delete a schedule (the tasks it made stay)",
            responses={204: None},
            errors={404: "No such schedule in the tenant",
                    409: "A schedule of the config file: remove it from the file"})
-async def delete_schedule(schedule: str) -> tuple[str, int]:
-    name = schedule_name(schedule)
+async def delete_schedule(name: str) -> tuple[str, int]:
+    name = schedule_name(name)
     s = services()
     now = times.utc(s.clock())
     tenant = _tenant()
