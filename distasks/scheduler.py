@@ -71,9 +71,16 @@ def decide(s: Schedule, running: bool, rules: CreationRules, *, now: datetime,
     """Which of `s`'s due slots fire at `now`, and the task of each. `running`: the task
     of its previous slot is not finished (for skip_if_running)."""
     assert s.next_fire_at is not None
-    p = cron.plan(s.cron, s.timezone, next_fire_at=s.next_fire_at, now=now,
-                  catch_up=cron.CatchUp(s.catch_up), catch_up_max=s.catch_up_max,
-                  grace=timedelta(seconds=settings.misfire_grace_s), ends_at=s.ends_at)
+    try:
+        p = cron.plan(s.cron, s.timezone, next_fire_at=s.next_fire_at, now=now,
+                      catch_up=cron.CatchUp(s.catch_up), catch_up_max=s.catch_up_max,
+                      grace=timedelta(seconds=settings.misfire_grace_s), ends_at=s.ends_at)
+    except cron.CronError as e:
+        # Checked when saved, so only a time zone gone from this machine's tzdata gets
+        # here: the schedule stops (no next slot) until a PATCH gives it one again.
+        log.error("schedule %s stopped: %s", s.name, e.problem,
+                  extra={"event": "schedule_refused", "schedule": s.name, "tenant": s.tenant})
+        return Firing(slots=[], missed=0, next_fire_at=None)
     slots = []
     for i, fire_at in enumerate(p.fire):
         # Only the first slot of a pass can find the previous task unfinished: the ones

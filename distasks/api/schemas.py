@@ -444,9 +444,50 @@ class ErrorOut(BaseModel):
 
 # A schedule name stands in URLs: the same rule as a queue name.
 SCHEDULE_NAME_PATTERN = QUEUE_NAME_PATTERN
-# The cron alphabet, 5 or 6 fields; what each field may hold is checked by cronsim
-# (distasks.cron.check), and a 422 names `cron` when it refuses.
-CRON_PATTERN = r"^\s*[0-9A-Za-z*/,?#LW-]+(\s+[0-9A-Za-z*/,?#LW-]+){4,5}\s*$"
+
+
+def _cron_pattern() -> str:
+    """5 or 6 fields (seconds first) separated by spaces, each a list of `*`, a value or
+    a range, with an optional /step; `L`, `LW`, `nL` and `n#k` where cronsim takes them.
+    Each value is within its field's range. What a pattern cannot say (a range that runs
+    backwards, a day no listed month has) cronsim refuses (distasks.cron.check): a 422
+    naming `cron`."""
+    def field(value: str, extra: str = "") -> str:
+        term = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]?)?"
+        one = f"(?:{extra}{term})" if extra else term
+        return rf"{one}(?:,{one})*"
+
+    sixty = r"(?:[1-5]?[0-9])"
+    hour = r"(?:1?[0-9]|2[0-3])"
+    day = r"(?:[1-9]|[12][0-9]|3[01])"
+    month = r"(?:[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)"
+    weekday = r"(?:[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)"
+    five = " +".join([field(sixty), field(hour), field(day, r"LW|L|"), field(month),
+                      field(weekday, rf"[0-7]L|{weekday}#[1-5]|")])
+    return rf"^(?:{field(sixty)} +)?{five}$"
+
+
+CRON_PATTERN = _cron_pattern()
+_CRON_RE = re.compile(CRON_PATTERN)
+
+
+def _cron_syntax(value: str) -> str:
+    """CRON_PATTERN, with cronsim's word on what is wrong rather than the pattern."""
+    if not _CRON_RE.fullmatch(value):
+        from distasks import cron  # noqa: PLC0415 (schemas stay free of the domain at import)
+
+        try:
+            cron.check(value, "UTC", now=datetime.now(UTC))
+        except cron.CronError as e:
+            raise ValueError(e.problem) from None
+        raise ValueError("fields hold *, values within their range (names in capitals: MON, "
+                         "JAN), ranges a-b, lists and /steps; L, LW, nL and n#k where cron "
+                         "takes them")
+    return value
+
+
+CronExpression = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": CRON_PATTERN}),
+                           AfterValidator(_cron_syntax)]
 CatchUpName = Literal["skip", "latest", "all"]
 CatchUpMax = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
 
@@ -465,8 +506,8 @@ class ScheduleTask(_Strict):
 
 class CreateSchedule(_Strict):
     name: str = Field(pattern=SCHEDULE_NAME_PATTERN, description="Unique in the tenant")
-    cron: str = Field(pattern=CRON_PATTERN, max_length=200,
-                      description="5 fields (minute hour day month weekday) or 6 (seconds "
+    cron: CronExpression = Field(
+        description="5 fields (minute hour day month weekday) or 6 (seconds "
                                   "first); names (MON, JAN) and L, W, # as cronsim reads them")
     timezone: str = Field("UTC", min_length=1, max_length=64,
                           description="IANA time zone of the cron's wall-clock times")
@@ -500,7 +541,7 @@ class UpdateSchedule(_Strict):
     """Only the fields given change; a change of cron, timezone, start_at or end_at, or
     enabling a paused schedule, restarts it from the next slot after now."""
 
-    cron: str | None = Field(None, pattern=CRON_PATTERN, max_length=200)
+    cron: CronExpression | None = None
     timezone: str | None = Field(None, min_length=1, max_length=64)
     task: UpdateScheduleTask | None = None
     enabled: bool | None = None
