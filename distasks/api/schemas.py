@@ -507,8 +507,8 @@ class ScheduleTask(_Strict):
 class CreateSchedule(_Strict):
     name: str = Field(pattern=SCHEDULE_NAME_PATTERN, description="Unique in the tenant")
     cron: CronExpression = Field(
-        description="5 fields (minute hour day month weekday) or 6 (seconds "
-                                  "first); names (MON, JAN) and L, W, # as cronsim reads them")
+        description="5 fields (minute hour day month weekday) or 6 (seconds first); "
+                    "names in capitals (MON, JAN); L, LW, nL and n#k as cronsim reads them")
     timezone: str = Field("UTC", min_length=1, max_length=64,
                           description="IANA time zone of the cron's wall-clock times")
     task: ScheduleTask = Field(default_factory=lambda: ScheduleTask.model_validate({}))

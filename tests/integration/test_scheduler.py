@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import trio
 
-from distasks import scheduler, schedules, times
+from distasks import reconciler, scheduler, schedules, times
 from distasks.api.schemas import CreateSchedule
 from distasks.broker import Broker
 from distasks.creation import CreationRules
@@ -251,3 +252,21 @@ async def test_the_config_files_schedules_are_upserted_keeping_their_progress(st
         actions = [e.action for e in await store.audit_entries(limit=10)]
     assert actions == ["schedule_delete", "schedule_update", "schedule_update",
                        "schedule_create", "schedule_create"]
+
+
+async def test_a_fire_committed_while_redis_is_down_is_pushed_by_the_reconciler(
+        store, broker, config):
+    await add(store, "while-down", "* * * * *")
+    with trio.fail_after(30):
+        await reconciler.reconcile_once(store, broker, now_s=time.time(), grace_s=0)  # epoch
+        async with Broker.open("redis://127.0.0.1:1/0", prefix=config.redis.prefix) as down:
+            # The slot is committed (its task accepted) even though the copy failed.
+            assert await fire(store, down, T0 + timedelta(minutes=1)) == 1
+        [(run_id, dispatched)] = rows(config.database.url,
+                                      "SELECT id, dispatched_at FROM task_runs")
+        assert dispatched is None and (await broker.depths("sched"))["ready"] == 0
+        pushed = await reconciler.reconcile_once(store, broker, now_s=time.time() + 120,
+                                                 grace_s=60)
+        ready = await broker.raw("lrange", broker.keys("sched").ready, 0, -1)
+    assert pushed == 1 and ready == [str(run_id)]
+    assert [f[1] for f in fires_of(config.database.url, "while-down")] == ["created"]
