@@ -11,11 +11,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import psycopg
 import trio
 
 from distasks.client import AsyncClient, Conflict, InvalidRequest, NotFound
 
-from .conftest import REPO, wait_task
+from .conftest import REPO, free_port, wait_task
 from .test_access import keys_cli
 
 SCOPES = ("schedules:read", "schedules:write", "tasks:read", "audit:read")
@@ -242,3 +243,45 @@ async def test_the_cli_and_the_python_client_manage_schedules(start_daemon, daem
                 raise AssertionError("a deleted schedule is still shown")
             code, out, _ = await run_cli(d.url, "schedules", "delete", "nightly")
             assert (code, out.strip()) == (0, "schedule nightly deleted")
+
+
+async def test_three_daemons_fire_every_second_of_a_schedule_exactly_once(
+        start_daemon, daemon_env, pg_dsn):
+    # Three daemons on one database and Redis, each running the scheduler every 100 ms,
+    # over schedules due every second: each slot from the first fire to the last has
+    # exactly one fire and one task, whichever daemon made it.
+    envs = [{**daemon_env, "HTTP_PORT": str(free_port()), "QUEUE_NAMES": "default",
+             "DISTASKS_SCHEDULER_INTERVAL_S": "0.1"} for _ in range(3)]
+    with trio.fail_after(120):
+        async with start_daemon(envs[0]) as a, start_daemon(envs[1]) as b, \
+                start_daemon(envs[2]) as c, httpx.AsyncClient(base_url=a.url) as api:
+            for name in ("race-all", "race-skip"):
+                r = await api.post("/api/v1/schedules", json={
+                    "name": name, "cron": "* * * * * *", "catch_up": name.split("-")[1],
+                    "task": {"handler": "noop"}})
+                assert r.status_code == 201, r.text
+            # No event to wait on in a database: poll it (fail_after bounds the wait).
+            while len(await trio.to_thread.run_sync(fired_slots, pg_dsn, "race-skip")) < 12:  # noqa: ASYNC110
+                await trio.sleep(0.5)
+            for name in ("race-all", "race-skip"):
+                r = await api.patch(f"/api/v1/schedules/{name}", json={"enabled": False})
+                assert r.status_code == 200
+            logs = [d.log() for d in (a, b, c)]
+    firing = [log.count('"event": "schedule_fired"') for log in logs]
+    assert sum(firing) >= 24 and sum(1 for n in firing if n) >= 2, firing
+    for name in ("race-all", "race-skip"):
+        slots = await trio.to_thread.run_sync(fired_slots, pg_dsn, name)
+        assert len(slots) >= 12
+        assert slots == [slots[0] + timedelta(seconds=i) for i in range(len(slots))], name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        [(fires, tasks, distinct)] = conn.execute(
+            "SELECT count(*), (SELECT count(*) FROM tasks), count(DISTINCT task_id)"
+            " FROM schedule_fires WHERE outcome = 'created'").fetchall()
+    assert fires == tasks == distinct
+
+
+def fired_slots(dsn: str, name: str) -> list[datetime]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT f.fire_at FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id"
+            " WHERE s.name = %s ORDER BY f.fire_at", (name,)).fetchall()]
