@@ -158,7 +158,8 @@ def plan(expression: str, timezone: str, *, next_fire_at: datetime, now: datetim
             due.pop(0)
         if seen > MAX_COUNTED_MISSES + keep:
             # Long downtime of a frequent schedule: stop counting, jump to the end.
-            due = _latest(expression, timezone, after=slot, upto=horizon, keep=keep) or due
+            due = (due + _latest(expression, timezone, after=slot, upto=horizon,
+                                 keep=keep))[-keep:]
             break
         slot = next(following, None)
     fire = due

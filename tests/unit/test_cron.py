@@ -148,3 +148,13 @@ def test_no_slot_past_the_end_fires_and_the_schedule_then_stops():
                   catch_up=CatchUp.ALL, catch_up_max=10, grace=GRACE, ends_at=minutes(3)[0])
     assert p.fire == minutes(1, 2, 3)
     assert p.next_fire_at is None
+
+
+def test_the_most_recent_slots_fire_when_the_count_stops_just_before_now():
+    # The walk stops counting a slot or two before now: the slots it kept and the ones
+    # found walking back from now make up the most recent catch_up_max together.
+    last = cron.MAX_COUNTED_MISSES + 6
+    p = cron.plan("* * * * * *", "UTC", next_fire_at=T0 + timedelta(seconds=1),
+                  now=T0 + timedelta(seconds=last), catch_up=CatchUp.ALL, catch_up_max=4,
+                  grace=GRACE, ends_at=None)
+    assert p.fire == [T0 + timedelta(seconds=s) for s in range(last - 3, last + 1)]
