@@ -177,7 +177,8 @@ class RotateKey(_Strict):
 
 class AuditQuery(_Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
-    action: str | None = text(1, 64, "cancel, pause, resume, dlq_replay, dlq_delete, key_…")
+    action: str | None = text(1, 64, "cancel, pause, resume, dlq_replay, dlq_delete, key_…, "
+                                     "schedule_…")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
