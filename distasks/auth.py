@@ -38,6 +38,8 @@ SCOPES = (
     "keys:admin",     # create, list, rotate, revoke keys
     "audit:read",     # the audit log
     "metrics:read",   # /metrics
+    "schedules:read",   # list and show schedules, their next and last fires
+    "schedules:write",  # create, change, pause, resume, delete schedules
 )
 
 

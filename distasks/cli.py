@@ -131,7 +131,7 @@ def _config_path(flag: str | None) -> Path | None:
 
 
 # Commands that talk to a daemon over its HTTP API (distasks.cli_remote runs them).
-REMOTE_COMMANDS = ("task", "queue", "dlq", "worker")
+REMOTE_COMMANDS = ("task", "queue", "dlq", "worker", "schedules")
 TASK_STATUSES = ("queued", "completed", "failed", "cancelled")
 
 
@@ -220,6 +220,47 @@ def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     workers = group("worker", "daemons and what they run")
     command(workers, "list", "daemons, alive and recently stopped")
+
+    scheds = group("schedules", "cron schedules: create, list, show, change, pause, delete")
+    command(scheds, "list", "your tenant's schedules")
+    p = command(scheds, "get", "a schedule, its next fire times and its last fires")
+    p.add_argument("name")
+    p.add_argument("--upcoming", type=int, metavar="N", help="next N fire times (default 5)")
+    p.add_argument("--fires", type=int, metavar="N", help="last N fires (default 20)")
+    for name, help in (("create", "create a schedule"),
+                       ("update", "change the options given (timing changes restart it from "
+                                  "the next slot)")):
+        p = command(scheds, name, help)
+        p.add_argument("name")
+        if name == "create":
+            p.add_argument("cron", help="5 fields (minute hour day month weekday) or 6 "
+                                        "(seconds first), quoted: '30 2 * * *'")
+        else:
+            p.add_argument("--cron", help="a new expression")
+        p.add_argument("--timezone", metavar="TZ", help="IANA name (default UTC)")
+        p.add_argument("--handler", help="the tasks' handler (default: the daemon's default)")
+        p.add_argument("--queue", help="the tasks' queue (default: default)")
+        p.add_argument("--payload", type=_json_value, metavar="JSON", help="the tasks' payload")
+        p.add_argument("--priority", type=int)
+        p.add_argument("--max-retries", type=int, metavar="N")
+        p.add_argument("--timeout", type=float, metavar="S", help="per-attempt time limit")
+        p.add_argument("--task-name", help="the tasks' name (default: the schedule's)")
+        p.add_argument("--catch-up", choices=("skip", "latest", "all"),
+                       help="after downtime: skip missed slots (default), fire the latest, "
+                            "or all of them (at most --catch-up-max)")
+        p.add_argument("--catch-up-max", type=int, metavar="N")
+        p.add_argument("--jitter", type=float, metavar="S",
+                       help="delay each task by a random 0..S seconds")
+        p.add_argument("--start-at", metavar="TIME", help="RFC 3339: no slot before it")
+        p.add_argument("--end-at", metavar="TIME", help="RFC 3339: no slot after it")
+        p.add_argument("--skip-if-running", action=argparse.BooleanOptionalAction, default=None,
+                       help="skip a slot while the previous slot's task is unfinished")
+        if name == "create":
+            p.add_argument("--paused", action="store_true", help="create it paused")
+    for name, help in (("pause", "stop firing a schedule"),
+                       ("resume", "fire a paused schedule again, from its next slot"),
+                       ("delete", "delete a schedule (its tasks stay)")):
+        command(scheds, name, help).add_argument("name")
 
 
 def _dlq_filters(p: argparse.ArgumentParser) -> None:

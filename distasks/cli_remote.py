@@ -1,4 +1,5 @@
-"""The commands that talk to a daemon over HTTP (`task`, `queue`, `dlq`, `worker`): each
+"""The commands that talk to a daemon over HTTP (`task`, `queue`, `dlq`, `worker`,
+`schedules`): each
 calls distasks.client and prints a table, or the API's JSON with --json.
 
 An API error is one line on stderr, `distasks: 422 invalid_input (priority): …`, and exit
@@ -21,6 +22,7 @@ from distasks.client import (
     DistasksError,
     DlqFilters,
     Run,
+    Schedule,
     Task,
     TaskDetail,
     TaskFilters,
@@ -220,6 +222,88 @@ def worker_list(c: Client, a: argparse.Namespace) -> Output:
                          "HEARTBEAT"), rows, empty="no workers"))
 
 
+# -- schedules --------------------------------------------------------------------------
+
+def schedules_list(c: Client, a: argparse.Namespace) -> Output:
+    found = c.schedules()
+    rows = [(x.name, x.cron, x.timezone, "yes" if x.enabled else "paused", x.catch_up,
+             x.task.get("handler") or "-", x.task.get("queue_name"), x.next_fire_at,
+             x.last_fire_at, x.owner) for x in found]
+    return Output({"schedules": [x.raw for x in found]},
+                  table(("NAME", "CRON", "TIMEZONE", "ENABLED", "CATCH-UP", "HANDLER", "QUEUE",
+                         "NEXT FIRE", "LAST FIRE", "OWNER"), rows, empty="no schedules"))
+
+
+def schedules_get(c: Client, a: argparse.Namespace) -> Output:
+    d = c.schedule(a.name, upcoming=a.upcoming, fires=a.fires)
+    return Output(d.raw, _schedule_text(d.schedule) + "\n\n" + table(
+        ("NEXT FIRE TIMES",), [(t,) for t in d.upcoming], empty="no next fire: paused or ended")
+        + "\n\n" + table(("SLOT", "FIRED", "OUTCOME", "TASK", "ERROR"),
+                          [(f.fire_at, f.fired_at, f.outcome, f.task_id, f.error)
+                           for f in d.fires], empty="no fires yet"))
+
+
+def _schedule_text(x: Schedule) -> str:
+    fields: list[tuple[str, Any]] = [
+        ("name", x.name), ("cron", f"{x.cron} ({x.timezone})"),
+        ("enabled", "yes" if x.enabled else "paused"),
+        ("catch_up", f"{x.catch_up}" + (f" (at most {x.catch_up_max})"
+                                        if x.catch_up == "all" else "")),
+        ("jitter", f"{x.jitter_seconds:g}s" if x.jitter_seconds else None),
+        ("start_at", x.start_at), ("end_at", x.end_at),
+        ("skip_if_running", "yes" if x.skip_if_running else None), ("task", dict(x.task)),
+        ("next_fire", x.next_fire_at), ("last_fire", x.last_fire_at),
+        ("last_task", x.last_task_id), ("owner", x.owner),
+    ]
+    shown = [(k, v) for k, v in fields if v is not None]
+    width = max(len(k) for k, _ in shown)
+    return "\n".join(f"{k.ljust(width)}  {cell(v, limit=200)}" for k, v in shown)
+
+
+def _schedule_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The options of `schedules create` and `update` that were given, as API fields."""
+    task = {field: value for field, value in (
+        ("handler", a.handler), ("queue_name", a.queue), ("payload", a.payload),
+        ("priority", a.priority), ("max_retries", a.max_retries),
+        ("timeout_seconds", a.timeout), ("name", a.task_name)) if value is not None}
+    out = {field: value for field, value in (
+        ("timezone", a.timezone), ("catch_up", a.catch_up), ("catch_up_max", a.catch_up_max),
+        ("jitter_seconds", a.jitter), ("start_at", a.start_at), ("end_at", a.end_at),
+        ("skip_if_running", a.skip_if_running)) if value is not None}
+    if task:
+        out["task"] = task
+    return out
+
+
+def schedules_create(c: Client, a: argparse.Namespace) -> Output:
+    x = c.create_schedule(a.name, a.cron, enabled=False if a.paused else None,
+                          **_schedule_options(a))
+    return Output(x.raw, f"schedule {x.name} created; next fire {cell(x.next_fire_at)}")
+
+
+def schedules_update(c: Client, a: argparse.Namespace) -> Output:
+    changes = _schedule_options(a)
+    if a.cron is not None:
+        changes["cron"] = a.cron
+    x = c.update_schedule(a.name, **changes)
+    return Output(x.raw, f"schedule {x.name} changed; next fire {cell(x.next_fire_at)}")
+
+
+def schedules_pause(c: Client, a: argparse.Namespace) -> Output:
+    x = c.pause_schedule(a.name)
+    return Output(x.raw, f"schedule {x.name} paused")
+
+
+def schedules_resume(c: Client, a: argparse.Namespace) -> Output:
+    x = c.resume_schedule(a.name)
+    return Output(x.raw, f"schedule {x.name} resumed; next fire {cell(x.next_fire_at)}")
+
+
+def schedules_delete(c: Client, a: argparse.Namespace) -> Output:
+    c.delete_schedule(a.name)
+    return Output({"name": a.name, "deleted": True}, f"schedule {a.name} deleted")
+
+
 COMMANDS: dict[tuple[str, str], Callable[[Client, argparse.Namespace], Output]] = {
     ("task", "create"): task_create,
     ("task", "get"): task_get,
@@ -233,6 +317,13 @@ COMMANDS: dict[tuple[str, str], Callable[[Client, argparse.Namespace], Output]] 
     ("dlq", "replay"): dlq_replay,
     ("dlq", "delete"): dlq_delete,
     ("worker", "list"): worker_list,
+    ("schedules", "list"): schedules_list,
+    ("schedules", "get"): schedules_get,
+    ("schedules", "create"): schedules_create,
+    ("schedules", "update"): schedules_update,
+    ("schedules", "pause"): schedules_pause,
+    ("schedules", "resume"): schedules_resume,
+    ("schedules", "delete"): schedules_delete,
 }
 
 

@@ -46,7 +46,8 @@ __all__ = [
     "AccessDenied", "AsyncClient", "CancelResult", "Client", "Conflict", "CreateResult",
     "DeadTask", "DeleteResult", "RateLimited",
     "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Queue",
-    "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "ServerError", "Task",
+    "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "Schedule",
+    "ScheduleDetail", "Fire", "ServerError", "Task",
     "TaskDetail", "TaskFilters", "TaskPage", "TaskSpec", "Unavailable", "WaitTimeout",
     "Worker",
 ]
@@ -358,6 +359,52 @@ class Readiness(_Shape):
     checks: dict[str, str]
     #: each component loop of the daemon: "ok" or "down"
     components: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule(_Shape):
+    """A cron schedule (architecture §9); `task` is its template as the API shows it."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: Mapping[str, Any]
+    enabled: bool
+    catch_up: str
+    catch_up_max: int
+    jitter_seconds: float
+    start_at: datetime | None
+    end_at: datetime | None
+    skip_if_running: bool
+    #: "api", or "config" for a schedule of the config file (only `enabled` may change)
+    owner: str
+    next_fire_at: datetime | None
+    last_fire_at: datetime | None
+    last_task_id: str | None
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fire(_Shape):
+    """One slot a schedule dealt with: its task, or why there was none."""
+
+    fire_at: datetime
+    fired_at: datetime
+    #: "created", "skipped_running" or "refused"
+    outcome: str
+    task_id: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleDetail(_Shape):
+    schedule: Schedule
+    #: the next fire times, before jitter
+    upcoming: list[datetime]
+    #: the latest fires, newest first
+    fires: list[Fire]
 
 
 # -- requests -----------------------------------------------------------------------
@@ -695,6 +742,71 @@ def _workers() -> Op[list[Worker]]:
             for w in _member(body, "workers")]
 
 
+def _create_schedule(name: str, cron: str, *, timezone: str | None = None,
+                     task: Mapping[str, Any] | None = None, enabled: bool | None = None,
+                     catch_up: str | None = None, catch_up_max: int | None = None,
+                     jitter_seconds: float | None = None,
+                     start_at: datetime | str | None = None,
+                     end_at: datetime | str | None = None,
+                     skip_if_running: bool | None = None) -> Op[Schedule]:
+    """Create a schedule: `cron` (5 fields, or 6 with seconds first) in `timezone` (IANA,
+    default UTC), each slot creating a task from `task` (handler, queue_name, payload,
+    priority, max_retries, timeout_seconds, name). Unset arguments take the API's
+    defaults.
+
+    Raises InvalidRequest naming the field (`cron`, `timezone`, `task.handler`, …) and
+    Conflict when the name is taken."""
+    body = _params(name=name, cron=cron, timezone=timezone, task=task, enabled=enabled,
+                   catch_up=catch_up, catch_up_max=catch_up_max,
+                   jitter_seconds=jitter_seconds, start_at=start_at, end_at=end_at,
+                   skip_if_running=skip_if_running)
+    return _shape(Schedule, _json((yield _Request("POST", "/api/v1/schedules", json=body))))
+
+
+def _schedules() -> Op[list[Schedule]]:
+    """Your tenant's schedules, by name."""
+    body = _json((yield _Request("GET", "/api/v1/schedules")))
+    return [_shape(Schedule, x) for x in _member(body, "schedules")]
+
+
+def _schedule(name: str, *, upcoming: int | None = None,
+              fires: int | None = None) -> Op[ScheduleDetail]:
+    """A schedule with its next `upcoming` fire times (API default 5) and its last
+    `fires` fires (default 20). Raises NotFound."""
+    body = _json((yield _Request("GET", f"/api/v1/schedules/{_quote(name)}",
+                                 params=_params(upcoming=upcoming, fires=fires))))
+    return _shape(ScheduleDetail, body, schedule=_shape(Schedule, _member(body, "schedule")),
+                  upcoming=[datetime.fromisoformat(t) for t in _member(body, "upcoming")],
+                  fires=[_shape(Fire, f) for f in _member(body, "fires")])
+
+
+def _update_schedule(name: str, **changes: Any) -> Op[Schedule]:
+    """Change the fields given (as in `create_schedule`; `task` changes only the template
+    fields it names; `start_at=None`/`end_at=None` remove them). A change of timing, or
+    enabling a paused schedule, restarts it from the next slot after now."""
+    body = {k: _param(v) for k, v in changes.items()}
+    return _shape(Schedule, _json((yield _Request(
+        "PATCH", f"/api/v1/schedules/{_quote(name)}", json=body))))
+
+
+def _pause_schedule(name: str) -> Op[Schedule]:
+    """Stop firing `name` (no catch-up for the slots missed while paused)."""
+    return (yield from _update_schedule(name, enabled=False))
+
+
+def _resume_schedule(name: str) -> Op[Schedule]:
+    """Fire `name` again, from its next slot after now."""
+    return (yield from _update_schedule(name, enabled=True))
+
+
+def _delete_schedule(name: str) -> Op[None]:
+    """Delete a schedule (the tasks it made stay). Raises NotFound, and Conflict for a
+    schedule of the config file."""
+    response = yield _Request("DELETE", f"/api/v1/schedules/{_quote(name)}")
+    if not response.is_success:
+        raise error_from(response)
+
+
 def _ready() -> Op[Readiness]:
     """Readiness of the daemon answering: `ready` False (its 503) names what is down.
     Raises Unavailable only when the daemon cannot be reached."""
@@ -793,6 +905,13 @@ class _BaseClient:
     delete_dlq = _Endpoint(_delete_dlq)
     workers = _Endpoint(_workers)
     ready = _Endpoint(_ready)
+    create_schedule = _Endpoint(_create_schedule)
+    schedules = _Endpoint(_schedules)
+    schedule = _Endpoint(_schedule)
+    update_schedule = _Endpoint(_update_schedule)
+    pause_schedule = _Endpoint(_pause_schedule)
+    resume_schedule = _Endpoint(_resume_schedule)
+    delete_schedule = _Endpoint(_delete_schedule)
 
 
 class Client(_BaseClient):

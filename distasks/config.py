@@ -14,6 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,31 @@ class TenantConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    #: run the scheduler on this daemon (any number of daemons may: each slot fires once)
+    enabled: bool = True
+    #: how often due schedules are looked for; the finest useful cron step (6-field
+    #: expressions have seconds)
+    interval_s: float = 1.0
+    #: most schedules fired in one transaction
+    batch: int = 100
+    #: catch_up "skip": how late a slot may fire and still count as on time
+    misfire_grace_s: float = 60.0
+    #: schedules with a metrics series of their own; the others share one
+    metrics_schedules: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredSchedule:
+    """One `[[schedules]]` table: a schedule the deployment owns, upserted at each start
+    (architecture §9). `definition` is the same model the API validates
+    (api/schemas.CreateSchedule)."""
+
+    tenant: str
+    definition: Any
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
@@ -248,7 +274,10 @@ class Config:
     http_handler: HttpHandlerConfig = HttpHandlerConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     log: LogConfig = LogConfig()
+    #: `[[schedules]]`: not a section, a list (handled apart from the sections)
+    schedules: tuple[ConfiguredSchedule, ...] = ()
     #: quotas by tenant name; tenants not named here have none
     tenants: Mapping[str, TenantConfig] = dataclasses.field(default_factory=dict)
 
@@ -295,7 +324,8 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError("--config", f"cannot read {path}: {e}") from None
-    sections: dict[str, Any] = {"tenants": _tenants(raw.pop("tenants", {}))}
+    sections: dict[str, Any] = {"tenants": _tenants(raw.pop("tenants", {})),
+                                "schedules": _schedules(raw.pop("schedules", []))}
     for name, cls in _section_classes().items():
         table = raw.pop(name, {})
         if not isinstance(table, dict):
@@ -309,7 +339,8 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 
 
 def _section_classes() -> dict[str, type]:
-    return {f.name: type(f.default) for f in dataclasses.fields(Config) if f.name != "tenants"}
+    return {f.name: type(f.default) for f in dataclasses.fields(Config)
+            if f.name not in ("tenants", "schedules")}
 
 
 def _tenants(table: Any) -> dict[str, TenantConfig]:
@@ -330,6 +361,43 @@ def _tenants(table: Any) -> dict[str, TenantConfig]:
             if getattr(out[name], key) < 0:
                 raise ConfigError(f"tenants.{name}.{key}", "must not be negative")
     return out
+
+
+def _schedules(tables: Any) -> tuple[ConfiguredSchedule, ...]:
+    """`[[schedules]]` tables, checked as the API checks a create (the cron expression
+    and time zone too); the handlers are checked at start, once they are registered."""
+    import pydantic  # noqa: PLC0415 (only when the file has schedules)
+
+    from distasks import cron, tenancy  # noqa: PLC0415
+    from distasks.api.errors import from_validation_error  # noqa: PLC0415
+    from distasks.api.schemas import CreateSchedule  # noqa: PLC0415
+
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("schedules", "must be an array of tables ([[schedules]])")
+    out, seen = [], set()
+    for i, table in enumerate(tables):
+        key = f"schedules[{i}]"
+        table = dict(table)
+        tenant = table.pop("tenant", tenancy.DEFAULT_TENANT)
+        try:
+            tenancy.check_tenant(tenant if isinstance(tenant, str) else "")
+        except ValueError as e:
+            raise ConfigError(f"{key}.tenant", str(e)) from None
+        try:
+            definition = CreateSchedule.model_validate(table)
+        except pydantic.ValidationError as e:
+            problem = from_validation_error(e)
+            raise ConfigError(f"{key}.{problem.field}" if problem.field else key,
+                              problem.message) from None
+        try:
+            cron.check(definition.cron, definition.timezone, now=datetime.now(UTC))
+        except cron.CronError as e:
+            raise ConfigError(f"{key}.{e.field}", e.problem) from None
+        if (tenant, definition.name) in seen:
+            raise ConfigError(f"{key}.name", f"{definition.name!r} is named twice")
+        seen.add((tenant, definition.name))
+        out.append(ConfiguredSchedule(tenant, definition))
+    return tuple(out)
 
 
 def _build_section(name: str, cls: type, table: dict[str, Any], env: Mapping[str, str]) -> Any:
@@ -469,6 +537,11 @@ def _validate(c: Config) -> None:
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")
+    need(c.scheduler.interval_s > 0, "scheduler.interval_s", "must be positive")
+    need(1 <= c.scheduler.batch <= 10_000, "scheduler.batch", "must be between 1 and 10000")
+    need(c.scheduler.misfire_grace_s >= 0, "scheduler.misfire_grace_s", "must not be negative")
+    need(c.scheduler.metrics_schedules >= 0, "scheduler.metrics_schedules",
+         "must not be negative")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

@@ -29,10 +29,15 @@ class Metrics:
     counted as "other". None: every queue (tests). `labelled_tenants` does the same for
     the tenant label: the tenants the config names (architecture §8)."""
 
-    def __init__(self, labelled_queues: Callable[[], Collection[str]] | None = None,
-                 labelled_tenants: Collection[str] = ()) -> None:
+    #: the label of the schedules beyond the cap (a name cannot hold spaces)
+    OTHER_SCHEDULE = "other schedules"
+
+    def __init__(self, labelled_queues: Callable[[], Collection[str]] | None = None, *,
+                 labelled_tenants: Collection[str] = (), max_schedule_series: int = 100) -> None:
         self._labelled_queues = labelled_queues
         self._labelled_tenants = frozenset({DEFAULT_TENANT, *labelled_tenants})
+        self._max_schedule_series = max_schedule_series
+        self._labelled_schedules: set[str] = set()
         r = self.registry = CollectorRegistry(auto_describe=True)
         by_task = ["queue", "handler"]
         self.created = Counter("distasks_tasks_created", "Tasks created", by_task, registry=r)
@@ -72,6 +77,25 @@ class Metrics:
         self.http_duration = Histogram("distasks_http_request_duration_seconds",
                                        "HTTP request handling time", ["route"],
                                        buckets=LATENCY_BUCKETS_S, registry=r)
+        # Schedules (architecture §9): one series per schedule, up to the cap
+        # (scheduler.metrics_schedules); the others share OTHER_SCHEDULE.
+        self.schedule_fires = Counter("distasks_schedule_fires",
+                                      "Slots dealt with, by outcome (created, "
+                                      "skipped_running, refused)", ["schedule", "outcome"],
+                                      registry=r)
+        self.schedule_misfires = Counter("distasks_schedule_misfires",
+                                         "Due slots not fired (catch-up policy after downtime)",
+                                         ["schedule"], registry=r)
+        self.schedule_lag = Histogram("distasks_schedule_lag_seconds",
+                                      "From a slot's time to its fire", buckets=LATENCY_BUCKETS_S,
+                                      registry=r)
+        self.schedule_next_fire = Gauge("distasks_schedule_next_fire_timestamp_seconds",
+                                        "Unix time of each enabled schedule's next slot",
+                                        ["schedule"], registry=r)
+        self.schedule_overdue = Gauge("distasks_schedule_overdue_seconds",
+                                      "How long an enabled schedule's next slot has been due "
+                                      "without firing (0 when on time)", ["schedule"],
+                                      registry=r)
 
         self.tenant_created = Counter("distasks_tenant_tasks_created",
                                       "Tasks created, by tenant", ["tenant"], registry=r)
@@ -89,6 +113,21 @@ class Metrics:
 
     def tenant_label(self, tenant: str) -> str:
         return tenant if tenant in self._labelled_tenants else OTHER
+
+    def label_schedules(self, labels: Collection[str]) -> None:
+        """The schedules that get a series of their own (at most the cap of them)."""
+        self._labelled_schedules = set(sorted(labels)[:self._max_schedule_series])
+
+    def schedule_label(self, tenant: str, name: str) -> str:
+        """A schedule's label, `<tenant>/<name>` outside the default tenant; beyond the
+        cap, OTHER_SCHEDULE."""
+        label = name if tenant == "default" else f"{tenant}/{name}"
+        if label in self._labelled_schedules:
+            return label
+        if len(self._labelled_schedules) < self._max_schedule_series:
+            self._labelled_schedules.add(label)
+            return label
+        return self.OTHER_SCHEDULE
 
     @staticmethod
     def method_label(method: str) -> str:

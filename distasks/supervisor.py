@@ -41,13 +41,15 @@ from distasks import (
     reaper,
     reconciler,
     reporter,
+    scheduler,
+    schedules,
     sdnotify,
 )
 from distasks.api.services import Services
 from distasks.broker import Broker
 from distasks.config import Config
 from distasks.config import load as load_config
-from distasks.errors import ConfigError, StoreUnavailable
+from distasks.errors import ConfigError, InvalidInput, StoreUnavailable
 from distasks.handlers import Registry, builtin_registry
 from distasks.health import Health
 from distasks.http_handler import HttpHandler
@@ -113,7 +115,8 @@ class Daemon:
         self.worker_id = new_worker_id()
         self.tunables = Tunables.from_config(config)
         self.metrics = Metrics(labelled_queues=lambda: self.tunables.queues,
-                               labelled_tenants=config.tenants)
+                               labelled_tenants=config.tenants,
+                               max_schedule_series=config.scheduler.metrics_schedules)
         self.health = Health()
         self._everything = trio.CancelScope()
         self._api_stop = trio.Event()
@@ -247,11 +250,13 @@ class Daemon:
         intake = Intake(store, broker, m, pool=pool, census=census)
         waiters = TaskWaiters()
         progress = Progress()
-        app = api.create_app(Services(config=c, store=store, broker=broker, intake=intake,
-                                      registry=self.registry, waiters=waiters, clock=time.time,
-                                      metrics=m, health=h, progress=progress,
-                                      stopping=self._api_stop, tunables=t, jwt=self.jwt,
-                                      census=census, login_failures=login_failures))
+        services_ = Services(config=c, store=store, broker=broker, intake=intake,
+                             registry=self.registry, waiters=waiters, clock=time.time,
+                             metrics=m, health=h, progress=progress, stopping=self._api_stop,
+                             tunables=t, jwt=self.jwt, census=census,
+                             login_failures=login_failures)
+        app = api.create_app(services_)
+        await self._configure_schedules(store, services_)
         self._store = store
         self._info = info = WorkerInfo(
             id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,
@@ -281,6 +286,12 @@ class Daemon:
             await services.start(lambda task_status: reconciler.run(
                 store, broker, interval_s=c.recovery.reconciler_interval_s,
                 grace_s=c.recovery.dispatch_grace_s, health=h, task_status=task_status))
+            if c.scheduler.enabled:
+                await services.start(lambda task_status: scheduler.run(
+                    store, broker, services_.creation_rules,
+                    interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
+                        batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
+                    health=h, metrics=m, task_status=task_status))
             await services.start(lambda task_status: reporter.run(
                 store, broker, pool, t, metrics=m, health=h, progress=progress,
                 task_status=task_status))
@@ -306,6 +317,31 @@ class Daemon:
                 front.cancel_scope.cancel()
             services.cancel_scope.cancel()
 
+    async def _configure_schedules(self, store: Store, s: Services) -> None:
+        """Upsert the config file's schedules (architecture §9); a template this daemon
+        cannot fire (an unknown handler) stops the start, naming it."""
+        now = datetime.now(UTC)
+        wanted = []
+        for i, configured in enumerate(self.config.schedules):
+            sched = schedules.from_request(configured.definition, tenant=configured.tenant,
+                                           owner="config", actor=scheduler.CONFIG_ACTOR,
+                                           now=now)
+            try:
+                schedules.check_definition(sched, s.creation_rules(), now=now)
+            except InvalidInput as e:
+                raise ConfigError(f"schedules[{i}].{e.field}", e.message) from None
+            wanted.append(sched)
+        failures = 0
+        while True:
+            try:
+                await scheduler.upsert_configured(store, wanted, now_s=time.time())
+                return
+            except StoreUnavailable as e:
+                failures += 1
+                log.warning("waiting for PostgreSQL to store the config's schedules: %s", e,
+                            extra={"event": "store_waiting"})
+                await trio.sleep(backoff.delay_s(failures))
+
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
@@ -323,13 +359,15 @@ def _differences(old: Config, new: Config) -> list[str]:
     keys = []
     for section in dataclasses.fields(old):
         a, b = getattr(old, section.name), getattr(new, section.name)
-        if not dataclasses.is_dataclass(a):  # [tenants.<name>] tables
-            keys += [f"{section.name}.{name}" for name in sorted(set(a) | set(b))
+        if section.name == "schedules":  # a list, not a section
+            if a != b:
+                keys.append("schedules")
+        elif section.name == "tenants":  # [tenants.<name>] tables
+            keys += [f"tenants.{name}" for name in sorted(set(a) | set(b))
                      if a.get(name) != b.get(name)]
-            continue
-        for f in dataclasses.fields(a):
-            if getattr(a, f.name) != getattr(b, f.name):
-                keys.append(f"{section.name}.{f.name}")
+        else:
+            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(a)
+                     if getattr(a, f.name) != getattr(b, f.name)]
     return keys
 
 

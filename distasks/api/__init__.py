@@ -26,6 +26,7 @@ from distasks.api import (
     parse,
     protocol_errors,
     queues,
+    schedules,
     tasks,
     workers,
 )
@@ -47,7 +48,8 @@ def create_app(services: Services) -> QuartTrio:
                                            http.max_payload_bytes + BODY_OVERHEAD_BYTES)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["distasks"] = services
-    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, health.bp):
+    for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, schedules.bp,
+               health.bp):
         app.register_blueprint(bp)
     document = openapi.document(title="distasks", version=distasks.__version__,
                                 handlers=services.registry.payload_schemas(),

@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 from quart import Blueprint
 
 from distasks.api.schemas import JSON_VALUE_SCHEMA, QUEUE_NAME_PATTERN, ErrorOut
+from distasks.cron import known_zones
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,6 +23,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "task_id": {"type": "string", "format": "uuid"},
     "key_id": {"type": "string", "format": "uuid"},
     "queue": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
+    # a schedule's name
+    "name": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
 }
 
 # Errors every operation may answer, besides its own.
@@ -100,15 +103,24 @@ def document(*, title: str, version: str, handlers: Mapping[str, dict[str, Any] 
                                 ref_template="#/components/schemas/{model}")
     schemas = top.get("$defs", {})
     schemas["JsonValue"] = JSON_VALUE_SCHEMA
-    create = schemas["CreateTask"]["properties"]
-    create["payload"] = {"$ref": "#/components/schemas/JsonValue",
-                         "description": create["payload"].get("description", "")}
-    [handler_name, _null] = create["handler"]["anyOf"]
-    handler_name["enum"] = sorted(name for name, payload in handlers.items() if payload is not None)
-    schemas["CreateTask"].setdefault("allOf", []).extend(
-        {"if": {"required": ["handler"], "properties": {"handler": {"const": name}}},
-         "then": {"properties": {"payload": payload}}}
-        for name, payload in sorted(handlers.items()) if payload)
+    # A task's handler and payload, wherever a task is described (a create, a schedule's
+    # template): only registered handlers, each with the payloads it takes.
+    for model in ("CreateTask", "ScheduleTask"):
+        create = schemas[model]["properties"]
+        create["payload"] = {"$ref": "#/components/schemas/JsonValue",
+                             "description": create["payload"].get("description", "")}
+        [handler_name, _null] = create["handler"]["anyOf"]
+        handler_name["enum"] = sorted(name for name, payload in handlers.items()
+                                      if payload is not None)
+        schemas[model].setdefault("allOf", []).extend(
+            {"if": {"required": ["handler"], "properties": {"handler": {"const": name}}},
+             "then": {"properties": {"payload": payload}}}
+            for name, payload in sorted(handlers.items()) if payload)
+    # The time zones this daemon knows (its tzdata): a name outside them is a 422.
+    zones = sorted(known_zones())
+    schemas["CreateSchedule"]["properties"]["timezone"]["enum"] = zones
+    [zone_name, _null] = schemas["UpdateSchedule"]["properties"]["timezone"]["anyOf"]
+    zone_name["enum"] = zones
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(

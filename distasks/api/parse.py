@@ -70,6 +70,14 @@ def queue_name(name: str) -> str:
     return name
 
 
+def schedule_name(name: str) -> str:
+    """A schedule name from a URL, or a 422 naming `name`."""
+    if not QUEUE_NAME_RE.fullmatch(name):
+        raise InvalidInput(f"schedule name {name!r} is not 1-64 of [A-Za-z0-9_.-]",
+                           field="name")
+    return name
+
+
 def task_id(value: str) -> uuid.UUID:
     """A task id from a URL, or a 422 naming `task_id`."""
     return _uuid(value, "task_id")
@@ -89,7 +97,8 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 
 # Readers of each kind of path parameter, by name (as the routes spell them).
-PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id, "key_id": key_id}
+PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id, "key_id": key_id,
+                   "name": schedule_name}
 
 
 def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidInput | None:

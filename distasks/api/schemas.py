@@ -172,13 +172,14 @@ class ReplayDlq(DlqSelection):
 
 
 ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",
-                    "dlq:admin", "keys:admin", "audit:read", "metrics:read"]
+                    "dlq:admin", "keys:admin", "audit:read", "metrics:read", "schedules:read",
+                    "schedules:write"]
 
 
 class CreateKey(_Strict):
     name: str = Field(min_length=1, max_length=200, description="What the key is for",
                       json_schema_extra=NO_NUL_TEXT)
-    scopes: list[ScopeName] = Field(min_length=1, max_length=8)
+    scopes: list[ScopeName] = Field(min_length=1, max_length=11)
     tenant: str | None = Field(None, pattern=TENANT_PATTERN,
                                description="Default: the maker's tenant")
     expires_in_seconds: float | None = Field(None, gt=0, le=10 * 366 * 86400,
@@ -195,8 +196,8 @@ class RotateKey(_Strict):
 class AuditQuery(_Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
-                                     "dlq_delete, key_…, login_failed, login_failures, "
-                                     "config_reload, config_reload_refused")
+                                     "dlq_delete, key_…, schedule_…, login_failed, "
+                                     "login_failures, config_reload, config_reload_refused")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
@@ -463,3 +464,170 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+# -- schedules (architecture §9) ------------------------------------------------------
+
+# A schedule name stands in URLs: the same rule as a queue name.
+SCHEDULE_NAME_PATTERN = QUEUE_NAME_PATTERN
+
+
+def _cron_pattern() -> str:
+    """5 or 6 fields (seconds first) separated by spaces, each a list of `*`, a value or
+    a range, with an optional /step; `L`, `LW`, `nL` and `n#k` where cronsim takes them.
+    Each value is within its field's range. What a pattern cannot say (a range that runs
+    backwards, a day no listed month has) cronsim refuses (distasks.cron.check): a 422
+    naming `cron`."""
+    def field(value: str, extra: str = "") -> str:
+        term = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]?)?"
+        one = f"(?:{extra}{term})" if extra else term
+        return rf"{one}(?:,{one})*"
+
+    sixty = r"(?:[1-5]?[0-9])"
+    hour = r"(?:1?[0-9]|2[0-3])"
+    day = r"(?:[1-9]|[12][0-9]|3[01])"
+    month = r"(?:[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)"
+    weekday = r"(?:[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)"
+    five = " +".join([field(sixty), field(hour), field(day, r"LW|L|"), field(month),
+                      field(weekday, rf"[0-7]L|{weekday}#[1-5]|")])
+    return rf"^(?:{field(sixty)} +)?{five}$"
+
+
+CRON_PATTERN = _cron_pattern()
+_CRON_RE = re.compile(CRON_PATTERN)
+
+
+def _cron_syntax(value: str) -> str:
+    """CRON_PATTERN, with cronsim's word on what is wrong rather than the pattern."""
+    if not _CRON_RE.fullmatch(value):
+        from distasks import cron  # noqa: PLC0415 (schemas stay free of the domain at import)
+
+        try:
+            cron.check(value, "UTC", now=datetime.now(UTC))
+        except cron.CronError as e:
+            raise ValueError(e.problem) from None
+        raise ValueError("fields hold *, values within their range (names in capitals: MON, "
+                         "JAN), ranges a-b, lists and /steps; L, LW, nL and n#k where cron "
+                         "takes them")
+    return value
+
+
+CronExpression = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": CRON_PATTERN}),
+                           AfterValidator(_cron_syntax)]
+CatchUpName = Literal["skip", "latest", "all"]
+CatchUpMax = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
+
+
+class ScheduleTask(_Strict):
+    """The task each slot creates."""
+
+    name: str | None = text(1, 256, "The tasks' name; the schedule's name if absent")
+    handler: str | None = text(1, 128, "Registered handler; the config's default if absent")
+    queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
+    priority: Priority = 0
+    payload: Any = Field(default_factory=dict, description="Any JSON value")
+    max_retries: Retries | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+
+
+class CreateSchedule(_Strict):
+    name: str = Field(pattern=SCHEDULE_NAME_PATTERN, description="Unique in the tenant")
+    cron: CronExpression = Field(
+        description="5 fields (minute hour day month weekday) or 6 (seconds first); "
+                    "names in capitals (MON, JAN); L, LW, nL and n#k as cronsim reads them")
+    timezone: str = Field("UTC", min_length=1, max_length=64,
+                          description="IANA time zone of the cron's wall-clock times")
+    task: ScheduleTask = Field(default_factory=lambda: ScheduleTask.model_validate({}))
+    enabled: bool = Field(True, description="False: paused, no slot fires")
+    catch_up: CatchUpName = Field("skip", description="After downtime: skip the missed slots, "
+                                  "fire the latest, or fire all (at most catch_up_max)")
+    catch_up_max: CatchUpMax = 10
+    jitter_seconds: float = Field(0, ge=0, le=86400,
+                                  description="Each task is delayed by a random 0..jitter")
+    start_at: UtcDatetime | None = Field(None, description="No slot before it")
+    end_at: UtcDatetime | None = Field(None, description="No slot after it")
+    skip_if_running: bool = Field(False, description="Skip a slot while the previous "
+                                  "slot's task is not finished")
+
+
+class UpdateScheduleTask(_Strict):
+    """Fields given replace the template's; null clears handler, name, max_retries and
+    timeout_seconds (back to their defaults)."""
+
+    name: str | None = text(1, 256)
+    handler: str | None = text(1, 128)
+    queue_name: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
+    priority: Priority | None = None
+    payload: Any = Field(None, description="Any JSON value")
+    max_retries: Retries | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+
+
+class UpdateSchedule(_Strict):
+    """Only the fields given change; a change of cron, timezone, start_at or end_at, or
+    enabling a paused schedule, restarts it from the next slot after now."""
+
+    cron: CronExpression | None = None
+    timezone: str | None = Field(None, min_length=1, max_length=64)
+    task: UpdateScheduleTask | None = None
+    enabled: bool | None = None
+    catch_up: CatchUpName | None = None
+    catch_up_max: CatchUpMax | None = None
+    jitter_seconds: float | None = Field(None, ge=0, le=86400)
+    start_at: UtcDatetime | None = Field(None, description="null: no start")
+    end_at: UtcDatetime | None = Field(None, description="null: no end")
+    skip_if_running: bool | None = None
+
+
+class ScheduleQuery(_Query):
+    upcoming: int = Field(5, ge=0, le=100, description="How many next fire times to show")
+    fires: int = Field(20, ge=0, le=500, description="How many of the last fires to show")
+
+
+class ScheduleTaskOut(BaseModel):
+    name: str
+    handler: str | None
+    queue_name: str
+    priority: int
+    payload: Any
+    max_retries: int | None
+    timeout_seconds: float | None
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    cron: str
+    timezone: str
+    task: ScheduleTaskOut
+    enabled: bool
+    catch_up: CatchUpName
+    catch_up_max: int
+    jitter_seconds: float
+    start_at: str | None
+    end_at: str | None
+    skip_if_running: bool
+    owner: Literal["api", "config"]
+    next_fire_at: str | None
+    last_fire_at: str | None
+    last_task_id: str | None
+    created_at: str
+    created_by: str
+    updated_at: str
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
+
+
+class FireOut(BaseModel):
+    fire_at: str
+    fired_at: str
+    outcome: Literal["created", "skipped_running", "refused"]
+    task_id: str | None
+    error: str | None
+
+
+class ScheduleDetail(BaseModel):
+    schedule: ScheduleOut
+    upcoming: list[str] = Field(description="The next fire times (UTC), before jitter")
+    fires: list[FireOut] = Field(description="The latest fires, newest first")

@@ -26,18 +26,20 @@ from distasks.store.runs import (
     Succeeded,
     Written,
 )
+from distasks.store.schedules import Fire, Fired, Firing, Schedule, ScheduleQueries, Slot
 from distasks.store.tasks import Cancellation, TaskFilter, TaskQueries
 from distasks.store.workers import WorkerInfo, WorkerQueries
 
 __all__ = [
     "AuditEntry", "AuditEvent", "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
     "Interrupted", "Outcomes", "PendingDispatch", "QueueRecord", "Retrying", "Store",
+    "Fire", "Fired", "Firing", "Schedule", "Slot",
     "Succeeded", "TaskFilter", "WorkerInfo", "Written", "dumps",
 ]
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries, AuditQueries):
+            KeyQueries, AuditQueries, ScheduleQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query

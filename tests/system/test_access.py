@@ -25,6 +25,8 @@ BY_SCOPE = {
     "keys:admin": ("GET", "/api/v1/keys", None, 200),
     "audit:read": ("GET", "/api/v1/audit", None, 200),
     "metrics:read": ("GET", "/metrics", None, 200),
+    "schedules:read": ("GET", "/api/v1/schedules", None, 200),
+    "schedules:write": ("POST", "/api/v1/schedules", {"name": "s", "cron": "0 * * * *"}, 201),
 }
 # How long a revoked key may still be accepted (distasks.auth.CACHE_TTL_S), with slack.
 REVOCATION_S = 8.0
