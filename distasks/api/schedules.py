@@ -6,23 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, g, jsonify
+from quart import Blueprint, Response, jsonify
 
-from distasks import cron, schedules, tenancy, times
+from distasks import cron, schedules, times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, read_body, schedule_name
 from distasks.api.render import iso
-from distasks.api.services import actor, services
+from distasks.api.services import actor, services, tenant
 from distasks.errors import NotFound, Refused
 from distasks.store import Fire, Schedule
 
 bp = Blueprint("schedules", __name__)
-
-
-def _tenant() -> str:
-    who = g.get("principal")
-    return who.tenant if who is not None else tenancy.DEFAULT_TENANT
 
 
 @operation(bp, "POST", "/api/v1/schedules", scope="schedules:write", tag="schedules",
@@ -36,7 +31,7 @@ async def create_schedule() -> tuple[Response, int]:
     s = services()
     now = times.utc(s.clock())
     who = actor()
-    new = schedules.from_request(req, tenant=_tenant(), owner="api", actor=who, now=now)
+    new = schedules.from_request(req, tenant=tenant(), owner="api", actor=who, now=now)
     schedules.check_definition(new, s.creation_rules(), now=now)
     created = await s.store.create_schedule(new, actor=who, now=now)
     if created is None:
@@ -48,7 +43,7 @@ async def create_schedule() -> tuple[Response, int]:
 @operation(bp, "GET", "/api/v1/schedules", scope="schedules:read", tag="schedules",
            summary="The tenant's schedules, by name", responses={200: schemas.ScheduleList})
 async def list_schedules() -> Response:
-    found = await services().store.list_schedules(_tenant())
+    found = await services().store.list_schedules(tenant())
     return jsonify({"schedules": [schedule_json(x) for x in found]})
 
 
@@ -60,7 +55,7 @@ async def get_schedule(name: str) -> Response:
     name = schedule_name(name)
     q = parse_query(schemas.ScheduleQuery)
     s = services()
-    found = await s.store.get_schedule(_tenant(), name)
+    found = await s.store.get_schedule(tenant(), name)
     if found is None:
         raise NotFound(f"no schedule named {name!r}")
     upcoming: list[str] = []
@@ -98,7 +93,7 @@ async def update_schedule(name: str) -> Response:
         schedules.check_definition(new, rules, now=now)
         return new
 
-    updated = await s.store.update_schedule(_tenant(), name, change, actor=actor(), now=now)
+    updated = await s.store.update_schedule(tenant(), name, change, actor=actor(), now=now)
     if updated is None:
         raise NotFound(f"no schedule named {name!r}")
     return jsonify(schedule_json(updated))
@@ -113,10 +108,10 @@ async def delete_schedule(name: str) -> tuple[str, int]:
     name = schedule_name(name)
     s = services()
     now = times.utc(s.clock())
-    tenant = _tenant()
-    deleted = await s.store.delete_schedule(tenant, name, owner="api", actor=actor(), now=now)
+    mine = tenant()
+    deleted = await s.store.delete_schedule(mine, name, owner="api", actor=actor(), now=now)
     if deleted is None:
-        if await s.store.get_schedule(tenant, name) is not None:
+        if await s.store.get_schedule(mine, name) is not None:
             raise Refused(409, "owned_by_config", f"schedule {name!r} is defined in the "
                           "config file; remove it there (or pause it here)")
         raise NotFound(f"no schedule named {name!r}")

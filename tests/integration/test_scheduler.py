@@ -249,7 +249,7 @@ async def test_the_config_files_schedules_are_upserted_keeping_their_progress(st
         after = await store.get_schedule("default", "nightly")
         assert after is not None and after.next_fire_at == T0 + timedelta(days=1, hours=4)
         assert await store.get_schedule("default", "hourly") is None
-        actions = [e.action for e in await store.audit_entries(limit=10)]
+        actions = [e.action for e in await store.audit_entries(tenant="default", limit=10)]
     assert actions == ["schedule_delete", "schedule_update", "schedule_update",
                        "schedule_create", "schedule_create"]
 
