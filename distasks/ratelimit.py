@@ -70,11 +70,13 @@ class RateLimiter:
                              or self._limits.tenant_per_minute)
         if per_minute == 0 and tenant_per_minute == 0:
             return
-        local = self._local.get(who.id)
+        # Principal ids are unique within a tenant (a JWT subject need not be across).
+        bucket = f"{who.tenant}/{who.id}"
+        local = self._local.get(bucket)
         if local is None:
             if len(self._local) >= MAX_TRACKED:
                 self._local.clear()
-            local = self._local[who.id] = _Local()
+            local = self._local[bucket] = _Local()
         if local.tokens > 0:
             local.tokens -= 1
             return
@@ -96,7 +98,7 @@ class RateLimiter:
         granted, wait_ms = want, 0  # what passes when Redis does not answer in time
         with contextlib.suppress(BrokerUnavailable), trio.move_on_after(TAKE_TIMEOUT_S):
             granted, wait_ms = await self._broker.take_tokens(
-                who.id, who.tenant, per_ms=per_minute / 60_000, capacity=capacity,
+                f"{who.tenant}/{who.id}", who.tenant, per_ms=per_minute / 60_000, capacity=capacity,
                 tenant_per_ms=tenant_per_minute / 60_000, tenant_capacity=tenant_capacity,
                 want=want)
         if granted == 0:

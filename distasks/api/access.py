@@ -22,7 +22,11 @@ from distasks.auth import Principal
 from distasks.config import Config
 from distasks.errors import Forbidden, Refused, Unauthenticated
 from distasks.ratelimit import RateLimited
+from distasks.tenancy import DEFAULT_TENANT
 
+# Scopes that show the whole deployment, not one tenant: honoured for the default tenant
+# (the operator's) only (architecture §8).
+OPERATOR_SCOPES = frozenset({"metrics:read"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Host names every daemon answers to besides http.allowed_hosts.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -117,6 +121,9 @@ async def require(s: Services, who: Principal | None, scope: str) -> Principal:
         raise Unauthenticated("this operation needs an API key: Authorization: Bearer <token>")
     if not who.allows(scope):
         raise Forbidden(scope)
+    if scope in OPERATOR_SCOPES and who.tenant != DEFAULT_TENANT:
+        raise Refused(403, "forbidden", f"{scope} shows the whole deployment: only the "
+                      f"default tenant's keys have it, not tenant {who.tenant!r}'s")
     assert s.limiter is not None
     try:
         await s.limiter.spend(who)

@@ -4,6 +4,7 @@ distasks.keys, shared with `distasks keys …`."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 
 from quart import Blueprint, Response, g, jsonify
@@ -31,10 +32,7 @@ async def create_key() -> tuple[Response, int]:
     if not _manages(target):
         raise Refused(403, "forbidden", f"a key of tenant {tenant()!r} cannot make keys "
                       f"for tenant {target!r}")
-    beyond = sorted(set(req.scopes) - set(g.principal.scopes))
-    if beyond:
-        raise Refused(403, "forbidden", f"a key cannot give scopes its maker lacks: "
-                      f"{', '.join(beyond)}")
+    _no_stronger(req.scopes)
     now = times.utc(s.clock())
     expires = now + timedelta(seconds=req.expires_in_seconds) if req.expires_in_seconds else None
     key, token = await keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
@@ -57,7 +55,7 @@ async def list_keys() -> Response:
 async def rotate_key(key_id: uuid.UUID) -> tuple[Response, int]:
     req = parse_body(schemas.RotateKey, await read_body() or b"{}")
     s = services()
-    await _own_key(key_id)
+    _no_stronger((await _own_key(key_id)).scopes)
     rotated = await keys.rotate(s.store, key_id, overlap=timedelta(seconds=req.overlap_seconds),
                                 actor=actor(), now=times.utc(s.clock()))
     if rotated is None:
@@ -85,10 +83,20 @@ def _manages(key_tenant: str) -> bool:
     return tenant() in (DEFAULT_TENANT, key_tenant)
 
 
-async def _own_key(key_id: uuid.UUID) -> None:
+async def _own_key(key_id: uuid.UUID) -> ApiKey:
     key = await services().store.key_by_id(key_id)
     if key is None or not _manages(key.tenant):
         raise NotFound(f"no key with id {key_id}")
+    return key
+
+
+def _no_stronger(scopes: Iterable[str]) -> None:
+    """Refuse to hand out a token with a scope this request's principal lacks: no key
+    mints (or rotates into its own hands) a stronger one."""
+    beyond = sorted(set(scopes) - set(g.principal.scopes))
+    if beyond:
+        raise Refused(403, "forbidden", f"a key cannot give scopes its maker lacks: "
+                      f"{', '.join(beyond)}")
 
 
 def key_json(k: ApiKey) -> dict[str, object]:

@@ -123,6 +123,10 @@ async def test_two_tenants_never_see_or_touch_each_other(start_daemon, daemon_en
             r = await client.post("/api/v1/keys", headers=bearer(acme),
                                   json={"name": "x", "scopes": ["tasks:read"]})
             assert r.status_code == 201 and r.json()["key"]["tenant"] == "acme"
+            # Nor rotates a stronger key into its own hands.
+            full = next(k for k in acme_keys if "dlq:admin" in k["scopes"])
+            r = await client.post(f"/api/v1/keys/{full['id']}/rotate", headers=bearer(reader))
+            assert r.status_code == 403 and "dlq:admin" in r.json()["error"]["message"]
 
 
 async def test_tenant_quotas_refuse_what_is_over_them(start_daemon, daemon_env, tmp_path):
@@ -139,6 +143,7 @@ tasks_per_minute = 60
     acme = await trio.to_thread.run_sync(tenant_key, env, "acme")
     bravo = await trio.to_thread.run_sync(tenant_key, env, "bravo")
     zeta = await trio.to_thread.run_sync(tenant_key, env, "zeta")
+    ops = await trio.to_thread.run_sync(tenant_key, env, "default", "metrics:read")
     with trio.fail_after(60):
         async with start_daemon(env, config=config) as d, httpx.AsyncClient(
                 base_url=d.url) as client:
@@ -168,7 +173,10 @@ tasks_per_minute = 60
             # Other tenants are not held back by acme's or bravo's quotas.
             assert (await create(zeta)).status_code == 201
 
-            metrics = (await client.get("/metrics", headers=bearer(acme))).text
+            # The metrics show every tenant: the operator's (default tenant's) only.
+            r = await client.get("/metrics", headers=bearer(acme))
+            assert r.status_code == 403 and "whole deployment" in r.text
+            metrics = (await client.get("/metrics", headers=bearer(ops))).text
             assert 'distasks_tenant_requests_refused_total{reason="quota",tenant="acme"}' in metrics
             assert 'distasks_tenant_tasks_created_total{tenant="bravo"} 10.0' in metrics
             # zeta is named nowhere in the config: counted as "other".
