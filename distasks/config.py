@@ -162,6 +162,9 @@ class JwtConfig:
     #: the claim naming the tenant; absent: default_tenant, or refused when that is empty
     tenant_claim: str = "tenant"
     default_tenant: str = ""
+    #: the tenants a token may name; empty: any but `default`, the operator's tenant
+    #: (whose keys:admin manages every tenant's keys), unless default_tenant is `default`
+    tenants: tuple[str, ...] = ()
     #: the claim holding scopes: a space-separated string or a list
     scopes_claim: str = "scope"
     #: IdP scope or role names mapped to distasks scopes, as "idp-name=distasks-scope"
@@ -210,6 +213,8 @@ class LimitsConfig:
     #: queues a tenant may have (rows of the queues table): a pause or a create that
     #: names a new queue beyond it is refused with 409 until one is deleted
     max_queues: int = 1000
+    #: schedules per tenant; a create beyond it: 409 too_many_schedules
+    max_schedules: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +542,7 @@ def _validate(c: Config) -> None:
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")
+    need(c.limits.max_schedules >= 1, "limits.max_schedules", "must be at least 1")
     need(c.scheduler.interval_s > 0, "scheduler.interval_s", "must be positive")
     need(1 <= c.scheduler.batch <= 10_000, "scheduler.batch", "must be between 1 and 10000")
     need(c.scheduler.misfire_grace_s >= 0, "scheduler.misfire_grace_s", "must not be negative")
@@ -566,6 +572,11 @@ def _validate_jwt(j: JwtConfig) -> None:
             tenancy.check_tenant(j.default_tenant)
         except ValueError as e:
             raise ConfigError("auth.jwt.default_tenant", str(e)) from None
+    for t in j.tenants:
+        try:
+            tenancy.check_tenant(t)
+        except ValueError as e:
+            raise ConfigError("auth.jwt.tenants", str(e)) from None
     for entry in j.scope_map:
         idp, eq, scope = entry.partition("=")
         need(eq == "=" and idp.strip() != "", "scope_map",

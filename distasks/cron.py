@@ -95,7 +95,8 @@ def slots_after(expression: str, timezone: str, after: datetime) -> Iterator[dat
             if slot > last:  # belt and braces: time never goes backwards here
                 last = slot
                 yield slot
-    except StopIteration:  # cronsim gives up after 50 years without a match
+    # cronsim gives up after 50 years without a match, or fails near year 9999
+    except (StopIteration, OverflowError, ValueError):
         return
 
 
@@ -119,7 +120,10 @@ def first_slot(expression: str, timezone: str, *, now: datetime,
                starts_at: datetime | None, ends_at: datetime | None) -> datetime | None:
     """The slot a new (or changed, or resumed) schedule waits for: the first after `now`,
     and not before `starts_at`; None if it would be past `ends_at`."""
-    after = now if starts_at is None else max(now, starts_at - timedelta(microseconds=1))
+    # Before starts_at by a microsecond, so that a slot at starts_at fires; never below
+    # `now` (so year 1 cannot underflow).
+    after = now if starts_at is None or starts_at <= now else (
+        starts_at - timedelta(microseconds=1))
     slot = next_after(expression, timezone, after)
     if slot is None or (ends_at is not None and slot > ends_at):
         return None
@@ -186,6 +190,6 @@ def _latest(expression: str, timezone: str, *, after: datetime, upto: datetime,
                 break
             if slot <= upto:
                 out.append(slot)
-    except StopIteration:
+    except (StopIteration, OverflowError, ValueError):
         pass
     return sorted(out)

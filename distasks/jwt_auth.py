@@ -27,7 +27,7 @@ import trio
 from distasks.auth import SCOPES, Principal
 from distasks.config import JwtConfig
 from distasks.errors import ConfigError
-from distasks.tenancy import TENANT_RE
+from distasks.tenancy import DEFAULT_TENANT, TENANT_RE
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +303,12 @@ class Verifier:
             tenant = c.default_tenant
         if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
             raise TokenRefused(f"its {c.tenant_claim!r} claim is not a valid tenant name")
+        if c.tenants and tenant not in c.tenants:
+            raise TokenRefused(f"its tenant {tenant!r} is not in auth.jwt.tenants")
+        if not c.tenants and tenant == DEFAULT_TENANT != c.default_tenant:
+            # The operator's tenant only by the configuration's choice, never a claim's.
+            raise TokenRefused(f"its tenant {tenant!r} is the operator's; name it in "
+                               "auth.jwt.tenants to allow it")
         raw = claims.get(c.scopes_claim)
         if raw is None:
             names: list[str] = []

@@ -60,7 +60,9 @@ class LoginFailures:
         self._max_addresses = max_addresses
         self._clock = clock
         self._wall_clock = wall_clock
-        self._windows: dict[str, _Window] = {}
+        #: by (address, tenant): a tenant's revoked key cannot draw the failures that
+        #: follow from its address into its tenant's log, away from the operator's
+        self._windows: dict[tuple[str, str], _Window] = {}
         #: failures from addresses beyond max_addresses, in the window started then
         self._overflow: _Window | None = None
         self._pending: list[AuditEvent] = []
@@ -71,7 +73,7 @@ class LoginFailures:
         """One request refused for a bad credential, from `address`: the first of a
         window is queued to be written at once, the rest only counted."""
         now = self._clock()
-        w = self._windows.get(address)
+        w = self._windows.get((address, tenant))
         if w is not None:
             w.more += 1
             w.reasons.add(reason)
@@ -83,7 +85,7 @@ class LoginFailures:
             self._overflow.more += 1
             self._overflow.reasons.add(reason)
             return
-        self._windows[address] = _Window(now, tenant)
+        self._windows[address, tenant] = _Window(now, tenant)
         detail: dict[str, object] = {"reason": reason, "window_s": self.window_s}
         if key_id is not None:
             detail["key_id"] = key_id
@@ -97,9 +99,9 @@ class LoginFailures:
         (those windows are closed)."""
         now = math.inf if closing else self._clock()
         at = times.utc(self._wall_clock())
-        for address, w in list(self._windows.items()):
+        for (address, tenant), w in list(self._windows.items()):
             if now - w.started_at >= self.window_s:
-                del self._windows[address]
+                del self._windows[address, tenant]
                 if w.more:
                     self._queue(_summary(at, w, address))
         if self._overflow is not None and now - self._overflow.started_at >= self.window_s:

@@ -20,7 +20,7 @@ import trio
 
 from distasks.broker import Broker
 from distasks.config import Config
-from distasks.errors import BrokerUnavailable, Refused
+from distasks.errors import BrokerUnavailable, InvalidInput, Refused
 from distasks.ratelimit import BURST_S, LEASE_FRACTION, TAKE_TIMEOUT_S
 from distasks.store import Store
 
@@ -65,6 +65,33 @@ class TenantQuotas:
                 await self._spend(tenant, state, count, quotas.tasks_per_minute)
             state.queued += count
 
+    async def blocked(self, tenant: str) -> str | None:
+        """Why one more task of `tenant` would be over a quota now, or None; spends
+        nothing (the scheduler asks before it fires, then `charge`s what it made)."""
+        quotas = self._config.tenant(tenant)
+        state = self._tenants.setdefault(tenant, _Tenant())
+        async with state.lock:
+            try:
+                if quotas.max_queued:
+                    await self._check_queued(tenant, state, 1, quotas.max_queued)
+                if quotas.tasks_per_minute:
+                    await self._spend(tenant, state, 1, quotas.tasks_per_minute)
+                    state.tokens += 1  # only looked: given back
+            except QuotaExceeded as e:
+                return e.message
+        return None
+
+    def charge(self, tenant: str, count: int) -> None:
+        """`count` tasks of `tenant` made without `admit` (by its schedules, which were
+        let through by `blocked`): spent from its tokens, which may go below zero, so
+        that its next creates wait for them."""
+        quotas = self._config.tenant(tenant)
+        if not quotas.tasks_per_minute and not quotas.max_queued:
+            return
+        state = self._tenants.setdefault(tenant, _Tenant())
+        state.tokens -= count
+        state.queued += count
+
     async def _check_queued(self, tenant: str, state: _Tenant, count: int, limit: int) -> None:
         now = self._clock()
         if now - state.counted_at >= COUNT_MAX_AGE_S:
@@ -77,9 +104,10 @@ class TenantQuotas:
     async def _spend(self, tenant: str, state: _Tenant, count: int, per_minute: int) -> None:
         if state.tokens < count:
             capacity = max(1, int(per_minute * BURST_S / 60))
-            if count > capacity:
-                raise QuotaExceeded(tenant, f"{count} tasks at once is over the burst of "
-                                    f"{capacity} ({per_minute} per minute)", 60)
+            if count > capacity:  # never admitted, however long the client waits
+                raise InvalidInput(f"tenant {tenant!r} may create at most {capacity} tasks "
+                                   f"at once ({per_minute} per minute); split the batch",
+                                   field="tasks")
             want = max(count - state.tokens, int(capacity * LEASE_FRACTION))
             granted, wait_ms = want, 0  # what passes when Redis does not answer in time
             with contextlib.suppress(BrokerUnavailable), trio.move_on_after(TAKE_TIMEOUT_S):

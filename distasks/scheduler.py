@@ -27,6 +27,7 @@ from distasks.errors import InvalidInput, StoreUnavailable
 from distasks.health import Health
 from distasks.metrics import Metrics
 from distasks.model import Actor, TaskType
+from distasks.quotas import TenantQuotas
 from distasks.store import Fired, Firing, Schedule, Slot, Store
 
 log = logging.getLogger(__name__)
@@ -46,20 +47,36 @@ class Settings:
     misfire_grace_s: float = 60.0
 
 
-async def fire_once(store: Store, broker: Broker, rules: CreationRules, *, now_s: float,
-                    settings: Settings = Settings(), metrics: Metrics | None = None,
+async def fire_once(store: Store, broker: Broker, rules: Callable[[str], CreationRules], *,
+                    now_s: float, settings: Settings = Settings(),
+                    metrics: Metrics | None = None, quotas: TenantQuotas | None = None,
                     rng: random.Random | None = None) -> int:
     """Fire every due slot once; returns how many tasks were created. Fires in batches of
-    `settings.batch` schedules until a batch comes back short."""
+    `settings.batch` schedules until a batch comes back short.
+
+    `rules(tenant)` are a tenant's creation rules. Only schedules whose handler this
+    daemon has are claimed: in a fleet whose daemons have different handlers, a slot is
+    fired by one that can make its task, never refused for good by one that cannot. A
+    tenant over a quota (`quotas`) has its slots refused, as its API creates are."""
     now = times.utc(now_s)
     rng = rng or random.Random()
+    handlers = list(rules(tenancy.DEFAULT_TENANT).registry)
+    blocked = {}
+    if quotas is not None:
+        for tenant in await store.due_schedule_tenants(now=now):
+            if (reason := await quotas.blocked(tenant)) is not None:
+                blocked[tenant] = reason
     created = 0
     while True:
-        fired = await store.fire_due(now=now, limit=settings.batch,
+        fired = await store.fire_due(now=now, limit=settings.batch, handlers=handlers,
                                      decide=lambda s, running: decide(
-                                         s, running, rules, now=now, settings=settings,
-                                         rng=rng))
+                                         s, running, rules(s.tenant), now=now,
+                                         settings=settings, rng=rng,
+                                         over_quota=blocked.get(s.tenant)))
         created += await _dispatch(store, broker, fired, now=now)
+        if quotas is not None:
+            for f in fired:
+                quotas.charge(f.schedule.tenant, sum(1 for x in f.slots if x.task))
         if metrics is not None:
             _count(metrics, fired, now=now)
         if len(fired) < settings.batch:
@@ -67,9 +84,10 @@ async def fire_once(store: Store, broker: Broker, rules: CreationRules, *, now_s
 
 
 def decide(s: Schedule, running: bool, rules: CreationRules, *, now: datetime,
-           settings: Settings, rng: random.Random) -> Firing:
+           settings: Settings, rng: random.Random, over_quota: str | None = None) -> Firing:
     """Which of `s`'s due slots fire at `now`, and the task of each. `running`: the task
-    of its previous slot is not finished (for skip_if_running)."""
+    of its previous slot is not finished (for skip_if_running); `over_quota`: why its
+    tenant may create no task now (its slots are refused, on record)."""
     assert s.next_fire_at is not None
     try:
         p = cron.plan(s.cron, s.timezone, next_fire_at=s.next_fire_at, now=now,
@@ -87,6 +105,9 @@ def decide(s: Schedule, running: bool, rules: CreationRules, *, now: datetime,
         # after it follow a task made in this very pass.
         if s.skip_if_running and (running or i > 0):
             slots.append(Slot(fire_at, None, "skipped_running"))
+            continue
+        if over_quota is not None:
+            slots.append(Slot(fire_at, None, "refused", over_quota))
             continue
         jitter_s = rng.uniform(0, s.jitter_s) if s.jitter_s > 0 else 0.0
         try:
@@ -161,9 +182,9 @@ async def report_once(store: Store, metrics: Metrics, *, now_s: float) -> None:
     metrics.schedule_overdue.labels(metrics.OTHER_SCHEDULE).set(overdue_other)
 
 
-async def run(store: Store, broker: Broker, rules: Callable[[], CreationRules], *,
+async def run(store: Store, broker: Broker, rules: Callable[[str], CreationRules], *,
               interval_s: float, settings: Settings, health: Health, metrics: Metrics,
-              clock: Callable[[], float] = time.time,
+              quotas: TenantQuotas | None = None, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Fire due slots every `interval_s` (and refresh the gauges), until cancelled."""
 
@@ -172,7 +193,8 @@ async def run(store: Store, broker: Broker, rules: Callable[[], CreationRules], 
     async def one_pass() -> None:
         nonlocal reported_at
         now_s = clock()
-        await fire_once(store, broker, rules(), now_s=now_s, settings=settings, metrics=metrics)
+        await fire_once(store, broker, rules, now_s=now_s, settings=settings, metrics=metrics,
+                        quotas=quotas)
         if trio.current_time() - reported_at >= REPORT_EVERY_S:
             try:
                 await report_once(store, metrics, now_s=clock())

@@ -291,7 +291,7 @@ class Daemon:
                     store, broker, services_.creation_rules,
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
-                    health=h, metrics=m, task_status=task_status))
+                    health=h, metrics=m, quotas=services_.quotas, task_status=task_status))
             await services.start(lambda task_status: reporter.run(
                 store, broker, pool, t, metrics=m, health=h, progress=progress,
                 task_status=task_status))

@@ -89,7 +89,7 @@ async def principal(s: Services, req: Request) -> Principal | None:
             return auth.anonymous(client)
         return None
     if not token.startswith(auth.TOKEN_PREFIX):
-        return await jwt_principal(s, token)
+        return await jwt_principal(s, token, client)
     key = await s.key_cache().key(token)
     if key is None or not key.valid_at(times.utc(s.clock())):
         if s.login_failures is not None:
@@ -101,7 +101,7 @@ async def principal(s: Services, req: Request) -> Principal | None:
     return key.principal()
 
 
-async def jwt_principal(s: Services, token: str) -> Principal:
+async def jwt_principal(s: Services, token: str, client: str) -> Principal:
     """The principal of a bearer token that is no API key: a JWT, where auth.jwt is on.
     A refusal says what was wrong in general terms, never the token."""
     if s.jwt is None:
@@ -110,6 +110,8 @@ async def jwt_principal(s: Services, token: str) -> Principal:
     try:
         return await s.jwt.principal(token)
     except jwt_auth.TokenRefused as e:
+        if s.login_failures is not None:
+            s.login_failures.note(client, reason="jwt")  # fixed: reasons may quote claims
         refused = Unauthenticated(f"the bearer token is refused: {e.reason}")
         refused.headers["WWW-Authenticate"] = 'Bearer realm="distasks", error="invalid_token"'
         raise refused from None

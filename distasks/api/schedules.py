@@ -4,17 +4,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from quart import Blueprint, Response, jsonify
 
-from distasks import cron, schedules, times
+from distasks import cron, schedules, tenancy, times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, read_body, schedule_name
 from distasks.api.render import iso
-from distasks.api.services import actor, services, tenant
-from distasks.errors import NotFound, Refused
+from distasks.api.services import Services, actor, services, tenant
+from distasks.errors import NotFound, Refused, TooManyQueues
 from distasks.store import Fire, Schedule
 
 bp = Blueprint("schedules", __name__)
@@ -23,7 +24,9 @@ bp = Blueprint("schedules", __name__)
 @operation(bp, "POST", "/api/v1/schedules", scope="schedules:write", tag="schedules",
            summary="Create a schedule", body=schemas.CreateSchedule,
            responses={201: schemas.ScheduleOut},
-           errors={409: "The tenant has a schedule of that name",
+           errors={409: "The tenant has a schedule of that name, or limits.max_schedules "
+                        "schedules, or the template names a new queue beyond "
+                        "limits.max_queues",
                    422: "Invalid input, a cron expression or time zone that cannot be used, "
                         "or a task template that would be refused: the body names the field"})
 async def create_schedule() -> tuple[Response, int]:
@@ -32,7 +35,12 @@ async def create_schedule() -> tuple[Response, int]:
     now = times.utc(s.clock())
     who = actor()
     new = schedules.from_request(req, tenant=tenant(), owner="api", actor=who, now=now)
-    schedules.check_definition(new, s.creation_rules(), now=now)
+    await _check(s, new, now=now)
+    limit = s.config.limits.max_schedules
+    # Concurrent creates may pass the cap by a few: a bound on growth, not an exact count.
+    if await s.store.schedule_count(new.tenant) >= limit:
+        raise Refused(409, "too_many_schedules", f"tenant {new.tenant!r} has {limit} "
+                      "schedules, the most limits.max_schedules allows", field="name")
     created = await s.store.create_schedule(new, actor=who, now=now)
     if created is None:
         raise Refused(409, "schedule_exists", f"a schedule named {req.name!r} exists; "
@@ -82,7 +90,7 @@ async def update_schedule(name: str) -> Response:
     req = parse_body(schemas.UpdateSchedule, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
-    rules = s.creation_rules()
+    rules = s.creation_rules(tenant())
 
     def change(old: Schedule) -> Schedule:
         if old.owner == "config" and req.model_fields_set - {"enabled"}:
@@ -93,6 +101,9 @@ async def update_schedule(name: str) -> Response:
         schedules.check_definition(new, rules, now=now)
         return new
 
+    if "task" in req.model_fields_set and req.task and "queue_name" in (
+            req.task.model_fields_set):
+        await _admit_queue(s, tenant(), req.task.queue_name)
     updated = await s.store.update_schedule(tenant(), name, change, actor=actor(), now=now)
     if updated is None:
         raise NotFound(f"no schedule named {name!r}")
@@ -116,6 +127,23 @@ async def delete_schedule(name: str) -> tuple[str, int]:
                           "config file; remove it there (or pause it here)")
         raise NotFound(f"no schedule named {name!r}")
     return "", 204
+
+
+async def _check(s: Services, new: Schedule, *, now: datetime) -> None:
+    """A new schedule's template obeys its tenant's creation rules, and its queue fits
+    under the tenant's limits.max_queues (its tasks will make the queue)."""
+    schedules.check_definition(new, s.creation_rules(new.tenant), now=now)
+    await _admit_queue(s, new.tenant, new.queue_name)
+
+
+async def _admit_queue(s: Services, tenant: str, queue: str | None) -> None:
+    if s.census is None or queue is None:
+        return
+    try:
+        await s.census.admit([tenancy.qualify(tenant, queue)])
+    except TooManyQueues as e:
+        e.field = "task.queue_name"
+        raise
 
 
 def schedule_json(x: Schedule) -> dict[str, Any]:

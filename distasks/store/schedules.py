@@ -111,7 +111,7 @@ class Fire:
 # passed over, never waited for; that daemon moves its next_fire_at past the slots.
 CLAIM_DUE = f"""
 SELECT {", ".join(_COLUMNS)} FROM schedules
-WHERE enabled AND next_fire_at <= %(now)s
+WHERE enabled AND next_fire_at <= %(now)s AND handler = ANY(%(handlers)s)
 ORDER BY next_fire_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -182,6 +182,14 @@ class ScheduleQueries(StoreBase):
                               " WHERE tenant = %s AND name = %s", (tenant, name))
             row = await cur.fetchone()
         return _schedule(row) if row else None
+
+    @query
+    async def schedule_count(self, tenant: str) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM schedules WHERE tenant = %s",
+                                     (tenant,))
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
 
     @query
     async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
@@ -293,17 +301,26 @@ class ScheduleQueries(StoreBase):
         return created, updated, deleted
 
     @query
-    async def fire_due(self, *, now: datetime, limit: int,
+    async def due_schedule_tenants(self, *, now: datetime) -> list[str]:
+        """The tenants that have a schedule due at `now` (for their quotas)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT DISTINCT tenant FROM schedules"
+                                     " WHERE enabled AND next_fire_at <= %s", (now,))
+            return [r[0] for r in await cur.fetchall()]
+
+    @query
+    async def fire_due(self, *, now: datetime, limit: int, handlers: Sequence[str],
                        decide: Callable[[Schedule, bool], Firing]) -> list[Fired]:
-        """One transaction: lock up to `limit` due schedules (skipping those another
-        daemon holds), ask `decide(schedule, previous_task_unfinished)` what to fire,
+        """One transaction: lock up to `limit` due schedules whose handler is one of
+        `handlers` (skipping those another daemon holds), ask `decide(schedule, previous_task_unfinished)` what to fire,
         record each slot once, insert its task and first run (queued, not yet in Redis),
         and move next_fire_at on. Either all of it commits or none: a slot is never
         recorded without its task, nor a task made twice for one slot."""
         out = []
         async with self._pool.transaction() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(CLAIM_DUE, {"now": now, "limit": limit})
+            await cur.execute(CLAIM_DUE, {"now": now, "limit": limit,
+                                          "handlers": list(handlers)})
             schedules = [_schedule(r) for r in await cur.fetchall()]
             if not schedules:
                 return []
@@ -345,7 +362,8 @@ async def _record(conn: Any, s: Schedule, firing: Firing, *, now: datetime) -> l
 
 
 async def _audit(conn: Any, action: str, s: Schedule, *, actor: Actor, now: datetime) -> None:
+    # Never the payload: audit rows hold no payloads (architecture §7).
     detail = {"schedule": s.name, "tenant": s.tenant, "owner": s.owner,
               **{k: (v.isoformat() if isinstance(v, datetime) else v)
-                 for k, v in s.definition().items()}}
+                 for k, v in s.definition().items() if k != "payload"}}
     await record_audit(conn, at=now, actor=actor, action=action, detail=detail)

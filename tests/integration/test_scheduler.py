@@ -19,10 +19,12 @@ import trio
 from distasks import reconciler, scheduler, schedules, times
 from distasks.api.schemas import CreateSchedule
 from distasks.broker import Broker
+from distasks.config import Config, TenantConfig
 from distasks.creation import CreationRules
-from distasks.handlers import builtin_registry
+from distasks.handlers import Registry, builtin_registry
 from distasks.metrics import Metrics
 from distasks.model import Actor
+from distasks.quotas import TenantQuotas
 from distasks.store import Schedule, Store
 
 RULES = CreationRules(registry=builtin_registry(), default_handler="demo",
@@ -48,8 +50,9 @@ async def add(store: Store, *args: Any, **kwargs: Any) -> Schedule:
 
 
 async def fire(store: Store, broker: Broker, at: datetime, **kwargs: Any) -> int:
-    return await scheduler.fire_once(store, broker, RULES, now_s=times.unix_s(at),
-                                     settings=SETTINGS, **kwargs)
+    kwargs.setdefault("rules", lambda _tenant: RULES)
+    return await scheduler.fire_once(store, broker, now_s=times.unix_s(at), settings=SETTINGS,
+                                     **kwargs)
 
 
 def rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -270,3 +273,47 @@ async def test_a_fire_committed_while_redis_is_down_is_pushed_by_the_reconciler(
         ready = await broker.raw("lrange", broker.keys("sched").ready, 0, -1)
     assert pushed == 1 and ready == [str(run_id)]
     assert [f[1] for f in fires_of(config.database.url, "while-down")] == ["created"]
+
+
+async def test_a_daemon_without_the_handler_leaves_the_slot_to_one_that_has_it(
+        store, broker, config):
+    # A fleet whose daemons have different handlers: one that cannot make the task
+    # neither fires nor refuses the slot; one that can fires it.
+    await add(store, "needs-noop", "* * * * *", task={"handler": "noop", "queue_name": "q"})
+    builtin = builtin_registry()
+    without = Registry()
+    for name in builtin:
+        if name != "noop":
+            handler = builtin.get(name)
+            assert handler is not None
+            without.add(name, handler.fn)
+    lacking = dataclasses.replace(RULES, registry=without)
+    with trio.fail_after(30):
+        assert await fire(store, broker, T0 + timedelta(minutes=1),
+                          rules=lambda _tenant: lacking) == 0
+        assert fires_of(config.database.url, "needs-noop") == []
+        assert await fire(store, broker, T0 + timedelta(minutes=1)) == 1
+    assert [f[1] for f in fires_of(config.database.url, "needs-noop")] == ["created"]
+
+
+async def test_a_tenant_over_its_quota_has_its_slots_refused(store, broker, config):
+    await add(store, "often", "* * * * * *", tenant="acme", catch_up="all",
+              task={"handler": "noop", "queue_name": "q", "payload": {"token": "s3cret"}})
+    await add(store, "often", "* * * * * *", catch_up="all",
+              task={"handler": "noop", "queue_name": "q"})
+    quotas = TenantQuotas(broker, store, Config(tenants={"acme": TenantConfig(max_queued=1)}),
+                          clock=time.monotonic)
+    with trio.fail_after(30):
+        for second in (1, 2, 3):
+            await fire(store, broker, T0 + timedelta(seconds=second), quotas=quotas)
+    outcomes = rows(config.database.url,
+                    "SELECT s.tenant, f.outcome, f.error FROM schedule_fires f"
+                    " JOIN schedules s ON s.id = f.schedule_id ORDER BY s.tenant, f.fire_at")
+    acme = [(o, e) for t, o, e in outcomes if t == "acme"]
+    assert [o for o, _ in acme] == ["created", "refused", "refused"]
+    assert "1 tasks queued, at most 1" in acme[1][1]
+    # Other tenants fire on; the audit rows of the schedules hold no payload.
+    assert [o for t, o, _ in outcomes if t == "default"] == ["created"] * 3
+    details = [e.detail for e in await store.audit_entries(tenant="default", limit=10)]
+    assert details and all("payload" not in d for d in details)
+    assert "s3cret" not in json.dumps(details)

@@ -288,3 +288,27 @@ def fired_slots(dsn: str, name: str) -> list[datetime]:
         return [r[0] for r in conn.execute(
             "SELECT f.fire_at FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id"
             " WHERE s.name = %s ORDER BY f.fire_at", (name,)).fetchall()]
+
+
+async def test_a_tenant_cannot_pass_its_queue_and_schedule_caps_through_schedules(
+        start_daemon, daemon_env):
+    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_LIMITS_MAX_QUEUES": "1",
+           "DISTASKS_LIMITS_MAX_SCHEDULES": "2"}
+    token = await trio.to_thread.run_sync(lambda: key(env, "acme", *SCOPES))
+
+    def every(name: str, queue: str) -> dict:
+        return {"name": name, "cron": "* * * * *", "task": {"handler": "noop",
+                                                            "queue_name": queue}}
+
+    with trio.fail_after(60):
+        async with start_daemon(env) as d, client(d.url, token) as c:
+            assert (await c.post("/api/v1/schedules", json=every("a", "a"))).status_code == 201
+            r = await c.post("/api/v1/schedules", json=every("b", "b"))
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "too_many_queues"
+            assert r.json()["error"]["field"] == "task.queue_name"
+            r = await c.patch("/api/v1/schedules/a", json={"task": {"queue_name": "b"}})
+            assert r.status_code == 409 and r.json()["error"]["field"] == "task.queue_name"
+            assert (await c.post("/api/v1/schedules", json=every("b", "a"))).status_code == 201
+            r = await c.post("/api/v1/schedules", json=every("c", "a"))
+            assert r.status_code == 409 and r.json()["error"]["code"] == "too_many_schedules"

@@ -158,3 +158,14 @@ def test_the_most_recent_slots_fire_when_the_count_stops_just_before_now():
                   now=T0 + timedelta(seconds=last), catch_up=CatchUp.ALL, catch_up_max=4,
                   grace=GRACE, ends_at=None)
     assert p.fire == [T0 + timedelta(seconds=s) for s in range(last - 3, last + 1)]
+
+
+def test_dates_at_the_ends_of_the_calendar_give_no_slot_instead_of_an_error():
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    first = cron.first_slot("0 0 1 * *", "UTC", now=now,
+                            starts_at=datetime(1, 1, 1, tzinfo=UTC), ends_at=None)
+    assert first == datetime(2027, 1, 1, tzinfo=UTC)
+    late = datetime(9999, 12, 1, tzinfo=UTC)
+    assert cron.first_slot("0 0 1 * *", "UTC", now=now, starts_at=late, ends_at=None) == late
+    assert cron.upcoming("0 0 1 * *", "UTC", after=datetime(9999, 11, 1, tzinfo=UTC),
+                         count=3) == [datetime(9999, 12, 1, tzinfo=UTC)]

@@ -261,6 +261,14 @@ async def test_tenant_and_scopes_are_mapped_by_configuration():
     defaulted = await verifier().principal(mint(SECRET, "HS256", scope=None))
     assert (defaulted.tenant, defaulted.scopes) == ("default", frozenset())
 
+    # The operator's tenant only where the configuration says so.
+    assert await refused(v, mint(SECRET, "HS256", org="default")) == (
+        "its tenant 'default' is the operator's; name it in auth.jwt.tenants to allow it")
+    listed = verifier(replace(mapped, tenants=("acme", "default")))
+    assert (await listed.principal(mint(SECRET, "HS256", org="default"))).tenant == "default"
+    assert await refused(listed, mint(SECRET, "HS256", org="beta")) == (
+        "its tenant 'beta' is not in auth.jwt.tenants")
+
 
 async def test_a_subject_that_cannot_be_an_id_is_refused():
     for sub in (None, "", 42, "x" * 201, "alice\x1b[31m"):

@@ -23,13 +23,18 @@ def test_the_first_failure_is_due_at_once_and_the_rest_as_one_count_after_the_wi
                                {"reason": "unknown", "window_s": 60})]
     for _ in range(500):
         failures.note("203.0.113.9", reason="unknown")
+    # A tenant's key opens that tenant's own window: it cannot draw the flood of
+    # unknown keys from its address into its tenant's log, away from the operator's.
     failures.note("203.0.113.9", reason="revoked", key_id="k1", tenant="acme")
+    [(action, address, detail)] = rows(failures)
+    assert (action, detail["key_id"]) == ("login_failed", "k1")
     now[0] += 59
     assert rows(failures) == []
     assert failures.next_due_in() == 1
     now[0] += 1
-    assert rows(failures) == [("login_failures", "203.0.113.9",
-                               {"count": 501, "reasons": ["revoked", "unknown"]})]
+    [summary] = failures.take_due()
+    assert (summary.action, summary.actor.tenant, summary.detail) == (
+        "login_failures", "default", {"count": 500, "reasons": ["unknown"]})
     # The window closed: the next failure is recorded at once again.
     failures.note("203.0.113.9", reason="expired", key_id="k2", tenant="acme")
     [event] = failures.take_due()
