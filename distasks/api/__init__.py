@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 import werkzeug.exceptions
 from quart import Response, g, request
@@ -18,6 +17,7 @@ from distasks import auth
 from distasks.api import (
     access,
     audit,
+    connections,
     dlq,
     errors,
     health,
@@ -138,19 +138,18 @@ def create_app(services: Services) -> QuartTrio:
 
 
 async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
-                graceful_s: float,
+                graceful_s: float, limits: connections.Limits,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` (with the lean create route in front, api/fast.py) until `shutdown` is
     set, then finish requests in flight for at most `graceful_s`; `task_status.started()`
-    once the socket listens."""
+    once the socket listens. Connections are held to `limits` (api/connections.py)."""
     protocol_errors.install()
     config = hypercorn.config.Config()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_s
     config.accesslog = None
     config.errorlog = logging.getLogger("distasks.http")
-    config.keep_alive_timeout = 75  # longer than common proxies' idle timeout
+    config.keep_alive_timeout = limits.keep_alive_s
     front = with_lean_create(app, app.extensions["distasks"],  # type: ignore[arg-type]
                              max_body_bytes=app.config["MAX_CONTENT_LENGTH"])
-    await hypercorn.trio.serve(front, config,  # type: ignore[arg-type]
-                               shutdown_trigger=shutdown.wait, task_status=task_status)
+    await connections.serve(front, config, limits, shutdown=shutdown, task_status=task_status)
