@@ -12,13 +12,16 @@ from psycopg.rows import dict_row
 
 from distasks.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
 from distasks.store.base import (
+    Page,
     StoreBase,
     dumps,
+    page_of,
     query,
     record_audit,
     run_from_row,
     task_columns,
     task_from_row,
+    within_payload_budget,
 )
 
 
@@ -203,9 +206,11 @@ class TaskQueries(StoreBase):
     @query
     async def list_tasks(self, f: TaskFilter, *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None,
-                         with_payload: bool = True) -> list[Task]:
+                         with_payload: bool = True,
+                         max_payload_bytes: int | None = None) -> Page[Task]:
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
-        without their payloads (None) unless `with_payload`."""
+        without their payloads (None) unless `with_payload`; cut short (`cut`) once
+        their payloads pass `max_payload_bytes` (base.within_payload_budget)."""
         where, params = ["true"], dict[str, Any]()
         for column in ("status", "queue_name", "name", "handler", "dedup_key"):
             if (value := getattr(f, column)) is not None:
@@ -225,11 +230,14 @@ class TaskQueries(StoreBase):
         sql = (f"SELECT {task_columns(with_payload=with_payload)} FROM tasks WHERE "
                + " AND ".join(where)
                + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+        if with_payload and max_payload_bytes is not None:
+            sql = within_payload_budget(sql, "created_at DESC, id DESC")
+            params["max_payload_bytes"] = max_payload_bytes
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
             rows = await cur.fetchall()
-        return [task_from_row(r) for r in rows]
+        return page_of(rows, task_from_row)
 
     @query
     async def cancel_task(self, task_id: uuid.UUID, *, actor: Actor, reason: str | None,
