@@ -53,6 +53,8 @@ class HttpConfig:
     #: a request's headers must be complete this long after its connection opened (or
     #: after its first byte on a kept-alive connection): slow clients are dropped
     header_timeout_s: float = 5.0
+    #: a request's body must be complete this long after its headers, else 408
+    body_timeout_s: float = 60.0
     #: a list page stops before the item that would take its JSON past this (the rest
     #: follows by next_cursor); a larger single item goes alone
     max_response_bytes: int = 4 * 1024 * 1024
@@ -313,6 +315,7 @@ def _validate(c: Config) -> None:
          "must be between 1 and 100000")
     need(c.http.keep_alive_s > 0, "http.keep_alive_s", "must be positive")
     need(c.http.header_timeout_s > 0, "http.header_timeout_s", "must be positive")
+    need(c.http.body_timeout_s > 0, "http.body_timeout_s", "must be positive")
     need(c.http.max_response_bytes >= 64 * 1024, "http.max_response_bytes",
          "must be at least 65536")
     need(c.http.heavy_reads >= 1, "http.heavy_reads", "must be at least 1")

@@ -252,7 +252,8 @@ class Daemon:
                         limits=api.connections.Limits(
                             max_connections=c.http.max_connections,
                             keep_alive_s=c.http.keep_alive_s,
-                            header_timeout_s=c.http.header_timeout_s),
+                            header_timeout_s=c.http.header_timeout_s,
+                            body_timeout_s=c.http.body_timeout_s),
                         task_status=task_status))
                     await work.start(pool.run)
                     log.info("ready: listening on %s:%d, workers claiming",

@@ -14,6 +14,9 @@ the PostgreSQL and Redis pools needs, so `serve()` runs its connections itself:
   (`http.keep_alive_s`), run shielded: Quart-trio cancels a request's task as soon as
   its response is sent, and Hypercorn closes the connection (or starts that timer) in
   that very task, so both were lost and such connections stayed open;
+- a request body must arrive within `http.body_timeout_s` of its headers, or the request
+  is answered 408 and its connection closed (the lean create route read bodies without
+  any deadline);
 - a client that reads nothing of its response for SEND_TIMEOUT_S is dropped (Hypercorn
   writes shielded, without a deadline).
 
@@ -23,7 +26,10 @@ Updated events); tests/system/test_connections.py fails if an upgrade changes th
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -55,6 +61,66 @@ class Limits:
     #: request headers must be complete this long after a new connection opens, or after
     #: the first byte of a kept-alive connection's next request
     header_timeout_s: float
+    #: a request's body must be complete this long after its headers
+    body_timeout_s: float
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LATE_BODY = json.dumps({"error": {
+    "code": "request_timeout", "field": None,
+    "message": "the request body did not arrive in time"}}, separators=(",", ":")).encode()
+
+
+def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
+    """`app` whose requests get their body within `body_timeout_s` of their headers, or
+    a 408 that closes the connection (the app then reads a disconnect, and what it
+    sends after is dropped). Once the body is in, waiting on `receive` (for a
+    disconnect, during a long poll) has no deadline."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        deadline = trio.current_time() + body_timeout_s
+        body_done = late = answered = False
+
+        async def bounded_receive() -> Message:
+            nonlocal body_done, late, answered
+            if late:
+                return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()
+            with trio.move_on_at(deadline):
+                message = await receive()
+                body_done = message["type"] != "http.request" or not message.get(
+                    "more_body", False)
+                return message
+            late = True
+            if not answered:
+                answered = True
+                await send({"type": "http.response.start", "status": 408, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(LATE_BODY)).encode()),
+                    (b"connection", b"close"),
+                    (b"x-request-id", secrets.token_hex(8).encode())]})
+                await send({"type": "http.response.body", "body": LATE_BODY})
+            return {"type": "http.disconnect"}
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if late:
+                return  # the 408 answered instead
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        await app(scope, bounded_receive, guarded_send)
+
+    return asgi
 
 
 class _Stream(trio.abc.HalfCloseableStream):
@@ -94,8 +160,9 @@ class _Stream(trio.abc.HalfCloseableStream):
         if scope.cancelled_caught:
             raise trio.BrokenResourceError("the client read nothing for "
                                            f"{SEND_TIMEOUT_S:g}s")
-        self.sent += len(data)
-        self.received_since_sent = 0
+        if data:  # Hypercorn also writes b"" (the end of a Content-Length response)
+            self.sent += len(data)
+            self.received_since_sent = 0
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
@@ -168,13 +235,14 @@ class _Listener(trio.abc.Listener[trio.SocketStream]):
         await self._inner.aclose()
 
 
-async def serve(app: Any, config: hypercorn.config.Config, limits: Limits, *,
+async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *,
                 shutdown: trio.Event,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the ASGI `app` on `config.bind` until `shutdown` is set; then stop accepting,
     close idle connections and give requests in flight `config.graceful_timeout` before
     they are cancelled. `task_status.started()` with the addresses once listening."""
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(with_body_deadline(app, limits.body_timeout_s),  # type: ignore[arg-type]
+                       config.wsgi_max_body_size, "asgi")
     state: dict[str, Any] = {}  # what the app's lifespan startup shares with requests
     lifespan = Lifespan(wrapped, config, state)
     context = WorkerContext(None)

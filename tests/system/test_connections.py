@@ -122,3 +122,22 @@ async def test_connections_beyond_max_connections_wait_until_others_close(start_
             await held.pop().aclose()
             async with httpx.AsyncClient(base_url=d.url, trust_env=False) as client:
                 assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_client_stalling_in_its_request_body_gets_408_and_is_dropped(start_daemon,
+                                                                            daemon_env):
+    """On the lean create route and on a Quart route alike."""
+    env = {**daemon_env, "DISTASKS_HTTP_BODY_TIMEOUT_S": "1"}
+    with trio.fail_after(40):
+        async with start_daemon(env) as d:
+            answers = []
+            for path in (b"/api/v1/tasks", b"/api/v1/tasks/batch"):
+                async with await connect(d.url) as stream:
+                    await stream.send_all(b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                          b"Content-Type: application/json\r\n"
+                                          b"Content-Length: 100\r\n\r\n{")
+                    with trio.fail_after(CLOSED_WITHIN_S):
+                        answers.append(await wait_closed_by_server(stream))
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"code":"request_timeout"' in answer

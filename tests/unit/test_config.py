@@ -185,6 +185,7 @@ INVALID_OVERRIDES = [
     ({"DISTASKS_HTTP_KEEP_ALIVE_S": "0"}, "http.keep_alive_s"),
     ({"DISTASKS_HTTP_KEEP_ALIVE_S": "nan"}, "http.keep_alive_s"),
     ({"DISTASKS_HTTP_HEADER_TIMEOUT_S": "-1"}, "http.header_timeout_s"),
+    ({"DISTASKS_HTTP_BODY_TIMEOUT_S": "0"}, "http.body_timeout_s"),
     ({"DISTASKS_HTTP_MAX_RESPONSE_BYTES": "1000"}, "http.max_response_bytes"),
     ({"DISTASKS_HTTP_HEAVY_READS": "0"}, "http.heavy_reads"),
     ({"QUEUE_NAMES": ""}, "worker.queues"),
