@@ -45,7 +45,7 @@ async def list_dlq(queue: str) -> Response:
     async with pages.heavy_read(s, q.include_payload):
         dead = await s.store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor),
                                         with_payload=q.include_payload, max_payload_bytes=budget)
-        items = pages.fit(({**task_json(d.task, with_payload=q.include_payload),
+        items = await pages.fit(({**task_json(d.task, with_payload=q.include_payload),
                             "attempts": d.attempts, "last_error": d.last_error,
                             "failed_at": iso(d.failed_at)} for d in dead), budget)
     last = dead[len(items) - 1] if items else None

@@ -31,6 +31,8 @@ ENVELOPE_BYTES = 1024
 HEAVY_READ_WAIT_S = 30.0
 # What a refused read is told to wait before it tries again.
 RETRY_AFTER_S = 1
+# Encoded bytes between two chances for other tasks (/healthz, creates) to run.
+CHECKPOINT_BYTES = 256 * 1024
 
 
 class Encoded(list[bytes]):
@@ -42,18 +44,23 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def fit(items: Iterable[Any], max_response_bytes: int) -> Encoded:
+async def fit(items: Iterable[Any], max_response_bytes: int) -> Encoded:
     """The leading `items`, encoded, whose JSON (with the commas between them and room
     for the page's other fields) stays within `max_response_bytes`; the first always.
-    Items after the first left out are not encoded."""
+    Items after the first left out are not encoded. Lets other tasks run every
+    CHECKPOINT_BYTES encoded (a page of large payloads is milliseconds of encoding)."""
     budget = max_response_bytes - ENVELOPE_BYTES
-    out, size = Encoded(), 0
+    out, size, unyielded = Encoded(), 0, 0
     for item in items:
         text = dumps(item)
         size += len(text) + 1
         if out and size > budget:
             break
         out.append(text)
+        unyielded += len(text)
+        if unyielded >= CHECKPOINT_BYTES:
+            await trio.lowlevel.checkpoint()
+            unyielded = 0
     return out
 
 

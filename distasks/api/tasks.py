@@ -87,7 +87,8 @@ async def list_tasks() -> Response:
     async with pages.heavy_read(s, q.include_payload):
         tasks = await s.store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
                                          with_payload=q.include_payload, max_payload_bytes=budget)
-        items = pages.fit((task_json(t, with_payload=q.include_payload) for t in tasks), budget)
+        items = await pages.fit((task_json(t, with_payload=q.include_payload) for t in tasks),
+                                budget)
     last = tasks[len(items) - 1] if items else None
     more = tasks.cut or len(items) < len(tasks) or len(tasks) == q.limit
     next_cursor = cursor.encode(last.created_at, last.id) if last and more else None

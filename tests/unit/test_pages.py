@@ -13,19 +13,19 @@ def item(size: int) -> dict[str, str]:
     return {"blob": "x" * size}
 
 
-def test_a_page_keeps_the_items_whose_json_fits_and_stops_before_the_next():
+async def test_a_page_keeps_the_items_whose_json_fits_and_stops_before_the_next():
     items = [item(20_000)] * 5
-    kept = pages.fit(items, BUDGET)
+    kept = await pages.fit(items, BUDGET)
     assert len(kept) == 3
     assert sum(len(k) + 1 for k in kept) <= BUDGET - pages.ENVELOPE_BYTES
 
 
-def test_an_item_larger_than_the_budget_goes_alone_and_ends_the_page():
-    kept = pages.fit([item(BUDGET * 2), item(10)], BUDGET)
+async def test_an_item_larger_than_the_budget_goes_alone_and_ends_the_page():
+    kept = await pages.fit([item(BUDGET * 2), item(10)], BUDGET)
     assert [json.loads(k) for k in kept] == [item(BUDGET * 2)]
 
 
-def test_items_after_the_cut_are_not_encoded():
+async def test_items_after_the_cut_are_not_encoded():
     encoded = []
 
     def items():
@@ -33,17 +33,17 @@ def test_items_after_the_cut_are_not_encoded():
             encoded.append(i)
             yield item(30_000)
 
-    assert len(pages.fit(items(), BUDGET)) == 2
+    assert len(await pages.fit(items(), BUDGET)) == 2
     assert len(encoded) == 3
 
 
-def test_small_items_all_fit_and_none_is_dropped():
-    assert len(pages.fit([item(10)] * 500, BUDGET)) == 500
-    assert pages.fit([], BUDGET) == []
+async def test_small_items_all_fit_and_none_is_dropped():
+    assert len(await pages.fit([item(10)] * 500, BUDGET)) == 500
+    assert await pages.fit([], BUDGET) == []
 
 
 async def test_the_response_splices_encoded_items_into_the_document():
-    kept = pages.fit([{"id": "a"}, {"id": "b"}], BUDGET)
+    kept = await pages.fit([{"id": "a"}, {"id": "b"}], BUDGET)
     body = await pages.response({"queue": "q", "count": 2, "tasks": kept,
                                  "next_cursor": None}).get_data()
     assert json.loads(body) == {"queue": "q", "count": 2,
