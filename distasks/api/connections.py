@@ -1,4 +1,5 @@
-"""Connections a client cannot hold for ever: Hypercorn's Trio server with limits (architecture §7).
+"""Connections a client cannot hold for ever: Hypercorn's Trio server, with limits
+(architecture §7).
 
 Hypercorn 0.18 (pinned) serves each connection with `hypercorn.trio.tcp_server.TCPServer`
 and has a keep-alive timer, but it lacks what a daemon sharing its file descriptors with
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0
 # A client that reads nothing of a response for this long is dropped.
 SEND_TIMEOUT_S = 30.0
+# At most one warning this often while connections wait for a slot.
+CAP_WARNING_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +226,15 @@ class _Listener(trio.abc.Listener[trio.SocketStream]):
     def __init__(self, inner: trio.SocketListener, slots: trio.Semaphore) -> None:
         self._inner = inner
         self._slots = slots
+        self._warned_at = -math.inf
 
     async def accept(self) -> trio.SocketStream:
+        if self._slots.value == 0 and trio.current_time() >= (
+                self._warned_at + CAP_WARNING_EVERY_S):
+            self._warned_at = trio.current_time()
+            log.warning("every connection slot is taken (http.max_connections = %d): new "
+                        "connections wait until one closes", self._slots.max_value or 0,
+                        extra={"event": "http_connections_full"})
         await self._slots.acquire()
         try:
             return await self._inner.accept()
@@ -246,7 +257,7 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
     state: dict[str, Any] = {}  # what the app's lifespan startup shares with requests
     lifespan = Lifespan(wrapped, config, state)
     context = WorkerContext(None)
-    slots = trio.Semaphore(limits.max_connections)
+    slots = trio.Semaphore(limits.max_connections, max_value=limits.max_connections)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:

@@ -132,6 +132,17 @@ def within_payload_budget(page_sql: str, order: str) -> str:
         ORDER BY {order}"""
 
 
+async def fetch_yielding(cur: psycopg.AsyncCursor[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row of `cur`, decoded one at a time with a checkpoint between: a row with a
+    large payload takes milliseconds to decode, and a page of them in one go would hold
+    up every other task (/healthz among them) that long."""
+    rows = []
+    while (row := await cur.fetchone()) is not None:
+        rows.append(row)
+        await trio.lowlevel.checkpoint()
+    return rows
+
+
 def page_of(rows: list[dict[str, Any]], item: Callable[[dict[str, Any]], T]) -> Page[T]:
     """The rows of a query made by `within_payload_budget` (or any other) as a Page."""
     return Page([item(r) for r in rows],

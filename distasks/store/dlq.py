@@ -14,6 +14,7 @@ from distasks.model import SYSTEM, Actor, Task
 from distasks.store.base import (
     Page,
     StoreBase,
+    fetch_yielding,
     page_of,
     query,
     record_audit,
@@ -118,7 +119,7 @@ class DlqQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
-            rows = await cur.fetchall()
+            rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
         return page_of(rows, lambda r: DeadTask(task_from_row(r), r["attempts"],
                                                 r["last_error"], r["finished_at"]))
 

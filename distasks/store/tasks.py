@@ -15,6 +15,7 @@ from distasks.store.base import (
     Page,
     StoreBase,
     dumps,
+    fetch_yielding,
     page_of,
     query,
     record_audit,
@@ -236,7 +237,7 @@ class TaskQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
-            rows = await cur.fetchall()
+            rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
         return page_of(rows, task_from_row)
 
     @query

@@ -5,6 +5,8 @@ beyond http.max_connections wait until others close."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import trio
 
@@ -122,6 +124,9 @@ async def test_connections_beyond_max_connections_wait_until_others_close(start_
             await held.pop().aclose()
             async with httpx.AsyncClient(base_url=d.url, trust_env=False) as client:
                 assert (await client.get("/healthz")).status_code == 200
+            events = [json.loads(line).get("event") for line in d.log().splitlines()
+                      if line.startswith("{")]
+            assert "http_connections_full" in events
 
 
 async def test_a_client_stalling_in_its_request_body_gets_408_and_is_dropped(start_daemon,
