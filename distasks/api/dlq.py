@@ -46,8 +46,8 @@ async def list_dlq(queue: str) -> Response:
         dead = await s.store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor),
                                         with_payload=q.include_payload, max_payload_bytes=budget)
         items = await pages.fit(({**task_json(d.task, with_payload=q.include_payload),
-                            "attempts": d.attempts, "last_error": d.last_error,
-                            "failed_at": iso(d.failed_at)} for d in dead), budget)
+                                  "attempts": d.attempts, "last_error": d.last_error,
+                                  "failed_at": iso(d.failed_at)} for d in dead), budget)
     last = dead[len(items) - 1] if items else None
     more = dead.cut or len(items) < len(dead) or len(dead) == limit
     next_cursor = (cursor.encode(last.failed_at, last.task.id)
