@@ -152,4 +152,6 @@ async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
     config.keep_alive_timeout = limits.keep_alive_s
     front = with_lean_create(app, app.extensions["distasks"],  # type: ignore[arg-type]
                              max_body_bytes=app.config["MAX_CONTENT_LENGTH"])
-    await connections.serve(front, config, limits, shutdown=shutdown, task_status=task_status)
+    await connections.serve(front, config, limits, shutdown=shutdown,
+                            gauge=app.extensions["distasks"].metrics.http_connections,
+                            task_status=task_status)

@@ -44,6 +44,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import wrap_app
+from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +248,20 @@ class _Listener(trio.abc.Listener[trio.SocketStream]):
 
 
 async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *,
-                shutdown: trio.Event,
+                shutdown: trio.Event, gauge: Gauge | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the ASGI `app` on `config.bind` until `shutdown` is set; then stop accepting,
     close idle connections and give requests in flight `config.graceful_timeout` before
-    they are cancelled. `task_status.started()` with the addresses once listening."""
+    they are cancelled. `task_status.started()` with the addresses once listening.
+    `gauge`, when given, reads the connections served at each scrape."""
     wrapped = wrap_app(with_body_deadline(app, limits.body_timeout_s),  # type: ignore[arg-type]
                        config.wsgi_max_body_size, "asgi")
     state: dict[str, Any] = {}  # what the app's lifespan startup shares with requests
     lifespan = Lifespan(wrapped, config, state)
     context = WorkerContext(None)
     slots = trio.Semaphore(limits.max_connections, max_value=limits.max_connections)
+    if gauge is not None:
+        gauge.set_function(lambda: limits.max_connections - slots.value)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:

@@ -124,6 +124,10 @@ async def test_connections_beyond_max_connections_wait_until_others_close(start_
             await held.pop().aclose()
             async with httpx.AsyncClient(base_url=d.url, trust_env=False) as client:
                 assert (await client.get("/healthz")).status_code == 200
+                scrape = (await client.get("/metrics")).text
+            [served] = [float(line.split()[1]) for line in scrape.splitlines()
+                        if line.startswith("distasks_http_connections ")]
+            assert 1 <= served <= 2  # the scrape's own; a closed one may not be noticed yet
             events = [json.loads(line).get("event") for line in d.log().splitlines()
                       if line.startswith("{")]
             assert "http_connections_full" in events
