@@ -23,6 +23,7 @@ from distasks.api import (
     health,
     keys,
     openapi,
+    pages,
     parse,
     protocol_errors,
     queues,
@@ -45,7 +46,7 @@ def create_app(services: Services) -> QuartTrio:
     http = services.config.http
     app.config["MAX_CONTENT_LENGTH"] = max(http.max_body_bytes,
                                            http.max_payload_bytes + BODY_OVERHEAD_BYTES)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    pages.install(app, heavy_reads=http.heavy_reads)  # JSON keys in order; list pages
     app.extensions["distasks"] = services
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, health.bp):
         app.register_blueprint(bp)

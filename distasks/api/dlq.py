@@ -40,20 +40,25 @@ async def list_dlq(queue: str) -> Response:
     q = parse_query(schemas.DlqQuery)
     limit = q.count or q.limit
     f = DlqFilter(handler=q.handler, error=q.error, failed_since=q.failed_since)
-    s = services()
-    budget = s.config.http.max_response_bytes
-    async with pages.heavy_read(s, q.include_payload):
-        dead = await s.store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor),
-                                        with_payload=q.include_payload, max_payload_bytes=budget)
+    budget = services().config.http.max_response_bytes
+    async with pages.heavy_read(q.include_payload):
+        dead = await services().store.dead_tasks(queue, f, limit=limit,
+                                                 after=cursor.decode(q.cursor),
+                                                 with_payload=q.include_payload,
+                                                 max_payload_bytes=budget)
         items = await pages.fit(({**task_json(d.task, with_payload=q.include_payload),
                                   "attempts": d.attempts, "last_error": d.last_error,
                                   "failed_at": iso(d.failed_at)} for d in dead), budget)
-    last = dead[len(items) - 1] if items else None
-    more = dead.cut or len(items) < len(dead) or len(dead) == limit
+    dead = dead.first(len(items))
+    last = dead[-1] if dead else None
     next_cursor = (cursor.encode(last.failed_at, last.task.id)
-                   if last and last.failed_at and more else None)
-    return pages.response({"queue": queue, "count": len(items), "tasks": items,
-                           "next_cursor": next_cursor})
+                   if last and last.failed_at and (len(dead) == limit or dead.cut) else None)
+    return jsonify({
+        "queue": queue,
+        "count": len(dead),
+        "tasks": items,
+        "next_cursor": next_cursor,
+    })
 
 
 @operation(bp, "POST", "/api/v1/queues/<queue>/dlq/replay", scope="dlq:admin", tag="dlq",

@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import trio
-from quart import Response
+from quart import Quart, current_app
+from quart.json.provider import DefaultJSONProvider
 
-from distasks.api.services import Services
 from distasks.errors import Refused
 
 # Room in the budget for what a page holds besides its items (cursor, queue, count).
@@ -33,15 +33,40 @@ HEAVY_READ_WAIT_S = 30.0
 RETRY_AFTER_S = 1
 # Encoded bytes between two chances for other tasks (/healthz, creates) to run.
 CHECKPOINT_BYTES = 256 * 1024
+# Where the app keeps the heavy reads' CapacityLimiter.
+SLOTS_KEY = "distasks.heavy_reads"
 
 
-class Encoded(list[bytes]):
-    """Items already encoded as JSON, spliced into a page by `response`."""
+class Encoded(list[str]):
+    """Items already encoded as JSON, spliced into a response by PageJSON."""
 
 
-def dumps(value: Any) -> bytes:
-    """Compact JSON, as Quart's jsonify writes it."""
-    return json.dumps(value, separators=(",", ":")).encode()
+class PageJSON(DefaultJSONProvider):
+    """Quart's JSON (compact, keys in their order), with `Encoded` values of a top-level
+    document spliced in as arrays instead of encoded again."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        encode = super().dumps
+        if not (isinstance(obj, dict) and any(isinstance(v, Encoded) for v in obj.values())):
+            return encode(obj, **kwargs)
+        return "{" + ",".join(
+            encode(key, **kwargs) + ":"
+            + ("[" + ",".join(value) + "]" if isinstance(value, Encoded)
+               else encode(value, **kwargs))
+            for key, value in obj.items()) + "}"
+
+
+def install(app: Quart, *, heavy_reads: int) -> None:
+    """The JSON provider, and the slots reads with payloads share (`http.heavy_reads`)."""
+    app.json = PageJSON(app)
+    app.extensions[SLOTS_KEY] = trio.CapacityLimiter(heavy_reads)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as jsonify writes it."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 async def fit(items: Iterable[Any], max_response_bytes: int) -> Encoded:
@@ -64,22 +89,14 @@ async def fit(items: Iterable[Any], max_response_bytes: int) -> Encoded:
     return out
 
 
-def response(document: dict[str, Any]) -> Response:
-    """`document` as a JSON response, its Encoded values spliced in as arrays."""
-    parts = [dumps(key) + b":" + (b"[" + b",".join(value) + b"]" if isinstance(value, Encoded)
-                                  else dumps(value))
-             for key, value in document.items()]
-    return Response(b"{" + b",".join(parts) + b"}", content_type="application/json")
-
-
 @contextlib.asynccontextmanager
-async def heavy_read(s: Services, heavy: bool) -> AsyncIterator[None]:
+async def heavy_read(heavy: bool) -> AsyncIterator[None]:
     """Holds one of the `http.heavy_reads` slots for the block when `heavy` (a read with
     payloads); Refused (503) after HEAVY_READ_WAIT_S without one."""
     if not heavy:
         yield
         return
-    limiter = s.heavy_read_slots()
+    limiter: trio.CapacityLimiter = current_app.extensions[SLOTS_KEY]
     with trio.move_on_after(HEAVY_READ_WAIT_S) as waiting:
         await limiter.acquire()
     if waiting.cancelled_caught:

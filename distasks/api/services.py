@@ -49,8 +49,6 @@ class Services:
     keys: KeyCache | None = None
     #: requests per principal and tenant (distasks.ratelimit); made when not given
     limiter: RateLimiter | None = None
-    #: slots shared by reads with payloads (api/pages.py); made when not given
-    heavy_reads: trio.CapacityLimiter | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
@@ -59,13 +57,6 @@ class Services:
                 lambda digest: store.use_key(digest, now=times.utc(clock())), clock))
         if self.limiter is None:
             object.__setattr__(self, "limiter", RateLimiter(self.broker, self.config.limits))
-        if self.heavy_reads is None:
-            object.__setattr__(self, "heavy_reads",
-                               trio.CapacityLimiter(self.config.http.heavy_reads))
-
-    def heavy_read_slots(self) -> trio.CapacityLimiter:
-        assert self.heavy_reads is not None
-        return self.heavy_reads
 
     def key_cache(self) -> KeyCache:
         assert self.keys is not None

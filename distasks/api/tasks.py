@@ -82,17 +82,17 @@ async def list_tasks() -> Response:
     f = TaskFilter(status=q.status, queue_name=q.queue, name=q.name, handler=q.handler,
                    dedup_key=q.dedup_key, created_after=q.created_after,
                    created_before=q.created_before)
-    s = services()
-    budget = s.config.http.max_response_bytes
-    async with pages.heavy_read(s, q.include_payload):
-        tasks = await s.store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
-                                         with_payload=q.include_payload, max_payload_bytes=budget)
+    budget = services().config.http.max_response_bytes
+    async with pages.heavy_read(q.include_payload):
+        tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
+                                                  with_payload=q.include_payload,
+                                                  max_payload_bytes=budget)
         items = await pages.fit((task_json(t, with_payload=q.include_payload) for t in tasks),
                                 budget)
-    last = tasks[len(items) - 1] if items else None
-    more = tasks.cut or len(items) < len(tasks) or len(tasks) == q.limit
-    next_cursor = cursor.encode(last.created_at, last.id) if last and more else None
-    return pages.response({"tasks": items, "next_cursor": next_cursor})
+    tasks = tasks.first(len(items))
+    next_cursor = (cursor.encode(tasks[-1].created_at, tasks[-1].id)
+                   if len(tasks) == q.limit or tasks.cut else None)
+    return jsonify({"tasks": items, "next_cursor": next_cursor})
 
 
 @operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>", scope="tasks:read", tag="tasks",

@@ -111,6 +111,10 @@ class Page(list[T]):
         super().__init__(rows)
         self.cut = cut
 
+    def first(self, count: int) -> Page[T]:
+        """The first `count` rows, cut if any row is left out."""
+        return Page(self[:count], cut=self.cut or count < len(self))
+
 
 def within_payload_budget(page_sql: str, order: str) -> str:
     """`page_sql` (a page of task rows with payloads, in `order`) cut after the longest

@@ -210,8 +210,7 @@ class TaskQueries(StoreBase):
                          with_payload: bool = True,
                          max_payload_bytes: int | None = None) -> Page[Task]:
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
-        without their payloads (None) unless `with_payload`; cut short (`cut`) once
-        their payloads pass `max_payload_bytes` (base.within_payload_budget)."""
+        without their payloads (None) unless `with_payload`."""
         where, params = ["true"], dict[str, Any]()
         for column in ("status", "queue_name", "name", "handler", "dedup_key"):
             if (value := getattr(f, column)) is not None:
@@ -232,6 +231,7 @@ class TaskQueries(StoreBase):
                + " AND ".join(where)
                + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
         if with_payload and max_payload_bytes is not None:
+            # The page ends once its payloads pass the budget; `cut` says more follow.
             sql = within_payload_budget(sql, "created_at DESC, id DESC")
             params["max_payload_bytes"] = max_payload_bytes
         async with self._pool.connection() as conn:

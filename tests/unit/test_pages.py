@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from quart import Quart
+
 from distasks.api import pages
 
 BUDGET = 64 * 1024
@@ -42,9 +44,11 @@ async def test_small_items_all_fit_and_none_is_dropped():
     assert await pages.fit([], BUDGET) == []
 
 
-async def test_the_response_splices_encoded_items_into_the_document():
-    kept = await pages.fit([{"id": "a"}, {"id": "b"}], BUDGET)
-    body = await pages.response({"queue": "q", "count": 2, "tasks": kept,
-                                 "next_cursor": None}).get_data()
-    assert json.loads(body) == {"queue": "q", "count": 2,
-                                "tasks": [{"id": "a"}, {"id": "b"}], "next_cursor": None}
+def test_jsonify_splices_encoded_items_into_the_document_keys_in_order():
+    app = Quart("test")
+    pages.install(app, heavy_reads=1)
+    kept = pages.Encoded([json.dumps({"id": "a"}), json.dumps({"id": "b", "x": "\u00e9"})])
+    text = app.json.dumps({"queue": "q", "count": 2, "tasks": kept, "next_cursor": None})
+    assert list(json.loads(text)) == ["queue", "count", "tasks", "next_cursor"]
+    assert json.loads(text)["tasks"] == [{"id": "a"}, {"id": "b", "x": "\u00e9"}]
+    assert json.loads(app.json.dumps({"b": 1, "a": [2]})) == {"b": 1, "a": [2]}
