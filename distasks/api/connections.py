@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 # Longest a connection's close (or the start of its keep-alive timer) may take once
 # shielded from the request's cancellation.
 CLOSE_TIMEOUT_S = 5.0
-# A client that reads nothing of a response for this long is dropped.
+# A client that reads nothing of a response for this long is dropped: each
+# SEND_CHUNK_BYTES of a write must leave within it (a slow reader is not cut off).
 SEND_TIMEOUT_S = 30.0
+SEND_CHUNK_BYTES = 64 * 1024
 # At most one warning this often while connections wait for a slot.
 CAP_WARNING_EVERY_S = 60.0
 
@@ -160,11 +162,13 @@ class _Stream(trio.abc.HalfCloseableStream):
             await self._arrived.wait()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(SEND_TIMEOUT_S) as scope:
-            await self._inner.send_all(data)
-        if scope.cancelled_caught:
-            raise trio.BrokenResourceError("the client read nothing for "
-                                           f"{SEND_TIMEOUT_S:g}s")
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK_BYTES):
+            with trio.move_on_after(SEND_TIMEOUT_S) as scope:
+                await self._inner.send_all(view[start:start + SEND_CHUNK_BYTES])
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError("the client read nothing for "
+                                               f"{SEND_TIMEOUT_S:g}s")
         if data:  # Hypercorn also writes b"" (the end of a Content-Length response)
             self.sent += len(data)
             self.received_since_sent = 0
