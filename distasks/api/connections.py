@@ -188,10 +188,13 @@ class _Connection(TCPServer):
 
     def __init__(self, app: AppWrapper, config: hypercorn.config.Config,
                  context: WorkerContext, state: ConnectionState, stream: _Stream,
-                 limits: Limits) -> None:
+                 limits: Limits, idle: set[_Connection]) -> None:
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
         self._guarded = stream
         self._limits = limits
+        self._idle = idle
+        #: the idle timer's wait, cancelled to close the connection at once
+        self.waiting = trio.CancelScope()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Closed | Updated):
@@ -204,25 +207,25 @@ class _Connection(TCPServer):
     async def _idle_timeout(self) -> None:
         """Runs while no request is in progress (Hypercorn starts it when a connection
         opens and after each response, and cancels it once a request's headers are
-        complete): closes the connection at the deadlines, and at shutdown."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._wait_deadline, nursery.cancel_scope)
-            nursery.start_soon(self._wait_shutdown, nursery.cancel_scope)
+        complete): closes the connection at the deadlines, and at shutdown (`serve`
+        cancels the waits of the connections in `idle`)."""
+        with trio.CancelScope() as self.waiting:
+            if not self.context.terminated.is_set():
+                self._idle.add(self)
+                try:
+                    await self._wait_deadline()
+                finally:
+                    self._idle.discard(self)
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 
-    async def _wait_deadline(self, done: trio.CancelScope) -> None:
+    async def _wait_deadline(self) -> None:
         stream, limits = self._guarded, self._limits
         with trio.move_on_after(limits.header_timeout_s if stream.sent == 0
                                 else limits.keep_alive_s):
             await stream.wait_request_began()
         if stream.received_since_sent > 0 and not stream.ended:
             await trio.sleep(limits.header_timeout_s)  # cancelled by complete headers
-        done.cancel()
-
-    async def _wait_shutdown(self, done: trio.CancelScope) -> None:
-        await self.context.terminated.wait()
-        done.cancel()
 
 
 class _Listener(trio.abc.Listener[trio.SocketStream]):
@@ -264,13 +267,14 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
     lifespan = Lifespan(wrapped, config, state)
     context = WorkerContext(None)
     slots = trio.Semaphore(limits.max_connections, max_value=limits.max_connections)
+    idle: set[_Connection] = set()  # connections between requests, closed at shutdown
     if gauge is not None:
         gauge.set_function(lambda: limits.max_connections - slots.value)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
             await _Connection(wrapped, config, context, ConnectionState(state.copy()),
-                              _Stream(stream), limits).run()
+                              _Stream(stream), limits, idle).run()
         finally:
             slots.release()
 
@@ -294,6 +298,8 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
             for listener in listeners:
                 await listener.aclose()  # refused from now on, not left in the backlog
             await context.terminated.set()
+            for connection in list(idle):
+                connection.waiting.cancel()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
