@@ -48,6 +48,22 @@ class HttpConfig:
     #: web origins (https://console.example.com) whose browser writes are accepted;
     #: none by default, so a web page elsewhere cannot make a browser write here
     trusted_origins: tuple[str, ...] = ()
+    #: most client connections served at once; more wait (in the listen backlog) until
+    #: one closes, so that clients cannot take the descriptors the pools need
+    max_connections: int = 512
+    #: an idle kept-alive connection is closed after this long (longer than a proxy's
+    #: own idle timeout, so that the proxy closes first)
+    keep_alive_s: float = 75.0
+    #: a request's headers must be complete this long after its connection opened (or
+    #: after its first byte on a kept-alive connection): slow clients are dropped
+    header_timeout_s: float = 5.0
+    #: a request's body must be complete this long after its headers, else 408
+    body_timeout_s: float = 60.0
+    #: a list page stops before the item that would take its JSON past this (the rest
+    #: follows by next_cursor); a larger single item goes alone
+    max_response_bytes: int = 4 * 1024 * 1024
+    #: lists with payloads served at once; more wait for a slot
+    heavy_reads: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +498,14 @@ def _validate(c: Config) -> None:
     need(1 <= c.http.max_batch <= 100_000, "http.max_batch", "must be between 1 and 100000")
     need(c.http.max_body_bytes >= c.http.max_payload_bytes, "http.max_body_bytes",
          "must be at least http.max_payload_bytes")
+    need(1 <= c.http.max_connections <= 100_000, "http.max_connections",
+         "must be between 1 and 100000")
+    need(c.http.keep_alive_s > 0, "http.keep_alive_s", "must be positive")
+    need(c.http.header_timeout_s > 0, "http.header_timeout_s", "must be positive")
+    need(c.http.body_timeout_s > 0, "http.body_timeout_s", "must be positive")
+    need(c.http.max_response_bytes >= 64 * 1024, "http.max_response_bytes",
+         "must be at least 65536")
+    need(c.http.heavy_reads >= 1, "http.heavy_reads", "must be at least 1")
     need(c.database.url != "", "database.url", "must not be empty")
     need(1 <= c.database.pool_min <= c.database.pool_max, "database.pool_min",
          "must be at least 1 and at most database.pool_max")

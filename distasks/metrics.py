@@ -74,6 +74,9 @@ class Metrics:
                                    "Unix time of the last recorded run outcome", registry=r)
         self.http_requests = Counter("distasks_http_requests", "HTTP requests answered",
                                      ["route", "method", "status"], registry=r)
+        self.http_connections = Gauge("distasks_http_connections",
+                                      "Client connections served now (at most "
+                                      "http.max_connections; more wait)", registry=r)
         self.http_duration = Histogram("distasks_http_request_duration_seconds",
                                        "HTTP request handling time", ["route"],
                                        buckets=LATENCY_BUCKETS_S, registry=r)

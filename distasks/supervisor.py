@@ -301,6 +301,11 @@ class Daemon:
                     await work.start(lambda task_status: api.serve(
                         app, host=c.http.host, port=c.http.port, shutdown=self._api_stop,
                         graceful_s=min(c.worker.grace_period_s, API_DRAIN_S),
+                        limits=api.connections.Limits(
+                            max_connections=c.http.max_connections,
+                            keep_alive_s=c.http.keep_alive_s,
+                            header_timeout_s=c.http.header_timeout_s,
+                            body_timeout_s=c.http.body_timeout_s),
                         task_status=task_status))
                     await work.start(pool.run)
                     log.info("ready: listening on %s:%d, workers claiming",

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 import werkzeug.exceptions
 from quart import Response, g, request
@@ -18,11 +17,13 @@ from distasks import auth
 from distasks.api import (
     access,
     audit,
+    connections,
     dlq,
     errors,
     health,
     keys,
     openapi,
+    pages,
     parse,
     protocol_errors,
     queues,
@@ -46,7 +47,7 @@ def create_app(services: Services) -> QuartTrio:
     http = services.config.http
     app.config["MAX_CONTENT_LENGTH"] = max(http.max_body_bytes,
                                            http.max_payload_bytes + BODY_OVERHEAD_BYTES)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    pages.install(app, heavy_reads=http.heavy_reads)  # JSON keys in order; list pages
     app.extensions["distasks"] = services
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, schedules.bp,
                health.bp):
@@ -141,19 +142,20 @@ def create_app(services: Services) -> QuartTrio:
 
 
 async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
-                graceful_s: float,
+                graceful_s: float, limits: connections.Limits,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` (with the lean create route in front, api/fast.py) until `shutdown` is
     set, then finish requests in flight for at most `graceful_s`; `task_status.started()`
-    once the socket listens."""
+    once the socket listens. Connections are held to `limits` (api/connections.py)."""
     protocol_errors.install()
     config = hypercorn.config.Config()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_s
     config.accesslog = None
     config.errorlog = logging.getLogger("distasks.http")
-    config.keep_alive_timeout = 75  # longer than common proxies' idle timeout
+    config.keep_alive_timeout = limits.keep_alive_s
     front = with_lean_create(app, app.extensions["distasks"],  # type: ignore[arg-type]
                              max_body_bytes=app.config["MAX_CONTENT_LENGTH"])
-    await hypercorn.trio.serve(front, config,  # type: ignore[arg-type]
-                               shutdown_trigger=shutdown.wait, task_status=task_status)
+    await connections.serve(front, config, limits, shutdown=shutdown,
+                            gauge=app.extensions["distasks"].metrics.http_connections,
+                            task_status=task_status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify
 
 from distasks import mirror, times
-from distasks.api import cursor, schemas
+from distasks.api import cursor, pages, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, queue_name, read_body
 from distasks.api.render import iso, task_json
@@ -41,17 +41,23 @@ async def list_dlq(queue: str) -> Response:
     q = parse_query(schemas.DlqQuery)
     limit = q.count or q.limit
     f = DlqFilter(handler=q.handler, error=q.error, failed_since=q.failed_since)
-    dead = await services().store.dead_tasks(queue, f, limit=limit, after=cursor.decode(q.cursor),
-                                             with_payload=q.include_payload)
+    budget = services().config.http.max_response_bytes
+    async with pages.heavy_read(q.include_payload):
+        dead = await services().store.dead_tasks(queue, f, limit=limit,
+                                                 after=cursor.decode(q.cursor),
+                                                 with_payload=q.include_payload,
+                                                 max_payload_bytes=budget)
+        items = await pages.fit(({**task_json(d.task, with_payload=q.include_payload),
+                                  "attempts": d.attempts, "last_error": d.last_error,
+                                  "failed_at": iso(d.failed_at)} for d in dead), budget)
+    dead = dead.first(len(items))
     last = dead[-1] if dead else None
     next_cursor = (cursor.encode(last.failed_at, last.task.id)
-                   if last and last.failed_at and len(dead) == limit else None)
+                   if last and last.failed_at and (len(dead) == limit or dead.cut) else None)
     return jsonify({
         "queue": shown(queue),
         "count": len(dead),
-        "tasks": [{**task_json(d.task, with_payload=q.include_payload), "attempts": d.attempts,
-                   "last_error": d.last_error,
-                   "failed_at": iso(d.failed_at)} for d in dead],
+        "tasks": items,
         "next_cursor": next_cursor,
     })
 

@@ -31,7 +31,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 COMMON_ERRORS = {
     "400": "Malformed JSON, or a Host this daemon does not answer to",
     "422": "Invalid input: the body names the field",
-    "503": "PostgreSQL or Redis unavailable; retry after Retry-After seconds",
+    "503": "PostgreSQL or Redis unavailable (or, for a list with payloads, too many at "
+           "once: busy); retry after Retry-After seconds",
 }
 
 

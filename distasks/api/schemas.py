@@ -216,7 +216,9 @@ class TaskQuery(_Query):
     limit: TaskPageLimit = 50
     cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
                                description="next_cursor of the previous page")
-    include_payload: bool = Field(False, description="Each task's payload too")
+    include_payload: bool = Field(False, description=(
+        "Each task's payload too; the page then ends before http.max_response_bytes "
+        "(fewer than limit items, next_cursor for the rest)"))
 
 
 class GetTaskQuery(_Query):
@@ -232,7 +234,9 @@ class DlqQuery(_Query):
     handler: str | None = text(1, 128)
     error: str | None = text(1, 1000)
     failed_since: QueryDatetime | None = None
-    include_payload: bool = Field(False, description="Each task's payload too")
+    include_payload: bool = Field(False, description=(
+        "Each task's payload too; the page then ends before http.max_response_bytes "
+        "(fewer than limit items, next_cursor for the rest)"))
 
 
 # -- responses ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import trio
 from quart import Blueprint, Response, jsonify
 
 from distasks import mirror, times
-from distasks.api import cursor, schemas
+from distasks.api import cursor, pages, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
@@ -103,12 +103,17 @@ async def list_tasks() -> Response:
                    name=q.name, handler=q.handler,
                    dedup_key=q.dedup_key, created_after=q.created_after,
                    created_before=q.created_before)
-    tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
-                                              with_payload=q.include_payload)
+    budget = services().config.http.max_response_bytes
+    async with pages.heavy_read(q.include_payload):
+        tasks = await services().store.list_tasks(f, limit=q.limit, after=cursor.decode(q.cursor),
+                                                  with_payload=q.include_payload,
+                                                  max_payload_bytes=budget)
+        items = await pages.fit((task_json(t, with_payload=q.include_payload) for t in tasks),
+                                budget)
+    tasks = tasks.first(len(items))
     next_cursor = (cursor.encode(tasks[-1].created_at, tasks[-1].id)
-                   if len(tasks) == q.limit else None)
-    return jsonify({"tasks": [task_json(t, with_payload=q.include_payload) for t in tasks],
-                    "next_cursor": next_cursor})
+                   if len(tasks) == q.limit or tasks.cut else None)
+    return jsonify({"tasks": items, "next_cursor": next_cursor})
 
 
 @operation(bp, "GET", "/api/v1/tasks/<uuid:task_id>", scope="tasks:read", tag="tasks",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
@@ -101,6 +101,56 @@ def without_nul(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [without_nul(v) for v in value]
     return value
+
+
+class Page(list[T]):
+    """The rows of one page, and whether a byte budget ended it before its row limit
+    (`cut`: the rows after the last one are still to be read, from its key)."""
+
+    def __init__(self, rows: Iterable[T] = (), *, cut: bool = False) -> None:
+        super().__init__(rows)
+        self.cut = cut
+
+    def first(self, count: int) -> Page[T]:
+        """The first `count` rows, cut if any row is left out."""
+        return Page(self[:count], cut=self.cut or count < len(self))
+
+
+def within_payload_budget(page_sql: str, order: str) -> str:
+    """`page_sql` (a page of task rows with payloads, in `order`) cut after the longest
+    prefix whose payloads' JSON text stays within %(max_payload_bytes)s; the first row
+    stays whatever its size, so that no row is unreachable. Rows of the prefix carry
+    `page_rows`, how many the uncut page had (more than were kept: cut).
+
+    The sizes are PostgreSQL's (detoasting each payload of the page once, on the
+    server): so the daemon never receives the rows a response could not hold."""
+    return f"""
+        SELECT * FROM (
+            SELECT page.*, count(*) OVER () AS page_rows,
+                   row_number() OVER w AS page_row,
+                   sum(coalesce(octet_length(page.payload::text), 0)) OVER w AS page_bytes
+            FROM ({page_sql}) page
+            WINDOW w AS (ORDER BY {order})
+        ) sized
+        WHERE page_row = 1 OR page_bytes <= %(max_payload_bytes)s
+        ORDER BY {order}"""
+
+
+async def fetch_yielding(cur: psycopg.AsyncCursor[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row of `cur`, decoded one at a time with a checkpoint between: a row with a
+    large payload takes milliseconds to decode, and a page of them in one go would hold
+    up every other task (/healthz among them) that long."""
+    rows = []
+    while (row := await cur.fetchone()) is not None:
+        rows.append(row)
+        await trio.lowlevel.checkpoint()
+    return rows
+
+
+def page_of(rows: list[dict[str, Any]], item: Callable[[dict[str, Any]], T]) -> Page[T]:
+    """The rows of a query made by `within_payload_budget` (or any other) as a Page."""
+    return Page([item(r) for r in rows],
+                cut=bool(rows) and rows[0].get("page_rows", len(rows)) > len(rows))
 
 
 def task_columns(*, with_payload: bool, alias: str = "") -> str:

@@ -11,7 +11,17 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from distasks.model import SYSTEM, Actor, Task
-from distasks.store.base import StoreBase, query, record_audit, task_columns, task_from_row
+from distasks.store.base import (
+    Page,
+    StoreBase,
+    fetch_yielding,
+    page_of,
+    query,
+    record_audit,
+    task_columns,
+    task_from_row,
+    within_payload_budget,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +91,12 @@ class DlqQueries(StoreBase):
     @query
     async def dead_tasks(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None = None,
-                         with_payload: bool = True) -> list[DeadTask]:
+                         with_payload: bool = True,
+                         max_payload_bytes: int | None = None) -> Page[DeadTask]:
         """DLQ entries of a queue matching `f`, oldest failure first, continuing after the
-        (failed_at, id) key, with their last error; without payloads unless asked."""
+        (failed_at, id) key, with their last error; without payloads unless asked; cut
+        short (`cut`) once their payloads pass `max_payload_bytes`
+        (base.within_payload_budget)."""
         where, params = _where(queue_name, f)
         if after is not None:
             where += " AND (t.finished_at, t.id) > (%(after_at)s, %(after_id)s)"
@@ -100,12 +113,15 @@ class DlqQueries(StoreBase):
             WHERE {where}
             ORDER BY t.finished_at, t.id
             LIMIT %(limit)s"""
+        if with_payload and max_payload_bytes is not None:
+            sql = within_payload_budget(sql, "finished_at, id")
+            params["max_payload_bytes"] = max_payload_bytes
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
-            rows = await cur.fetchall()
-        return [DeadTask(task_from_row(r), r["attempts"], r["last_error"], r["finished_at"])
-                for r in rows]
+            rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
+        return page_of(rows, lambda r: DeadTask(task_from_row(r), r["attempts"],
+                                                r["last_error"], r["finished_at"]))
 
     @query
     async def replay(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,

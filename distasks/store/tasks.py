@@ -12,13 +12,17 @@ from psycopg.rows import dict_row
 
 from distasks.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
 from distasks.store.base import (
+    Page,
     StoreBase,
     dumps,
+    fetch_yielding,
+    page_of,
     query,
     record_audit,
     run_from_row,
     task_columns,
     task_from_row,
+    within_payload_budget,
 )
 
 
@@ -217,7 +221,8 @@ class TaskQueries(StoreBase):
     @query
     async def list_tasks(self, f: TaskFilter, *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None,
-                         with_payload: bool = True) -> list[Task]:
+                         with_payload: bool = True,
+                         max_payload_bytes: int | None = None) -> Page[Task]:
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
         without their payloads (None) unless `with_payload`."""
         where, params = ["tenant = %(tenant)s"], dict[str, Any](tenant=f.tenant)
@@ -239,11 +244,15 @@ class TaskQueries(StoreBase):
         sql = (f"SELECT {task_columns(with_payload=with_payload)} FROM tasks WHERE "
                + " AND ".join(where)
                + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+        if with_payload and max_payload_bytes is not None:
+            # The page ends once its payloads pass the budget; `cut` says more follow.
+            sql = within_payload_budget(sql, "created_at DESC, id DESC")
+            params["max_payload_bytes"] = max_payload_bytes
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
-            rows = await cur.fetchall()
-        return [task_from_row(r) for r in rows]
+            rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
+        return page_of(rows, task_from_row)
 
     @query
     async def cancel_task(self, task_id: uuid.UUID, *, tenant: str, actor: Actor,
