@@ -23,8 +23,10 @@ from distasks.auth import SCOPES
 from distasks.errors import ConfigError
 from distasks.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 
-# 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path.
-QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$"
+# 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path. The
+# API's models use Python's re (for the lookahead), whose "$" also matches before a final
+# newline: "(?!\n)" refuses "default\n", a queue no daemon could serve.
+QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$(?!\n)"
 QUEUE_NAME_RE = re.compile(QUEUE_NAME_PATTERN)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")

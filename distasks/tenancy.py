@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 DEFAULT_TENANT = "default"
-TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+# "(?!\n)": Python's "$" also matches before a final newline (config.QUEUE_NAME_PATTERN).
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$(?!\n)"
 TENANT_RE = re.compile(TENANT_PATTERN)
 SEPARATOR = "/"
 

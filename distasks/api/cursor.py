@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from distasks.errors import InvalidInput
 
-PATTERN = r"^[0-9]{1,17}_[0-9a-f]{32}$"
+PATTERN = r"^[0-9]{1,17}_[0-9a-f]{32}$(?!\n)"  # (?!\n): see config.QUEUE_NAME_PATTERN
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

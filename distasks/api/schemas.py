@@ -201,7 +201,7 @@ class AuditQuery(_Query):
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
-    cursor: str | None = Field(None, pattern=r"^[1-9][0-9]{0,18}$",
+    cursor: str | None = Field(None, pattern=r"^[1-9][0-9]{0,18}$(?!\n)",
                                description="next_cursor of the previous page")
 
 

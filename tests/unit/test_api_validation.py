@@ -68,6 +68,9 @@ BAD_BODIES = [
     ("type_unknown", {"name": "x", "type": "later"}, InvalidInput, "invalid_input", "type"),
     ("queue_empty", {"name": "x", "queue_name": ""}, InvalidInput, "invalid_input",
      "queue_name"),
+    # Python's re lets "$" match before a final newline: a queue no daemon could serve.
+    ("queue_with_final_newline", {"name": "x", "queue_name": "default\n"}, InvalidInput,
+     "invalid_input", "queue_name"),
     ("queue_with_space", {"name": "x", "queue_name": "a b"}, InvalidInput,
      "invalid_input", "queue_name"),
     ("queue_65_chars", {"name": "x", "queue_name": "q" * 65}, InvalidInput,
