@@ -751,8 +751,8 @@ def _create_schedule(name: str, cron: str, *, timezone: str | None = None,
                      skip_if_running: bool | None = None) -> Op[Schedule]:
     """Create a schedule: `cron` (5 fields, or 6 with seconds first) in `timezone` (IANA,
     default UTC), each slot creating a task from `task` (handler, queue_name, payload,
-    priority, max_retries, timeout_seconds, name). Unset arguments take the API's
-    defaults.
+    secret_fields, priority, max_retries, timeout_seconds, name). Unset arguments take the
+    API's defaults.
 
     Raises InvalidRequest naming the field (`cron`, `timezone`, `task.handler`, …) and
     Conflict when the name is taken."""

@@ -45,7 +45,8 @@ def from_request(req: schemas.CreateSchedule, *, tenant: str, owner: str, actor:
         max_retries=t.max_retries, timeout_s=t.timeout_seconds, enabled=req.enabled,
         catch_up=req.catch_up, catch_up_max=req.catch_up_max, jitter_s=req.jitter_seconds,
         starts_at=req.start_at, ends_at=req.end_at, skip_if_running=req.skip_if_running,
-        owner=owner, next_fire_at=None, created_at=now, created_by=actor.id, updated_at=now)
+        owner=owner, next_fire_at=None, created_at=now, created_by=actor.id, updated_at=now,
+        secret_fields=tuple(sorted(set(t.secret_fields))))
     return rearm(s, now=now)
 
 
@@ -82,6 +83,8 @@ def apply_update(s: Schedule, req: schemas.UpdateSchedule, *, now: datetime) -> 
                 changes[column] = getattr(t, field)
         if "name" in t_given:
             changes["task_name"] = t.name or s.name
+        if "secret_fields" in t_given:
+            changes["secret_fields"] = tuple(sorted(set(t.secret_fields or ())))
         for field in ("queue_name", "priority"):
             if field in t_given and getattr(t, field) is not None:
                 changes[field] = getattr(t, field)
@@ -102,4 +105,5 @@ def template_task(s: Schedule, rules: CreationRules, *, fire_at: datetime,
         type=TaskType.DELAYED if delayed else TaskType.IMMEDIATE,
         queue_name=s.queue_name, priority=s.priority,
         payload=s.payload, max_retries=s.max_retries, timeout_s=s.timeout_s,
+        secret_fields=s.secret_fields,
         delay_s=jitter_s if delayed else None), rules, now=fire_at)

@@ -13,7 +13,7 @@ from distasks import cron, schedules, tenancy, times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, read_body, schedule_name
-from distasks.api.render import iso
+from distasks.api.render import iso, redacted
 from distasks.api.services import Services, actor, services, tenant
 from distasks.errors import NotFound, Refused, TooManyQueues
 from distasks.store import Fire, Schedule
@@ -150,8 +150,11 @@ def schedule_json(x: Schedule) -> dict[str, Any]:
     return {
         "name": x.name, "cron": x.cron, "timezone": x.timezone,
         "task": {"name": x.task_name, "handler": x.handler, "queue_name": x.queue_name,
-                 "priority": x.priority, "payload": x.payload, "max_retries": x.max_retries,
-                 "timeout_seconds": x.timeout_s},
+                 "priority": x.priority,
+                 "payload": (redacted(x.payload, x.secret_fields)
+                             if x.secret_fields and isinstance(x.payload, dict) else x.payload),
+                 "max_retries": x.max_retries, "timeout_seconds": x.timeout_s,
+                 "secret_fields": list(x.secret_fields)},
         "enabled": x.enabled, "catch_up": x.catch_up, "catch_up_max": x.catch_up_max,
         "jitter_seconds": x.jitter_s, "start_at": iso(x.starts_at), "end_at": iso(x.ends_at),
         "skip_if_running": x.skip_if_running, "owner": x.owner,

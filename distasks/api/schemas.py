@@ -525,6 +525,8 @@ CatchUpMax = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
 class ScheduleTask(_Strict):
     """The task each slot creates."""
 
+    model_config = ConfigDict(json_schema_extra=SECRET_FIELDS_RULE)
+
     name: str | None = text(1, 256, "The tasks' name; the schedule's name if absent")
     handler: str | None = text(1, 128, "Registered handler; the config's default if absent")
     queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
@@ -532,6 +534,10 @@ class ScheduleTask(_Strict):
     payload: Any = Field(default_factory=dict, description="Any JSON value")
     max_retries: Retries | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+    secret_fields: list[SecretFieldName] = Field(
+        default_factory=list, max_length=64,
+        description="Top-level keys of the (object) payload shown as \"[secret]\" in the "
+                    "schedule and in the tasks it creates")
 
 
 class CreateSchedule(_Strict):
@@ -565,6 +571,7 @@ class UpdateScheduleTask(_Strict):
     payload: Any = Field(None, description="Any JSON value")
     max_retries: Retries | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+    secret_fields: list[SecretFieldName] | None = Field(None, max_length=64)
 
 
 class UpdateSchedule(_Strict):
@@ -596,6 +603,7 @@ class ScheduleTaskOut(BaseModel):
     payload: Any
     max_retries: int | None
     timeout_seconds: float | None
+    secret_fields: list[str] = Field(description="Payload keys shown as \"[secret]\"")
 
 
 class ScheduleOut(BaseModel):

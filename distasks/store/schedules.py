@@ -53,6 +53,8 @@ class Schedule:
     created_at: datetime | None = None
     created_by: str = ""
     updated_at: datetime | None = None
+    #: payload keys shown as "[secret]" in the schedule and its tasks
+    secret_fields: tuple[str, ...] = ()
 
     def definition(self) -> dict[str, Any]:
         """What a client defines (no state, no ids): for audit rows and comparisons."""
@@ -65,7 +67,8 @@ class Schedule:
 
 DEFINITION_FIELDS = ("cron", "timezone", "task_name", "handler", "queue_name", "priority",
                      "payload", "max_retries", "timeout_s", "enabled", "catch_up",
-                     "catch_up_max", "jitter_s", "starts_at", "ends_at", "skip_if_running")
+                     "catch_up_max", "jitter_s", "starts_at", "ends_at", "skip_if_running",
+                     "secret_fields")
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Schedule))
 
 
@@ -155,11 +158,12 @@ CONFIG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('distasks.schedules.config'
 def _params(s: Schedule) -> dict[str, Any]:
     params = {c: getattr(s, c) for c in _COLUMNS}
     params["payload"] = Jsonb(s.payload)
+    params["secret_fields"] = list(s.secret_fields)
     return params
 
 
 def _schedule(row: dict[str, Any]) -> Schedule:
-    return Schedule(**row)
+    return Schedule(**{**row, "secret_fields": tuple(row.get("secret_fields") or ())})
 
 
 class ScheduleQueries(StoreBase):

@@ -124,8 +124,12 @@ async def test_a_schedule_fires_tasks_that_run_and_shows_its_fires(start_daemon,
         async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as c:
             r = await c.post("/api/v1/schedules", json={
                 "name": "every-second", "cron": "* * * * * *",
-                "task": {"handler": "noop", "payload": {"n": 1}}})
+                "task": {"handler": "noop", "payload": {"n": 1, "token": "s3cret"},
+                         "secret_fields": ["token"]}})
             assert r.status_code == 201, r.text
+            # A secret of the template is shown neither in the schedule nor its tasks.
+            assert r.json()["task"]["payload"] == {"n": 1, "token": "[secret]"}
+            assert "s3cret" not in (await c.get("/api/v1/schedules")).text
             fires: list[dict] = []
             while len(fires) < 3:
                 fires = (await c.get("/api/v1/schedules/every-second")).json()["fires"]
@@ -137,6 +141,8 @@ async def test_a_schedule_fires_tasks_that_run_and_shows_its_fires(start_daemon,
                 done = await wait_task(c, d.url, f["task_id"])
                 assert done["task"]["status"] == "completed"
                 assert done["task"]["name"] == "every-second"
+                assert done["task"]["payload"] == {"n": 1, "token": "[secret]"}
+                assert done["task"]["secret_fields"] == ["token"]
             r = await c.patch("/api/v1/schedules/every-second", json={"enabled": False})
             assert r.status_code == 200
             metrics = (await c.get("/metrics")).text
