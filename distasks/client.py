@@ -763,10 +763,22 @@ def _create_schedule(name: str, cron: str, *, timezone: str | None = None,
     return _shape(Schedule, _json((yield _Request("POST", "/api/v1/schedules", json=body))))
 
 
-def _schedules() -> Op[list[Schedule]]:
-    """Your tenant's schedules, by name."""
-    body = _json((yield _Request("GET", "/api/v1/schedules")))
-    return [_shape(Schedule, x) for x in _member(body, "schedules")]
+def _schedules(*, include_payload: bool = False) -> Op[list[Schedule]]:
+    """Your tenant's schedules, by name (every page); their templates' payloads only with
+    `include_payload`."""
+    found: list[Schedule] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if cursor is not None:
+            params["cursor"] = cursor
+        if include_payload:
+            params["include_payload"] = "true"
+        body = _json((yield _Request("GET", "/api/v1/schedules", params=params)))
+        found += [_shape(Schedule, x) for x in _member(body, "schedules")]
+        cursor = body.get("next_cursor") if isinstance(body, dict) else None
+        if cursor is None:
+            return found
 
 
 def _schedule(name: str, *, upcoming: int | None = None,

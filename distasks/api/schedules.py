@@ -49,10 +49,18 @@ async def create_schedule() -> tuple[Response, int]:
 
 
 @operation(bp, "GET", "/api/v1/schedules", scope="schedules:read", tag="schedules",
-           summary="The tenant's schedules, by name", responses={200: schemas.ScheduleList})
+           summary="The tenant's schedules, by name, in pages; payloads only when asked",
+           query=schemas.ScheduleListQuery, responses={200: schemas.ScheduleList})
 async def list_schedules() -> Response:
-    found = await services().store.list_schedules(tenant())
-    return jsonify({"schedules": [schedule_json(x) for x in found]})
+    q = parse_query(schemas.ScheduleListQuery)
+    found = await services().store.list_schedules(tenant(), after=q.cursor, limit=q.limit,
+                                                  with_payload=q.include_payload)
+    out = [schedule_json(x) for x in found]
+    if not q.include_payload:
+        for x in out:
+            del x["task"]["payload"]
+    return jsonify({"schedules": out,
+                    "next_cursor": found[-1].name if len(found) == q.limit else None})
 
 
 @operation(bp, "GET", "/api/v1/schedules/<name>", scope="schedules:read", tag="schedules",

@@ -590,6 +590,14 @@ class UpdateSchedule(_Strict):
     skip_if_running: bool | None = None
 
 
+class ScheduleListQuery(_Query):
+    limit: TaskPageLimit = 100
+    cursor: str | None = Field(None, pattern=SCHEDULE_NAME_PATTERN,
+                               description="next_cursor of the previous page")
+    include_payload: bool = Field(False, description="Add each template's payload "
+                                  "(left out by default, as in task lists)")
+
+
 class ScheduleQuery(_Query):
     upcoming: int = Field(5, ge=0, le=100, description="How many next fire times to show")
     fires: int = Field(20, ge=0, le=500, description="How many of the last fires to show")
@@ -600,7 +608,7 @@ class ScheduleTaskOut(BaseModel):
     handler: str | None
     queue_name: str
     priority: int
-    payload: Any
+    payload: Any = Field(None, description="Left out of lists unless include_payload=true")
     max_retries: int | None
     timeout_seconds: float | None
     secret_fields: list[str] = Field(description="Payload keys shown as \"[secret]\"")
@@ -629,6 +637,7 @@ class ScheduleOut(BaseModel):
 
 class ScheduleList(BaseModel):
     schedules: list[ScheduleOut]
+    next_cursor: str | None = Field(description="For the next page; null on the last")
 
 
 class FireOut(BaseModel):

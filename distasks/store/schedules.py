@@ -196,13 +196,20 @@ class ScheduleQueries(StoreBase):
             return int(row[0]) if row else 0
 
     @query
-    async def list_schedules(self, tenant: str | None = None) -> list[Schedule]:
-        """A tenant's schedules (None: every tenant's), by name."""
+    async def list_schedules(self, tenant: str | None = None, *, after: str | None = None,
+                             limit: int | None = None,
+                             with_payload: bool = True) -> list[Schedule]:
+        """A tenant's schedules (None: every tenant's), by name, after the name `after`,
+        at most `limit`; without their payloads (None) unless `with_payload`."""
+        columns = [c if c != "payload" or with_payload else "NULL::jsonb AS payload"
+                   for c in _COLUMNS]
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(f"SELECT {', '.join(_COLUMNS)} FROM schedules"
-                              " WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s"
-                              " ORDER BY tenant, name", {"tenant": tenant})
+            await cur.execute(f"SELECT {', '.join(columns)} FROM schedules"
+                              " WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
+                              " AND (%(after)s::text IS NULL OR name > %(after)s)"
+                              " ORDER BY tenant, name LIMIT %(limit)s",
+                              {"tenant": tenant, "after": after, "limit": limit})
             return [_schedule(r) for r in await cur.fetchall()]
 
     @query

@@ -93,7 +93,8 @@ async def test_schedules_are_managed_per_tenant_and_bad_ones_refused(start_daemo
             assert (monday.weekday(), monday.hour, monday.minute) == (0, 9, 0)
 
             # Another tenant sees none of it, and may use the same name.
-            assert (await acme.get("/api/v1/schedules")).json() == {"schedules": []}
+            assert (await acme.get("/api/v1/schedules")).json() == {"schedules": [],
+                                                                    "next_cursor": None}
             for method in ("GET", "PATCH", "DELETE"):
                 r = await acme.request(method, "/api/v1/schedules/nightly",
                                        json={"enabled": False} if method == "PATCH" else None)
@@ -129,7 +130,9 @@ async def test_a_schedule_fires_tasks_that_run_and_shows_its_fires(start_daemon,
             assert r.status_code == 201, r.text
             # A secret of the template is shown neither in the schedule nor its tasks.
             assert r.json()["task"]["payload"] == {"n": 1, "token": "[secret]"}
-            assert "s3cret" not in (await c.get("/api/v1/schedules")).text
+            listed = await c.get("/api/v1/schedules", params={"include_payload": "true"})
+            assert listed.json()["schedules"][0]["task"]["payload"]["token"] == "[secret]"
+            assert "s3cret" not in listed.text
             fires: list[dict] = []
             while len(fires) < 3:
                 fires = (await c.get("/api/v1/schedules/every-second")).json()["fires"]
@@ -175,7 +178,8 @@ async def test_the_config_files_schedules_are_upserted_at_start(start_daemon, da
         for start in range(2):  # a restart with the same file changes nothing
             async with start_daemon(daemon_env, config=str(path)) as d, \
                     httpx.AsyncClient(base_url=d.url) as c:
-                [s] = (await c.get("/api/v1/schedules")).json()["schedules"]
+                listed = await c.get("/api/v1/schedules", params={"include_payload": "true"})
+                [s] = listed.json()["schedules"]
                 assert (s["name"], s["owner"], s["catch_up_max"]) == (
                     "deployment-report", "config", 3)
                 assert s["task"]["payload"] == {"source": "config"}
@@ -318,3 +322,24 @@ async def test_a_tenant_cannot_pass_its_queue_and_schedule_caps_through_schedule
             assert (await c.post("/api/v1/schedules", json=every("b", "a"))).status_code == 201
             r = await c.post("/api/v1/schedules", json=every("c", "a"))
             assert r.status_code == 409 and r.json()["error"]["code"] == "too_many_schedules"
+
+
+async def test_the_schedule_list_comes_in_pages_without_payloads_unless_asked(
+        start_daemon, daemon_env):
+    with trio.fail_after(60):
+        async with start_daemon(daemon_env) as d, httpx.AsyncClient(base_url=d.url) as c:
+            for name in ("a", "b", "c"):
+                r = await c.post("/api/v1/schedules", json={
+                    "name": name, "cron": "0 3 * * *",
+                    "task": {"handler": "noop", "payload": {"big": name * 1000}}})
+                assert r.status_code == 201, r.text
+            first = (await c.get("/api/v1/schedules", params={"limit": 2})).json()
+            assert [s["name"] for s in first["schedules"]] == ["a", "b"]
+            assert all("payload" not in s["task"] for s in first["schedules"])
+            rest = (await c.get("/api/v1/schedules", params={
+                "limit": 2, "cursor": first["next_cursor"], "include_payload": "true"})).json()
+            assert [s["name"] for s in rest["schedules"]] == ["c"]
+            assert rest["next_cursor"] is None
+            assert rest["schedules"][0]["task"]["payload"] == {"big": "c" * 1000}
+            async with AsyncClient(d.url) as client:
+                assert [s.name for s in await client.schedules()] == ["a", "b", "c"]
