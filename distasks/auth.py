@@ -154,12 +154,19 @@ class KeyCache:
         self._clock = clock
         self._entries: dict[bytes, tuple[float, ApiKey | None]] = {}
 
-    async def key(self, token: str) -> ApiKey | None:
+    async def key(self, token: str, *,
+                  before_lookup: Callable[[], None] | None = None) -> ApiKey | None:
+        """The key of `token`, from the cache or PostgreSQL. `before_lookup` runs before
+        PostgreSQL is asked about a token not known as a key, and may raise to refuse the
+        lookup (an address flooding random tokens); a key found before is looked up again
+        regardless, so that its holder is not locked out by a neighbour's flood."""
         digest = token_hash(token)
         now = self._clock()
         cached = self._entries.get(digest)
         if cached is not None and now - cached[0] < CACHE_TTL_S:
             return cached[1]
+        if before_lookup is not None and (cached is None or cached[1] is None):
+            before_lookup()
         found = await self._lookup(digest)
         if len(self._entries) >= CACHE_MAX:
             self._entries.clear()

@@ -219,6 +219,9 @@ class AuthConfig:
     #: a client address's first bad credential is audited at once, the ones in the
     #: following seconds as one row with their count (distasks.login_failures)
     failure_window_s: float = 60.0
+    #: unknown keys an address may present in one such window; past it, its tokens that
+    #: are not in the key cache are refused (429) without asking PostgreSQL. 0: no limit
+    max_failures: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +568,7 @@ def _validate(c: Config) -> None:
                 raise ConfigError(key, f"{n!r} is not an address or network") from None
     _validate_jwt(c.auth.jwt)
     need(c.auth.failure_window_s > 0, "auth.failure_window_s", "must be positive")
+    need(c.auth.max_failures >= 0, "auth.max_failures", "must not be negative")
     need(c.limits.per_minute >= 0, "limits.per_minute", "must not be negative")
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")

@@ -29,6 +29,7 @@ from distasks import backoff, times
 from distasks.errors import StoreUnavailable
 from distasks.model import SYSTEM, Actor
 from distasks.store import AuditEvent, Store
+from distasks.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,15 @@ class LoginFailures:
         self._queue(AuditEvent(at=times.utc(self._wall_clock()), action="login_failed",
                                actor=Actor(SYSTEM.id, tenant=tenant, address=address),
                                detail=detail))
+
+    def unknown_in_window(self, address: str) -> tuple[int, float]:
+        """(unknown credentials from `address` in its open window, seconds until that
+        window ends); (0, 0) when none is open."""
+        w = self._windows.get((address, DEFAULT_TENANT))
+        if w is None:
+            return 0, 0.0
+        left = w.started_at + self.window_s - self._clock()
+        return (1 + w.more, left) if left > 0 else (0, 0.0)
 
     def take_due(self, *, closing: bool = False) -> list[AuditEvent]:
         """The rows to write now: queued first failures, and a summary of each window

@@ -13,6 +13,7 @@ Every response also carries SECURITY_HEADERS.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -90,7 +91,7 @@ async def principal(s: Services, req: Request) -> Principal | None:
         return None
     if not token.startswith(auth.TOKEN_PREFIX):
         return await jwt_principal(s, token, client)
-    key = await s.key_cache().key(token)
+    key = await s.key_cache().key(token, before_lookup=lambda: _not_flooding(s, client))
     if key is None or not key.valid_at(times.utc(s.clock())):
         if s.login_failures is not None:
             reason = "unknown" if key is None else "revoked" if key.revoked_at else "expired"
@@ -99,6 +100,21 @@ async def principal(s: Services, req: Request) -> Principal | None:
                                   tenant=key.tenant if key else "default")
         raise Unauthenticated("the API key is unknown, expired or revoked")
     return key.principal()
+
+
+def _not_flooding(s: Services, client: str) -> None:
+    """Refuse (429) a token the key cache does not know from an address that presented
+    auth.max_failures unknown keys in its window already: random tokens must not each
+    cost a PostgreSQL lookup. Keys already cached (valid ones in use) still pass."""
+    limit = s.config.auth.max_failures
+    if not limit or s.login_failures is None:
+        return
+    count, left_s = s.login_failures.unknown_in_window(client)
+    if count >= limit:
+        retry = max(1, math.ceil(left_s))
+        raise Refused(429, "too_many_failures", f"{count} unknown API keys from this address "
+                      f"in {s.login_failures.window_s:g}s; retry after {retry}s",
+                      {"Retry-After": str(retry)})
 
 
 async def jwt_principal(s: Services, token: str, client: str) -> Principal:

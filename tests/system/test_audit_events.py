@@ -46,8 +46,9 @@ def counted(entries: list[dict[str, Any]]) -> int:
 
 async def test_bad_credentials_are_audited_first_at_once_then_as_one_count(
         start_daemon, daemon_env):
+    # No lookup throttle here (test_an_address_flooding_unknown_keys… covers it).
     env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none",
-           "DISTASKS_AUTH_FAILURE_WINDOW_S": "3"}
+           "DISTASKS_AUTH_FAILURE_WINDOW_S": "3", "DISTASKS_AUTH_MAX_FAILURES": "0"}
     auditor = await trio.to_thread.run_sync(new_key, env, "audit:read")
     revoked = await trio.to_thread.run_sync(new_key, env, "tasks:read")
     key_id = next(line.split()[0] for line in
@@ -82,6 +83,30 @@ async def test_bad_credentials_are_audited_first_at_once_then_as_one_count(
     [revoked_row] = failures(entries, other)
     assert revoked_row["detail"] == {"reason": "revoked", "key_id": key_id, "window_s": 3.0}
     assert "dtk_not-a-key" not in str(entries) and revoked not in str(entries)
+
+
+async def test_an_address_flooding_unknown_keys_gets_429_without_lookups(
+        start_daemon, daemon_env):
+    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_AUTH_MAX_FAILURES": "3"}
+    good = await trio.to_thread.run_sync(new_key, env, "tasks:read")
+    flooder, neighbour = "203.0.113.7", "198.51.100.4"
+
+    async def call(token: str, address: str) -> httpx.Response:
+        return await client.get("/api/v1/tasks", headers={
+            "Authorization": f"Bearer {token}", "X-Forwarded-For": address})
+
+    with trio.fail_after(60):
+        async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            assert (await call(good, flooder)).status_code == 200  # now in the key cache
+            statuses = [(await call(f"dtk_random-{i}", flooder)).status_code
+                        for i in range(6)]
+            assert statuses == [401, 401, 401, 429, 429, 429], statuses
+            refused = await call("dtk_random-x", flooder)
+            assert refused.json()["error"]["code"] == "too_many_failures"
+            assert int(refused.headers["Retry-After"]) >= 1
+            # A key that works keeps working from there; other addresses are not held.
+            assert (await call(good, flooder)).status_code == 200
+            assert (await call("dtk_random-y", neighbour)).status_code == 401
 
 
 async def test_config_reloads_applied_and_refused_are_audited(
