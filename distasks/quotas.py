@@ -65,6 +65,10 @@ class TenantQuotas:
                 await self._spend(tenant, state, count, quotas.tasks_per_minute)
             state.queued += count
 
+    def any_limited(self) -> bool:
+        """Whether any tenant has a quota on creates (else there is nothing to ask)."""
+        return any(q.tasks_per_minute or q.max_queued for q in self._config.tenants.values())
+
     async def blocked(self, tenant: str) -> str | None:
         """Why one more task of `tenant` would be over a quota now, or None; spends
         nothing (the scheduler asks before it fires, then `charge`s what it made)."""

@@ -62,7 +62,7 @@ async def fire_once(store: Store, broker: Broker, rules: Callable[[str], Creatio
     rng = rng or random.Random()
     handlers = list(rules(tenancy.DEFAULT_TENANT).registry)
     blocked = {}
-    if quotas is not None:
+    if quotas is not None and quotas.any_limited():
         for tenant in await store.due_schedule_tenants(now=now):
             if (reason := await quotas.blocked(tenant)) is not None:
                 blocked[tenant] = reason
