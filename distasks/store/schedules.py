@@ -18,7 +18,7 @@ from distasks.store.base import StoreBase, query, record_audit
 
 # The one statement that inserts tasks with their first runs, shared with API creates so
 # that a scheduled task is the same as any other (store/tasks.py).
-from distasks.store.tasks import CREATE_TASKS, _input_json
+from distasks.store.tasks import CREATE_TASKS, create_tasks_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +362,7 @@ async def _record(conn: Any, s: Schedule, firing: Firing, *, now: datetime) -> l
         fired = [f for f in firing.slots if f.fire_at in new]
         tasks = [f.task for f in fired if f.task is not None]
         if tasks:
-            await conn.execute(CREATE_TASKS, {"input": _input_json(tasks, ()), "worker_id": "",
+            await conn.execute(CREATE_TASKS, {"input": create_tasks_input(tasks, ()), "worker_id": "",
                                               "lease_until": None})
     made = [f for f in fired if f.task is not None]
     await conn.execute(ADVANCE, {

@@ -62,7 +62,7 @@ class Cancellation:
 # under the daemon's lease, unless its queue is paused; it never needs Redis. New queue
 # names are recorded for the queue list.
 #
-# The rows come as one JSON array (built by `_input_json`): dumping thirteen parameter
+# The rows come as one JSON array (built by `create_tasks_input`): dumping thirteen parameter
 # arrays element by element in Python cost about a quarter of a batch create's CPU.
 CREATE_TASKS = """
 WITH input AS (
@@ -163,7 +163,7 @@ class TaskQueries(StoreBase):
                 to_insert.append(t)
         async with self._pool.connection() as conn:
             cur = await conn.execute(CREATE_TASKS, {
-                "input": _input_json(to_insert, start),
+                "input": create_tasks_input(to_insert, start),
                 "worker_id": worker_id, "lease_until": lease_until,
             })
             inserted = dict(await cur.fetchall())  # task id -> started
@@ -283,7 +283,7 @@ class TaskQueries(StoreBase):
         return Cancellation(TaskStatus(found[0]), False, [], None)
 
 
-def _input_json(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -> str:
+def create_tasks_input(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -> str:
     """CREATE_TASKS' input: one JSON object per task, its payload spliced in as the JSON
     text the API already made (not parsed and dumped again)."""
     rows = []
