@@ -1,7 +1,7 @@
 """What long polls cost a daemon: CPU while W clients wait on W tasks that do not finish.
 
 Issue 10 measured 0.7 CPU-s/s for 200 waiters when each re-read PostgreSQL every second;
-now one query a second serves every waited task (distasks.waiters.poll). The daemon runs
+now one query a second serves every waited task (distasks.daemon.waiters.poll). The daemon runs
 as a subprocess in a database and Redis prefix of its own (throughput.py's harness); the
 tasks go to a queue it does not serve, so they stay queued and the waits run their full
 length. Figures: the daemon's CPU (% of one core) idle, then with the W waits in flight.

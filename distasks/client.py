@@ -39,8 +39,8 @@ from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 import httpx
 
-from distasks import errors
-from distasks.model import Json
+from distasks.domain import errors
+from distasks.domain.model import Json
 
 __all__ = [
     "AccessDenied", "AsyncClient", "CancelResult", "Client", "Conflict", "CreateResult",

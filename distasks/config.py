@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from distasks import tenancy
-from distasks.auth import SCOPES
-from distasks.errors import ConfigError
-from distasks.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
+from distasks.access.principals import SCOPES
+from distasks.domain import tenancy
+from distasks.domain.errors import ConfigError
+from distasks.domain.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 
 # 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path. The
 # API's models use Python's re (for the lookahead), whose "$" also matches before a final
@@ -153,7 +153,7 @@ JWT_ALGORITHMS = ("HS256", "RS256", "EdDSA")
 
 @dataclass(frozen=True, slots=True)
 class JwtConfig:
-    """[auth.jwt]: bearer tokens from an external identity provider (distasks.jwt_auth)."""
+    """[auth.jwt]: bearer tokens from an external identity provider (distasks.access.jwt_tokens)."""
 
     enabled: bool = False
     #: the `iss` a token must carry; required when enabled
@@ -217,7 +217,7 @@ class AuthConfig:
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     jwt: JwtConfig = JwtConfig()
     #: a client address's first bad credential is audited at once, the ones in the
-    #: following seconds as one row with their count (distasks.login_failures)
+    #: following seconds as one row with their count (distasks.access.login_failures)
     failure_window_s: float = 60.0
     #: unknown keys an address may present in one such window; past it, its tokens that
     #: are not in the key cache are refused (429) without asking PostgreSQL. 0: no limit
@@ -394,9 +394,9 @@ def _schedules(tables: Any) -> tuple[ConfiguredSchedule, ...]:
     and time zone too); the handlers are checked at start, once they are registered."""
     import pydantic  # noqa: PLC0415 (only when the file has schedules)
 
-    from distasks import cron, tenancy  # noqa: PLC0415
     from distasks.api.errors import from_validation_error  # noqa: PLC0415
     from distasks.api.schemas import CreateSchedule  # noqa: PLC0415
+    from distasks.domain import cron, tenancy  # noqa: PLC0415
 
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError("schedules", "must be an array of tables ([[schedules]])")
@@ -542,7 +542,7 @@ def _validate(c: Config) -> None:
     need(1 <= c.mover.batch <= 5000, "mover.batch", "must be between 1 and 5000")
     need(c.http_handler.max_response_bytes >= 0, "http_handler.max_response_bytes",
          "must not be negative")
-    from distasks.http_handler import AllowEntry  # noqa: PLC0415 (it imports the handlers)
+    from distasks.handlers.http import AllowEntry  # noqa: PLC0415 (it imports the handlers)
 
     for entry in c.http_handler.allowed_hosts:
         try:
@@ -584,7 +584,7 @@ def _validate(c: Config) -> None:
 
 def _validate_jwt(j: JwtConfig) -> None:
     """[auth.jwt]: checked only as far as it can be without reading files or the network
-    (distasks.jwt_auth.load_keys reads them at start-up)."""
+    (distasks.access.jwt_tokens.load_keys reads them at start-up)."""
     def need(ok: bool, key: str, problem: str) -> None:
         if not ok:
             raise ConfigError(f"auth.jwt.{key}", problem)

@@ -33,8 +33,8 @@ from distasks.config import (
     WorkerConfig,
 )
 from distasks.config import load as load_config
+from distasks.daemon.supervisor import migrate_only
 from distasks.store import Store
-from distasks.supervisor import migrate_only
 
 RUN_ID = uuid.uuid4().hex[:8]
 _counter = itertools.count()

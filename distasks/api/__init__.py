@@ -13,7 +13,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 import distasks
-from distasks import auth
+from distasks.access import principals
 from distasks.api import (
     access,
     audit,
@@ -78,7 +78,7 @@ def create_app(services: Services) -> QuartTrio:
         g.address = access.address(services, req)
         g.principal = await access.principal(services, req)
         scope = openapi.SCOPE_BY_ENDPOINT.get(request.endpoint or "")
-        if scope == "metrics:read" and g.principal is None and auth.in_networks(
+        if scope == "metrics:read" and g.principal is None and principals.in_networks(
                 g.address, services.config.auth.metrics_networks):
             return  # a scraper on a configured network needs no key
         if scope is not None:

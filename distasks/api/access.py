@@ -5,7 +5,7 @@ lean create route alike.
    writes no cross-site browser origin and a JSON body (a form or text/plain post from a
    web page fails here, before any effect).
 2. The principal: an API key from `Authorization: Bearer dtk_…`, any other bearer token
-   as a JWT where auth.jwt is on (distasks.jwt_auth), or the anonymous principal of a
+   as a JWT where auth.jwt is on (distasks.access.jwt_tokens), or the anonymous principal of a
    request from this machine where auth.anonymous = "loopback".
 3. The scope the operation needs, and the principal's and its tenant's rate limits.
 Every response also carries SECURITY_HEADERS.
@@ -17,13 +17,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from distasks import auth, jwt_auth, times
+from distasks.access import jwt_tokens, principals
+from distasks.access.principals import Principal
+from distasks.access.rate_limits import RateLimited
 from distasks.api.services import Services
-from distasks.auth import Principal
 from distasks.config import Config
-from distasks.errors import Forbidden, Refused, Unauthenticated
-from distasks.ratelimit import RateLimited
-from distasks.tenancy import DEFAULT_TENANT
+from distasks.domain import times
+from distasks.domain.errors import Forbidden, Refused, Unauthenticated
+from distasks.domain.tenancy import DEFAULT_TENANT
 
 # Scopes that show the whole deployment, not one tenant: honoured for the default tenant
 # (the operator's) only (architecture §8).
@@ -76,7 +77,7 @@ def check_transport(req: Request, config: Config) -> None:
 
 def address(s: Services, req: Request) -> str:
     """The client's address: the peer's, or what a trusted proxy says it forwards."""
-    return auth.client_address(req.peer, req.headers.get("x-forwarded-for"),
+    return principals.client_address(req.peer, req.headers.get("x-forwarded-for"),
                                s.config.auth.trusted_proxies)
 
 
@@ -84,12 +85,12 @@ async def principal(s: Services, req: Request) -> Principal | None:
     """The caller, or None when it gave no credentials and is not anonymous here."""
     a = s.config.auth
     client = address(s, req)
-    token = auth.bearer_token(req.headers.get("authorization"))
+    token = principals.bearer_token(req.headers.get("authorization"))
     if token is None:
-        if a.anonymous == "loopback" and auth.is_loopback(client):
-            return auth.anonymous(client)
+        if a.anonymous == "loopback" and principals.is_loopback(client):
+            return principals.anonymous(client)
         return None
-    if not token.startswith(auth.TOKEN_PREFIX):
+    if not token.startswith(principals.TOKEN_PREFIX):
         return await jwt_principal(s, token, client)
     key = await s.key_cache().key(token, before_lookup=lambda: _not_flooding(s, client))
     if key is None or not key.valid_at(times.utc(s.clock())):
@@ -125,7 +126,7 @@ async def jwt_principal(s: Services, token: str, client: str) -> Principal:
                               "accepts no other")
     try:
         return await s.jwt.principal(token)
-    except jwt_auth.TokenRefused as e:
+    except jwt_tokens.TokenRefused as e:
         if s.login_failures is not None:
             s.login_failures.note(client, reason="jwt")  # fixed: reasons may quote claims
         refused = Unauthenticated(f"the bearer token is refused: {e.reason}")

@@ -11,7 +11,7 @@ from distasks.api.openapi import operation
 from distasks.api.parse import parse_query
 from distasks.api.render import iso
 from distasks.api.services import services, tenant, tenant_queue
-from distasks.tenancy import shown
+from distasks.domain.tenancy import shown
 
 bp = Blueprint("audit", __name__)
 

@@ -8,7 +8,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from distasks.errors import InvalidInput
+from distasks.domain.errors import InvalidInput
 
 PATTERN = r"^[0-9]{1,17}_[0-9a-f]{32}$(?!\n)"  # (?!\n): see config.QUEUE_NAME_PATTERN
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
-from distasks import mirror, times
 from distasks.api import cursor, pages, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, queue_name, read_body
 from distasks.api.render import iso, task_json
 from distasks.api.services import actor, services, tenant_queue
+from distasks.daemon import mirror
+from distasks.domain import times
+from distasks.domain.tenancy import shown
 from distasks.store import DlqFilter
-from distasks.tenancy import shown
 
 bp = Blueprint("dlq", __name__)
 

@@ -10,7 +10,7 @@ import pydantic
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from distasks.errors import (
+from distasks.domain.errors import (
     BrokerUnavailable,
     InvalidInput,
     NotFound,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import trio
 from quart import Blueprint, Response, g, jsonify
 
-from distasks import auth
+from distasks.access import principals
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.services import Services, services
-from distasks.errors import BrokerUnavailable, StoreUnavailable
+from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
 
 bp = Blueprint("health", __name__)
 
@@ -69,5 +69,5 @@ async def readyz() -> Response:
 def _may_see_detail(s: Services) -> bool:
     """What is down and why is for an authenticated caller (anonymous from loopback
     included) or the scrape networks; a probe from elsewhere learns ready or not."""
-    return g.get("principal") is not None or auth.in_networks(
+    return g.get("principal") is not None or principals.in_networks(
         g.get("address", ""), s.config.auth.metrics_networks)

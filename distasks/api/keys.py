@@ -1,5 +1,5 @@
 """Key resources: create, list, rotate and revoke API keys (scope keys:admin); the work is
-distasks.keys, shared with `distasks keys …`."""
+distasks.access.api_keys, shared with `distasks keys …`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from datetime import timedelta
 
 from quart import Blueprint, Response, g, jsonify
 
-from distasks import keys, times
+from distasks.access import api_keys
+from distasks.access.principals import ApiKey
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, read_body
 from distasks.api.render import iso
 from distasks.api.services import actor, services, tenant
-from distasks.auth import ApiKey
-from distasks.errors import NotFound, Refused
-from distasks.tenancy import DEFAULT_TENANT
+from distasks.domain import times
+from distasks.domain.errors import NotFound, Refused
+from distasks.domain.tenancy import DEFAULT_TENANT
 
 bp = Blueprint("keys", __name__)
 
@@ -35,7 +36,7 @@ async def create_key() -> tuple[Response, int]:
     _no_stronger(req.scopes)
     now = times.utc(s.clock())
     expires = now + timedelta(seconds=req.expires_in_seconds) if req.expires_in_seconds else None
-    key, token = await keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
+    key, token = await api_keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
                                    tenant=target, expires_at=expires,
                                    rate_per_minute=req.rate_per_minute, actor=actor(), now=now)
     return jsonify({"key": key_json(key), "token": token}), 201
@@ -56,7 +57,7 @@ async def rotate_key(key_id: uuid.UUID) -> tuple[Response, int]:
     req = parse_body(schemas.RotateKey, await read_body() or b"{}")
     s = services()
     _no_stronger((await _own_key(key_id)).scopes)
-    rotated = await keys.rotate(s.store, key_id, overlap=timedelta(seconds=req.overlap_seconds),
+    rotated = await api_keys.rotate(s.store, key_id, overlap=timedelta(seconds=req.overlap_seconds),
                                 actor=actor(), now=times.utc(s.clock()))
     if rotated is None:
         raise NotFound(f"no active key with id {key_id}")

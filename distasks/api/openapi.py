@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 from quart import Blueprint
 
 from distasks.api.schemas import JSON_VALUE_SCHEMA, QUEUE_NAME_PATTERN, ErrorOut
-from distasks.cron import known_zones
+from distasks.domain.cron import known_zones
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +43,7 @@ class Operation:
     summary: str
     tag: str
     responses: dict[int, type[BaseModel] | None]
-    #: what a principal needs to call it (distasks.auth.SCOPES); None: open to anyone
+    #: what a principal needs to call it (distasks.access.principals.SCOPES); None: open to anyone
     scope: str | None = None
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None

@@ -23,7 +23,7 @@ import trio
 from quart import Quart, current_app
 from quart.json.provider import DefaultJSONProvider
 
-from distasks.errors import Refused
+from distasks.domain.errors import Refused
 
 # Room in the budget for what a page holds besides its items (cursor, queue, count).
 ENVELOPE_BYTES = 1024

@@ -1,5 +1,5 @@
 """Reading requests: bodies and query strings into the schemas' models, path parameters,
-and a create body into a task (the rules themselves live in distasks.creation). Every
+and a create body into a task (the rules themselves live in distasks.daemon.creation). Every
 refusal is an InvalidInput naming the field; api/errors.py renders it."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from urllib.parse import unquote
 import pydantic
 from quart import request
 
-from distasks import creation, times
 from distasks.api import schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.services import Services
 from distasks.config import QUEUE_NAME_RE
-from distasks.errors import InvalidInput
-from distasks.model import NewTask, TaskType
+from distasks.daemon import creation
+from distasks.domain import times
+from distasks.domain.errors import InvalidInput
+from distasks.domain.model import NewTask, TaskType
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 

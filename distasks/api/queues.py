@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
-from distasks import mirror, times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import queue_name
 from distasks.api.render import iso
 from distasks.api.services import Services, actor, services, tenant, tenant_queue
 from distasks.broker import QueueEntries
-from distasks.queue_state import queue_states
-from distasks.tenancy import shown, tenant_of
+from distasks.daemon import mirror
+from distasks.daemon.queue_state import queue_states
+from distasks.domain import times
+from distasks.domain.tenancy import shown, tenant_of
 
 bp = Blueprint("queues", __name__)
 

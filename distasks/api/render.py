@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from distasks.model import RunStatus, Task, TaskRun
-from distasks.tenancy import shown
+from distasks.domain.model import RunStatus, Task, TaskRun
+from distasks.domain.tenancy import shown
 
 
 def iso(d: datetime | None) -> str | None:

@@ -19,7 +19,7 @@ from pydantic import (
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
 from distasks.config import QUEUE_NAME_PATTERN as QUEUE_NAME_PATTERN
-from distasks.tenancy import TENANT_PATTERN
+from distasks.domain.tenancy import TENANT_PATTERN
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
@@ -480,7 +480,7 @@ def _cron_pattern() -> str:
     """5 or 6 fields (seconds first) separated by spaces, each a list of `*`, a value or
     a range, with an optional /step; `L`, `LW`, `nL` and `n#k` where cronsim takes them.
     Each value is within its field's range. What a pattern cannot say (a range that runs
-    backwards, a day no listed month has) cronsim refuses (distasks.cron.check): a 422
+    backwards, a day no listed month has) cronsim refuses (distasks.domain.cron.check): a 422
     naming `cron`."""
     def field(value: str, extra: str = "") -> str:
         term = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]?)?"
@@ -504,7 +504,7 @@ _CRON_RE = re.compile(CRON_PATTERN)
 def _cron_syntax(value: str) -> str:
     """CRON_PATTERN, with cronsim's word on what is wrong rather than the pattern."""
     if not _CRON_RE.fullmatch(value):
-        from distasks import cron  # noqa: PLC0415 (schemas stay free of the domain at import)
+        from distasks.domain import cron  # noqa: PLC0415 (schemas stay free of the domain at import)
 
         try:
             cron.check(value, "UTC", now=datetime.now(UTC))

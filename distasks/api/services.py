@@ -10,26 +10,26 @@ from dataclasses import dataclass, field
 import trio
 from quart import current_app, g
 
-from distasks import times
-from distasks.auth import KeyCache
+from distasks.access.jwt_tokens import Verifier
+from distasks.access.login_failures import LoginFailures
+from distasks.access.principals import KeyCache
+from distasks.access.quotas import QuotaExceeded, TenantQuotas
+from distasks.access.rate_limits import RateLimiter
 from distasks.broker import Broker
 from distasks.config import Config
-from distasks.creation import CreationRules
+from distasks.daemon.creation import CreationRules
+from distasks.daemon.health import Health
+from distasks.daemon.intake import Intake
+from distasks.daemon.metrics import Metrics
+from distasks.daemon.progress import Progress
+from distasks.daemon.queue_census import QueueCensus
+from distasks.daemon.tunables import Tunables
+from distasks.daemon.waiters import TaskWaiters
+from distasks.domain import times
+from distasks.domain.model import Actor
+from distasks.domain.tenancy import DEFAULT_TENANT, qualify
 from distasks.handlers import Registry
-from distasks.health import Health
-from distasks.intake import Intake
-from distasks.jwt_auth import Verifier
-from distasks.login_failures import LoginFailures
-from distasks.metrics import Metrics
-from distasks.model import Actor
-from distasks.progress import Progress
-from distasks.queue_census import QueueCensus
-from distasks.quotas import QuotaExceeded, TenantQuotas
-from distasks.ratelimit import RateLimiter
 from distasks.store import Store
-from distasks.tenancy import DEFAULT_TENANT, qualify
-from distasks.tunables import Tunables
-from distasks.waiters import TaskWaiters
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +49,14 @@ class Services:
     stopping: trio.Event = field(default_factory=trio.Event)
     #: what a SIGHUP may change (the default max_retries of new tasks)
     tunables: Tunables | None = None
-    #: JWT bearer tokens (distasks.jwt_auth); None: auth.jwt is off
+    #: JWT bearer tokens (distasks.access.jwt_tokens); None: auth.jwt is off
     jwt: Verifier | None = None
 
-    #: API keys by token, cached (distasks.auth); made from the store when not given
+    #: API keys by token, cached (distasks.access.principals); made from the store when not given
     keys: KeyCache | None = None
-    #: requests per principal and tenant (distasks.ratelimit); made when not given
+    #: requests per principal and tenant (distasks.access.rate_limits); made when not given
     limiter: RateLimiter | None = None
-    #: tenants' quotas on creates (distasks.quotas); made when not given
+    #: tenants' quotas on creates (distasks.access.quotas); made when not given
     quotas: TenantQuotas | None = None
     #: the queues that exist, for the cap at create (the intake holds the same one)
     census: QueueCensus | None = None
@@ -79,7 +79,7 @@ class Services:
         return self.keys
 
     async def admit(self, tenant: str, count: int) -> None:
-        """`count` new tasks of `tenant`, within its quotas (distasks.quotas)."""
+        """`count` new tasks of `tenant`, within its quotas (distasks.access.quotas)."""
         assert self.quotas is not None
         try:
             await self.quotas.admit(tenant, count)

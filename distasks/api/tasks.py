@@ -8,26 +8,27 @@ import uuid
 import trio
 from quart import Blueprint, Response, jsonify
 
-from distasks import mirror, times
 from distasks.api import cursor, pages, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
 from distasks.api.services import actor, services, tenant, tenant_queue
-from distasks.errors import (
+from distasks.daemon import mirror
+from distasks.domain import times
+from distasks.domain.errors import (
     BrokerUnavailable,
     DedupConflict,
     InvalidInput,
     NotFound,
     TooManyQueues,
 )
-from distasks.model import TERMINAL_TASK_STATUSES, CreateResult, NewTask, Task, TaskRun
+from distasks.domain.model import TERMINAL_TASK_STATUSES, CreateResult, NewTask, Task, TaskRun
 from distasks.store import TaskFilter
 
 bp = Blueprint("tasks", __name__)
 
 # A long poll re-reads its task at least this often, a last resort: "done" messages and
-# the daemon's shared poll of every waited task (distasks.waiters.poll, each second)
+# the daemon's shared poll of every waited task (distasks.daemon.waiters.poll, each second)
 # wake it first.
 WAIT_POLL_S = 10.0
 # Longest a long poll waits for Redis to note that it waits ("done" is announced only for
@@ -126,7 +127,7 @@ async def get_task(task_id: uuid.UUID) -> Response:
     s = services()
     deadline = trio.current_time() + q.wait
     if q.wait > 0:
-        # Without Redis the wait still ends: distasks.waiters.poll wakes it. A Redis that
+        # Without Redis the wait still ends: distasks.daemon.waiters.poll wakes it. A Redis that
         # hangs delays the poll by WATCH_TIMEOUT_S at most.
         with contextlib.suppress(BrokerUnavailable), trio.move_on_after(WATCH_TIMEOUT_S):
             await s.broker.watch(str(tid), until_ms=times.ms(s.clock() + q.wait))

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from quart import Blueprint, Response, jsonify
 
-from distasks import times
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.render import iso
 from distasks.api.services import services, tenant
-from distasks.tenancy import shown, tenant_of
+from distasks.domain import times
+from distasks.domain.tenancy import shown, tenant_of
 
 bp = Blueprint("workers", __name__)
 

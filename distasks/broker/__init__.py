@@ -26,7 +26,7 @@ import trio
 
 from distasks import aio
 from distasks.broker.keys import QueueKeys, global_keys, queue_keys, rate_keys
-from distasks.errors import BrokerUnavailable
+from distasks.domain.errors import BrokerUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")

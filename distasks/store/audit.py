@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from distasks.model import Actor
+from distasks.domain.model import Actor
 from distasks.store.base import StoreBase, query, record_audit
 
 

@@ -16,8 +16,8 @@ import psycopg.errors
 import trio
 from psycopg.types.json import Jsonb
 
-from distasks.errors import StoreRejected, StoreUnavailable
-from distasks.model import Actor, ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
+from distasks.domain.errors import StoreRejected, StoreUnavailable
+from distasks.domain.model import Actor, ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
 from distasks.store.pg import TrioPool
 
 P = ParamSpec("P")

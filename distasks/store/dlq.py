@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from distasks.model import SYSTEM, Actor, Task
+from distasks.domain.model import SYSTEM, Actor, Task
 from distasks.store.base import (
     Page,
     StoreBase,

@@ -8,8 +8,8 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from distasks.auth import ApiKey
-from distasks.model import Actor
+from distasks.access.principals import ApiKey
+from distasks.domain.model import Actor
 from distasks.store.base import StoreBase, query, record_audit
 
 KEY_COLUMNS = ("id, name, tenant, scopes, token_prefix, created_at, created_by, expires_at,"

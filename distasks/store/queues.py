@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from distasks import tenancy
-from distasks.errors import NotFound, QueueNotEmpty, TooManyQueues
-from distasks.model import Actor
+from distasks.domain import tenancy
+from distasks.domain.errors import NotFound, QueueNotEmpty, TooManyQueues
+from distasks.domain.model import Actor
 from distasks.store.base import StoreBase, query, record_audit
 
 
@@ -37,7 +37,7 @@ SET paused = excluded.paused, paused_at = excluded.paused_at, paused_by = exclud
 # the API, so that two pauses of new names cannot both take the last place under the cap.
 QUEUES_LOCK_KEY = 0x71756575  # "queu"
 
-# The tenant of a qualified queue name, as distasks.tenancy.tenant_of says it.
+# The tenant of a qualified queue name, as distasks.domain.tenancy.tenant_of says it.
 TENANT_OF_NAME = ("CASE WHEN strpos(name, '/') = 0 THEN 'default' "
                   "ELSE split_part(name, '/', 1) END")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from distasks.model import ClaimedRun, RunStatus
+from distasks.domain.model import ClaimedRun, RunStatus
 from distasks.store.base import StoreBase, claimed_from_row, query
 
 

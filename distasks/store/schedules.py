@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from distasks.model import Actor, NewTask
+from distasks.domain.model import Actor, NewTask
 from distasks.store.base import StoreBase, query, record_audit
 
 # The one statement that inserts tasks with their first runs, shared with API creates so
@@ -32,7 +32,7 @@ class Schedule:
     timezone: str
     task_name: str
     handler: str | None
-    #: as the tenant names it; qualified (distasks.tenancy) when a task is made
+    #: as the tenant names it; qualified (distasks.domain.tenancy) when a task is made
     queue_name: str
     priority: int
     payload: Any
@@ -152,7 +152,7 @@ RETURNING {", ".join(_COLUMNS)}
 """
 
 # Serializes config upserts of daemons starting together (any constant key will do).
-CONFIG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('distasks.schedules.config'))"
+CONFIG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('distasks.daemon.schedules.config'))"
 
 
 def _params(s: Schedule) -> dict[str, Any]:

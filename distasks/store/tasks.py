@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from distasks.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
+from distasks.domain.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
 from distasks.store.base import (
     Page,
     StoreBase,
@@ -189,7 +189,7 @@ class TaskQueries(StoreBase):
 
     @query
     async def queued_count(self, tenant: str) -> int:
-        """How many of `tenant`'s tasks are not finished (its quota, distasks.quotas)."""
+        """How many of `tenant`'s tasks are not finished (its quota, distasks.access.quotas)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*) FROM tasks WHERE tenant = %s AND status = 'queued'", (tenant,))

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from distasks.model import NewTask, TaskType
+from distasks.domain.model import NewTask, TaskType
 
 
 def new_task(*, name: str = "t", handler: str = "demo", queue: str = "q", priority: int = 0,

@@ -7,9 +7,9 @@ import uuid
 
 import trio
 
-from distasks import completer
-from distasks.model import Actor, RunStatus, TaskStatus
-from distasks.outcome import Outcome, OutcomeKind
+from distasks.daemon import completer
+from distasks.domain.model import Actor, RunStatus, TaskStatus
+from distasks.domain.outcome import Outcome, OutcomeKind
 from distasks.store import Fence, Outcomes, Retrying
 
 from .helpers import new_task, now

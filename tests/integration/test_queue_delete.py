@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from distasks.broker import Broker, QueueEntries
-from distasks.errors import NotFound, QueueNotEmpty, TooManyQueues
-from distasks.model import Actor
+from distasks.domain.errors import NotFound, QueueNotEmpty, TooManyQueues
+from distasks.domain.model import Actor
 from distasks.store import Store
 
 from .helpers import new_task, now, wait_until

@@ -1,4 +1,4 @@
-"""Rate limits against real Redis (distasks.ratelimit, broker/rate_take.lua): a bucket
+"""Rate limits against real Redis (distasks.access.rate_limits, broker/rate_take.lua): a bucket
 holds its burst then refuses with a retry time; buckets are per tenant and principal;
 a tenant's own limit overrides limits.tenant_per_minute."""
 
@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import trio
 
-from distasks.auth import Principal
+from distasks.access.principals import Principal
+from distasks.access.rate_limits import RateLimited, RateLimiter
 from distasks.config import Config, LimitsConfig, TenantConfig
-from distasks.ratelimit import RateLimited, RateLimiter
 
 
 def principal(tenant: str, pid: str = "jwt:alice") -> Principal:

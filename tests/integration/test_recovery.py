@@ -12,15 +12,15 @@ from datetime import timedelta
 import pytest
 import trio
 
-from distasks import heartbeat, reaper, reconciler
 from distasks.broker.keys import global_keys
-from distasks.errors import StoreUnavailable
+from distasks.daemon import heartbeat, reaper, reconciler
+from distasks.daemon.tunables import Tunables
+from distasks.daemon.worker import WorkerPool
+from distasks.domain.errors import StoreUnavailable
+from distasks.domain.model import RunStatus, TaskStatus
+from distasks.domain.retry import RetryPolicy
 from distasks.handlers import Registry
-from distasks.model import RunStatus, TaskStatus
-from distasks.retry import RetryPolicy
 from distasks.store import Failed, Fence, Outcomes, Store
-from distasks.tunables import Tunables
-from distasks.worker import WorkerPool
 
 from .helpers import new_task, now, wait_until
 

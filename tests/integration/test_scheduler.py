@@ -16,15 +16,16 @@ from zoneinfo import ZoneInfo
 import psycopg
 import trio
 
-from distasks import reconciler, scheduler, schedules, times
+from distasks.access.quotas import TenantQuotas
 from distasks.api.schemas import CreateSchedule
 from distasks.broker import Broker
 from distasks.config import Config, TenantConfig
-from distasks.creation import CreationRules
+from distasks.daemon import reconciler, scheduler, schedules
+from distasks.daemon.creation import CreationRules
+from distasks.daemon.metrics import Metrics
+from distasks.domain import times
+from distasks.domain.model import Actor
 from distasks.handlers import Registry, builtin_registry
-from distasks.metrics import Metrics
-from distasks.model import Actor
-from distasks.quotas import TenantQuotas
 from distasks.store import Schedule, Store
 
 RULES = CreationRules(registry=builtin_registry(), default_handler="demo",

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import trio
 
+from distasks.daemon.intake import Intake, _claimed
+from distasks.domain.model import Actor, RunStatus, TaskStatus
 from distasks.handlers import builtin_registry
-from distasks.intake import Intake, _claimed
-from distasks.model import Actor, RunStatus, TaskStatus
 
 from .helpers import new_task, now, wait_until
 from .test_worker import final, make_pool

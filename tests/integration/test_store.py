@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import trio
 
-from distasks.model import RunStatus, TaskStatus
+from distasks.domain.model import RunStatus, TaskStatus
 from distasks.store import Failed, Fence, Interrupted, Outcomes, Retrying, Succeeded
 
 from .helpers import new_task, now

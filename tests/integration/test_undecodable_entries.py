@@ -9,11 +9,11 @@ import time
 
 import trio
 
-from distasks import reaper
+from distasks.daemon import reaper
+from distasks.daemon.queue_state import queue_states
+from distasks.domain.model import TaskStatus
+from distasks.domain.retry import RetryPolicy
 from distasks.handlers import builtin_registry
-from distasks.model import TaskStatus
-from distasks.queue_state import queue_states
-from distasks.retry import RetryPolicy
 
 from .helpers import new_task, now, wait_until
 from .test_worker import final, running

@@ -10,14 +10,14 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from distasks import mover
+from distasks.daemon import mover
+from distasks.daemon.health import Health
+from distasks.daemon.intake import Intake
+from distasks.daemon.tunables import Tunables
+from distasks.daemon.worker import WorkerPool
+from distasks.domain.model import RunStatus, TaskStatus
+from distasks.domain.retry import RetryPolicy
 from distasks.handlers import Registry, builtin_registry
-from distasks.health import Health
-from distasks.intake import Intake
-from distasks.model import RunStatus, TaskStatus
-from distasks.retry import RetryPolicy
-from distasks.tunables import Tunables
-from distasks.worker import WorkerPool
 
 from .helpers import new_task, wait_until
 

@@ -28,7 +28,7 @@ BY_SCOPE = {
     "schedules:read": ("GET", "/api/v1/schedules", None, 200),
     "schedules:write": ("POST", "/api/v1/schedules", {"name": "s", "cron": "0 * * * *"}, 201),
 }
-# How long a revoked key may still be accepted (distasks.auth.CACHE_TTL_S), with slack.
+# How long a revoked key may still be accepted (distasks.access.principals.CACHE_TTL_S), with slack.
 REVOCATION_S = 8.0
 
 

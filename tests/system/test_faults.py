@@ -192,7 +192,7 @@ async def test_outages_degrade_and_the_daemon_resumes_by_itself(private_pg, priv
 
 async def test_changes_committed_while_redis_is_unreachable_are_accepted_and_reach_it_later(
         private_pg, private_redis, tmp_path):
-    """Committed in PostgreSQL = accepted (distasks.mirror): with Redis not answering, a
+    """Committed in PostgreSQL = accepted (distasks.daemon.mirror): with Redis not answering, a
     cancel, a pause and a DLQ replay answer 200 like a create; once Redis answers again
     (with its data, so no rebuild runs) the reconciler copies the pause flag, the
     replayed attempt runs, and the cancelled attempt has stopped."""

@@ -48,7 +48,7 @@ POLL_S = 0.05
 # The reporter refreshes gauges (and the component list) every GAUGE_INTERVAL_S (5 s):
 # a wait for the next refresh is bounded by this.
 REPORT_WAIT_S = 12.0
-# Components every daemon serving only the default queue runs (distasks.health names).
+# Components every daemon serving only the default queue runs (distasks.daemon.health names).
 COMPONENTS = {"fetch:default", "completer", "mover", "reaper", "reconciler", "heartbeat",
               "control", "waiters", "scheduler"}
 FINAL = {"completed", "failed", "cancelled"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from distasks.auth import SCOPES
+from distasks.access.principals import SCOPES
 
 from .test_access import keys_cli
 

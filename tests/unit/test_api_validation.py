@@ -1,5 +1,5 @@
 """What a create body must look like, and which field an error names (architecture §5.4): the
-API's schemas (distasks.api.parse) and the creation rules (distasks.creation), run as
+API's schemas (distasks.api.parse) and the creation rules (distasks.daemon.creation), run as
 plain functions with the rules and the clock passed in; no app, store or broker."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 import pydantic
 import pytest
 
-from distasks import creation
 from distasks.api import schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.parse import parse_body, task_request
-from distasks.errors import InvalidInput, PayloadTooLarge, UnknownHandler
+from distasks.daemon import creation
+from distasks.domain.errors import InvalidInput, PayloadTooLarge, UnknownHandler
+from distasks.domain.model import NewTask, TaskType
 from distasks.handlers import builtin_registry
-from distasks.model import NewTask, TaskType
 
 # The clock the rules see, Unix seconds.
 NOW_S = 1_700_000_000.0

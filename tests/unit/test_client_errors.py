@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from distasks import errors
 from distasks.client import (
     AsyncClient,
     Client,
@@ -21,6 +20,7 @@ from distasks.client import (
     Unavailable,
     WaitTimeout,
 )
+from distasks.domain import errors
 
 TASK_ID = "6f0c5e1a-1b2c-4d3e-8f90-123456789abc"
 

@@ -13,7 +13,7 @@ import pytest
 
 from distasks import cli
 from distasks.config import LEGACY_ENV, Config, load
-from distasks.errors import ConfigError
+from distasks.domain.errors import ConfigError
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "distasks.toml"
 
@@ -420,7 +420,7 @@ def test_tenants_have_quotas_and_serve_queues_by_qualified_name(tmp_path):
 
 def test_a_reload_names_each_tenant_whose_quotas_changed():
     from distasks.config import TenantConfig  # noqa: PLC0415
-    from distasks.supervisor import _differences  # noqa: PLC0415
+    from distasks.daemon.supervisor import _differences  # noqa: PLC0415
 
     old = replace(Config(), tenants={"acme": TenantConfig(max_queued=5)})
     new = replace(Config(), tenants={"acme": TenantConfig(max_queued=6),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distasks.config import load
-from distasks.errors import ConfigError
+from distasks.domain.errors import ConfigError
 
 GOOD = """
 [[schedules]]

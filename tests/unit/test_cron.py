@@ -1,4 +1,4 @@
-"""distasks.cron: slots in time zones across DST days, the catch-up plans, and the
+"""distasks.domain.cron: slots in time zones across DST days, the catch-up plans, and the
 expressions and zones refused (pure: no servers)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from distasks import cron
-from distasks.cron import CatchUp, CronError
+from distasks.domain import cron
+from distasks.domain.cron import CatchUp, CronError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

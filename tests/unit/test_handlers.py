@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import pytest
 import trio
 
+from distasks.domain.model import Json, Task, TaskStatus, TaskType
 from distasks.handlers import DemoFailure, Registry, TaskContext, builtin_registry, demo
-from distasks.model import Json, Task, TaskStatus, TaskType
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -262,8 +262,8 @@ def test_bare_handler_decorator_registers_the_function_under_its_name(write_modu
                                  "http://[::1/"])
 def test_an_http_url_urlsplit_cannot_read_is_refused_naming_the_field(url):
     """A port out of range or an unclosed bracket made urlsplit raise ValueError (a 500)."""
-    from distasks.errors import InvalidInput
-    from distasks.http_handler import HttpHandler
+    from distasks.domain.errors import InvalidInput
+    from distasks.handlers.http import HttpHandler
     with pytest.raises(InvalidInput) as e:
         HttpHandler(("api.example.com",), 1000).check({"url": url})
     assert e.value.field == "payload.url"

@@ -1,8 +1,8 @@
-"""distasks.health: which component loops are alive, judged on a fake clock."""
+"""distasks.daemon.health: which component loops are alive, judged on a fake clock."""
 
 from __future__ import annotations
 
-from distasks.health import Health
+from distasks.daemon.health import Health
 
 
 class FakeClock:

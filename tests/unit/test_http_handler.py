@@ -8,8 +8,8 @@ import types
 import pytest
 import trio
 
-from distasks.errors import InvalidInput
-from distasks.http_handler import AllowEntry, HttpHandler, HttpTaskFailed
+from distasks.domain.errors import InvalidInput
+from distasks.handlers.http import AllowEntry, HttpHandler, HttpTaskFailed
 from distasks.testing.daemon import free_port
 from distasks.testing.http_stub import read_request
 

@@ -1,4 +1,4 @@
-"""distasks.jwt_auth: HS256, RS256 and EdDSA tokens with keys made here; each claim check,
+"""distasks.access.jwt_tokens: HS256, RS256 and EdDSA tokens with keys made here; each claim check,
 algorithm confusion, the JWKS read again for an unknown kid, claims mapped to a principal,
 and the [auth.jwt] config section."""
 
@@ -18,10 +18,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from distasks import jwt_auth
+from distasks.access import jwt_tokens
+from distasks.access.jwt_tokens import (
+    EARLY_REFRESH_S,
+    KeySet,
+    KeysUnavailable,
+    TokenRefused,
+    Verifier,
+)
 from distasks.config import JwtConfig, load
-from distasks.errors import ConfigError
-from distasks.jwt_auth import EARLY_REFRESH_S, KeySet, KeysUnavailable, TokenRefused, Verifier
+from distasks.domain.errors import ConfigError
 
 ISSUER = "https://idp.example"
 AUDIENCE = "distasks"
@@ -47,7 +53,7 @@ def jwks(*keys: dict[str, Any]) -> bytes:
     return json.dumps({"keys": list(keys)}).encode()
 
 
-KEYS = jwt_auth.parse_jwks(jwks(jwk(RSA_KEY.public_key(), "rsa-1"),
+KEYS = jwt_tokens.parse_jwks(jwks(jwk(RSA_KEY.public_key(), "rsa-1"),
                                 jwk(ED_KEY.public_key(), "ed-1")), CONFIG.algorithms)
 
 
@@ -237,12 +243,12 @@ def test_a_jwks_keeps_only_signing_keys_of_the_accepted_algorithms():
                {"kty": "oct", "kid": "shared", "k": b64(SECRET)},
                {**jwk(OTHER_RSA_KEY.public_key(), "enc-1"), "use": "enc"},
                {"kty": "EC", "crv": "P-999", "kid": "odd"})
-    keys = jwt_auth.parse_jwks(doc, ("RS256",))
+    keys = jwt_tokens.parse_jwks(doc, ("RS256",))
     assert set(keys.by_kid) == {"rsa-1"}
     with pytest.raises(ValueError, match="no signing key"):
-        jwt_auth.parse_jwks(doc, ("HS256",))
+        jwt_tokens.parse_jwks(doc, ("HS256",))
     with pytest.raises(ValueError, match="not JSON"):
-        jwt_auth.parse_jwks(b"{", ("RS256",))
+        jwt_tokens.parse_jwks(b"{", ("RS256",))
 
 
 # --- claims to a principal --------------------------------------------------------------
@@ -324,17 +330,17 @@ def test_plain_http_keys_only_from_this_machine_and_files_checked_at_start(tmp_p
     env = {"DISTASKS_AUTH_JWT_ENABLED": "true", "DISTASKS_AUTH_JWT_ISSUER": "https://i",
            "DISTASKS_AUTH_JWT_AUDIENCE": "distasks"}
     local = load(None, env=env | {"DISTASKS_AUTH_JWT_JWKS_URL": "http://127.0.0.1:9/jwks"})
-    assert jwt_auth.from_config(local.auth.jwt) is not None
+    assert jwt_tokens.from_config(local.auth.jwt) is not None
     short = tmp_path / "secret"
     short.write_bytes(b"too short\n")
     hs = load(None, env=env | {"DISTASKS_AUTH_JWT_ALGORITHMS": "HS256",
                                "DISTASKS_AUTH_JWT_HS256_SECRET_FILE": str(short)})
     with pytest.raises(ConfigError) as e:
-        jwt_auth.from_config(hs.auth.jwt)
+        jwt_tokens.from_config(hs.auth.jwt)
     assert e.value.key == "auth.jwt.hs256_secret_file"
     bad_jwks = tmp_path / "jwks.json"
     bad_jwks.write_text('{"keys": []}')
     from_file = load(None, env=env | {"DISTASKS_AUTH_JWT_JWKS_FILE": str(bad_jwks)})
     with pytest.raises(ConfigError) as e:
-        jwt_auth.check_jwks_file(from_file.auth.jwt)
+        jwt_tokens.check_jwks_file(from_file.auth.jwt)
     assert e.value.key == "auth.jwt.jwks_file"

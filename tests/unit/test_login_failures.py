@@ -3,7 +3,7 @@ one count when the window ends, and a bound on addresses and rows whatever the f
 
 from __future__ import annotations
 
-from distasks.login_failures import LoginFailures
+from distasks.access.login_failures import LoginFailures
 
 
 def counting(max_addresses: int = 10) -> tuple[LoginFailures, list[float]]:

@@ -8,8 +8,8 @@ import re
 from distasks.api import create_app
 from distasks.api.services import Services
 from distasks.config import QUEUE_NAME_PATTERN, Config
+from distasks.daemon.waiters import TaskWaiters
 from distasks.handlers import builtin_registry
-from distasks.waiters import TaskWaiters
 
 
 def make_app():
@@ -46,7 +46,7 @@ async def test_request_schemas_come_from_the_validating_models():
 
 
 def http_app(allowed_hosts: tuple[str, ...]):
-    from distasks.http_handler import HttpHandler
+    from distasks.handlers.http import HttpHandler
     registry = builtin_registry(http=HttpHandler(allowed_hosts, 1000))
     return create_app(Services(config=Config(), store=None, broker=None, intake=None,  # type: ignore[arg-type]
                                registry=registry, waiters=TaskWaiters(), clock=lambda: 0.0))
@@ -87,6 +87,6 @@ async def test_free_text_and_payload_strings_exclude_nul_in_the_document():
 def test_the_scopes_a_key_may_be_given_are_the_scopes_there_are():
     import typing
 
+    from distasks.access.principals import SCOPES
     from distasks.api.schemas import ScopeName
-    from distasks.auth import SCOPES
     assert set(typing.get_args(ScopeName)) == set(SCOPES)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from distasks.errors import TooManyQueues
-from distasks.queue_census import REFRESH_S, QueueCensus
+from distasks.daemon.queue_census import REFRESH_S, QueueCensus
+from distasks.domain.errors import TooManyQueues
 
 
 class Table:

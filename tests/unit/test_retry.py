@@ -1,4 +1,4 @@
-"""distasks.retry: exponential backoff with a cap and jitter, as a pure function."""
+"""distasks.domain.retry: exponential backoff with a cap and jitter, as a pure function."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distasks.config import load
-from distasks.retry import RetryPolicy
+from distasks.domain.retry import RetryPolicy
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "distasks.toml"
 

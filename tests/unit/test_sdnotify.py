@@ -1,4 +1,4 @@
-"""distasks.sdnotify: the exact datagrams, received on real unix datagram sockets.
+"""distasks.daemon.sdnotify: the exact datagrams, received on real unix datagram sockets.
 
 Each test binds a socket (a path under a short temporary directory, or an abstract name),
 points NOTIFY_SOCKET at it as systemd would, and reads what arrived.
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from distasks import sdnotify
+from distasks.daemon import sdnotify
 
 # Receive timeout: a datagram sent before recv() is already queued, so this only bounds
 # a test that would otherwise hang on a missing message.

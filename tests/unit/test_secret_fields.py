@@ -1,5 +1,5 @@
 """Secret payload fields as plain functions: what a create with `secret_fields` becomes
-(distasks.creation), how a task reads in the API (distasks.api.render), and refusals
+(distasks.daemon.creation), how a task reads in the API (distasks.api.render), and refusals
 that never quote a secret value."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from distasks import creation
 from distasks.api import schemas
 from distasks.api.parse import parse_body, task_request
 from distasks.api.render import SECRET, task_json
-from distasks.errors import InvalidInput
+from distasks.daemon import creation
+from distasks.domain.errors import InvalidInput
+from distasks.domain.model import NewTask, Task, TaskStatus, TaskType
 from distasks.handlers import builtin_registry
-from distasks.http_handler import HttpHandler
-from distasks.model import NewTask, Task, TaskStatus, TaskType
+from distasks.handlers.http import HttpHandler
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 RULES = creation.CreationRules(

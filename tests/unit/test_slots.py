@@ -1,4 +1,4 @@
-"""distasks.slots: a counting semaphore whose capacity changes while it is in use.
+"""distasks.daemon.slots: a counting semaphore whose capacity changes while it is in use.
 
 Waiters are observed parked with trio.testing.wait_all_tasks_blocked, not by sleeping.
 """
@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from distasks.slots import Slots
+from distasks.daemon.slots import Slots
 
 
 async def take(slots: Slots, got: list[str], name: str) -> None:

@@ -1,0 +1,104 @@
+"""Creation: the rules every new task obeys, whoever asks for it (the API today; schedules
+and workflows next). A pure function: what it needs comes in as arguments, `now`
+included, so it is tested without an app, a database or a clock."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from distasks.domain.errors import InvalidInput, PayloadTooLarge, UnknownHandler
+from distasks.domain.model import Json, NewTask, TaskType
+from distasks.domain.tenancy import DEFAULT_TENANT, qualify
+from distasks.handlers import Registry
+from distasks.handlers.http import HttpHandler
+from distasks.store import dumps
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """What a client asks for, its types already checked (the API's schemas do that)."""
+
+    name: str
+    #: whose task (architecture §8); `queue_name` is as the tenant names it
+    tenant: str = DEFAULT_TENANT
+    handler: str | None = None
+    type: TaskType = TaskType.IMMEDIATE
+    queue_name: str = "default"
+    priority: int = 0
+    payload: Json = None
+    dedup_key: str | None = None
+    max_retries: int | None = None
+    timeout_s: float | None = None
+    run_at: datetime | None = None
+    delay_s: float | None = None
+    #: top-level payload keys to show redacted (architecture §7)
+    secret_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CreationRules:
+    """The deployment's side: which handlers exist, and the defaults and limits."""
+
+    registry: Registry
+    default_handler: str
+    default_max_retries: int
+    max_payload_bytes: int
+
+
+def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTask:
+    """The task `req` describes, with fresh ids; InvalidInput naming the field when a
+    rule refuses it (handler unknown, payload too large or not for its handler, timing
+    not for its type)."""
+    handler = req.handler or rules.default_handler
+    registered = rules.registry.get(handler)
+    if registered is None:
+        raise UnknownHandler(handler)
+    try:
+        payload_json = dumps(req.payload)
+    except ValueError:
+        raise InvalidInput("payload must not contain NaN or Infinity", field="payload") from None
+    size = len(payload_json.encode())
+    if size > rules.max_payload_bytes:
+        raise PayloadTooLarge(size, rules.max_payload_bytes)
+    if req.secret_fields and not isinstance(req.payload, dict):
+        raise InvalidInput("secret_fields names top-level keys of the payload, which must "
+                           "then be a JSON object", field="payload")
+    if isinstance(registered.fn, HttpHandler):
+        try:
+            registered.fn.check(req.payload)  # refuse a call that could never be made
+        except InvalidInput as e:
+            raise _without_secrets(e, req.secret_fields) from None
+    return NewTask(
+        id=uuid.uuid4(), run_id=uuid.uuid4(), name=req.name, handler=handler, type=req.type,
+        tenant=req.tenant, queue_name=qualify(req.tenant, req.queue_name), priority=req.priority, payload=req.payload,
+        payload_json=payload_json, dedup_key=req.dedup_key,
+        max_retries=(req.max_retries if req.max_retries is not None
+                     else rules.default_max_retries),
+        timeout_s=req.timeout_s, run_at=_run_at(req, now),
+        # Sorted, once each: the same marks in any order compare equal on a dedup_key.
+        secret_fields=tuple(sorted(set(req.secret_fields))))
+
+
+def _without_secrets(e: InvalidInput, secret_fields: tuple[str, ...]) -> InvalidInput:
+    """`e`, unless it is about a secret field: its message may quote the value (a URL's
+    host, its port), so then one that only names the field."""
+    secret = next((k for k in secret_fields if e.field is not None
+                   and (e.field == f"payload.{k}" or e.field.startswith(f"payload.{k}."))), None)
+    if secret is None:
+        return e
+    return InvalidInput(f"payload.{secret} (secret) is not valid for this handler",
+                        field=e.field, code=e.code)
+
+
+def _run_at(req: TaskRequest, now: datetime) -> datetime | None:
+    if req.type is TaskType.DELAYED:
+        if (req.run_at is None) == (req.delay_s is None):
+            raise InvalidInput("a delayed task needs exactly one of run_at and delay_seconds",
+                               field="run_at")
+        return req.run_at or now + timedelta(seconds=req.delay_s or 0)
+    if req.run_at is not None or req.delay_s is not None:
+        field = "run_at" if req.run_at is not None else "delay_seconds"
+        raise InvalidInput(f"{field} needs type \"delayed\"", field=field)
+    return None

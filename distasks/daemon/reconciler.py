@@ -1,0 +1,135 @@
+"""Reconciler: keeps the Redis index true to PostgreSQL.
+
+Three jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to it):
+- Rebuild. When the epoch key is gone, Redis lost our data (restarted without
+  persistence, failed over, flushed): one daemon, under a lock, re-adds every unfinished
+  run (ready, delayed, leased) and the DLQ index from PostgreSQL.
+- Pause flags. Every queue's flag is copied from PostgreSQL, so that a pause or resume
+  committed while Redis was unreachable takes effect once it answers.
+- Dispatch. A queued run that never reached Redis (committed while Redis was down, or the
+  daemon died between commit and push) is pushed, then marked dispatched.
+Both may add an id that is already there; that is harmless, since a run starts at most
+once (PostgreSQL's conditional update decides) and a stale id is dropped when claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import trio
+
+from distasks.broker import Broker
+from distasks.daemon import periodic
+from distasks.daemon.health import Health
+from distasks.domain import times
+from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
+from distasks.store import PendingDispatch, Store
+
+log = logging.getLogger(__name__)
+
+# Runs read from PostgreSQL per round trip.
+PAGE = 1000
+# How long a rebuild may hold its lock; another daemon may try again after that.
+REBUILD_LOCK_MS = 120_000
+
+
+async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
+    """Re-add every unfinished run and every DLQ entry to Redis; returns runs added."""
+    now_ms = times.ms(now_s)
+    added = 0
+    # Pause flags first, so that no paused queue is claimed from while runs come back.
+    await copy_pause_flags(store, broker)
+    for queue in await store.active_queues():
+        after: PendingDispatch | None = None
+        while True:
+            page = await store.dispatch_snapshot(queue, after=after, limit=PAGE)
+            if not page:
+                break
+            ready, delayed, leased = _split(page, now_ms)
+            await broker.restore(queue, ready=ready, delayed=delayed, leased=leased)
+            added += len(page)
+            after = page[-1]
+            if len(page) < PAGE:
+                break
+        await broker.restore_dlq(queue, [str(i) for i in await store.dead_task_ids(queue)])
+    return added
+
+
+def _split(page: list[PendingDispatch], now_ms: int) -> tuple[
+        list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    ready, delayed, leased = [], [], []
+    for p in page:
+        if p.status == "running":
+            deadline = p.lease_expires_at or times.utc_of_ms(now_ms)
+            leased.append((str(p.run_id), times.ms_of(deadline)))
+        elif (due_ms := times.ms_of(p.available_at)) > now_ms:
+            delayed.append((str(p.run_id), due_ms))
+        else:
+            ready.append(str(p.run_id))
+    return ready, delayed, leased
+
+
+async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_s: float) -> int:
+    """Push queued runs older than `grace_s` that never reached Redis; returns how many."""
+    now = times.utc(now_s)
+    pending = await store.undispatched_runs(created_before=now - timedelta(seconds=grace_s),
+                                            limit=PAGE)
+    if not pending:
+        return 0
+    now_ms = times.ms(now_s)
+    ready, delayed = [], []
+    for p in pending:
+        due_ms = times.ms_of(p.available_at)
+        if due_ms > now_ms:
+            delayed.append((p.queue_name, str(p.run_id), due_ms))
+        else:
+            ready.append((p.queue_name, str(p.run_id)))
+    await broker.dispatch(ready=ready, delayed=delayed)
+    await store.mark_dispatched([p.run_id for p in pending], now=now)
+    log.warning("pushed %d committed runs that had not reached Redis", len(pending),
+                extra={"event": "dispatch_recovered", "count": len(pending)})
+    return len(pending)
+
+
+async def copy_pause_flags(store: Store, broker: Broker) -> None:
+    """Set or clear every queue's pause flag in Redis as PostgreSQL has it."""
+    await store.copy_pause_flags(broker.set_pause_flags)
+
+
+async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float) -> int:
+    """One pass: rebuild if Redis lost its data, copy the pause flags, then push
+    undispatched runs."""
+    if not await broker.has_epoch() and (
+            token := await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS)):
+        started = time.monotonic()
+        try:
+            added = await rebuild(store, broker, now_s=now_s)
+            await broker.end_rebuild(epoch=secrets.token_hex(8))
+        except (StoreUnavailable, BrokerUnavailable):
+            # Redis is often still settling after it came back: let the next pass retry.
+            with contextlib.suppress(BrokerUnavailable):
+                await broker.abandon_rebuild(token)
+            raise
+        # A first start finds nothing to rebuild; a rebuild that restored runs is news.
+        log.log(logging.WARNING if added else logging.INFO,
+                "rebuilt the Redis index from PostgreSQL: %d runs in %.2fs", added,
+                time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
+    else:
+        await copy_pause_flags(store, broker)
+    return await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)
+
+
+async def run(store: Store, broker: Broker, *, interval_s: float, grace_s: float,
+              health: Health, clock: Callable[[], float] = time.time,
+              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Reconcile at once, then every `interval_s`, until cancelled."""
+    # A rebuild of a large index may take a while: a generous allowance.
+    await periodic.every(
+        "reconciler", interval_s,
+        lambda: reconcile_once(store, broker, now_s=clock(), grace_s=grace_s),
+        health=health, allowance_s=max(120.0, 10 * interval_s), task_status=task_status)

@@ -1,0 +1,382 @@
+"""Supervisor: builds every component and runs them in one nursery (architecture §1).
+
+The only module that knows them all. Shutdown order is nesting order:
+
+    everything (hard deadline: grace + HARD_STOP_MARGIN_S after the first stop request)
+    └── services: jwks, intake, login      cancelled last (the heartbeat keeps leases
+        │         failures, heartbeat,     alive while handlers use their grace period)
+        │         mover, reaper, control,
+        │         reconciler, reporter
+        └── front: signal watcher
+            └── work: api, worker pool     drain first: the API stops listening, the
+                                           pool stops claiming and gives handlers the
+                                           grace period
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import distasks
+from distasks import aio, api
+from distasks.access import jwt_tokens
+from distasks.access.login_failures import LoginFailures
+from distasks.api.services import Services
+from distasks.broker import Broker
+from distasks.config import Config
+from distasks.config import load as load_config
+from distasks.daemon import (
+    control,
+    heartbeat,
+    mover,
+    reaper,
+    reconciler,
+    reporter,
+    scheduler,
+    schedules,
+    sdnotify,
+)
+from distasks.daemon.health import Health
+from distasks.daemon.intake import Intake
+from distasks.daemon.metrics import Metrics
+from distasks.daemon.progress import Progress
+from distasks.daemon.queue_census import QueueCensus
+from distasks.daemon.tunables import Tunables
+from distasks.daemon.waiters import TaskWaiters
+from distasks.daemon.waiters import poll as waiters_poll
+from distasks.daemon.worker import WorkerPool
+from distasks.domain import backoff
+from distasks.domain.errors import ConfigError, InvalidInput, StoreUnavailable
+from distasks.domain.model import SYSTEM
+from distasks.handlers import Registry, builtin_registry
+from distasks.handlers.http import HttpHandler
+from distasks.store import AuditEvent, Store, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+# After the grace period, how long the rest of shutdown (handing back, flushing
+# outcomes, closing connections) may take before everything is cancelled.
+HARD_STOP_MARGIN_S = 4.0
+# Create batches committed at once. More loops let a create skip the batch ahead, but
+# split batches: on 2 cores two loops cost more CPU than they saved (bench, phase c).
+INTAKE_LOOPS = 1
+# How often the long polls' tasks are checked in PostgreSQL, all in one query, in case a
+# "done" message was lost (distasks.daemon.waiters.poll).
+WAITERS_POLL_S = 1.0
+# Allocations between young-generation collections (CPython's default is 700).
+GC_THRESHOLD_0 = 10_000
+# How long the API finishes requests in flight (and waits on idle keep-alive connections)
+# once shutdown begins; long polls are cut short and clients retry elsewhere.
+API_DRAIN_S = 2.0
+# How long a reload waits to write its audit row before giving up on it (logged).
+AUDIT_TIMEOUT_S = 5.0
+
+
+def load_registry(config: Config) -> Registry:
+    """Built-in and configured handlers; ConfigError if they do not add up."""
+    try:
+        registry = builtin_registry(config.worker.handlers, http=HttpHandler(
+            config.http_handler.allowed_hosts, config.http_handler.max_response_bytes))
+    except (ImportError, ValueError) as e:
+        raise ConfigError("worker.handlers", str(e)) from None
+    if config.worker.default_handler not in registry:
+        raise ConfigError("worker.default_handler",
+                          f"no handler named {config.worker.default_handler!r} is registered")
+    return registry
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Daemon:
+    """One distasks process: API, workers, mover, sharing one store and one broker."""
+
+    def __init__(self, config: Config, *, config_path: Path | None = None,
+                 registry: Registry | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.registry = registry or load_registry(config)
+        jwt_tokens.check_jwks_file(config.auth.jwt)
+        self.jwt = jwt_tokens.from_config(config.auth.jwt)
+        self.worker_id = new_worker_id()
+        self.tunables = Tunables.from_config(config)
+        self.metrics = Metrics(labelled_queues=lambda: self.tunables.queues,
+                               labelled_tenants=config.tenants,
+                               max_schedule_series=config.scheduler.metrics_schedules)
+        self.health = Health()
+        self._everything = trio.CancelScope()
+        self._api_stop = trio.Event()
+        self._pool: WorkerPool | None = None
+        self._store: Store | None = None
+        self._info: WorkerInfo | None = None
+        self._stop_requests = 0
+        #: the file as last read (a reload's audit row names what changed since)
+        self._loaded = config
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown; a second request skips the rest of the grace period."""
+        self._stop_requests += 1
+        grace = self.config.worker.grace_period_s if self._stop_requests == 1 else 0.0
+        log.info("stopping: grace period %gs", grace,
+                 extra={"event": "stopping", "grace_s": grace})
+        sdnotify.stopping()
+        self._api_stop.set()
+        if self._pool is not None:
+            self._pool.stop(grace)
+        deadline = trio.current_time() + grace + HARD_STOP_MARGIN_S
+        self._everything.deadline = min(self._everything.deadline, deadline)
+
+    async def reload(self) -> None:
+        """Re-read the config (SIGHUP) and apply what can change live: worker
+        concurrency, subscribed queues, retry policy, log level. Other changes are logged
+        as needing a restart; an invalid file changes nothing."""
+        sdnotify.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e,
+                      extra={"event": "reload_failed"})
+            await self._audit("config_reload_refused", {"key": e.key, "problem": e.problem})
+            sdnotify.ready()
+            return
+        fresh = Tunables.from_config(new)
+        names = ("queues", "concurrency", "retry", "log_level", "default_max_retries")
+        changed = [name for name in names if getattr(fresh, name) != getattr(self.tunables, name)]
+        for name in names:
+            setattr(self.tunables, name, getattr(fresh, name))
+        logging.getLogger().setLevel(fresh.log_level)
+        if self._pool is not None:
+            self._pool.retune()
+        if self._store is not None and self._info is not None:
+            # GET /api/v1/workers shows what the daemon works on now.
+            self._info = dataclasses.replace(self._info, queues=fresh.queues,
+                                             concurrency=fresh.concurrency)
+            try:
+                await self._store.register_worker(self._info)
+            except StoreUnavailable:
+                pass  # shown at the next start; the heartbeat goes on regardless
+        live = {"worker.queues", "worker.concurrency", "log.level"}
+        restart = [key for key in _differences(self.config, new)
+                   if key not in live and not key.startswith("retry.")]
+        log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
+                 extra={"event": "reloaded", "changed": changed,
+                        "needs_restart": restart, "queues": list(fresh.queues),
+                        "concurrency": fresh.concurrency})
+        if restart:
+            log.warning("these settings change only after a restart: %s", ", ".join(restart),
+                        extra={"event": "reload_needs_restart", "keys": restart})
+        # Keys only, never values: a changed database.url may carry a password.
+        edited = _differences(self._loaded, new)
+        self._loaded = new
+        await self._audit("config_reload", {
+            "changed": edited, "applied": [k for k in edited if k not in restart],
+            "needs_restart": restart})
+        sdnotify.ready()
+        sdnotify.status(self._status_line())
+
+    async def _audit(self, action: str, detail: dict[str, Any]) -> None:
+        """An audit row by the system; a reload does not wait for PostgreSQL to return."""
+        if self._store is None:
+            return
+        try:
+            with trio.fail_after(AUDIT_TIMEOUT_S):
+                await self._store.record_events([AuditEvent(
+                    at=datetime.now(UTC), actor=SYSTEM, action=action, detail=detail)])
+        except (StoreUnavailable, trio.TooSlowError) as e:
+            log.warning("%s not audited: %s", action, e or "no answer",
+                        extra={"event": "audit_failed", "action": action})
+
+    def _status_line(self) -> str:
+        c, t = self.config, self.tunables
+        return (f"serving on {c.http.host}:{c.http.port}, queues {','.join(t.queues)}, "
+                f"concurrency {t.concurrency}")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until stopped; `task_status.started()` once the API listens and the
+        workers claim."""
+        c = self.config
+        log.info("distasks starting: %s", c.summary(),
+                 extra={"event": "starting", "worker_id": self.worker_id})
+        if c.auth.anonymous == "loopback":
+            log.warning("anonymous access from loopback is on (auth.anonymous = \"loopback\"):"
+                        " any local process may call every operation; for development only",
+                        extra={"event": "anonymous_access"})
+        with self._everything:
+            async with aio.open_loop():
+                async with (
+                    Store.open(c.database.url, min_size=c.database.pool_min,
+                               max_size=c.database.pool_max) as store,
+                    Broker.open(c.redis.url, prefix=c.redis.prefix,
+                                max_connections=c.redis.max_connections) as broker,
+                ):
+                    await self._migrate(store)
+                    await self._serve(store, broker, task_status)
+        log.info("stopped", extra={"event": "stopped", "worker_id": self.worker_id})
+
+    async def _migrate(self, store: Store) -> None:
+        """Apply the schema, waiting for PostgreSQL if it is not up yet."""
+        failures = 0
+        while True:
+            try:
+                await store.migrate()
+                return
+            except StoreUnavailable as e:
+                failures += 1
+                log.warning("waiting for PostgreSQL: %s", e, extra={"event": "store_waiting"})
+                await trio.sleep(backoff.delay_s(failures))
+
+    async def _serve(self, store: Store, broker: Broker,
+                     task_status: trio.TaskStatus[None]) -> None:
+        c, t, m, h = self.config, self.tunables, self.metrics, self.health
+        self._pool = pool = WorkerPool(
+            store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
+            worker_id=self.worker_id, metrics=m, health=h)
+        census = QueueCensus(store.queue_names, max_queues=c.limits.max_queues)
+        login_failures = LoginFailures(window_s=c.auth.failure_window_s)
+        intake = Intake(store, broker, m, pool=pool, census=census)
+        waiters = TaskWaiters()
+        progress = Progress()
+        services_ = Services(config=c, store=store, broker=broker, intake=intake,
+                             registry=self.registry, waiters=waiters, clock=time.time,
+                             metrics=m, health=h, progress=progress, stopping=self._api_stop,
+                             tunables=t, jwt=self.jwt, census=census,
+                             login_failures=login_failures)
+        app = api.create_app(services_)
+        await self._configure_schedules(store, services_)
+        self._store = store
+        self._info = info = WorkerInfo(
+            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,
+            concurrency=t.concurrency, version=distasks.__version__, started_at=datetime.now(UTC))
+        async with trio.open_nursery() as services:
+            if self.jwt is not None and (c.auth.jwt.jwks_url or c.auth.jwt.jwks_file):
+                verifier = self.jwt
+                await services.start(lambda task_status: jwt_tokens.run(
+                    verifier, interval_s=c.auth.jwt.jwks_refresh_s, task_status=task_status))
+            for _ in range(INTAKE_LOOPS):
+                await services.start(intake.run)
+            await services.start(lambda task_status: login_failures.run(
+                store, task_status=task_status))
+            await services.start(lambda task_status: heartbeat.run(
+                store, broker, pool, info=info, lease_s=c.worker.lease_s, health=h,
+                task_status=task_status))
+            await services.start(lambda task_status: mover.run(
+                broker, t, interval_s=c.mover.interval_s, batch=c.mover.batch, health=h,
+                task_status=task_status))
+            await services.start(lambda task_status: reaper.run(
+                store, broker, t, interval_s=c.recovery.reaper_interval_s, metrics=m,
+                health=h, task_status=task_status))
+            await services.start(lambda task_status: control.run(
+                broker, pool, waiters, health=h, task_status=task_status))
+            await services.start(lambda task_status: waiters_poll(
+                store, waiters, interval_s=WAITERS_POLL_S, health=h, task_status=task_status))
+            await services.start(lambda task_status: reconciler.run(
+                store, broker, interval_s=c.recovery.reconciler_interval_s,
+                grace_s=c.recovery.dispatch_grace_s, health=h, task_status=task_status))
+            if c.scheduler.enabled:
+                await services.start(lambda task_status: scheduler.run(
+                    store, broker, services_.creation_rules,
+                    interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
+                        batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
+                    health=h, metrics=m, quotas=services_.quotas, task_status=task_status))
+            await services.start(lambda task_status: reporter.run(
+                store, broker, pool, t, metrics=m, health=h, progress=progress,
+                task_status=task_status))
+            async with trio.open_nursery() as front:
+                await front.start(self._watch_signals)
+                async with trio.open_nursery() as work:
+                    await work.start(lambda task_status: api.serve(
+                        app, host=c.http.host, port=c.http.port, shutdown=self._api_stop,
+                        graceful_s=min(c.worker.grace_period_s, API_DRAIN_S),
+                        limits=api.connections.Limits(
+                            max_connections=c.http.max_connections,
+                            keep_alive_s=c.http.keep_alive_s,
+                            header_timeout_s=c.http.header_timeout_s,
+                            body_timeout_s=c.http.body_timeout_s),
+                        task_status=task_status))
+                    await work.start(pool.run)
+                    log.info("ready: listening on %s:%d, workers claiming",
+                             c.http.host, c.http.port,
+                             extra={"event": "ready", "worker_id": self.worker_id})
+                    # Everything built so far lives as long as the process: keep the
+                    # collector off it, and collect young objects less often (fewer
+                    # pauses on the hot path; measured in bench/throughput.py).
+                    gc.freeze()
+                    gc.set_threshold(GC_THRESHOLD_0, 20, 20)
+                    sdnotify.ready()
+                    sdnotify.status(self._status_line())
+                    task_status.started()
+                front.cancel_scope.cancel()
+            services.cancel_scope.cancel()
+
+    async def _configure_schedules(self, store: Store, s: Services) -> None:
+        """Upsert the config file's schedules (architecture §9); a template this daemon
+        cannot fire (an unknown handler) stops the start, naming it."""
+        now = datetime.now(UTC)
+        wanted = []
+        for i, configured in enumerate(self.config.schedules):
+            sched = schedules.from_request(configured.definition, tenant=configured.tenant,
+                                           owner="config", actor=scheduler.CONFIG_ACTOR,
+                                           now=now)
+            try:
+                schedules.check_definition(sched, s.creation_rules(), now=now)
+            except InvalidInput as e:
+                raise ConfigError(f"schedules[{i}].{e.field}", e.message) from None
+            wanted.append(sched)
+        failures = 0
+        while True:
+            try:
+                await scheduler.upsert_configured(store, wanted, now_s=time.time())
+                return
+            except StoreUnavailable as e:
+                failures += 1
+                log.warning("waiting for PostgreSQL to store the config's schedules: %s", e,
+                            extra={"event": "store_waiting"})
+                await trio.sleep(backoff.delay_s(failures))
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                log.info("received %s", name, extra={"event": "signal", "signal": name})
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    self.request_stop()
+
+
+def _differences(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    keys = []
+    for section in dataclasses.fields(old):
+        a, b = getattr(old, section.name), getattr(new, section.name)
+        if section.name == "schedules":  # a list, not a section
+            if a != b:
+                keys.append("schedules")
+        elif section.name == "tenants":  # [tenants.<name>] tables
+            keys += [f"tenants.{name}" for name in sorted(set(a) | set(b))
+                     if a.get(name) != b.get(name)]
+        else:
+            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(a)
+                     if getattr(a, f.name) != getattr(b, f.name)]
+    return keys
+
+
+async def migrate_only(config: Config) -> list[int]:
+    """Apply the schema and return the versions applied (for `distasks migrate`)."""
+    async with aio.open_loop():
+        async with Store.open(config.database.url, min_size=1, max_size=1) as store:
+            return await store.migrate()
