@@ -170,7 +170,8 @@ class Intake:
                 ready.append((t.queue_name, str(t.run_id)))
         if self._pool is not None:
             self._pool.unreserve(reserved - len(started))
-            self._pool.start_created(started)
+            # The delay to start is measured from here, once the create has committed.
+            self._pool.start_created(started, committed_s=self._clock())
         if ready or delayed:
             pushed = [t.run_id for t, r in zip(tasks, results, strict=True)
                       if r.created and not r.started]

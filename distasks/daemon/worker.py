@@ -70,6 +70,9 @@ class WorkerPool:
         self._in_flight: dict[uuid.UUID, ClaimedRun] = {}
         #: runs claimed and waiting for an executor (their leases need the heartbeat too)
         self._waiting: dict[uuid.UUID, ClaimedRun] = {}
+        # Runs started by a create, by when that create committed: their delay to start
+        # is observed as their handler begins.
+        self._committed_s: dict[uuid.UUID, float] = {}
         self._run_scopes: dict[uuid.UUID, trio.CancelScope] = {}
         self._cancel_requested: set[uuid.UUID] = set()
         self._abandoned: set[uuid.UUID] = set()
@@ -142,10 +145,12 @@ class WorkerPool:
         for _ in range(count):
             self._slots.release()
 
-    def start_created(self, runs: list[ClaimedRun]) -> None:
+    def start_created(self, runs: list[ClaimedRun], *, committed_s: float) -> None:
         """Run these runs, started (leased to this daemon) by the create that reserved
-        executors for them. If the pool stopped meanwhile, they are handed back as
-        interrupted, like runs claimed but never started."""
+        executors for them and committed at `committed_s` (this pool's clock). If the
+        pool stopped meanwhile, they are handed back as interrupted, like runs claimed
+        but never started. Their enqueue-to-start delay is observed when an executor
+        begins the handler, measured from that commit."""
         assert self._runs_send is not None and self._outcomes_send is not None
         for run in runs:
             try:
@@ -162,7 +167,7 @@ class WorkerPool:
                 self._slots.release()
                 continue
             self._waiting[run.run_id] = run
-            self._metrics.enqueue_to_start.labels(run.queue_name).observe(0.0)
+            self._committed_s[run.run_id] = committed_s
 
     def stop(self, grace_s: float) -> None:
         """Stop claiming now; cancel handlers still running after `grace_s` seconds."""
@@ -395,6 +400,10 @@ class WorkerPool:
         self._in_flight[claimed.run_id] = claimed
         outcome: Outcome | None = None
         started_s = self._clock()
+        committed_s = self._committed_s.pop(claimed.run_id, None)
+        if committed_s is not None:
+            self._metrics.enqueue_to_start.labels(claimed.queue_name).observe(
+                max(0.0, started_s - committed_s))
         try:
             with trio.CancelScope() as scope:
                 self._run_scopes[claimed.run_id] = scope

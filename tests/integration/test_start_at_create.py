@@ -4,12 +4,14 @@ executor for the queue: no Redis push and no claim, and every fallback to the Re
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import trio
 
 from distasks.daemon.intake import Intake, _claimed
+from distasks.daemon.metrics import Metrics
 from distasks.domain.model import Actor, RunStatus, TaskStatus
 from distasks.handlers import builtin_registry
 
@@ -108,7 +110,8 @@ async def test_runs_started_after_the_pool_stopped_are_handed_back(config, store
                 [t], start={t.run_id}, worker_id=pool.worker_id,
                 lease_until=now() + timedelta(seconds=30))
             pool.stop(grace_s=1.0)
-            pool.start_created([_claimed(t, worker_id=pool.worker_id, now=now())])
+            pool.start_created([_claimed(t, worker_id=pool.worker_id, now=now())],
+                              committed_s=time.time())
         task, runs = await store.get_task(t.id)
         ready = await broker.raw("lrange", broker.keys("q").ready, 0, -1)
     assert result.started
@@ -150,3 +153,31 @@ async def test_a_start_at_create_takes_the_executor_a_blocked_fetcher_set_aside(
 
 async def _leases_empty(broker):
     return await broker.raw("zcard", broker.keys("q").leases) == 0
+
+
+async def test_a_run_started_at_create_reports_its_delay_from_the_commit(
+        config, store, broker):
+    """enqueue_to_start for a start-at-create run is measured from the create's commit to
+    the moment an executor begins its handler: a real figure, never a constant 0."""
+    metrics = Metrics()
+    registry = builtin_registry()
+    began = trio.Event()
+
+    async def noted(ctx):
+        began.set()
+
+    registry.add("noted", noted)
+    pool = make_pool(config, store, broker, registry, metrics=metrics)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker, pool=pool)
+            await nursery.start(intake.run)
+            await nursery.start(pool.run)
+            result = await intake.create(new_task(handler="noted"))
+            await began.wait()
+            nursery.cancel_scope.cancel()
+    sample = metrics.registry.get_sample_value
+    labels = {"queue": "q"}
+    assert result.started
+    assert sample("distasks_enqueue_to_start_seconds_count", labels) == 1
+    assert 0 < sample("distasks_enqueue_to_start_seconds_sum", labels) < 5

@@ -29,11 +29,12 @@ def tunables_for(config, **worker_overrides) -> Tunables:
                     log_level="INFO")
 
 
-def make_pool(config, store, broker, registry, **worker_overrides) -> WorkerPool:
+def make_pool(config, store, broker, registry, *, metrics=None,
+              **worker_overrides) -> WorkerPool:
     wc = dataclasses.replace(config.worker, queues=("q",), **worker_overrides)
     return WorkerPool(store=store, broker=broker, registry=registry, config=wc,
                       tunables=tunables_for(config, **worker_overrides),
-                      worker_id="test-worker")
+                      worker_id="test-worker", metrics=metrics)
 
 
 @asynccontextmanager
