@@ -92,7 +92,7 @@ async def principal(s: Services, req: Request) -> Principal | None:
         return None
     if not token.startswith(principals.TOKEN_PREFIX):
         return await jwt_principal(s, token, client)
-    key = await s.key_cache().key(token, before_lookup=lambda: _not_flooding(s, client))
+    key = await s.keys.key(token, before_lookup=lambda: _not_flooding(s, client))
     if key is None or not key.valid_at(times.utc(s.clock())):
         if s.login_failures is not None:
             reason = "unknown" if key is None else "revoked" if key.revoked_at else "expired"
@@ -143,7 +143,6 @@ async def require(s: Services, who: Principal | None, scope: str) -> Principal:
     if scope in OPERATOR_SCOPES and who.tenant != DEFAULT_TENANT:
         raise Refused(403, "forbidden", f"{scope} shows the whole deployment: only the "
                       f"default tenant's keys have it, not tenant {who.tenant!r}'s")
-    assert s.limiter is not None
     try:
         await s.limiter.spend(who)
     except RateLimited:

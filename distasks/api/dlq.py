@@ -14,7 +14,6 @@ from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, queue_name, read_body
 from distasks.api.render import iso, task_json
 from distasks.api.services import actor, services, tenant_queue
-from distasks.daemon import mirror
 from distasks.domain import times
 from distasks.domain.tenancy import shown
 from distasks.store import DlqFilter
@@ -71,14 +70,9 @@ async def replay_dlq(queue: str) -> Response:
     req = parse_body(schemas.ReplayDlq, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
-    replayed = await s.store.replay(queue, _selection(req), limit=_limit(req),
-                                    override_priority=req.override_priority, now=now,
-                                    actor=actor(), dry_run=req.dry_run)
-    run_ids = [run_id for _, run_id in replayed if run_id is not None]
-    if run_ids:
-        await mirror.copy("DLQ replay", lambda: s.broker.leave_dlq(
-            queue, removed=[str(t) for t, _ in replayed], ready=[str(r) for r in run_ids]),
-            count=len(run_ids), store=s.store, pushed=run_ids, now=now)
+    replayed = await s.operations.replay_dlq(
+        queue, _selection(req), limit=_limit(req), override_priority=req.override_priority,
+        actor=actor(), now=now, dry_run=req.dry_run)
     return jsonify({"queue": shown(queue), "replayed": len(replayed),
                     "task_ids": [str(task_id) for task_id, _ in replayed],
                     "dry_run": req.dry_run})
@@ -92,10 +86,7 @@ async def delete_dlq(queue: str) -> Response:
     req = parse_body(schemas.DlqSelection, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
-    deleted = await s.store.delete_dead(queue, _selection(req), limit=_limit(req), now=now,
-                                        actor=actor(), dry_run=req.dry_run)
-    if deleted and not req.dry_run:
-        await mirror.copy("DLQ delete", lambda: s.broker.leave_dlq(
-            queue, removed=[str(t) for t in deleted], ready=[]), count=len(deleted))
+    deleted = await s.operations.delete_dlq(queue, _selection(req), limit=_limit(req),
+                                            actor=actor(), now=now, dry_run=req.dry_run)
     return jsonify({"queue": shown(queue), "deleted": len(deleted),
                     "task_ids": [str(t) for t in deleted], "dry_run": req.dry_run})

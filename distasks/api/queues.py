@@ -11,9 +11,7 @@ from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import queue_name
 from distasks.api.render import iso
-from distasks.api.services import Services, actor, services, tenant, tenant_queue
-from distasks.broker import QueueEntries
-from distasks.daemon import mirror
+from distasks.api.services import actor, services, tenant, tenant_queue
 from distasks.daemon.queue_state import queue_states
 from distasks.domain import times
 from distasks.domain.tenancy import shown, tenant_of
@@ -70,34 +68,13 @@ async def resume_queue(queue: str) -> Response:
 async def delete_queue(queue: str) -> Response:
     queue = tenant_queue(queue_name(queue))
     s = services()
-    await s.store.delete_queue(queue, actor=actor(), now=times.utc(s.clock()))
-    if s.census is not None:
-        s.census.forget(queue)
-    # Committed: its Redis keys go next. If Redis does not answer, a stale flag is
-    # cleared by the reconciler's copy once the queue exists again (until then it pauses
-    # nothing anyone runs), and stale ids are dropped by the claim that meets them.
-    await mirror.copy("queue delete", lambda: _forget(s, queue))
+    await s.operations.delete_queue(queue, actor=actor(), now=times.utc(s.clock()))
     return jsonify({"name": shown(queue), "deleted": True})
-
-
-async def _forget(s: Services, queue: str) -> None:
-    """Drop a deleted queue's keys and leftover ids from Redis, except ids of runs and
-    dead tasks that PostgreSQL still has (a create that raced the delete). Ids are read
-    from Redis before PostgreSQL is asked: an id is pushed only once committed, so one
-    read is never taken for stale."""
-    entries = await s.broker.queue_entries(queue)
-    live_runs, live_dead = await s.store.live_entries(entries.runs, entries.dead)
-    await s.broker.forget_queue(queue, QueueEntries(runs=entries.runs - live_runs,
-                                                    dead=entries.dead - live_dead))
 
 
 async def _set_paused(queue: str, paused: bool) -> Response:
     queue = tenant_queue(queue_name(queue))
     s = services()
-    # PostgreSQL first (the truth), then the flag claims see; if Redis does not answer,
-    # the reconciler copies the flag on its next pass.
-    await s.store.set_paused(queue, paused, actor=actor(), now=times.utc(s.clock()),
-                             max_queues=s.config.limits.max_queues)
-    await mirror.copy("pause" if paused else "resume",
-                      lambda: s.broker.set_paused(queue, paused))
+    await s.operations.set_paused(queue, paused, actor=actor(), now=times.utc(s.clock()),
+                                  max_queues=s.config.limits.max_queues)
     return jsonify({"name": shown(queue), "paused": paused})

@@ -21,11 +21,11 @@ from distasks.daemon.creation import CreationRules
 from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
+from distasks.daemon.operations import Operations
 from distasks.daemon.progress import Progress
 from distasks.daemon.queue_census import QueueCensus
 from distasks.daemon.tunables import Tunables
 from distasks.daemon.waiters import TaskWaiters
-from distasks.domain import times
 from distasks.domain.model import Actor
 from distasks.domain.tenancy import DEFAULT_TENANT, qualify
 from distasks.handlers import Registry
@@ -42,6 +42,14 @@ class Services:
     waiters: TaskWaiters
     #: wall clock, Unix seconds
     clock: Callable[[], float]
+    #: cancel, pause, resume, queue delete, DLQ replay and delete (distasks.daemon.operations)
+    operations: Operations
+    #: API keys by token, cached (distasks.access.principals)
+    keys: KeyCache
+    #: requests per principal and tenant (distasks.access.rate_limits)
+    limiter: RateLimiter
+    #: tenants' quotas on creates (distasks.access.quotas)
+    quotas: TenantQuotas
     metrics: Metrics = field(default_factory=Metrics)
     health: Health = field(default_factory=Health)
     progress: Progress = field(default_factory=Progress)
@@ -51,36 +59,13 @@ class Services:
     tunables: Tunables | None = None
     #: JWT bearer tokens (distasks.access.jwt_tokens); None: auth.jwt is off
     jwt: Verifier | None = None
-
-    #: API keys by token, cached (distasks.access.principals); made from the store when not given
-    keys: KeyCache | None = None
-    #: requests per principal and tenant (distasks.access.rate_limits); made when not given
-    limiter: RateLimiter | None = None
-    #: tenants' quotas on creates (distasks.access.quotas); made when not given
-    quotas: TenantQuotas | None = None
     #: the queues that exist, for the cap at create (the intake holds the same one)
     census: QueueCensus | None = None
     #: bad credentials, counted for the audit log (its run() writes them)
     login_failures: LoginFailures | None = None
 
-    def __post_init__(self) -> None:
-        if self.keys is None:
-            store, clock = self.store, self.clock
-            object.__setattr__(self, "keys", KeyCache(
-                lambda digest: store.use_key(digest, now=times.utc(clock())), clock))
-        if self.limiter is None:
-            object.__setattr__(self, "limiter", RateLimiter(self.broker, self.config))
-        if self.quotas is None:
-            object.__setattr__(self, "quotas", TenantQuotas(self.broker, self.store,
-                                                            self.config, self.clock))
-
-    def key_cache(self) -> KeyCache:
-        assert self.keys is not None
-        return self.keys
-
     async def admit(self, tenant: str, count: int) -> None:
         """`count` new tasks of `tenant`, within its quotas (distasks.access.quotas)."""
-        assert self.quotas is not None
         try:
             await self.quotas.admit(tenant, count)
         except QuotaExceeded:

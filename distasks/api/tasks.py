@@ -13,7 +13,6 @@ from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
 from distasks.api.services import actor, services, tenant, tenant_queue
-from distasks.daemon import mirror
 from distasks.domain import times
 from distasks.domain.errors import (
     BrokerUnavailable,
@@ -166,18 +165,9 @@ async def cancel_task(task_id: uuid.UUID) -> Response:
     tid = task_id
     req = parse_body(schemas.CancelTask, await read_body() or b"{}")
     s = services()
-    now = times.utc(s.clock())
-    done = await s.store.cancel_task(tid, tenant=tenant(), actor=actor(), reason=req.reason,
-                                     now=now)
+    done = await s.operations.cancel_task(tid, tenant=tenant(), actor=actor(),
+                                          reason=req.reason, now=times.utc(s.clock()))
     if done is None:
         raise NotFound(f"no task with id {task_id}")
-    if done.cancelled:
-        s.metrics.cancelled.labels(s.metrics.queue_label(done.queue_name or ""), done.handler).inc()
-        # If Redis does not answer: waiting ids are dropped when claimed, the running
-        # attempt learns of the cancel from its next heartbeat, waiters from their poll.
-        await mirror.copy("cancel", lambda: s.broker.cancelled(
-            waiting=[(q, str(r)) for q, r in done.waiting],
-            running=str(done.running) if done.running else None,
-            task_id=str(tid), now_ms=times.ms_of(now)))
     return jsonify({"task_id": str(tid), "status": done.status.value,
                     "cancelled": done.cancelled})

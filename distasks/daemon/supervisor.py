@@ -33,6 +33,9 @@ import distasks
 from distasks import aio, api
 from distasks.access import jwt_tokens
 from distasks.access.login_failures import LoginFailures
+from distasks.access.principals import KeyCache
+from distasks.access.quotas import TenantQuotas
+from distasks.access.rate_limits import RateLimiter
 from distasks.api.services import Services
 from distasks.broker import Broker
 from distasks.config import Config
@@ -51,13 +54,14 @@ from distasks.daemon import (
 from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
+from distasks.daemon.operations import Operations
 from distasks.daemon.progress import Progress
 from distasks.daemon.queue_census import QueueCensus
 from distasks.daemon.tunables import Tunables
 from distasks.daemon.waiters import TaskWaiters
 from distasks.daemon.waiters import poll as waiters_poll
 from distasks.daemon.worker import WorkerPool
-from distasks.domain import backoff
+from distasks.domain import backoff, times
 from distasks.domain.errors import ConfigError, InvalidInput, StoreUnavailable
 from distasks.domain.model import SYSTEM
 from distasks.handlers import Registry, builtin_registry
@@ -249,11 +253,16 @@ class Daemon:
         intake = Intake(store, broker, m, pool=pool, census=census)
         waiters = TaskWaiters()
         progress = Progress()
-        services_ = Services(config=c, store=store, broker=broker, intake=intake,
-                             registry=self.registry, waiters=waiters, clock=time.time,
-                             metrics=m, health=h, progress=progress, stopping=self._api_stop,
-                             tunables=t, jwt=self.jwt, census=census,
-                             login_failures=login_failures)
+        clock = time.time
+        quotas = TenantQuotas(broker, store, c, clock)
+        services_ = Services(
+            config=c, store=store, broker=broker, intake=intake, registry=self.registry,
+            waiters=waiters, clock=clock,
+            operations=Operations(store, broker, m, census=census),
+            keys=KeyCache(lambda digest: store.use_key(digest, now=times.utc(clock())), clock),
+            limiter=RateLimiter(broker, c), quotas=quotas, metrics=m, health=h,
+            progress=progress, stopping=self._api_stop, tunables=t, jwt=self.jwt,
+            census=census, login_failures=login_failures)
         app = api.create_app(services_)
         await self._configure_schedules(store, services_)
         self._store = store
@@ -290,7 +299,7 @@ class Daemon:
                     store, broker, services_.creation_rules,
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
-                    health=h, metrics=m, quotas=services_.quotas, task_status=task_status))
+                    health=h, metrics=m, quotas=quotas, task_status=task_status))
             await services.start(lambda task_status: reporter.run(
                 store, broker, pool, t, metrics=m, health=h, progress=progress,
                 task_status=task_status))

@@ -12,10 +12,15 @@ from distasks.daemon.waiters import TaskWaiters
 from distasks.handlers import builtin_registry
 
 
+def offline_services(registry) -> Services:
+    """What the app needs to describe itself: no store, broker or components."""
+    return Services(config=Config(), store=None, broker=None, intake=None,  # type: ignore[arg-type]
+                    registry=registry, waiters=TaskWaiters(), clock=lambda: 0.0,
+                    operations=None, keys=None, limiter=None, quotas=None)  # type: ignore[arg-type]
+
+
 def make_app():
-    return create_app(Services(config=Config(), store=None, broker=None, intake=None,  # type: ignore[arg-type]
-                               registry=builtin_registry(), waiters=TaskWaiters(),
-                               clock=lambda: 0.0))
+    return create_app(offline_services(builtin_registry()))
 
 
 async def test_every_route_is_in_the_document_and_nothing_else():
@@ -48,8 +53,7 @@ async def test_request_schemas_come_from_the_validating_models():
 def http_app(allowed_hosts: tuple[str, ...]):
     from distasks.handlers.http import HttpHandler
     registry = builtin_registry(http=HttpHandler(allowed_hosts, 1000))
-    return create_app(Services(config=Config(), store=None, broker=None, intake=None,  # type: ignore[arg-type]
-                               registry=registry, waiters=TaskWaiters(), clock=lambda: 0.0))
+    return create_app(offline_services(registry))
 
 
 async def test_a_handler_that_accepts_no_payload_is_not_offered():
