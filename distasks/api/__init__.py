@@ -16,6 +16,7 @@ import distasks
 from distasks.access import principals
 from distasks.api import (
     access,
+    accounting,
     audit,
     connections,
     dlq,
@@ -35,8 +36,6 @@ from distasks.api.fast import with_lean_create
 from distasks.api.services import Services, request_id_for
 
 log = logging.getLogger(__name__)
-
-access_log = logging.getLogger("distasks.access")
 
 # Room for the rest of a create body around the largest accepted payload.
 BODY_OVERHEAD_BYTES = 64 * 1024
@@ -85,28 +84,20 @@ def create_app(services: Services) -> QuartTrio:
             await access.require(services, g.principal, scope)
 
     @app.after_request
-    async def account(response: Response) -> Response:
-        """One access log line and the HTTP metrics per request."""
+    async def finish(response: Response) -> Response:
+        """Request id, security headers, and the request's metrics and log line."""
         duration_s = time.perf_counter() - g.get("started", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        services.metrics.http_requests.labels(route, services.metrics.method_label(request.method),
-                                              str(response.status_code)).inc()
-        services.metrics.http_duration.labels(route).observe(duration_s)
         request_id = g.get("request_id", "")
         response.headers["X-Request-Id"] = request_id
         response.headers.update(access.SECURITY_HEADERS)
         if services.stopping.is_set():
             # Shutting down: no keep-alive, so the client reconnects (elsewhere) at once.
             response.headers["Connection"] = "close"
-        if services.config.log.access:
-            access_log.info("%s %s %d %.1fms", request.method, request.path,
-                            response.status_code, duration_s * 1000, extra={
-                                "event": "http_request", "method": request.method,
-                                "path": request.path, "route": route,
-                                "status": response.status_code,
-                                "duration_ms": round(duration_s * 1000, 2),
-                                "request_id": request_id,
-                                "remote": request.remote_addr})
+        accounting.account(
+            services, method=request.method, path=request.path,
+            route=request.url_rule.rule if request.url_rule is not None else "unmatched",
+            status=response.status_code, duration_s=duration_s, request_id=request_id,
+            remote=request.remote_addr)
         return response
 
     @app.after_request

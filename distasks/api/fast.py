@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from distasks.api import access, errors
-from distasks.api.parse import parse_create
+from distasks.api.accounting import account
 from distasks.api.services import Services, request_id_for
-from distasks.api.tasks import refuse_conflict
+from distasks.api.tasks import create_one
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("distasks.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -65,7 +64,10 @@ def with_lean_create(app: ASGIApp, services: Services, *, max_body_bytes: int) -
         await send({"type": "http.response.start", "status": status,
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
-        _account(services, scope, status, time.perf_counter() - started_s, request_id)
+        client = scope.get("client")
+        account(services, method="POST", path=ROUTE, route=ROUTE, status=status,
+                duration_s=time.perf_counter() - started_s, request_id=request_id,
+                remote=client[0] if client else None)
 
     return asgi
 
@@ -79,17 +81,14 @@ async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
                              client[0] if client else "")
         access.check_transport(req, s.config)
         who = await access.require(s, await access.principal(s, req), "tasks:write")
-        new = parse_create(body, s, who.tenant)
-        await s.admit(who.tenant, 1)
-        result = refuse_conflict(new, await s.intake.create(new))
+        document, status = await create_one(s, who.tenant, body)
     except Exception as e:
         mapped = errors.error_for(e)
         if mapped is not None:
             return mapped
         log.exception("unhandled error in a request", extra={"event": "http_internal_error"})
         return 500, errors.INTERNAL_BODY, {}
-    return (201 if result.created else 200,
-            {"task_id": str(result.task_id), "status": result.status.value}, {})
+    return status, document, {}
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, list[Message]]:
@@ -126,15 +125,3 @@ def _header(scope: Scope, name: bytes) -> str:
             return bytes(value).decode("latin-1")
     return ""
 
-
-def _account(s: Services, scope: Scope, status: int, duration_s: float,
-             request_id: str) -> None:
-    """The metrics and access log line that api/__init__.py's `account` hook writes."""
-    s.metrics.http_requests.labels(ROUTE, "POST", str(status)).inc()
-    s.metrics.http_duration.labels(ROUTE).observe(duration_s)
-    if s.config.log.access and access_log.isEnabledFor(logging.INFO):
-        client = scope.get("client")
-        access_log.info("POST %s %d %.1fms", ROUTE, status, duration_s * 1000, extra={
-            "event": "http_request", "method": "POST", "path": ROUTE, "route": ROUTE,
-            "status": status, "duration_ms": round(duration_s * 1000, 2),
-            "request_id": request_id, "remote": client[0] if client else None})

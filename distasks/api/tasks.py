@@ -12,7 +12,7 @@ from distasks.api import cursor, pages, schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import new_task, parse_body, parse_create, parse_query, read_body
 from distasks.api.render import latest_run_json, run_json, task_json
-from distasks.api.services import actor, services, tenant, tenant_queue
+from distasks.api.services import Services, actor, services, tenant, tenant_queue
 from distasks.domain import times
 from distasks.domain.errors import (
     BrokerUnavailable,
@@ -45,14 +45,20 @@ QUOTA_OR_RATE = ("Over the rate limit of the key or its tenant, or over a quota 
                         "queue_name a new queue beyond limits.max_queues",
                    429: QUOTA_OR_RATE})
 async def create_task() -> tuple[Response, int]:
-    # Served by api/fast.py in the daemon; this route serves the test client and
-    # documents the operation.
-    s = services()
-    new = parse_create(await read_body(), s, tenant())
+    # In the daemon, api/fast.py answers first with the same create_one; this route
+    # documents the operation and serves Quart's test client.
+    document, status = await create_one(services(), tenant(), await read_body())
+    return jsonify(document), status
+
+
+async def create_one(s: Services, tenant: str, body: bytes) -> tuple[dict[str, str], int]:
+    """Create the task `body` asks for, for `tenant`: the answer and its status (201 new,
+    200 for a dedup_key already used by the same request); raises what maps to a 4xx."""
+    new = parse_create(body, s, tenant)
     await s.admit(new.tenant, 1)
     result = refuse_conflict(new, await s.intake.create(new))
-    return jsonify({"task_id": str(result.task_id), "status": result.status.value}), (
-        201 if result.created else 200)
+    return ({"task_id": str(result.task_id), "status": result.status.value},
+            201 if result.created else 200)
 
 
 @operation(bp, "POST", "/api/v1/tasks/batch", scope="tasks:write", tag="tasks",
