@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 SERVICES_ENV := . .local/services.env
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate run test fuzz bench bench-compare lint clean distclean
+.PHONY: help venv services migrate run test fuzz bench bench-compare lint docs clean distclean
 
 help:
 	@echo 'make venv       create .venv and install distasks with [test,dev] extras'
@@ -26,7 +26,8 @@ help:
 	@echo 'make fuzz       schemathesis against a live daemon, new random seed'
 	@echo 'make bench      run bench/throughput.py'
 	@echo 'make bench-compare  bench/compare_taskiq.py: distasks vs Taskiq, same handler'
-	@echo 'make lint       ruff check and mypy'
+	@echo 'make lint       ruff check, mypy and the strict docs build'
+	@echo 'make docs       build the docs site into site/ (mkdocs build --strict)'
 	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
 	@echo 'make install    (root) install dist/distasks, the systemd unit and the config'
 	@echo 'make clean      remove .venv and build artefacts'
@@ -73,9 +74,14 @@ fuzz: venv services
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy distasks
+	$(MAKE) docs
+
+# The docs site (mkdocs.yml): any warning, such as a broken link or anchor, fails it.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -37,6 +37,7 @@ ANONYMOUS_MODES = ("none", "loopback")
 class HttpConfig:
     #: loopback unless said otherwise: put a proxy in front, or name the address
     host: str = "127.0.0.1"
+    #: the API's TCP port
     port: int = 8080
     #: largest accepted task payload, serialized as JSON
     max_payload_bytes: int = 1024 * 1024
@@ -70,23 +71,31 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
+    #: PostgreSQL, as a libpq URL or in `key=value` form
     url: str = "postgresql://postgres@127.0.0.1:5432/distasks"
+    #: connections opened at start-up
     pool_min: int = 2
+    #: most connections open at once
     pool_max: int = 10
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    #: Redis; the path is the database number (redis://host:6379/5)
     url: str = "redis://127.0.0.1:6379/0"
     #: every key starts with it, so daemons of different deployments never collide
     prefix: str = "distasks"
+    #: size of the Redis connection pool
     max_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    #: the queues this daemon works; another tenant's as "<tenant>/<queue>"
     queues: tuple[str, ...] = ("default",)
+    #: executors: handlers run at once
     concurrency: int = 1
+    #: the handler of tasks that name none
     default_handler: str = "demo"
     #: Python modules whose @distasks.handler functions are registered at start-up
     handlers: tuple[str, ...] = ()
@@ -113,6 +122,7 @@ class RetryConfig:
     max_retries: int = 3
     #: delay before retry n is base_s * 2**(n-1), at most cap_s, then +/- jitter
     base_s: float = 2.0
+    #: the longest delay before a retry (see base_s)
     cap_s: float = 300.0
     #: fraction of the delay added or removed at random (0 = none)
     jitter: float = 0.2
@@ -120,6 +130,7 @@ class RetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class MoverConfig:
+    #: how often due retries and delayed tasks are made ready
     interval_s: float = 0.5
     #: most delayed items moved by one script call
     batch: int = 1000
@@ -128,7 +139,7 @@ class MoverConfig:
 @dataclass(frozen=True, slots=True)
 class HttpHandlerConfig:
     #: hosts the built-in `http` handler may call: names, `*.wildcards`, addresses and
-    #: ranges, each with `:port` or (without) ports 80 and 443 (http_handler.AllowEntry).
+    #: ranges, each with `:port` or (without) ports 80 and 443 (handlers.http.AllowEntry).
     #: Empty (the default): none, so the daemon is no proxy until configured.
     allowed_hosts: tuple[str, ...] = ()
     #: most bytes of a response body kept on the run
@@ -155,6 +166,7 @@ JWT_ALGORITHMS = ("HS256", "RS256", "EdDSA")
 class JwtConfig:
     """[auth.jwt]: bearer tokens from an external identity provider (distasks.access.jwt_tokens)."""
 
+    #: accept JWT bearer tokens beside API keys
     enabled: bool = False
     #: the `iss` a token must carry; required when enabled
     issuer: str = ""
@@ -167,9 +179,10 @@ class JwtConfig:
     #: the IdP's public keys as a JWKS document, in a file or at a URL (https, or http to
     #: loopback only); one of the two for RS256 and EdDSA
     jwks_file: str = ""
+    #: the JWKS at a URL instead of a file (see jwks_file)
     jwks_url: str = ""
     #: how often the JWKS URL is fetched again (a token naming an unknown `kid` makes it
-    #: sooner, at most every jwt_auth.EARLY_REFRESH_S)
+    #: sooner, at most every access.jwt_tokens.EARLY_REFRESH_S, 30 s)
     jwks_refresh_s: float = 300.0
     #: how long one JWKS fetch may take
     jwks_timeout_s: float = 5.0
@@ -179,6 +192,7 @@ class JwtConfig:
     subject_claim: str = "sub"
     #: the claim naming the tenant; absent: default_tenant, or refused when that is empty
     tenant_claim: str = "tenant"
+    #: the tenant of a token without the tenant claim; empty: such a token is refused
     default_tenant: str = ""
     #: the tenants a token may name; empty: any but `default`, the operator's tenant
     #: (whose keys:admin manages every tenant's keys), unless default_tenant is `default`
@@ -281,6 +295,7 @@ class ConfiguredSchedule:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    #: DEBUG, INFO, WARNING or ERROR
     level: str = "INFO"
     #: json: one object per line; text: for a terminal; auto: text on a TTY, else json
     format: str = "auto"
