@@ -88,7 +88,7 @@ distclean: clean
 	bash scripts/services.sh purge
 	rm -rf .local
 
-# --- Deployment: `make dist`, then `sudo make install` (README, "Deployment") ---------------
+# --- Deployment: `make dist`, then `sudo make install` (docs/deployment.md) -----------------
 
 # shiv builds the zipapp: pip installs distasks and its pinned dependencies into one
 # archive with a #! line; on first start it unpacks them to $SHIV_ROOT (default ~/.shiv).

@@ -52,7 +52,7 @@ def test_every_key_of_every_section_is_in_the_table_with_a_description() -> None
         key = generated[(section, name)]
         assert key.description, f"{section}.{name} has no #: comment in distasks/config.py"
         env = f"DISTASKS_{section.upper().replace('.', '_')}_{name.upper()}"
-        assert key.env[0] == env
+        assert key.env[0] == env and key.default == hook.toml_value(default)
         assert f"### [{section}]" in table
         assert f"| `{name}` | `{key.type}` | `{key.default}` | `{env}`" in table
 
