@@ -89,8 +89,18 @@ def keys(cls: type | None = None, section: str = "") -> Iterator[Key]:
         yield from keys(nested_cls, nested_section)
 
 
-def _cell(text: str) -> str:
+def _code(text: str) -> str:
+    """Text for a `code` span in a table cell: only the pipes need escaping."""
     return text.replace("|", "\\|")
+
+
+def _cell(text: str) -> str:
+    """Text fit for a table cell: pipes escaped, and outside `code` spans < and > too
+    (else "<tenant>" would read as an HTML tag and vanish)."""
+    parts = text.replace("|", "\\|").split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
 
 
 def reference() -> str:
@@ -101,11 +111,11 @@ def reference() -> str:
         if key.section != section:
             section = key.section
             out += ["", f"### [{section}]", "",
-                    "| key | type | default | environment | meaning |",
-                    "| --- | --- | --- | --- | --- |"]
-        env = "<br>".join(f"`{name}`" for name in key.env)
-        out.append(f"| `{key.name}` | `{_cell(key.type)}` | `{_cell(key.default)}` | {env} "
-                   f"| {_cell(key.description)} |")
+                    "| key | type | default | meaning and environment |",
+                    "| --- | --- | --- | --- |"]
+        env = ", ".join(f"`{name}`" for name in key.env)
+        out.append(f"| `{key.name}` | `{_code(key.type)}` | `{_code(key.default)}` "
+                   f"| {_cell(key.description)}<br>{env} |")
     return "\n".join(out).strip() + "\n"
 
 

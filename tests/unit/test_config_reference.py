@@ -51,19 +51,22 @@ def test_every_key_of_every_section_is_in_the_table_with_a_description() -> None
     for section, name, default in expected:
         key = generated[(section, name)]
         assert key.description, f"{section}.{name} has no #: comment in distasks/config.py"
+        description = hook._cell(key.description)
         env = f"DISTASKS_{section.upper().replace('.', '_')}_{name.upper()}"
         assert key.env[0] == env and key.default == hook.toml_value(default)
         assert f"### [{section}]" in table
-        assert f"| `{name}` | `{key.type}` | `{key.default}` | `{env}`" in table
+        assert f"| `{name}` | `{key.type}` | `{key.default}` | " in table
+        assert f"{description}<br>`{env}`" in table
 
 
 def test_nested_tables_tuples_and_legacy_variables_are_shown() -> None:
     table = load_hook().reference()
     assert "### [auth.jwt]" in table and "`DISTASKS_AUTH_JWT_ENABLED`" in table
     assert '| `queues` | `tuple[str, ...]` | `["default"]` |' in table
+    assert 'as "&lt;tenant&gt;/&lt;queue&gt;"' in table  # not swallowed as an HTML tag
     assert '`["RS256", "EdDSA"]`' in table and "| `allowed_hosts` | `tuple[str, ...]` | `[]` |" in table
     for legacy in config.LEGACY_ENV:
-        assert f"<br>`{legacy}`" in table
+        assert f"`, `{legacy}` |" in table
 
 
 def test_the_hook_replaces_the_marker_of_the_configuration_page() -> None:
