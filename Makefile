@@ -12,6 +12,8 @@ CONFIG ?= config/distasks.toml
 
 VENV := .venv
 STAMP := $(VENV)/.installed
+# Sets DATABASE_URL, REDIS_URL and DISTASKS_PG_ADMIN_DSN only where the caller has not:
+# `DATABASE_URL=... make run` runs against that database (README, "Two checkouts").
 SERVICES_ENV := . .local/services.env
 
 .DEFAULT_GOAL := help

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the PostgreSQL and Redis that distasks and its tests need are reachable, and writes
-# .local/services.env (DISTASKS_PG_ADMIN_DSN, DATABASE_URL, REDIS_URL) for `make` to source.
+# .local/services.env (DISTASKS_PG_ADMIN_DSN, DATABASE_URL, REDIS_URL) for `make` to source;
+# it sets only those the environment does not already set.
 #
 # Why: developers' machines and CI usually run shared servers on 127.0.0.1:5432 (user postgres,
 # trust auth) and 127.0.0.1:6379, and those are used when they answer. A machine without them
@@ -240,13 +241,17 @@ ensure_redis() {
 
 # ---------------------------------------------------------------------------------------------
 
+# The file gives defaults only: a variable the user set (DATABASE_URL=… make run) wins, or
+# two checkouts would silently share one database and Redis DB.
 write_env() {
     mkdir -p "$LOCAL"
     cat >"$ENV_FILE.tmp" <<EOF
 # Written by scripts/services.sh; sourced by make. Do not edit: it is rewritten on every run.
-export DISTASKS_PG_ADMIN_DSN='host=$HOST port=$PG_PORT user=postgres dbname=postgres'
-export DATABASE_URL='postgresql://postgres@$HOST:$PG_PORT/$DB_NAME'
-export REDIS_URL='redis://$HOST:$REDIS_PORT/0'
+# Each line is a default: a variable already set in the environment is kept.
+: "\${DISTASKS_PG_ADMIN_DSN:=host=$HOST port=$PG_PORT user=postgres dbname=postgres}"
+: "\${DATABASE_URL:=postgresql://postgres@$HOST:$PG_PORT/$DB_NAME}"
+: "\${REDIS_URL:=redis://$HOST:$REDIS_PORT/0}"
+export DISTASKS_PG_ADMIN_DSN DATABASE_URL REDIS_URL
 EOF
     mv "$ENV_FILE.tmp" "$ENV_FILE"
 }

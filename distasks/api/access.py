@@ -65,6 +65,10 @@ def check_transport(req: Request, config: Config) -> None:
         raise Refused(403, "cross_origin", f"writes from the web origin {origin!r} are refused")
     if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         raise Refused(403, "cross_origin", "cross-site writes from a browser are refused")
+    # A body must be declared JSON, and one with no Content-Type at all is refused too: a
+    # page's fetch() with a Blob or ArrayBuffer body sends none and needs no CORS preflight,
+    # so accepting it would reopen the cross-site write the JSON rule closes. Every client
+    # we document (curl --json, httpx, distasks.client) sends the header.
     content_type = req.headers.get("content-type")
     has_body = req.headers.get("content-length", "0") not in ("", "0") or (
         "transfer-encoding" in req.headers)

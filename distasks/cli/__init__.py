@@ -17,6 +17,9 @@ from distasks.domain.errors import ConfigError, StoreUnavailable
 
 # Where the config is looked for when neither --config nor DISTASKS_CONFIG says.
 SYSTEM_CONFIG = Path("/etc/distasks/distasks.toml")
+# `keys create --scope all`: every scope there is when the key is made. The key lists them
+# one by one, so a scope a later release adds is not granted by a key made before it.
+ALL_SCOPES = "all"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +97,8 @@ def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p = actions.add_parser("create", parents=[common], help="a new key; prints its token once")
     p.add_argument("--name", required=True, help="what the key is for, e.g. billing-service")
     p.add_argument("--scope", dest="scopes", action="append", required=True,
-                   choices=SCOPES, help="a scope it grants (repeat); all: every one")
+                   choices=(*SCOPES, ALL_SCOPES),
+                   help="a scope it grants (repeat); all: every scope there is now")
     p.add_argument("--tenant", default="default")
     p.add_argument("--expires-in", metavar="DURATION", type=_duration,
                    help="e.g. 90d, 12h, 30m; default: never")

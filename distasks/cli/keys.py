@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 import trio
 
 from distasks.access import api_keys
-from distasks.access.principals import ApiKey
+from distasks.access.principals import SCOPES, ApiKey
+from distasks.cli import ALL_SCOPES
 from distasks.config import Config
 from distasks.domain import times
 from distasks.domain.model import Actor
@@ -33,7 +34,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     async with Store.open(config.database.url, min_size=1, max_size=1) as store:
         await store.migrate()
         if args.action == "create":
-            scopes = tuple(args.scopes)
+            scopes = every_scope(args.scopes)
             expires = now + timedelta(seconds=args.expires_in) if args.expires_in else None
             key, token = await api_keys.create(store, name=args.name, scopes=scopes,
                                            tenant=args.tenant, expires_at=expires,
@@ -59,6 +60,11 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             for key in await store.list_keys():
                 print(_line(key, now))
     return 0
+
+
+def every_scope(given: list[str]) -> tuple[str, ...]:
+    """The scopes `--scope` named, with `all` written out as each scope there is."""
+    return tuple(SCOPES) if ALL_SCOPES in given else tuple(given)
 
 
 def _show_token(key: ApiKey, token: str) -> None:

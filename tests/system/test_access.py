@@ -155,6 +155,10 @@ async def test_a_web_page_cannot_make_a_browser_write(start_daemon, daemon_env):
                 text = await client.post(path, content=b'{"name": "x"}',
                                          headers={"content-type": "text/plain"})
                 assert text.status_code == 415, path
+                # No Content-Type at all: what fetch() sends with a Blob or ArrayBuffer body.
+                bare = await client.post(path, content=b'{"name": "x"}')
+                assert "content-type" not in bare.request.headers
+                assert bare.status_code == 415, path
                 cross = await client.post(path, json={"name": "x"},
                                           headers={"Origin": "https://evil.example"})
                 assert (cross.status_code, cross.json()["error"]["code"]) == (
@@ -164,6 +168,8 @@ async def test_a_web_page_cannot_make_a_browser_write(start_daemon, daemon_env):
                 assert (rebound.status_code, rebound.json()["error"]["code"]) == (
                     400, "bad_host"), path
                 assert rebound.headers["Content-Security-Policy"].startswith("default-src")
+            # A write without a body needs no Content-Type (the README's curl -X POST).
+            assert (await client.post("/api/v1/queues/default/resume")).status_code == 200
             queues = (await client.get("/api/v1/queues")).json()["queues"]
     assert queues == [] or not any(q["paused"] for q in queues)
     with psycopg.connect(daemon_env["DATABASE_URL"]) as conn:

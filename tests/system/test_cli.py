@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import trio
 
+from distasks.access.principals import SCOPES
+
 from .conftest import REPO, free_port
 
 
@@ -171,3 +173,29 @@ async def test_errors_without_a_daemon_and_the_daemon_commands_still_parse():
     assert usage.code == 2 and "argument --payload: not JSON" in usage.err
     assert json_serve.code == 2 and "--json applies to the task, queue" in json_serve.err
     assert check.code == 0, check.err
+
+
+async def test_keys_create_scope_all_grants_every_scope_its_help_offers(daemon_env):
+    """`keys create --help` offers `--scope all`; argparse must take it, and the key gets
+    each scope that exists when it is made, listed one by one."""
+    env = {k: v for k, v in daemon_env.items() if not k.startswith("DISTASKS_")}
+    config = "--config config/distasks.toml"
+    with trio.fail_after(40):
+        [help_text] = await cli(env, "keys create --help")
+        assert help_text.code == 0, help_text.err
+        assert ",all}" in "".join(help_text.out.split())  # among the choices argparse lists
+        every, mixed, unknown = await cli(
+            env,
+            f"keys create --name ops --scope all {config}",
+            f"keys create --name mixed --scope tasks:read --scope all {config}",
+            f"keys create --name bad --scope tasks:everything {config}",
+        )
+        assert every.code == 0, every.err
+        assert every.out.startswith("dtk_")
+        assert f"scopes {' '.join(sorted(SCOPES))}" in every.err
+        assert mixed.code == 0 and f"scopes {' '.join(sorted(SCOPES))}" in mixed.err
+        assert unknown.code == 2 and "invalid choice: 'tasks:everything'" in unknown.err
+        [listed] = await cli(env, f"keys list {config}")
+    assert listed.code == 0, listed.err
+    ops = next(line for line in listed.out.splitlines() if " ops " in f" {line} ")
+    assert f"scopes={','.join(sorted(SCOPES))} " in ops
