@@ -1,0 +1,133 @@
+"""What every part of the Broker stands on: the crossing of the bridge (each public
+method is one crossing under a Trio deadline, redis-py's failures mapped to
+BrokerUnavailable), the connection and key prefix they share, and the Lua scripts,
+loaded once from `<name>.lua` beside this file and called by SHA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from importlib import resources
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import redis.asyncio as aredis
+import redis.exceptions
+import trio
+
+from distasks import aio
+from distasks.broker.keys import QueueKeys, global_keys, queue_keys
+from distasks.domain.errors import BrokerUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Replies are decoded as UTF-8, and bytes that are not UTF-8 (an entry no daemon wrote)
+# survive as lone surrogates instead of raising: such an entry reads without error and,
+# encoded back the same way, still names the exact bytes to remove.
+ENCODING_ERRORS = "surrogateescape"
+# Longest any crossing to Redis may take (a blocking claim waits at most CLAIM_BLOCK_S of
+# it), also how long connecting may take. A Trio deadline around the crossing, not
+# redis-py's socket timeouts: those wrap every command in an asyncio timer (and every
+# send in a task), which costs more than the command. Cancelling the crossing drops the
+# connection it was using (redis-py disconnects on cancellation mid-reply).
+SOCKET_TIMEOUT_S = 5.0
+# How long a claim blocks on an empty queue. It is never cancelled in flight (a pop
+# whose reply is lost loses the item, architecture §1), so shutdown waits at most this long.
+CLAIM_BLOCK_S = 1
+# Most batches the mover moves per lock, so one busy queue cannot hold a daemon forever.
+MOVE_MAX_ROUNDS = 10
+# Most entries of each structure a queue delete reads to find the stale ones (a deleted
+# queue holds none but leftovers of copies that failed: few).
+FORGET_LIMIT = 10_000
+
+# Outages, not bugs: connection loss, a replica after failover (READONLY), memory full,
+# a master or cluster not ready yet.
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
+                redis.exceptions.OutOfMemoryError, redis.exceptions.MasterDownError,
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError, OSError)
+
+
+@contextlib.contextmanager
+def broker_errors() -> Iterator[None]:
+    """Map redis-py's connection failures to BrokerUnavailable, on either side of the
+    bridge."""
+    try:
+        yield
+    except _UNAVAILABLE as e:
+        raise BrokerUnavailable(str(e) or type(e).__name__) from e
+
+
+B = TypeVar("B", bound="BrokerBase")
+
+
+def crossing(fn: Callable[Concatenate[B, P], Awaitable[T]]) -> Callable[Concatenate[B, P], Awaitable[T]]:
+    """An asyncio-side method called from Trio in one crossing, failures mapped."""
+
+    @functools.wraps(fn)
+    async def from_trio(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await cross(fn, self, *args, **kwargs)
+
+    return from_trio
+
+
+async def cross(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """One crossing of the bridge within SOCKET_TIMEOUT_S, failures mapped."""
+    with broker_errors(), trio.move_on_after(SOCKET_TIMEOUT_S):
+        return await aio.call(fn, *args, **kwargs)
+    raise BrokerUnavailable(f"no answer from Redis within {SOCKET_TIMEOUT_S:g}s")
+
+
+#: the scripts beside this file, by name (file name = what it does)
+SCRIPTS = ("claim", "move_due", "requeue", "announce_done", "release_lock", "rate_take")
+
+
+class BrokerBase:
+    """The connection, the key prefix and the scripts every part of the Broker uses."""
+
+    def __init__(self, client: aredis.Redis, prefix: str):
+        self._redis = client
+        self._prefix = prefix
+        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPTS}
+
+    def keys(self, queue: str) -> QueueKeys:
+        return queue_keys(self._prefix, queue)
+
+    @property
+    def control_channel(self) -> str:
+        return global_keys(self._prefix).control
+
+    async def _execute_announcing(self, pipe: Any, task_ids: Sequence[str], *,
+                                  now_ms: int) -> None:
+        """Execute `pipe` with announce_done.lua for `task_ids` at its end.
+
+        The script goes by SHA: a redis-py Script object in a pipeline makes it ask
+        SCRIPT EXISTS first, one more round trip every time. If Redis lost its script
+        cache (a restart), the rest of the pipeline has run; the script is then loaded
+        and run on its own."""
+        args: list[str | int] = [self.control_channel, now_ms, *task_ids]
+        script = self._scripts["announce_done"]
+        waited = global_keys(self._prefix).waited
+        if task_ids:
+            pipe.evalsha(script.sha, 1, waited, *args)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                await script(keys=[waited], args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+
+    async def raw(self, fn_name: str, *args: Any) -> Any:
+        """Run one plain redis-py command by name; for tests and diagnostics."""
+        return await cross(getattr(self._redis, fn_name), *args)
+
+
+def printable(entry: str) -> str:
+    """A Redis entry as printable ASCII for a log line: its raw bytes with everything
+    unusual escaped, at most 200 characters."""
+    return repr(entry.encode("utf-8", ENCODING_ERRORS))[2:-1][:200]
+
+
+def _lua(name: str) -> str:
+    return resources.files("distasks.broker").joinpath(f"{name}.lua").read_text()

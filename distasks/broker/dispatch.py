@@ -1,0 +1,132 @@
+"""Dispatch: runs pushed ready or delayed, claimed with a lease, handed back, settled
+after their outcome, and moved from delayed to ready when due (architecture §3).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from distasks.broker.base import CLAIM_BLOCK_S, MOVE_MAX_ROUNDS, BrokerBase, crossing
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Redis follow-ups of a batch of recorded outcomes, for `settle`, by queue."""
+
+    #: queue -> run ids whose lease ends
+    unleased: dict[str, list[str]] = field(default_factory=dict)
+    #: queue -> (due_ms, run id) of retries
+    delayed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: queue -> task ids out of retries
+    dead: dict[str, list[str]] = field(default_factory=dict)
+    #: queue -> run ids to run next (interrupted runs handed back)
+    urgent: dict[str, list[str]] = field(default_factory=dict)
+    #: task ids that reached a final state (announced to long-poll waiters)
+    finished: list[str] = field(default_factory=list)
+    #: when the outcomes were recorded, Unix time in ms
+    now_ms: int = 0
+
+
+class DispatchCommands(BrokerBase):
+    """Ready lists, delayed sets and the claim's lease sets."""
+
+    @crossing
+    async def dispatch(self, ready: Sequence[tuple[str, str]] = (),
+                       delayed: Sequence[tuple[str, str, int]] = ()) -> None:
+        """Push (queue, run_id) to ready lists and (queue, run_id, due_ms) to delayed sets."""
+        if not ready and not delayed:
+            return
+        by_queue: dict[str, list[str]] = {}
+        for queue, run_id in ready:
+            by_queue.setdefault(queue, []).append(run_id)
+        due_by_queue: dict[str, dict[str, int]] = {}
+        for queue, run_id, due_ms in delayed:
+            due_by_queue.setdefault(queue, {})[run_id] = due_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, run_ids in by_queue.items():
+                pipe.rpush(self.keys(queue).ready, *run_ids)
+            for queue, mapping in due_by_queue.items():
+                pipe.zadd(self.keys(queue).delayed, mapping)
+            await pipe.execute()
+
+    @crossing
+    async def claim(self, queue: str, *, count: int, lease_until_ms: int,
+                    block: bool) -> list[str] | None:
+        """Lease up to `count` ready run ids of `queue`; with `block`, wait up to
+        CLAIM_BLOCK_S for the first one. None when the queue is paused.
+
+        Returns at once when work is ready; otherwise waits on the server (`wait_ready`)
+        and claims what arrived, all in one crossing. Claimed ids are in the lease set when
+        this returns. Call it shielded: it must not be cancelled in flight, and it ends by
+        itself within CLAIM_BLOCK_S plus a round trip.
+        """
+        keys = self.keys(queue)
+        script, script_keys = self._scripts["claim"], [keys.ready, keys.leases, keys.paused]
+        items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
+        if items is None or items or not block or not await self._wait_ready_on_asyncio(queue):
+            return items
+        return await script(keys=script_keys, args=[count, lease_until_ms])  # type: ignore[no-any-return]
+
+    @crossing
+    async def wait_ready(self, queue: str) -> bool:
+        """Wait up to CLAIM_BLOCK_S until `queue` has a ready item; takes nothing.
+
+        BLMOVE of the list onto itself (head to head) blocks like a pop but leaves the
+        item where it was, so even a reply lost to a dropped connection loses nothing.
+        """
+        return await self._wait_ready_on_asyncio(queue)
+
+    async def _wait_ready_on_asyncio(self, queue: str) -> bool:
+        """wait_ready's body, for `claim` to use within its own crossing."""
+        ready = self.keys(queue).ready
+        return await self._redis.blmove(ready, ready, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
+
+    @crossing
+    async def requeue(self, queue: str, run_ids: Sequence[str]) -> int:
+        """Hand leased run ids back to the head of the ready list; returns how many."""
+        if not run_ids:
+            return 0
+        keys = self.keys(queue)
+        return int(await self._scripts["requeue"](keys=[keys.leases, keys.ready],
+                                                  args=list(run_ids)))
+
+    @crossing
+    async def release(self, queue: str, run_ids: Sequence[str]) -> None:
+        """Drop the leases of claimed ids that have nothing to run."""
+        if run_ids:
+            await self._redis.zrem(self.keys(queue).leases, *run_ids)
+
+    @crossing
+    async def settle(self, s: Settlement) -> None:
+        """Apply the Redis side of recorded outcomes in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, run_ids in s.unleased.items():
+                pipe.zrem(self.keys(queue).leases, *run_ids)
+            for queue, due in s.delayed.items():
+                pipe.zadd(self.keys(queue).delayed, {run_id: ms for ms, run_id in due})
+            for queue, task_ids in s.dead.items():
+                pipe.rpush(self.keys(queue).dlq, *task_ids)
+            for queue, run_ids in s.urgent.items():
+                pipe.lpush(self.keys(queue).ready, *reversed(run_ids))
+            await self._execute_announcing(pipe, s.finished, now_ms=s.now_ms)
+
+    @crossing
+    async def move_due(self, queue: str, *, now_ms: int, limit: int, lock_ms: int) -> int | None:
+        """Move due delayed ids of `queue` to ready; None if another daemon holds the lock.
+
+        The lock (SET NX PX, not released) makes one daemon move per `lock_ms`; the script
+        is atomic, so even two movers would never move one item twice.
+        """
+        keys = self.keys(queue)
+        if not await self._redis.set(keys.mover_lock, secrets.token_hex(8), nx=True, px=lock_ms):
+            return None
+        moved = 0
+        for _ in range(MOVE_MAX_ROUNDS):
+            n = int(await self._scripts["move_due"](keys=[keys.delayed, keys.ready],
+                                                   args=[now_ms, limit]))
+            moved += n
+            if n < limit:  # fewer than the limit means done
+                break
+        return moved

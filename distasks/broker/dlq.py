@@ -1,0 +1,33 @@
+"""The DLQ index: a list of dead task ids per queue, indexing what PostgreSQL keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from distasks.broker.base import BrokerBase, crossing
+
+
+class DlqCommands(BrokerBase):
+    """Entries leave the index on replay or delete; a rebuild replaces it."""
+
+    @crossing
+    async def leave_dlq(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
+        """Take `removed` task ids out of the DLQ index and push the `ready` run ids of
+        those replayed (none for a deletion)."""
+        keys = self.keys(queue)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for task_id in removed:
+                pipe.lrem(keys.dlq, 1, task_id)
+            if ready:
+                pipe.rpush(keys.ready, *ready)
+            await pipe.execute()
+
+    @crossing
+    async def restore_dlq(self, queue: str, task_ids: Sequence[str]) -> None:
+        """Replace the DLQ index of a queue with `task_ids` (oldest first)."""
+        dlq = self.keys(queue).dlq
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(dlq)
+            if task_ids:
+                pipe.rpush(dlq, *task_ids)
+            await pipe.execute()
