@@ -202,7 +202,7 @@ class HttpHandler:
                         break
         text = kept.decode(response.encoding or "utf-8", errors="replace")
         if not 200 <= response.status_code < 300:
-            raise HttpTaskFailed(f"HTTP {response.status_code} from {_shown(url)}: {text[:200]}")
+            raise HttpTaskFailed(f"HTTP {response.status_code} from {_origin(url)}: {text[:200]}")
         return {"status": response.status_code,
                 "content_type": response.headers.get("content-type"),
                 "body": text, "truncated": len(kept) >= self._max_response_bytes}
@@ -246,8 +246,8 @@ def _port(scheme: str, port: int | None) -> int:
     return port if port is not None else (443 if scheme == "https" else 80)
 
 
-def _shown(url: str) -> str:
-    """`url` without its query string and user info, for errors and logs (a query may
-    hold a token)."""
+def _origin(url: str) -> str:
+    """`scheme://host:port` of `url`, for errors and logs: its user info, query and path
+    may each hold a token (a webhook's lives in its path)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))

@@ -14,11 +14,12 @@ import pytest
 from distasks import creation
 from distasks.api import schemas
 from distasks.api.parse import parse_body, task_request
-from distasks.api.render import SECRET, task_json
+from distasks.api.render import task_json
 from distasks.errors import InvalidInput
 from distasks.handlers import builtin_registry
 from distasks.http_handler import HttpHandler
 from distasks.model import NewTask, Task, TaskStatus, TaskType
+from distasks.secret_fields import SECRET
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 RULES = creation.CreationRules(
