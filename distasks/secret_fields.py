@@ -70,9 +70,8 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield k
+    elif isinstance(value, dict):  # its keys name parts of the secret; they are none
+        for v in value.values():
             yield from _strings(v)
 
 
