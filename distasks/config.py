@@ -225,8 +225,9 @@ class AuthConfig:
     #: every scope; for development only, refused with a non-loopback http.host)
     anonymous: str = "none"
     #: proxies whose X-Forwarded-For is believed (the client address is the last hop
-    #: they added); anything else that sends the header is taken at its own address
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    #: they added); anything else that sends the header is taken at its own address.
+    #: None by default: any local process could otherwise name itself anyone
+    trusted_proxies: tuple[str, ...] = ()
     #: networks that may read /metrics without a key (a key needs metrics:read)
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     jwt: JwtConfig = JwtConfig()

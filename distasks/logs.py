@@ -61,5 +61,8 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     for name in ("hypercorn.error", "hypercorn.access"):
         logging.getLogger(name).handlers[:] = []
     # httpx logs every request of the http handler at INFO with its whole URL, query
-    # string included (which may hold a token): its warnings only.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # string included (which may hold a token), and httpcore at DEBUG every request
+    # and response header (Authorization, a Location quoting the path): their warnings
+    # only, whatever log.level says.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

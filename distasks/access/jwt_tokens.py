@@ -17,6 +17,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,9 @@ class Verifier:
             raise TokenRefused(f"its {c.scopes_claim!r} claim is neither a string nor a list")
         scopes = {s for n in names for s in self._scope_map.get(n, (n,)) if s in SCOPES}
         return Principal(id=f"jwt:{subject}", name=subject, tenant=tenant,
-                         scopes=frozenset(scopes))
+                         scopes=frozenset(scopes),
+                         # jwt.decode checked it is a number (a required claim).
+                         expires_at=datetime.fromtimestamp(claims["exp"], UTC))
 
 
 def from_config(config: JwtConfig) -> Verifier | None:

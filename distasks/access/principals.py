@@ -53,6 +53,9 @@ class Principal:
     scopes: frozenset[str]
     #: requests per minute instead of limits.per_minute (None: the configured one)
     rate_per_minute: int | None = None
+    #: when its authority ends: its key's expiry, its JWT's exp (None: never); a key it
+    #: mints ends no later (distasks.access.api_keys.Authority)
+    expires_at: datetime | None = None
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -86,7 +89,8 @@ class ApiKey:
 
     def principal(self) -> Principal:
         return Principal(id=f"key:{self.id}", name=self.name, tenant=self.tenant,
-                         scopes=frozenset(self.scopes), rate_per_minute=self.rate_per_minute)
+                         scopes=frozenset(self.scopes), rate_per_minute=self.rate_per_minute,
+                         expires_at=self.expires_at)
 
 
 def new_token() -> str:

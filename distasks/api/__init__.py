@@ -75,10 +75,12 @@ def create_app(services: Services) -> QuartTrio:
                              request.remote_addr or "")
         access.check_transport(req, services.config)
         g.address = access.address(services, req)
+        # A forward from a proxy nobody trusted is no caller on a configured network.
+        g.networked = not access.forwarded_unvouched(services, req) and principals.in_networks(
+            g.address, services.config.auth.metrics_networks)
         g.principal = await access.principal(services, req)
         scope = openapi.SCOPE_BY_ENDPOINT.get(request.endpoint or "")
-        if scope == "metrics:read" and g.principal is None and principals.in_networks(
-                g.address, services.config.auth.metrics_networks):
+        if scope == "metrics:read" and g.principal is None and g.networked:
             return  # a scraper on a configured network needs no key
         if scope is not None:
             await access.require(services, g.principal, scope)

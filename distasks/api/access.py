@@ -85,13 +85,23 @@ def address(s: Services, req: Request) -> str:
                                s.config.auth.trusted_proxies)
 
 
+def forwarded_unvouched(s: Services, req: Request) -> bool:
+    """Whether a peer that is no trusted proxy says it forwards someone (X-Forwarded-For).
+    Its address counts for limits and the audit log, but it is not taken as local: it may
+    be a proxy on this machine that nobody named in auth.trusted_proxies, whose clients
+    would otherwise all look like loopback (anonymous access, metrics_networks)."""
+    return "x-forwarded-for" in req.headers and not principals.in_networks(
+        req.peer, s.config.auth.trusted_proxies)
+
+
 async def principal(s: Services, req: Request) -> Principal | None:
     """The caller, or None when it gave no credentials and is not anonymous here."""
     a = s.config.auth
     client = address(s, req)
     token = principals.bearer_token(req.headers.get("authorization"))
     if token is None:
-        if a.anonymous == "loopback" and principals.is_loopback(client):
+        if (a.anonymous == "loopback" and principals.is_loopback(client)
+                and not forwarded_unvouched(s, req)):
             return principals.anonymous(client)
         return None
     if not token.startswith(principals.TOKEN_PREFIX):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from quart import Blueprint, Response, g, jsonify
 
@@ -36,10 +37,11 @@ async def create_key() -> tuple[Response, int]:
     _no_stronger(req.scopes)
     now = times.utc(s.clock())
     expires = now + timedelta(seconds=req.expires_in_seconds) if req.expires_in_seconds else None
-    key, token = await api_keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
-                                   tenant=target, expires_at=expires,
-                                   rate_per_minute=req.rate_per_minute, actor=actor(), now=now)
-    return jsonify({"key": key_json(key), "token": token}), 201
+    minted = await api_keys.create(s.store, name=req.name, scopes=tuple(req.scopes),
+                               tenant=target, expires_at=expires,
+                               rate_per_minute=req.rate_per_minute, actor=actor(), now=now,
+                               **_within_maker())
+    return jsonify(_minted_json(minted)), 201
 
 
 @operation(bp, "GET", "/api/v1/keys", scope="keys:admin", tag="keys",
@@ -58,11 +60,10 @@ async def rotate_key(key_id: uuid.UUID) -> tuple[Response, int]:
     s = services()
     _no_stronger((await _own_key(key_id)).scopes)
     rotated = await api_keys.rotate(s.store, key_id, overlap=timedelta(seconds=req.overlap_seconds),
-                                actor=actor(), now=times.utc(s.clock()))
+                                actor=actor(), now=times.utc(s.clock()), **_within_maker())
     if rotated is None:
         raise NotFound(f"no active key with id {key_id}")
-    key, token = rotated
-    return jsonify({"key": key_json(key), "token": token}), 201
+    return jsonify(_minted_json(rotated)), 201
 
 
 @operation(bp, "POST", "/api/v1/keys/<uuid:key_id>/revoke", scope="keys:admin", tag="keys",
@@ -89,6 +90,18 @@ async def _own_key(key_id: uuid.UUID) -> ApiKey:
     if key is None or not _manages(key.tenant):
         raise NotFound(f"no key with id {key_id}")
     return key
+
+
+def _within_maker() -> dict[str, Any]:
+    """keys.create's and keys.rotate's bounds for a key this request's principal mints:
+    its own rate limit and expiry (keys.Authority)."""
+    default = services().config.limits.per_minute
+    return {"authority": api_keys.Authority.of(g.principal, default_per_minute=default),
+            "default_per_minute": default}
+
+
+def _minted_json(m: api_keys.Minted) -> dict[str, object]:
+    return {"key": key_json(m.key), "token": m.token, "capped": list(m.capped)}
 
 
 def _no_stronger(scopes: Iterable[str]) -> None:

@@ -7,16 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from distasks.domain.model import RunStatus, Task, TaskRun
+from distasks.domain.secret_fields import redacted
 from distasks.domain.tenancy import shown
 
 
 def iso(d: datetime | None) -> str | None:
     """RFC 3339 in UTC, with a Z."""
     return d.isoformat().replace("+00:00", "Z") if d else None
-
-
-# What a secret payload field's value reads as wherever the API shows a payload.
-SECRET = "[secret]"
 
 
 def task_json(t: Task, *, with_payload: bool = True) -> dict[str, Any]:
@@ -28,11 +25,6 @@ def task_json(t: Task, *, with_payload: bool = True) -> dict[str, Any]:
     elif t.secret_fields and isinstance(t.payload, dict):
         out["payload"] = redacted(t.payload, t.secret_fields)
     return out
-
-
-def redacted(payload: dict[str, Any], secret_fields: tuple[str, ...]) -> dict[str, Any]:
-    """`payload` with the value of each secret field that it holds replaced by SECRET."""
-    return {k: SECRET if k in secret_fields else v for k, v in payload.items()}
 
 
 def _task_json(t: Task) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from quart import Blueprint, Response, jsonify
 from distasks.api import schemas
 from distasks.api.openapi import operation
 from distasks.api.parse import parse_body, parse_query, read_body, schedule_name
-from distasks.api.render import iso, redacted
+from distasks.api.render import iso
 from distasks.api.services import Services, actor, services, tenant
 from distasks.daemon import schedules
 from distasks.domain import cron, tenancy, times
 from distasks.domain.errors import NotFound, Refused, TooManyQueues
+from distasks.domain.secret_fields import redacted
 from distasks.store import Fire, Schedule
 
 bp = Blueprint("schedules", __name__)

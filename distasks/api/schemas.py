@@ -441,6 +441,8 @@ class KeyList(BaseModel):
 class NewKey(BaseModel):
     key: KeyOut
     token: str = Field(description="Shown only in this answer; kept nowhere")
+    capped: list[str] = Field(description="rate_per_minute, expires_at: what was lowered to "
+                              "the maker's own (a key gets no more than its maker has)")
 
 
 class AuditEntry(BaseModel):

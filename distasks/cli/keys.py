@@ -36,11 +36,11 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         if args.action == "create":
             scopes = every_scope(args.scopes)
             expires = now + timedelta(seconds=args.expires_in) if args.expires_in else None
-            key, token = await api_keys.create(store, name=args.name, scopes=scopes,
-                                           tenant=args.tenant, expires_at=expires,
-                                           rate_per_minute=args.rate_per_minute, actor=actor,
-                                           now=now)
-            _show_token(key, token)
+            minted = await api_keys.create(store, name=args.name, scopes=scopes,
+                                       tenant=args.tenant, expires_at=expires,
+                                       rate_per_minute=args.rate_per_minute, actor=actor,
+                                       now=now)
+            _show_token(minted.key, minted.token)
         elif args.action == "rotate":
             overlap = (timedelta(seconds=args.overlap) if args.overlap
                        else api_keys.DEFAULT_ROTATION_OVERLAP)
@@ -48,7 +48,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             if rotated is None:
                 print(f"distasks: no active key {args.key_id}", file=sys.stderr)
                 return 1
-            _show_token(*rotated)
+            _show_token(rotated.key, rotated.token)
             print(f"the old token stops working at {(now + overlap).isoformat()}",
                   file=sys.stderr)
         elif args.action == "revoke":

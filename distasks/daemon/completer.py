@@ -20,6 +20,7 @@ from distasks.daemon.metrics import Metrics
 from distasks.domain import backoff, times
 from distasks.domain.errors import StoreRejected, StoreUnavailable
 from distasks.domain.outcome import Outcome, OutcomeKind
+from distasks.domain.secret_fields import scrub, scrub_json, secret_values
 from distasks.store import (
     Cancelled,
     Failed,
@@ -113,7 +114,8 @@ async def _record_rejected(batch: list[Outcome], error: StoreRejected, *, store:
                                          health=health)
         return written
     [outcome] = batch
-    log.error("outcome refused by PostgreSQL: %s", error, extra={
+    log.error("outcome refused by PostgreSQL: %s", scrub(str(error), secret_values(
+        outcome.run.task)), extra={
         "event": "outcome_rejected", "run_id": str(outcome.run.run_id),
         "task_id": str(outcome.run.task.id)})
     if outcome.kind is OutcomeKind.FAILED and outcome.result_json is None and (
@@ -152,7 +154,7 @@ def _count(batch: list[Outcome], written: Written, metrics: Metrics) -> None:
 
 def _store_outcomes(batch: list[Outcome]) -> Outcomes:
     o = Outcomes()
-    for x in batch:
+    for x in map(_without_secrets, batch):
         run_id, at = x.run.run_id, x.finished_at
         fence = Fence(x.run.worker_id, x.expired_before)
         match x.kind:
@@ -171,6 +173,20 @@ def _store_outcomes(batch: list[Outcome]) -> Outcomes:
             case OutcomeKind.CANCELLED:
                 o.cancelled.append(Cancelled(run_id, fence, x.error or "cancelled", at))
     return o
+
+
+def _without_secrets(outcome: Outcome) -> Outcome:
+    """`outcome` with its task's secret values (distasks.domain.secret_fields) replaced in its
+    error and result. Here, where every outcome is written (workers and reaper alike),
+    so that no handler that quotes its payload in an exception or a return value puts
+    a secret into a run, the DLQ listing or a log line."""
+    values = secret_values(outcome.run.task)
+    if not values:
+        return outcome
+    return dataclasses.replace(
+        outcome, error=None if outcome.error is None else scrub(outcome.error, values),
+        result_json=None if outcome.result_json is None else scrub_json(outcome.result_json,
+                                                                         values))
 
 
 def _settlement(batch: list[Outcome], written: Written) -> Settlement:

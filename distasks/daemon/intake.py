@@ -201,6 +201,7 @@ def _claimed(t: NewTask, *, worker_id: str, now: datetime) -> ClaimedRun:
     task = Task(id=t.id, name=t.name, handler=t.handler, type=t.type, queue_name=t.queue_name,
                 priority=t.priority, payload=t.payload, dedup_key=t.dedup_key,
                 max_retries=t.max_retries, timeout_s=t.timeout_s, status=TaskStatus.QUEUED,
-                failures=0, run_at=t.run_at, created_at=now, updated_at=now, finished_at=None)
+                failures=0, run_at=t.run_at, created_at=now, updated_at=now, finished_at=None,
+                tenant=t.tenant, secret_fields=t.secret_fields)
     return ClaimedRun(run_id=t.run_id, task=task, attempt=1, queue_name=t.queue_name,
                       message=str(t.run_id), enqueued_at=now, worker_id=worker_id)

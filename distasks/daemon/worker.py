@@ -457,8 +457,9 @@ class WorkerPool:
         except trio.TooSlowError:
             return self._failure(claimed, f"timed out after {timeout_s:g}s")
         except Exception as exc:  # a handler failure is data, not a crash
+            # No traceback for a task with secret fields: its message may quote one.
             log.info("run failed: %s", type(exc).__name__, extra={"event": "run_failed", **ids},
-                     exc_info=log.isEnabledFor(logging.DEBUG))
+                     exc_info=log.isEnabledFor(logging.DEBUG) and not task.secret_fields)
             return self._failure(claimed, _describe(exc))
         log.debug("run succeeded", extra={"event": "run_succeeded", **ids})
         return Outcome(claimed, OutcomeKind.SUCCEEDED, times.utc(self._clock()), result_json=result_json)

@@ -13,12 +13,18 @@ proxy into private networks:
   that address or a range holding it; the call then goes to the address that was
   checked, so a second resolution cannot lead elsewhere (DNS rebinding);
 - the caller cannot set `Host`; redirects are not followed.
+
+Only a bounded slice of the body is kept, so compression is not asked for (the caller
+may still ask). A gzip or deflate body is inflated in bounded steps, and one that
+inflates past max_response_bytes fails the attempt: a few bytes on the wire must not
+cost the daemon megabytes (a decompression bomb).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +37,8 @@ from distasks.domain.model import Json
 from distasks.handlers import TaskContext
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
+# Content codings inflated here (zlib's "+32" window: a gzip or a zlib header, detected).
+INFLATED_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 class HttpTaskFailed(Exception):
@@ -189,23 +197,57 @@ class HttpHandler:
         userinfo = parts.netloc.rpartition("@")[0]
         target = urlunsplit((parts.scheme, f"{userinfo + '@' if userinfo else ''}{literal}:{port}",
                              parts.path, parts.query, ""))
+        if not any(k.strip().lower() == "accept-encoding" for k in headers):
+            headers = {**headers, "Accept-Encoding": "identity"}
         headers = {**headers, "Host": parts.netloc.rpartition("@")[2]}
         extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
         # No timeout of its own: the run's cancel scope (the task's timeout) bounds it.
         async with httpx.AsyncClient(follow_redirects=False, timeout=None) as client:
             async with client.stream(method, target, headers=headers, extensions=extensions,
                                      **body) as response:
-                kept = bytearray()
-                async for chunk in response.aiter_bytes():
-                    kept += chunk[:self._max_response_bytes - len(kept)]
-                    if len(kept) >= self._max_response_bytes:
-                        break
+                kept = await self._read_body(response, url)
         text = kept.decode(response.encoding or "utf-8", errors="replace")
         if not 200 <= response.status_code < 300:
-            raise HttpTaskFailed(f"HTTP {response.status_code} from {_shown(url)}: {text[:200]}")
+            raise HttpTaskFailed(f"HTTP {response.status_code} from {_origin(url)}: {text[:200]}")
         return {"status": response.status_code,
                 "content_type": response.headers.get("content-type"),
                 "body": text, "truncated": len(kept) >= self._max_response_bytes}
+
+
+    async def _read_body(self, response: httpx.Response, url: str) -> bytes:
+        """The first max_response_bytes of the body, inflated if it is compressed (never
+        more than that held at once); HttpTaskFailed if a compressed body inflates past
+        them, or is in a coding not decoded here."""
+        limit = self._max_response_bytes
+        coding = response.headers.get("content-encoding", "").strip().lower()
+        kept = bytearray()
+        if coding in ("", "identity"):
+            async for chunk in response.aiter_raw():
+                kept += chunk[:limit - len(kept)]
+                if len(kept) >= limit:
+                    break
+            return bytes(kept)
+        shown = f"the response body from {_origin(url)} (HTTP {response.status_code})"
+        if coding not in INFLATED_CODINGS:
+            raise HttpTaskFailed(f"{shown} is {coding}-encoded, which is not decoded here")
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+        try:
+            async for chunk in response.aiter_raw():
+                data = chunk
+                while data and not inflater.eof:
+                    # One byte past the limit at most: enough to know it is passed.
+                    kept += inflater.decompress(data, limit + 1 - len(kept))
+                    if len(kept) > limit:
+                        raise HttpTaskFailed(
+                            f"{shown} inflates past http_handler.max_response_bytes "
+                            f"({limit} bytes) when {coding}-decoded; not read further "
+                            "(a decompression bomb?)")
+                    data = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+        except zlib.error:
+            raise HttpTaskFailed(f"{shown} is not valid {coding}") from None
+        return bytes(kept)
 
 
 def _host_pattern(entry: AllowEntry) -> str:
@@ -246,8 +288,8 @@ def _port(scheme: str, port: int | None) -> int:
     return port if port is not None else (443 if scheme == "https" else 80)
 
 
-def _shown(url: str) -> str:
-    """`url` without its query string and user info, for errors and logs (a query may
-    hold a token)."""
+def _origin(url: str) -> str:
+    """`scheme://host:port` of `url`, for errors and logs: its user info, query and path
+    may each hold a token (a webhook's lives in its path)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "", "", ""))

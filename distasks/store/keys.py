@@ -40,7 +40,9 @@ class KeyQueries(StoreBase):
                  expires_at, rate_per_minute))
             row = await cur.fetchone()
             await record_audit(conn, at=now, actor=actor, action="key_create", detail={
-                "key_id": str(key_id), "name": name, "tenant": tenant, "scopes": list(scopes)})
+                "key_id": str(key_id), "name": name, "tenant": tenant, "scopes": list(scopes),
+                "rate_per_minute": rate_per_minute,
+                "expires_at": expires_at.isoformat() if expires_at else None})
         assert row is not None
         return _key(row)
 

@@ -18,6 +18,8 @@ from .test_access import keys_cli, new_key
 
 # A flood of bad tokens from one address.
 FLOOD = 40
+# auth.trusted_proxies for a proxy on this machine (deploy/nginx); none by default.
+LOOPBACK_PROXY = "127.0.0.1/32,::1/128"
 
 
 async def audit_until(client: httpx.AsyncClient, token: str | None,
@@ -48,7 +50,8 @@ async def test_bad_credentials_are_audited_first_at_once_then_as_one_count(
         start_daemon, daemon_env):
     # No lookup throttle here (test_an_address_flooding_unknown_keys… covers it).
     env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none",
-           "DISTASKS_AUTH_FAILURE_WINDOW_S": "3", "DISTASKS_AUTH_MAX_FAILURES": "0"}
+           "DISTASKS_AUTH_FAILURE_WINDOW_S": "3", "DISTASKS_AUTH_MAX_FAILURES": "0",
+           "DISTASKS_AUTH_TRUSTED_PROXIES": LOOPBACK_PROXY}
     auditor = await trio.to_thread.run_sync(new_key, env, "audit:read")
     revoked = await trio.to_thread.run_sync(new_key, env, "tasks:read")
     key_id = next(line.split()[0] for line in
@@ -58,7 +61,7 @@ async def test_bad_credentials_are_audited_first_at_once_then_as_one_count(
     flooder, other = "203.0.113.7", "198.51.100.4"
     with trio.fail_after(60):
         async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
-            # 127.0.0.1 is a trusted proxy in the shipped config: it says who the client is.
+            # 127.0.0.1 is a trusted proxy here: it says who the client is.
             first = await client.get("/api/v1/tasks", headers={
                 "Authorization": "Bearer dtk_not-a-key", "X-Forwarded-For": flooder})
             assert first.status_code == 401
@@ -87,7 +90,8 @@ async def test_bad_credentials_are_audited_first_at_once_then_as_one_count(
 
 async def test_an_address_flooding_unknown_keys_gets_429_without_lookups(
         start_daemon, daemon_env):
-    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_AUTH_MAX_FAILURES": "3"}
+    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_AUTH_MAX_FAILURES": "3",
+           "DISTASKS_AUTH_TRUSTED_PROXIES": LOOPBACK_PROXY}
     good = await trio.to_thread.run_sync(new_key, env, "tasks:read")
     flooder, neighbour = "203.0.113.7", "198.51.100.4"
 
@@ -107,6 +111,22 @@ async def test_an_address_flooding_unknown_keys_gets_429_without_lookups(
             # A key that works keeps working from there; other addresses are not held.
             assert (await call(good, flooder)).status_code == 200
             assert (await call("dtk_random-y", neighbour)).status_code == 401
+
+
+async def test_a_local_client_rotating_x_forwarded_for_is_still_locked_out(
+        start_daemon, daemon_env):
+    """Under the shipped config no proxy is trusted: a process on this machine that
+    names another address in X-Forwarded-For with each unknown key is still counted at
+    its own address, and held (429 too_many_failures) once past auth.max_failures."""
+    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_AUTH_MAX_FAILURES": "3"}
+    with trio.fail_after(60):
+        async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            answers = [await client.get("/api/v1/tasks", headers={
+                "Authorization": f"Bearer dtk_random-{i}",
+                "X-Forwarded-For": f"203.0.113.{i + 1}"}) for i in range(6)]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429, 429, 429], [
+        r.text for r in answers]
+    assert answers[-1].json()["error"]["code"] == "too_many_failures"
 
 
 async def test_config_reloads_applied_and_refused_are_audited(

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -170,3 +171,44 @@ async def test_check_config_shows_the_section_and_a_bad_key_file_stops_start_up(
         assert p.returncode == 2
         assert p.stderr.decode() == ("distasks: config: auth.jwt.jwks_file: the JWKS has no "
                                      "signing key for EdDSA, RS256\n")
+
+
+async def test_a_key_minted_with_a_jwt_expires_no_later_than_the_token(start_daemon,
+                                                                         daemon_env):
+    """A JWT's authority ends at its exp: a key it mints without an expiry gets the
+    token's (named in `capped`), a later one asked for is refused, an earlier one is kept;
+    the key it made works."""
+    idp_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    endpoint = JwksEndpoint()
+    endpoint.keys = [public_jwk(idp_key, "k1")]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(partial(trio.serve_tcp, endpoint.handle, 0,
+                                                       host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none",
+                   "DISTASKS_AUTH_JWT_ENABLED": "true", "DISTASKS_AUTH_JWT_ISSUER": ISSUER,
+                   "DISTASKS_AUTH_JWT_AUDIENCE": AUDIENCE, "DISTASKS_AUTH_JWT_DEFAULT_TENANT":
+                   "default", "DISTASKS_AUTH_JWT_JWKS_URL": f"http://127.0.0.1:{port}/jwks"}
+            async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+                exp = int(time.time()) + 300
+                admin = mint(idp_key, "k1", "keys:admin tasks:read", exp=exp)
+
+                async def new_key(**body: object) -> httpx.Response:
+                    return await client.post("/api/v1/keys", headers=bearer(admin), json={
+                        "name": "from-jwt", "scopes": ["tasks:read"], **body})
+
+                r = await new_key()
+                assert r.status_code == 201, r.text
+                made = r.json()
+                assert made["capped"] == ["expires_at"]
+                assert made["key"]["expires_at"] == datetime.fromtimestamp(exp, UTC).isoformat(
+                    ).replace("+00:00", "Z")
+                later = await new_key(expires_in_seconds=3600)
+                assert (later.status_code, later.json()["error"]["field"]) == (
+                    403, "expires_in_seconds"), later.text
+                sooner = await new_key(expires_in_seconds=60)
+                assert (sooner.status_code, sooner.json()["capped"]) == (201, []), sooner.text
+                r = await client.get("/api/v1/tasks", headers=bearer(made["token"]))
+                assert r.status_code == 200, r.text
+            nursery.cancel_scope.cancel()

@@ -13,6 +13,9 @@ import httpx
 import psycopg
 import trio
 
+from distasks.testing.daemon import free_port
+from distasks.testing.http_stub import read_request
+
 from .conftest import REPO, wait_task
 
 SECRET_VALUE = "hunter2-s3cret-Qx7"
@@ -26,7 +29,18 @@ import distasks
 async def digest_secret(ctx):
     """Proves it got the real value without showing it."""
     return {"sha256": hashlib.sha256(ctx.payload["api_key"].encode()).hexdigest()}
+
+
+@distasks.handler
+async def echo_secret(ctx):
+    """A careless handler: its error (or result) quotes the secret value."""
+    if ctx.payload.get("fail"):
+        raise ValueError(f"the server refused key {ctx.payload['api_key']!r}")
+    return {"used": ctx.payload["api_key"], "nested": [{"again": ctx.payload["api_key"]}]}
 '''
+# A webhook token in the URL's path (as Slack's are), and one in its query.
+PATH_TOKEN = "SECRETPATHTOKEN-9f3a"
+QUERY_TOKEN = "SECRETQUERY-77b1"
 
 
 async def cli(env: dict[str, str], *argv: str) -> str:
@@ -106,3 +120,75 @@ async def test_secret_fields_reach_the_handler_and_are_shown_redacted_everywhere
                               (task_id,)).fetchone()[0]
     assert SECRET_VALUE not in audit
     assert stored == SECRET_VALUE  # kept whole for the handler (and its retries)
+
+
+async def echo_path(stream) -> None:
+    """A webhook endpoint that quotes the path it was called on: a 302 (with Location)
+    for /fail/…, a 500 for /boom/…, else 200; each body repeats the request line."""
+    request = await read_request(stream)
+    if request is None:
+        return
+    line = request[0].split(b"\r\n")[0]
+    path = line.split(b" ")[1]
+    status = (b"302 Found" if path.startswith(b"/fail/") else
+              b"500 Oops" if path.startswith(b"/boom/") else b"200 OK")
+    body = b"you called " + line
+    await stream.send_all(b"HTTP/1.1 " + status + b"\r\nLocation: " + path
+                          + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+                          + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                          + body)
+    await stream.aclose()
+
+
+async def test_secret_values_reach_no_error_result_log_or_audit_row(
+        start_daemon, daemon_env, tmp_path: Path):
+    """A secret URL's path (a webhook token) and a careless handler's echo of a secret:
+    the runs' errors and results, the DLQ's last_error, the audit rows and the daemon's
+    log (at DEBUG, tracebacks included) show "[secret]" or the host, never the value."""
+    (tmp_path / "secret_handlers.py").write_text(HANDLER_MODULE)
+    port = free_port()
+    env = {**daemon_env, "PYTHONPATH": str(tmp_path),
+           "DISTASKS_WORKER_HANDLERS": "secret_handlers", "DISTASKS_LOG_LEVEL": "DEBUG",
+           "DISTASKS_HTTP_HANDLER_ALLOWED_HOSTS": f"127.0.0.1:{port}"}
+    base = f"http://127.0.0.1:{port}"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_tcp, echo_path, port)
+            async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+                async def run(handler: str, payload: dict, fields: list[str]) -> dict:
+                    r = await client.post("/api/v1/tasks", json={
+                        "name": "leaky", "handler": handler, "payload": payload,
+                        "secret_fields": fields, "max_retries": 0})
+                    assert r.status_code == 201, r.text
+                    return await wait_task(client, d.url, r.json()["task_id"])
+
+                shown = [await run("http", {"url": f"{base}/{kind}/T000/B000/{PATH_TOKEN}"
+                                            f"?token={QUERY_TOKEN}", "method": "GET"}, ["url"])
+                         for kind in ("fail", "boom", "ok")]
+                shown.append(await run("echo_secret", {"api_key": SECRET_VALUE, "fail": True},
+                                       ["api_key"]))
+                shown.append(await run("echo_secret", {"api_key": SECRET_VALUE}, ["api_key"]))
+                assert [t["task"]["status"] for t in shown] == [
+                    "failed", "failed", "completed", "failed", "completed"], shown
+                redirect, boom, ok, refused, echoed = shown
+                assert f"HttpTaskFailed: HTTP 302 from {base}:" in redirect["latest_run"]["error"]
+                assert f"HttpTaskFailed: HTTP 500 from {base}:" in boom["latest_run"]["error"]
+                assert ok["latest_run"]["result"]["status"] == 200
+                assert "[secret]" in ok["latest_run"]["result"]["body"]
+                assert "'[secret]'" in refused["latest_run"]["error"]
+                assert echoed["latest_run"]["result"] == {
+                    "used": "[secret]", "nested": [{"again": "[secret]"}]}
+                dlq = (await client.get("/api/v1/queues/default/dlq")).text
+                audit = (await client.get("/api/v1/audit", params={"limit": 500})).text
+            nursery.cancel_scope.cancel()
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        stored = conn.execute("SELECT coalesce(string_agg(coalesce(error, '') || ' '"
+                              " || coalesce(result::text, ''), ' '), '') FROM task_runs"
+                              ).fetchone()[0]
+        audit_rows = conn.execute("SELECT coalesce(string_agg(detail::text, ' '), '')"
+                                  " FROM audit_log").fetchone()[0]
+    seen = {"runs": json.dumps(shown), "dlq": dlq, "audit": audit, "stored": stored,
+            "audit_rows": audit_rows, "log": d.log()}
+    assert "last_error" in dlq and "HTTP 302" in dlq
+    for secret in (PATH_TOKEN, QUERY_TOKEN, SECRET_VALUE):
+        assert [where for where, text in seen.items() if secret in text] == [], secret

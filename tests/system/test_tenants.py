@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import psycopg
 import redis
 import trio
 
@@ -182,3 +183,66 @@ tasks_per_minute = 60
             # zeta is named nowhere in the config: counted as "other".
             assert 'distasks_tenant_tasks_created_total{tenant="other"} 1.0' in metrics
             assert 'tenant="zeta"' not in metrics
+
+
+async def test_a_key_gets_no_more_rate_or_time_than_its_maker_has(start_daemon, daemon_env):
+    """acme's keys:admin is under limits.per_minute (60 here, a burst of 10): it cannot
+    mint an unlimited or faster key (403 naming the field), a key it mints without a rate
+    is held to 60 like acme's others, one its maker is slower than gets its maker's rate
+    (said in `capped`), and so does a key it rotates; a maker that expires gives no key
+    a later expiry. The audit rows record each key's rate and expiry."""
+    env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none", "DISTASKS_LIMITS_PER_MINUTE": "60"}
+    admin = await trio.to_thread.run_sync(tenant_key, env, "acme", "keys:admin", "tasks:read")
+    slow_admin = await trio.to_thread.run_sync(
+        keys_cli, env, "create", "--name", "slow-admin", "--tenant", "acme", "--scope",
+        "keys:admin", "--scope", "tasks:read", "--rate-per-minute", "30")
+    brief_admin = await trio.to_thread.run_sync(
+        keys_cli, env, "create", "--name", "brief-admin", "--tenant", "acme", "--scope",
+        "keys:admin", "--scope", "tasks:read", "--expires-in", "1h")
+    # The operator may give an acme key no limit with the command line.
+    await trio.to_thread.run_sync(keys_cli, env, "create", "--name", "unlimited", "--tenant",
+                                  "acme", "--scope", "tasks:read", "--rate-per-minute", "0")
+    with trio.fail_after(60):
+        async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            async def mint(token: str, **body: object) -> httpx.Response:
+                return await client.post("/api/v1/keys", headers=bearer(token), json={
+                    "name": "fast", "scopes": ["tasks:read"], **body})
+
+            for rate in (0, 61):
+                r = await mint(admin, rate_per_minute=rate)
+                assert (r.status_code, r.json()["error"]["field"]) == (
+                    403, "rate_per_minute"), r.text
+            r = await mint(admin, rate_per_minute=60)
+            assert r.status_code == 201 and r.json()["capped"] == [], r.text
+            r = await mint(admin)
+            assert r.status_code == 201 and r.json()["capped"] == [], r.text
+            plain = r.json()["token"]
+            statuses = [(await client.get("/api/v1/tasks", headers=bearer(plain))).status_code
+                        for _ in range(15)]
+            assert statuses[0] == 200 and statuses[-1] == 429, statuses
+
+            r = await mint(slow_admin)
+            assert (r.status_code, r.json()["key"]["rate_per_minute"], r.json()["capped"]) == (
+                201, 30, ["rate_per_minute"]), r.text
+
+            listed = (await client.get("/api/v1/keys", headers=bearer(admin))).json()["keys"]
+            unlimited = next(k for k in listed if k["name"] == "unlimited")
+            r = await client.post(f"/api/v1/keys/{unlimited['id']}/rotate", headers=bearer(admin))
+            assert (r.status_code, r.json()["key"]["rate_per_minute"], r.json()["capped"]) == (
+                201, 60, ["rate_per_minute"]), r.text
+            rotated_id = r.json()["key"]["id"]
+
+            maker_expiry = next(k for k in listed if k["name"] == "brief-admin")["expires_at"]
+            r = await mint(brief_admin, expires_in_seconds=7200)
+            assert (r.status_code, r.json()["error"]["field"]) == (
+                403, "expires_in_seconds"), r.text
+            r = await mint(brief_admin)
+            assert (r.status_code, r.json()["key"]["expires_at"], r.json()["capped"]) == (
+                201, maker_expiry, ["expires_at"]), r.text
+            assert (await mint(brief_admin, expires_in_seconds=600)).status_code == 201
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        rows = {d["key_id"]: d for (d,) in conn.execute(
+            "SELECT detail FROM audit_log WHERE action = 'key_create'")}
+    assert rows[rotated_id]["rate_per_minute"] == 60
+    assert {"rate_per_minute", "expires_at"} <= set(rows[unlimited["id"]])
+    assert rows[unlimited["id"]]["rate_per_minute"] == 0

@@ -3,6 +3,8 @@ going to the address that was checked (against a local TCP server, not a mock)."
 
 from __future__ import annotations
 
+import gzip
+import tracemalloc
 import types
 
 import pytest
@@ -80,3 +82,56 @@ async def test_a_name_that_resolves_to_a_private_address_is_called_only_if_allow
     [request] = seen
     assert request.startswith(b"GET /hook?token=t HTTP/1.1")
     assert f"host: localhost:{port}".encode() in request.lower()
+
+
+# A gzip bomb: 50 MB of zeros, about 49 KB on the wire.
+BOMB_INFLATED_BYTES = 50_000_000
+# Most memory (Python's allocations, traced) one call may take while reading it: a few
+# times the kept slice and a network chunk, nowhere near the inflated size.
+BOMB_PEAK_BYTES = 8_000_000
+
+
+async def serve_gzip(port: int, body: bytes, seen: list[bytes], *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """An endpoint that answers every request with `body`, gzip-compressed."""
+    async def serve(stream: trio.SocketStream) -> None:
+        request = await read_request(stream)
+        if request is None:
+            return
+        seen.append(request[0])
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                              b"Connection: close\r\n\r\n%s" % (len(body), body))
+        await stream.aclose()
+
+    await trio.serve_tcp(serve, port, host="127.0.0.1", task_status=task_status)
+
+
+async def test_a_gzip_bomb_fails_the_run_without_being_inflated():
+    port = free_port()
+    seen: list[bytes] = []
+    bomb = gzip.compress(b"\0" * BOMB_INFLATED_BYTES)
+    small = gzip.compress(b'{"ok": true}')
+    ctx = types.SimpleNamespace(payload={"url": f"http://127.0.0.1:{port}/hook", "method": "GET"})
+    handler = HttpHandler((f"127.0.0.1:{port}",), 16384)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_gzip, port, small, seen)
+            result = await handler(ctx)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_gzip, port, bomb, seen)
+            tracemalloc.start()
+            try:
+                with pytest.raises(HttpTaskFailed, match="inflates past") as failed:
+                    await handler(ctx)  # type: ignore[arg-type]
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            nursery.cancel_scope.cancel()
+    # A compressed body within the bound is read as before.
+    assert (result["body"], result["truncated"]) == ('{"ok": true}', False)
+    assert "16384 bytes" in str(failed.value)
+    assert peak < BOMB_PEAK_BYTES, peak
+    # Compression is not asked for: only the kept slice of a body is read anyway.
+    assert all(b"accept-encoding: identity" in request.lower() for request in seen)

@@ -13,10 +13,12 @@ import pytest
 
 from distasks.api import schemas
 from distasks.api.parse import parse_body, task_request
-from distasks.api.render import SECRET, task_json
+from distasks.api.render import task_json
 from distasks.daemon import creation
+from distasks.domain import secret_fields
 from distasks.domain.errors import InvalidInput
 from distasks.domain.model import NewTask, Task, TaskStatus, TaskType
+from distasks.domain.secret_fields import SECRET
 from distasks.handlers import builtin_registry
 from distasks.handlers.http import HttpHandler
 
@@ -75,3 +77,24 @@ def test_the_api_shows_secret_values_redacted_and_lists_no_payload_unless_asked(
     assert shown["secret_fields"] == ["token", "absent"]
     assert "payload" not in task_json(task, with_payload=False)
     assert task.payload["token"] == "s3cret"  # what the handler gets is untouched
+
+
+def test_an_outcome_is_scrubbed_of_every_secret_value_however_it_is_written():
+    """Nested values, a URL's path and query apart, and a value a JSON result escapes
+    (non-ASCII, quotes): each is replaced; text that holds none is left as it was."""
+    task = Task(id=uuid.uuid4(), name="x", handler="http", type=TaskType.IMMEDIATE,
+                queue_name="default", priority=0, dedup_key=None, max_retries=3,
+                timeout_s=None, status=TaskStatus.QUEUED, failures=0, run_at=None,
+                created_at=NOW, updated_at=NOW, finished_at=None,
+                payload={"url": "https://hooks.example/T0/B0/tok3n?sig=abc123",
+                         "auth": {"user": "ops", "pass": ['pä"ss']}, "to": "a@example.com"},
+                secret_fields=("url", "auth"))
+    values = secret_fields.secret_values(task)
+    assert "/T0/B0/tok3n" in values and "sig=abc123" in values and 'pä"ss' in values
+    error = "HTTP 302 from https://hooks.example: moved to /T0/B0/tok3n?sig=abc123"
+    assert secret_fields.scrub(error, values) == (
+        "HTTP 302 from https://hooks.example: moved to [secret]?[secret]")
+    result = json.dumps({"echo": 'pä"ss', "user": "ops", "to": "a@example.com"})
+    assert json.loads(secret_fields.scrub_json(result, values)) == {
+        "echo": SECRET, "user": SECRET, "to": "a@example.com"}
+    assert secret_fields.scrub("nothing here", values) == "nothing here"
