@@ -2,26 +2,24 @@
 (`[tenants.<name>]`, architecture §8). Checked at the API's edge, before a create reaches
 the intake, so that a tenant over its quota costs the others nothing.
 
-Tasks per minute is a token bucket in Redis (broker/rate_take.lua, the one the rate
-limits use), shared by every daemon; like the rate limits, a daemon takes tokens a lease
-at a time and spends them locally, and a Redis that does not answer lets creates pass.
+Tasks per minute is a token bucket (access/buckets.py, as the rate limits are), shared by
+every daemon; a Redis that does not answer lets creates pass.
 Queued tasks are counted in PostgreSQL at most once a second per tenant, so a burst can
 pass the limit by what one second brings; exactness would cost a count on every create.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from distasks.access.rate_limits import BURST_S, LEASE_FRACTION, TAKE_TIMEOUT_S
+from distasks.access import buckets
 from distasks.broker import Broker
 from distasks.config import Config
-from distasks.domain.errors import BrokerUnavailable, InvalidInput, Refused
+from distasks.domain.errors import InvalidInput, Refused
 from distasks.store import Store
 
 # How old a tenant's count of queued tasks may be.
@@ -107,17 +105,14 @@ class TenantQuotas:
 
     async def _spend(self, tenant: str, state: _Tenant, count: int, per_minute: int) -> None:
         if state.tokens < count:
-            capacity = max(1, int(per_minute * BURST_S / 60))
+            capacity = buckets.capacity(per_minute)
             if count > capacity:  # never admitted, however long the client waits
                 raise InvalidInput(f"tenant {tenant!r} may create at most {capacity} tasks "
                                    f"at once ({per_minute} per minute); split the batch",
                                    field="tasks")
-            want = max(count - state.tokens, int(capacity * LEASE_FRACTION))
-            granted, wait_ms = want, 0  # what passes when Redis does not answer in time
-            with contextlib.suppress(BrokerUnavailable), trio.move_on_after(TAKE_TIMEOUT_S):
-                granted, wait_ms = await self._broker.take_tokens(
-                    f"quota:{tenant}", tenant, per_ms=per_minute / 60_000, capacity=capacity,
-                    tenant_per_ms=0, tenant_capacity=0, want=want)
+            granted, wait_ms = await buckets.take(
+                self._broker, f"quota:{tenant}", tenant, per_minute=per_minute,
+                want=max(count - state.tokens, buckets.lease(capacity)))
             state.tokens += granted
             if state.tokens < count:
                 missing_s = (count - state.tokens) * 60 / per_minute

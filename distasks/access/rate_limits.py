@@ -1,17 +1,12 @@
-"""Rate limits: token buckets in Redis (broker/rate_take.lua, on Redis's clock), one per
-principal and one per tenant, shared by every daemon.
+"""Rate limits: requests per minute, one token bucket (access/buckets.py) per principal
+and one per tenant, shared by every daemon.
 
-A daemon takes tokens a few at a time (LEASE_FRACTION of a bucket) and spends them
-locally, so that most requests cost a dictionary lookup, not a Redis round trip; what it
-took and did not spend is all another daemon may miss. A refusal is remembered until the
-next token is due, so a client that keeps knocking costs no Redis call either. While
-Redis does not answer (within TAKE_TIMEOUT_S), requests pass: an outage must not stop
-the API (architecture §5.6).
+A refusal is remembered until the next token is due, so a client that keeps knocking
+costs no Redis call either.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,18 +14,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from distasks.access import buckets
 from distasks.access.principals import Principal
 from distasks.broker import Broker
 from distasks.config import Config
-from distasks.domain.errors import BrokerUnavailable, Refused
+from distasks.domain.errors import Refused
 
-# A bucket holds this many seconds' worth of requests: the burst allowed.
-BURST_S = 10.0
-# Share of a bucket a daemon takes at a time.
-LEASE_FRACTION = 0.05
-# Longest a request waits for Redis's tokens; without an answer it passes, and so do the
-# next lease's worth, so that a hung Redis slows one request per lease, not all of them.
-TAKE_TIMEOUT_S = 0.5
 # Most principals tracked locally; more and the table starts afresh.
 MAX_TRACKED = 10_000
 
@@ -92,20 +81,13 @@ class RateLimiter:
         shown = per_minute or tenant_per_minute
         if now < local.refused_until:
             raise RateLimited(shown, local.refused_until - now)
-        capacity = _capacity(per_minute)
-        tenant_capacity = _capacity(tenant_per_minute)
-        want = max(1, int(min(c for c in (capacity, tenant_capacity) if c) * LEASE_FRACTION))
-        granted, wait_ms = want, 0  # what passes when Redis does not answer in time
-        with contextlib.suppress(BrokerUnavailable), trio.move_on_after(TAKE_TIMEOUT_S):
-            granted, wait_ms = await self._broker.take_tokens(
-                f"{who.tenant}/{who.id}", who.tenant, per_ms=per_minute / 60_000, capacity=capacity,
-                tenant_per_ms=tenant_per_minute / 60_000, tenant_capacity=tenant_capacity,
-                want=want)
+        smaller = min(c for c in (buckets.capacity(per_minute),
+                                  buckets.capacity(tenant_per_minute)) if c)
+        granted, wait_ms = await buckets.take(
+            self._broker, f"{who.tenant}/{who.id}", who.tenant, per_minute=per_minute,
+            tenant_per_minute=tenant_per_minute, want=buckets.lease(smaller))
         if granted == 0:
             local.refused_until = now + wait_ms / 1000
             raise RateLimited(shown, wait_ms / 1000)
         local.tokens = granted - 1
 
-
-def _capacity(per_minute: int) -> int:
-    return 0 if per_minute == 0 else max(1, int(per_minute * BURST_S / 60))
