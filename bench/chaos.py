@@ -42,6 +42,7 @@ from pathlib import Path
 import trio
 
 from distasks.testing import faults as f
+from distasks.testing import servers, workload
 from distasks.testing.daemon import DaemonExited
 
 # One scenario, everything included; far above a healthy run (about 15-40 s).
@@ -57,9 +58,9 @@ def header(args: argparse.Namespace, names: list[str]) -> list[str]:
         f"# distasks chaos bench, commit {f.git_commit()}, {time.strftime('%Y-%m-%d %H:%M:%S')}"
         f", {os.cpu_count()} cores, load {load}",
         f"# N={args.tasks} tasks per fault, handler chaos_sleep 50-200 ms, creates at most "
-        f"{f.CREATE_CLIENTS} in flight at {f.DEFAULT_RATE_PER_S:g}/s (cancel-stress: "
+        f"{workload.CREATE_CLIENTS} in flight at {f.DEFAULT_RATE_PER_S:g}/s (cancel-stress: "
         f"{f.FAULTS['cancel-stress'].rate_per_s:g}/s), dedup keys, 503/connection errors "
-        f"retried for {f.CREATE_RETRY_S:g}s",
+        f"retried for {workload.CREATE_RETRY_S:g}s",
         f"# daemons: {f.settings_line()}",
         f"# fault injected once N/3 tasks completed; cancel-stress: {args.cycles} cycles; "
         f"faults: {', '.join(names)}",
@@ -82,8 +83,8 @@ def format_row(values: dict[str, object]) -> str:
 
 
 async def run(args: argparse.Namespace, names: list[str], workdir: Path) -> int:
-    pg = f.PrivatePostgres()
-    redis_server = f.PrivateRedis()
+    pg = servers.PrivatePostgres()
+    redis_server = servers.PrivateRedis()
     try:
         await trio.to_thread.run_sync(pg.init)
         await trio.to_thread.run_sync(pg.start)

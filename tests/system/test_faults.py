@@ -27,15 +27,14 @@ from distasks.testing.faults import (
     FAULTS,
     GRACE_S,
     STRESS_CYCLES,
-    PrivatePostgres,
-    PrivateRedis,
     Result,
     daemon_env,
     fault_daemon,
-    query,
     run_scenario,
     wait_final,
 )
+from distasks.testing.servers import PrivatePostgres, PrivateRedis
+from distasks.testing.workload import query
 
 pytestmark = pytest.mark.faults
 

@@ -1,0 +1,245 @@
+"""Private servers for fault tests: a PostgreSQL and a Redis of their own on free
+loopback ports, which a test may kill, restart or cut off. The shared servers on 6379 and
+5432 are never touched. Every wait is bounded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from distasks.testing.daemon import free_port
+
+HOST = "127.0.0.1"
+
+
+# How long a server or a daemon may take to start answering.
+SERVER_START_TIMEOUT_S = 30.0
+
+
+# A psycopg connection attempt of the harness (PostgreSQL may be restarting).
+PG_CONNECT_TIMEOUT_S = 3
+
+
+
+def _wait_until(ok: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `ok` (blocking) until it is true; RuntimeError naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not ok():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout_s:g}s")
+        time.sleep(0.05)
+
+
+
+class PrivateRedis:
+    """A redis-server of its own on a free loopback port, without any persistence, so
+    that a restart comes back empty.
+
+    Blocking methods: call them from Trio with `trio.to_thread.run_sync`.
+    """
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise FileNotFoundError("redis-server is not installed")
+        self.dir = Path(tempfile.mkdtemp(prefix="distasks-faults-redis-"))
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=5,
+                           socket_connect_timeout=5)
+
+    def start(self) -> None:
+        """Start the server (empty) and wait until it answers PING."""
+        self._process = subprocess.Popen(
+            [self.binary or "redis-server", "--port", str(self.port), "--bind", HOST,
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_until(self._answers, SERVER_START_TIMEOUT_S, f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(f"redis-server exited {self._process.returncode}; see "
+                               f"{self.dir / 'redis.log'}")
+        try:
+            with self.client() as c:
+                return bool(c.ping())
+        except redis.RedisError:
+            return False
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def ensure_running(self) -> None:
+        if not self.is_running():
+            self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: whatever it held is gone."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as in a network partition;
+        `thaw()` brings it back with its data."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    def restart_empty(self) -> None:
+        """Kill the server and start a new, empty one on the same port."""
+        self.kill()
+        self.start()
+
+    def client_kill(self) -> int:
+        """Drop every normal client connection (the daemons'), keeping this one; returns
+        how many were dropped."""
+        with self.client() as c:
+            return int(c.client_kill_filter(_type="normal", skipme=True))
+
+    def stop(self) -> None:
+        """Stop the server and delete its directory."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+
+def _pg_bindir() -> Path:
+    """The directory of initdb and pg_ctl: initdb's on PATH, else the newest Debian one."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if not candidates:
+        raise FileNotFoundError("initdb is not installed")
+    return candidates[-1].parent
+
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own: trust auth, listening only on 127.0.0.1 at a free
+    port, its socket in its own directory under /tmp.
+
+    Run as root, the server programs run as the `postgres` system user (`runuser`), and
+    the directory is theirs. Durability settings are off (fsync, synchronous_commit):
+    a fast shutdown still writes everything, and no test crashes the machine.
+    Blocking methods: call them from Trio with `trio.to_thread.run_sync`.
+    """
+
+    def __init__(self) -> None:
+        self.bindir = _pg_bindir()
+        self.port = free_port()
+        # Not under pytest's tmp_path: that is private to root, and the server runs as
+        # the postgres user.
+        self.root = Path(tempfile.mkdtemp(prefix="distasks-faults-pg-", dir="/tmp"))
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+
+    def _run(self, program: str, *args: str) -> None:
+        cmd = [str(self.bindir / program), *args]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} {' '.join(args)} exited {done.returncode}:\n"
+                               f"{done.stdout}{done.stderr}")
+
+    def init(self) -> None:
+        """initdb and configure; does not start the server."""
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "--encoding=UTF8", "--no-sync", "--no-instructions")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# distasks fault tests\n"
+                f"listen_addresses = '{HOST}'\n"
+                f"port = {self.port}\n"
+                f"unix_socket_directories = '{self.root}'\n"
+                "max_connections = 200\n"
+                "shared_buffers = 32MB\n"
+                "fsync = off\n"
+                "synchronous_commit = off\n"
+                "full_page_writes = off\n")
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60",
+                  "start")
+
+    def restart_fast(self) -> None:
+        """`pg_ctl restart -m fast`: every connection is dropped, transactions in flight
+        are rolled back, the server is back when this returns."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-m", "fast",
+                  "-w", "-t", "60", "restart")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data: `start()` brings it back as it was."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def is_running(self) -> bool:
+        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+    def ensure_running(self) -> None:
+        if not self.is_running():
+            self.start()
+
+    def stop(self) -> None:
+        """Stop the server (if running) and delete its directory."""
+        if self.data.exists() and self.is_running():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return (f"host={HOST} port={self.port} user=postgres dbname={dbname} "
+                f"connect_timeout={PG_CONNECT_TIMEOUT_S}")
+
+    def _admin(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def create_database(self, name: str) -> None:
+        self._admin(f'CREATE DATABASE "{name}"')
+
+    def drop_database(self, name: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def terminate_backends(self, dbname: str) -> int:
+        """pg_terminate_backend on every other backend connected to `dbname`; returns
+        how many were terminated."""
+        rows = self._admin(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
+        return int(rows[0][0])
