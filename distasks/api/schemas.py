@@ -27,13 +27,6 @@ RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", 
                         "cancelled"]
 
 
-def _integral(value: Any) -> Any:
-    """JSON Schema counts 3.0 as an integer; so do we (but not "3", nor 3.5)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 def _rfc3339(value: Any) -> Any:
     """Lax parsing would read "1.5" as a Unix time; a query date-time must look like one."""
     if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]", value):
@@ -60,14 +53,16 @@ NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
 
 
 # Integers within bounds. The bounds sit inside the type, so that they stay in the schema
-# (on the field of an `int | None` they would not).
-Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX), BeforeValidator(_integral)]
-Retries = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
-SelectionCount = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
-TaskPageLimit = Annotated[int, Field(ge=1, le=500), BeforeValidator(_integral)]
-DlqPageCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
-DlqPageLimit = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
-RatePerMinute = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_integral)]
+# (on the field of an `int | None` they would not). In a body an integer is strict, as
+# the README promises: 3.0, "3" and true are refused (`_Strict`'s config, the one rule
+# for every request body).
+Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Retries = Annotated[int, Field(ge=0, le=1000)]
+SelectionCount = Annotated[int, Field(ge=1, le=10_000)]
+TaskPageLimit = Annotated[int, Field(ge=1, le=500)]
+DlqPageCount = Annotated[int, Field(ge=0, le=1000)]
+DlqPageLimit = Annotated[int, Field(ge=1, le=1000)]
+RatePerMinute = Annotated[int, Field(ge=0, le=10_000_000)]
 
 
 def text(min_length: int, max_length: int, description: str | None = None) -> Any:
@@ -114,7 +109,7 @@ SecretFieldName = Annotated[str, Field(min_length=1, max_length=256,
 
 class _Strict(BaseModel):
     # Unknown fields are refused (a typo such as `max_retry` must not pass silently);
-    # strict types: "3" is not an integer.
+    # strict types: "3", 3.0 and true are not integers, 1 is no boolean.
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
@@ -519,7 +514,7 @@ def _cron_syntax(value: str) -> str:
 CronExpression = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": CRON_PATTERN}),
                            AfterValidator(_cron_syntax)]
 CatchUpName = Literal["skip", "latest", "all"]
-CatchUpMax = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
+CatchUpMax = Annotated[int, Field(ge=1, le=1000)]
 
 
 class ScheduleTask(_Strict):
