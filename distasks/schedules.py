@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -20,13 +21,21 @@ from distasks.store import Schedule
 
 
 def check_definition(s: Schedule, rules: CreationRules, *, now: datetime,
-                     prefix: str = "") -> None:
+                     prefix: str = "", changed: Collection[str] = ()) -> None:
     """InvalidInput naming the field (`cron`, `timezone`, `task.handler`, …, after
-    `prefix`) unless `s` can fire: its expression, time zone and template pass."""
+    `prefix`) unless `s` can fire: its expression, time zone and template pass, and its
+    window runs forwards. `changed`: the fields a change gave, so that a window turned
+    backwards names the one that did it (`start_at` given alone), `end_at` otherwise."""
     try:
         cron.check(s.cron, s.timezone, now=now)
     except cron.CronError as e:
         raise InvalidInput(e.problem, field=f"{prefix}{e.field}") from None
+    if s.starts_at is not None and s.ends_at is not None and s.ends_at <= s.starts_at:
+        if "start_at" in changed and "end_at" not in changed:
+            raise InvalidInput(f"start_at: must be before end_at ({s.ends_at.isoformat()}); "
+                               "a schedule that ends before it starts never fires",
+                               field=f"{prefix}start_at")
+        raise InvalidInput(f"end_at: {schemas.WINDOW_BACKWARDS}", field=f"{prefix}end_at")
     try:
         template_task(s, rules, fire_at=now, jitter_s=0.0)
     except InvalidInput as e:

@@ -15,6 +15,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
 )
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
@@ -514,6 +516,7 @@ def _cron_syntax(value: str) -> str:
 CronExpression = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": CRON_PATTERN}),
                            AfterValidator(_cron_syntax)]
 CatchUpName = Literal["skip", "latest", "all"]
+WINDOW_BACKWARDS = "must be after start_at (a schedule that ends before it starts never fires)"
 CatchUpMax = Annotated[int, Field(ge=1, le=1000)]
 
 
@@ -550,9 +553,21 @@ class CreateSchedule(_Strict):
     jitter_seconds: float = Field(0, ge=0, le=86400,
                                   description="Each task is delayed by a random 0..jitter")
     start_at: UtcDatetime | None = Field(None, description="No slot before it")
-    end_at: UtcDatetime | None = Field(None, description="No slot after it")
+    end_at: UtcDatetime | None = Field(None, description="No slot after it; after start_at "
+                                       "when both are given")
     skip_if_running: bool = Field(False, description="Skip a slot while the previous "
                                   "slot's task is not finished")
+
+    @field_validator("end_at")
+    @classmethod
+    def _ends_after_start(cls, end_at: datetime | None, info: ValidationInfo
+                          ) -> datetime | None:
+        """A window that ends before it starts would never fire: refused, naming end_at
+        (a change is checked against the stored start by schedules.check_definition)."""
+        start_at = info.data.get("start_at")
+        if end_at is not None and start_at is not None and end_at <= start_at:
+            raise ValueError(WINDOW_BACKWARDS)
+        return end_at
 
 
 class UpdateScheduleTask(_Strict):
@@ -580,8 +595,8 @@ class UpdateSchedule(_Strict):
     catch_up: CatchUpName | None = None
     catch_up_max: CatchUpMax | None = None
     jitter_seconds: float | None = Field(None, ge=0, le=86400)
-    start_at: UtcDatetime | None = Field(None, description="null: no start")
-    end_at: UtcDatetime | None = Field(None, description="null: no end")
+    start_at: UtcDatetime | None = Field(None, description="null: no start; before end_at")
+    end_at: UtcDatetime | None = Field(None, description="null: no end; after start_at")
     skip_if_running: bool | None = None
 
 

@@ -92,7 +92,8 @@ def test_a_schedule_whose_end_is_not_after_its_start_is_refused_naming_end_at(en
 
 
 def stored(**fields: Any) -> Any:
-    req = schemas.CreateSchedule.model_validate({"name": "s", "cron": "* * * * *", **fields})
+    req = schemas.CreateSchedule.model_validate_json(
+        json.dumps({"name": "s", "cron": "* * * * *", **fields}))
     return schedules.from_request(req, tenant="default", owner="api", actor=Actor("t"),
                                   now=NOW)
 
