@@ -72,7 +72,8 @@ def rearm(s: Schedule, *, now: datetime) -> Schedule:
 
 def apply_update(s: Schedule, req: schemas.UpdateSchedule, *, now: datetime) -> Schedule:
     """`s` with the fields `req` gives; re-armed from `now` if its timing changed or it
-    was resumed."""
+    was resumed. InvalidInput naming `task.secret_fields` if it would unmark a secret key
+    while the stored payload stays."""
     given = req.model_fields_set
     changes: dict[str, Any] = {}
     for field, column in (("cron", "cron"), ("timezone", "timezone"), ("enabled", "enabled"),
@@ -93,7 +94,17 @@ def apply_update(s: Schedule, req: schemas.UpdateSchedule, *, now: datetime) -> 
         if "name" in t_given:
             changes["task_name"] = t.name or s.name
         if "secret_fields" in t_given:
-            changes["secret_fields"] = tuple(sorted(set(t.secret_fields or ())))
+            marked = tuple(sorted(set(t.secret_fields or ())))
+            # A secret, once marked, stays secret: unmarking a key would show the stored
+            # value. Marks may grow; they may shrink only with a new payload, which
+            # replaces the stored values.
+            unmarked = sorted(set(s.secret_fields) - set(marked))
+            if unmarked and "payload" not in t_given:
+                raise InvalidInput(
+                    f"task.secret_fields: {', '.join(map(repr, unmarked))} stay secret; "
+                    "a key is unmarked only together with a new task.payload",
+                    field="task.secret_fields")
+            changes["secret_fields"] = marked
         for field in ("queue_name", "priority"):
             if field in t_given and getattr(t, field) is not None:
                 changes[field] = getattr(t, field)

@@ -581,7 +581,10 @@ class UpdateScheduleTask(_Strict):
     payload: Any = Field(None, description="Any JSON value")
     max_retries: Retries | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    secret_fields: list[SecretFieldName] | None = Field(None, max_length=64)
+    secret_fields: list[SecretFieldName] | None = Field(
+        None, max_length=64,
+        description="May add keys; a key already marked stays marked unless payload is "
+                    "given too (a 422 otherwise), so that a stored secret is never shown")
 
 
 class UpdateSchedule(_Strict):
