@@ -48,6 +48,17 @@ def _utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
 
+# What each pattern allows, in words: a refusal says this (api/errors.py), never the
+# regular expression itself.
+QUEUE_NAME_RULE = ("1-64 characters of letters, digits, '.', '_' and '-' (not '.' or '..' "
+                   "alone)")
+PATTERN_RULES: dict[str, str] = {
+    QUEUE_NAME_PATTERN: QUEUE_NAME_RULE,
+    TENANT_PATTERN: ("1-32 characters of lower-case letters, digits, '_' and '-', starting "
+                     "with a letter or digit"),
+    CURSOR_PATTERN: "the next_cursor of the previous page, as given",
+}
+
 # PostgreSQL text and jsonb cannot hold NUL: said in the schema by this pattern on every
 # free text (the server refuses NUL itself, naming the field, api/parse.py refuse_nul).
 NO_NUL = r"^[^\x00]*$"
@@ -190,6 +201,10 @@ class RotateKey(_Strict):
                                    description="How long the old token stays valid")
 
 
+AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,18}$(?!\n)"
+PATTERN_RULES[AUDIT_CURSOR_PATTERN] = PATTERN_RULES[CURSOR_PATTERN]
+
+
 class AuditQuery(_Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
@@ -198,7 +213,7 @@ class AuditQuery(_Query):
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
-    cursor: str | None = Field(None, pattern=r"^[1-9][0-9]{0,18}$(?!\n)",
+    cursor: str | None = Field(None, pattern=AUDIT_CURSOR_PATTERN,
                                description="next_cursor of the previous page")
 
 
