@@ -488,27 +488,71 @@ class ErrorOut(BaseModel):
 SCHEDULE_NAME_PATTERN = QUEUE_NAME_PATTERN
 
 
+def _numbers(low: int, high: int) -> str:
+    """A pattern for the integers low..high (no leading zeros), grouped by tens so that it
+    stays short: 7..23 is `7|8|9|1[0-9]|2[0-3]`."""
+    parts = []
+    for tens in range(low // 10, high // 10 + 1):
+        first, last = max(low, tens * 10) % 10, min(high, tens * 10 + 9) % 10
+        digits = str(first) if first == last else f"[{first}-{last}]"
+        parts.append(digits if tens == 0 else f"{tens}{digits}")
+    return "|".join(parts)
+
+
+def _forward_ranges(low: int, high: int) -> str:
+    """A pattern for the ranges a-b of integers low <= a <= b <= high, grouped by the tens
+    of a: `1[0-9]-(?:2[0-3])` for an end in a later ten, `13-1[3-9]` within the same."""
+    parts = []
+    for tens in range(low // 10, high // 10 + 1):
+        prefix = str(tens) if tens else ""
+        first, last = max(low, tens * 10) % 10, min(high, tens * 10 + 9) % 10
+        same = "|".join(f"{prefix}{u}-{prefix}{u if u == last else f'[{u}-{last}]'}"
+                        for u in range(first, last + 1))
+        parts.append(same)
+        if (tens + 1) * 10 <= high:
+            starts = str(first) if first == last else f"[{first}-{last}]"
+            parts.append(f"{prefix}{starts}-(?:{_numbers((tens + 1) * 10, high)})")
+    return "|".join(parts)
+
+
+def _values(low: int, high: int, names: dict[int, str]) -> str:
+    """A value in low..high, as a number or, where it has one, its name."""
+    named = [n for v, n in sorted(names.items()) if low <= v <= high]
+    return f"(?:{'|'.join([_numbers(low, high), *named])})"
+
+
 def _cron_pattern() -> str:
     """5 or 6 fields (seconds first) separated by spaces, each a list of `*`, a value or
-    a range, with an optional /step; `L`, `LW`, `nL` and `n#k` where cronsim takes them.
-    Each value is within its field's range. What a pattern cannot say (a range that runs
-    backwards, a day no listed month has) cronsim refuses (distasks.cron.check): a 422
-    naming `cron`."""
-    def field(value: str, extra: str = "") -> str:
-        term = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]?)?"
-        one = f"(?:{extra}{term})" if extra else term
-        return rf"{one}(?:,{one})*"
+    a range that runs forwards (`MON-FRI`, not `FRI-MON`), with an optional /step; `L`,
+    `LW`, `nL` and `n#k` where cronsim takes them. Each value is within its field's
+    range. What a pattern cannot say (a day no listed month has, `30 2`) cronsim refuses
+    (distasks.cron.check): a 422 naming `cron`."""
+    def field(low: int, high: int, names: dict[int, str] | None = None,
+              extra: str = "") -> str:
+        value = _values(low, high, names or {})
+        # A range a-b with b >= a: by tens for numbers, one alternative per start value
+        # where values have names.
+        ranges = "|".join(f"{_values(a, a, names)}-{_values(a, high, names)}"
+                          for a in range(low, high + 1)) if names else _forward_ranges(low, high)
+        term = rf"(?:\*|{ranges}|{value})(?:/[1-9][0-9]?)?"
+        one = f"(?:{extra}{term})" if extra else f"(?:{term})"
+        # At most LIST_ITEMS items, so that no expression the pattern allows is longer than
+        # cron.MAX_EXPRESSION_CHARS (200): the longest item is "SAT-SAT/99".
+        return rf"{one}(?:,{one}){{0,{LIST_ITEMS - 1}}}"
 
-    sixty = r"(?:[1-5]?[0-9])"
-    hour = r"(?:1?[0-9]|2[0-3])"
-    day = r"(?:[1-9]|[12][0-9]|3[01])"
-    month = r"(?:[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)"
-    weekday = r"(?:[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)"
-    five = " +".join([field(sixty), field(hour), field(day, r"LW|L|"), field(month),
-                      field(weekday, rf"[0-7]L|{weekday}#[1-5]|")])
-    return rf"^(?:{field(sixty)} +)?{five}$"
+    months = dict(enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP",
+                             "OCT", "NOV", "DEC"], start=1))
+    days = dict(enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]))
+    weekday = _values(0, 7, days)
+    five = " {1,3}".join([field(0, 59), field(0, 23), field(1, 31, extra=r"LW|L|"),
+                      field(1, 12, months),
+                      field(0, 7, days, extra=rf"[0-7]L|{weekday}#[1-5]|")])
+    return rf"^(?:{field(0, 59)} {{1,3}})?{five}$"
 
 
+# Most items in one field's list that the pattern describes (the server takes more, as
+# long as the expression stays within 200 characters).
+LIST_ITEMS = 3
 CRON_PATTERN = _cron_pattern()
 _CRON_RE = re.compile(CRON_PATTERN)
 
@@ -559,7 +603,8 @@ class CreateSchedule(_Strict):
         description="5 fields (minute hour day month weekday) or 6 (seconds first); "
                     "names in capitals (MON, JAN); L, LW, nL and n#k as cronsim reads them")
     timezone: str = Field("UTC", min_length=1, max_length=64,
-                          description="IANA time zone of the cron's wall-clock times")
+                          description="IANA time zone of the cron's wall-clock times (one "
+                                      "of the names listed; never the host's localtime)")
     task: ScheduleTask = Field(default_factory=lambda: ScheduleTask.model_validate({}))
     enabled: bool = Field(True, description="False: paused, no slot fires")
     catch_up: CatchUpName = Field("skip", description="After downtime: skip the missed slots, "
@@ -567,9 +612,10 @@ class CreateSchedule(_Strict):
     catch_up_max: CatchUpMax = 10
     jitter_seconds: float = Field(0, ge=0, le=86400,
                                   description="Each task is delayed by a random 0..jitter")
-    start_at: UtcDatetime | None = Field(None, description="No slot before it")
+    start_at: UtcDatetime | None = Field(None, description="No slot before it; before "
+                                         "end_at when both are given")
     end_at: UtcDatetime | None = Field(None, description="No slot after it; after start_at "
-                                       "when both are given")
+                                       "when both are given (a 422 naming end_at otherwise)")
     skip_if_running: bool = Field(False, description="Skip a slot while the previous "
                                   "slot's task is not finished")
 

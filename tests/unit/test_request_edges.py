@@ -183,3 +183,28 @@ def test_a_refused_pattern_is_described_in_words_not_as_a_regular_expression(
     assert words in e.message
     assert "pattern" not in e.message and "^" not in e.message
     assert "Value error" not in e.message
+
+
+# --- the schedule's schema says what it can ---------------------------------------------
+
+@pytest.mark.parametrize(("expression", "allowed"), [
+    ("30 2 * * *", True), ("0 3 * * MON-FRI", True), ("*/10 * * * * *", True),
+    ("0 9 * * MON-7", True), ("0 0 1,15 JAN-4 *", True), ("59-59 23 31 DEC SUN", True),
+    ("0 0 L * 5L", True), ("0 0 * * MON#2", True), ("0 0-23/2 1-31 1-12 0-7", True),
+    ("22-10 * * * *", False), ("* 23-1 * * *", False), ("* * * NOV-JUL *", False),
+    ("* * * * SAT-SUN", False), ("* * * * 5-0", False), ("61 * * * *", False),
+])
+def test_the_cron_pattern_allows_forward_ranges_of_values_in_range_only(expression, allowed):
+    import re  # noqa: PLC0415
+
+    assert bool(re.fullmatch(schemas.CRON_PATTERN, expression)) is allowed
+
+
+def test_the_document_names_only_real_zones_and_describes_the_window():
+    from distasks.api import openapi  # noqa: PLC0415
+
+    doc = openapi.document(title="t", version="0", handlers={"demo": {}})
+    create = doc["components"]["schemas"]["CreateSchedule"]["properties"]
+    assert "Europe/Berlin" in create["timezone"]["enum"]
+    assert not {"localtime", "posixrules", "Factory"} & set(create["timezone"]["enum"])
+    assert "after start_at" in create["end_at"]["description"]
