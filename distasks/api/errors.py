@@ -51,6 +51,9 @@ def from_validation_error(e: pydantic.ValidationError) -> InvalidInput:
         # A regular expression helps no reader: say what is allowed.
         rule = PATTERN_RULES.get(str(err.get("ctx", {}).get("pattern")))
         message = f"must be {rule}" if rule else "is not in the allowed form"
+    elif kind == "int_type":
+        # Strict: JSON numbers with a fraction part (even .0), strings and booleans are not.
+        message = "must be an integer, written as one (3, not 3.0, \"3\" or true)"
     elif kind == "value_error":
         # Our validators' ValueError text is already a sentence; pydantic prefixes it.
         message = message.removeprefix("Value error, ")

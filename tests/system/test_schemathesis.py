@@ -21,6 +21,8 @@ from distasks.auth import SCOPES
 
 from .test_access import keys_cli
 
+# Integers spelled as integers in generated bodies: why, in the module.
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 # Fixed, so that a failure in CI reproduces; `make fuzz` sets a new one each time.
 SEED = os.environ.get("DISTASKS_FUZZ_SEED", "40696411300829867729892084821608982224")
 MAX_EXAMPLES = os.environ.get("DISTASKS_FUZZ_EXAMPLES", "30")
@@ -48,7 +50,8 @@ async def test_the_live_daemon_keeps_to_its_openapi_document_under_every_check(s
                  "--workers", "1", "--request-timeout", "70", "--seed", SEED,
                  "--phases", "examples,coverage,fuzzing",
                  *(["--include-operation-id-regex", OPERATIONS] if OPERATIONS else [])],
-                capture_stdout=True, stderr=subprocess.STDOUT, check=False)
+                capture_stdout=True, stderr=subprocess.STDOUT, check=False,
+                env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)})
     output = result.stdout.decode(errors="replace")
     if os.environ.get("DISTASKS_FUZZ_SHOW"):
         print(output)
