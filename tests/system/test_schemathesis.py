@@ -53,7 +53,7 @@ async def test_the_live_daemon_keeps_to_its_openapi_document_under_every_check(s
                 capture_stdout=True, stderr=subprocess.STDOUT, check=False,
                 env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)})
     output = result.stdout.decode(errors="replace")
-    if os.environ.get("DISTASKS_FUZZ_SHOW"):
+    if os.environ.get("DISTASKS_FUZZ_SHOW"):  # the whole report, warnings too (with -s)
         print(output)
     assert result.returncode == 0, output[-6000:]
     assert "No issues found" in output, output[-3000:]
