@@ -10,6 +10,7 @@ import pydantic
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from distasks.api.schemas import PATTERN_RULES
 from distasks.errors import (
     BrokerUnavailable,
     InvalidInput,
@@ -45,7 +46,18 @@ def from_validation_error(e: pydantic.ValidationError) -> InvalidInput:
         return InvalidInput(f"{field} is required", field=field, code="missing_field")
     if kind == "model_type":
         return InvalidInput("the body must be a JSON object", code="invalid_body")
-    return InvalidInput(f"{field}: {err['msg']}" if field else err["msg"], field=field)
+    message = err["msg"]
+    if kind == "string_pattern_mismatch":
+        # A regular expression helps no reader: say what is allowed.
+        rule = PATTERN_RULES.get(str(err.get("ctx", {}).get("pattern")))
+        message = f"must be {rule}" if rule else "is not in the allowed form"
+    elif kind == "int_type":
+        # Strict: JSON numbers with a fraction part (even .0), strings and booleans are not.
+        message = "must be an integer, written as one (3, not 3.0, \"3\" or true)"
+    elif kind == "value_error":
+        # Our validators' ValueError text is already a sentence; pydantic prefixes it.
+        message = message.removeprefix("Value error, ")
+    return InvalidInput(f"{field}: {message}" if field else message, field=field)
 
 
 INTERNAL_BODY: dict[str, Any] = {"error": {

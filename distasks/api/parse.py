@@ -66,14 +66,15 @@ def refuse_nul(value: Any, path: str = "") -> None:
 def queue_name(name: str) -> str:
     """A queue name from a URL, or a 422 naming `queue`."""
     if not QUEUE_NAME_RE.fullmatch(name):
-        raise InvalidInput(f"queue name {name!r} is not 1-64 of [A-Za-z0-9_.-]", field="queue")
+        raise InvalidInput(f"queue name {name!r}: must be {schemas.QUEUE_NAME_RULE}",
+                           field="queue")
     return name
 
 
 def schedule_name(name: str) -> str:
     """A schedule name from a URL, or a 422 naming `name`."""
     if not QUEUE_NAME_RE.fullmatch(name):
-        raise InvalidInput(f"schedule name {name!r} is not 1-64 of [A-Za-z0-9_.-]",
+        raise InvalidInput(f"schedule name {name!r}: must be {schemas.QUEUE_NAME_RULE}",
                            field="name")
     return name
 

@@ -107,7 +107,7 @@ async def update_schedule(name: str) -> Response:
                           f"schedule {name!r} is defined in the config file; only enabled "
                           "may change here (change the file and restart to change the rest)")
         new = schedules.apply_update(old, req, now=now)
-        schedules.check_definition(new, rules, now=now)
+        schedules.check_definition(new, rules, now=now, changed=req.model_fields_set)
         return new
 
     if "task" in req.model_fields_set and req.task and "queue_name" in (

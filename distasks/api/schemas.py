@@ -15,6 +15,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
 )
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
@@ -25,13 +27,6 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
 RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
                         "cancelled"]
-
-
-def _integral(value: Any) -> Any:
-    """JSON Schema counts 3.0 as an integer; so do we (but not "3", nor 3.5)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def _rfc3339(value: Any) -> Any:
@@ -53,6 +48,17 @@ def _utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
 
+# What each pattern allows, in words: a refusal says this (api/errors.py), never the
+# regular expression itself.
+QUEUE_NAME_RULE = ("1-64 characters of letters, digits, '.', '_' and '-' (not '.' or '..' "
+                   "alone)")
+PATTERN_RULES: dict[str, str] = {
+    QUEUE_NAME_PATTERN: QUEUE_NAME_RULE,
+    TENANT_PATTERN: ("1-32 characters of lower-case letters, digits, '_' and '-', starting "
+                     "with a letter or digit"),
+    CURSOR_PATTERN: "the next_cursor of the previous page, as given",
+}
+
 # PostgreSQL text and jsonb cannot hold NUL: said in the schema by this pattern on every
 # free text (the server refuses NUL itself, naming the field, api/parse.py refuse_nul).
 NO_NUL = r"^[^\x00]*$"
@@ -60,14 +66,16 @@ NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
 
 
 # Integers within bounds. The bounds sit inside the type, so that they stay in the schema
-# (on the field of an `int | None` they would not).
-Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX), BeforeValidator(_integral)]
-Retries = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
-SelectionCount = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
-TaskPageLimit = Annotated[int, Field(ge=1, le=500), BeforeValidator(_integral)]
-DlqPageCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
-DlqPageLimit = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
-RatePerMinute = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_integral)]
+# (on the field of an `int | None` they would not). In a body an integer is strict, as
+# the README promises: 3.0, "3" and true are refused (`_Strict`'s config, the one rule
+# for every request body).
+Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Retries = Annotated[int, Field(ge=0, le=1000)]
+SelectionCount = Annotated[int, Field(ge=1, le=10_000)]
+TaskPageLimit = Annotated[int, Field(ge=1, le=500)]
+DlqPageCount = Annotated[int, Field(ge=0, le=1000)]
+DlqPageLimit = Annotated[int, Field(ge=1, le=1000)]
+RatePerMinute = Annotated[int, Field(ge=0, le=10_000_000)]
 
 
 def text(min_length: int, max_length: int, description: str | None = None) -> Any:
@@ -114,7 +122,7 @@ SecretFieldName = Annotated[str, Field(min_length=1, max_length=256,
 
 class _Strict(BaseModel):
     # Unknown fields are refused (a typo such as `max_retry` must not pass silently);
-    # strict types: "3" is not an integer.
+    # strict types: "3", 3.0 and true are not integers, 1 is no boolean.
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
@@ -193,6 +201,10 @@ class RotateKey(_Strict):
                                    description="How long the old token stays valid")
 
 
+AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,18}$(?!\n)"
+PATTERN_RULES[AUDIT_CURSOR_PATTERN] = PATTERN_RULES[CURSOR_PATTERN]
+
+
 class AuditQuery(_Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
@@ -201,7 +213,7 @@ class AuditQuery(_Query):
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
-    cursor: str | None = Field(None, pattern=r"^[1-9][0-9]{0,18}$(?!\n)",
+    cursor: str | None = Field(None, pattern=AUDIT_CURSOR_PATTERN,
                                description="next_cursor of the previous page")
 
 
@@ -478,27 +490,71 @@ class ErrorOut(BaseModel):
 SCHEDULE_NAME_PATTERN = QUEUE_NAME_PATTERN
 
 
+def _numbers(low: int, high: int) -> str:
+    """A pattern for the integers low..high (no leading zeros), grouped by tens so that it
+    stays short: 7..23 is `7|8|9|1[0-9]|2[0-3]`."""
+    parts = []
+    for tens in range(low // 10, high // 10 + 1):
+        first, last = max(low, tens * 10) % 10, min(high, tens * 10 + 9) % 10
+        digits = str(first) if first == last else f"[{first}-{last}]"
+        parts.append(digits if tens == 0 else f"{tens}{digits}")
+    return "|".join(parts)
+
+
+def _forward_ranges(low: int, high: int) -> str:
+    """A pattern for the ranges a-b of integers low <= a <= b <= high, grouped by the tens
+    of a: `1[0-9]-(?:2[0-3])` for an end in a later ten, `13-1[3-9]` within the same."""
+    parts = []
+    for tens in range(low // 10, high // 10 + 1):
+        prefix = str(tens) if tens else ""
+        first, last = max(low, tens * 10) % 10, min(high, tens * 10 + 9) % 10
+        same = "|".join(f"{prefix}{u}-{prefix}{u if u == last else f'[{u}-{last}]'}"
+                        for u in range(first, last + 1))
+        parts.append(same)
+        if (tens + 1) * 10 <= high:
+            starts = str(first) if first == last else f"[{first}-{last}]"
+            parts.append(f"{prefix}{starts}-(?:{_numbers((tens + 1) * 10, high)})")
+    return "|".join(parts)
+
+
+def _values(low: int, high: int, names: dict[int, str]) -> str:
+    """A value in low..high, as a number or, where it has one, its name."""
+    named = [n for v, n in sorted(names.items()) if low <= v <= high]
+    return f"(?:{'|'.join([_numbers(low, high), *named])})"
+
+
 def _cron_pattern() -> str:
     """5 or 6 fields (seconds first) separated by spaces, each a list of `*`, a value or
-    a range, with an optional /step; `L`, `LW`, `nL` and `n#k` where cronsim takes them.
-    Each value is within its field's range. What a pattern cannot say (a range that runs
-    backwards, a day no listed month has) cronsim refuses (distasks.cron.check): a 422
-    naming `cron`."""
-    def field(value: str, extra: str = "") -> str:
-        term = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]?)?"
-        one = f"(?:{extra}{term})" if extra else term
-        return rf"{one}(?:,{one})*"
+    a range that runs forwards (`MON-FRI`, not `FRI-MON`), with an optional /step; `L`,
+    `LW`, `nL` and `n#k` where cronsim takes them. Each value is within its field's
+    range. What a pattern cannot say (a day no listed month has, `30 2`) cronsim refuses
+    (distasks.cron.check): a 422 naming `cron`."""
+    def field(low: int, high: int, names: dict[int, str] | None = None,
+              extra: str = "") -> str:
+        value = _values(low, high, names or {})
+        # A range a-b with b >= a: by tens for numbers, one alternative per start value
+        # where values have names.
+        ranges = "|".join(f"{_values(a, a, names)}-{_values(a, high, names)}"
+                          for a in range(low, high + 1)) if names else _forward_ranges(low, high)
+        term = rf"(?:\*|{ranges}|{value})(?:/[1-9][0-9]?)?"
+        one = f"(?:{extra}{term})" if extra else f"(?:{term})"
+        # At most LIST_ITEMS items, so that no expression the pattern allows is longer than
+        # cron.MAX_EXPRESSION_CHARS (200): the longest item is "SAT-SAT/99".
+        return rf"{one}(?:,{one}){{0,{LIST_ITEMS - 1}}}"
 
-    sixty = r"(?:[1-5]?[0-9])"
-    hour = r"(?:1?[0-9]|2[0-3])"
-    day = r"(?:[1-9]|[12][0-9]|3[01])"
-    month = r"(?:[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)"
-    weekday = r"(?:[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)"
-    five = " +".join([field(sixty), field(hour), field(day, r"LW|L|"), field(month),
-                      field(weekday, rf"[0-7]L|{weekday}#[1-5]|")])
-    return rf"^(?:{field(sixty)} +)?{five}$"
+    months = dict(enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP",
+                             "OCT", "NOV", "DEC"], start=1))
+    days = dict(enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]))
+    weekday = _values(0, 7, days)
+    five = " {1,3}".join([field(0, 59), field(0, 23), field(1, 31, extra=r"LW|L|"),
+                      field(1, 12, months),
+                      field(0, 7, days, extra=rf"[0-7]L|{weekday}#[1-5]|")])
+    return rf"^(?:{field(0, 59)} {{1,3}})?{five}$"
 
 
+# Most items in one field's list that the pattern describes (the server takes more, as
+# long as the expression stays within 200 characters).
+LIST_ITEMS = 3
 CRON_PATTERN = _cron_pattern()
 _CRON_RE = re.compile(CRON_PATTERN)
 
@@ -521,7 +577,8 @@ def _cron_syntax(value: str) -> str:
 CronExpression = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": CRON_PATTERN}),
                            AfterValidator(_cron_syntax)]
 CatchUpName = Literal["skip", "latest", "all"]
-CatchUpMax = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
+WINDOW_BACKWARDS = "must be after start_at (a schedule that ends before it starts never fires)"
+CatchUpMax = Annotated[int, Field(ge=1, le=1000)]
 
 
 class ScheduleTask(_Strict):
@@ -548,7 +605,8 @@ class CreateSchedule(_Strict):
         description="5 fields (minute hour day month weekday) or 6 (seconds first); "
                     "names in capitals (MON, JAN); L, LW, nL and n#k as cronsim reads them")
     timezone: str = Field("UTC", min_length=1, max_length=64,
-                          description="IANA time zone of the cron's wall-clock times")
+                          description="IANA time zone of the cron's wall-clock times (one "
+                                      "of the names listed; never the host's localtime)")
     task: ScheduleTask = Field(default_factory=lambda: ScheduleTask.model_validate({}))
     enabled: bool = Field(True, description="False: paused, no slot fires")
     catch_up: CatchUpName = Field("skip", description="After downtime: skip the missed slots, "
@@ -556,10 +614,23 @@ class CreateSchedule(_Strict):
     catch_up_max: CatchUpMax = 10
     jitter_seconds: float = Field(0, ge=0, le=86400,
                                   description="Each task is delayed by a random 0..jitter")
-    start_at: UtcDatetime | None = Field(None, description="No slot before it")
-    end_at: UtcDatetime | None = Field(None, description="No slot after it")
+    start_at: UtcDatetime | None = Field(None, description="No slot before it; before "
+                                         "end_at when both are given")
+    end_at: UtcDatetime | None = Field(None, description="No slot after it; after start_at "
+                                       "when both are given (a 422 naming end_at otherwise)")
     skip_if_running: bool = Field(False, description="Skip a slot while the previous "
                                   "slot's task is not finished")
+
+    @field_validator("end_at")
+    @classmethod
+    def _ends_after_start(cls, end_at: datetime | None, info: ValidationInfo
+                          ) -> datetime | None:
+        """A window that ends before it starts would never fire: refused, naming end_at
+        (a change is checked against the stored start by schedules.check_definition)."""
+        start_at = info.data.get("start_at")
+        if end_at is not None and start_at is not None and end_at <= start_at:
+            raise ValueError(WINDOW_BACKWARDS)
+        return end_at
 
 
 class UpdateScheduleTask(_Strict):
@@ -573,7 +644,10 @@ class UpdateScheduleTask(_Strict):
     payload: Any = Field(None, description="Any JSON value")
     max_retries: Retries | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    secret_fields: list[SecretFieldName] | None = Field(None, max_length=64)
+    secret_fields: list[SecretFieldName] | None = Field(
+        None, max_length=64,
+        description="May add keys; a key already marked stays marked unless payload is "
+                    "given too (a 422 otherwise), so that a stored secret is never shown")
 
 
 class UpdateSchedule(_Strict):
@@ -587,8 +661,8 @@ class UpdateSchedule(_Strict):
     catch_up: CatchUpName | None = None
     catch_up_max: CatchUpMax | None = None
     jitter_seconds: float | None = Field(None, ge=0, le=86400)
-    start_at: UtcDatetime | None = Field(None, description="null: no start")
-    end_at: UtcDatetime | None = Field(None, description="null: no end")
+    start_at: UtcDatetime | None = Field(None, description="null: no start; before end_at")
+    end_at: UtcDatetime | None = Field(None, description="null: no end; after start_at")
     skip_if_running: bool | None = None
 
 
