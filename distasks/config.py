@@ -21,13 +21,9 @@ from typing import Any
 from distasks.access.principals import SCOPES
 from distasks.domain import tenancy
 from distasks.domain.errors import ConfigError
+from distasks.domain.fields import QUEUE_NAME_RE
 from distasks.domain.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 
-# 1-64 of [A-Za-z0-9_.-], except "." and "..", which cannot stand in a URL path. The
-# API's models use Python's re (for the lookahead), whose "$" also matches before a final
-# newline: "(?!\n)" refuses "default\n", a queue no daemon could serve.
-QUEUE_NAME_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$(?!\n)"
-QUEUE_NAME_RE = re.compile(QUEUE_NAME_PATTERN)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
 ANONYMOUS_MODES = ("none", "loopback")
@@ -288,7 +284,7 @@ class SchedulerConfig:
 class ConfiguredSchedule:
     """One `[[schedules]]` table: a schedule the deployment owns, upserted at each start
     (architecture §9). `definition` is the same model the API validates
-    (api/schemas.CreateSchedule)."""
+    (domain/schedule_definitions.CreateSchedule)."""
 
     tenant: str
     definition: Any
@@ -410,9 +406,9 @@ def _schedules(tables: Any) -> tuple[ConfiguredSchedule, ...]:
     and time zone too); the handlers are checked at start, once they are registered."""
     import pydantic  # noqa: PLC0415 (only when the file has schedules)
 
-    from distasks.api.errors import from_validation_error  # noqa: PLC0415
-    from distasks.api.schemas import CreateSchedule  # noqa: PLC0415
     from distasks.domain import cron, tenancy  # noqa: PLC0415
+    from distasks.domain.fields import invalid_input  # noqa: PLC0415
+    from distasks.domain.schedule_definitions import CreateSchedule  # noqa: PLC0415
 
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError("schedules", "must be an array of tables ([[schedules]])")
@@ -428,7 +424,7 @@ def _schedules(tables: Any) -> tuple[ConfiguredSchedule, ...]:
         try:
             definition = CreateSchedule.model_validate(table)
         except pydantic.ValidationError as e:
-            problem = from_validation_error(e)
+            problem = invalid_input(e)
             raise ConfigError(f"{key}.{problem.field}" if problem.field else key,
                               problem.message) from None
         try:

@@ -10,6 +10,7 @@ import pydantic
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from distasks.api.schemas import API_PATTERN_RULES
 from distasks.domain.errors import (
     BrokerUnavailable,
     InvalidInput,
@@ -19,6 +20,7 @@ from distasks.domain.errors import (
     StoreUnavailable,
     UnknownHandler,
 )
+from distasks.domain.fields import invalid_input
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +36,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 def from_validation_error(e: pydantic.ValidationError) -> InvalidInput:
     """The first problem pydantic found, with the field as a dotted path."""
-    err = e.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in err["loc"]) or None
-    kind = err["type"]
-    if kind == "json_invalid":
-        return InvalidInput(f"malformed JSON: {err['msg']}", code="malformed_json")
-    if kind == "extra_forbidden":
-        return InvalidInput(f"unknown field {field!r}", field=field, code="unknown_field")
-    if kind == "missing":
-        return InvalidInput(f"{field} is required", field=field, code="missing_field")
-    if kind == "model_type":
-        return InvalidInput("the body must be a JSON object", code="invalid_body")
-    return InvalidInput(f"{field}: {err['msg']}" if field else err["msg"], field=field)
-
+    return invalid_input(e, API_PATTERN_RULES)
 
 INTERNAL_BODY: dict[str, Any] = {"error": {
     "code": "internal", "message": "internal error; see the daemon's log", "field": None}}

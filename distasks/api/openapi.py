@@ -13,8 +13,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint
 
-from distasks.api.schemas import JSON_VALUE_SCHEMA, QUEUE_NAME_PATTERN, ErrorOut
+from distasks.api.schemas import ErrorOut
 from distasks.domain.cron import known_zones
+from distasks.domain.fields import JSON_VALUE_SCHEMA, QUEUE_NAME_PATTERN
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -15,10 +15,10 @@ from quart import request
 from distasks.api import schemas
 from distasks.api.errors import from_validation_error
 from distasks.api.services import Services
-from distasks.config import QUEUE_NAME_RE
 from distasks.daemon import creation
 from distasks.domain import times
 from distasks.domain.errors import InvalidInput
+from distasks.domain.fields import QUEUE_NAME_RE, QUEUE_NAME_RULE
 from distasks.domain.model import NewTask, TaskType
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -67,14 +67,15 @@ def refuse_nul(value: Any, path: str = "") -> None:
 def queue_name(name: str) -> str:
     """A queue name from a URL, or a 422 naming `queue`."""
     if not QUEUE_NAME_RE.fullmatch(name):
-        raise InvalidInput(f"queue name {name!r} is not 1-64 of [A-Za-z0-9_.-]", field="queue")
+        raise InvalidInput(f"queue name {name!r}: must be {QUEUE_NAME_RULE}",
+                           field="queue")
     return name
 
 
 def schedule_name(name: str) -> str:
     """A schedule name from a URL, or a 422 naming `name`."""
     if not QUEUE_NAME_RE.fullmatch(name):
-        raise InvalidInput(f"schedule name {name!r} is not 1-64 of [A-Za-z0-9_.-]",
+        raise InvalidInput(f"schedule name {name!r}: must be {QUEUE_NAME_RULE}",
                            field="name")
     return name
 

@@ -17,6 +17,7 @@ from distasks.api.services import Services, actor, services, tenant
 from distasks.daemon import schedules
 from distasks.domain import cron, tenancy, times
 from distasks.domain.errors import NotFound, Refused, TooManyQueues
+from distasks.domain.schedule_definitions import CreateSchedule, UpdateSchedule
 from distasks.domain.secret_fields import redacted
 from distasks.store import Fire, Schedule
 
@@ -24,7 +25,7 @@ bp = Blueprint("schedules", __name__)
 
 
 @operation(bp, "POST", "/api/v1/schedules", scope="schedules:write", tag="schedules",
-           summary="Create a schedule", body=schemas.CreateSchedule,
+           summary="Create a schedule", body=CreateSchedule,
            responses={201: schemas.ScheduleOut},
            errors={409: "The tenant has a schedule of that name, or limits.max_schedules "
                         "schedules, or the template names a new queue beyond "
@@ -32,7 +33,7 @@ bp = Blueprint("schedules", __name__)
                    422: "Invalid input, a cron expression or time zone that cannot be used, "
                         "or a task template that would be refused: the body names the field"})
 async def create_schedule() -> tuple[Response, int]:
-    req = parse_body(schemas.CreateSchedule, await read_body())
+    req = parse_body(CreateSchedule, await read_body())
     s = services()
     now = times.utc(s.clock())
     who = actor()
@@ -89,7 +90,7 @@ async def get_schedule(name: str) -> Response:
 
 @operation(bp, "PATCH", "/api/v1/schedules/<name>", scope="schedules:write",
            tag="schedules", summary="Change, pause (enabled false) or resume a schedule",
-           body=schemas.UpdateSchedule, body_required=False,
+           body=UpdateSchedule, body_required=False,
            responses={200: schemas.ScheduleOut},
            errors={404: "No such schedule in the tenant",
                    409: "A schedule of the config file: only enabled may change",
@@ -97,7 +98,7 @@ async def get_schedule(name: str) -> Response:
                         "or a task template that would be refused: the body names the field"})
 async def update_schedule(name: str) -> Response:
     name = schedule_name(name)
-    req = parse_body(schemas.UpdateSchedule, await read_body() or b"{}")
+    req = parse_body(UpdateSchedule, await read_body() or b"{}")
     s = services()
     now = times.utc(s.clock())
     rules = s.creation_rules(tenant())
@@ -108,7 +109,7 @@ async def update_schedule(name: str) -> Response:
                           f"schedule {name!r} is defined in the config file; only enabled "
                           "may change here (change the file and restart to change the rest)")
         new = schedules.apply_update(old, req, now=now)
-        schedules.check_definition(new, rules, now=now)
+        schedules.check_definition(new, rules, now=now, changed=req.model_fields_set)
         return new
 
     if "task" in req.model_fields_set and req.task and "queue_name" in (

@@ -1,90 +1,49 @@
 """Request and response shapes, declared once: they validate requests and are the
-schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart."""
+schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart. The
+field rules and a schedule's definition, which the config file shares, come from
+domain/fields.py and domain/schedule_definitions.py."""
 
 from __future__ import annotations
 
-import re
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
 )
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
-from distasks.config import QUEUE_NAME_PATTERN as QUEUE_NAME_PATTERN
+from distasks.domain.fields import (
+    NO_NUL_TEXT,
+    PATTERN_RULES,
+    QUEUE_NAME_PATTERN,
+    SECRET_FIELDS_RULE,
+    DlqPageCount,
+    DlqPageLimit,
+    Priority,
+    Query,
+    QueryDatetime,
+    RatePerMinute,
+    Retries,
+    SecretFieldName,
+    SelectionCount,
+    Strict,
+    TaskPageLimit,
+    UtcDatetime,
+    text,
+)
+from distasks.domain.schedule_definitions import CRON_PATTERN as CRON_PATTERN
+from distasks.domain.schedule_definitions import SCHEDULE_NAME_PATTERN, CatchUpName
+from distasks.domain.schedule_definitions import CreateSchedule as CreateSchedule
+from distasks.domain.schedule_definitions import UpdateSchedule as UpdateSchedule
 from distasks.domain.tenancy import TENANT_PATTERN
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
 RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
                         "cancelled"]
 
-
-def _integral(value: Any) -> Any:
-    """JSON Schema counts 3.0 as an integer; so do we (but not "3", nor 3.5)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _rfc3339(value: Any) -> Any:
-    """Lax parsing would read "1.5" as a Unix time; a query date-time must look like one."""
-    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]", value):
-        raise ValueError("must be an RFC 3339 date-time, e.g. 2030-01-01T00:00:00Z")
-    return value
-
-
-def _utc(value: datetime) -> datetime:
-    """PostgreSQL takes UTC offsets up to 15:59 only, and RFC 3339 allows up to 23:59:
-    every time is kept in UTC."""
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
-
-
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
-QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
-
-# PostgreSQL text and jsonb cannot hold NUL: said in the schema by this pattern on every
-# free text (the server refuses NUL itself, naming the field, api/parse.py refuse_nul).
-NO_NUL = r"^[^\x00]*$"
-NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
-
-
-# Integers within bounds. The bounds sit inside the type, so that they stay in the schema
-# (on the field of an `int | None` they would not).
-Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX), BeforeValidator(_integral)]
-Retries = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
-SelectionCount = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_integral)]
-TaskPageLimit = Annotated[int, Field(ge=1, le=500), BeforeValidator(_integral)]
-DlqPageCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
-DlqPageLimit = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
-RatePerMinute = Annotated[int, Field(ge=0, le=10_000_000), BeforeValidator(_integral)]
-
-
-def text(min_length: int, max_length: int, description: str | None = None) -> Any:
-    """A free-text field, absent by default."""
-    return Field(None, min_length=min_length, max_length=max_length, description=description,
-                 json_schema_extra=NO_NUL_TEXT)
-
-
-# Any JSON value without NUL in its strings or keys: what a payload may be. The document
-# (api/openapi.py) gives it to the payload field, which pydantic can only call "any".
-JSON_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
-    {"type": "null"}, {"type": "boolean"}, {"type": "number"},
-    {"type": "string", "pattern": NO_NUL},
-    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
-    {"type": "object", "propertyNames": {"pattern": NO_NUL},
-     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
-]}
 
 # What the type decides: an immediate task takes neither run_at nor delay_seconds; a
 # delayed one exactly one of them.
@@ -100,32 +59,9 @@ TIMING_RULES: dict[str, Any] = {"anyOf": [
 ]}
 
 
-# A payload with secret fields is an object. (Names it does not hold mark nothing: JSON
-# Schema cannot tie one field's items to another's keys, and the document must say
-# exactly what is accepted; see architecture §7.)
-SECRET_FIELDS_RULE: dict[str, Any] = {
-    "if": {"required": ["secret_fields"], "properties": {"secret_fields": {"minItems": 1}}},
-    "then": {"properties": {"payload": {"type": "object"}}},
-}
-
-SecretFieldName = Annotated[str, Field(min_length=1, max_length=256,
-                                       json_schema_extra=NO_NUL_TEXT)]
-
-
-class _Strict(BaseModel):
-    # Unknown fields are refused (a typo such as `max_retry` must not pass silently);
-    # strict types: "3" is not an integer.
-    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
-
-
-class _Query(BaseModel):
-    # Query strings are text: lax mode turns "50" into 50. Unknown parameters are refused.
-    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
-
-
 # -- requests -----------------------------------------------------------------------
 
-class CreateTask(_Strict):
+class CreateTask(Strict):
     model_config = ConfigDict(json_schema_extra={**TIMING_RULES, **SECRET_FIELDS_RULE})
 
     name: str = Field(min_length=1, max_length=256, description="A free label",
@@ -147,15 +83,15 @@ class CreateTask(_Strict):
                     "show as \"[secret]\"; the handler gets them as given")
 
 
-class CreateTasks(_Strict):
+class CreateTasks(Strict):
     tasks: list[CreateTask] = Field(min_length=1, description="At most http.max_batch items")
 
 
-class CancelTask(_Strict):
+class CancelTask(Strict):
     reason: str | None = Field(None, max_length=1000, json_schema_extra=NO_NUL_TEXT)
 
 
-class DlqSelection(_Strict):
+class DlqSelection(Strict):
     """Which DLQ entries a replay or delete touches: `task_ids`, or the oldest `count`
     matching the filters."""
 
@@ -176,7 +112,7 @@ ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", 
                     "schedules:write"]
 
 
-class CreateKey(_Strict):
+class CreateKey(Strict):
     name: str = Field(min_length=1, max_length=200, description="What the key is for",
                       json_schema_extra=NO_NUL_TEXT)
     scopes: list[ScopeName] = Field(min_length=1, max_length=11)
@@ -188,12 +124,15 @@ class CreateKey(_Strict):
         None, description="Requests per minute instead of limits.per_minute (0: none)")
 
 
-class RotateKey(_Strict):
+class RotateKey(Strict):
     overlap_seconds: float = Field(86400, ge=0, le=366 * 86400,
                                    description="How long the old token stays valid")
 
 
-class AuditQuery(_Query):
+AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,18}$(?!\n)"
+
+
+class AuditQuery(Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
                                      "dlq_delete, key_…, schedule_…, login_failed, "
@@ -201,11 +140,11 @@ class AuditQuery(_Query):
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
     limit: TaskPageLimit = 50
-    cursor: str | None = Field(None, pattern=r"^[1-9][0-9]{0,18}$(?!\n)",
+    cursor: str | None = Field(None, pattern=AUDIT_CURSOR_PATTERN,
                                description="next_cursor of the previous page")
 
 
-class TaskQuery(_Query):
+class TaskQuery(Query):
     status: TaskStatusName | None = None
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     name: str | None = text(1, 256)
@@ -221,12 +160,12 @@ class TaskQuery(_Query):
         "(fewer than limit items, next_cursor for the rest)"))
 
 
-class GetTaskQuery(_Query):
+class GetTaskQuery(Query):
     wait: float = Field(0, ge=0, le=60,
                         description="Seconds to wait for a final state before answering")
 
 
-class DlqQuery(_Query):
+class DlqQuery(Query):
     count: DlqPageCount = Field(0, description="Same as limit, as in the original API; 0: use limit")
     limit: DlqPageLimit = 50
     cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
@@ -472,127 +411,7 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
-# -- schedules (architecture §9) ------------------------------------------------------
-
-# A schedule name stands in URLs: the same rule as a queue name.
-SCHEDULE_NAME_PATTERN = QUEUE_NAME_PATTERN
-
-
-def _cron_pattern() -> str:
-    """5 or 6 fields (seconds first) separated by spaces, each a list of `*`, a value or
-    a range, with an optional /step; `L`, `LW`, `nL` and `n#k` where cronsim takes them.
-    Each value is within its field's range. What a pattern cannot say (a range that runs
-    backwards, a day no listed month has) cronsim refuses (distasks.domain.cron.check): a 422
-    naming `cron`."""
-    def field(value: str, extra: str = "") -> str:
-        term = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]?)?"
-        one = f"(?:{extra}{term})" if extra else term
-        return rf"{one}(?:,{one})*"
-
-    sixty = r"(?:[1-5]?[0-9])"
-    hour = r"(?:1?[0-9]|2[0-3])"
-    day = r"(?:[1-9]|[12][0-9]|3[01])"
-    month = r"(?:[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)"
-    weekday = r"(?:[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)"
-    five = " +".join([field(sixty), field(hour), field(day, r"LW|L|"), field(month),
-                      field(weekday, rf"[0-7]L|{weekday}#[1-5]|")])
-    return rf"^(?:{field(sixty)} +)?{five}$"
-
-
-CRON_PATTERN = _cron_pattern()
-_CRON_RE = re.compile(CRON_PATTERN)
-
-
-def _cron_syntax(value: str) -> str:
-    """CRON_PATTERN, with cronsim's word on what is wrong rather than the pattern."""
-    if not _CRON_RE.fullmatch(value):
-        from distasks.domain import cron  # noqa: PLC0415 (schemas stay free of the domain at import)
-
-        try:
-            cron.check(value, "UTC", now=datetime.now(UTC))
-        except cron.CronError as e:
-            raise ValueError(e.problem) from None
-        raise ValueError("fields hold *, values within their range (names in capitals: MON, "
-                         "JAN), ranges a-b, lists and /steps; L, LW, nL and n#k where cron "
-                         "takes them")
-    return value
-
-
-CronExpression = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": CRON_PATTERN}),
-                           AfterValidator(_cron_syntax)]
-CatchUpName = Literal["skip", "latest", "all"]
-CatchUpMax = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
-
-
-class ScheduleTask(_Strict):
-    """The task each slot creates."""
-
-    model_config = ConfigDict(json_schema_extra=SECRET_FIELDS_RULE)
-
-    name: str | None = text(1, 256, "The tasks' name; the schedule's name if absent")
-    handler: str | None = text(1, 128, "Registered handler; the config's default if absent")
-    queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
-    priority: Priority = 0
-    payload: Any = Field(default_factory=dict, description="Any JSON value")
-    max_retries: Retries | None = None
-    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    secret_fields: list[SecretFieldName] = Field(
-        default_factory=list, max_length=64,
-        description="Top-level keys of the (object) payload shown as \"[secret]\" in the "
-                    "schedule and in the tasks it creates")
-
-
-class CreateSchedule(_Strict):
-    name: str = Field(pattern=SCHEDULE_NAME_PATTERN, description="Unique in the tenant")
-    cron: CronExpression = Field(
-        description="5 fields (minute hour day month weekday) or 6 (seconds first); "
-                    "names in capitals (MON, JAN); L, LW, nL and n#k as cronsim reads them")
-    timezone: str = Field("UTC", min_length=1, max_length=64,
-                          description="IANA time zone of the cron's wall-clock times")
-    task: ScheduleTask = Field(default_factory=lambda: ScheduleTask.model_validate({}))
-    enabled: bool = Field(True, description="False: paused, no slot fires")
-    catch_up: CatchUpName = Field("skip", description="After downtime: skip the missed slots, "
-                                  "fire the latest, or fire all (at most catch_up_max)")
-    catch_up_max: CatchUpMax = 10
-    jitter_seconds: float = Field(0, ge=0, le=86400,
-                                  description="Each task is delayed by a random 0..jitter")
-    start_at: UtcDatetime | None = Field(None, description="No slot before it")
-    end_at: UtcDatetime | None = Field(None, description="No slot after it")
-    skip_if_running: bool = Field(False, description="Skip a slot while the previous "
-                                  "slot's task is not finished")
-
-
-class UpdateScheduleTask(_Strict):
-    """Fields given replace the template's; null clears handler, name, max_retries and
-    timeout_seconds (back to their defaults)."""
-
-    name: str | None = text(1, 256)
-    handler: str | None = text(1, 128)
-    queue_name: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
-    priority: Priority | None = None
-    payload: Any = Field(None, description="Any JSON value")
-    max_retries: Retries | None = None
-    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    secret_fields: list[SecretFieldName] | None = Field(None, max_length=64)
-
-
-class UpdateSchedule(_Strict):
-    """Only the fields given change; a change of cron, timezone, start_at or end_at, or
-    enabling a paused schedule, restarts it from the next slot after now."""
-
-    cron: CronExpression | None = None
-    timezone: str | None = Field(None, min_length=1, max_length=64)
-    task: UpdateScheduleTask | None = None
-    enabled: bool | None = None
-    catch_up: CatchUpName | None = None
-    catch_up_max: CatchUpMax | None = None
-    jitter_seconds: float | None = Field(None, ge=0, le=86400)
-    start_at: UtcDatetime | None = Field(None, description="null: no start")
-    end_at: UtcDatetime | None = Field(None, description="null: no end")
-    skip_if_running: bool | None = None
-
-
-class ScheduleListQuery(_Query):
+class ScheduleListQuery(Query):
     limit: TaskPageLimit = 100
     cursor: str | None = Field(None, pattern=SCHEDULE_NAME_PATTERN,
                                description="next_cursor of the previous page")
@@ -600,7 +419,7 @@ class ScheduleListQuery(_Query):
                                   "(left out by default, as in task lists)")
 
 
-class ScheduleQuery(_Query):
+class ScheduleQuery(Query):
     upcoming: int = Field(5, ge=0, le=100, description="How many next fire times to show")
     fires: int = Field(20, ge=0, le=500, description="How many of the last fires to show")
 
@@ -654,3 +473,11 @@ class ScheduleDetail(BaseModel):
     schedule: ScheduleOut
     upcoming: list[str] = Field(description="The next fire times (UTC), before jitter")
     fires: list[FireOut] = Field(description="The latest fires, newest first")
+
+
+# What a refused pattern allows, in words (api/errors.py): the domain's, and the API's own.
+API_PATTERN_RULES: dict[str, str] = {
+    **PATTERN_RULES,
+    CURSOR_PATTERN: "the next_cursor of the previous page, as given",
+    AUDIT_CURSOR_PATTERN: "the next_cursor of the previous page, as given",
+}

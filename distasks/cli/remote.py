@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from distasks.client import (
     Client,
@@ -224,11 +225,25 @@ def worker_list(c: Client, a: argparse.Namespace) -> Output:
 
 # -- schedules --------------------------------------------------------------------------
 
+def in_zone(value: datetime | None, zone: str) -> str | None:
+    """An instant of a schedule on the schedule's own clock, with its UTC offset
+    (`2030-01-02 02:30:00+01:00` in Europe/Berlin), so that a slot reads as its cron
+    expression says it and the offset tells the instant; UTC if the zone is unknown here."""
+    if value is None:
+        return None
+    try:
+        tz: tzinfo = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = UTC
+    return value.astimezone(tz).isoformat(sep=" ", timespec="seconds")
+
+
 def schedules_list(c: Client, a: argparse.Namespace) -> Output:
     found = c.schedules()
     rows = [(x.name, x.cron, x.timezone, "yes" if x.enabled else "paused", x.catch_up,
-             x.task.get("handler") or "-", x.task.get("queue_name"), x.next_fire_at,
-             x.last_fire_at, x.owner) for x in found]
+             x.task.get("handler") or "-", x.task.get("queue_name"),
+             in_zone(x.next_fire_at, x.timezone), in_zone(x.last_fire_at, x.timezone),
+             x.owner) for x in found]
     return Output({"schedules": [x.raw for x in found]},
                   table(("NAME", "CRON", "TIMEZONE", "ENABLED", "CATCH-UP", "HANDLER", "QUEUE",
                          "NEXT FIRE", "LAST FIRE", "OWNER"), rows, empty="no schedules"))
@@ -236,11 +251,13 @@ def schedules_list(c: Client, a: argparse.Namespace) -> Output:
 
 def schedules_get(c: Client, a: argparse.Namespace) -> Output:
     d = c.schedule(a.name, upcoming=a.upcoming, fires=a.fires)
+    zone = d.schedule.timezone
     return Output(d.raw, _schedule_text(d.schedule) + "\n\n" + table(
-        ("NEXT FIRE TIMES",), [(t,) for t in d.upcoming], empty="no next fire: paused or ended")
+        ("NEXT FIRE TIMES",), [(in_zone(t, zone),) for t in d.upcoming],
+        empty="no next fire: paused or ended")
         + "\n\n" + table(("SLOT", "FIRED", "OUTCOME", "TASK", "ERROR"),
-                          [(f.fire_at, f.fired_at, f.outcome, f.task_id, f.error)
-                           for f in d.fires], empty="no fires yet"))
+                          [(in_zone(f.fire_at, zone), in_zone(f.fired_at, zone), f.outcome,
+                            f.task_id, f.error) for f in d.fires], empty="no fires yet"))
 
 
 def _schedule_text(x: Schedule) -> str:
@@ -250,9 +267,10 @@ def _schedule_text(x: Schedule) -> str:
         ("catch_up", f"{x.catch_up}" + (f" (at most {x.catch_up_max})"
                                         if x.catch_up == "all" else "")),
         ("jitter", f"{x.jitter_seconds:g}s" if x.jitter_seconds else None),
-        ("start_at", x.start_at), ("end_at", x.end_at),
+        ("start_at", in_zone(x.start_at, x.timezone)), ("end_at", in_zone(x.end_at, x.timezone)),
         ("skip_if_running", "yes" if x.skip_if_running else None), ("task", dict(x.task)),
-        ("next_fire", x.next_fire_at), ("last_fire", x.last_fire_at),
+        ("next_fire", in_zone(x.next_fire_at, x.timezone)),
+        ("last_fire", in_zone(x.last_fire_at, x.timezone)),
         ("last_task", x.last_task_id), ("owner", x.owner),
     ]
     shown = [(k, v) for k, v in fields if v is not None]
@@ -278,7 +296,8 @@ def _schedule_options(a: argparse.Namespace) -> dict[str, Any]:
 def schedules_create(c: Client, a: argparse.Namespace) -> Output:
     x = c.create_schedule(a.name, a.cron, enabled=False if a.paused else None,
                           **_schedule_options(a))
-    return Output(x.raw, f"schedule {x.name} created; next fire {cell(x.next_fire_at)}")
+    return Output(x.raw, f"schedule {x.name} created; next fire "
+                  f"{cell(in_zone(x.next_fire_at, x.timezone))}")
 
 
 def schedules_update(c: Client, a: argparse.Namespace) -> Output:
@@ -286,7 +305,8 @@ def schedules_update(c: Client, a: argparse.Namespace) -> Output:
     if a.cron is not None:
         changes["cron"] = a.cron
     x = c.update_schedule(a.name, **changes)
-    return Output(x.raw, f"schedule {x.name} changed; next fire {cell(x.next_fire_at)}")
+    return Output(x.raw, f"schedule {x.name} changed; next fire "
+                  f"{cell(in_zone(x.next_fire_at, x.timezone))}")
 
 
 def schedules_pause(c: Client, a: argparse.Namespace) -> Output:
@@ -296,7 +316,8 @@ def schedules_pause(c: Client, a: argparse.Namespace) -> Output:
 
 def schedules_resume(c: Client, a: argparse.Namespace) -> Output:
     x = c.resume_schedule(a.name)
-    return Output(x.raw, f"schedule {x.name} resumed; next fire {cell(x.next_fire_at)}")
+    return Output(x.raw, f"schedule {x.name} resumed; next fire "
+                  f"{cell(in_zone(x.next_fire_at, x.timezone))}")
 
 
 def schedules_delete(c: Client, a: argparse.Namespace) -> Output:

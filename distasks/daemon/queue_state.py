@@ -1,6 +1,6 @@
-"""What a queue looks like now: its depths and pause flag in Redis, and how long its
-oldest ready run has waited (its `available_at` is in PostgreSQL). Read by the queue
-list of the API and by the reporter's gauges."""
+"""What a queue looks like now: its depths and pause flag in Redis, its DLQ depth and how
+long its oldest ready run has waited from PostgreSQL. Read by the queue list of the API
+and by the reporter's gauges."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ class QueueState:
     ready: int
     delayed: int
     leased: int
+    #: DLQ entries as PostgreSQL counts them (the DLQ listing's truth, not Redis's index,
+    #: which the reconciler repairs when it drifts)
     dlq: int
     paused: bool
     #: seconds the run at the head of the ready list has been available; None if empty
@@ -26,8 +28,9 @@ class QueueState:
 
 async def queue_states(store: Store, broker: Broker, queues: Sequence[str], *,
                        now: datetime) -> dict[str, QueueState]:
-    """The state of each of `queues`: one Redis pipeline and one PostgreSQL query."""
+    """The state of each of `queues`: one Redis pipeline and two PostgreSQL queries."""
     depths = await broker.queue_depths(list(queues))
+    dead = await store.dlq_depths(list(queues)) if queues else {}
     heads: dict[str, uuid.UUID] = {}
     for queue, d in depths.items():
         try:
@@ -42,5 +45,5 @@ async def queue_states(store: Store, broker: Broker, queues: Sequence[str], *,
         age = (max(0.0, (now - since[head]).total_seconds())
                if head is not None and head in since else None)
         states[queue] = QueueState(ready=d["ready"], delayed=d["delayed"], leased=d["leased"],
-                                   dlq=d["dlq"], paused=d["paused"], oldest_ready_age_s=age)
+                                   dlq=dead.get(queue, 0), paused=d["paused"], oldest_ready_age_s=age)
     return states

@@ -1,6 +1,6 @@
 """Reconciler: keeps the Redis index true to PostgreSQL.
 
-Three jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to it):
+Four jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to it):
 - Rebuild. When the epoch key is gone, Redis lost our data (restarted without
   persistence, failed over, flushed): one daemon, under a lock, re-adds every unfinished
   run (ready, delayed, leased) and the DLQ index from PostgreSQL.
@@ -8,6 +8,9 @@ Three jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to
   committed while Redis was unreachable takes effect once it answers.
 - Dispatch. A queued run that never reached Redis (committed while Redis was down, or the
   daemon died between commit and push) is pushed, then marked dispatched.
+- DLQ index. Every DLQ_CHECK_S, a queue whose Redis DLQ list is longer or shorter than
+  PostgreSQL's DLQ (an entry dropped, a duplicate left by a mirror racing a repair) gets
+  its list rebuilt from PostgreSQL.
 Both may add an id that is already there; that is harmless, since a run starts at most
 once (PostgreSQL's conditional update decides) and a stale id is dropped when claimed.
 """
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 PAGE = 1000
 # How long a rebuild may hold its lock; another daemon may try again after that.
 REBUILD_LOCK_MS = 120_000
+# Seconds between two comparisons of the DLQ index with PostgreSQL: each counts every
+# DLQ entry, so it runs far less often than the other jobs.
+DLQ_CHECK_S = 30.0
 
 
 async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
@@ -96,14 +102,34 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
     return len(pending)
 
 
+async def repair_dlq_index(store: Store, broker: Broker) -> int:
+    """Rebuild from PostgreSQL the Redis DLQ list of every queue whose length differs
+    from its DLQ in PostgreSQL; returns how many lists were rebuilt. A dead-lettering
+    committed between the count and the rebuild may be pushed twice: the next check
+    sees the list too long and rebuilds it again."""
+    queues = await store.active_queues()
+    if not queues:
+        return 0
+    dead = await store.dlq_depths(queues)
+    indexed = await broker.queue_depths(queues)
+    drifted = [q for q in queues if indexed[q]["dlq"] != dead[q]]
+    for queue in drifted:
+        await broker.restore_dlq(queue, [str(i) for i in await store.dead_task_ids(queue)])
+    if drifted:
+        log.warning("rebuilt the Redis DLQ index of %d queues from PostgreSQL", len(drifted),
+                    extra={"event": "dlq_index_repaired", "count": len(drifted)})
+    return len(drifted)
+
+
 async def copy_pause_flags(store: Store, broker: Broker) -> None:
     """Set or clear every queue's pause flag in Redis as PostgreSQL has it."""
     await store.copy_pause_flags(broker.set_pause_flags)
 
 
-async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float) -> int:
-    """One pass: rebuild if Redis lost its data, copy the pause flags, then push
-    undispatched runs."""
+async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float,
+                         check_dlq: bool = True) -> int:
+    """One pass: rebuild if Redis lost its data, copy the pause flags (and, with
+    `check_dlq`, repair the DLQ index), then push undispatched runs."""
     if not await broker.has_epoch() and (
             token := await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS)):
         started = time.monotonic()
@@ -121,15 +147,29 @@ async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s:
                 time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
     else:
         await copy_pause_flags(store, broker)
+        if check_dlq:
+            await repair_dlq_index(store, broker)
     return await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)
 
 
 async def run(store: Store, broker: Broker, *, interval_s: float, grace_s: float,
               health: Health, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Reconcile at once, then every `interval_s`, until cancelled."""
+    """Reconcile at once, then every `interval_s`, until cancelled; the DLQ index is
+    checked at most every DLQ_CHECK_S."""
+    dlq_checked_at: float | None = None
+
+    async def one_pass() -> int:
+        nonlocal dlq_checked_at
+        now_s = clock()
+        check_dlq = dlq_checked_at is None or now_s - dlq_checked_at >= DLQ_CHECK_S
+        done = await reconcile_once(store, broker, now_s=now_s, grace_s=grace_s,
+                                    check_dlq=check_dlq)
+        if check_dlq:
+            dlq_checked_at = now_s
+        return done
+
     # A rebuild of a large index may take a while: a generous allowance.
     await periodic.every(
-        "reconciler", interval_s,
-        lambda: reconcile_once(store, broker, now_s=clock(), grace_s=grace_s),
+        "reconciler", interval_s, one_pass,
         health=health, allowance_s=max(120.0, 10 * interval_s), task_status=task_status)

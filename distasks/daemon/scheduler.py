@@ -96,7 +96,8 @@ def decide(s: Schedule, running: bool, rules: CreationRules, *, now: datetime,
                       grace=timedelta(seconds=settings.misfire_grace_s), ends_at=s.ends_at)
     except cron.CronError as e:
         # Checked when saved, so only a time zone gone from this machine's tzdata gets
-        # here: the schedule stops (no next slot) until a PATCH gives it one again.
+        # here (or one saved before cron.NOT_ZONES were refused, such as localtime): the
+        # schedule stops (no next slot) until a PATCH gives it one again.
         log.error("schedule %s stopped: %s", s.name, e.problem,
                   extra={"event": "schedule_refused", "schedule": s.name, "tenant": s.tenant})
         return Firing(slots=[], missed=0, next_fire_at=None)

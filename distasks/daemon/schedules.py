@@ -8,26 +8,35 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from distasks.api import schemas
 from distasks.daemon import creation
 from distasks.daemon.creation import CreationRules, TaskRequest
 from distasks.domain import cron
 from distasks.domain.errors import InvalidInput
 from distasks.domain.model import Actor, NewTask, TaskType
+from distasks.domain.schedule_definitions import WINDOW_BACKWARDS, CreateSchedule, UpdateSchedule
 from distasks.store import Schedule
 
 
 def check_definition(s: Schedule, rules: CreationRules, *, now: datetime,
-                     prefix: str = "") -> None:
+                     prefix: str = "", changed: Collection[str] = ()) -> None:
     """InvalidInput naming the field (`cron`, `timezone`, `task.handler`, …, after
-    `prefix`) unless `s` can fire: its expression, time zone and template pass."""
+    `prefix`) unless `s` can fire: its expression, time zone and template pass, and its
+    window runs forwards. `changed`: the fields a change gave, so that a window turned
+    backwards names the one that did it (`start_at` given alone), `end_at` otherwise."""
     try:
         cron.check(s.cron, s.timezone, now=now)
     except cron.CronError as e:
         raise InvalidInput(e.problem, field=f"{prefix}{e.field}") from None
+    if s.starts_at is not None and s.ends_at is not None and s.ends_at <= s.starts_at:
+        if "start_at" in changed and "end_at" not in changed:
+            raise InvalidInput(f"start_at: must be before end_at ({s.ends_at.isoformat()}); "
+                               "a schedule that ends before it starts never fires",
+                               field=f"{prefix}start_at")
+        raise InvalidInput(f"end_at: {WINDOW_BACKWARDS}", field=f"{prefix}end_at")
     try:
         template_task(s, rules, fire_at=now, jitter_s=0.0)
     except InvalidInput as e:
@@ -35,7 +44,7 @@ def check_definition(s: Schedule, rules: CreationRules, *, now: datetime,
         raise
 
 
-def from_request(req: schemas.CreateSchedule, *, tenant: str, owner: str, actor: Actor,
+def from_request(req: CreateSchedule, *, tenant: str, owner: str, actor: Actor,
                  now: datetime) -> Schedule:
     """A new schedule as `req` defines it, armed for its first slot after `now`."""
     t = req.task
@@ -62,9 +71,10 @@ def rearm(s: Schedule, *, now: datetime) -> Schedule:
     return dataclasses.replace(s, next_fire_at=slot)
 
 
-def apply_update(s: Schedule, req: schemas.UpdateSchedule, *, now: datetime) -> Schedule:
+def apply_update(s: Schedule, req: UpdateSchedule, *, now: datetime) -> Schedule:
     """`s` with the fields `req` gives; re-armed from `now` if its timing changed or it
-    was resumed."""
+    was resumed. InvalidInput naming `task.secret_fields` if it would unmark a secret key
+    while the stored payload stays."""
     given = req.model_fields_set
     changes: dict[str, Any] = {}
     for field, column in (("cron", "cron"), ("timezone", "timezone"), ("enabled", "enabled"),
@@ -85,7 +95,17 @@ def apply_update(s: Schedule, req: schemas.UpdateSchedule, *, now: datetime) -> 
         if "name" in t_given:
             changes["task_name"] = t.name or s.name
         if "secret_fields" in t_given:
-            changes["secret_fields"] = tuple(sorted(set(t.secret_fields or ())))
+            marked = tuple(sorted(set(t.secret_fields or ())))
+            # A secret, once marked, stays secret: unmarking a key would show the stored
+            # value. Marks may grow; they may shrink only with a new payload, which
+            # replaces the stored values.
+            unmarked = sorted(set(s.secret_fields) - set(marked))
+            if unmarked and "payload" not in t_given:
+                raise InvalidInput(
+                    f"task.secret_fields: {', '.join(map(repr, unmarked))} stay secret; "
+                    "a key is unmarked only together with a new task.payload",
+                    field="task.secret_fields")
+            changes["secret_fields"] = marked
         for field in ("queue_name", "priority"):
             if field in t_given and getattr(t, field) is not None:
                 changes[field] = getattr(t, field)

@@ -46,14 +46,24 @@ class CronError(ValueError):
         self.problem = problem
 
 
+# Names a time zone database may hold that are no zone to schedule in: `localtime` is
+# the host's own setting (slots would differ from host to host), `posixrules` a build
+# leftover whose rules vary by distribution, `Factory` tzdata's "zone not yet set" (-00).
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 @functools.cache
 def known_zones() -> frozenset[str]:
-    """The IANA names this machine's time zone database has (read once)."""
-    return frozenset(available_timezones())
+    """The IANA names this machine's time zone database has (read once), without
+    NOT_ZONES."""
+    return frozenset(available_timezones()) - NOT_ZONES
 
 
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone `name`; CronError naming `timezone` if there is none."""
+    if name in NOT_ZONES:
+        raise CronError("timezone", f"{name!r} names no fixed zone (its rules depend on the "
+                                    "host); give an IANA name like UTC or Europe/Berlin")
     try:
         if name not in known_zones():
             raise ValueError(name)

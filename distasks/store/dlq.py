@@ -4,6 +4,7 @@ first, never trimmed or expired. Replays and deletions are recorded in the audit
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,15 @@ from distasks.store.base import (
     task_from_row,
     within_payload_budget,
 )
+
+# DLQ entries per queue, as the DLQ listing counts them (_where with no filter). The
+# partial index tasks_dead (queue_name, finished_at, id) WHERE status = 'failed' finds
+# them; dlq_deleted_at is read from each row.
+DLQ_DEPTHS = """
+SELECT queue_name, count(*) FROM tasks
+WHERE queue_name = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL
+GROUP BY queue_name
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +182,15 @@ class DlqQueries(StoreBase):
                                   " ORDER BY t.finished_at, t.id LIMIT %(limit)s"
                                   " FOR UPDATE SKIP LOCKED").encode(), params)
         return [r[0] for r in await cur.fetchall()]
+
+    @query
+    async def dlq_depths(self, queue_names: Sequence[str]) -> dict[str, int]:
+        """How many DLQ entries each of `queue_names` has (0 for none): the depth the
+        queue list and the gauges show, so that they agree with the DLQ listing."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(DLQ_DEPTHS, (list(queue_names),))
+            found = {name: n for name, n in await cur.fetchall()}
+        return {name: found.get(name, 0) for name in queue_names}
 
     @query
     async def dead_task_ids(self, queue_name: str) -> list[uuid.UUID]:

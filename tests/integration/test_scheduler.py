@@ -17,7 +17,6 @@ import psycopg
 import trio
 
 from distasks.access.quotas import TenantQuotas
-from distasks.api.schemas import CreateSchedule
 from distasks.broker import Broker
 from distasks.config import Config, TenantConfig
 from distasks.daemon import reconciler, scheduler, schedules
@@ -25,6 +24,7 @@ from distasks.daemon.creation import CreationRules
 from distasks.daemon.metrics import Metrics
 from distasks.domain import times
 from distasks.domain.model import Actor
+from distasks.domain.schedule_definitions import CreateSchedule
 from distasks.handlers import Registry, builtin_registry
 from distasks.store import Schedule, Store
 

@@ -51,6 +51,9 @@ def test_schedules_are_read_with_their_tenant(tmp_path):
     ('name = "x"\ncron = "* * * * *"\nevery = 5', "schedules[0].every"),
     ('cron = "* * * * *"', "schedules[0].name"),
     ('name = "x"\ncron = "* * * * *"\ntenant = "Not A Tenant"', "schedules[0].tenant"),
+    ('name = "x"\ncron = "* * * * *"\ntimezone = "localtime"', "schedules[0].timezone"),
+    ('name = "x"\ncron = "* * * * *"\nstart_at = 2030-01-02T00:00:00Z\n'
+     'end_at = 2030-01-01T00:00:00Z', "schedules[0].end_at"),
 ])
 def test_a_bad_schedule_stops_the_load_naming_its_key(tmp_path, table, key):
     with pytest.raises(ConfigError) as caught:

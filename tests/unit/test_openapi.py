@@ -7,8 +7,9 @@ import re
 
 from distasks.api import create_app
 from distasks.api.services import Services
-from distasks.config import QUEUE_NAME_PATTERN, Config
+from distasks.config import Config
 from distasks.daemon.waiters import TaskWaiters
+from distasks.domain.fields import QUEUE_NAME_PATTERN
 from distasks.handlers import builtin_registry
 
 
