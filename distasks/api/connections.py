@@ -17,9 +17,9 @@ the PostgreSQL and Redis pools needs, so `serve()` runs its connections itself:
   presented valid credentials (`note_authenticated`), after the shorter
   `http.unauthenticated_keep_alive_s` until then;
 - the close that answers `Connection: close` or HTTP/1.0, and the keep-alive timer,
-  run shielded: Quart-trio cancels a request's task as soon as
-  its response is sent, and Hypercorn closes the connection (or starts that timer) in
-  that very task, so both were lost and such connections stayed open;
+  run shielded: Quart-trio cancels a request's task as soon as its response is sent,
+  and Hypercorn closes the connection (or starts that timer) in that very task, so both
+  were lost and such connections stayed open;
 - a request body must arrive within `http.body_timeout_s` of its headers, or the request
   is answered 408 and its connection closed (the lean create route read bodies without
   any deadline);
@@ -122,7 +122,7 @@ LATE_BODY = json.dumps({"error": {
 def note_authenticated(scope: Mapping[str, object]) -> None:
     """The connection that carried this request presented valid credentials: it keeps
     http.keep_alive_s between requests from now on. Called by access checks, once the
-    principal is known; cheap (one dict write)."""
+    principal is known; cheap (a lookup and a flag)."""
     state = scope.get("state")
     if isinstance(state, dict) and (peer := state.get(PEER)) is not None:
         peer.authenticated = True
