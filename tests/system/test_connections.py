@@ -201,25 +201,37 @@ async def test_a_new_client_at_the_cap_closes_the_longest_idle_connection(start_
 async def test_an_unauthenticated_idle_connection_is_closed_sooner_than_an_authenticated_one(
         start_daemon, daemon_env):
     """keep_alive_s is long; a connection whose requests had no valid key gets
-    unauthenticated_keep_alive_s (1 s) between requests, one that presented a key keeps
-    keep_alive_s: idle for longer, it still serves."""
+    unauthenticated_keep_alive_s (1 s) between requests, one that presented a key (to a
+    Quart route, or to the lean create route) keeps keep_alive_s: idle for longer, it
+    still serves."""
     env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none",
            "DISTASKS_HTTP_KEEP_ALIVE_S": "300",
            "DISTASKS_HTTP_UNAUTHENTICATED_KEEP_ALIVE_S": "1"}
-    token = await trio.to_thread.run_sync(new_key, env, "queues:read")
-    queues = (b"GET /api/v1/queues HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-              b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")
+    token = await trio.to_thread.run_sync(new_key, env, "queues:read", "tasks:write")
+    body = b'{"name": "x", "payload": {}}'
+    keyed_requests = [
+        (b"GET /api/v1/queues HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+         b"Authorization: Bearer " + token.encode() + b"\r\n\r\n", b"HTTP/1.1 200"),
+        (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+         b"Authorization: Bearer " + token.encode() + b"\r\n"
+         b"Content-Type: application/json\r\nContent-Length: "
+         + str(len(body)).encode() + b"\r\n\r\n" + body, b"HTTP/1.1 201"),
+    ]
     with trio.fail_after(60):
         async with start_daemon(env) as d:
-            async with await connect(d.url) as keyed, await connect(d.url) as keyless:
-                await keyed.send_all(queues)
-                assert (await read_response(keyed)).startswith(b"HTTP/1.1 200")
+            keyed = [await connect(d.url) for _ in keyed_requests]
+            async with await connect(d.url) as keyless:
+                for stream, (request, status) in zip(keyed, keyed_requests, strict=True):
+                    await stream.send_all(request)
+                    assert (await read_response(stream)).startswith(status)
                 await keyless.send_all(HEALTHZ)
                 assert (await read_response(keyless)).startswith(b"HTTP/1.1 200")
                 with trio.fail_after(CLOSED_WITHIN_S):
                     assert await wait_closed_by_server(keyless) == b""
-                await keyed.send_all(queues)
-                assert (await read_response(keyed)).startswith(b"HTTP/1.1 200")
+            for stream in keyed:
+                await stream.send_all(keyed_requests[0][0])  # still open: served
+                assert (await read_response(stream)).startswith(b"HTTP/1.1 200")
+                await stream.aclose()
 
 
 async def test_h2c_is_off(start_daemon, daemon_env):
