@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from distasks.api import access, errors
+from distasks.api import access, connections, errors
 from distasks.api.parse import parse_create
 from distasks.api.services import Services, request_id_for
 from distasks.api.tasks import refuse_conflict
@@ -78,7 +78,10 @@ async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
                                       for k, v in scope["headers"]},
                              client[0] if client else "")
         access.check_transport(req, s.config)
-        who = await access.require(s, await access.principal(s, req), "tasks:write")
+        principal = await access.principal(s, req)
+        if principal is not None:
+            connections.note_authenticated(scope)
+        who = await access.require(s, principal, "tasks:write")
         new = parse_create(body, s, who.tenant)
         await s.admit(who.tenant, 1)
         result = refuse_conflict(new, await s.intake.create(new))
