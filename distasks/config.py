@@ -53,6 +53,9 @@ class HttpConfig:
     #: an idle kept-alive connection is closed after this long (longer than a proxy's
     #: own idle timeout, so that the proxy closes first)
     keep_alive_s: float = 75.0
+    #: ... but after this long while none of its requests presented valid credentials
+    #: (at most keep_alive_s): idle sockets of strangers do not hold slots for long
+    unauthenticated_keep_alive_s: float = 5.0
     #: a request's headers must be complete this long after its connection opened (or
     #: after its first byte on a kept-alive connection): slow clients are dropped
     header_timeout_s: float = 5.0
@@ -518,6 +521,8 @@ def _validate(c: Config) -> None:
     need(1 <= c.http.max_connections <= 100_000, "http.max_connections",
          "must be between 1 and 100000")
     need(c.http.keep_alive_s > 0, "http.keep_alive_s", "must be positive")
+    need(c.http.unauthenticated_keep_alive_s > 0, "http.unauthenticated_keep_alive_s",
+         "must be positive")
     need(c.http.header_timeout_s > 0, "http.header_timeout_s", "must be positive")
     need(c.http.body_timeout_s > 0, "http.body_timeout_s", "must be positive")
     need(c.http.max_response_bytes >= 64 * 1024, "http.max_response_bytes",

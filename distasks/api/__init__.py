@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any
 
@@ -79,6 +80,8 @@ def create_app(services: Services) -> QuartTrio:
         g.networked = not access.forwarded_unvouched(services, req) and principals.in_networks(
             g.address, services.config.auth.metrics_networks)
         g.principal = await access.principal(services, req)
+        if g.principal is not None:
+            connections.note_authenticated(request.scope)
         scope = openapi.SCOPE_BY_ENDPOINT.get(request.endpoint or "")
         if scope == "metrics:read" and g.principal is None and g.networked:
             return  # a scraper on a configured network needs no key
@@ -134,21 +137,21 @@ def create_app(services: Services) -> QuartTrio:
     return app
 
 
-async def serve(app: QuartTrio, *, host: str, port: int, shutdown: trio.Event,
+async def serve(app: QuartTrio, *, sockets: list[socket.socket], shutdown: trio.Event,
                 graceful_s: float, limits: connections.Limits,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `app` (with the lean create route in front, api/fast.py) until `shutdown` is
-    set, then finish requests in flight for at most `graceful_s`; `task_status.started()`
-    once the socket listens. Connections are held to `limits` (api/connections.py)."""
+    """Serve `app` (with the lean create route in front, api/fast.py) on `sockets`
+    (`connections.bind`) until `shutdown` is set, then finish requests in flight for at
+    most `graceful_s`; `task_status.started()` once the sockets listen. Connections are
+    held to `limits` (api/connections.py)."""
     protocol_errors.install()
     config = hypercorn.config.Config()
-    config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_s
     config.accesslog = None
     config.errorlog = logging.getLogger("distasks.http")
     config.keep_alive_timeout = limits.keep_alive_s
     front = with_lean_create(app, app.extensions["distasks"],  # type: ignore[arg-type]
                              max_body_bytes=app.config["MAX_CONTENT_LENGTH"])
-    await connections.serve(front, config, limits, shutdown=shutdown,
+    await connections.serve(front, config, limits, sockets=sockets, shutdown=shutdown,
                             gauge=app.extensions["distasks"].metrics.http_connections,
                             task_status=task_status)

@@ -55,7 +55,10 @@ def check_transport(req: Request, config: Config) -> None:
     host = req.headers.get("host", "")
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     allowed = LOOPBACK_NAMES | set(config.http.allowed_hosts) | {config.http.host}
-    if name.lower() not in allowed and "*" not in allowed:
+    # No Host (or an empty one) is HTTP/1.0, which may leave it out (the HTTP server
+    # refuses HTTP/1.1 without one): a load balancer's health check or an old tool, never
+    # a browser, so nothing a rebinding page could send; it is answered.
+    if host and name.lower() not in allowed and "*" not in allowed:
         raise Refused(400, "bad_host", f"this daemon does not answer to the host {host!r}; "
                       "add it to http.allowed_hosts")
     if req.method in SAFE_METHODS:

@@ -5,46 +5,64 @@ Hypercorn 0.18 (pinned) serves each connection with `hypercorn.trio.tcp_server.T
 and has a keep-alive timer, but it lacks what a daemon sharing its file descriptors with
 the PostgreSQL and Redis pools needs, so `serve()` runs its connections itself:
 
-- a cap, `http.max_connections`: past it the listener stops accepting, and new
-  connections wait in the kernel's backlog until one closes (no descriptor is spent on
-  them meanwhile);
+- a cap, `http.max_connections`: at it, a client arriving (waiting in the kernel's
+  backlog) makes the listener close the connection idle the longest between requests;
+  when every connection has a request in progress, new ones wait in the backlog until
+  one closes (no descriptor is spent on them meanwhile), so idle sockets never lock
+  working clients out;
 - a header deadline, `http.header_timeout_s`: a new connection must send its request
   headers within it, and a kept-alive one must complete them within it once the next
   request began (a slowloris client is dropped);
-- the close that answers `Connection: close` or HTTP/1.0, and the keep-alive timer
-  (`http.keep_alive_s`), run shielded: Quart-trio cancels a request's task as soon as
-  its response is sent, and Hypercorn closes the connection (or starts that timer) in
-  that very task, so both were lost and such connections stayed open;
+- an idle connection is closed after `http.keep_alive_s` once one of its requests
+  presented valid credentials (`note_authenticated`), after the shorter
+  `http.unauthenticated_keep_alive_s` until then;
+- the close that answers `Connection: close` or HTTP/1.0, and the keep-alive timer,
+  run shielded: Quart-trio cancels a request's task as soon as its response is sent,
+  and Hypercorn closes the connection (or starts that timer) in that very task, so both
+  were lost and such connections stayed open;
 - a request body must arrive within `http.body_timeout_s` of its headers, or the request
   is answered 408 and its connection closed (the lean create route read bodies without
   any deadline);
 - a client that reads nothing of its response for SEND_TIMEOUT_S is dropped (Hypercorn
-  writes shielded, without a deadline).
+  writes shielded, without a deadline);
+- HTTP/2 over cleartext (h2c) is off: an `Upgrade: h2c` is ignored (answered in
+  HTTP/1.1) and the HTTP/2 preface answered with GOAWAY HTTP_1_1_REQUIRED. The limits
+  above are written for one request at a time per connection, and a proxy in front
+  speaks HTTP/1.1 to its upstream anyway.
 
-It uses three Hypercorn internals (TCPServer, its `_idle_timeout`, the Closed and
-Updated events); tests/system/test_connections.py fails if an upgrade changes them.
+The sockets are bound by `bind` before the daemon writes anything, so a port in use stops
+the start with one line. It uses Hypercorn internals (TCPServer, its `_idle_timeout`, the
+Closed and Updated events, and for h2c `H11Protocol._check_protocol` and
+`ProtocolWrapper.handle`); tests/system/test_connections.py fails if an upgrade changes
+them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import hypercorn.config
 import trio
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import wrap_app
 from prometheus_client import Gauge
+
+from distasks.domain.errors import CannotListen
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +75,21 @@ SEND_TIMEOUT_S = 30.0
 SEND_CHUNK_BYTES = 64 * 1024
 # At most one warning this often while connections wait for a slot.
 CAP_WARNING_EVERY_S = 60.0
+# The key of a connection's `_Peer` in its ASGI state (scope["state"]; Hypercorn gives each
+# request a shallow copy of the connection's, so the `_Peer` itself is shared).
+PEER = "distasks.peer"
+
+
+def _h2_frame(kind: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame (RFC 9113 §4.1) on stream 0, without flags."""
+    return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + bytes(4) + payload
+
+
+# What a client opening with the HTTP/2 preface gets: the server's own preface (an empty
+# SETTINGS frame, 0x4), then GOAWAY (0x7) for last stream 0 with HTTP_1_1_REQUIRED (0xd)
+# and a reason a human can read in the client's debug output.
+HTTP2_REFUSAL = _h2_frame(0x4, b"") + _h2_frame(
+    0x7, bytes(4) + (0xD).to_bytes(4, "big") + b"h2c is off here: use HTTP/1.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +98,9 @@ class Limits:
     max_connections: int
     #: an idle kept-alive connection is closed after this long
     keep_alive_s: float
+    #: ... until one of its requests presented valid credentials: after this long (the
+    #: shorter of the two applies)
+    unauthenticated_keep_alive_s: float
     #: request headers must be complete this long after a new connection opens, or after
     #: the first byte of a kept-alive connection's next request
     header_timeout_s: float
@@ -81,6 +117,25 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LATE_BODY = json.dumps({"error": {
     "code": "request_timeout", "field": None,
     "message": "the request body did not arrive in time"}}, separators=(",", ":")).encode()
+
+
+def note_authenticated(scope: Mapping[str, object]) -> None:
+    """The connection that carried this request presented valid credentials: it keeps
+    http.keep_alive_s between requests from now on. Called by access checks, once the
+    principal is known; cheap (a lookup and a flag)."""
+    state = scope.get("state")
+    if isinstance(state, dict) and (peer := state.get(PEER)) is not None:
+        peer.authenticated = True
+
+
+class _Peer:
+    """What a connection's requests showed of the client, for the connection."""
+
+    __slots__ = ("authenticated",)
+
+    def __init__(self) -> None:
+        #: one of its requests presented valid credentials
+        self.authenticated = False
 
 
 def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
@@ -161,6 +216,11 @@ class _Stream(trio.abc.HalfCloseableStream):
         while self.received_since_sent == 0 and not self.ended:
             await self._arrived.wait()
 
+    async def wait_ended(self) -> None:
+        """Until the peer is gone."""
+        while not self.ended:
+            await self._arrived.wait()
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         for start in range(0, len(view), SEND_CHUNK_BYTES):
@@ -183,18 +243,72 @@ class _Stream(trio.abc.HalfCloseableStream):
         await self._inner.aclose()
 
 
+class _Room:
+    """The connection slots (http.max_connections) and the connections idle between
+    requests, longest idle first: what a listener closes to make room for a client."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.slots = trio.Semaphore(max_connections, max_value=max_connections)
+        #: connections between requests, in the order they became so (a dict keeps its
+        #: insertion order, and a connection leaves it whenever a request runs)
+        self.idle: dict[_Connection, None] = {}
+        self._changed: trio.Event | None = None
+
+    def became_idle(self, connection: _Connection) -> None:
+        self.idle[connection] = None
+        self._wake()
+
+    def became_busy(self, connection: _Connection) -> None:
+        self.idle.pop(connection, None)
+
+    def release(self) -> None:
+        """A connection closed: its slot is free."""
+        self.slots.release()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_changed(self) -> None:
+        """Until a slot frees or a connection becomes idle."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def close_longest_idle(self) -> bool:
+        """Close the connection idle the longest between requests (one receiving its
+        headers is at work); False when there is none. Its slot frees once it has
+        closed."""
+        for connection in self.idle:
+            if connection.between_requests():
+                del self.idle[connection]
+                connection.waiting.cancel()
+                return True
+        return False
+
+
 class _Connection(TCPServer):
-    """Hypercorn's connection, with the header deadline and the shielded close."""
+    """Hypercorn's connection, with the header deadline, the idle timeouts and the
+    shielded close."""
 
     def __init__(self, app: AppWrapper, config: hypercorn.config.Config,
                  context: WorkerContext, state: ConnectionState, stream: _Stream,
-                 limits: Limits, idle: set[_Connection]) -> None:
+                 limits: Limits, room: _Room) -> None:
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
         self._guarded = stream
         self._limits = limits
-        self._idle = idle
+        self._room = room
+        self._peer: _Peer = state[PEER]
         #: the idle timer's wait, cancelled to close the connection at once
         self.waiting = trio.CancelScope()
+
+    def between_requests(self) -> bool:
+        """Kept alive after a response, and no byte of the next request yet (a new
+        connection that has sent nothing is left to http.header_timeout_s: it may be a
+        client about to send its first request)."""
+        return self._guarded.sent > 0 and self._guarded.received_since_sent == 0
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Closed | Updated):
@@ -207,87 +321,169 @@ class _Connection(TCPServer):
     async def _idle_timeout(self) -> None:
         """Runs while no request is in progress (Hypercorn starts it when a connection
         opens and after each response, and cancels it once a request's headers are
-        complete): closes the connection at the deadlines, and at shutdown (`serve`
-        cancels the waits of the connections in `idle`)."""
+        complete): closes the connection at the deadlines, when a client arriving at
+        the cap needs its slot, and at shutdown (both cancel `waiting`)."""
         with trio.CancelScope() as self.waiting:
             if not self.context.terminated.is_set():
-                self._idle.add(self)
+                self._room.became_idle(self)
                 try:
                     await self._wait_deadline()
                 finally:
-                    self._idle.discard(self)
+                    self._room.became_busy(self)
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 
     async def _wait_deadline(self) -> None:
         stream, limits = self._guarded, self._limits
-        with trio.move_on_after(limits.header_timeout_s if stream.sent == 0
-                                else limits.keep_alive_s):
+        if stream.sent == 0:
+            idle_s = limits.header_timeout_s
+        elif self._peer.authenticated:
+            idle_s = limits.keep_alive_s
+        else:
+            idle_s = min(limits.unauthenticated_keep_alive_s, limits.keep_alive_s)
+        with trio.move_on_after(idle_s):
             await stream.wait_request_began()
         if stream.received_since_sent > 0 and not stream.ended:
-            await trio.sleep(limits.header_timeout_s)  # cancelled by complete headers
+            # Cancelled by complete headers; a client gone mid-headers frees its slot now.
+            with trio.move_on_after(limits.header_timeout_s):
+                await stream.wait_ended()
 
 
 class _Listener(trio.abc.Listener[trio.SocketStream]):
-    """Accepts only while `slots` has one; the connection's handler gives it back."""
+    """Accepts only with a slot of `room`; the connection's handler gives it back."""
 
-    def __init__(self, inner: trio.SocketListener, slots: trio.Semaphore) -> None:
+    def __init__(self, inner: trio.SocketListener, room: _Room) -> None:
         self._inner = inner
-        self._slots = slots
+        self._room = room
         self._warned_at = -math.inf
 
     async def accept(self) -> trio.SocketStream:
-        if self._slots.value == 0 and trio.current_time() >= (
-                self._warned_at + CAP_WARNING_EVERY_S):
-            self._warned_at = trio.current_time()
-            log.warning("every connection slot is taken (http.max_connections = %d): new "
-                        "connections wait until one closes", self._slots.max_value or 0,
-                        extra={"event": "http_connections_full"})
-        await self._slots.acquire()
+        await self._take_slot()
         try:
             return await self._inner.accept()
         except BaseException:
-            self._slots.release()
+            self._room.release()
             raise
+
+    async def _take_slot(self) -> None:
+        """A free slot; at the cap, once a client waits in the backlog, the slot of the
+        connection idle the longest (closed for it); when none is idle, the first slot
+        that frees. Nothing is closed before a client actually waits."""
+        room = self._room
+        client_waits = False
+        while True:
+            try:
+                room.slots.acquire_nowait()
+                return
+            except trio.WouldBlock:
+                pass
+            if not client_waits:
+                await trio.lowlevel.wait_readable(self._inner.socket)
+                client_waits = True  # a slot may have freed meanwhile: try again first
+                continue
+            if room.close_longest_idle():
+                await room.slots.acquire()
+                return
+            if trio.current_time() >= self._warned_at + CAP_WARNING_EVERY_S:
+                self._warned_at = trio.current_time()
+                log.warning("every connection slot is taken by a request in progress "
+                            "(http.max_connections = %d): new connections wait until one "
+                            "closes or goes idle", room.slots.max_value or 0,
+                            extra={"event": "http_connections_full"})
+            await room.wait_changed()
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
+def bind(host: str, port: int) -> list[socket.socket]:
+    """The API's sockets, bound to `host`:`port` (http.host, http.port) but not listening
+    yet: until `serve` listens, clients are refused rather than queued. Raises
+    CannotListen, naming the address and the setting to change; the daemon calls it
+    before it writes anything, so a port in use costs one line and nothing else."""
+    config = hypercorn.config.Config()
+    config.bind = [f"{host}:{port}"]
+    try:
+        return config.create_sockets().insecure_sockets
+    except OSError as e:
+        raise _cannot_listen(host, port, e) from None
+
+
+def _cannot_listen(host: str, port: int, e: OSError) -> CannotListen:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = (e.strerror or str(e)).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    # The host is at fault when it is not this machine's (or no name resolves it).
+    wrong_host = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+    return CannotListen(address, reason, "http.host" if wrong_host
+                        else "http.port / HTTP_PORT")
+
+
+async def _no_h2c_upgrade(self: H11Protocol, event: Any) -> None:
+    """H11Protocol._check_protocol without the h2c upgrade: an `Upgrade: h2c` header is
+    ignored, as RFC 9110 §7.8 lets a server do, and the request answered in HTTP/1.1.
+    The HTTP/2 preface (`PRI * HTTP/2.0`) still raises, for `_refuse_http2`."""
+    if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+        raise H2ProtocolAssumedError(b"")
+
+
+async def _refuse_http2(self: ProtocolWrapper, event: Event) -> None:
+    """ProtocolWrapper.handle without the switch to HTTP/2: a client that opens with the
+    HTTP/2 preface gets HTTP2_REFUSAL and the connection closes."""
+    try:
+        await self.protocol.handle(event)
+    except H2ProtocolAssumedError:
+        await self.send(RawData(data=HTTP2_REFUSAL))
+        await self.send(Closed())
+
+
+def _serve_http1_only() -> None:
+    """Turn h2c off in Hypercorn's protocol classes; idempotent."""
+    H11Protocol._check_protocol = _no_h2c_upgrade  # type: ignore[method-assign]
+    ProtocolWrapper.handle = _refuse_http2  # type: ignore[method-assign]
+
+
 async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *,
-                shutdown: trio.Event, gauge: Gauge | None = None,
+                sockets: list[socket.socket], shutdown: trio.Event,
+                gauge: Gauge | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the ASGI `app` on `config.bind` until `shutdown` is set; then stop accepting,
-    close idle connections and give requests in flight `config.graceful_timeout` before
-    they are cancelled. `task_status.started()` with the addresses once listening.
-    `gauge`, when given, reads the connections served at each scrape."""
+    """Serve the ASGI `app` on `sockets` (from `bind`) until `shutdown` is set; then stop
+    accepting, close idle connections and give requests in flight
+    `config.graceful_timeout` before they are cancelled. `task_status.started()` with the
+    addresses once listening. `gauge`, when given, reads the connections served at each
+    scrape. CannotListen if a socket cannot listen (another process took the port
+    between `bind` and now)."""
+    _serve_http1_only()
     wrapped = wrap_app(with_body_deadline(app, limits.body_timeout_s),  # type: ignore[arg-type]
                        config.wsgi_max_body_size, "asgi")
     state: dict[str, Any] = {}  # what the app's lifespan startup shares with requests
     lifespan = Lifespan(wrapped, config, state)
     context = WorkerContext(None)
-    slots = trio.Semaphore(limits.max_connections, max_value=limits.max_connections)
-    idle: set[_Connection] = set()  # connections between requests, closed at shutdown
+    room = _Room(limits.max_connections)
     if gauge is not None:
-        gauge.set_function(lambda: limits.max_connections - slots.value)
+        gauge.set_function(lambda: limits.max_connections - room.slots.value)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            await _Connection(wrapped, config, context, ConnectionState(state.copy()),
-                              _Stream(stream), limits, idle).run()
+            await _Connection(wrapped, config, context,
+                              ConnectionState({**state, PEER: _Peer()}), _Stream(stream),
+                              limits, room).run()
         finally:
-            slots.release()
+            room.release()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
-            sockets = config.create_sockets().insecure_sockets
             listeners = []
             for sock in sockets:
-                sock.listen(config.backlog)
+                try:
+                    sock.listen(config.backlog)
+                except OSError as e:
+                    host, port = sock.getsockname()[:2]
+                    raise _cannot_listen(host, port, e) from None
                 listeners.append(_Listener(
-                    trio.SocketListener(trio.socket.from_stdlib_socket(sock)), slots))
+                    trio.SocketListener(trio.socket.from_stdlib_socket(sock)), room))
             addresses = ["http://{}:{}".format(*sock.getsockname()[:2]) for sock in sockets]
             task_status.started(addresses)
             async with trio.open_nursery() as accepting:
@@ -298,7 +494,7 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
             for listener in listeners:
                 await listener.aclose()  # refused from now on, not left in the backlog
             await context.terminated.set()
-            for connection in list(idle):
+            for connection in list(room.idle):
                 connection.waiting.cancel()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()

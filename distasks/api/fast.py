@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from distasks.api import access, errors
+from distasks.api import access, connections, errors
 from distasks.api.accounting import account
 from distasks.api.services import Services, request_id_for
 from distasks.api.tasks import create_one
@@ -80,7 +80,10 @@ async def _create(s: Services, scope: Scope, body: bytes) -> tuple[
                                       for k, v in scope["headers"]},
                              client[0] if client else "")
         access.check_transport(req, s.config)
-        who = await access.require(s, await access.principal(s, req), "tasks:write")
+        principal = await access.principal(s, req)
+        if principal is not None:
+            connections.note_authenticated(scope)
+        who = await access.require(s, principal, "tasks:write")
         document, status = await create_one(s, who.tenant, body)
     except Exception as e:
         mapped = errors.error_for(e)

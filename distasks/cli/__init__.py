@@ -13,7 +13,7 @@ import trio
 
 from distasks import logs
 from distasks.config import load
-from distasks.domain.errors import ConfigError, StoreUnavailable
+from distasks.domain.errors import CannotListen, ConfigError, StoreUnavailable
 
 # Where the config is looked for when neither --config nor DISTASKS_CONFIG says.
 SYSTEM_CONFIG = Path("/etc/distasks/distasks.toml")
@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StoreUnavailable as e:
         print(f"distasks: PostgreSQL is unavailable: {e}", file=sys.stderr)
+        return 1
+    except CannotListen as e:
+        # 1, not 2: the config may be right and the port only busy for now (the previous
+        # daemon still stopping), so systemd's restart is worth it.
+        print(f"distasks: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

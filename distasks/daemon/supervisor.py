@@ -212,6 +212,18 @@ class Daemon:
         """Serve until stopped; `task_status.started()` once the API listens and the
         workers claim."""
         c = self.config
+        # Before anything is written: a port in use is one line (CannotListen), not a
+        # traceback after migrations and a worker row.
+        sockets = api.connections.bind(c.http.host, c.http.port)
+        try:
+            await self._run(sockets, task_status)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    async def _run(self, sockets: list[socket.socket],
+                   task_status: trio.TaskStatus[None]) -> None:
+        c = self.config
         log.info("distasks starting: %s", c.summary(),
                  extra={"event": "starting", "worker_id": self.worker_id})
         if c.auth.anonymous == "loopback":
@@ -227,7 +239,7 @@ class Daemon:
                                 max_connections=c.redis.max_connections) as broker,
                 ):
                     await self._migrate(store)
-                    await self._serve(store, broker, task_status)
+                    await self._serve(store, broker, sockets, task_status)
         log.info("stopped", extra={"event": "stopped", "worker_id": self.worker_id})
 
     async def _migrate(self, store: Store) -> None:
@@ -242,7 +254,7 @@ class Daemon:
                 log.warning("waiting for PostgreSQL: %s", e, extra={"event": "store_waiting"})
                 await trio.sleep(backoff.delay_s(failures))
 
-    async def _serve(self, store: Store, broker: Broker,
+    async def _serve(self, store: Store, broker: Broker, sockets: list[socket.socket],
                      task_status: trio.TaskStatus[None]) -> None:
         c, t, m, h = self.config, self.tunables, self.metrics, self.health
         self._pool = pool = WorkerPool(
@@ -307,11 +319,12 @@ class Daemon:
                 await front.start(self._watch_signals)
                 async with trio.open_nursery() as work:
                     await work.start(lambda task_status: api.serve(
-                        app, host=c.http.host, port=c.http.port, shutdown=self._api_stop,
+                        app, sockets=sockets, shutdown=self._api_stop,
                         graceful_s=min(c.worker.grace_period_s, API_DRAIN_S),
                         limits=api.connections.Limits(
                             max_connections=c.http.max_connections,
                             keep_alive_s=c.http.keep_alive_s,
+                            unauthenticated_keep_alive_s=c.http.unauthenticated_keep_alive_s,
                             header_timeout_s=c.http.header_timeout_s,
                             body_timeout_s=c.http.body_timeout_s),
                         task_status=task_status))

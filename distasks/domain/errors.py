@@ -60,6 +60,14 @@ class ConfigError(DistasksError):
         self.problem = problem
 
 
+class CannotListen(DistasksError):
+    """The API's address cannot be bound (a port in use, a host not on this machine);
+    found before anything is written, so the message names the address and the setting."""
+
+    def __init__(self, address: str, reason: str, key: str):
+        super().__init__(f"cannot listen on {address}: {reason} ({key})")
+
+
 class Refused(DistasksError):
     """A request refused before it is served: no or bad credentials (401), a missing
     scope (403), a cross-site or wrongly typed write (403, 415), an unknown Host (400)."""

@@ -176,6 +176,30 @@ async def test_a_web_page_cannot_make_a_browser_write(start_daemon, daemon_env):
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
 
 
+async def test_an_http_1_0_request_without_host_is_served(start_daemon, daemon_env):
+    """HTTP/1.0 lets a client leave Host out (a load balancer's health check, an old
+    tool); no browser does, so there is no rebinding to refuse. The lean create route
+    and a Quart route answer it; a wrong Host is still refused."""
+    body = b'{"name": "x", "payload": {}}'
+    requests = {
+        b"POST /api/v1/tasks HTTP/1.0\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body: b"201",
+        b"GET /api/v1/queues HTTP/1.0\r\n\r\n": b"200",
+        b"GET /api/v1/queues HTTP/1.0\r\nHost: evil.example\r\n\r\n": b"400",
+    }
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d:
+            host, port = d.url.removeprefix("http://").rsplit(":", 1)
+            for request, status in requests.items():
+                async with await trio.open_tcp_stream(host, int(port)) as stream:
+                    await stream.send_all(request)
+                    answer = b""
+                    while chunk := await stream.receive_some():  # HTTP/1.0: closed after
+                        answer += chunk
+                assert answer.startswith(b"HTTP/1.1 " + status), (request, answer[:300])
+    assert b'"code":"bad_host"' in answer
+
+
 async def test_keys_are_managed_over_the_api_with_keys_admin(start_daemon, daemon_env):
     env = {**daemon_env, "DISTASKS_AUTH_ANONYMOUS": "none"}
     # A key gives no scope its maker lacks (test_tenants.py): the admin reads tasks too.

@@ -184,6 +184,7 @@ INVALID_OVERRIDES = [
     ({"DISTASKS_HTTP_MAX_CONNECTIONS": "0"}, "http.max_connections"),
     ({"DISTASKS_HTTP_KEEP_ALIVE_S": "0"}, "http.keep_alive_s"),
     ({"DISTASKS_HTTP_KEEP_ALIVE_S": "nan"}, "http.keep_alive_s"),
+    ({"DISTASKS_HTTP_UNAUTHENTICATED_KEEP_ALIVE_S": "0"}, "http.unauthenticated_keep_alive_s"),
     ({"DISTASKS_HTTP_HEADER_TIMEOUT_S": "-1"}, "http.header_timeout_s"),
     ({"DISTASKS_HTTP_BODY_TIMEOUT_S": "0"}, "http.body_timeout_s"),
     ({"DISTASKS_HTTP_MAX_RESPONSE_BYTES": "1000"}, "http.max_response_bytes"),

@@ -1,13 +1,17 @@
 """api/connections.py's stream: a client that reads nothing of a response is dropped, a
-slow reader is not (on Trio's mock clock)."""
+slow reader is not (on Trio's mock clock); `bind` names the address and the setting."""
 
 from __future__ import annotations
+
+import errno
+import socket
 
 import pytest
 import trio
 import trio.testing
 
 from distasks.api import connections
+from distasks.domain.errors import CannotListen
 
 RESPONSE = b"x" * (3 * connections.SEND_CHUNK_BYTES + 10)
 
@@ -39,3 +43,18 @@ async def test_a_slow_reader_gets_the_whole_response(autojump_clock):
         await stream.send_all(RESPONSE)
     assert bytes(received) == RESPONSE
     assert trio.current_time() > 2 * connections.SEND_TIMEOUT_S
+
+
+def test_bind_names_the_address_and_the_setting_to_change():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CannotListen) as in_use:
+            connections.bind("127.0.0.1", port)
+    assert str(in_use.value) == (f"cannot listen on 127.0.0.1:{port}: address already in "
+                                 "use (http.port / HTTP_PORT)")
+    foreign = connections._cannot_listen("::1", 8080, OSError(
+        errno.EADDRNOTAVAIL, "Cannot assign requested address"))
+    assert str(foreign) == ("cannot listen on [::1]:8080: cannot assign requested address "
+                            "(http.host)")
