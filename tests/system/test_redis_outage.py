@@ -43,6 +43,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         server.start()
         yield server
     finally:
+        server.thaw()  # a frozen server does not stop
         server.stop()
 
 
@@ -67,16 +68,27 @@ async def wait_completed(dsn: str, task_ids: list[str]) -> None:
         await trio.sleep(0.1)
 
 
-async def test_a_daemon_of_three_queues_outlives_redis_killed_for_seconds(
-        start_daemon, pg_dsn, redis_prefix, private_redis):
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+async def test_a_daemon_of_three_queues_outlives_redis_gone_for_seconds(
+        start_daemon, pg_dsn, redis_prefix, private_redis, fault):
+    """kill: SIGKILL, every call refused, and Redis comes back empty (rebuilt from
+    PostgreSQL). freeze: SIGSTOP, every call hangs until its timeout (as when the event
+    loop is held up), and Redis comes back with its data."""
+    stop, resume = ((private_redis.kill, private_redis.start) if fault == "kill"
+                    else (private_redis.freeze, private_redis.thaw))
     env = own_daemon_env(database_url=pg_dsn, redis_url=private_redis.url,
                          prefix=redis_prefix, settings=SETTINGS)
     with trio.fail_after(120):
         async with (start_daemon(env) as d,
                     httpx.AsyncClient(base_url=d.url, trust_env=False, timeout=30) as client):
 
-            async def readiness() -> int:
-                return (await client.get("/readyz")).status_code
+            async def wait_readiness(status: int) -> None:
+                """Until /readyz answers `status`, the daemon running all along."""
+                while True:
+                    assert d.is_running(), d.tail()
+                    if (await client.get("/readyz")).status_code == status:
+                        return
+                    await trio.sleep(0.1)
 
             # Before: some to run at once, some delayed past the outage (the dead Redis
             # holds them), some running while Redis dies.
@@ -84,18 +96,15 @@ async def test_a_daemon_of_three_queues_outlives_redis_killed_for_seconds(
             before += await create(client, "later", type="delayed", delay_seconds=3)
             before += await create(client, "running", payload={"sleep_seconds": 2})
 
-            await trio.to_thread.run_sync(private_redis.kill)
-            while await readiness() != 503:
-                await trio.sleep(0.1)
+            await trio.to_thread.run_sync(stop)
+            await wait_readiness(503)
             # Creates are still accepted: committed in PostgreSQL, indexed later.
             during = await create(client, "during")
             await trio.sleep(OUTAGE_S)  # the fault itself lasts this long
             assert d.is_running(), d.tail()
 
-            await trio.to_thread.run_sync(private_redis.start)
-            while await readiness() != 200:
-                assert d.is_running(), d.tail()
-                await trio.sleep(0.1)
+            await trio.to_thread.run_sync(resume)
+            await wait_readiness(200)
             after = await create(client, "after")
 
             await wait_completed(pg_dsn, before + during + after)
