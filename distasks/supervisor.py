@@ -207,7 +207,27 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until stopped; `task_status.started()` once the API listens and the
-        workers claim."""
+        workers claim.
+
+        Raises ConfigError for a configuration found wrong only now (a config schedule),
+        and Crashed for any other exception that ended the nursery: every component
+        handles the outages of PostgreSQL and Redis itself (architecture §5.6), so that
+        is a bug, logged here as one ERROR record (event `crashed`, the traceback inside
+        it), not left to print as a bare traceback."""
+        try:
+            await self._run(task_status)
+        except Exception as e:
+            leaves = _leaves(e)
+            if all(isinstance(leaf, ConfigError) for leaf in leaves):
+                raise leaves[0] from None
+            first = next(leaf for leaf in leaves if not isinstance(leaf, ConfigError))
+            log.error("stopped by an unexpected error: %s: %s", type(first).__name__, first,
+                      exc_info=e, extra={"event": "crashed", "worker_id": self.worker_id,
+                                         "error_type": type(first).__name__,
+                                         "error": str(first)})
+            raise Crashed(f"{type(first).__name__}: {first}") from None
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         c = self.config
         log.info("distasks starting: %s", c.summary(),
                  extra={"event": "starting", "worker_id": self.worker_id})
@@ -357,6 +377,18 @@ class Daemon:
                     await self.reload()
                 else:
                     self.request_stop()
+
+
+class Crashed(Exception):
+    """The daemon stopped on an exception no component handles; already logged (event
+    `crashed`), so the command line only sets the exit status."""
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The exceptions inside `e`, nested exception groups (one per nursery) flattened."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for inner in e.exceptions for leaf in _leaves(inner)]
+    return [e]
 
 
 def _differences(old: Config, new: Config) -> list[str]:
