@@ -161,7 +161,7 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
                "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
                "tenant", "secret_fields")
-    payload = f"{a}payload" if with_payload else "NULL::jsonb AS payload"
+    payload = f"{a}payload" if with_payload else "NULL::json AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
 

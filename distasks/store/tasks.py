@@ -68,7 +68,7 @@ CREATE_TASKS = """
 WITH input AS (
     SELECT * FROM json_to_recordset(%(input)s::json) AS i(
         id uuid, run_id uuid, tenant text, name text, handler text, type text,
-        queue_name text, priority int, payload jsonb, dedup_key text, max_retries int,
+        queue_name text, priority int, payload json, dedup_key text, max_retries int,
         timeout_s float8, run_at timestamptz, start bool, secret_fields text[])
 ), inserted AS (
     INSERT INTO tasks (id, tenant, name, handler, type, queue_name, priority, payload,
