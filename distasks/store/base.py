@@ -14,10 +14,20 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 import psycopg
 import psycopg.errors
 import trio
+from psycopg.adapt import Loader
 from psycopg.types.json import Jsonb
 
 from distasks.errors import StoreRejected, StoreUnavailable
-from distasks.model import Actor, ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
+from distasks.model import (
+    Actor,
+    ClaimedRun,
+    JsonText,
+    RunStatus,
+    Task,
+    TaskRun,
+    TaskStatus,
+    TaskType,
+)
 from distasks.store.pg import TrioPool
 
 P = ParamSpec("P")
@@ -101,6 +111,19 @@ def without_nul(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [without_nul(v) for v in value]
     return value
+
+
+class _JsonTextLoader(Loader):
+    """json columns (payloads) as JsonText, the text not decoded."""
+
+    def load(self, data: Any) -> JsonText:
+        return JsonText(bytes(data).decode())
+
+
+def payloads_as_text(cur: psycopg.AsyncCursor[Any]) -> None:
+    """Make `cur` return json columns (payloads: migration 0009) as JsonText, for a
+    response to pass through; jsonb columns (results) are decoded as before."""
+    cur.adapters.register_loader("json", _JsonTextLoader)
 
 
 class Page(list[T]):
