@@ -16,6 +16,8 @@ import trio
 from distasks.testing.daemon import daemon_env as own_daemon_env
 from distasks.testing.faults import PrivateRedis, query
 
+pytestmark = pytest.mark.faults
+
 QUEUES = ("default", "other", "third")
 # How long Redis stays dead: longer than the broker's crossing timeout (5 s) and the
 # connect timeout, so that every kind of call has failed at least once meanwhile.
