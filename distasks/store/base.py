@@ -117,7 +117,7 @@ class _JsonTextLoader(Loader):
     """json columns (payloads) as JsonText, the text not decoded."""
 
     def load(self, data: Any) -> JsonText:
-        return JsonText(bytes(data).decode())
+        return JsonText(str(data, "utf-8"))
 
 
 def payloads_as_text(cur: psycopg.AsyncCursor[Any]) -> None:
