@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from distasks.supervisor import _leaves
 from distasks.testing.daemon import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# Longest serve may take to start and crash.
+GUARD_S = 60
 
 
 def test_an_unexpected_error_in_a_component_ends_serve_with_one_error_record_and_exit_1(
@@ -33,9 +36,18 @@ def test_an_unexpected_error_in_a_component_ends_serve_with_one_error_record_and
         monkeypatch.setenv(name, value)
     root = logging.getLogger()
     handlers, level, threshold = root.handlers[:], root.level, gc.get_threshold()
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError(f"serve still running after {GUARD_S}s")
+
+    # The I/O guard of a sync test: serve that does not crash would run forever.
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(GUARD_S)
     try:
         code = cli.main(["serve", "--config", str(REPO / "config" / "distasks.toml")])
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         root.handlers[:], root.level = handlers, level
         gc.unfreeze()
         gc.set_threshold(*threshold)
