@@ -46,7 +46,7 @@ async def list_dlq(queue: str) -> Response:
         dead = await services().store.dead_tasks(queue, f, limit=limit,
                                                  after=cursor.decode(q.cursor),
                                                  with_payload=q.include_payload,
-                                                 max_payload_bytes=budget)
+                                                 max_payload_bytes=budget, payload_text=True)
         items = await pages.fit(({**task_json(d.task, with_payload=q.include_payload),
                                   "attempts": d.attempts, "last_error": d.last_error,
                                   "failed_at": iso(d.failed_at)} for d in dead), budget)

@@ -24,6 +24,7 @@ from quart import Quart, current_app
 from quart.json.provider import DefaultJSONProvider
 
 from distasks.domain.errors import Refused
+from distasks.domain.model import JsonText
 
 # Room in the budget for what a page holds besides its items (cursor, queue, count).
 ENVELOPE_BYTES = 1024
@@ -43,17 +44,20 @@ class Encoded(list[str]):
 
 class PageJSON(DefaultJSONProvider):
     """Quart's JSON (compact, keys in their order), with `Encoded` values of a top-level
-    document spliced in as arrays instead of encoded again."""
+    document spliced in as arrays, and JsonText values as they are, instead of encoded
+    again."""
 
     sort_keys = False
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         encode = super().dumps
-        if not (isinstance(obj, dict) and any(isinstance(v, Encoded) for v in obj.values())):
+        if not (isinstance(obj, dict)
+                and any(isinstance(v, Encoded | JsonText) for v in obj.values())):
             return encode(obj, **kwargs)
         return "{" + ",".join(
             encode(key, **kwargs) + ":"
             + ("[" + ",".join(value) + "]" if isinstance(value, Encoded)
+               else value if isinstance(value, JsonText)
                else encode(value, **kwargs))
             for key, value in obj.items()) + "}"
 
@@ -65,7 +69,16 @@ def install(app: Quart, *, heavy_reads: int) -> None:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, as jsonify writes it."""
+    """Compact JSON, as jsonify writes it; the JsonText values of an object (a task's
+    payload as stored) are spliced in as they are, not decoded and encoded again."""
+    if isinstance(value, dict) and any(isinstance(v, JsonText) for v in value.values()):
+        return "{" + ",".join(
+            _compact(key) + ":" + (v if isinstance(v, JsonText) else _compact(v))
+            for key, v in value.items()) + "}"
+    return _compact(value)
+
+
+def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 

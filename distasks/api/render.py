@@ -3,10 +3,11 @@ modules so that a task reads the same wherever it appears."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from distasks.domain.model import RunStatus, Task, TaskRun
+from distasks.domain.model import JsonText, RunStatus, Task, TaskRun
 from distasks.domain.secret_fields import redacted
 from distasks.domain.tenancy import shown
 
@@ -18,12 +19,15 @@ def iso(d: datetime | None) -> str | None:
 
 def task_json(t: Task, *, with_payload: bool = True) -> dict[str, Any]:
     """A task, its secret fields redacted; lists leave the payload out unless asked
-    (with_payload False)."""
+    (with_payload False). A payload read as JsonText stays text (the encoder splices it
+    in), unless fields of it must be redacted."""
     out = _task_json(t)
     if not with_payload:
         del out["payload"]
-    elif t.secret_fields and isinstance(t.payload, dict):
-        out["payload"] = redacted(t.payload, t.secret_fields)
+    elif t.secret_fields:
+        payload = json.loads(t.payload) if isinstance(t.payload, JsonText) else t.payload
+        out["payload"] = (redacted(payload, t.secret_fields) if isinstance(payload, dict)
+                          else payload)
     return out
 
 

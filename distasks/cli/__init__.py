@@ -52,11 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         config_path = _config_path(getattr(args, "config", None))
         config = load(config_path)
         if args.command == "serve":
-            from distasks.daemon.supervisor import Daemon  # imports the bridge first (see __init__)
+            from distasks.daemon.supervisor import (  # the bridge first (see __init__)
+                Crashed,
+                Daemon,
+            )
 
             daemon = Daemon(config, config_path=config_path)
             logs.setup(config.log.level, config.log.format)
-            trio.run(daemon.run)
+            try:
+                trio.run(daemon.run)
+            except Crashed:
+                return 1  # logged by the supervisor, as one record
         elif args.command == "keys":
             from distasks.cli.keys import run as run_keys
 

@@ -210,13 +210,30 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until stopped; `task_status.started()` once the API listens and the
-        workers claim."""
+        workers claim.
+
+        Raises ConfigError for a configuration found wrong only now (a config schedule),
+        and Crashed for any other exception that ended the nursery: every component
+        handles the outages of PostgreSQL and Redis itself (architecture §5.6), so that
+        is a bug, logged here as one ERROR record (event `crashed`, the traceback inside
+        it), not left to print as a bare traceback. Raises CannotListen, before anything
+        is written, when the API's address is taken."""
         c = self.config
         # Before anything is written: a port in use is one line (CannotListen), not a
         # traceback after migrations and a worker row.
         sockets = api.connections.bind(c.http.host, c.http.port)
         try:
             await self._run(sockets, task_status)
+        except Exception as e:
+            leaves = _leaves(e)
+            if all(isinstance(leaf, ConfigError) for leaf in leaves):
+                raise leaves[0] from None
+            first = next(leaf for leaf in leaves if not isinstance(leaf, ConfigError))
+            log.error("stopped by an unexpected error: %s: %s", type(first).__name__, first,
+                      exc_info=e, extra={"event": "crashed", "worker_id": self.worker_id,
+                                         "error_type": type(first).__name__,
+                                         "error": str(first)})
+            raise Crashed(f"{type(first).__name__}: {first}") from None
         finally:
             for sock in sockets:
                 sock.close()
@@ -378,6 +395,18 @@ class Daemon:
                     await self.reload()
                 else:
                     self.request_stop()
+
+
+class Crashed(Exception):
+    """The daemon stopped on an exception no component handles; already logged (event
+    `crashed`), so the command line only sets the exit status."""
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The exceptions inside `e`, nested exception groups (one per nursery) flattened."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for inner in e.exceptions for leaf in _leaves(inner)]
+    return [e]
 
 
 def _differences(old: Config, new: Config) -> list[str]:

@@ -304,8 +304,17 @@ class WorkerPool:
                     elif paused:
                         await trio.sleep(PAUSED_POLL_S)
                     elif not claimed and not block:
-                        with trio.CancelScope(shield=True):
-                            await self._broker.wait_ready(queue)
+                        try:
+                            with trio.CancelScope(shield=True):
+                                await self._broker.wait_ready(queue)
+                        except BrokerUnavailable as e:
+                            # An idle queue meets an outage here first: back off as a
+                            # failed claim does (architecture §5.6).
+                            failures += 1
+                            log.warning("waiting for work on %s failed, backing off: %s",
+                                        queue, e, extra={"event": "claim_failed",
+                                                         "queue": queue})
+                            await trio.sleep(backoff.delay_s(failures))
 
     async def _claim(self, queue: str, loan: Loan, *, block: bool,
                      scope: trio.CancelScope) -> list[ClaimedRun] | None:

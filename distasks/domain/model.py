@@ -15,6 +15,12 @@ Json = Any
 """A JSON-able value: dict, list, str, int, float, bool or None."""
 
 
+class JsonText(str):
+    """A JSON value as its text, not decoded: a payload read for a response, which passes
+    it through as PostgreSQL returned it (decoding and encoding again a payload of the
+    size limit holds the event loop for a tenth of a second; docs/architecture.md §7)."""
+
+
 class TaskType(enum.StrEnum):
     #: ready at once: started in the create statement by an idle executor of this daemon, or
     #: pushed to its queue's ready list

@@ -14,10 +14,20 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 import psycopg
 import psycopg.errors
 import trio
+from psycopg.adapt import Loader
 from psycopg.types.json import Jsonb
 
 from distasks.domain.errors import StoreRejected, StoreUnavailable
-from distasks.domain.model import Actor, ClaimedRun, RunStatus, Task, TaskRun, TaskStatus, TaskType
+from distasks.domain.model import (
+    Actor,
+    ClaimedRun,
+    JsonText,
+    RunStatus,
+    Task,
+    TaskRun,
+    TaskStatus,
+    TaskType,
+)
 from distasks.store.pg import TrioPool
 
 P = ParamSpec("P")
@@ -103,6 +113,19 @@ def without_nul(value: Any) -> Any:
     return value
 
 
+class _JsonTextLoader(Loader):
+    """json columns (payloads) as JsonText, the text not decoded."""
+
+    def load(self, data: Any) -> JsonText:
+        return JsonText(str(data, "utf-8"))
+
+
+def payloads_as_text(cur: psycopg.AsyncCursor[Any]) -> None:
+    """Make `cur` return json columns (payloads: migration 0009) as JsonText, for a
+    response to pass through; jsonb columns (results) are decoded as before."""
+    cur.adapters.register_loader("json", _JsonTextLoader)
+
+
 class Page(list[T]):
     """The rows of one page, and whether a byte budget ended it before its row limit
     (`cut`: the rows after the last one are still to be read, from its key)."""
@@ -161,7 +184,7 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
                "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
                "tenant", "secret_fields")
-    payload = f"{a}payload" if with_payload else "NULL::jsonb AS payload"
+    payload = f"{a}payload" if with_payload else "NULL::json AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
 

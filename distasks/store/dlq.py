@@ -17,6 +17,7 @@ from distasks.store.base import (
     StoreBase,
     fetch_yielding,
     page_of,
+    payloads_as_text,
     query,
     record_audit,
     task_columns,
@@ -101,12 +102,12 @@ class DlqQueries(StoreBase):
     @query
     async def dead_tasks(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None = None,
-                         with_payload: bool = True,
-                         max_payload_bytes: int | None = None) -> Page[DeadTask]:
+                         with_payload: bool = True, max_payload_bytes: int | None = None,
+                         payload_text: bool = False) -> Page[DeadTask]:
         """DLQ entries of a queue matching `f`, oldest failure first, continuing after the
-        (failed_at, id) key, with their last error; without payloads unless asked; cut
-        short (`cut`) once their payloads pass `max_payload_bytes`
-        (base.within_payload_budget)."""
+        (failed_at, id) key, with their last error; without payloads unless asked (as
+        JsonText with `payload_text`); cut short (`cut`) once their payloads pass
+        `max_payload_bytes` (base.within_payload_budget)."""
         where, params = _where(queue_name, f)
         if after is not None:
             where += " AND (t.finished_at, t.id) > (%(after_at)s, %(after_id)s)"
@@ -128,6 +129,8 @@ class DlqQueries(StoreBase):
             params["max_payload_bytes"] = max_payload_bytes
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
+            if payload_text:
+                payloads_as_text(cur)
             await cur.execute(sql.encode(), params)
             rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
         return page_of(rows, lambda r: DeadTask(task_from_row(r), r["attempts"],

@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 
 from distasks.domain.model import Actor, NewTask
-from distasks.store.base import StoreBase, query, record_audit
+from distasks.store.base import StoreBase, dumps, query, record_audit
 
 # The one statement that inserts tasks with their first runs, shared with API creates so
 # that a scheduled task is the same as any other (store/tasks.py).
@@ -157,7 +157,7 @@ CONFIG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('distasks.daemon.schedules.
 
 def _params(s: Schedule) -> dict[str, Any]:
     params = {c: getattr(s, c) for c in _COLUMNS}
-    params["payload"] = Jsonb(s.payload)
+    params["payload"] = Json(s.payload, dumps)
     params["secret_fields"] = list(s.secret_fields)
     return params
 
@@ -201,7 +201,7 @@ class ScheduleQueries(StoreBase):
                              with_payload: bool = True) -> list[Schedule]:
         """A tenant's schedules (None: every tenant's), by name, after the name `after`,
         at most `limit`; without their payloads (None) unless `with_payload`."""
-        columns = [c if c != "payload" or with_payload else "NULL::jsonb AS payload"
+        columns = [c if c != "payload" or with_payload else "NULL::json AS payload"
                    for c in _COLUMNS]
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)

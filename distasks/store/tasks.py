@@ -17,6 +17,7 @@ from distasks.store.base import (
     dumps,
     fetch_yielding,
     page_of,
+    payloads_as_text,
     query,
     record_audit,
     run_from_row,
@@ -68,7 +69,7 @@ CREATE_TASKS = """
 WITH input AS (
     SELECT * FROM json_to_recordset(%(input)s::json) AS i(
         id uuid, run_id uuid, tenant text, name text, handler text, type text,
-        queue_name text, priority int, payload jsonb, dedup_key text, max_retries int,
+        queue_name text, priority int, payload json, dedup_key text, max_retries int,
         timeout_s float8, run_at timestamptz, start bool, secret_fields text[])
 ), inserted AS (
     INSERT INTO tasks (id, tenant, name, handler, type, queue_name, priority, payload,
@@ -206,10 +207,14 @@ class TaskQueries(StoreBase):
             return [row[0] for row in await cur.fetchall()]
 
     @query
-    async def get_task(self, task_id: uuid.UUID) -> tuple[Task, list[TaskRun]] | None:
-        """The task and all its runs, oldest attempt first; None if there is no such task."""
+    async def get_task(self, task_id: uuid.UUID, *, payload_text: bool = False,
+                       ) -> tuple[Task, list[TaskRun]] | None:
+        """The task and all its runs, oldest attempt first; None if there is no such task.
+        With `payload_text`, its payload is the JsonText PostgreSQL returned."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
+            if payload_text:
+                payloads_as_text(cur)
             await cur.execute(GET_TASK, (task_id,))
             row = await cur.fetchone()
             if row is None:
@@ -221,10 +226,11 @@ class TaskQueries(StoreBase):
     @query
     async def list_tasks(self, f: TaskFilter, *, limit: int,
                          after: tuple[datetime, uuid.UUID] | None,
-                         with_payload: bool = True,
-                         max_payload_bytes: int | None = None) -> Page[Task]:
+                         with_payload: bool = True, max_payload_bytes: int | None = None,
+                         payload_text: bool = False) -> Page[Task]:
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
-        without their payloads (None) unless `with_payload`."""
+        without their payloads (None) unless `with_payload`, as JsonText with
+        `payload_text`."""
         where, params = ["tenant = %(tenant)s"], dict[str, Any](tenant=f.tenant)
         for column in ("status", "queue_name", "name", "handler", "dedup_key"):
             if (value := getattr(f, column)) is not None:
@@ -250,6 +256,8 @@ class TaskQueries(StoreBase):
             params["max_payload_bytes"] = max_payload_bytes
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
+            if payload_text:
+                payloads_as_text(cur)
             await cur.execute(sql.encode(), params)
             rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
         return page_of(rows, task_from_row)
