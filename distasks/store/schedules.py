@@ -152,7 +152,8 @@ RETURNING {", ".join(_COLUMNS)}
 """
 
 # Serializes config upserts of daemons starting together (any constant key will do).
-CONFIG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('distasks.daemon.schedules.config'))"
+# The lock's key is a name every daemon version shares, not a module path: keep it.
+CONFIG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('distasks.schedules.config'))"
 
 
 def _params(s: Schedule) -> dict[str, Any]:
