@@ -32,6 +32,7 @@ from distasks.domain import backoff, times
 from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
 from distasks.domain.model import ClaimedRun
 from distasks.domain.outcome import Outcome, OutcomeKind, failure
+from distasks.domain.secret_fields import scrub, scrub_json, secret_values
 from distasks.handlers import Registry, TaskContext
 from distasks.store import Store, dumps
 from distasks.store.base import without_nul
@@ -234,6 +235,7 @@ class WorkerPool:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     self._waiting.pop(claimed.run_id, None)
+                    self._committed_s.pop(claimed.run_id, None)
                     outcomes_send.send_nowait(self._interrupted(claimed, "stopped before start"))
 
     def _start_executor(self) -> None:
@@ -390,6 +392,7 @@ class WorkerPool:
                     if claimed is None:
                         continue  # woken to retire
                     self._waiting.pop(claimed.run_id, None)
+                    committed_s = self._committed_s.pop(claimed.run_id, None)
                     if claimed.run_id in self._abandoned:
                         self._abandoned.discard(claimed.run_id)
                         self._slots.release()  # taken over while it waited: not ours
@@ -400,6 +403,9 @@ class WorkerPool:
                                                      times.utc(self._clock()),
                                                      error="cancelled before it started"))
                     else:
+                        if committed_s is not None:  # started by its create: from its commit
+                            self._metrics.enqueue_to_start.labels(claimed.queue_name).observe(
+                                max(0.0, self._clock() - committed_s))
                         await self._execute_one(claimed, outcomes)
             finally:
                 self._executor_count -= 1
@@ -409,10 +415,6 @@ class WorkerPool:
         self._in_flight[claimed.run_id] = claimed
         outcome: Outcome | None = None
         started_s = self._clock()
-        committed_s = self._committed_s.pop(claimed.run_id, None)
-        if committed_s is not None:
-            self._metrics.enqueue_to_start.labels(claimed.queue_name).observe(
-                max(0.0, started_s - committed_s))
         try:
             with trio.CancelScope() as scope:
                 self._run_scopes[claimed.run_id] = scope
@@ -459,6 +461,9 @@ class WorkerPool:
                     result = await trio.to_thread.run_sync(
                         handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)
             result_json = dumps(without_nul(result))
+            if secrets := secret_values(task):
+                # Before the size check: "[secret]" may be longer than what it replaces.
+                result_json = scrub_json(result_json, secrets)
             if len(result_json.encode()) > self._config.max_result_bytes:
                 # Succeeded all the same; the run says what was dropped instead.
                 result_json = dumps({"result_dropped": {
@@ -469,7 +474,7 @@ class WorkerPool:
             # No traceback for a task with secret fields: its message may quote one.
             log.info("run failed: %s", type(exc).__name__, extra={"event": "run_failed", **ids},
                      exc_info=log.isEnabledFor(logging.DEBUG) and not task.secret_fields)
-            return self._failure(claimed, _describe(exc))
+            return self._failure(claimed, _describe(exc, secret_values(task)))
         log.debug("run succeeded", extra={"event": "run_succeeded", **ids})
         return Outcome(claimed, OutcomeKind.SUCCEEDED, times.utc(self._clock()), result_json=result_json)
 
@@ -481,9 +486,10 @@ class WorkerPool:
                        new_run_id=uuid.uuid4())
 
 
-def _describe(exc: BaseException) -> str:
-    """`Type: message`, as users read it; the traceback goes to the DEBUG log."""
-    text = "".join(traceback.format_exception_only(exc)).strip()
+def _describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """`Type: message`, as users read it, its task's secret values scrubbed before it is
+    cut (so that the cut splits no secret); the traceback goes to the DEBUG log."""
+    text = scrub("".join(traceback.format_exception_only(exc)).strip(), secrets)
     return str(without_nul(text[:MAX_ERROR_CHARS]))
 
 

@@ -14,6 +14,9 @@ from distasks.domain.model import Task
 
 # What a secret payload field's value reads as wherever it would be shown.
 SECRET = "[secret]"
+# The shortest start of a secret that a cut text may not end with (shorter ones could be
+# any text: "ht" of "https://…").
+PARTIAL_MIN_CHARS = 4
 
 
 def redacted(payload: dict[str, Any], secret_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -41,6 +44,17 @@ def scrub(text: str, values: tuple[str, ...]) -> str:
     for value in values:
         if value in text:
             text = text.replace(value, SECRET)
+    return text
+
+
+def without_partial_tail(text: str, values: tuple[str, ...]) -> str:
+    """`text` (scrubbed, then cut short elsewhere) without a secret's start at its end:
+    a cut that split a secret must not leave its first half. A start of fewer than
+    PARTIAL_MIN_CHARS characters is left, as it could be any text."""
+    for value in values:
+        for keep in range(len(value) - 1, PARTIAL_MIN_CHARS - 1, -1):
+            if text.endswith(value[:keep]):
+                return text[:-keep] + SECRET
     return text
 
 

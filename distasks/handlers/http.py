@@ -34,6 +34,7 @@ import trio
 
 from distasks.domain.errors import InvalidInput
 from distasks.domain.model import Json
+from distasks.domain.secret_fields import scrub, secret_values, without_partial_tail
 from distasks.handlers import TaskContext
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
@@ -207,11 +208,18 @@ class HttpHandler:
                                      **body) as response:
                 kept = await self._read_body(response, url)
         text = kept.decode(response.encoding or "utf-8", errors="replace")
+        # A reply may echo the task's secrets: scrubbed before any cut, so that no cut
+        # leaves part of one (the worker scrubs what is left whole).
+        secrets = secret_values(ctx.task)
+        text = scrub(text, secrets)
+        truncated = len(kept) >= self._max_response_bytes
+        if truncated:
+            text = without_partial_tail(text, secrets)
         if not 200 <= response.status_code < 300:
             raise HttpTaskFailed(f"HTTP {response.status_code} from {_origin(url)}: {text[:200]}")
         return {"status": response.status_code,
                 "content_type": response.headers.get("content-type"),
-                "body": text, "truncated": len(kept) >= self._max_response_bytes}
+                "body": text, "truncated": truncated}
 
 
     async def _read_body(self, response: httpx.Response, url: str) -> bytes:

@@ -16,6 +16,12 @@ from distasks.testing.daemon import free_port
 from distasks.testing.http_stub import read_request
 
 
+def task_context(payload: dict, secret_fields: tuple[str, ...] = ()) -> types.SimpleNamespace:
+    """What the handler reads of a TaskContext: the payload, and the task's secrets."""
+    task = types.SimpleNamespace(payload=payload, secret_fields=secret_fields)
+    return types.SimpleNamespace(payload=payload, task=task)
+
+
 @pytest.mark.parametrize(("entries", "url", "allowed"), [
     (("api.example.com",), "https://api.example.com/hook", True),
     (("api.example.com",), "http://api.example.com:80/", True),
@@ -68,8 +74,7 @@ async def test_a_name_that_resolves_to_a_private_address_is_called_only_if_allow
                               b"Connection: close\r\n\r\nok")
         await stream.aclose()
 
-    ctx = types.SimpleNamespace(payload={"url": f"http://localhost:{port}/hook?token=t",
-                                         "method": "GET"})
+    ctx = task_context({"url": f"http://localhost:{port}/hook?token=t", "method": "GET"})
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_tcp, serve, port)
@@ -112,7 +117,7 @@ async def test_a_gzip_bomb_fails_the_run_without_being_inflated():
     seen: list[bytes] = []
     bomb = gzip.compress(b"\0" * BOMB_INFLATED_BYTES)
     small = gzip.compress(b'{"ok": true}')
-    ctx = types.SimpleNamespace(payload={"url": f"http://127.0.0.1:{port}/hook", "method": "GET"})
+    ctx = task_context({"url": f"http://127.0.0.1:{port}/hook", "method": "GET"})
     handler = HttpHandler((f"127.0.0.1:{port}",), 16384)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -135,3 +140,46 @@ async def test_a_gzip_bomb_fails_the_run_without_being_inflated():
     assert peak < BOMB_PEAK_BYTES, peak
     # Compression is not asked for: only the kept slice of a body is read anyway.
     assert all(b"accept-encoding: identity" in request.lower() for request in seen)
+
+
+async def serve_once(port: int, status: bytes, body: bytes, *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """An endpoint that answers every request with `status` and `body`."""
+    async def serve(stream: trio.SocketStream) -> None:
+        if await read_request(stream) is None:
+            return
+        await stream.send_all(b"HTTP/1.1 %s\r\nContent-Length: %d\r\nConnection: close"
+                              b"\r\n\r\n%s" % (status, len(body), body))
+        await stream.aclose()
+
+    await trio.serve_tcp(serve, port, host="127.0.0.1", task_status=task_status)
+
+
+
+
+async def test_a_secret_the_reply_echoes_is_not_left_in_part_by_a_cut():
+    """The error quotes 200 characters of the reply and the result keeps
+    max_response_bytes of it: a secret across either cut leaves none of itself (the
+    reply is scrubbed before the cut, and a truncated reply's last characters are
+    checked for a secret's start)."""
+    port = free_port()
+    token = "tok3n-" + "s" * 30
+    url = f"http://127.0.0.1:{port}/hook"
+    ctx = task_context({"url": url, "method": "POST", "body": {"t": 1}, "token": token},
+                       secret_fields=("token",))
+    handler = HttpHandler((f"127.0.0.1:{port}",), 1000)
+    across_200 = b"x" * 190 + token.encode() + b" tail"
+    across_1000 = b"y" * 990 + token.encode()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_once, port, b"500 Internal Server Error", across_200)
+            with pytest.raises(HttpTaskFailed) as failed:
+                await handler(ctx)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_once, port, b"200 OK", across_1000)
+            result = await handler(ctx)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+    assert "tok3n" not in str(failed.value) and "[secret]" in str(failed.value)
+    assert result["truncated"] and result["body"].endswith("[secret]")
+    assert "tok3n" not in result["body"]

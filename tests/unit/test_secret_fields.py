@@ -98,3 +98,22 @@ def test_an_outcome_is_scrubbed_of_every_secret_value_however_it_is_written():
     assert json.loads(secret_fields.scrub_json(result, values)) == {
         "echo": SECRET, "user": SECRET, "to": "a@example.com"}
     assert secret_fields.scrub("nothing here", values) == "nothing here"
+
+
+def test_an_error_is_scrubbed_before_it_is_cut():
+    """The worker keeps MAX_ERROR_CHARS of an error: a secret across that cut leaves
+    none of itself, because the text is scrubbed first."""
+    from distasks.daemon.worker import MAX_ERROR_CHARS, _describe
+
+    token = "tok3n-" + "s" * 30
+    exc = RuntimeError("x" * (MAX_ERROR_CHARS - 30) + token)
+    assert token[:10] in _describe(exc)  # unscrubbed, the cut keeps the secret's start
+    described = _describe(exc, (token,))
+    assert "tok3n" not in described and described.endswith("[secret]")
+
+
+def test_a_cut_text_ends_with_no_start_of_a_secret():
+    token = "tok3n-secret"
+    assert secret_fields.without_partial_tail("body … tok3n-se", (token,)) == "body … [secret]"
+    assert secret_fields.without_partial_tail("body … tok", (token,)) == "body … tok"
+    assert secret_fields.without_partial_tail("nothing", (token,)) == "nothing"
