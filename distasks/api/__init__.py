@@ -1,4 +1,9 @@
-"""The HTTP API: a Quart app on Hypercorn's Trio worker, one blueprint per resource."""
+"""The HTTP API: a Quart app on Hypercorn's Trio worker, one blueprint per resource.
+
+Routes parse, authorize, call and render; what they call lives below (the daemon's
+components and operations, access control, the store and broker). May import everything
+but the supervisor and the command line, which sit above it (tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 

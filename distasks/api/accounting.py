@@ -7,7 +7,8 @@ import logging
 
 from distasks.api.services import Services
 
-access_log = logging.getLogger("distasks.access")
+# Not "distasks.access": that names the access-control package, whose modules log too.
+access_log = logging.getLogger("distasks.requests")
 
 
 def account(s: Services, *, method: str, path: str, route: str, status: int,

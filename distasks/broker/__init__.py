@@ -9,6 +9,8 @@ mapped to BrokerUnavailable, so no caller ever holds an asyncio coroutine. A bod
 crossings share is a private `_…_on_asyncio` helper, called only from inside a crossing.
 Multi-command steps are pipelined or done by a Lua script (`<name>.lua` beside this
 file, called by SHA).
+
+May import `distasks.domain` and the bridge (`distasks.aio`); never the store.
 """
 
 from __future__ import annotations

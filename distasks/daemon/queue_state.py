@@ -18,8 +18,8 @@ class QueueState:
     ready: int
     delayed: int
     leased: int
-    #: DLQ entries as PostgreSQL counts them (the DLQ listing's truth, not Redis's index,
-    #: which the reconciler repairs when it drifts)
+    #: DLQ entries: as PostgreSQL counts them (the DLQ listing's truth) for the API, as
+    #: Redis's index holds them (which the reconciler repairs when it drifts) for gauges
     dlq: int
     paused: bool
     #: seconds the run at the head of the ready list has been available; None if empty
@@ -27,10 +27,13 @@ class QueueState:
 
 
 async def queue_states(store: Store, broker: Broker, queues: Sequence[str], *,
-                       now: datetime) -> dict[str, QueueState]:
-    """The state of each of `queues`: one Redis pipeline and two PostgreSQL queries."""
+                       now: datetime, exact_dlq: bool = True) -> dict[str, QueueState]:
+    """The state of each of `queues`: one Redis pipeline and, with `exact_dlq`, two
+    PostgreSQL queries (else one: the DLQ's count grows with the DLQ, too much for a
+    gauge read every few seconds by every daemon)."""
     depths = await broker.queue_depths(list(queues))
-    dead = await store.dlq_depths(list(queues)) if queues else {}
+    dead = (await store.dlq_depths(list(queues)) if queues and exact_dlq
+            else {q: d["dlq"] for q, d in depths.items()})
     heads: dict[str, uuid.UUID] = {}
     for queue, d in depths.items():
         try:

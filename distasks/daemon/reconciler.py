@@ -9,8 +9,10 @@ Four jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to 
 - Dispatch. A queued run that never reached Redis (committed while Redis was down, or the
   daemon died between commit and push) is pushed, then marked dispatched.
 - DLQ index. Every DLQ_CHECK_S, a queue whose Redis DLQ list is longer or shorter than
-  PostgreSQL's DLQ (an entry dropped, a duplicate left by a mirror racing a repair) gets
-  its list rebuilt from PostgreSQL.
+  PostgreSQL's DLQ (an entry dropped, a duplicate left by a mirror racing a repair) on
+  two checks in a row gets its list rebuilt from PostgreSQL. One check is not enough: a
+  dead-lettering or replay between its commit and its copy into Redis looks like drift
+  for a moment, and a busy DLQ would be rebuilt on every check.
 Both may add an id that is already there; that is harmless, since a run starts at most
 once (PostgreSQL's conditional update decides) and a stale id is dropped when claimed.
 """
@@ -102,17 +104,23 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
     return len(pending)
 
 
-async def repair_dlq_index(store: Store, broker: Broker) -> int:
+async def repair_dlq_index(store: Store, broker: Broker,
+                           suspects: set[str] | None = None) -> int:
     """Rebuild from PostgreSQL the Redis DLQ list of every queue whose length differs
-    from its DLQ in PostgreSQL; returns how many lists were rebuilt. A dead-lettering
-    committed between the count and the rebuild may be pushed twice: the next check
-    sees the list too long and rebuilds it again."""
+    from its DLQ in PostgreSQL; returns how many lists were rebuilt. With `suspects`
+    (the queues that differed on the previous check, updated here), only those that
+    differ again are rebuilt. A dead-lettering committed between the count and the
+    rebuild may be pushed twice: a later check sees the list too long and rebuilds it."""
     queues = await store.active_queues()
     if not queues:
         return 0
     dead = await store.dlq_depths(queues)
     indexed = await broker.queue_depths(queues)
-    drifted = [q for q in queues if indexed[q]["dlq"] != dead[q]]
+    differing = {q for q in queues if indexed[q]["dlq"] != dead[q]}
+    drifted = sorted(differing if suspects is None else differing & suspects)
+    if suspects is not None:
+        suspects.clear()
+        suspects.update(differing)
     for queue in drifted:
         await broker.restore_dlq(queue, [str(i) for i in await store.dead_task_ids(queue)])
     if drifted:
@@ -127,11 +135,15 @@ async def copy_pause_flags(store: Store, broker: Broker) -> None:
 
 
 async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float,
-                         check_dlq: bool = True) -> int:
-    """One pass: rebuild if Redis lost its data, copy the pause flags (and, with
-    `check_dlq`, repair the DLQ index), then push undispatched runs."""
+                         check_dlq: bool = True, dlq_suspects: set[str] | None = None) -> int:
+    """One pass: rebuild if Redis lost its data, else copy the pause flags; push
+    undispatched runs; then, with `check_dlq`, repair the DLQ index (after the dispatch,
+    so that a failing repair never holds back a committed run; see repair_dlq_index for
+    `dlq_suspects`). Returns the runs pushed."""
+    rebuilt = False
     if not await broker.has_epoch() and (
             token := await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS)):
+        rebuilt = True
         started = time.monotonic()
         try:
             added = await rebuild(store, broker, now_s=now_s)
@@ -147,9 +159,10 @@ async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s:
                 time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
     else:
         await copy_pause_flags(store, broker)
-        if check_dlq:
-            await repair_dlq_index(store, broker)
-    return await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)
+    pushed = await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)
+    if check_dlq and not rebuilt:
+        await repair_dlq_index(store, broker, dlq_suspects)
+    return pushed
 
 
 async def run(store: Store, broker: Broker, *, interval_s: float, grace_s: float,
@@ -158,16 +171,16 @@ async def run(store: Store, broker: Broker, *, interval_s: float, grace_s: float
     """Reconcile at once, then every `interval_s`, until cancelled; the DLQ index is
     checked at most every DLQ_CHECK_S."""
     dlq_checked_at: float | None = None
+    dlq_suspects: set[str] = set()
 
     async def one_pass() -> int:
         nonlocal dlq_checked_at
         now_s = clock()
         check_dlq = dlq_checked_at is None or now_s - dlq_checked_at >= DLQ_CHECK_S
-        done = await reconcile_once(store, broker, now_s=now_s, grace_s=grace_s,
-                                    check_dlq=check_dlq)
         if check_dlq:
-            dlq_checked_at = now_s
-        return done
+            dlq_checked_at = now_s  # a check that fails waits its turn like one that works
+        return await reconcile_once(store, broker, now_s=now_s, grace_s=grace_s,
+                                    check_dlq=check_dlq, dlq_suspects=dlq_suspects)
 
     # A rebuild of a large index may take a while: a generous allowance.
     await periodic.every(

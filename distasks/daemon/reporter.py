@@ -39,8 +39,8 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
                       metrics: Metrics, health: Health, progress: Progress, *,
                       now_s: float) -> None:
     """Refresh the gauges and the progress verdict."""
-    states = await queue_states(store, broker, tunables.queues,
-                                now=times.utc(now_s))
+    states = await queue_states(store, broker, tunables.queues, now=times.utc(now_s),
+                                exact_dlq=False)
     # Cleared and set again with no await in between, so that a scrape never sees a half
     # update, and components or queues dropped by a reload leave no stale series behind.
     metrics.component_up.clear()

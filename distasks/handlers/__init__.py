@@ -3,6 +3,8 @@
 A handler is a function taking one TaskContext and returning a JSON-able result (or
 raising). Async handlers run in the worker's Trio task; sync ones run in a thread
 under a limiter. User modules listed in the config mark theirs with @handler.
+
+May import `distasks.domain` only: handlers know tasks, not how they are stored or sent.
 """
 
 from __future__ import annotations

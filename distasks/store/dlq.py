@@ -25,9 +25,9 @@ from distasks.store.base import (
     within_payload_budget,
 )
 
-# DLQ entries per queue, as the DLQ listing counts them (_where with no filter). The
-# partial index tasks_dead (queue_name, finished_at, id) WHERE status = 'failed' finds
-# them; dlq_deleted_at is read from each row.
+# DLQ entries per queue, as the DLQ listing counts them (_where with no filter): a count
+# over the partial index tasks_dead (queue_name, finished_at, id) WHERE status =
+# 'failed' AND dlq_deleted_at IS NULL (migration 0003), which grows with the DLQ.
 DLQ_DEPTHS = """
 SELECT queue_name, count(*) FROM tasks
 WHERE queue_name = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL

@@ -63,3 +63,22 @@ async def test_the_reconciler_repairs_a_dlq_index_that_lost_or_gained_entries(st
 
     assert repaired == ids and deduplicated == ids
     assert empty == 0 and untouched == others
+
+
+async def test_the_running_reconciler_repairs_only_drift_seen_on_two_checks(store, broker):
+    """A dead-lettering between its commit and its copy into Redis looks like drift for
+    a moment: the loop's checks rebuild a list only when it differed the time before."""
+    with trio.fail_after(10):
+        ids = await dead_letter(store, broker, "q", DEAD)
+        dlq = broker.keys("q").dlq
+        await broker.raw("lrem", dlq, 1, ids[0])
+        suspects: set[str] = set()
+        first = await reconciler.repair_dlq_index(store, broker, suspects)
+        after_first = await broker.raw("llen", dlq)
+        second = await reconciler.repair_dlq_index(store, broker, suspects)
+        repaired = await broker.raw("lrange", dlq, 0, -1)
+        third = await reconciler.repair_dlq_index(store, broker, suspects)
+
+    assert (first, after_first) == (0, DEAD - 1)
+    assert (second, repaired) == (1, ids)
+    assert third == 0 and suspects == set()
