@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from distasks.cli import remote
+from distasks.cli import schedules
 from distasks.client import Fire, Schedule, ScheduleDetail, _shape
 
 SCHEDULE = {
@@ -40,7 +40,7 @@ class FakeClient:
 
 def test_schedule_times_are_shown_in_the_schedules_zone_with_their_offset():
     a = argparse.Namespace(name="nightly", upcoming=1, fires=1)
-    shown = remote.schedules_get(FakeClient(), a).text  # type: ignore[arg-type]
+    shown = schedules.schedules_get(FakeClient(), a).text  # type: ignore[arg-type]
 
     assert "2030-01-02 02:30:00+01:00" in shown      # next_fire, winter (CET)
     assert "2030-01-03 02:30:00+01:00" in shown      # the next fire times
@@ -49,6 +49,6 @@ def test_schedule_times_are_shown_in_the_schedules_zone_with_their_offset():
 
 
 def test_the_schedule_list_shows_times_with_their_offset():
-    shown = remote.schedules_list(FakeClient(), argparse.Namespace()).text  # type: ignore[arg-type]
+    shown = schedules.schedules_list(FakeClient(), argparse.Namespace()).text  # type: ignore[arg-type]
 
     assert "2030-01-02 02:30:00+01:00" in shown and "2030-07-01 02:30:00+02:00" in shown
