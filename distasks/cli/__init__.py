@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distasks: {e}", file=sys.stderr)
         return 2
     except StoreUnavailable as e:
-        print(f"distasks: PostgreSQL is unavailable: {e}", file=sys.stderr)
+        # psycopg's message spans lines: one line, as every other refusal here.
+        print(f"distasks: PostgreSQL is unavailable: {' '.join(str(e).split())}",
+              file=sys.stderr)
         return 1
     except CannotListen as e:
         # 1, not 2: the config may be right and the port only busy for now (the previous

@@ -427,7 +427,15 @@ def _differences(old: Config, new: Config) -> list[str]:
 
 
 async def migrate_only(config: Config) -> list[int]:
-    """Apply the schema and return the versions applied (for `distasks migrate`)."""
-    async with aio.open_loop():
-        async with Store.open(config.database.url, min_size=1, max_size=1) as store:
-            return await store.migrate()
+    """Apply the schema and return the versions applied (for `distasks migrate`).
+    Raises StoreUnavailable itself when PostgreSQL does not answer, not inside the
+    exception group the bridge's loop wraps it in, so the command says so in one line."""
+    try:
+        async with aio.open_loop():
+            async with Store.open(config.database.url, min_size=1, max_size=1) as store:
+                return await store.migrate()
+    except BaseExceptionGroup as e:
+        leaves = _leaves(e)
+        if all(isinstance(leaf, StoreUnavailable) for leaf in leaves):
+            raise leaves[0] from None
+        raise

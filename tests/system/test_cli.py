@@ -199,3 +199,14 @@ async def test_keys_create_scope_all_grants_every_scope_its_help_offers(daemon_e
     assert listed.code == 0, listed.err
     ops = next(line for line in listed.out.splitlines() if " ops " in f" {line} ")
     assert f"scopes={','.join(sorted(SCOPES))} " in ops
+
+
+async def test_migrate_without_postgresql_says_so_in_one_line():
+    """Not the exception group the bridge's loop wraps the failure in: one line, exit 1."""
+    env = {**cli_env("http://127.0.0.1:1"),
+           "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"}
+    with trio.fail_after(30):
+        [migrate] = await cli(env, "migrate --config config/distasks.toml")
+    assert migrate.code == 1 and migrate.out == ""
+    assert migrate.err.startswith("distasks: PostgreSQL is unavailable: ")
+    assert migrate.err.count("\n") == 1, migrate.err
