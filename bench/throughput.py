@@ -571,12 +571,30 @@ async def wait_succeeded(db: Database, task_ids: list[uuid.UUID]) -> bool:
     return False
 
 
+async def enqueue_to_start_histogram(daemon: Daemon, queue: str) -> tuple[float, float]:
+    """(sum in seconds, count) of the daemon's distasks_enqueue_to_start_seconds for
+    `queue`, from /metrics."""
+    found = {"sum": 0.0, "count": 0.0}
+    async with httpx.AsyncClient(base_url=daemon.base_url, timeout=10) as client:
+        text = (await client.get("/metrics")).raise_for_status().text
+    for line in text.splitlines():
+        for part in found:
+            if line.startswith(f'distasks_enqueue_to_start_seconds_{part}{{queue="{queue}"}}'):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
+
+
 async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon, *,
                                 queue: str, rate_per_s: float,
                                 duration_s: float) -> dict[str, Any]:
     """Enqueue -> start (and -> finish) per task: run times from PostgreSQL minus the
-    client's send time. Both clocks are this machine's wall clock."""
+    client's send time. Both clocks are this machine's wall clock. A run's `started_at`
+    is when it was marked running: by its claim, or, for a run started at create, by
+    the create statement itself; the daemon's own enqueue_to_start histogram (read from
+    /metrics before and after) adds what that leaves out, the wait from the create's
+    commit to the handler's start."""
     cpu = CpuMeter(daemon.process.pid)
+    sum_before_s, count_before = await enqueue_to_start_histogram(daemon, queue)
     sent_at_s, sending = await send_at_rate(conns, queue=queue, rate_per_s=rate_per_s,
                                             duration_s=duration_s)
     ids = list(sent_at_s)
@@ -587,7 +605,13 @@ async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon
             in rows if started and finished]
     not_succeeded = Counter(status for *_, status in rows if status != "succeeded")
     [batch_row] = await db.rows(BATCHES_AMONG, (ids,))
+    sum_after_s, count_after = await enqueue_to_start_histogram(daemon, queue)
+    observed = count_after - count_before
     return {**sending, "rate_per_s": rate_per_s, "duration_s": duration_s,
+            "daemon_enqueue_to_start": {
+                "runs": int(observed),
+                "mean_ms": round((sum_after_s - sum_before_s) / observed * 1000, 3)
+                if observed else None},
             "created": len(ids), "all_succeeded": all_done,
             "first_runs_not_succeeded": dict(not_succeeded),
             "enqueue_to_start": latency_summary_ms([st.timestamp() - s for s, _, st, _ in sent]),
@@ -596,8 +620,8 @@ async def measure_start_latency(db: Database, conns: Connections, daemon: Daemon
             # waiting for the previous batch to commit), then from there to the start
             # (insert, commit, Redis push, claim).
             "send_to_create_tx": latency_summary_ms([c.timestamp() - s for s, c, _, _ in sent]),
-            "create_tx_to_start": latency_summary_ms([(st - c).total_seconds()
-                                                      for _, c, st, _ in sent]),
+            "create_tx_to_running": latency_summary_ms([(st - c).total_seconds()
+                                                        for _, c, st, _ in sent]),
             "cpu": cpu_use,
             "batching": batching(batch_row)}
 
@@ -900,10 +924,14 @@ def print_latency(r: dict[str, Any]) -> None:
           f"{r['duration_s']:g}s)")
     print(f"            enqueue->finish p50 {f['p50_ms']:.1f} ms  p99 {f['p99_ms']:.1f} ms  "
           f"max {f['max_ms']:.1f} ms;  create p50 {c['p50_ms']:.1f} ms  p99 {c['p99_ms']:.1f} ms")
-    a, b = r["send_to_create_tx"], r["create_tx_to_start"]
+    a, b = r["send_to_create_tx"], r["create_tx_to_running"]
+    d = r["daemon_enqueue_to_start"]
     print(f"            of which send->create tx p50 {a['p50_ms']:.1f} p99 {a['p99_ms']:.1f} "
-          f"max {a['max_ms']:.1f} ms, create tx->start p50 {b['p50_ms']:.1f} "
-          f"p99 {b['p99_ms']:.1f} max {b['max_ms']:.1f} ms")
+          f"max {a['max_ms']:.1f} ms, create tx->running p50 {b['p50_ms']:.1f} "
+          f"p99 {b['p99_ms']:.1f} max {b['max_ms']:.1f} ms (0 for runs started at create)")
+    mean = "-" if d["mean_ms"] is None else f"{d['mean_ms']:.2f} ms"
+    print(f"            daemon's enqueue->start histogram (claims: available->started; "
+          f"started at create: commit->handler): mean {mean} over {d['runs']} runs")
     print(f"            all succeeded: {r['all_succeeded']}  errors: {r['errors'] or 'none'}  "
           f"send lag p99 {r['send_lag_p99_ms']:.1f} ms max {r['send_lag_max_ms']:.1f} ms")
     print(f"            {cpu_text(r['cpu'])}")
