@@ -35,6 +35,9 @@ class HttpConfig:
     host: str = "127.0.0.1"
     #: the API's TCP port
     port: int = 8080
+    #: let several daemons on this host listen on the same port (SO_REUSEPORT, Linux):
+    #: the kernel spreads new connections across them; every one of them must set it
+    reuse_port: bool = False
     #: largest accepted task payload, serialized as JSON
     max_payload_bytes: int = 1024 * 1024
     #: most tasks in one POST /api/v1/tasks/batch
@@ -328,7 +331,8 @@ class Config:
     def summary(self) -> str:
         """One line with the settings in effect (no secrets: URLs lose their passwords)."""
         return (
-            f"http={self.http.host}:{self.http.port} "
+            f"http={self.http.host}:{self.http.port}"
+            f"{' (reuse_port)' if self.http.reuse_port else ''} "
             f"database={redact(self.database.url)} redis={redact(self.redis.url)} "
             f"prefix={self.redis.prefix} queues=[{','.join(self.worker.queues)}] "
             f"concurrency={self.worker.concurrency} default_handler={self.worker.default_handler} "
