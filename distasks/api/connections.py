@@ -396,7 +396,8 @@ class _Listener(trio.abc.Listener[trio.SocketStream]):
         await self._inner.aclose()
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+def bind(host: str, port: int, *, reuse_port: bool = False,
+         instance_port: int = 0) -> list[socket.socket]:
     """The API's sockets, bound to `host`:`port` (http.host, http.port) but not listening
     yet: until `serve` listens, clients are refused rather than queued. Raises
     CannotListen, naming the address and the setting to change; the daemon calls it
@@ -407,10 +408,25 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socke
     connections across those listening (by a hash of the client's address and port). A
     port held by a socket without it is still in use (CannotListen). Where the platform
     has no SO_REUSEPORT (Windows) it is CannotListen naming http.reuse_port; the BSDs and
-    macOS have the option but need not spread connections (docs/deployment.md)."""
+    macOS have the option but need not spread connections (docs/deployment.md).
+
+    `instance_port` (http.instance_port), unless 0, adds a socket on `host` that is this
+    daemon's alone (never shared)."""
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise CannotListen(_address(host, port), "SO_REUSEPORT is not available here",
                            "http.reuse_port")
+    sockets = [_bind_one(host, port, reuse_port=reuse_port, key="http.port / HTTP_PORT")]
+    if instance_port:
+        try:
+            sockets.append(_bind_one(host, instance_port, reuse_port=False,
+                                     key="http.instance_port"))
+        except CannotListen:
+            sockets[0].close()
+            raise
+    return sockets
+
+
+def _bind_one(host: str, port: int, *, reuse_port: bool, key: str) -> socket.socket:
     bare = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET,
                          socket.SOCK_STREAM)
@@ -425,22 +441,22 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socke
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise _cannot_listen(host, port, e) from None
-    return [sock]
+        raise _cannot_listen(host, port, e, key) from None
+    return sock
 
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _cannot_listen(host: str, port: int, e: OSError) -> CannotListen:
+def _cannot_listen(host: str, port: int, e: OSError,
+                   key: str = "http.port / HTTP_PORT") -> CannotListen:
     address = _address(host, port)
     reason = (e.strerror or str(e)).rstrip(".")
     reason = reason[:1].lower() + reason[1:]
     # The host is at fault when it is not this machine's (or no name resolves it).
     wrong_host = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
-    return CannotListen(address, reason, "http.host" if wrong_host
-                        else "http.port / HTTP_PORT")
+    return CannotListen(address, reason, "http.host" if wrong_host else key)
 
 
 async def _no_h2c_upgrade(self: H11Protocol, event: Any) -> None:

@@ -223,7 +223,8 @@ class Daemon:
         # Before anything is written: a port in use is one line (CannotListen), not a
         # traceback after migrations and a worker row.
         sockets = api.connections.bind(c.http.host, c.http.port,
-                                       reuse_port=c.http.reuse_port)
+                                       reuse_port=c.http.reuse_port,
+                                       instance_port=c.http.instance_port)
         try:
             await self._run(sockets, task_status)
         except Exception as e:

@@ -10,7 +10,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import REPO, wait_task
+from .conftest import REPO, free_port, wait_task
 
 # Requests, each on a new connection, that must reach both daemons: the kernel picks a
 # listener by a hash of the client's address and port, so all of them landing on one
@@ -39,8 +39,10 @@ async def answering_daemon(client: httpx.AsyncClient, url: str) -> str:
 async def test_two_daemons_with_reuse_port_share_one_port_and_both_work(start_daemon,
                                                                       daemon_env):
     env = {**daemon_env, "DISTASKS_HTTP_REUSE_PORT": "true"}
+    own_ports = [free_port(), free_port()]
+    first_env, second_env = ({**env, "DISTASKS_HTTP_INSTANCE_PORT": str(p)} for p in own_ports)
     with trio.fail_after(90):
-        async with start_daemon(env) as first, start_daemon(env) as second:
+        async with start_daemon(first_env) as first, start_daemon(second_env) as second:
             assert first.url == second.url
             url = first.url
             async with one_connection_per_request() as client:
@@ -57,6 +59,11 @@ async def test_two_daemons_with_reuse_port_share_one_port_and_both_work(start_da
 
                 answered = [await answering_daemon(client, url) for _ in range(SCRAPES)]
                 assert set(answered) == ids
+                # Each daemon's instance port reaches that daemon alone.
+                own = [await answering_daemon(client, f"http://127.0.0.1:{p}")
+                       for p in own_ports for _ in range(5)]
+                assert len(set(own[:5])) == len(set(own[5:])) == 1
+                assert set(own) == ids
 
                 task_ids = []
                 for n in range(TASKS):
