@@ -31,7 +31,7 @@ help:
 	@echo 'make lint       ruff check, mypy and the strict docs build'
 	@echo 'make docs       build the docs site into site/ (mkdocs build --strict)'
 	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
-	@echo 'make install    (root) install dist/distasks, the systemd unit and the config'
+	@echo 'make install    (root) install dist/distasks, the systemd units and the config'
 	@echo 'make clean      remove .venv and build artefacts'
 	@echo 'make distclean  clean, stop private services and remove .local'
 
@@ -139,6 +139,10 @@ install:
 	sed 's|^ExecStart=/usr/local/bin/distasks |ExecStart=$(BINDIR)/distasks |' \
 		systemd/distasks.service >$(DESTDIR)$(UNITDIR)/distasks.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/distasks.service
+	@# The template for several daemons behind one port (distasks@1 ... distasks@N).
+	sed 's|^ExecStart=/usr/local/bin/distasks |ExecStart=$(BINDIR)/distasks |' \
+		systemd/distasks@.service >$(DESTDIR)$(UNITDIR)/distasks@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/distasks@.service
 	@# The config may hold passwords: readable by root and the service's group only.
 	@if [ -e $(DESTDIR)$(CONFDIR)/distasks.toml ]; then \
 		echo "kept the existing $(DESTDIR)$(CONFDIR)/distasks.toml (compare with config/distasks.toml)"; \
@@ -159,4 +163,5 @@ install:
 	@echo '  edit $(CONFDIR)/distasks.toml, and put DATABASE_URL=... and REDIS_URL=... in $(CONFDIR)/env (mode 0600)'
 	@echo '  $(BINDIR)/distasks check-config --config $(CONFDIR)/distasks.toml'
 	@echo '  systemctl daemon-reload && systemctl enable --now distasks'
+	@echo '  (or one daemon per core behind one port: systemctl enable --now distasks@{1..4})'
 	@echo '  systemctl status distasks; journalctl -u distasks -o cat -f'

@@ -35,6 +35,12 @@ class HttpConfig:
     host: str = "127.0.0.1"
     #: the API's TCP port
     port: int = 8080
+    #: let several daemons on this host listen on the same port (SO_REUSEPORT, Linux):
+    #: the kernel spreads new connections across them; every one of them must set it
+    reuse_port: bool = False
+    #: a second port on http.host that reaches this daemon alone (0: none), serving the
+    #: same API: with reuse_port, where /metrics is scraped and /readyz probed per daemon
+    instance_port: int = 0
     #: largest accepted task payload, serialized as JSON
     max_payload_bytes: int = 1024 * 1024
     #: most tasks in one POST /api/v1/tasks/batch
@@ -328,7 +334,9 @@ class Config:
     def summary(self) -> str:
         """One line with the settings in effect (no secrets: URLs lose their passwords)."""
         return (
-            f"http={self.http.host}:{self.http.port} "
+            f"http={self.http.host}:{self.http.port}"
+            f"{' (reuse_port)' if self.http.reuse_port else ''}"
+            f"{f' instance_port={self.http.instance_port}' if self.http.instance_port else ''} "
             f"database={redact(self.database.url)} redis={redact(self.redis.url)} "
             f"prefix={self.redis.prefix} queues=[{','.join(self.worker.queues)}] "
             f"concurrency={self.worker.concurrency} default_handler={self.worker.default_handler} "
@@ -514,6 +522,9 @@ def _validate(c: Config) -> None:
             raise ConfigError(key, problem)
 
     need(0 < c.http.port < 65536, "http.port", "must be between 1 and 65535")
+    need(0 <= c.http.instance_port < 65536 and c.http.instance_port != c.http.port,
+         "http.instance_port", "must be 0 (none) or a port between 1 and 65535 other than"
+         " http.port")
     need(c.http.max_payload_bytes > 0, "http.max_payload_bytes", "must be positive")
     need(1 <= c.http.max_batch <= 100_000, "http.max_batch", "must be between 1 and 100000")
     need(c.http.max_body_bytes >= c.http.max_payload_bytes, "http.max_body_bytes",

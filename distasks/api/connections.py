@@ -396,27 +396,67 @@ class _Listener(trio.abc.Listener[trio.SocketStream]):
         await self._inner.aclose()
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
+def bind(host: str, port: int, *, reuse_port: bool = False,
+         instance_port: int = 0) -> list[socket.socket]:
     """The API's sockets, bound to `host`:`port` (http.host, http.port) but not listening
     yet: until `serve` listens, clients are refused rather than queued. Raises
     CannotListen, naming the address and the setting to change; the daemon calls it
-    before it writes anything, so a port in use costs one line and nothing else."""
-    config = hypercorn.config.Config()
-    config.bind = [f"{host}:{port}"]
+    before it writes anything, so a port in use costs one line and nothing else.
+
+    `reuse_port` (http.reuse_port) sets SO_REUSEPORT before the bind: on Linux, sockets
+    of the same user that all set it may bind one address, and the kernel spreads new
+    connections across those listening (by a hash of the client's address and port). A
+    port held by a socket without it is still in use (CannotListen). Where the platform
+    has no SO_REUSEPORT (Windows) it is CannotListen naming http.reuse_port; the BSDs and
+    macOS have the option but need not spread connections (docs/deployment.md).
+
+    `instance_port` (http.instance_port), unless 0, adds a socket on `host` that is this
+    daemon's alone (never shared)."""
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise CannotListen(_address(host, port), "SO_REUSEPORT is not available here",
+                           "http.reuse_port")
+    sockets = [_bind_one(host, port, reuse_port=reuse_port, key="http.port / HTTP_PORT")]
+    if instance_port:
+        try:
+            sockets.append(_bind_one(host, instance_port, reuse_port=False,
+                                     key="http.instance_port"))
+        except CannotListen:
+            sockets[0].close()
+            raise
+    return sockets
+
+
+def _bind_one(host: str, port: int, *, reuse_port: bool, key: str) -> socket.socket:
+    bare = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET,
+                         socket.SOCK_STREAM)
     try:
-        return config.create_sockets().insecure_sockets
+        # As Hypercorn's Config.create_sockets does, which sets SO_REUSEPORT only when it
+        # runs several worker processes of its own.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((bare, port))
+        sock.setblocking(False)
     except OSError as e:
-        raise _cannot_listen(host, port, e) from None
+        sock.close()
+        raise _cannot_listen(host, port, e, key) from None
+    return sock
 
 
-def _cannot_listen(host: str, port: int, e: OSError) -> CannotListen:
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _cannot_listen(host: str, port: int, e: OSError,
+                   key: str = "http.port / HTTP_PORT") -> CannotListen:
+    address = _address(host, port)
     reason = (e.strerror or str(e)).rstrip(".")
     reason = reason[:1].lower() + reason[1:]
     # The host is at fault when it is not this machine's (or no name resolves it).
     wrong_host = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
-    return CannotListen(address, reason, "http.host" if wrong_host
-                        else "http.port / HTTP_PORT")
+    return CannotListen(address, reason, "http.host" if wrong_host else key)
 
 
 async def _no_h2c_upgrade(self: H11Protocol, event: Any) -> None:

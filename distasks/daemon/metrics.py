@@ -106,8 +106,18 @@ class Metrics:
                                       "Requests refused by a tenant's quota or rate limit",
                                       ["tenant", "reason"], registry=r)
 
+        # Which daemon a scrape reached: with http.reuse_port any of a host's daemons
+        # may answer one scrape (docs/deployment.md).
+        self.daemon_info = Gauge("distasks_daemon_info",
+                                 "Always 1; the labels name the daemon that answered",
+                                 ["worker_id", "version"], registry=r)
+
         #: Unix time of the last recorded outcome (the gauge's value, readable)
         self.last_outcome_s: float | None = None
+
+    def identify(self, worker_id: str, version: str) -> None:
+        """This daemon is `worker_id` (its row in /api/v1/workers), running `version`."""
+        self.daemon_info.labels(worker_id, version).set(1)
 
     def queue_label(self, queue: str) -> str:
         if self._labelled_queues is None or queue in self._labelled_queues():

@@ -120,6 +120,7 @@ class Daemon:
         self.metrics = Metrics(labelled_queues=lambda: self.tunables.queues,
                                labelled_tenants=config.tenants,
                                max_schedule_series=config.scheduler.metrics_schedules)
+        self.metrics.identify(self.worker_id, distasks.__version__)
         self.health = Health()
         self._everything = trio.CancelScope()
         self._api_stop = trio.Event()
@@ -221,7 +222,9 @@ class Daemon:
         c = self.config
         # Before anything is written: a port in use is one line (CannotListen), not a
         # traceback after migrations and a worker row.
-        sockets = api.connections.bind(c.http.host, c.http.port)
+        sockets = api.connections.bind(c.http.host, c.http.port,
+                                       reuse_port=c.http.reuse_port,
+                                       instance_port=c.http.instance_port)
         try:
             await self._run(sockets, task_status)
         except Exception as e:

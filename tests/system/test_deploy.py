@@ -1,7 +1,9 @@
 """Deployment files, checked by the tools that will read them, and `make dist` /
 `make install` run for real.
 
-- systemd/distasks.service: `systemd-analyze verify` and `systemd-analyze security`;
+- systemd/distasks.service and the template systemd/distasks@.service: `systemd-analyze
+  verify` and `systemd-analyze security` (an instance of the template), and the template
+  differs from the unit only where an instance must;
 - deploy/nginx/distasks.conf: `nginx -t`, then a real nginx in front of a stub upstream;
 - deploy/prometheus/alerts.yml: `promtool check rules` and `promtool test rules`;
 - `make dist`: the zipapp runs `check-config`, and `serve` under PR_SET_MDWE (the kernel's
@@ -39,6 +41,7 @@ from .conftest import free_port, wait_task
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "distasks.service"
+TEMPLATE = REPO / "systemd" / "distasks@.service"
 NGINX_CONF = REPO / "deploy" / "nginx" / "distasks.conf"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 ALERTS_TEST = REPO / "deploy" / "prometheus" / "alerts_test.yml"
@@ -99,19 +102,22 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 # --- systemd ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def verifiable_unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at a stub executable under tmp_path: verify checks
-    that the binary exists, and /usr/local/bin/distasks does not exist on a test machine."""
+@pytest.fixture(params=["distasks.service", "distasks@.service"])
+def verifiable_unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The unit, or the template, with ExecStart pointing at a stub executable under
+    tmp_path: verify checks that the binary exists, and /usr/local/bin/distasks does not
+    exist on a test machine. For the template, the path of its instance `distasks@1`
+    (systemd-analyze reads the template beside it)."""
     stub = tmp_path / INSTALLED_BIN.lstrip("/")
     stub.parent.mkdir(parents=True)
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
-    text = UNIT.read_text()
+    name: str = request.param
+    text = (REPO / "systemd" / name).read_text()
     assert text.count(f"ExecStart={INSTALLED_BIN} ") == 1
-    unit = tmp_path / "distasks.service"
+    unit = tmp_path / name
     unit.write_text(text.replace(f"ExecStart={INSTALLED_BIN} ", f"ExecStart={stub} "))
-    return unit
+    return unit.with_name(name.replace("@.", "@1.")) if "@" in name else unit
 
 
 def test_unit_passes_systemd_analyze_verify(tools: None, verifiable_unit: Path):
@@ -123,11 +129,26 @@ def test_unit_passes_systemd_analyze_verify(tools: None, verifiable_unit: Path):
 
 def test_unit_hardening_keeps_exposure_low(tools: None, verifiable_unit: Path):
     # `systemd-analyze security` scores 0 (locked down) to 10 (unprotected); --threshold
-    # is in tenths and fails above it. The unit scores 1.2 ("OK") as written.
+    # is in tenths and fails above it. The unit scores 1.2 ("OK") as written, an instance
+    # of the template 1.1.
     result = run([which("systemd-analyze"), "security", "--offline=yes", "--threshold=20",
                   verifiable_unit])
 
-    assert "Overall exposure level" in result.stdout
+    assert f"Overall exposure level for {verifiable_unit.name}" in result.stdout
+
+
+def test_template_is_the_unit_but_for_what_makes_instances_share_a_port():
+    unit = unit_settings(UNIT.read_text())
+    template = unit_settings(TEMPLATE.read_text())
+
+    differs = {key for key in unit.keys() | template.keys()
+               if unit.get(key) != template.get(key)}
+    assert differs == {"Description", "Environment", "EnvironmentFile", "SyslogIdentifier"}
+    assert sorted(template["Environment"]) == sorted(
+        [*unit["Environment"], "DISTASKS_HTTP_REUSE_PORT=true"])
+    # The common file first, the instance's own after it (a later assignment wins).
+    assert template["EnvironmentFile"] == [*unit["EnvironmentFile"], "-/etc/distasks/%i.env"]
+    assert template["SyslogIdentifier"] == ["distasks@%i"]
 
 
 def test_unit_settings_fit_the_daemon():
@@ -453,6 +474,8 @@ def test_make_install_lays_out_the_files(staged: Path):
     config = staged / "etc/distasks/distasks.toml"
     assert binary.read_bytes() == DIST.read_bytes() and mode(binary) == 0o755
     assert unit.read_text() == UNIT.read_text() and mode(unit) == 0o644
+    template = staged / "etc/systemd/system/distasks@.service"
+    assert template.read_text() == TEMPLATE.read_text() and mode(template) == 0o644
     assert config.read_text() == (REPO / "config" / "distasks.toml").read_text()
     assert mode(config) == 0o640
     assert "systemctl daemon-reload && systemctl enable --now distasks" in result.stdout
@@ -477,3 +500,5 @@ def test_make_install_prefix_moves_the_binary_and_the_unit_follows(staged: Path)
     assert (staged / "usr/bin/distasks").is_file()
     unit = unit_settings((staged / "etc/systemd/system/distasks.service").read_text())
     assert unit["ExecStart"] == ["/usr/bin/distasks serve --config /etc/distasks/distasks.toml"]
+    template = unit_settings((staged / "etc/systemd/system/distasks@.service").read_text())
+    assert template["ExecStart"] == unit["ExecStart"]

@@ -171,6 +171,8 @@ def test_environment_value_of_the_wrong_type_names_the_variable():
 INVALID_OVERRIDES = [
     ({"DISTASKS_HTTP_PORT": "0"}, "http.port"),
     ({"HTTP_PORT": "65536"}, "http.port"),
+    ({"DISTASKS_HTTP_INSTANCE_PORT": "-1"}, "http.instance_port"),
+    ({"DISTASKS_HTTP_INSTANCE_PORT": "8080"}, "http.instance_port"),
     ({"DISTASKS_HTTP_MAX_PAYLOAD_BYTES": "0"}, "http.max_payload_bytes"),
     ({"DATABASE_URL": ""}, "database.url"),
     ({"DISTASKS_DATABASE_POOL_MIN": "0"}, "database.pool_min"),
