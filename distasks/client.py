@@ -18,6 +18,7 @@ Errors: every non-2xx answer raises a `DistasksError` subclass carrying the API'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import time
@@ -166,9 +167,7 @@ def _shape(cls: type[S], data: Any, **nested: Any) -> S:
     if not isinstance(data, Mapping):
         raise _unexpected(f"expected a JSON object for {cls.__name__}, got {data!r:.80}")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name == "raw":
-            continue
+    for f in _fields(cls):
         if f.name in nested:
             values[f.name] = nested[f.name]
         elif f.name in data:
@@ -179,6 +178,12 @@ def _shape(cls: type[S], data: Any, **nested: Any) -> S:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise _unexpected(f"{cls.__name__} without {f.name!r}")
     return cls(raw=dict(data), **values)
+
+
+@functools.cache
+def _fields(cls: type[_Shape]) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields `_shape` fills, `raw` aside; read once per class."""
+    return tuple(f for f in dataclasses.fields(cls) if f.name != "raw")
 
 
 def _unexpected(what: str) -> ServerError:
@@ -870,11 +875,18 @@ class _Endpoint(Generic[P, T]):
         method.__name__ = self.name
         method.__qualname__ = f"{type(obj).__name__}.{self.name}"
         method.__doc__ = self.op.__doc__
+        method.__signature__ = self._signature()
+        # Bound once per client: an _Endpoint defines no __set__, so the instance's
+        # attribute now wins every later lookup (a lookup used to cost a signature).
+        obj.__dict__[self.name] = method
+        return method
+
+    @functools.cache  # noqa: B019 (one entry per endpoint, which lives as long as its class)
+    def _signature(self) -> inspect.Signature:
         signature = inspect.signature(self.op)
         # For help(): the op's "Op[X]" return annotation is X to the caller.
         returns = str(signature.return_annotation).removeprefix("Op[").removesuffix("]")
-        method.__signature__ = signature.replace(return_annotation=returns)
-        return method
+        return signature.replace(return_annotation=returns)
 
 
 class _BaseClient:
@@ -884,16 +896,18 @@ class _BaseClient:
         #: the API's base URL, e.g. http://127.0.0.1:8080
         self.url = (url or os.environ.get("DISTASKS_URL") or DEFAULT_URL).rstrip("/")
         self._timeout = timeout
+        # The timeout of every request that is not a long poll, built once.
+        self._timeouts = {0.0: httpx.Timeout(timeout)}
         self._headers = {"User-Agent": "distasks-client", "Accept": "application/json"}
         if key := api_key or os.environ.get("DISTASKS_API_KEY"):
             self._headers["Authorization"] = f"Bearer {key}"
 
     def _request_args(self, request: _Request) -> dict[str, Any]:
-        return {
-            "method": request.method, "url": request.path, "params": request.params,
-            "json": request.json,
-            "timeout": httpx.Timeout(self._timeout, read=self._timeout + request.wait_s),
-        }
+        timeout = self._timeouts.get(request.wait_s)
+        if timeout is None:  # a long poll: its wait is added to the read timeout
+            timeout = httpx.Timeout(self._timeout, read=self._timeout + request.wait_s)
+        return {"method": request.method, "url": request.path, "params": request.params,
+                "json": request.json, "timeout": timeout}
 
     def _bind(self, op: Callable[P, Op[T]]) -> Any:
         raise NotImplementedError
