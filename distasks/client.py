@@ -17,10 +17,12 @@ Errors: every non-2xx answer raises a `DistasksError` subclass carrying the API'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import (
@@ -38,6 +40,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
+import anyio
+import anyio.abc
 import httpx
 
 from distasks.domain import errors
@@ -46,7 +50,7 @@ from distasks.domain.model import Json
 __all__ = [
     "AccessDenied", "AsyncClient", "CancelResult", "Client", "Conflict", "CreateResult",
     "DeadTask", "DeleteResult", "RateLimited",
-    "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Queue",
+    "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Producer", "Queue",
     "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "Schedule",
     "ScheduleDetail", "Fire", "ServerError", "Task",
     "TaskDetail", "TaskFilters", "TaskPage", "TaskSpec", "Unavailable", "WaitTimeout",
@@ -61,6 +65,10 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_WAIT_PER_REQUEST_S = 60.0
 # Task statuses no daemon moves out of on its own (a DLQ replay does, on request).
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# How many creates one batch request of a Producer holds at most, and how long the first
+# of them waits for others before the batch is sent anyway.
+DEFAULT_PRODUCER_BATCH = 100
+DEFAULT_PRODUCER_DELAY_S = 0.005
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -180,10 +188,15 @@ def _shape(cls: type[S], data: Any, **nested: Any) -> S:
     return cls(raw=dict(data), **values)
 
 
-@functools.cache
+_FIELDS: dict[type[_Shape], tuple[dataclasses.Field[Any], ...]] = {}
+
+
 def _fields(cls: type[_Shape]) -> tuple[dataclasses.Field[Any], ...]:
     """The fields `_shape` fills, `raw` aside; read once per class."""
-    return tuple(f for f in dataclasses.fields(cls) if f.name != "raw")
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple(f for f in dataclasses.fields(cls) if f.name != "raw")
+    return found
 
 
 def _unexpected(what: str) -> ServerError:
@@ -594,9 +607,22 @@ def _create(name: str, *, handler: str | None = None, payload: Json = None,
                     priority=priority, type=type, run_at=run_at, delay_seconds=delay_seconds,
                     dedup_key=dedup_key, max_retries=max_retries,
                     timeout_seconds=timeout_seconds, secret_fields=secret_fields)
-    response = yield _Request("POST", "/api/v1/tasks", json=spec.to_json())
-    body = _json(response)
-    return _shape(CreateResult, body, created=response.status_code == 201)
+    return (yield from _create_one(spec.to_json()))
+
+
+def _create_one(body: dict[str, Json]) -> Op[CreateResult]:
+    """POST one create body (TaskSpec.to_json)."""
+    response = yield _Request("POST", "/api/v1/tasks", json=body)
+    return _shape(CreateResult, _json(response), created=response.status_code == 201)
+
+
+def _create_batch(bodies: list[dict[str, Json]]) -> Op[list[Any]]:
+    """POST create bodies as one batch: the API's per-item results, in order."""
+    items = _member(_json((yield _Request("POST", "/api/v1/tasks/batch",
+                                          json={"tasks": bodies}))), "tasks")
+    if not isinstance(items, list) or len(items) != len(bodies):
+        raise _unexpected(f"{len(bodies)} tasks sent, answer {items!r:.80}")
+    return items
 
 
 def _create_many(tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> Op[list[CreateResult]]:
@@ -605,9 +631,8 @@ def _create_many(tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> Op[list[Creat
 
     Raises InvalidRequest with `field` like `tasks.3.priority`."""
     specs = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in tasks]
-    body = _json((yield _Request("POST", "/api/v1/tasks/batch",
-                                 json={"tasks": [s.to_json() for s in specs]})))
-    return [_shape(CreateResult, item) for item in _member(body, "tasks")]
+    items = yield from _create_batch([s.to_json() for s in specs])
+    return [_shape(CreateResult, item) for item in items]
 
 
 def _member(body: Any, key: str) -> Any:
@@ -1033,6 +1058,12 @@ class AsyncClient(_BaseClient):
                 return
             cursor = page.next_cursor
 
+    def producer(self, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
+                 max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> Producer:
+        """A `Producer` sending this client's creates in batches (the way to enqueue at
+        a high rate); use it as an async context manager."""
+        return Producer(self, max_batch=max_batch, max_delay_s=max_delay_s)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -1042,3 +1073,205 @@ class AsyncClient(_BaseClient):
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+# -- batching for producers ---------------------------------------------------------------
+
+# "tasks.3.priority" or "tasks.3": the item of a batch that an error names.
+_ITEM_FIELD = re.compile(r"tasks\.(\d+)(?:\.(.+))?")
+
+
+@dataclass(slots=True)
+class _Enqueued:
+    """One `enqueue` call: its create body, and its answer once the batch is back."""
+
+    body: dict[str, Json]
+    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    result: CreateResult | None = None
+    error: DistasksError | None = None
+
+    def succeed(self, result: CreateResult) -> None:
+        self.result = result
+        self.done.set()
+
+    def fail(self, error: DistasksError) -> None:
+        self.error = error
+        self.done.set()
+
+
+class Producer:
+    """Many concurrent creates, sent as batch requests: `await enqueue(...)` takes
+    `create`'s arguments and returns (or raises) what `create` would, once the batch
+    holding the task committed. A batch leaves when it holds `max_batch` tasks or its
+    first task waited `max_delay_s`, whichever comes first; one batch is in flight at a
+    time, and what arrives meanwhile forms the next. Get one from
+    `AsyncClient.producer()`; it works on Trio and asyncio.
+
+    Errors are each caller's own: a task the API refuses (a 422 naming `tasks.<i>`) fails
+    its `enqueue` with InvalidRequest (`field` as `create` names it) and the rest of its
+    batch is sent again without it; a dedup_key naming a task made from a different
+    request raises Conflict (`dedup_conflict`) in its caller only; a refusal of the whole
+    batch that names no item (e.g. 413) is retried as single creates. An error that
+    concerns every task (unreachable, 401/403, 429, 503, 5xx) is raised in every caller of
+    that batch: nothing accepted is dropped silently.
+
+    Resource handling: leaving the block sends whatever is waiting and returns once every
+    batch is answered. Leaving it by an exception, or cancelling it, cancels the batch in
+    flight; its callers get Unavailable (`code` "cancelled"), as the tasks may or may not
+    have been written. Cancelling one `enqueue` withdraws its task only while it waits
+    for its batch to leave."""
+
+    def __init__(self, client: AsyncClient, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
+                 max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must not be negative, got {max_delay_s}")
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._send_one = client._bind(_create_one)
+        self._send_batch = client._bind(_create_batch)
+        self._waiting: list[_Enqueued] = []
+        # When the oldest of `_waiting` arrived (anyio.current_time()).
+        self._oldest_at = 0.0
+        # Set when a task arrives in an empty queue, and when `max_batch` are waiting.
+        self._arrived = anyio.Event()
+        self._full = anyio.Event()
+        self._closing = False
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def enqueue(self, name: str, *, handler: str | None = None, payload: Json = None,
+                      queue: str | None = None, priority: int | None = None,
+                      type: str | None = None, run_at: datetime | str | None = None,
+                      delay_seconds: float | None = None, dedup_key: str | None = None,
+                      max_retries: int | None = None, timeout_seconds: float | None = None,
+                      secret_fields: Sequence[str] | None = None) -> CreateResult:
+        """Create a task as `AsyncClient.create` does, in the next batch; returns once
+        that batch committed. Raises as `create` does, and RuntimeError outside the
+        producer's block."""
+        if self._tasks is None or self._closing:
+            raise RuntimeError("enqueue() outside `async with client.producer()`")
+        spec = TaskSpec(name=name, handler=handler, payload=payload, queue=queue,
+                        priority=priority, type=type, run_at=run_at,
+                        delay_seconds=delay_seconds, dedup_key=dedup_key,
+                        max_retries=max_retries, timeout_seconds=timeout_seconds,
+                        secret_fields=secret_fields)
+        item = _Enqueued(spec.to_json())
+        if not self._waiting:
+            self._oldest_at = anyio.current_time()
+            self._arrived.set()
+        self._waiting.append(item)
+        if len(self._waiting) >= self.max_batch:
+            self._full.set()
+        try:
+            await item.done.wait()
+        except BaseException:
+            if item in self._waiting:  # not sent yet: withdrawn
+                self._waiting.remove(item)
+            raise
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    async def __aenter__(self) -> Producer:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._run)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        assert self._tasks is not None
+        self._closing = True
+        self._arrived.set()
+        self._full.set()
+        return await self._tasks.__aexit__(exc_type, exc, tb)
+
+    async def _run(self) -> None:
+        """Batch after batch until closed and nothing waits."""
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+                continue
+            if len(self._waiting) < self.max_batch and not self._closing:
+                remaining_s = self._oldest_at + self.max_delay_s - anyio.current_time()
+                with anyio.move_on_after(remaining_s):
+                    await self._full.wait()
+            if not self._waiting:  # every waiting caller was cancelled
+                continue
+            batch = self._waiting[:self.max_batch]
+            del self._waiting[:self.max_batch]
+            if self._waiting:
+                self._oldest_at = anyio.current_time()
+            if len(self._waiting) < self.max_batch and not self._closing:
+                self._full = anyio.Event()
+            try:
+                await self._send(batch)
+            except BaseException:
+                for item in batch:
+                    if not item.done.is_set():
+                        item.fail(Unavailable("the producer was closed while this task's "
+                                              "batch was in flight: it may or may not "
+                                              "exist", code="cancelled"))
+                raise
+
+    async def _send(self, batch: list[_Enqueued]) -> None:
+        """Answer every item of `batch`: sent together, or without the items the API
+        refuses, or one by one when the API refuses the batch as a whole."""
+        while batch:
+            try:
+                items = await self._send_batch([item.body for item in batch])
+            except (InvalidRequest, Conflict) as e:
+                match = _ITEM_FIELD.fullmatch(e.field or "")
+                if match is None or int(match[1]) >= len(batch):
+                    if isinstance(e, InvalidRequest):  # e.g. 413: the batch as a whole
+                        await self._send_singly(batch)
+                    else:
+                        _fail_all(batch, e)
+                    return
+                batch.pop(int(match[1])).fail(_for_item(e, int(match[1]), match[2]))
+                continue
+            except DistasksError as e:
+                _fail_all(batch, e)
+                return
+            for item, answer in zip(batch, items, strict=True):
+                if isinstance(answer, Mapping) and answer.get("conflict"):
+                    item.fail(Conflict(
+                        f"dedup_key {item.body.get('dedup_key')!r} names task "
+                        f"{answer.get('task_id')}, created from a different request",
+                        status=409, code="dedup_conflict", field="dedup_key"))
+                else:
+                    try:
+                        item.succeed(_shape(CreateResult, answer))
+                    except DistasksError as e:
+                        item.fail(e)
+            return
+
+    async def _send_singly(self, batch: list[_Enqueued]) -> None:
+        for item in batch:
+            try:
+                item.succeed(await self._send_one(item.body))
+            except DistasksError as e:
+                item.fail(e)
+
+
+def _fail_all(batch: list[_Enqueued], error: DistasksError) -> None:
+    # One exception object per caller: each raise writes its own traceback into it.
+    for item in batch:
+        own = copy.copy(error)
+        own.__cause__ = error
+        item.fail(own)
+
+
+def _for_item(error: DistasksError, index: int, field: str | None) -> DistasksError:
+    """The batch's error about item `index`, as a single create would have named it."""
+    own = copy.copy(error)
+    own.field = field
+    own.message = error.message.removeprefix(f"tasks[{index}]: ").removeprefix(
+        f"tasks.{index}.")
+    own.args = (own.message,)
+    return own
