@@ -1,0 +1,138 @@
+"""AsyncClient.producer() against `distasks serve`: concurrent enqueues share batch
+requests, and each caller still gets its own answer: its task, its refusal, its dedup
+conflict, or the error that stopped its batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from distasks.client import AsyncClient, Conflict, CreateResult, InvalidRequest, Unavailable
+
+from .conftest import free_port
+
+
+class CountingTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport, counting the requests per path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await super().handle_async_request(request)
+
+
+async def enqueue_all(p: Any, calls: list[dict[str, Any]]) -> list[CreateResult | Exception]:
+    """Every call as a concurrent `enqueue`; each one's result or exception, in order."""
+    outcomes: list[CreateResult | Exception] = [RuntimeError("no answer")] * len(calls)
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = await p.enqueue(**calls[i])
+        except Exception as e:  # the test looks at each caller's own error
+            outcomes[i] = e
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(calls)):
+            nursery.start_soon(one, i)
+    return outcomes
+
+
+async def test_many_concurrent_enqueues_share_batches_and_all_exist(start_daemon, daemon_env):
+    transport = CountingTransport()
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url, transport=transport) as c:
+            async with c.producer(max_batch=50, max_delay_s=0.05) as p:
+                outcomes = await enqueue_all(p, [
+                    {"name": "many", "payload": {"i": i}, "queue": "idle"} for i in range(300)])
+            sent = list(transport.paths)
+            assert all(isinstance(o, CreateResult) and o.created for o in outcomes), outcomes
+            ids = [o.task_id for o in outcomes if isinstance(o, CreateResult)]
+            assert len(set(ids)) == 300
+            stored = {t.id: t.payload async for t in c.iter_tasks(
+                name="many", limit=500, include_payload=True)}
+            assert {i: stored[task_id] for i, task_id in enumerate(ids)} == {
+                i: {"i": i} for i in range(300)}
+            assert set(sent) == {"/api/v1/tasks/batch"} and 6 <= len(sent) < 300
+
+
+async def test_a_refused_task_fails_alone(start_daemon, daemon_env):
+    good = [{"name": "good", "payload": {"i": i}, "queue": "idle"} for i in range(6)]
+    bad_handler = {"name": "bad", "handler": "no-such-handler"}
+    bad_priority = {"name": "bad", "priority": "high"}
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url) as c:
+            async with c.producer(max_batch=100, max_delay_s=0.2) as p:
+                outcomes = await enqueue_all(p, [*good[:2], bad_handler, *good[2:4],
+                                                 bad_priority, *good[4:]])
+            refused = [outcomes.pop(5), outcomes.pop(2)]
+            assert [(type(e), e.field) for e in refused] == [  # type: ignore[union-attr]
+                (InvalidRequest, "priority"), (InvalidRequest, "handler")]
+            assert "tasks" not in str(refused[1])
+            assert all(isinstance(o, CreateResult) and o.created for o in outcomes), outcomes
+            for o in outcomes:
+                assert isinstance(o, CreateResult)
+                assert (await c.get(o.task_id)).task.name == "good"
+            assert [t.name async for t in c.iter_tasks(name="bad")] == []
+
+
+async def test_dedup_keys_answer_each_caller(start_daemon, daemon_env):
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url) as c:
+            before = await c.create("charge", dedup_key="before", queue="idle")
+            async with c.producer(max_batch=100, max_delay_s=0.2) as p:
+                outcomes = await enqueue_all(p, [
+                    {"name": "charge", "dedup_key": "k1", "queue": "idle"},
+                    {"name": "charge", "dedup_key": "k1", "queue": "idle"},
+                    {"name": "charge", "dedup_key": "before", "queue": "idle"},
+                    {"name": "other", "dedup_key": "before", "queue": "idle"},
+                    {"name": "charge", "dedup_key": "k2", "queue": "idle"},
+                ])
+            first, same, existing, conflicting, other = outcomes
+            assert isinstance(first, CreateResult) and isinstance(same, CreateResult)
+            assert (same.task_id, sorted([first.created, same.created])) == (
+                first.task_id, [False, True])
+            assert isinstance(existing, CreateResult)
+            assert (existing.task_id, existing.created) == (before.task_id, False)
+            assert isinstance(conflicting, Conflict)
+            assert (conflicting.code, conflicting.field) == ("dedup_conflict", "dedup_key")
+            assert before.task_id in str(conflicting)
+            assert isinstance(other, CreateResult) and other.created
+            assert other.task_id not in (first.task_id, before.task_id)
+
+
+async def test_leaving_the_block_sends_what_waits(start_daemon, daemon_env):
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url) as c:
+            outcomes: list[CreateResult] = []
+
+            async def one(p: Any, i: int) -> None:
+                outcomes.append(await p.enqueue("flushed", payload={"i": i}, queue="idle"))
+
+            async with trio.open_nursery() as nursery:
+                # Neither bound is reached: only leaving the block sends the batch.
+                async with c.producer(max_batch=1000, max_delay_s=3600) as p:
+                    for i in range(10):
+                        nursery.start_soon(one, p, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert outcomes == []
+            assert len({o.task_id for o in outcomes}) == 10
+            assert len([t async for t in c.iter_tasks(name="flushed")]) == 10
+            with pytest.raises(RuntimeError):
+                await p.enqueue("late")
+
+
+async def test_an_unreachable_daemon_fails_every_caller():
+    with trio.fail_after(10):
+        async with AsyncClient(f"http://127.0.0.1:{free_port()}") as c:
+            async with c.producer(max_batch=3, max_delay_s=0.01) as p:
+                outcomes = await enqueue_all(p, [{"name": "lost"} for _ in range(5)])
+    assert [(type(o), getattr(o, "code", None)) for o in outcomes] == [
+        (Unavailable, "unreachable")] * 5
+    assert len({id(o) for o in outcomes}) == 5
