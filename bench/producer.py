@@ -186,10 +186,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=100)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--in-flight", type=int, default=1000)
-    parser.add_argument("--admin-dsn", default=os.environ.get("DISTASKS_BENCH_ADMIN_DSN",
+    parser.add_argument("--admin-dsn", default=os.environ.get("DISTASKS_PG_ADMIN_DSN",
                                                               DEFAULT_ADMIN_DSN))
-    parser.add_argument("--redis-url", default=os.environ.get("DISTASKS_BENCH_REDIS_URL",
-                                                              DEFAULT_REDIS_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--skip-producer", action="store_true",
                         help="only the stock clients (for a tree without the helper)")
     parser.add_argument("--json", action="store_true")
