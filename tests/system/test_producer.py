@@ -136,3 +136,18 @@ async def test_an_unreachable_daemon_fails_every_caller():
     assert [(type(o), getattr(o, "code", None)) for o in outcomes] == [
         (Unavailable, "unreachable")] * 5
     assert len({id(o) for o in outcomes}) == 5
+
+
+async def test_a_batch_refused_as_a_whole_is_sent_task_by_task(start_daemon, daemon_env):
+    # Each task fits the limits on its own; ten together are over the body limit (413).
+    env = {**daemon_env, "DISTASKS_HTTP_MAX_PAYLOAD_BYTES": "10000",
+           "DISTASKS_HTTP_MAX_BODY_BYTES": "10000"}
+    transport = CountingTransport()
+    with trio.fail_after(30):
+        async with start_daemon(env) as d, AsyncClient(d.url, transport=transport) as c:
+            async with c.producer(max_batch=10, max_delay_s=0.5) as p:
+                outcomes = await enqueue_all(p, [
+                    {"name": "big", "payload": "x" * 9000, "queue": "idle"} for _ in range(10)])
+            assert all(isinstance(o, CreateResult) and o.created for o in outcomes), outcomes
+            assert transport.paths == ["/api/v1/tasks/batch"] + ["/api/v1/tasks"] * 10
+            assert len([t async for t in c.iter_tasks(name="big")]) == 10
