@@ -4,6 +4,8 @@ conflict, or the error that stopped its batch."""
 
 from __future__ import annotations
 
+import re
+import sys
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ import trio.testing
 
 from distasks.client import AsyncClient, Conflict, CreateResult, InvalidRequest, Unavailable
 
-from .conftest import free_port
+from .conftest import REPO, free_port
 
 
 class CountingTransport(httpx.AsyncHTTPTransport):
@@ -151,3 +153,24 @@ async def test_a_batch_refused_as_a_whole_is_sent_task_by_task(start_daemon, dae
             assert all(isinstance(o, CreateResult) and o.created for o in outcomes), outcomes
             assert transport.paths == ["/api/v1/tasks/batch"] + ["/api/v1/tasks"] * 10
             assert len([t async for t in c.iter_tasks(name="big")]) == 10
+
+
+def producer_example() -> str:
+    """The producer example of docs/client.md (the block that defines `main(orders)`)."""
+    [block] = re.findall(r"```python\n(import trio\n.*?)```",
+                         (REPO / "docs" / "client.md").read_text(), re.DOTALL)
+    return block
+
+
+async def test_the_documented_example_works(start_daemon, daemon_env):
+    script = producer_example() + (
+        "\ntrio.run(main, [{'id': 1}, {'id': 2}, {'id': 1, 'again': True}])\n")
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d:
+            done = await trio.run_process(
+                [sys.executable, "-c", script], cwd=REPO, check=False, capture_stdout=True,
+                capture_stderr=True, env={**daemon_env, "DISTASKS_URL": d.url})
+    assert done.returncode == 0, done.stderr.decode()
+    lines = sorted(done.stdout.decode().splitlines())
+    assert len(lines) == 3 and lines[2].startswith("2 ") and lines[2].endswith(" True")
+    assert "dedup_conflict" in lines[0] + lines[1]  # order 1 sent again, changed
