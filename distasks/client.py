@@ -571,8 +571,12 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _unreachable(url: str, e: httpx.TransportError) -> Unavailable:
+    """The error an operation gets (thrown in where it yielded the request) for a
+    request that did not reach the daemon, or whose answer did not come back."""
     why = "connection refused" if _refused(e) else (str(e) or type(e).__name__)
-    return Unavailable(f"cannot reach the distasks API at {url}: {why}", code="unreachable")
+    error = Unavailable(f"cannot reach the distasks API at {url}: {why}", code="unreachable")
+    error.__cause__ = e
+    return error
 
 
 def _refused(e: BaseException | None) -> bool:
@@ -986,8 +990,9 @@ class Client(_BaseClient):
                     try:
                         response = self._http.request(**self._request_args(request))
                     except httpx.TransportError as e:
-                        raise _unreachable(self.url, e) from e
-                    request = steps.send(response)
+                        request = steps.throw(_unreachable(self.url, e))
+                    else:
+                        request = steps.send(response)
             except StopIteration as done:
                 result: T = done.value
                 return result
@@ -1037,8 +1042,9 @@ class AsyncClient(_BaseClient):
                     try:
                         response = await self._http.request(**self._request_args(request))
                     except httpx.TransportError as e:
-                        raise _unreachable(self.url, e) from e
-                    request = steps.send(response)
+                        request = steps.throw(_unreachable(self.url, e))
+                    else:
+                        request = steps.send(response)
             except StopIteration as done:
                 result: T = done.value
                 return result
@@ -1129,8 +1135,7 @@ class Producer:
             raise ValueError(f"max_delay_s must not be negative, got {max_delay_s}")
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        self._send_one = client._bind(_create_one)
-        self._send_batch = client._bind(_create_batch)
+        self._create_each = client._bind(_create_each)
         self._waiting: list[_Enqueued] = []
         # When the oldest of `_waiting` arrived (anyio.current_time()).
         self._oldest_at = 0.0
@@ -1220,51 +1225,68 @@ class Producer:
                 raise
 
     async def _send(self, batch: list[_Enqueued]) -> None:
-        """Answer every item of `batch`: sent together, or without the items the API
-        refuses, or one by one when the API refuses the batch as a whole."""
-        while batch:
-            try:
-                items = await self._send_batch([item.body for item in batch])
-            except (InvalidRequest, Conflict) as e:
-                match = _ITEM_FIELD.fullmatch(e.field or "")
-                if match is None or int(match[1]) >= len(batch):
-                    if isinstance(e, InvalidRequest):  # e.g. 413: the batch as a whole
-                        await self._send_singly(batch)
-                    else:
-                        _fail_all(batch, e)
-                    return
-                batch.pop(int(match[1])).fail(_for_item(e, int(match[1]), match[2]))
+        outcomes = await self._create_each([item.body for item in batch])
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, DistasksError):
+                item.fail(outcome)
+            else:
+                item.succeed(outcome)
+
+
+def _create_each(bodies: list[dict[str, Json]]) -> Op[list[CreateResult | DistasksError]]:
+    """Create every body, in batch requests, each with its own outcome (in order): its
+    result, or the error a single create of it would have raised. A body the API refuses
+    is answered with its error and the others are sent again without it; a refusal of the
+    whole request naming no body (e.g. 413) sends them one by one; any other error (the
+    daemon unreachable, 401/403, 429, 503, 5xx) is every remaining body's outcome."""
+    outcomes: list[CreateResult | DistasksError | None] = [None] * len(bodies)
+    left = list(range(len(bodies)))
+    while left:
+        try:
+            answers = yield from _create_batch([bodies[i] for i in left])
+        except (InvalidRequest, Conflict) as e:
+            match = _ITEM_FIELD.fullmatch(e.field or "")
+            if match is not None and int(match[1]) < len(left):
+                outcomes[left.pop(int(match[1]))] = _for_item(e, int(match[1]), match[2])
                 continue
-            except DistasksError as e:
-                _fail_all(batch, e)
-                return
-            for item, answer in zip(batch, items, strict=True):
-                if isinstance(answer, Mapping) and answer.get("conflict"):
-                    item.fail(Conflict(
-                        f"dedup_key {item.body.get('dedup_key')!r} names task "
+            if isinstance(e, Conflict):
+                for i in left:
+                    outcomes[i] = _own(e)
+                break
+            for i in left:
+                try:
+                    outcomes[i] = yield from _create_one(bodies[i])
+                except DistasksError as single:
+                    outcomes[i] = single
+            break
+        except DistasksError as e:
+            for i in left:
+                outcomes[i] = _own(e)
+            break
+        for i, answer in zip(left, answers, strict=True):
+            outcomes[i] = _created_or_conflict(bodies[i], answer)
+        break
+    return [o if o is not None else _unexpected("no outcome") for o in outcomes]
+
+
+def _created_or_conflict(body: dict[str, Json], answer: Any) -> CreateResult | DistasksError:
+    """One item of a batch answer: its result, or Conflict for a dedup_key that names a
+    task made from a different request (what a single create answers with a 409)."""
+    if isinstance(answer, Mapping) and answer.get("conflict"):
+        return Conflict(f"dedup_key {body.get('dedup_key')!r} names task "
                         f"{answer.get('task_id')}, created from a different request",
-                        status=409, code="dedup_conflict", field="dedup_key"))
-                else:
-                    try:
-                        item.succeed(_shape(CreateResult, answer))
-                    except DistasksError as e:
-                        item.fail(e)
-            return
-
-    async def _send_singly(self, batch: list[_Enqueued]) -> None:
-        for item in batch:
-            try:
-                item.succeed(await self._send_one(item.body))
-            except DistasksError as e:
-                item.fail(e)
+                        status=409, code="dedup_conflict", field="dedup_key")
+    try:
+        return _shape(CreateResult, answer)
+    except DistasksError as e:
+        return e
 
 
-def _fail_all(batch: list[_Enqueued], error: DistasksError) -> None:
+def _own(error: DistasksError) -> DistasksError:
     # One exception object per caller: each raise writes its own traceback into it.
-    for item in batch:
-        own = copy.copy(error)
-        own.__cause__ = error
-        item.fail(own)
+    own = copy.copy(error)
+    own.__cause__ = error
+    return own
 
 
 def _for_item(error: DistasksError, index: int, field: str | None) -> DistasksError:
