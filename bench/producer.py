@@ -11,6 +11,7 @@ Phases, each on the same daemon, in this order:
   async    `await AsyncClient.create` in a loop (Trio)
   producer `AsyncClient.producer()`: the loop starts one `enqueue` per task (never more
            than --in-flight waiting), each returning once the batch holding it committed
+  submit   `Client.producer()`: the loop submits every task, then reads every future
 
 Client CPU is the bench's own process time around the loop (`time.process_time`, all
 threads); daemon CPU is read from /proc/<pid>/stat as throughput.py's CpuMeter does.
@@ -112,6 +113,18 @@ async def async_loop(url: str, tasks: int) -> None:
             await c.create("async", **task_fields(i))
 
 
+def blocking_producer_loop(max_batch: int,
+                           max_delay_s: float) -> Callable[[str, int], None]:
+    def loop(url: str, tasks: int) -> None:
+        with Client(url) as c:
+            with c.producer(max_batch=max_batch, max_delay_s=max_delay_s) as p:
+                futures = [p.submit("submit", **task_fields(i)) for i in range(tasks)]
+            ids = {f.result().task_id for f in futures}
+        if len(ids) != tasks:
+            raise RuntimeError(f"submit: {len(ids)} distinct task ids for {tasks} submits")
+    return loop
+
+
 def producer_loop(max_batch: int, max_delay_s: float,
                   in_flight: int) -> Callable[[str, int], Awaitable[None]]:
     async def loop(url: str, tasks: int) -> None:
@@ -174,6 +187,10 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                     "producer.enqueue", pid, d.url, n,
                     producer_loop(opts.max_batch, opts.max_delay_ms / 1000, opts.in_flight),
                     blocking=False))
+                phases.append(await measure(
+                    "producer.submit", pid, d.url, n,
+                    blocking_producer_loop(opts.max_batch, opts.max_delay_ms / 1000),
+                    blocking=True))
     return {"config": {"tasks": n, "warmup": WARMUP_CREATES, "max_batch": opts.max_batch,
                        "max_delay_ms": opts.max_delay_ms, "in_flight": opts.in_flight,
                        "cpus": os.cpu_count(), "python": platform.python_version()},

@@ -13,7 +13,14 @@ import pytest
 import trio
 import trio.testing
 
-from distasks.client import AsyncClient, Conflict, CreateResult, InvalidRequest, Unavailable
+from distasks.client import (
+    AsyncClient,
+    Client,
+    Conflict,
+    CreateResult,
+    InvalidRequest,
+    Unavailable,
+)
 
 from .conftest import REPO, free_port
 
@@ -174,3 +181,47 @@ async def test_the_documented_example_works(start_daemon, daemon_env):
     lines = sorted(done.stdout.decode().splitlines())
     assert len(lines) == 3 and lines[2].startswith("2 ") and lines[2].endswith(" True")
     assert "dedup_conflict" in lines[0] + lines[1]  # order 1 sent again, changed
+
+
+async def test_the_blocking_producer_batches_and_answers_each_future(start_daemon, daemon_env):
+    def produce(url: str) -> tuple[list[Any], list[str]]:
+        counting = CountingSync()
+        with Client(url, transport=counting) as c:
+            # No delay bound is reached: batches leave full (10), the last one on exit.
+            with c.producer(max_batch=10, max_delay_s=3600) as p:
+                futures = [p.submit("sync", payload={"i": i}, queue="idle") for i in range(24)]
+                futures.insert(7, p.submit("bad", handler="no-such-handler"))
+            with pytest.raises(RuntimeError):
+                p.submit("late")
+            outcomes: list[Any] = []
+            for f in futures:
+                try:
+                    outcomes.append(f.result(timeout=0))
+                except Exception as e:  # each future's own error
+                    outcomes.append(e)
+            return outcomes, counting.paths
+
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d, AsyncClient(d.url) as c:
+            outcomes, paths = await trio.to_thread.run_sync(produce, d.url)
+            refused = outcomes.pop(7)
+            assert isinstance(refused, InvalidRequest) and refused.field == "handler"
+            assert all(isinstance(o, CreateResult) and o.created for o in outcomes), outcomes
+            assert len({o.task_id for o in outcomes}) == 24
+            assert paths.count("/api/v1/tasks/batch") >= 3
+            stored = {t.id: t.payload async for t in c.iter_tasks(
+                name="sync", limit=500, include_payload=True)}
+            assert {i: stored[o.task_id] for i, o in enumerate(outcomes)} == {
+                i: {"i": i} for i in range(24)}
+
+
+class CountingSync(httpx.HTTPTransport):
+    """httpx's own blocking transport, counting the requests per path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
