@@ -10,6 +10,10 @@ clients only differ in how they send a request, so their methods cannot drift ap
         task_id = c.create("send-email", payload={"to": "a@example.com"}).task_id
         print(c.wait(task_id, timeout=30).task.status)
 
+To create tasks at a high rate, `AsyncClient.producer()` and `Client.producer()` gather
+single creates into batch requests and answer each caller on its own (`Producer`,
+`BlockingProducer`).
+
 Errors: every non-2xx answer raises a `DistasksError` subclass carrying the API's
 `status`, `code`, `message` and `field`; a daemon that cannot be reached raises
 `Unavailable` with no status.
