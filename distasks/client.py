@@ -1137,8 +1137,9 @@ class Producer:
     Resource handling: leaving the block sends whatever is waiting and returns once every
     batch is answered. Leaving it by an exception, or cancelling it, cancels the batch in
     flight; its callers get Unavailable (`code` "cancelled"), as the tasks may or may not
-    have been written. Cancelling one `enqueue` withdraws its task only while it waits
-    for its batch to leave."""
+    have been written, and so do the callers whose tasks were not sent yet (those tasks
+    do not exist). Cancelling one `enqueue` withdraws its task only while it waits for
+    its batch to leave."""
 
     def __init__(self, client: AsyncClient, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
                  max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> None:
@@ -1199,12 +1200,26 @@ class Producer:
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         assert self._tasks is not None
         self._closing = True
-        self._arrived.set()
-        self._full.set()
+        if exc_type is None:  # send what waits
+            self._arrived.set()
+            self._full.set()
+        else:  # send nothing more: `_run` tells the callers
+            self._tasks.cancel_scope.cancel()
         return await self._tasks.__aexit__(exc_type, exc, tb)
 
     async def _run(self) -> None:
-        """Batch after batch until closed and nothing waits."""
+        """Batch after batch until closed and nothing waits. Cancelled (the block left by
+        an exception), it tells the callers whose tasks were not sent."""
+        try:
+            await self._batches()
+        finally:
+            self._closing = True
+            for item in self._waiting:
+                item.fail(Unavailable("the producer was closed before this task was sent: "
+                                      "it was not created", code="cancelled"))
+            self._waiting.clear()
+
+    async def _batches(self) -> None:
         while True:
             if not self._waiting:
                 if self._closing:

@@ -73,3 +73,29 @@ async def test_an_enqueue_cancelled_before_its_batch_leaves_is_withdrawn():
                 await p.enqueue("late")
     assert [[t["name"] for t in batch] for batch in sent] == [["kept"]]
     assert [r.task_id for r in kept] == [TASK_ID]
+
+
+async def test_left_by_an_exception_the_callers_of_unsent_tasks_are_told():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing is sent")
+
+    outcomes: list[Unavailable] = []
+
+    async def one(p) -> None:
+        try:
+            await p.enqueue("never")
+        except Unavailable as e:
+            outcomes.append(e)
+
+    with trio.fail_after(5):
+        async with AsyncClient("http://api", transport=httpx.MockTransport(refuse)) as c:
+            async with trio.open_nursery() as callers:
+                # Raised in the producer's task group, it comes out in a group.
+                with pytest.raises(ExceptionGroup) as failed:
+                    async with c.producer(max_batch=10, max_delay_s=3600) as p:
+                        callers.start_soon(one, p)
+                        callers.start_soon(one, p)
+                        await trio.testing.wait_all_tasks_blocked()
+                        raise KeyError("the producing code failed")
+                assert failed.group_contains(KeyError)
+    assert [(e.code, "not created" in str(e)) for e in outcomes] == [("cancelled", True)] * 2
