@@ -10,6 +10,10 @@ clients only differ in how they send a request, so their methods cannot drift ap
         task_id = c.create("send-email", payload={"to": "a@example.com"}).task_id
         print(c.wait(task_id, timeout=30).task.status)
 
+To create tasks at a high rate, `AsyncClient.producer()` and `Client.producer()` gather
+single creates into batch requests and answer each caller on its own (`Producer`,
+`BlockingProducer`).
+
 Errors: every non-2xx answer raises a `DistasksError` subclass carrying the API's
 `status`, `code`, `message` and `field`; a daemon that cannot be reached raises
 `Unavailable` with no status.
@@ -17,9 +21,15 @@ Errors: every non-2xx answer raises a `DistasksError` subclass carrying the API'
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import dataclasses
+import functools
 import inspect
 import os
+import queue
+import re
+import threading
 import time
 import urllib.parse
 from collections.abc import (
@@ -37,15 +47,17 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
+import anyio
+import anyio.abc
 import httpx
 
 from distasks.domain import errors
 from distasks.domain.model import Json
 
 __all__ = [
-    "AccessDenied", "AsyncClient", "CancelResult", "Client", "Conflict", "CreateResult",
+    "AccessDenied", "AsyncClient", "BlockingProducer", "CancelResult", "Client", "Conflict", "CreateResult",
     "DeadTask", "DeleteResult", "RateLimited",
-    "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Queue",
+    "DistasksError", "DlqFilters", "DlqPage", "InvalidRequest", "NotFound", "Producer", "Queue",
     "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "Schedule",
     "ScheduleDetail", "Fire", "ServerError", "Task",
     "TaskDetail", "TaskFilters", "TaskPage", "TaskSpec", "Unavailable", "WaitTimeout",
@@ -60,6 +72,10 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_WAIT_PER_REQUEST_S = 60.0
 # Task statuses no daemon moves out of on its own (a DLQ replay does, on request).
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# How many creates one batch request of a Producer holds at most, and how long the first
+# of them waits for others before the batch is sent anyway.
+DEFAULT_PRODUCER_BATCH = 100
+DEFAULT_PRODUCER_DELAY_S = 0.005
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -166,9 +182,7 @@ def _shape(cls: type[S], data: Any, **nested: Any) -> S:
     if not isinstance(data, Mapping):
         raise _unexpected(f"expected a JSON object for {cls.__name__}, got {data!r:.80}")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name == "raw":
-            continue
+    for f in _fields(cls):
         if f.name in nested:
             values[f.name] = nested[f.name]
         elif f.name in data:
@@ -179,6 +193,17 @@ def _shape(cls: type[S], data: Any, **nested: Any) -> S:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise _unexpected(f"{cls.__name__} without {f.name!r}")
     return cls(raw=dict(data), **values)
+
+
+_FIELDS: dict[type[_Shape], tuple[dataclasses.Field[Any], ...]] = {}
+
+
+def _fields(cls: type[_Shape]) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields `_shape` fills, `raw` aside; read once per class."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple(f for f in dataclasses.fields(cls) if f.name != "raw")
+    return found
 
 
 def _unexpected(what: str) -> ServerError:
@@ -553,8 +578,12 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _unreachable(url: str, e: httpx.TransportError) -> Unavailable:
+    """The error an operation gets (thrown in where it yielded the request) for a
+    request that did not reach the daemon, or whose answer did not come back."""
     why = "connection refused" if _refused(e) else (str(e) or type(e).__name__)
-    return Unavailable(f"cannot reach the distasks API at {url}: {why}", code="unreachable")
+    error = Unavailable(f"cannot reach the distasks API at {url}: {why}", code="unreachable")
+    error.__cause__ = e
+    return error
 
 
 def _refused(e: BaseException | None) -> bool:
@@ -589,9 +618,22 @@ def _create(name: str, *, handler: str | None = None, payload: Json = None,
                     priority=priority, type=type, run_at=run_at, delay_seconds=delay_seconds,
                     dedup_key=dedup_key, max_retries=max_retries,
                     timeout_seconds=timeout_seconds, secret_fields=secret_fields)
-    response = yield _Request("POST", "/api/v1/tasks", json=spec.to_json())
-    body = _json(response)
-    return _shape(CreateResult, body, created=response.status_code == 201)
+    return (yield from _create_one(spec.to_json()))
+
+
+def _create_one(body: dict[str, Json]) -> Op[CreateResult]:
+    """POST one create body (TaskSpec.to_json)."""
+    response = yield _Request("POST", "/api/v1/tasks", json=body)
+    return _shape(CreateResult, _json(response), created=response.status_code == 201)
+
+
+def _create_batch(bodies: list[dict[str, Json]]) -> Op[list[Any]]:
+    """POST create bodies as one batch: the API's per-item results, in order."""
+    items = _member(_json((yield _Request("POST", "/api/v1/tasks/batch",
+                                          json={"tasks": bodies}))), "tasks")
+    if not isinstance(items, list) or len(items) != len(bodies):
+        raise _unexpected(f"{len(bodies)} tasks sent, answer {items!r:.80}")
+    return items
 
 
 def _create_many(tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> Op[list[CreateResult]]:
@@ -600,9 +642,8 @@ def _create_many(tasks: Iterable[TaskSpec | Mapping[str, Any]]) -> Op[list[Creat
 
     Raises InvalidRequest with `field` like `tasks.3.priority`."""
     specs = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in tasks]
-    body = _json((yield _Request("POST", "/api/v1/tasks/batch",
-                                 json={"tasks": [s.to_json() for s in specs]})))
-    return [_shape(CreateResult, item) for item in _member(body, "tasks")]
+    items = yield from _create_batch([s.to_json() for s in specs])
+    return [_shape(CreateResult, item) for item in items]
 
 
 def _member(body: Any, key: str) -> Any:
@@ -870,11 +911,18 @@ class _Endpoint(Generic[P, T]):
         method.__name__ = self.name
         method.__qualname__ = f"{type(obj).__name__}.{self.name}"
         method.__doc__ = self.op.__doc__
+        method.__signature__ = self._signature()
+        # Bound once per client: an _Endpoint defines no __set__, so the instance's
+        # attribute now wins every later lookup (a lookup used to cost a signature).
+        obj.__dict__[self.name] = method
+        return method
+
+    @functools.cache  # noqa: B019 (one entry per endpoint, which lives as long as its class)
+    def _signature(self) -> inspect.Signature:
         signature = inspect.signature(self.op)
         # For help(): the op's "Op[X]" return annotation is X to the caller.
         returns = str(signature.return_annotation).removeprefix("Op[").removesuffix("]")
-        method.__signature__ = signature.replace(return_annotation=returns)
-        return method
+        return signature.replace(return_annotation=returns)
 
 
 class _BaseClient:
@@ -884,16 +932,18 @@ class _BaseClient:
         #: the API's base URL, e.g. http://127.0.0.1:8080
         self.url = (url or os.environ.get("DISTASKS_URL") or DEFAULT_URL).rstrip("/")
         self._timeout = timeout
+        # The timeout of every request that is not a long poll, built once.
+        self._timeouts = {0.0: httpx.Timeout(timeout)}
         self._headers = {"User-Agent": "distasks-client", "Accept": "application/json"}
         if key := api_key or os.environ.get("DISTASKS_API_KEY"):
             self._headers["Authorization"] = f"Bearer {key}"
 
     def _request_args(self, request: _Request) -> dict[str, Any]:
-        return {
-            "method": request.method, "url": request.path, "params": request.params,
-            "json": request.json,
-            "timeout": httpx.Timeout(self._timeout, read=self._timeout + request.wait_s),
-        }
+        timeout = self._timeouts.get(request.wait_s)
+        if timeout is None:  # a long poll: its wait is added to the read timeout
+            timeout = httpx.Timeout(self._timeout, read=self._timeout + request.wait_s)
+        return {"method": request.method, "url": request.path, "params": request.params,
+                "json": request.json, "timeout": timeout}
 
     def _bind(self, op: Callable[P, Op[T]]) -> Any:
         raise NotImplementedError
@@ -947,8 +997,9 @@ class Client(_BaseClient):
                     try:
                         response = self._http.request(**self._request_args(request))
                     except httpx.TransportError as e:
-                        raise _unreachable(self.url, e) from e
-                    request = steps.send(response)
+                        request = steps.throw(_unreachable(self.url, e))
+                    else:
+                        request = steps.send(response)
             except StopIteration as done:
                 result: T = done.value
                 return result
@@ -966,6 +1017,12 @@ class Client(_BaseClient):
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    def producer(self, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
+                 max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> BlockingProducer:
+        """A `BlockingProducer` sending this client's creates in batches from a thread
+        of its own (the way to enqueue at a high rate); use it as a context manager."""
+        return BlockingProducer(self, max_batch=max_batch, max_delay_s=max_delay_s)
 
     def close(self) -> None:
         self._http.close()
@@ -998,8 +1055,9 @@ class AsyncClient(_BaseClient):
                     try:
                         response = await self._http.request(**self._request_args(request))
                     except httpx.TransportError as e:
-                        raise _unreachable(self.url, e) from e
-                    request = steps.send(response)
+                        request = steps.throw(_unreachable(self.url, e))
+                    else:
+                        request = steps.send(response)
             except StopIteration as done:
                 result: T = done.value
                 return result
@@ -1019,6 +1077,12 @@ class AsyncClient(_BaseClient):
                 return
             cursor = page.next_cursor
 
+    def producer(self, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
+                 max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> Producer:
+        """A `Producer` sending this client's creates in batches (the way to enqueue at
+        a high rate); use it as an async context manager."""
+        return Producer(self, max_batch=max_batch, max_delay_s=max_delay_s)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -1028,3 +1092,331 @@ class AsyncClient(_BaseClient):
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+# -- batching for producers ---------------------------------------------------------------
+
+# "tasks.3.priority" or "tasks.3": the item of a batch that an error names.
+_ITEM_FIELD = re.compile(r"tasks\.(\d+)(?:\.(.+))?")
+
+
+@dataclass(slots=True)
+class _Enqueued:
+    """One `enqueue` call: its create body, and its answer once the batch is back."""
+
+    body: dict[str, Json]
+    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    result: CreateResult | None = None
+    error: DistasksError | None = None
+
+    def succeed(self, result: CreateResult) -> None:
+        self.result = result
+        self.done.set()
+
+    def fail(self, error: DistasksError) -> None:
+        self.error = error
+        self.done.set()
+
+
+class Producer:
+    """Many concurrent creates, sent as batch requests: `await enqueue(...)` takes
+    `create`'s arguments and returns (or raises) what `create` would, once the batch
+    holding the task committed. A batch leaves when it holds `max_batch` tasks or its
+    first task waited `max_delay_s`, whichever comes first; one batch is in flight at a
+    time, and what arrives meanwhile forms the next. Get one from
+    `AsyncClient.producer()`; it works on Trio and asyncio.
+
+    Errors are each caller's own: a task the API refuses (a 422 naming `tasks.<i>`) fails
+    its `enqueue` with InvalidRequest (`field` as `create` names it) and the rest of its
+    batch is sent again without it; a dedup_key naming a task made from a different
+    request raises Conflict (`dedup_conflict`) in its caller only; a refusal of the whole
+    batch that names no item (e.g. 413) is retried as single creates. An error that
+    concerns every task (unreachable, 401/403, 429, 503, 5xx) is raised in every caller of
+    that batch: nothing accepted is dropped silently.
+
+    Resource handling: leaving the block sends whatever is waiting and returns once every
+    batch is answered. Leaving it by an exception, or cancelling it, cancels the batch in
+    flight; its callers get Unavailable (`code` "cancelled"), as the tasks may or may not
+    have been written, and so do the callers whose tasks were not sent yet (those tasks
+    do not exist). Cancelling one `enqueue` withdraws its task only while it waits for
+    its batch to leave."""
+
+    def __init__(self, client: AsyncClient, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
+                 max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> None:
+        _check_bounds(max_batch, max_delay_s)
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._create_each = client._bind(_create_each)
+        self._waiting: list[_Enqueued] = []
+        # When the oldest of `_waiting` arrived (anyio.current_time()).
+        self._oldest_at = 0.0
+        # Set when a task arrives in an empty queue, and when `max_batch` are waiting.
+        self._arrived = anyio.Event()
+        self._full = anyio.Event()
+        self._closing = False
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def enqueue(self, name: str, *, handler: str | None = None, payload: Json = None,
+                      queue: str | None = None, priority: int | None = None,
+                      type: str | None = None, run_at: datetime | str | None = None,
+                      delay_seconds: float | None = None, dedup_key: str | None = None,
+                      max_retries: int | None = None, timeout_seconds: float | None = None,
+                      secret_fields: Sequence[str] | None = None) -> CreateResult:
+        """Create a task as `AsyncClient.create` does, in the next batch; returns once
+        that batch committed. Raises as `create` does, and RuntimeError outside the
+        producer's block."""
+        if self._tasks is None or self._closing:
+            raise RuntimeError("enqueue() outside `async with client.producer()`")
+        spec = TaskSpec(name=name, handler=handler, payload=payload, queue=queue,
+                        priority=priority, type=type, run_at=run_at,
+                        delay_seconds=delay_seconds, dedup_key=dedup_key,
+                        max_retries=max_retries, timeout_seconds=timeout_seconds,
+                        secret_fields=secret_fields)
+        item = _Enqueued(spec.to_json())
+        if not self._waiting:
+            self._oldest_at = anyio.current_time()
+            self._arrived.set()
+        self._waiting.append(item)
+        if len(self._waiting) >= self.max_batch:
+            self._full.set()
+        try:
+            await item.done.wait()
+        except BaseException:
+            if item in self._waiting:  # not sent yet: withdrawn
+                self._waiting.remove(item)
+            raise
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    async def __aenter__(self) -> Producer:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._run)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        assert self._tasks is not None
+        self._closing = True
+        if exc_type is None:  # send what waits
+            self._arrived.set()
+            self._full.set()
+        else:  # send nothing more: `_run` tells the callers
+            self._tasks.cancel_scope.cancel()
+        return await self._tasks.__aexit__(exc_type, exc, tb)
+
+    async def _run(self) -> None:
+        """Batch after batch until closed and nothing waits. Cancelled (the block left by
+        an exception), it tells the callers whose tasks were not sent."""
+        try:
+            await self._batches()
+        finally:
+            self._closing = True
+            for item in self._waiting:
+                item.fail(Unavailable("the producer was closed before this task was sent: "
+                                      "it was not created", code="cancelled"))
+            self._waiting.clear()
+
+    async def _batches(self) -> None:
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+                continue
+            if len(self._waiting) < self.max_batch and not self._closing:
+                remaining_s = self._oldest_at + self.max_delay_s - anyio.current_time()
+                with anyio.move_on_after(remaining_s):
+                    await self._full.wait()
+            if not self._waiting:  # every waiting caller was cancelled
+                continue
+            batch = self._waiting[:self.max_batch]
+            del self._waiting[:self.max_batch]
+            if self._waiting:
+                self._oldest_at = anyio.current_time()
+            if len(self._waiting) < self.max_batch and not self._closing:
+                self._full = anyio.Event()
+            try:
+                await self._send(batch)
+            except BaseException:
+                for item in batch:
+                    if not item.done.is_set():
+                        item.fail(Unavailable("the producer was closed while this task's "
+                                              "batch was in flight: it may or may not "
+                                              "exist", code="cancelled"))
+                raise
+
+    async def _send(self, batch: list[_Enqueued]) -> None:
+        outcomes = await self._create_each([item.body for item in batch])
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, DistasksError):
+                item.fail(outcome)
+            else:
+                item.succeed(outcome)
+
+
+class BlockingProducer:
+    """`Producer` for the blocking `Client`: `submit(...)` takes `create`'s arguments and
+    returns at once a `concurrent.futures.Future`, whose `result()` is what `create`
+    would return (or raises what it would raise) once the batch holding the task
+    committed. Batches are formed and sent, one at a time, by a thread of the producer's
+    own, with the same bounds and the same per-task errors as `Producer`.
+
+    Resource handling: leaving the block sends whatever waits and returns once every
+    batch is answered; `submit` after that raises RuntimeError. A future cancelled
+    before its batch leaves is still sent (a future, once queued, is not withdrawn)."""
+
+    def __init__(self, client: Client, *, max_batch: int = DEFAULT_PRODUCER_BATCH,
+                 max_delay_s: float = DEFAULT_PRODUCER_DELAY_S) -> None:
+        _check_bounds(max_batch, max_delay_s)
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._create_each = client._bind(_create_each)
+        # Bodies with their futures; None, put last by __exit__, ends the thread.
+        self._queue: queue.SimpleQueue[
+            tuple[dict[str, Json], concurrent.futures.Future[CreateResult]] | None
+        ] = queue.SimpleQueue()
+        # Held while checking `_closed` and queueing, so nothing is queued after the None.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, name: str, *, handler: str | None = None, payload: Json = None,
+               queue: str | None = None, priority: int | None = None,
+               type: str | None = None, run_at: datetime | str | None = None,
+               delay_seconds: float | None = None, dedup_key: str | None = None,
+               max_retries: int | None = None, timeout_seconds: float | None = None,
+               secret_fields: Sequence[str] | None = None,
+               ) -> concurrent.futures.Future[CreateResult]:
+        """Queue a task for the next batch; the future resolves as `create` would."""
+        spec = TaskSpec(name=name, handler=handler, payload=payload, queue=queue,
+                        priority=priority, type=type, run_at=run_at,
+                        delay_seconds=delay_seconds, dedup_key=dedup_key,
+                        max_retries=max_retries, timeout_seconds=timeout_seconds,
+                        secret_fields=secret_fields)
+        future: concurrent.futures.Future[CreateResult] = concurrent.futures.Future()
+        body = spec.to_json()
+        with self._lock:
+            if self._thread is None or self._closed:
+                raise RuntimeError("submit() outside `with client.producer()`")
+            self._queue.put((body, future))
+        return future
+
+    def __enter__(self) -> BlockingProducer:
+        self._thread = threading.Thread(target=self._run, name="distasks-producer")
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._thread is not None
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        """Batch after batch until the None that `__exit__` queues."""
+        closing = False
+        while not closing:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.max_delay_s
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            try:
+                outcomes = self._create_each([body for body, _ in batch])
+            except Exception as e:  # a bug of this client: no caller is left waiting
+                outcomes = [e] * len(batch)  # type: ignore[list-item]
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.set_running_or_notify_cancel():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+
+def _check_bounds(max_batch: int, max_delay_s: float) -> None:
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    if max_delay_s < 0:
+        raise ValueError(f"max_delay_s must not be negative, got {max_delay_s}")
+
+
+def _create_each(bodies: list[dict[str, Json]]) -> Op[list[CreateResult | DistasksError]]:
+    """Create every body, in batch requests, each with its own outcome (in order): its
+    result, or the error a single create of it would have raised. A body the API refuses
+    is answered with its error and the others are sent again without it; a refusal of the
+    whole request naming no body (e.g. 413) sends them one by one; any other error (the
+    daemon unreachable, 401/403, 429, 503, 5xx) is every remaining body's outcome."""
+    outcomes: list[CreateResult | DistasksError | None] = [None] * len(bodies)
+    left = list(range(len(bodies)))
+    while left:
+        try:
+            answers = yield from _create_batch([bodies[i] for i in left])
+        except (InvalidRequest, Conflict) as e:
+            match = _ITEM_FIELD.fullmatch(e.field or "")
+            if match is not None and int(match[1]) < len(left):
+                outcomes[left.pop(int(match[1]))] = _for_item(e, int(match[1]), match[2])
+                continue
+            if isinstance(e, Conflict):
+                for i in left:
+                    outcomes[i] = _own(e)
+                break
+            for i in left:
+                try:
+                    outcomes[i] = yield from _create_one(bodies[i])
+                except DistasksError as single:
+                    outcomes[i] = single
+            break
+        except DistasksError as e:
+            for i in left:
+                outcomes[i] = _own(e)
+            break
+        for i, answer in zip(left, answers, strict=True):
+            outcomes[i] = _created_or_conflict(bodies[i], answer)
+        break
+    return [o if o is not None else _unexpected("no outcome") for o in outcomes]
+
+
+def _created_or_conflict(body: dict[str, Json], answer: Any) -> CreateResult | DistasksError:
+    """One item of a batch answer: its result, or Conflict for a dedup_key that names a
+    task made from a different request (what a single create answers with a 409)."""
+    if isinstance(answer, Mapping) and answer.get("conflict"):
+        return Conflict(f"dedup_key {body.get('dedup_key')!r} names task "
+                        f"{answer.get('task_id')}, created from a different request",
+                        status=409, code="dedup_conflict", field="dedup_key")
+    try:
+        return _shape(CreateResult, answer)
+    except DistasksError as e:
+        return e
+
+
+def _own(error: DistasksError) -> DistasksError:
+    # One exception object per caller: each raise writes its own traceback into it.
+    own = copy.copy(error)
+    own.__cause__ = error
+    return own
+
+
+def _for_item(error: DistasksError, index: int, field: str | None) -> DistasksError:
+    """The batch's error about item `index`, as a single create would have named it."""
+    own = copy.copy(error)
+    own.field = field
+    own.message = error.message.removeprefix(f"tasks[{index}]: ").removeprefix(
+        f"tasks.{index}.")
+    own.args = (own.message,)
+    return own
