@@ -19,6 +19,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,19 +119,30 @@ async def measure(url: str, pid: int, opts: argparse.Namespace) -> dict[str, Any
             "per_list": reads[0] if reads else {}}
 
 
-async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
+@asynccontextmanager
+async def idle_daemon(label: str, opts: argparse.Namespace,
+                      workload: str) -> AsyncIterator[Any]:
+    """A daemon of `opts.ref` (default: the working tree) on a fresh database and Redis
+    prefix, working only the queue `<label>-idle` with one executor, `opts.set` applied;
+    prints what it runs and `workload`. Shared with bench/task_reads.py."""
     admin = os.environ.get("DISTASKS_PG_ADMIN_DSN", DEFAULT_ADMIN_DSN)
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     with (provisioned(admin, redis_url) as res, code_tree(opts.ref) as code_dir,
-          tempfile.TemporaryDirectory(prefix="distasks-heavy-") as out):
-        env = bench_env(res, queues="heavy-idle", concurrency=1)
+          tempfile.TemporaryDirectory(prefix=f"distasks-{label}-") as out):
+        env = bench_env(res, queues=f"{label}-idle", concurrency=1)
         env.update(dict(kv.split("=", 1) for kv in opts.set))
         print(f"daemon code: {imported_from(code_dir)} (ref {opts.ref or 'working tree'})")
-        print(f"tasks {opts.tasks} x {opts.payload_bytes} B payloads, {opts.lists} concurrent "
-              f"lists (include_payload=true, limit {opts.limit}), settings {opts.set or '-'}")
-        with trio.fail_after(RUN_TIMEOUT_S):
-            async with running_daemon("heavy", env, Path(out), code_dir) as daemon:
-                return await measure(daemon.base_url, daemon.process.pid, opts)
+        print(f"{workload}; settings {opts.set or '-'}")
+        async with running_daemon(label, env, Path(out), code_dir) as daemon:
+            yield daemon
+
+
+async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
+    workload = (f"tasks {opts.tasks} x {opts.payload_bytes} B payloads, {opts.lists} "
+                f"concurrent lists (include_payload=true, limit {opts.limit})")
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with idle_daemon("heavy", opts, workload) as daemon:
+            return await measure(daemon.base_url, daemon.process.pid, opts)
 
 
 def main() -> None:

@@ -16,27 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from heavy_reads import HEALTH_EVERY_S, RSS_EVERY_S, rss_mb
+from heavy_reads import HEALTH_EVERY_S, RSS_EVERY_S, idle_daemon, rss_mb
 from throughput import (
-    DEFAULT_ADMIN_DSN,
-    DEFAULT_REDIS_URL,
-    code_tree,
-    imported_from,
     latency_summary_ms,
-    provisioned,
-    running_daemon,
 )
-from throughput import daemon_env as bench_env
 
 # Asks /healthz every argv[2] seconds until terminated; prints each latency in seconds.
 HEALTH_PROBE = """
@@ -132,18 +122,11 @@ async def measure(url: str, pid: int, opts: argparse.Namespace) -> dict[str, Any
 
 
 async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
-    admin = os.environ.get("DISTASKS_PG_ADMIN_DSN", DEFAULT_ADMIN_DSN)
-    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    with (provisioned(admin, redis_url) as res, code_tree(opts.ref) as code_dir,
-          tempfile.TemporaryDirectory(prefix="distasks-reads-") as out):
-        env = bench_env(res, queues="reads-idle", concurrency=1)
-        env.update(dict(kv.split("=", 1) for kv in opts.set))
-        print(f"daemon code: {imported_from(code_dir)} (ref {opts.ref or 'working tree'})")
-        print(f"one task, {opts.shape} payload of {opts.payload_bytes} B; {opts.readers} "
-              f"concurrent readers x {opts.reads} GETs; settings {opts.set or '-'}")
-        with trio.fail_after(RUN_TIMEOUT_S):
-            async with running_daemon("reads", env, Path(out), code_dir) as daemon:
-                return await measure(daemon.base_url, daemon.process.pid, opts)
+    workload = (f"one task, {opts.shape} payload of {opts.payload_bytes} B; {opts.readers} "
+                f"concurrent readers x {opts.reads} GETs")
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with idle_daemon("reads", opts, workload) as daemon:
+            return await measure(daemon.base_url, daemon.process.pid, opts)
 
 
 def main() -> None:
