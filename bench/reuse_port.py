@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -31,22 +30,14 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import redis
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from psycopg import sql
+from throughput import DEFAULT_ADMIN_DSN, DEFAULT_REDIS_URL, process_cpu_s, provisioned
 
 from distasks.testing.daemon import DaemonProcess, daemon_env, free_port, running
 
-DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 # Longest wait for the tasks of one round to complete after the creates stopped.
 DRAIN_TIMEOUT_S = 120.0
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> tuple[float, float]:
@@ -101,7 +92,7 @@ async def round_of(n: int, args: argparse.Namespace, dsn: str, redis_url: str,
             httpx.AsyncClient(timeout=30, trust_env=False, limits=httpx.Limits(
                 max_connections=args.clients + n)) as client:
         before_req = [await requests_answered(client, own) for _, own in started]
-        before_cpu = [cpu_s(d.process.pid) for d, _ in started]  # type: ignore[union-attr]
+        before_cpu = [process_cpu_s(d.process.pid) for d, _ in started]  # type: ignore[union-attr]
         busy0, total0 = machine_busy_s()
         created: list[str] = []
         errors = 0
@@ -125,7 +116,7 @@ async def round_of(n: int, args: argparse.Namespace, dsn: str, redis_url: str,
                 nursery.start_soon(sender)
         wall = time.perf_counter() - t0
         busy1, total1 = machine_busy_s()
-        cpu = [cpu_s(d.process.pid) - c  # type: ignore[union-attr]
+        cpu = [process_cpu_s(d.process.pid) - c  # type: ignore[union-attr]
                for (d, _), c in zip(started, before_cpu, strict=True)]
         answered = [await requests_answered(client, own) - b
                     for (_, own), b in zip(started, before_req, strict=True)]
@@ -149,27 +140,13 @@ async def round_of(n: int, args: argparse.Namespace, dsn: str, redis_url: str,
 
 async def main(args: argparse.Namespace) -> None:
     admin = os.environ.get("DISTASKS_PG_ADMIN_DSN", DEFAULT_ADMIN_DSN)
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    name = f"distasks_bench_reuse_{secrets.token_hex(4)}"
-    info = psycopg.conninfo.conninfo_to_dict(admin)
-    dsn = psycopg.conninfo.make_conninfo(**{**info, "dbname": name})
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     print(f"bench/reuse_port.py: {args.clients} clients, {args.duration:g} s per round, "
           f"WORKER_CONCURRENCY={args.concurrency}, noop handler; load average "
           f"{os.getloadavg()[0]:.2f}")
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            for n in range(1, args.daemons + 1):
-                await round_of(n, args, dsn, redis_url, name, Path(out))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-        r = redis.Redis.from_url(redis_url)
-        keys = list(r.scan_iter(match=f"{name}:*", count=1000))
-        if keys:
-            r.delete(*keys)
+    with provisioned(admin, redis_url) as res, tempfile.TemporaryDirectory() as out:
+        for n in range(1, args.daemons + 1):
+            await round_of(n, args, res.dsn, redis_url, res.name, Path(out))
 
 
 if __name__ == "__main__":
