@@ -129,25 +129,41 @@ def note_authenticated(scope: Mapping[str, object]) -> None:
 
 
 class _Peer:
-    """What a connection's requests showed of the client, for the connection."""
+    """What a connection's requests showed of the client, for the connection, and the
+    bytes of a response held back to leave in one write."""
 
-    __slots__ = ("authenticated",)
+    __slots__ = ("authenticated", "held", "write")
 
     def __init__(self) -> None:
         #: one of its requests presented valid credentials
         self.authenticated = False
+        #: the response's bytes so far, while it is held (from its start to its body)
+        self.held: list[bytes] | None = None
+        #: writes bytes on the connection (set by the connection)
+        self.write: Callable[[bytes], Awaitable[None]] | None = None
+
+    async def release(self) -> None:
+        """Write what was held, in one write, and hold no more."""
+        held, self.held = self.held, None
+        if held and self.write is not None:
+            await self.write(b"".join(held))
 
 
 def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
     """`app` whose requests get their body within `body_timeout_s` of their headers, or
     a 408 that closes the connection (the app then reads a disconnect, and what it
     sends after is dropped). Once the body is in, waiting on `receive` (for a
-    disconnect, during a long poll) has no deadline."""
+    disconnect, during a long poll) has no deadline.
+
+    A response's head is held until its body (each body message of a streamed one) is
+    sent, so that Hypercorn's three writes (head, body, and an empty end) leave as one."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        state = scope.get("state")
+        peer: _Peer | None = state.get(PEER) if isinstance(state, dict) else None
         deadline = trio.current_time() + body_timeout_s
         body_done = late = answered = False
 
@@ -177,8 +193,16 @@ def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
             nonlocal answered
             if late:
                 return  # the 408 answered instead
-            answered = answered or message["type"] == "http.response.start"
+            starts = message["type"] == "http.response.start"
+            answered = answered or starts
+            if peer is None:
+                await send(message)
+                return
+            if starts:
+                peer.held = []
             await send(message)
+            if message["type"] == "http.response.body":
+                await peer.release()
 
         await app(scope, bounded_receive, guarded_send)
 
@@ -301,6 +325,7 @@ class _Connection(TCPServer):
         self._limits = limits
         self._room = room
         self._peer: _Peer = state[PEER]
+        self._peer.write = self._write
         #: the idle timer's wait, cancelled to close the connection at once
         self.waiting = trio.CancelScope()
 
@@ -311,12 +336,20 @@ class _Connection(TCPServer):
         return self._guarded.sent > 0 and self._guarded.received_since_sent == 0
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData) and self._peer.held is not None:
+            self._peer.held.append(event.data)  # a response's head: written with its body
+            return
+        if self._peer.held is not None:
+            await self._peer.release()  # before a close or the idle timer
         if isinstance(event, Closed | Updated):
             with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
                 scope.shield = True
                 await super().protocol_send(event)
         else:
             await super().protocol_send(event)
+
+    async def _write(self, data: bytes) -> None:
+        await super().protocol_send(RawData(data=data))
 
     async def _idle_timeout(self) -> None:
         """Runs while no request is in progress (Hypercorn starts it when a connection
