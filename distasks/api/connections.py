@@ -39,12 +39,15 @@ them.
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import json
 import logging
 import math
 import secrets
 import socket
+import termios
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -223,6 +226,15 @@ class _Stream(trio.abc.HalfCloseableStream):
         #: called after every read, data or not (set by the connection)
         self.on_read: Callable[[], None] = lambda: None
 
+    def unread(self) -> bool:
+        """Bytes from the peer wait in the kernel, not yet read (FIONREAD)."""
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.socket.fileno(), termios.FIONREAD, count)
+        except OSError:
+            return False  # closed: nothing a request could need
+        return count[0] > 0
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
             data = bytes(await self._inner.receive_some(max_bytes))
@@ -275,8 +287,11 @@ class _Room:
     def became_busy(self, connection: _Connection) -> None:
         self.idle.pop(connection, None)
 
-    def release(self) -> None:
-        """A connection closed: its slot is free."""
+    def release(self, connection: _Connection | None = None) -> None:
+        """A connection closed (or, without one, was never made): its slot is free, and
+        it is no longer a candidate to close."""
+        if connection is not None:
+            self.idle.pop(connection, None)
         self.slots.release()
         self._wake()
 
@@ -327,8 +342,10 @@ class _Connection(TCPServer):
         self.idle = False
         #: the watcher is running
         self.watching = False
-        #: closed, or asked to close as soon as it is idle
+        #: asked to close as soon as it is idle
         self._closing = False
+        #: Hypercorn is closing it (a Closed event): nothing left for the watcher to do
+        self._closed = False
         self._poked = trio.Event()
         stream.on_read = self.poke
 
@@ -343,10 +360,11 @@ class _Connection(TCPServer):
         self.poke()
 
     def between_requests(self) -> bool:
-        """Kept alive after a response, and no byte of the next request yet (a new
-        connection that has sent nothing is left to http.header_timeout_s: it may be a
-        client about to send its first request)."""
-        return self._guarded.sent > 0 and self._guarded.received_since_sent == 0
+        """Kept alive after a response, and no byte of the next request yet, not even
+        one the kernel holds unread (a new connection that has sent nothing is left to
+        http.header_timeout_s: it may be a client about to send its first request)."""
+        stream = self._guarded
+        return stream.sent > 0 and stream.received_since_sent == 0 and not stream.unread()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData) and self._peer.held is not None:
@@ -355,7 +373,7 @@ class _Connection(TCPServer):
         if self._peer.held is not None:
             await self._peer.release()  # before a close or the idle timer
         if isinstance(event, Closed):
-            self._closing = True
+            self._closed = True
             self.poke()
         if isinstance(event, Closed | Updated):
             with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
@@ -382,10 +400,12 @@ class _Connection(TCPServer):
         try:
             while True:
                 while not self.idle:
-                    if stream.ended or self._closing:
+                    if stream.ended or self._closing or self._closed:
                         return
                     await self._wait_poked()
                 if not await self._idle_period():
+                    if self._closed:
+                        return  # Hypercorn closes it already
                     with trio.CancelScope(shield=True):
                         await self._initiate_server_close()
                     return
@@ -396,13 +416,16 @@ class _Connection(TCPServer):
         """One wait between requests: True when the next request's headers completed
         in time, False when the connection is to close (a deadline passed, the peer
         went, the room or a shutdown asked for it)."""
-        if self.context.terminated.is_set() or self._closing:
+        if self.context.terminated.is_set() or self._closing or self._closed:
             return False
         self._room.became_idle(self)
         try:
             return await self._wait_next_request()
         finally:
             self._room.became_busy(self)
+
+    def _ending(self) -> bool:
+        return self._guarded.ended or self._closing or self._closed
 
     async def _wait_next_request(self) -> bool:
         stream, limits = self._guarded, self._limits
@@ -414,12 +437,12 @@ class _Connection(TCPServer):
             idle_s = min(limits.unauthenticated_keep_alive_s, limits.keep_alive_s)
         deadline = trio.current_time() + idle_s
         while stream.received_since_sent == 0:
-            if stream.ended or self._closing or not await self._wait_poked(deadline):
+            if self._ending() or not await self._wait_poked(deadline):
                 return False
         # A request began: its headers must complete within the header deadline.
         deadline = trio.current_time() + limits.header_timeout_s
         while self.idle:
-            if stream.ended or self._closing or not await self._wait_poked(deadline):
+            if self._ending() or not await self._wait_poked(deadline):
                 return False
         return True
 
@@ -599,12 +622,13 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
         gauge.set_function(lambda: limits.max_connections - room.slots.value)
 
     async def handle(stream: trio.SocketStream) -> None:
+        connection = _Connection(wrapped, config, context,
+                                 ConnectionState({**state, PEER: _Peer()}), _Stream(stream),
+                                 limits, room)
         try:
-            await _Connection(wrapped, config, context,
-                              ConnectionState({**state, PEER: _Peer()}), _Stream(stream),
-                              limits, room).run()
+            await connection.run()
         finally:
-            room.release()
+            room.release(connection)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
