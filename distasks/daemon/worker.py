@@ -27,6 +27,7 @@ from distasks.daemon import completer
 from distasks.daemon.health import Health
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.slots import Loan, Slots
+from distasks.daemon.sync_executor import SyncExecutor
 from distasks.daemon.tunables import Tunables
 from distasks.domain import backoff, times
 from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
@@ -66,7 +67,8 @@ class WorkerPool:
         self._exec_scope = trio.CancelScope()
         # One unit per idle executor: a fetcher claims one run per unit it holds.
         self._slots = Slots(tunables.concurrency)
-        self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
+        # At most sync_threads sync handlers run at once, each on a thread of its own.
+        self._sync = SyncExecutor(config.sync_threads)
         #: runs whose handler is running now, by run id
         self._in_flight: dict[uuid.UUID, ClaimedRun] = {}
         #: runs claimed and waiting for an executor (their leases need the heartbeat too)
@@ -216,18 +218,22 @@ class WorkerPool:
                 outcomes_recv, store=self._store, broker=self._broker, metrics=self._metrics,
                 health=self._health))
             async with outcomes_send:
-                with self._exec_scope:
-                    async with trio.open_nursery() as executors:
-                        self._executors = executors
-                        for _ in range(self._tunables.concurrency):
-                            self._start_executor()
-                        with self._fetch_scope:
-                            async with runs_send, trio.open_nursery() as fetchers:
-                                self._fetchers = fetchers
-                                for queue in self._tunables.queues:
-                                    self._start_fetcher(queue)
-                                task_status.started()
-                            self._fetchers = None
+                # The handler threads outlive the executors that call them.
+                async with trio.open_nursery() as threads:
+                    await threads.start(self._sync.run)
+                    with self._exec_scope:
+                        async with trio.open_nursery() as executors:
+                            self._executors = executors
+                            for _ in range(self._tunables.concurrency):
+                                self._start_executor()
+                            with self._fetch_scope:
+                                async with runs_send, trio.open_nursery() as fetchers:
+                                    self._fetchers = fetchers
+                                    for queue in self._tunables.queues:
+                                        self._start_fetcher(queue)
+                                    task_status.started()
+                                self._fetchers = None
+                    threads.cancel_scope.cancel()
                 # Claimed but never started (the grace period ended first): hand back.
                 while True:
                     try:
@@ -458,8 +464,8 @@ class WorkerPool:
                 if handler.is_async:
                     result = await handler.fn(ctx)
                 else:
-                    result = await trio.to_thread.run_sync(
-                        handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)
+                    # Past its timeout (or cancelled) it is abandoned: its thread runs on.
+                    result = await self._sync.call(handler.fn, ctx)
             result_json = dumps(without_nul(result))
             if secrets := secret_values(task):
                 # Before the size check: "[secret]" may be longer than what it replaces.
