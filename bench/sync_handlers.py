@@ -10,7 +10,7 @@ last completion, divided by N. Each count in --daemons is measured --repeat time
 alternately, on a database of its own.
 
 Usage: .venv/bin/python bench/sync_handlers.py [--tasks N] [--daemons 1,2] [--repeat R]
-           [--concurrency C] [--handler NAME] [--set VAR=VALUE ...] [--py-spy FILE]
+           [--concurrency C] [--handler NAME] [--set VAR=VALUE ...] [--py-spy FILE [--gil]]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import redis
 import trio
 from compare_taskiq import CREATE_BATCH, handler_env
 from throughput import (
+    BATCHES_IN_QUEUE,
     DEFAULT_ADMIN_DSN,
     DEFAULT_REDIS_URL,
     DRAIN_PROGRESS,
@@ -57,7 +58,7 @@ POLL_INTERVAL_S = 0.1
 
 async def drain(res: Resources, out_dir: Path, *, tasks: int, daemons: int, concurrency: int,
                 handler: str, extra: dict[str, str],
-                profile: Path | None = None) -> dict[str, Any]:
+                profile: Path | None = None, gil: bool = False) -> dict[str, Any]:
     db = Database(res.dsn)
     try:
         env = daemon_env(res, queues=IDLE_QUEUE, concurrency=1)
@@ -87,7 +88,7 @@ async def drain(res: Resources, out_dir: Path, *, tasks: int, daemons: int, conc
                 if profile is not None:
                     spy = await trio.lowlevel.open_process(
                         [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
-                         "--threads", "-r", "200", "-f", "raw",
+                         "--threads", "-r", "200", "-f", "raw", *(["--gil"] if gil else []),
                          "-o", str(profile), "-p", str(pids[0])],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 (await client.post(f"/api/v1/queues/{QUEUE}/resume")).raise_for_status()
@@ -111,6 +112,7 @@ async def drain(res: Resources, out_dir: Path, *, tasks: int, daemons: int, conc
                                       / max(machine_end[1] - machine_start[1], 1e-9), 1),
             "daemon_pct_of_core": [round(100 * c / wall_s) for c in cpu_s],
             "states": await final_states(db, QUEUE),
+            "runs_per_claim": await runs_per_claim(db),
             "counter": int(redis.Redis.from_url(res.redis_url).get(f"{res.name}:done") or 0),
         }
         if first is not None and last is not None and done > 1:
@@ -120,11 +122,17 @@ async def drain(res: Resources, out_dir: Path, *, tasks: int, daemons: int, conc
         db.close()
 
 
+async def runs_per_claim(db: Database) -> float:
+    """Mean runs marked running per claim: `started_at` is one value per claim."""
+    [(runs, _, claims)] = await db.rows(BATCHES_IN_QUEUE, (QUEUE,))
+    return round(runs / max(claims, 1), 1)
+
+
 def show(r: dict[str, Any]) -> None:
     print(f"  {r['daemons']} daemon{'s' if r['daemons'] > 1 else ' '}  "
           f"{r.get('jobs_per_s', 0):>8.1f} jobs/s  {r['cpu_ms_per_job']:.3f} ms CPU/job  "
           f"(daemons {r['daemon_cpu_s']} s, {r['daemon_pct_of_core']} % of a core; machine "
-          f"{r['machine_busy_pct']:.0f}% busy)  {r['completed']} done, counter {r['counter']}"
+          f"{r['machine_busy_pct']:.0f}% busy)  {r['runs_per_claim']} runs/claim  {r['completed']} done, counter {r['counter']}"
           f"{'  TIMED OUT' if r['timed_out'] else ''}")
 
 
@@ -145,7 +153,8 @@ async def main(args: argparse.Namespace) -> int:
                 with provisioned(admin_dsn, redis_url) as res:
                     r = await drain(res, Path(tmp), tasks=args.tasks, daemons=n,
                                     concurrency=args.concurrency, handler=args.handler,
-                                    extra=extra, profile=args.py_spy if n == 1 else None)
+                                    extra=extra, profile=args.py_spy if n == 1 else None,
+                                    gil=args.gil)
                 show(r)
                 results[n].append(r)
                 ok = ok and r["completed"] == args.tasks == r["counter"] and not r["timed_out"]
@@ -175,4 +184,6 @@ if __name__ == "__main__":
     parser.add_argument("--py-spy", type=Path, metavar="FILE",
                         help="record the one-daemon drain with py-spy (in .venv: pip install "
                              "py-spy) into FILE, collapsed stacks per thread")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --py-spy: only samples of the thread holding the GIL")
     sys.exit(trio.run(main, parser.parse_args()))
