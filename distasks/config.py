@@ -115,7 +115,8 @@ class WorkerConfig:
     #: a create for a queue this daemon serves, while it has an idle executor, starts the
     #: run at once in the same statement (no Redis push and claim); false: always via Redis
     start_at_create: bool = True
-    #: threads for synchronous handlers
+    #: threads for synchronous handlers: started with the worker pool, at most this many
+    #: sync handlers run at once (an abandoned one keeps its thread until it returns)
     sync_threads: int = 16
     #: largest handler result stored on a run (as JSON); a larger one is not kept
     max_result_bytes: int = 64 * 1024
