@@ -64,6 +64,8 @@ class SyncExecutor:
         returns. The threads are daemon threads: a handler that never returns does not
         keep the process alive."""
         self._token = trio.lowlevel.current_trio_token()
+        with self._lock:  # nothing left over from an earlier run() can block the wake-up
+            self._done, self._wake_pending = [], False
         for i in range(self.threads):
             threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True).start()
         try:
