@@ -213,3 +213,33 @@ async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config
             if runs[0].status is not RunStatus.QUEUED:
                 accounted.add(str(t.run_id))
     assert accounted >= {str(t.run_id) for t in tasks}
+
+
+async def test_a_queue_dropped_by_a_reload_stops_every_one_of_its_fetchers(config, store, broker):
+    """worker.fetchers_per_queue: each queue has several fetchers; a retune that drops the
+    queue cancels them all, and they put back nothing they did not start."""
+    registry = Registry()
+    registry.add("noop", lambda ctx: None)
+    with trio.fail_after(15):
+        wc = dataclasses.replace(config.worker, queues=("q", "r"), fetchers_per_queue=3,
+                                 concurrency=4)
+        tunables = dataclasses.replace(tunables_for(config, concurrency=4), queues=("q", "r"))
+        pool = WorkerPool(store=store, broker=broker, registry=registry, config=wc,
+                          tunables=tunables, worker_id="test-worker")
+        intake = Intake(store, broker)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intake.run)
+            await nursery.start(pool.run)
+            before = await intake.create(new_task(handler="noop", queue="r"))
+            await wait_until(lambda: final(store, before.task_id))
+            tunables.queues = ("q",)
+            pool.retune()
+            await trio.testing.wait_all_tasks_blocked()
+            dropped = await intake.create(new_task(handler="noop", queue="r"))
+            kept = [await intake.create(new_task(handler="noop", queue="q")) for _ in range(8)]
+            for r in kept:
+                await wait_until(lambda r=r: final(store, r.task_id))
+            nursery.cancel_scope.cancel()
+        depths = await broker.depths("r")
+    assert await task_status(store, dropped.task_id) == (TaskStatus.QUEUED, [RunStatus.QUEUED])
+    assert depths["ready"] == 1 and depths["leased"] == 0
