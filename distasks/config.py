@@ -112,10 +112,15 @@ class WorkerConfig:
     lease_s: float = 15.0
     #: most runs claimed in one Redis round trip
     claim_batch: int = 100
+    #: claims of one queue in flight at once while it has work: while one waits on Redis
+    #: and PostgreSQL, the next takes the executors that came free meanwhile (an idle queue
+    #: has one claim waiting on Redis, whatever this is)
+    fetchers_per_queue: int = 2
     #: a create for a queue this daemon serves, while it has an idle executor, starts the
     #: run at once in the same statement (no Redis push and claim); false: always via Redis
     start_at_create: bool = True
-    #: threads for synchronous handlers
+    #: threads for synchronous handlers: started with the worker pool, at most this many
+    #: sync handlers run at once (an abandoned one keeps its thread until it returns)
     sync_threads: int = 16
     #: largest handler result stored on a run (as JSON); a larger one is not kept
     max_result_bytes: int = 64 * 1024
@@ -560,6 +565,7 @@ def _validate(c: Config) -> None:
     need(c.worker.grace_period_s >= 0, "worker.grace_period_s", "must not be negative")
     need(c.worker.lease_s >= 1, "worker.lease_s", "must be at least 1 second")
     need(c.worker.claim_batch >= 1, "worker.claim_batch", "must be at least 1")
+    need(c.worker.fetchers_per_queue >= 1, "worker.fetchers_per_queue", "must be at least 1")
     need(c.worker.sync_threads >= 1, "worker.sync_threads", "must be at least 1")
     need(c.worker.max_result_bytes >= 16, "worker.max_result_bytes", "must be at least 16")
     need(c.retry.max_retries >= 0, "retry.max_retries", "must not be negative")

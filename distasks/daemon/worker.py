@@ -1,10 +1,11 @@
 """Worker pool: claims runs from Redis in batches, runs their handlers, hands outcomes on.
 
-    fetchers (one per queue) --runs--> executors (N = concurrency) --outcomes--> completer
+    fetchers (F per queue) --runs--> executors (N = concurrency) --outcomes--> completer
 
 A fetcher claims as many runs as there are idle executors in one Redis step, marks them
-running in one PostgreSQL statement, and passes them on; each executor runs one handler
-at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
+running in one PostgreSQL statement, and passes them on; F = worker.fetchers_per_queue,
+so that executors freed while one claim is on its way are claimed by the next. Each
+executor runs one handler at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
 fetchers stop claiming at once, running handlers get `grace_s`, and whatever is still
 running then is cancelled and handed back as a new attempt. `retune()` applies a reload:
 more or fewer executors, other queues.
@@ -27,6 +28,7 @@ from distasks.daemon import completer
 from distasks.daemon.health import Health
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.slots import Loan, Slots
+from distasks.daemon.sync_executor import SyncExecutor
 from distasks.daemon.tunables import Tunables
 from distasks.domain import backoff, times
 from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
@@ -66,7 +68,8 @@ class WorkerPool:
         self._exec_scope = trio.CancelScope()
         # One unit per idle executor: a fetcher claims one run per unit it holds.
         self._slots = Slots(tunables.concurrency)
-        self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
+        # At most sync_threads sync handlers run at once, each on a thread of its own.
+        self._sync = SyncExecutor(config.sync_threads)
         #: runs whose handler is running now, by run id
         self._in_flight: dict[uuid.UUID, ClaimedRun] = {}
         #: runs claimed and waiting for an executor (their leases need the heartbeat too)
@@ -88,7 +91,11 @@ class WorkerPool:
         # one ticket when it is next between runs.
         self._to_retire = 0
         self._idle_scopes: list[trio.CancelScope] = []
-        self._fetch_scopes: dict[str, trio.CancelScope] = {}
+        #: the cancel scopes of each queue's fetchers
+        self._fetch_scopes: dict[str, list[trio.CancelScope]] = {}
+        #: per queue, set while its last claim found work: a queue's other fetchers wait
+        #: on it, so that an idle queue has one fetcher on Redis, as with one fetcher
+        self._has_work: dict[str, trio.Event] = {}
 
     # -- control from outside ----------------------------------------------------------
 
@@ -196,7 +203,8 @@ class WorkerPool:
                 scope.cancel()  # idle ones go now; busy ones after their run
         wanted = set(self._tunables.queues)
         for queue in set(self._fetch_scopes) - wanted:
-            self._fetch_scopes.pop(queue).cancel()
+            for scope in self._fetch_scopes.pop(queue):
+                scope.cancel()
             self._health.forget(f"fetch:{queue}")
         for queue in sorted(wanted - set(self._fetch_scopes)):
             self._start_fetcher(queue)
@@ -216,18 +224,22 @@ class WorkerPool:
                 outcomes_recv, store=self._store, broker=self._broker, metrics=self._metrics,
                 health=self._health))
             async with outcomes_send:
-                with self._exec_scope:
-                    async with trio.open_nursery() as executors:
-                        self._executors = executors
-                        for _ in range(self._tunables.concurrency):
-                            self._start_executor()
-                        with self._fetch_scope:
-                            async with runs_send, trio.open_nursery() as fetchers:
-                                self._fetchers = fetchers
-                                for queue in self._tunables.queues:
-                                    self._start_fetcher(queue)
-                                task_status.started()
-                            self._fetchers = None
+                # The handler threads outlive the executors that call them.
+                async with trio.open_nursery() as threads:
+                    await threads.start(self._sync.run)
+                    with self._exec_scope:
+                        async with trio.open_nursery() as executors:
+                            self._executors = executors
+                            for _ in range(self._tunables.concurrency):
+                                self._start_executor()
+                            with self._fetch_scope:
+                                async with runs_send, trio.open_nursery() as fetchers:
+                                    self._fetchers = fetchers
+                                    for queue in self._tunables.queues:
+                                        self._start_fetcher(queue)
+                                    task_status.started()
+                                self._fetchers = None
+                    threads.cancel_scope.cancel()
                 # Claimed but never started (the grace period ended first): hand back.
                 while True:
                     try:
@@ -245,21 +257,33 @@ class WorkerPool:
                                    self._outcomes_send.clone())
 
     def _start_fetcher(self, queue: str) -> None:
+        """`worker.fetchers_per_queue` fetchers for `queue`: while one claim is on its
+        round trip, executors that come free go to the next (one claim at a time left
+        them idle for that trip: bench/README.md, sync_handlers.py)."""
         assert self._fetchers and self._runs_send
-        scope = self._fetch_scopes[queue] = trio.CancelScope()
+        scopes = self._fetch_scopes[queue] = []
+        self._has_work[queue] = trio.Event()
         self._health.expect(f"fetch:{queue}", allowance_s=FETCH_ALLOWANCE_S)
-        self._fetchers.start_soon(self._fetch, queue, scope, self._runs_send.clone())
+        for i in range(self._config.fetchers_per_queue):
+            scopes.append(scope := trio.CancelScope())
+            self._fetchers.start_soon(self._fetch, queue, scope, self._runs_send.clone(), i == 0)
 
     # -- fetch -----------------------------------------------------------------------
 
     async def _fetch(self, queue: str, scope: trio.CancelScope,
-                     runs: trio.MemorySendChannel[ClaimedRun]) -> None:
-        """Claim runs of `queue` for idle executors until cancelled."""
+                     runs: trio.MemorySendChannel[ClaimedRun], first: bool) -> None:
+        """Claim runs of `queue` for idle executors until cancelled. Only the `first`
+        fetcher of a queue claims while the queue is idle (empty or paused); the others
+        wait until a claim finds work."""
         failures = 0
         with scope:
             async with runs:
                 while True:
                     self._health.beat(f"fetch:{queue}")
+                    if not first and not self._has_work[queue].is_set():
+                        with trio.move_on_after(FETCH_ALLOWANCE_S / 3):
+                            await self._has_work[queue].wait()
+                        continue  # beat, and look again
                     # With one queue the claim itself blocks on Redis while idle. With
                     # several, a fetcher must not sit on idle executors while its queue is
                     # empty: it waits without holding any, so other queues can use them.
@@ -299,13 +323,17 @@ class WorkerPool:
                     for run in claimed:
                         self._waiting[run.run_id] = run
                         runs.send_nowait(run)
+                    if claimed:
+                        self._has_work[queue].set()
+                    elif not failures and self._has_work[queue].is_set():
+                        self._has_work[queue] = trio.Event()  # idle: the others wait on this
                     for _ in range(self._slots.end_loan(loan) - len(claimed)):
                         self._slots.release()
                     if failures:
                         await trio.sleep(backoff.delay_s(failures))
                     elif paused:
                         await trio.sleep(PAUSED_POLL_S)
-                    elif not claimed and not block:
+                    elif not claimed and not block and first:
                         try:
                             with trio.CancelScope(shield=True):
                                 await self._broker.wait_ready(queue)
@@ -458,8 +486,8 @@ class WorkerPool:
                 if handler.is_async:
                     result = await handler.fn(ctx)
                 else:
-                    result = await trio.to_thread.run_sync(
-                        handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)
+                    # Past its timeout (or cancelled) it is abandoned: its thread runs on.
+                    result = await self._sync.call(handler.fn, ctx)
             result_json = dumps(without_nul(result))
             if secrets := secret_values(task):
                 # Before the size check: "[secret]" may be longer than what it replaces.

@@ -202,6 +202,7 @@ INVALID_OVERRIDES = [
     ({"DISTASKS_WORKER_GRACE_PERIOD_S": "-1"}, "worker.grace_period_s"),
     ({"DISTASKS_WORKER_LEASE_S": "0.5"}, "worker.lease_s"),
     ({"DISTASKS_WORKER_CLAIM_BATCH": "0"}, "worker.claim_batch"),
+    ({"DISTASKS_WORKER_FETCHERS_PER_QUEUE": "0"}, "worker.fetchers_per_queue"),
     ({"DISTASKS_WORKER_SYNC_THREADS": "0"}, "worker.sync_threads"),
     ({"DISTASKS_RETRY_MAX_RETRIES": "-1"}, "retry.max_retries"),
     ({"DISTASKS_RETRY_BASE_S": "0"}, "retry.base_s"),
