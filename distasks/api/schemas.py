@@ -104,7 +104,9 @@ class DlqSelection(Strict):
 
 
 class ReplayDlq(DlqSelection):
-    override_priority: Priority | None = None
+    override_priority: Priority | None = Field(
+        None, description="The priority the replayed tasks get (and are claimed at); "
+                          "absent: each keeps its own")
 
 
 ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",

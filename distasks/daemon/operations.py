@@ -86,12 +86,14 @@ class Operations:
         replayed = await self.store.replay(queue, selection, limit=limit,
                                            override_priority=override_priority, now=now,
                                            actor=actor, dry_run=dry_run)
-        run_ids = [run_id for _, run_id in replayed if run_id is not None]
+        ready = [(run_id, priority) for _, run_id, priority in replayed if run_id is not None]
+        run_ids = [run_id for run_id, _ in ready]
         if run_ids:
             await mirror.copy("DLQ replay", lambda: self.broker.leave_dlq(
-                queue, removed=[str(t) for t, _ in replayed], ready=[str(r) for r in run_ids]),
+                queue, removed=[str(t) for t, _, _ in replayed],
+                ready=[(str(r), p) for r, p in ready]),
                 count=len(run_ids), store=self.store, pushed=run_ids, now=now)
-        return replayed
+        return [(task_id, run_id) for task_id, run_id, _ in replayed]
 
     async def delete_dlq(self, queue: str, selection: DlqFilter, *, limit: int, actor: Actor,
                          now: datetime, dry_run: bool) -> list[uuid.UUID]:

@@ -69,16 +69,18 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
 
 
 def _split(page: list[PendingDispatch], now_ms: int) -> tuple[
-        list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+        list[tuple[str, int]], list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(ready, delayed, leased) entries for broker.restore, each with its priority. The
+    page is in order of availability, so each priority's ready list is rebuilt FIFO."""
     ready, delayed, leased = [], [], []
     for p in page:
         if p.status == "running":
             deadline = p.lease_expires_at or times.utc_of_ms(now_ms)
-            leased.append((str(p.run_id), times.ms_of(deadline)))
+            leased.append((str(p.run_id), times.ms_of(deadline), p.priority))
         elif (due_ms := times.ms_of(p.available_at)) > now_ms:
-            delayed.append((str(p.run_id), due_ms))
+            delayed.append((str(p.run_id), due_ms, p.priority))
         else:
-            ready.append(str(p.run_id))
+            ready.append((str(p.run_id), p.priority))
     return ready, delayed, leased
 
 
@@ -94,9 +96,9 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
     for p in pending:
         due_ms = times.ms_of(p.available_at)
         if due_ms > now_ms:
-            delayed.append((p.queue_name, str(p.run_id), due_ms))
+            delayed.append((p.queue_name, str(p.run_id), due_ms, p.priority))
         else:
-            ready.append((p.queue_name, str(p.run_id)))
+            ready.append((p.queue_name, str(p.run_id), p.priority))
     await broker.dispatch(ready=ready, delayed=delayed)
     await store.mark_dispatched([p.run_id for p in pending], now=now)
     log.warning("pushed %d committed runs that had not reached Redis", len(pending),

@@ -89,6 +89,9 @@ class WorkerPool:
         self._to_retire = 0
         self._idle_scopes: list[trio.CancelScope] = []
         self._fetch_scopes: dict[str, trio.CancelScope] = {}
+        # Queues whose last claim took as many runs as it asked for, so that more may be
+        # waiting in Redis: a create must not start its run ahead of them (reserve).
+        self._backlogged: set[str] = set()
 
     # -- control from outside ----------------------------------------------------------
 
@@ -129,13 +132,16 @@ class WorkerPool:
     def reserve(self, queue: str, count: int) -> int:
         """Set aside up to `count` idle executors for runs of `queue` that a create is
         about to start on this daemon (no Redis round trip, no claim); returns how many.
-        0 while stopping or for a queue this daemon does not serve. Each one is then
-        passed to `start_created` or given back with `unreserve`.
+        0 while stopping, for a queue this daemon does not serve, and for a queue whose
+        last claim took all it asked for: runs may wait in Redis there, perhaps of a
+        higher priority, and a run started at create would overtake them. Each one is
+        then passed to `start_created` or given back with `unreserve`.
 
         An executor a fetcher has set aside while it blocks on an empty queue counts as
         idle: the fetcher gives back what it claims beyond what it still holds."""
         if (not self._config.start_at_create or self._executors is None
-                or self._fetch_scope.cancel_called or queue not in self._tunables.queues):
+                or self._fetch_scope.cancel_called or queue not in self._tunables.queues
+                or queue in self._backlogged):
             return 0
         taken = 0
         while taken < count and self._slots.take_nowait():
@@ -324,11 +330,16 @@ class WorkerPool:
         them running in PostgreSQL; None if the queue is paused. Ends the loan."""
         broker = self._broker
         lease_until_s = self._clock() + self._config.lease_s
-        messages = await broker.claim(queue, count=loan.units, block=block,
+        asked = loan.units
+        messages = await broker.claim(queue, count=asked, block=block,
                                       lease_until_ms=times.ms(lease_until_s))
         kept = self._slots.end_loan(loan)
         if messages is None:
             return None
+        if len(messages) < asked:
+            self._backlogged.discard(queue)  # every ready list of the queue was empty
+        else:
+            self._backlogged.add(queue)
         if len(messages) > kept:
             # Creates started runs on executors this claim had set aside: the rest wait.
             await broker.requeue(queue, messages[kept:])

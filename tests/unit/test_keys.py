@@ -59,6 +59,9 @@ def test_keys_follow_the_documented_layout():
 
     assert keys == QueueKeys(
         ready="distasks:{q:emails}:ready",
+        bands="distasks:{q:emails}:bands",
+        bell="distasks:{q:emails}:bell",
+        priorities="distasks:{q:emails}:priorities",
         delayed="distasks:{q:emails}:delayed",
         dlq="distasks:{q:emails}:dlq",
         leases="distasks:{q:emails}:leases",
