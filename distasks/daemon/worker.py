@@ -26,6 +26,7 @@ from distasks.config import WorkerConfig
 from distasks.daemon import completer
 from distasks.daemon.health import Health
 from distasks.daemon.metrics import Metrics
+from distasks.daemon.queue_order import QueueOrder
 from distasks.daemon.slots import Loan, Slots
 from distasks.daemon.tunables import Tunables
 from distasks.domain import backoff, times
@@ -64,8 +65,9 @@ class WorkerPool:
         self._clock = clock
         self._fetch_scope = trio.CancelScope()
         self._exec_scope = trio.CancelScope()
-        # One unit per idle executor: a fetcher claims one run per unit it holds.
-        self._slots = Slots(tunables.concurrency)
+        # One unit per idle executor: a fetcher claims one run per unit it holds. A freed
+        # executor goes to the fetcher the queue order picks (strict or weighted).
+        self._slots = Slots(tunables.concurrency, pick=QueueOrder(tunables).pick)
         self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
         #: runs whose handler is running now, by run id
         self._in_flight: dict[uuid.UUID, ClaimedRun] = {}
@@ -89,9 +91,6 @@ class WorkerPool:
         self._to_retire = 0
         self._idle_scopes: list[trio.CancelScope] = []
         self._fetch_scopes: dict[str, trio.CancelScope] = {}
-        # Queues whose last claim took as many runs as it asked for, so that more may be
-        # waiting in Redis: a create must not start its run ahead of them (reserve).
-        self._backlogged: set[str] = set()
 
     # -- control from outside ----------------------------------------------------------
 
@@ -141,7 +140,7 @@ class WorkerPool:
         idle: the fetcher gives back what it claims beyond what it still holds."""
         if (not self._config.start_at_create or self._executors is None
                 or self._fetch_scope.cancel_called or queue not in self._tunables.queues
-                or queue in self._backlogged):
+                or self._slots.wants(queue)):
             return 0
         taken = 0
         while taken < count and self._slots.take_nowait():
@@ -262,67 +261,72 @@ class WorkerPool:
                      runs: trio.MemorySendChannel[ClaimedRun]) -> None:
         """Claim runs of `queue` for idle executors until cancelled."""
         failures = 0
-        with scope:
-            async with runs:
-                while True:
-                    self._health.beat(f"fetch:{queue}")
-                    # With one queue the claim itself blocks on Redis while idle. With
-                    # several, a fetcher must not sit on idle executors while its queue is
-                    # empty: it waits without holding any, so other queues can use them.
-                    block = len(self._tunables.queues) == 1
-                    with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
-                        await self._slots.acquire()
-                    if wait.cancelled_caught:
-                        continue  # no executor came free: beat, and wait again
-                    held = 1
-                    while held < self._config.claim_batch:
+        try:
+            with scope:
+                async with runs:
+                    while True:
+                        self._health.beat(f"fetch:{queue}")
+                        # With one queue the claim itself blocks on Redis while idle. With
+                        # several, a fetcher must not sit on idle executors while its queue is
+                        # empty: it waits without holding any, so other queues can use them.
+                        block = len(self._tunables.queues) == 1
+                        with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
+                            await self._slots.acquire(queue)
+                        if wait.cancelled_caught:
+                            continue  # no executor came free: beat, and wait again
+                        held = 1
+                        while held < self._config.claim_batch:
+                            try:
+                                self._slots.acquire_nowait(queue)
+                            except trio.WouldBlock:
+                                break
+                            held += 1
+                        paused = False
+                        # While the claim blocks, a create may start a run on one of these.
+                        loan = self._slots.lend(held)
                         try:
-                            self._slots.acquire_nowait()
-                        except trio.WouldBlock:
-                            break
-                        held += 1
-                    paused = False
-                    # While the claim blocks, a create may start a run on one of these.
-                    loan = self._slots.lend(held)
-                    try:
-                        # Never cancelled in flight (architecture §1): it ends by itself within
-                        # about a second, and everything it claimed is passed on below.
-                        result = None
-                        with trio.CancelScope(shield=True), trio.move_on_after(
-                                CLAIM_TIMEOUT_S) as bounded:
-                            result = await self._claim(queue, loan, block=block, scope=scope)
-                        if bounded.cancelled_caught:
-                            # PostgreSQL or Redis hung: what Redis leased comes back through
-                            # the reaper once the lease ends.
-                            raise StoreUnavailable(f"claim took over {CLAIM_TIMEOUT_S}s")
-                        failures = 0
-                        paused = result is None
-                        claimed = result or []
-                    except (StoreUnavailable, BrokerUnavailable) as e:
-                        claimed, failures = [], failures + 1
-                        log.warning("claim from %s failed, backing off: %s", queue, e,
-                                    extra={"event": "claim_failed", "queue": queue})
-                    for run in claimed:
-                        self._waiting[run.run_id] = run
-                        runs.send_nowait(run)
-                    for _ in range(self._slots.end_loan(loan) - len(claimed)):
-                        self._slots.release()
-                    if failures:
-                        await trio.sleep(backoff.delay_s(failures))
-                    elif paused:
-                        await trio.sleep(PAUSED_POLL_S)
-                    elif not claimed and not block:
-                        try:
-                            with trio.CancelScope(shield=True):
-                                await self._broker.wait_ready(queue)
-                        except BrokerUnavailable as e:
-                            # An idle queue meets an outage here first: back off as a
-                            # failed claim does (architecture §5.6).
-                            failures += 1
-                            log.warning("waiting for work on %s failed, backing off: %s",
-                                        queue, e, extra={"event": "claim_failed",
-                                                         "queue": queue})
+                            # Never cancelled in flight (architecture §1): it ends by itself within
+                            # about a second, and everything it claimed is passed on below.
+                            result = None
+                            with trio.CancelScope(shield=True), trio.move_on_after(
+                                    CLAIM_TIMEOUT_S) as bounded:
+                                result = await self._claim(queue, loan, block=block, scope=scope)
+                            if bounded.cancelled_caught:
+                                # PostgreSQL or Redis hung: what Redis leased comes back through
+                                # the reaper once the lease ends.
+                                raise StoreUnavailable(f"claim took over {CLAIM_TIMEOUT_S}s")
+                            failures = 0
+                            paused = result is None
+                            claimed = result or []
+                        except (StoreUnavailable, BrokerUnavailable) as e:
+                            claimed, failures = [], failures + 1
+                            self._slots.want(queue, False)  # backing off: executors go elsewhere
+                            log.warning("claim from %s failed, backing off: %s", queue, e,
+                                        extra={"event": "claim_failed", "queue": queue})
+                        for run in claimed:
+                            self._waiting[run.run_id] = run
+                            runs.send_nowait(run)
+                        for _ in range(self._slots.end_loan(loan) - len(claimed)):
+                            self._slots.release()
+                        if failures:
                             await trio.sleep(backoff.delay_s(failures))
+                        elif paused:
+                            await trio.sleep(PAUSED_POLL_S)
+                        elif not claimed and not block:
+                            try:
+                                with trio.CancelScope(shield=True):
+                                    await self._broker.wait_ready(queue)
+                            except BrokerUnavailable as e:
+                                # An idle queue meets an outage here first: back off as a
+                                # failed claim does (architecture §5.6).
+                                failures += 1
+                                log.warning("waiting for work on %s failed, backing off: %s",
+                                            queue, e, extra={"event": "claim_failed",
+                                                             "queue": queue})
+                                await trio.sleep(backoff.delay_s(failures))
+        finally:
+            # Stopped or retuned away: units kept for this queue go to the others.
+            self._slots.want(queue, False)
 
     async def _claim(self, queue: str, loan: Loan, *, block: bool,
                      scope: trio.CancelScope) -> list[ClaimedRun] | None:
@@ -335,11 +339,11 @@ class WorkerPool:
                                       lease_until_ms=times.ms(lease_until_s))
         kept = self._slots.end_loan(loan)
         if messages is None:
+            self._slots.want(queue, False)  # paused: no claim, so no claim to wait for
             return None
-        if len(messages) < asked:
-            self._backlogged.discard(queue)  # every ready list of the queue was empty
-        else:
-            self._backlogged.add(queue)
+        # A full batch: more may wait in Redis (its fetcher wants the next free executor
+        # even while it is busy passing these on); fewer: every ready list was empty.
+        self._slots.want(queue, len(messages) >= asked)
         if len(messages) > kept:
             # Creates started runs on executors this claim had set aside: the rest wait.
             await broker.requeue(queue, messages[kept:])
