@@ -81,8 +81,8 @@ async def cross(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwa
 
 
 #: the scripts beside this file, by name (file name = what it does)
-SCRIPTS = ("claim", "push", "move_due", "requeue", "withdraw", "ready_depth", "announce_done",
-           "release_lock", "rate_take")
+SCRIPTS = ("claim", "push", "move_due", "requeue", "unlease", "withdraw", "ready_depth",
+           "announce_done", "release_lock", "rate_take")
 
 
 class BrokerBase:
@@ -150,6 +150,12 @@ class BrokerBase:
         order, never lost)."""
         self._rank(pipe, queue, due)
         pipe.zadd(self.keys(queue).delayed, {run_id: due_ms for run_id, due_ms, _ in due})
+
+    def _unlease(self, pipe: Any, queue: str, run_ids: Sequence[str]) -> None:
+        """Queue unlease.lua for `run_ids` on `pipe`: their leases end (and a limited
+        queue's room signal rings)."""
+        keys = self.keys(queue)
+        self._pipe_script(pipe, "unlease", [keys.leases, keys.max_running, keys.room], run_ids)
 
     def _rank(self, pipe: Any, queue: str, entries: Sequence[tuple[str, int, int]]) -> None:
         """Queue on `pipe` the priorities other than 0 of (run_id, _, priority)."""

@@ -75,7 +75,8 @@ class DispatchCommands(BrokerBase):
         """
         keys = self.keys(queue)
         script = self._scripts["claim"]
-        script_keys = [keys.ready, keys.leases, keys.paused, keys.bands, keys.bell]
+        script_keys = [keys.ready, keys.leases, keys.paused, keys.bands, keys.bell,
+                       keys.max_running, keys.room]
         items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
         if items is None or items or not block or not await self._wait_ready_on_asyncio(queue):
             return items
@@ -93,9 +94,18 @@ class DispatchCommands(BrokerBase):
         return await self._wait_ready_on_asyncio(queue)
 
     async def _wait_ready_on_asyncio(self, queue: str) -> bool:
-        """wait_ready's body, for `claim` to use within its own crossing."""
-        bell = self.keys(queue).bell
-        return await self._redis.blmove(bell, bell, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
+        """wait_ready's body, for `claim` to use within its own crossing. A queue held
+        back by its max-running limit waits on its room signal instead (claim.lua), which
+        an ended lease rings; one rung since the check makes the wait return at once."""
+        keys = self.keys(queue)
+        signal = keys.bell
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.max_running)
+            pipe.zcard(keys.leases)
+            limit, leased = await pipe.execute()
+        if limit is not None and leased >= int(limit):
+            signal = keys.room
+        return await self._redis.blmove(signal, signal, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
 
     @crossing
     async def requeue(self, queue: str, run_ids: Sequence[str]) -> int:
@@ -105,7 +115,8 @@ class DispatchCommands(BrokerBase):
             return 0
         keys = self.keys(queue)
         return int(await self._scripts["requeue"](
-            keys=[keys.leases, keys.ready, keys.bands, keys.bell, keys.priorities],
+            keys=[keys.leases, keys.ready, keys.bands, keys.bell, keys.priorities,
+                  keys.max_running, keys.room],
             args=list(run_ids)))
 
     @crossing
@@ -114,16 +125,16 @@ class DispatchCommands(BrokerBase):
         if run_ids:
             keys = self.keys(queue)
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(keys.leases, *run_ids)
+                self._unlease(pipe, queue, run_ids)
                 pipe.hdel(keys.priorities, *run_ids)
-                await pipe.execute()
+                await self._execute(pipe)
 
     @crossing
     async def settle(self, s: Settlement) -> None:
         """Apply the Redis side of recorded outcomes in one pipeline."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, run_ids in s.unleased.items():
-                pipe.zrem(self.keys(queue).leases, *run_ids)
+                self._unlease(pipe, queue, run_ids)
             for queue, run_ids in s.unranked.items():
                 pipe.hdel(self.keys(queue).priorities, *run_ids)
             for queue, due in s.delayed.items():

@@ -34,6 +34,13 @@ class QueueKeys:
     mover_lock: str
     #: exists while the queue is paused (PostgreSQL keeps the flag; this mirrors it)
     paused: str
+    #: the queue's global concurrency limit, while it has one: claims keep the lease set
+    #: at most this big (PostgreSQL keeps it; this mirrors it)
+    max_running: str
+    #: list holding one entry while a limited queue may have room for another lease,
+    #: taken down by a claim that finds it full, so that its fetchers block (wait_ready)
+    #: until an ended lease rings it
+    room: str
 
     def band(self, priority: int | str) -> str:
         """The ready list of `priority`: `ready` itself for 0, so that entries of the
@@ -54,6 +61,8 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         leases=f"{base}:leases",
         mover_lock=f"{base}:mover-lock",
         paused=f"{base}:paused",
+        max_running=f"{base}:max-running",
+        room=f"{base}:room",
     )
 
 

@@ -52,6 +52,23 @@ class QueueCommands(BrokerBase):
                 for queue, bands in zip(queues, replies, strict=True)}
 
     @crossing
+    async def set_limits(self, limits: Mapping[str, int | None]) -> None:
+        """Mirror the max-running limits of many queues (None: no limit) in one round
+        trip, ringing each one's room signal so that fetchers held back re-check."""
+        if not limits:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, limit in limits.items():
+                keys = self.keys(queue)
+                if limit is None:
+                    pipe.delete(keys.max_running, keys.room)
+                else:
+                    pipe.set(keys.max_running, limit)
+                    pipe.rpush(keys.room, "1")
+                    pipe.ltrim(keys.room, 0, 0)
+            await pipe.execute()
+
+    @crossing
     async def queue_entries(self, queue: str) -> QueueEntries:
         """What a queue's ready lists, delayed set, leases and DLQ index hold (at most
         FORGET_LIMIT of each), for `forget_queue`."""
@@ -75,7 +92,7 @@ class QueueCommands(BrokerBase):
         keys = self.keys(queue)
         lists = (await self._bands_on_asyncio([queue]))[queue]
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.paused, keys.mover_lock)
+            pipe.delete(keys.paused, keys.mover_lock, keys.max_running, keys.room)
             for run_id in stale.runs:
                 for ready in lists:
                     pipe.lrem(ready, 0, run_id)

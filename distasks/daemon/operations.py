@@ -57,6 +57,15 @@ class Operations:
         await mirror.copy("pause" if paused else "resume",
                           lambda: self.broker.set_paused(queue, paused))
 
+    async def set_max_running(self, queue: str, max_running: int | None, *, actor: Actor,
+                              now: datetime, max_queues: int | None) -> None:
+        """Set (None: lift) `queue`'s global concurrency limit (a new name counts against
+        `max_queues`). If Redis does not answer, the reconciler copies it on its next
+        pass; until then the claims keep the limit they had."""
+        await self.store.set_max_running(queue, max_running, actor=actor, now=now,
+                                         max_queues=max_queues)
+        await mirror.copy("queue limits", lambda: self.broker.set_limits({queue: max_running}))
+
     async def delete_queue(self, queue: str, *, actor: Actor, now: datetime) -> None:
         """Delete a queue that holds no unfinished or dead-lettered task (NotFound,
         QueueNotEmpty otherwise), then its Redis keys."""

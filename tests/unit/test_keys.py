@@ -67,6 +67,8 @@ def test_keys_follow_the_documented_layout():
         leases="distasks:{q:emails}:leases",
         mover_lock="distasks:{q:emails}:mover-lock",
         paused="distasks:{q:emails}:paused",
+        max_running="distasks:{q:emails}:max-running",
+        room="distasks:{q:emails}:room",
     )
 
 
