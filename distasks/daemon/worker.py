@@ -7,7 +7,8 @@ running in one PostgreSQL statement, and passes them on; each executor runs one 
 at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
 fetchers stop claiming at once, running handlers get `grace_s`, and whatever is still
 running then is cancelled and handed back as a new attempt. `retune()` applies a reload:
-more or fewer executors, other queues.
+more or fewer executors, other queues, another queue order. Which fetcher an executor
+that comes free goes to is the queue order's choice (distasks.daemon.queue_order).
 """
 
 from __future__ import annotations
@@ -253,80 +254,86 @@ class WorkerPool:
         assert self._fetchers and self._runs_send
         scope = self._fetch_scopes[queue] = trio.CancelScope()
         self._health.expect(f"fetch:{queue}", allowance_s=FETCH_ALLOWANCE_S)
-        self._fetchers.start_soon(self._fetch, queue, scope, self._runs_send.clone())
+        self._fetchers.start_soon(self._fetch_while_served, queue, scope,
+                                  self._runs_send.clone())
 
     # -- fetch -----------------------------------------------------------------------
+
+    async def _fetch_while_served(self, queue: str, scope: trio.CancelScope,
+                                  runs: trio.MemorySendChannel[ClaimedRun]) -> None:
+        """`_fetch`, then, once stopped or retuned away, hand on the executors kept for
+        this queue (Slots.want)."""
+        try:
+            await self._fetch(queue, scope, runs)
+        finally:
+            self._slots.want(queue, False)
 
     async def _fetch(self, queue: str, scope: trio.CancelScope,
                      runs: trio.MemorySendChannel[ClaimedRun]) -> None:
         """Claim runs of `queue` for idle executors until cancelled."""
         failures = 0
-        try:
-            with scope:
-                async with runs:
-                    while True:
-                        self._health.beat(f"fetch:{queue}")
-                        # With one queue the claim itself blocks on Redis while idle. With
-                        # several, a fetcher must not sit on idle executors while its queue is
-                        # empty: it waits without holding any, so other queues can use them.
-                        block = len(self._tunables.queues) == 1
-                        with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
-                            await self._slots.acquire(queue)
-                        if wait.cancelled_caught:
-                            continue  # no executor came free: beat, and wait again
-                        held = 1
-                        while held < self._config.claim_batch:
-                            try:
-                                self._slots.acquire_nowait(queue)
-                            except trio.WouldBlock:
-                                break
-                            held += 1
-                        paused = False
-                        # While the claim blocks, a create may start a run on one of these.
-                        loan = self._slots.lend(held)
+        with scope:
+            async with runs:
+                while True:
+                    self._health.beat(f"fetch:{queue}")
+                    # With one queue the claim itself blocks on Redis while idle. With
+                    # several, a fetcher must not sit on idle executors while its queue is
+                    # empty: it waits without holding any, so other queues can use them.
+                    block = len(self._tunables.queues) == 1
+                    with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
+                        await self._slots.acquire(queue)
+                    if wait.cancelled_caught:
+                        continue  # no executor came free: beat, and wait again
+                    held = 1
+                    while held < self._config.claim_batch:
                         try:
-                            # Never cancelled in flight (architecture §1): it ends by itself within
-                            # about a second, and everything it claimed is passed on below.
-                            result = None
-                            with trio.CancelScope(shield=True), trio.move_on_after(
-                                    CLAIM_TIMEOUT_S) as bounded:
-                                result = await self._claim(queue, loan, block=block, scope=scope)
-                            if bounded.cancelled_caught:
-                                # PostgreSQL or Redis hung: what Redis leased comes back through
-                                # the reaper once the lease ends.
-                                raise StoreUnavailable(f"claim took over {CLAIM_TIMEOUT_S}s")
-                            failures = 0
-                            paused = result is None
-                            claimed = result or []
-                        except (StoreUnavailable, BrokerUnavailable) as e:
-                            claimed, failures = [], failures + 1
-                            self._slots.want(queue, False)  # backing off: executors go elsewhere
-                            log.warning("claim from %s failed, backing off: %s", queue, e,
-                                        extra={"event": "claim_failed", "queue": queue})
-                        for run in claimed:
-                            self._waiting[run.run_id] = run
-                            runs.send_nowait(run)
-                        for _ in range(self._slots.end_loan(loan) - len(claimed)):
-                            self._slots.release()
-                        if failures:
+                            self._slots.acquire_nowait(queue)
+                        except trio.WouldBlock:
+                            break
+                        held += 1
+                    paused = False
+                    # While the claim blocks, a create may start a run on one of these.
+                    loan = self._slots.lend(held)
+                    try:
+                        # Never cancelled in flight (architecture §1): it ends by itself within
+                        # about a second, and everything it claimed is passed on below.
+                        result = None
+                        with trio.CancelScope(shield=True), trio.move_on_after(
+                                CLAIM_TIMEOUT_S) as bounded:
+                            result = await self._claim(queue, loan, block=block, scope=scope)
+                        if bounded.cancelled_caught:
+                            # PostgreSQL or Redis hung: what Redis leased comes back through
+                            # the reaper once the lease ends.
+                            raise StoreUnavailable(f"claim took over {CLAIM_TIMEOUT_S}s")
+                        failures = 0
+                        paused = result is None
+                        claimed = result or []
+                    except (StoreUnavailable, BrokerUnavailable) as e:
+                        claimed, failures = [], failures + 1
+                        self._slots.want(queue, False)  # backing off: executors go elsewhere
+                        log.warning("claim from %s failed, backing off: %s", queue, e,
+                                    extra={"event": "claim_failed", "queue": queue})
+                    for run in claimed:
+                        self._waiting[run.run_id] = run
+                        runs.send_nowait(run)
+                    for _ in range(self._slots.end_loan(loan) - len(claimed)):
+                        self._slots.release()
+                    if failures:
+                        await trio.sleep(backoff.delay_s(failures))
+                    elif paused:
+                        await trio.sleep(PAUSED_POLL_S)
+                    elif not claimed and not block:
+                        try:
+                            with trio.CancelScope(shield=True):
+                                await self._broker.wait_ready(queue)
+                        except BrokerUnavailable as e:
+                            # An idle queue meets an outage here first: back off as a
+                            # failed claim does (architecture §5.6).
+                            failures += 1
+                            log.warning("waiting for work on %s failed, backing off: %s",
+                                        queue, e, extra={"event": "claim_failed",
+                                                         "queue": queue})
                             await trio.sleep(backoff.delay_s(failures))
-                        elif paused:
-                            await trio.sleep(PAUSED_POLL_S)
-                        elif not claimed and not block:
-                            try:
-                                with trio.CancelScope(shield=True):
-                                    await self._broker.wait_ready(queue)
-                            except BrokerUnavailable as e:
-                                # An idle queue meets an outage here first: back off as a
-                                # failed claim does (architecture §5.6).
-                                failures += 1
-                                log.warning("waiting for work on %s failed, backing off: %s",
-                                            queue, e, extra={"event": "claim_failed",
-                                                             "queue": queue})
-                                await trio.sleep(backoff.delay_s(failures))
-        finally:
-            # Stopped or retuned away: units kept for this queue go to the others.
-            self._slots.want(queue, False)
 
     async def _claim(self, queue: str, loan: Loan, *, block: bool,
                      scope: trio.CancelScope) -> list[ClaimedRun] | None:
