@@ -5,6 +5,7 @@ PostgreSQL, and no side door through start-at-create."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import trio
 
@@ -135,3 +136,35 @@ async def test_two_daemons_never_run_more_than_the_limit_together(config, store,
     assert statuses == {TaskStatus.COMPLETED}
     assert {r.worker_id for r in runs} == {"w0", "w1"}
     assert max_overlap(runs) <= 3
+
+
+async def test_three_daemons_limited_to_one_run_start_a_backlog_in_priority_order(
+        config, store, broker):
+    """max_running = 1 makes three daemons one executor: the runs start in priority
+    order, FIFO within a priority, whichever daemon claims each."""
+    registry = builtin_registry()
+
+    async def noop(ctx):
+        pass
+
+    registry.add("noop2", noop)
+    rnd = random.Random(18)
+    tasks = [new_task(handler="noop2", priority=rnd.randrange(-3, 4)) for _ in range(150)]
+    ops = Operations(store=store, broker=broker, metrics=Metrics())
+    with trio.fail_after(60):
+        await ops.set_max_running("q", 1, actor=SYSTEM, now=now(), max_queues=None)
+        await store.create_tasks(tasks)
+        await broker.dispatch(ready=[("q", str(t.run_id), t.priority) for t in tasks])
+        pools = [pool_for(config, store, broker, registry, f"w{i}", concurrency=2)
+                 for i in range(3)]
+        async with trio.open_nursery() as nursery:
+            for pool in pools:
+                await nursery.start(pool.run)
+            for t in tasks:
+                await wait_until(lambda t=t: final(store, t.id))
+            nursery.cancel_scope.cancel()
+        runs = {t.id: (await store.get_task(t.id))[1][0] for t in tasks}
+    started = sorted(tasks, key=lambda t: runs[t.id].started_at)
+    assert [t.id for t in started] == [t.id for t in sorted(tasks, key=lambda t: -t.priority)]
+    assert len({r.worker_id for r in runs.values()}) > 1
+    assert max_overlap(list(runs.values())) == 1
