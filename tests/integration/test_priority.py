@@ -255,3 +255,16 @@ async def test_start_at_create_does_not_overtake_a_backlog_in_redis(config, stor
     assert not low.started
     assert seen == ["high0", "high1", "high2", "low"]
     assert task.status is TaskStatus.COMPLETED and [r.status for r in runs] == [RunStatus.SUCCEEDED]
+
+
+async def test_pushes_survive_redis_losing_its_script_cache(broker):
+    """push.lua runs by SHA inside pipelines (and a DLQ replay's transaction): a Redis
+    that lost its scripts runs them again on their own."""
+    with trio.fail_after(5):
+        await broker.raw("script_flush")
+        await broker.dispatch(ready=[("q", "a", 1)])
+        await broker.raw("script_flush")
+        await broker.leave_dlq("q", removed=["dead-task"], ready=[("b", 2)])
+        await broker.raw("script_flush")
+        claimed = await claim_all(broker)
+    assert claimed == ["b", "a"]
