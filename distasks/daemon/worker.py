@@ -8,7 +8,8 @@ so that executors freed while one claim is on its way are claimed by the next. E
 executor runs one handler at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
 fetchers stop claiming at once, running handlers get `grace_s`, and whatever is still
 running then is cancelled and handed back as a new attempt. `retune()` applies a reload:
-more or fewer executors, other queues.
+more or fewer executors, other queues, another queue order. Which fetcher an executor
+that comes free goes to is the queue order's choice (distasks.daemon.queue_order).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from distasks.config import WorkerConfig
 from distasks.daemon import completer
 from distasks.daemon.health import Health
 from distasks.daemon.metrics import Metrics
+from distasks.daemon.queue_order import QueueOrder
 from distasks.daemon.slots import Loan, Slots
 from distasks.daemon.sync_executor import SyncExecutor
 from distasks.daemon.tunables import Tunables
@@ -66,8 +68,9 @@ class WorkerPool:
         self._clock = clock
         self._fetch_scope = trio.CancelScope()
         self._exec_scope = trio.CancelScope()
-        # One unit per idle executor: a fetcher claims one run per unit it holds.
-        self._slots = Slots(tunables.concurrency)
+        # One unit per idle executor: a fetcher claims one run per unit it holds. A freed
+        # executor goes to the fetcher the queue order picks (strict or weighted).
+        self._slots = Slots(tunables.concurrency, pick=QueueOrder(tunables).pick)
         # At most sync_threads sync handlers run at once, each on a thread of its own.
         self._sync = SyncExecutor(config.sync_threads)
         #: runs whose handler is running now, by run id
@@ -136,13 +139,16 @@ class WorkerPool:
     def reserve(self, queue: str, count: int) -> int:
         """Set aside up to `count` idle executors for runs of `queue` that a create is
         about to start on this daemon (no Redis round trip, no claim); returns how many.
-        0 while stopping or for a queue this daemon does not serve. Each one is then
-        passed to `start_created` or given back with `unreserve`.
+        0 while stopping, for a queue this daemon does not serve, and for a queue whose
+        last claim took all it asked for: runs may wait in Redis there, perhaps of a
+        higher priority, and a run started at create would overtake them. Each one is
+        then passed to `start_created` or given back with `unreserve`.
 
         An executor a fetcher has set aside while it blocks on an empty queue counts as
         idle: the fetcher gives back what it claims beyond what it still holds."""
         if (not self._config.start_at_create or self._executors is None
-                or self._fetch_scope.cancel_called or queue not in self._tunables.queues):
+                or self._fetch_scope.cancel_called or queue not in self._tunables.queues
+                or self._slots.wants(queue)):
             return 0
         taken = 0
         while taken < count and self._slots.take_nowait():
@@ -266,9 +272,20 @@ class WorkerPool:
         self._health.expect(f"fetch:{queue}", allowance_s=FETCH_ALLOWANCE_S)
         for i in range(self._config.fetchers_per_queue):
             scopes.append(scope := trio.CancelScope())
-            self._fetchers.start_soon(self._fetch, queue, scope, self._runs_send.clone(), i == 0)
+            self._fetchers.start_soon(self._fetch_while_served, queue, scope,
+                                      self._runs_send.clone(), i == 0)
 
     # -- fetch -----------------------------------------------------------------------
+
+    async def _fetch_while_served(self, queue: str, scope: trio.CancelScope,
+                                  runs: trio.MemorySendChannel[ClaimedRun],
+                                  first: bool) -> None:
+        """`_fetch`, then, once stopped or retuned away, hand on the executors kept for
+        this queue (Slots.want)."""
+        try:
+            await self._fetch(queue, scope, runs, first)
+        finally:
+            self._slots.want(queue, False)
 
     async def _fetch(self, queue: str, scope: trio.CancelScope,
                      runs: trio.MemorySendChannel[ClaimedRun], first: bool) -> None:
@@ -289,13 +306,13 @@ class WorkerPool:
                     # empty: it waits without holding any, so other queues can use them.
                     block = len(self._tunables.queues) == 1
                     with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
-                        await self._slots.acquire()
+                        await self._slots.acquire(queue)
                     if wait.cancelled_caught:
                         continue  # no executor came free: beat, and wait again
                     held = 1
                     while held < self._config.claim_batch:
                         try:
-                            self._slots.acquire_nowait()
+                            self._slots.acquire_nowait(queue)
                         except trio.WouldBlock:
                             break
                         held += 1
@@ -318,6 +335,7 @@ class WorkerPool:
                         claimed = result or []
                     except (StoreUnavailable, BrokerUnavailable) as e:
                         claimed, failures = [], failures + 1
+                        self._slots.want(queue, False)  # backing off: executors go elsewhere
                         log.warning("claim from %s failed, backing off: %s", queue, e,
                                     extra={"event": "claim_failed", "queue": queue})
                     for run in claimed:
@@ -352,11 +370,16 @@ class WorkerPool:
         them running in PostgreSQL; None if the queue is paused. Ends the loan."""
         broker = self._broker
         lease_until_s = self._clock() + self._config.lease_s
-        messages = await broker.claim(queue, count=loan.units, block=block,
+        asked = loan.units
+        messages = await broker.claim(queue, count=asked, block=block,
                                       lease_until_ms=times.ms(lease_until_s))
         kept = self._slots.end_loan(loan)
         if messages is None:
+            self._slots.want(queue, False)  # paused: no claim, so no claim to wait for
             return None
+        # A full batch: more may wait in Redis (its fetcher wants the next free executor
+        # even while it is busy passing these on); fewer: every ready list was empty.
+        self._slots.want(queue, len(messages) >= asked)
         if len(messages) > kept:
             # Creates started runs on executors this claim had set aside: the rest wait.
             await broker.requeue(queue, messages[kept:])

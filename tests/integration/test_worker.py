@@ -175,7 +175,7 @@ async def test_stop_lets_short_handlers_finish_and_hands_long_ones_back(config, 
 
 async def test_undecodable_and_unknown_messages_are_dropped_and_work_goes_on(config, store, broker):
     with trio.fail_after(10):
-        await broker.dispatch(ready=[("q", "not-a-uuid"), ("q", str(uuid.uuid4()))])
+        await broker.dispatch(ready=[("q", "not-a-uuid", 0), ("q", str(uuid.uuid4()), 0)])
         async with running(config, store, broker, builtin_registry()) as (_, intake):
             r = await intake.create(new_task())
             await wait_until(lambda: final(store, r.task_id))
@@ -204,7 +204,7 @@ async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config
                 await nursery.start(pool.run)
                 if i % 2:
                     await trio.testing.wait_all_tasks_blocked()  # blocked in the claim
-                await broker.dispatch(ready=[("q", str(t.run_id))])
+                await broker.dispatch(ready=[("q", str(t.run_id), t.priority)])
                 nursery.cancel_scope.cancel()
         accounted = set(await broker.raw("lrange", broker.keys("q").ready, 0, -1))
         accounted |= set(await broker.raw("zrange", broker.keys("q").leases, 0, -1))
