@@ -2,14 +2,18 @@
 
 Loaded by the daemon through `worker.handlers`. A distasks handler is Trio code, so it
 reaches redis-py (asyncio-only) the way a user's handler would: through distasks.aio,
-one crossing of the trio-asyncio bridge per call.
+one crossing of the trio-asyncio bridge per call. `redis_write_sync` is the same write
+from a plain function (the daemon runs it in a thread) with redis-py's blocking client;
+`stamp` records when a handler began, for the enqueue -> start latency.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
 
 import distasks
@@ -24,3 +28,25 @@ async def redis_write(ctx: Any) -> None:
     if _client is None:
         _client = aredis.Redis.from_url(os.environ["REDIS_URL"])
     await aio.call(_client.incr, f"{os.environ['BENCH_PREFIX']}:done")
+
+
+# Created once, at import: the daemon loads this module once.
+_sync_client = redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+@distasks.handler("redis_write_sync")
+def redis_write_sync(ctx: Any) -> None:
+    _sync_client.incr(f"{os.environ['BENCH_PREFIX']}:done")
+
+
+# redis.asyncio connects on first use, inside the daemon's asyncio loop.
+_stamp_client = aredis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+@distasks.handler("stamp")
+async def stamp(ctx: Any) -> None:
+    """The handler's first line takes the time; the bench subtracts the time it sent the
+    create (same machine, same clock), found by the task id the create answered."""
+    started_s = time.time()
+    await aio.call(_stamp_client.hset, f"{os.environ['BENCH_PREFIX']}:started",
+                   str(ctx.task.id), repr(started_s))
