@@ -127,17 +127,21 @@ class Meter:
                                           / max(total_s - self._machine[1], 1e-9), 1)}
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of `pid` and its children: `taskiq worker` runs its workers in children."""
-    total = process_cpu_s(pid)
+def children(pid: int) -> list[int]:
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[1]) == pid:  # the parent pid is the field after the state
-            total += process_cpu_s(int(stat.parent.name))
-    return total
+            found.append(int(stat.parent.name))
+    return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its children: `taskiq worker` runs its workers in children."""
+    return process_cpu_s(pid) + sum(process_cpu_s(child) for child in children(pid))
 
 
 # -- the rows, the same for both systems -------------------------------------------------------
@@ -218,6 +222,7 @@ async def taskiq_round(res: Resources, out_dir: Path, opts: Options) -> dict[str
     try:
         out["drain"] = await drain_by_counter(res, tasks=opts.tasks,
                                               cpu=lambda: tree_cpu_s(worker.pid))
+        out["worker_processes"] = len(children(worker.pid))
         meter = Meter()
         stamps = await producer("stamp", str(opts.rate_per_s), str(opts.duration_s))
         latency = await stamped(res, {str(k): v for k, v in stamps["sent"].items()})
@@ -347,7 +352,7 @@ def print_round(system: str, r: dict[str, Any]) -> None:
     if system == "taskiq":
         print(f"  {system:<12} enqueue {e['jobs_per_s']:>8.0f}/s (kiq, client "
               f"{e['client_cpu_ms_per_job']:.3f} ms CPU/job; machine {e['machine_busy_pct']:.0f}%"
-              f" busy)")
+              f" busy); {r['worker_processes']} worker processes")
     else:
         c, p = e["create"], e["producer"]
         print(f"  {system:<12} enqueue {c['creates_per_s']:>8.0f}/s (Client.create, client "
