@@ -22,7 +22,8 @@ Rows, each system with a fresh database and Redis prefix:
             --handler chosen. The handlers' counter is read every 10 ms; the rate and
             the workers' CPU (from /proc/<pid>/stat, summed over every worker process)
             run from the first poll that sees a completion to the one that sees the
-            last, so start-up does not count.
+            last (for distasks: the last run recorded succeeded in PostgreSQL), so
+            start-up does not count.
   latency   `stamp` jobs sent on a fixed schedule (open loop) at --rate for --duration:
             the client takes time.time() right before it sends each, the handler's first
             line takes time.time() and writes it to Redis. enqueue -> start is the
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -62,6 +63,7 @@ from reuse_port import daemons
 from throughput import (
     DEFAULT_ADMIN_DSN,
     DEFAULT_REDIS_URL,
+    DRAIN_PROGRESS,
     TASK_STATES,
     Database,
     Resources,
@@ -81,6 +83,8 @@ QUEUE = "cmp"
 CREATE_BATCH = 500
 # How often the handlers' counter is read during a drain.
 COUNTER_POLL_S = 0.01
+# How often PostgreSQL is asked whether the last outcomes of a drain are written down.
+RECORDED_POLL_S = 0.05
 # Longest a drain may take.
 DRAIN_TIMEOUT_S = 300.0
 # Longest the last stamps may take to arrive after the last send.
@@ -147,10 +151,12 @@ def tree_cpu_s(pid: int) -> float:
 # -- the rows, the same for both systems -------------------------------------------------------
 
 
-async def drain_by_counter(res: Resources, *, tasks: int,
-                           cpu: Callable[[], float]) -> dict[str, Any]:
-    """Until the handlers' counter reaches `tasks` (bounded). Rate and CPU are taken
-    between the first poll that sees a completion and the last poll."""
+async def drain_by_counter(res: Resources, *, tasks: int, cpu: Callable[[], float],
+                           recorded: Callable[[], Awaitable[int]] | None = None,
+                           ) -> dict[str, Any]:
+    """Until the handlers' counter reaches `tasks`, and then until `recorded()` (the
+    outcomes a system writes down after the handler) does too (bounded). Rate and CPU
+    are taken from the first poll that sees a completion to the last poll."""
     counter = redis.Redis.from_url(res.redis_url)
     key = f"{res.name}:done"
     meter: Meter | None = None
@@ -161,6 +167,10 @@ async def drain_by_counter(res: Resources, *, tasks: int,
             done = int(counter.get(key) or 0)
             if done and meter is None:
                 meter, first_done = Meter(cpu), done
+        while recorded is not None:  # polled: the outcomes are written by other processes
+            if await recorded() >= tasks:
+                break
+            await trio.sleep(RECORDED_POLL_S)
     result: dict[str, Any] = {"completed": done, "expected": tasks,
                               "timed_out": scope.cancelled_caught}
     if meter is not None and done > first_done:
@@ -253,57 +263,81 @@ async def distasks_round(res: Resources, out_dir: Path, opts: Options,
                          n: int) -> dict[str, Any]:
     """`n` full daemons behind one port, all working QUEUE."""
     settings = {"QUEUE_NAMES": QUEUE, **handler_env(res)}
-    async with daemons(n, res.dsn, res.redis_url, res.name, out_dir, opts.concurrency,
-                       settings) as (url, started):
-        pids = [d.process.pid for d, _ in started if d.process is not None]
-        out: dict[str, Any] = {"daemons": n}
-        async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
-            (await client.post(f"/api/v1/queues/{QUEUE}/pause")).raise_for_status()
-            # The enqueue row first, while the daemons have nothing else to do.
-            meter = Meter()
-            out["enqueue"] = {
-                "create": await measure("Client.create", pids, url, opts.enqueue, client_loop,
-                                        blocking=True),
-                "producer": await measure("Client.producer", pids, url, opts.enqueue,
-                                          blocking_producer_loop(PRODUCER_MAX_BATCH,
-                                                                 PRODUCER_MAX_DELAY_S),
-                                          blocking=True),
-                "machine_busy_pct": meter.read()["machine_busy_pct"]}
-            body = {"tasks": [{"name": "cmp", "handler": HANDLERS[opts.handler],
-                               "queue_name": QUEUE}] * CREATE_BATCH}
-            for start in range(0, opts.tasks, CREATE_BATCH):
-                body["tasks"] = body["tasks"][:min(CREATE_BATCH, opts.tasks - start)]
-                (await client.post("/api/v1/tasks/batch", json=body)).raise_for_status()
-            out["ran_while_paused"] = counter_value(res)
-            (await client.post(f"/api/v1/queues/{QUEUE}/resume")).raise_for_status()
-        out["drain"] = await drain_by_counter(
-            res, tasks=opts.tasks, cpu=lambda: sum(process_cpu_s(pid) for pid in pids))
-        meter = Meter()
-        async with connections(url, opts.clients) as conns:
-            sent_at_s, sending = await send_at_rate(conns, queue=QUEUE, handler="stamp",
-                                                    rate_per_s=opts.rate_per_s,
-                                                    duration_s=opts.duration_s)
-        latency = await stamped(res, {str(k): v for k, v in sent_at_s.items()})
-        # A create that failed was sent but can never be stamped: it counts as missing.
-        latency["missing"] += sending["requests"] - len(sent_at_s)
-        out["latency"] = {**latency, "errors": sending["errors"],
-                          "send_lag_p99_ms": sending["send_lag_p99_ms"],
-                          "machine_busy_pct": meter.read()["machine_busy_pct"]}
-        # Every job of QUEUE, drained or stamped, must end completed in PostgreSQL.
-        out["task_states_expected"] = {"completed": opts.tasks + len(sent_at_s)}
-        db = Database(res.dsn)
-        try:
+    db = Database(res.dsn)
+    try:
+        async with daemons(n, res.dsn, res.redis_url, res.name, out_dir, opts.concurrency,
+                           settings) as (url, started):
+            pids = [d.process.pid for d, _ in started if d.process is not None]
+            out: dict[str, Any] = {"daemons": n}
+            async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
+                (await client.post(f"/api/v1/queues/{QUEUE}/pause")).raise_for_status()
+                # The enqueue row first, while the daemons have nothing else to do.
+                out["enqueue"] = await distasks_enqueue(url, pids, opts)
+                await create_backlog(client, opts)
+                out["ran_while_paused"] = counter_value(res)
+                (await client.post(f"/api/v1/queues/{QUEUE}/resume")).raise_for_status()
+
+            async def recorded() -> int:
+                [(succeeded, _, _)] = await db.rows(DRAIN_PROGRESS, (QUEUE,))
+                return int(succeeded)
+
+            # A job is done when its run is recorded succeeded in PostgreSQL.
+            out["drain"] = await drain_by_counter(
+                res, tasks=opts.tasks, cpu=lambda: sum(process_cpu_s(pid) for pid in pids),
+                recorded=recorded)
+            out["latency"], created = await distasks_latency(res, url, opts)
+            # Every job of QUEUE, drained or stamped, must end completed in PostgreSQL.
+            out["task_states_expected"] = {"completed": opts.tasks + created}
             with trio.move_on_after(DRAIN_TIMEOUT_S):
                 while True:
                     out["task_states"] = dict(await db.rows(TASK_STATES, (QUEUE,)))
                     if out["task_states"] == out["task_states_expected"]:
                         break
-                    await trio.sleep(0.2)
-        finally:
-            db.close()
+                    await trio.sleep(RECORDED_POLL_S)
+    finally:
+        db.close()
     out["counter"] = counter_value(res)
     out["exit_codes"] = [d.returncode for d, _ in started]
     return out
+
+
+async def distasks_enqueue(url: str, pids: list[int], opts: Options) -> dict[str, Any]:
+    """Single creates with the stock client, then the same count through its producer,
+    into a queue nobody works (producer.py's loops)."""
+    meter = Meter()
+    return {"create": await measure("Client.create", pids, url, opts.enqueue, client_loop,
+                                    blocking=True),
+            "producer": await measure("Client.producer", pids, url, opts.enqueue,
+                                      blocking_producer_loop(PRODUCER_MAX_BATCH,
+                                                             PRODUCER_MAX_DELAY_S),
+                                      blocking=True),
+            "machine_busy_pct": meter.read()["machine_busy_pct"]}
+
+
+async def create_backlog(client: httpx.AsyncClient, opts: Options) -> None:
+    body = {"tasks": [{"name": "cmp", "handler": HANDLERS[opts.handler],
+                       "queue_name": QUEUE}] * CREATE_BATCH}
+    for start in range(0, opts.tasks, CREATE_BATCH):
+        body["tasks"] = body["tasks"][:min(CREATE_BATCH, opts.tasks - start)]
+        (await client.post("/api/v1/tasks/batch", json=body)).raise_for_status()
+
+
+async def distasks_latency(res: Resources, url: str,
+                           opts: Options) -> tuple[dict[str, Any], int]:
+    """Open-loop `stamp` creates (throughput.py's sender); the figures, and how many
+    were created."""
+    meter = Meter()
+    async with connections(url, opts.clients) as conns:
+        sent_at_s, sending = await send_at_rate(conns, queue=QUEUE, handler="stamp",
+                                                rate_per_s=opts.rate_per_s,
+                                                duration_s=opts.duration_s)
+    latency = await stamped(res, {str(k): v for k, v in sent_at_s.items()})
+    # A create that failed was sent but can never be stamped: it counts as missing.
+    latency["missing"] += sending["requests"] - len(sent_at_s)
+    latency["sent"] = sending["requests"]
+    return ({**latency, "errors": sending["errors"],
+             "send_lag_p99_ms": sending["send_lag_p99_ms"],
+             "machine_busy_pct": meter.read()["machine_busy_pct"]}, len(sent_at_s))
 
 
 # -- checks and the table --------------------------------------------------------------------
