@@ -143,6 +143,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def busy(meter: Meter) -> dict[str, float]:
+    """The workers' CPU (% of one core) and the machine's over a phase."""
+    use = meter.read()
+    return {"workers_pct_of_core": round(100 * use["cpu_s"] / use["wall_s"], 1),
+            "machine_busy_pct": use["machine_busy_pct"]}
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds of `pid` and its children: `taskiq worker` runs its workers in children."""
     return process_cpu_s(pid) + sum(process_cpu_s(child) for child in children(pid))
@@ -233,13 +240,13 @@ async def taskiq_round(res: Resources, out_dir: Path, opts: Options) -> dict[str
         out["drain"] = await drain_by_counter(res, tasks=opts.tasks,
                                               cpu=lambda: tree_cpu_s(worker.pid))
         out["worker_processes"] = len(children(worker.pid))
-        meter = Meter()
+        meter = Meter(lambda: tree_cpu_s(worker.pid))
         stamps = await producer("stamp", str(opts.rate_per_s), str(opts.duration_s))
         latency = await stamped(res, {str(k): v for k, v in stamps["sent"].items()})
         lag_s = stamps["lag_s"]
         out["latency"] = {**latency, "errors": stamps["errors"],
                           "send_lag_p99_ms": round(percentile(lag_s, 99) * 1000, 2),
-                          "machine_busy_pct": meter.read()["machine_busy_pct"]}
+                          **busy(meter)}
     finally:
         worker.terminate()
         with trio.move_on_after(10):
@@ -285,7 +292,8 @@ async def distasks_round(res: Resources, out_dir: Path, opts: Options,
             out["drain"] = await drain_by_counter(
                 res, tasks=opts.tasks, cpu=lambda: sum(process_cpu_s(pid) for pid in pids),
                 recorded=recorded)
-            out["latency"], created = await distasks_latency(res, url, opts)
+            out["latency"], created = await distasks_latency(
+                res, url, opts, cpu=lambda: sum(process_cpu_s(pid) for pid in pids))
             # Every job of QUEUE, drained or stamped, must end completed in PostgreSQL.
             out["task_states_expected"] = {"completed": opts.tasks + created}
             with trio.move_on_after(DRAIN_TIMEOUT_S):
@@ -322,11 +330,11 @@ async def create_backlog(client: httpx.AsyncClient, opts: Options) -> None:
         (await client.post("/api/v1/tasks/batch", json=body)).raise_for_status()
 
 
-async def distasks_latency(res: Resources, url: str,
-                           opts: Options) -> tuple[dict[str, Any], int]:
+async def distasks_latency(res: Resources, url: str, opts: Options,
+                           cpu: Callable[[], float]) -> tuple[dict[str, Any], int]:
     """Open-loop `stamp` creates (throughput.py's sender); the figures, and how many
     were created."""
-    meter = Meter()
+    meter = Meter(cpu)
     async with connections(url, opts.clients) as conns:
         sent_at_s, sending = await send_at_rate(conns, queue=QUEUE, handler="stamp",
                                                 rate_per_s=opts.rate_per_s,
@@ -336,8 +344,7 @@ async def distasks_latency(res: Resources, url: str,
     latency["missing"] += sending["requests"] - len(sent_at_s)
     latency["sent"] = sending["requests"]
     return ({**latency, "errors": sending["errors"],
-             "send_lag_p99_ms": sending["send_lag_p99_ms"],
-             "machine_busy_pct": meter.read()["machine_busy_pct"]}, len(sent_at_s))
+             "send_lag_p99_ms": sending["send_lag_p99_ms"], **busy(meter)}, len(sent_at_s))
 
 
 # -- checks and the table --------------------------------------------------------------------
@@ -374,7 +381,9 @@ def figures(system: str, r: dict[str, Any]) -> dict[str, float]:
            "worker_cpu_ms_per_job": r["drain"].get("worker_cpu_ms_per_job", float("nan")),
            "start_p50_ms": r["latency"]["p50_ms"], "start_p99_ms": r["latency"]["p99_ms"],
            "start_max_ms": r["latency"]["max_ms"],
-           "drain_machine_busy_pct": r["drain"].get("machine_busy_pct", float("nan"))}
+           "drain_machine_busy_pct": r["drain"].get("machine_busy_pct", float("nan")),
+           "start_workers_pct_of_core": r["latency"]["workers_pct_of_core"],
+           "start_machine_busy_pct": r["latency"]["machine_busy_pct"]}
     if system != "taskiq":
         out["producer_jobs_per_s"] = r["enqueue"]["producer"]["creates_per_s"]
         out["producer_client_cpu_ms"] = r["enqueue"]["producer"]["client_cpu_ms_per_create"]
@@ -400,8 +409,8 @@ def print_round(system: str, r: dict[str, Any]) -> None:
           f"{d.get('machine_busy_pct', float('nan')):.0f}% busy")
     print(f"  {'':<12} enqueue->start p50 {lat['p50_ms']:.2f} p99 {lat['p99_ms']:.2f} max "
           f"{lat['max_ms']:.2f} ms ({lat['stamped']}/{lat['sent']} stamped, {lat['missing']} "
-          f"missing; send lag p99 {lat['send_lag_p99_ms']:.1f} ms; machine "
-          f"{lat['machine_busy_pct']:.0f}% busy)")
+          f"missing; send lag p99 {lat['send_lag_p99_ms']:.1f} ms; workers "
+          f"{lat['workers_pct_of_core']:.0f}% of a core; machine {lat['machine_busy_pct']:.0f}% busy)")
 
 
 def medians(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -428,8 +437,11 @@ def print_table(m: dict[str, dict[str, float]], opts: Options) -> None:
         (f"enqueue → start at {opts.rate_per_s:g}/s, p50 / p99 (max)",
          [f"{s['start_p50_ms']:.1f} / {s['start_p99_ms']:.1f} ({s['start_max_ms']:.1f}) ms"
           for s in (t, d1, d2)]),
-        ("machine busy during the drain",
-         [f"{s['drain_machine_busy_pct']:.0f} %" for s in (t, d1, d2)]),
+        (f"workers' CPU at {opts.rate_per_s:g}/s (% of a core)",
+         [f"{s['start_workers_pct_of_core']:.0f} %" for s in (t, d1, d2)]),
+        ("machine busy: drain / latency phase",
+         [f"{s['drain_machine_busy_pct']:.0f} / {s['start_machine_busy_pct']:.0f} %"
+          for s in (t, d1, d2)]),
     ]
     print(f"\nmedians of {opts.repeats} (handler {opts.handler}: {HANDLERS[opts.handler]})\n")
     print("| | Taskiq (2 processes) | distasks, 1 daemon | distasks, 2 daemons |")
