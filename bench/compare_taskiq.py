@@ -452,8 +452,8 @@ def print_table(m: dict[str, dict[str, float]], opts: Options) -> None:
 
 def configuration(opts: Options) -> dict[str, Any]:
     commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", "distasks", "bench"):
-        commit += "+uncommitted changes"
+    if git("status", "--porcelain", "--", "distasks", "bench/*.py"):
+        commit += "+uncommitted changes in distasks/ or bench/*.py"
 
     def version(name: str) -> str:
         try:
