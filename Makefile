@@ -27,7 +27,7 @@ help:
 	@echo 'make test       run pytest (PYTEST_ARGS, default -q)'
 	@echo 'make fuzz       schemathesis against a live daemon, new random seed'
 	@echo 'make bench      run bench/throughput.py'
-	@echo 'make bench-compare  bench/compare_taskiq.py: distasks vs Taskiq, same handler'
+	@echo 'make bench-compare  bench/compare_taskiq.py: distasks beside Taskiq (COMPARE_ARGS)'
 	@echo 'make lint       ruff check, mypy and the strict docs build'
 	@echo 'make docs       build the docs site into site/ (mkdocs build --strict)'
 	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
@@ -63,10 +63,12 @@ test: venv services
 bench: venv services
 	$(SERVICES_ENV) && $(VENV)/bin/python bench/throughput.py
 
-# distasks against a Taskiq worker, same handler (one Redis write), same box.
+# distasks beside Taskiq, same handler (one Redis write), same box: issue 17's table.
+# COMPARE_ARGS passes options, e.g. `make bench-compare COMPARE_ARGS='--handler sync'`.
+COMPARE_ARGS ?=
 bench-compare: venv services
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,dev,bench]'
-	$(SERVICES_ENV) && $(VENV)/bin/python bench/compare_taskiq.py
+	$(SERVICES_ENV) && $(VENV)/bin/python bench/compare_taskiq.py $(COMPARE_ARGS)
 
 # Schemathesis against a live daemon with a fresh random seed and more examples.
 fuzz: venv services

@@ -29,7 +29,7 @@ import os
 import platform
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -60,21 +60,25 @@ def task_fields(i: int) -> dict[str, Any]:
 
 
 class Phase:
-    """Wall, client and daemon CPU around one loop of `tasks` creates."""
+    """Wall, client and daemon CPU (all of `daemon_pids`) around one loop of `tasks`
+    creates."""
 
-    def __init__(self, daemon_pid: int) -> None:
-        self.daemon_pid = daemon_pid
+    def __init__(self, daemon_pids: Sequence[int]) -> None:
+        self.daemon_pids = daemon_pids
+
+    def daemon_cpu_s(self) -> float:
+        return sum(process_cpu_s(pid) for pid in self.daemon_pids)
 
     def __enter__(self) -> Phase:
         self.wall_s = time.perf_counter()
         self.client_s = time.process_time()
-        self.daemon_s = process_cpu_s(self.daemon_pid)
+        self.daemon_s = self.daemon_cpu_s()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.perf_counter() - self.wall_s
         self.client_s = time.process_time() - self.client_s
-        self.daemon_s = process_cpu_s(self.daemon_pid) - self.daemon_s
+        self.daemon_s = self.daemon_cpu_s() - self.daemon_s
 
     def report(self, tasks: int) -> dict[str, float]:
         return {"creates_per_s": round(tasks / self.wall_s, 1),
@@ -148,7 +152,7 @@ def producer_loop(max_batch: int, max_delay_s: float,
     return loop
 
 
-async def measure(name: str, pid: int, url: str, tasks: int,
+async def measure(name: str, pids: Sequence[int], url: str, tasks: int,
                   run: Callable[[str, int], Any], *, blocking: bool) -> dict[str, Any]:
     async def call(n: int) -> None:
         if blocking:
@@ -158,7 +162,7 @@ async def measure(name: str, pid: int, url: str, tasks: int,
 
     with trio.fail_after(PHASE_TIMEOUT_S):
         await call(WARMUP_CREATES)
-        with Phase(pid) as phase:
+        with Phase(pids) as phase:
             await call(tasks)
     return {"phase": name, **phase.report(tasks)}
 
@@ -175,20 +179,20 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
         async with running(daemon, ready_timeout_s=READY_TIMEOUT_S,
                            stop_timeout_s=STOP_TIMEOUT_S) as d:
             assert d.process is not None
-            pid, n = d.process.pid, opts.tasks
+            pids, n = [d.process.pid], opts.tasks
             phases = [
-                await measure("raw http.client", pid, d.url, n, raw_loop, blocking=True),
-                await measure("Client.create", pid, d.url, n, client_loop, blocking=True),
-                await measure("AsyncClient.create", pid, d.url, n, async_loop,
+                await measure("raw http.client", pids, d.url, n, raw_loop, blocking=True),
+                await measure("Client.create", pids, d.url, n, client_loop, blocking=True),
+                await measure("AsyncClient.create", pids, d.url, n, async_loop,
                               blocking=False),
             ]
             if not opts.skip_producer:
                 phases.append(await measure(
-                    "producer.enqueue", pid, d.url, n,
+                    "producer.enqueue", pids, d.url, n,
                     producer_loop(opts.max_batch, opts.max_delay_ms / 1000, opts.in_flight),
                     blocking=False))
                 phases.append(await measure(
-                    "producer.submit", pid, d.url, n,
+                    "producer.submit", pids, d.url, n,
                     blocking_producer_loop(opts.max_batch, opts.max_delay_ms / 1000),
                     blocking=True))
     return {"config": {"tasks": n, "warmup": WARMUP_CREATES, "max_batch": opts.max_batch,

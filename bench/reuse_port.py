@@ -55,8 +55,10 @@ async def requests_answered(client: httpx.AsyncClient, url: str) -> float:
 
 @asynccontextmanager
 async def daemons(n: int, dsn: str, redis_url: str, prefix: str, out: Path,
-                  concurrency: int) -> AsyncIterator[tuple[str, list[tuple[DaemonProcess, str]]]]:
-    """`n` daemons on one shared port; yields its URL and (daemon, instance URL) pairs."""
+                  concurrency: int, settings: dict[str, str] | None = None,
+                  ) -> AsyncIterator[tuple[str, list[tuple[DaemonProcess, str]]]]:
+    """`n` daemons on one shared port, each with `settings` over the bench's (queue
+    `bench`, `noop` handler); yields the port's URL and (daemon, instance URL) pairs."""
     port = str(free_port())
     async with AsyncExitStack() as stack:
         started = []
@@ -67,7 +69,8 @@ async def daemons(n: int, dsn: str, redis_url: str, prefix: str, out: Path,
                 "DISTASKS_HTTP_INSTANCE_PORT": str(own), "QUEUE_NAMES": "bench",
                 "WORKER_CONCURRENCY": str(concurrency), "DISTASKS_LOG_LEVEL": "WARNING",
                 "DISTASKS_WORKER_DEFAULT_HANDLER": "noop",
-                "DISTASKS_AUTH_ANONYMOUS": "loopback", "DISTASKS_LIMITS_PER_MINUTE": "0"})
+                "DISTASKS_AUTH_ANONYMOUS": "loopback", "DISTASKS_LIMITS_PER_MINUTE": "0",
+                **(settings or {})})
             d = await stack.enter_async_context(running(DaemonProcess(
                 f"n{n}-d{i}", env, out / f"n{n}-d{i}.log")))
             started.append((d, f"http://127.0.0.1:{own}"))

@@ -392,8 +392,8 @@ def phase_timeout_s(count: int) -> float:
     return PHASE_TIMEOUT_BASE_S + count / SLOWEST_ACCEPTABLE_RATE_PER_S
 
 
-def create_body(queue: str) -> dict[str, str]:
-    return {"name": "bench", "handler": "noop", "queue_name": queue}
+def create_body(queue: str, handler: str = "noop") -> dict[str, str]:
+    return {"name": "bench", "handler": handler, "queue_name": queue}
 
 
 # -- batching, read from timestamps ---------------------------------------------------------
@@ -516,8 +516,8 @@ WHERE t.id = ANY(%s)
 SUCCEEDED_AMONG = "SELECT count(*) FROM task_runs WHERE task_id = ANY(%s) AND status = 'succeeded'"
 
 
-async def send_at_rate(conns: Connections, *, queue: str, rate_per_s: float,
-                       duration_s: float) -> tuple[dict[uuid.UUID, float], dict[str, Any]]:
+async def send_at_rate(conns: Connections, *, queue: str, rate_per_s: float, duration_s: float,
+                       handler: str = "noop") -> tuple[dict[uuid.UUID, float], dict[str, Any]]:
     """Open loop: request i leaves at start + i / rate whether or not earlier ones were
     answered, so a slow daemon cannot slow the arrivals down and hide its queueing.
 
@@ -534,7 +534,7 @@ async def send_at_rate(conns: Connections, *, queue: str, rate_per_s: float,
         sent_s, mono_s = time.time(), time.perf_counter()
         try:
             async with conns.borrow() as client:
-                response = await client.post("/api/v1/tasks", json=create_body(queue))
+                response = await client.post("/api/v1/tasks", json=create_body(queue, handler))
         except httpx.HTTPError as e:
             errors[type(e).__name__] += 1
             return

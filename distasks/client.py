@@ -314,12 +314,20 @@ class Queue(_Shape):
     completed_last_minute: int
     failed_last_minute: int
     oldest_ready_age_seconds: float | None
+    #: most runs leased at once across every daemon; None: no limit
+    max_running: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueState(_Shape):
     name: str
     paused: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueLimits(_Shape):
+    name: str
+    max_running: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -724,6 +732,13 @@ def _pause(queue: str) -> Op[QueueState]:
         "POST", f"/api/v1/queues/{_quote(queue)}/pause"))))
 
 
+def _set_max_running(queue: str, max_running: int | None) -> Op[QueueLimits]:
+    """Allow at most `max_running` runs of `queue` leased at once across every daemon
+    (None: no limit)."""
+    return _shape(QueueLimits, _json((yield _Request(
+        "PATCH", f"/api/v1/queues/{_quote(queue)}", json={"max_running": max_running}))))
+
+
 def _resume(queue: str) -> Op[QueueState]:
     """Claim from a paused `queue` again."""
     return _shape(QueueState, _json((yield _Request(
@@ -961,6 +976,7 @@ class _BaseClient:
     queues = _Endpoint(_queues)
     pause = _Endpoint(_pause)
     resume = _Endpoint(_resume)
+    set_max_running = _Endpoint(_set_max_running)
     delete_queue = _Endpoint(_delete_queue)
     dlq = _Endpoint(_dlq)
     replay = _Endpoint(_replay)

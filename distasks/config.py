@@ -94,6 +94,20 @@ class RedisConfig:
     max_connections: int = 64
 
 
+class QueueWeights(tuple[tuple[str, int], ...]):
+    """`worker.queue_weights`: (queue, weight) pairs, hashable like the rest of a config,
+    written in TOML as a table."""
+
+    #: the weight of a queue the table does not name
+    DEFAULT = 1
+
+    def weight(self, queue: str) -> int:
+        return dict(self).get(queue, self.DEFAULT)
+
+    def toml(self) -> str:
+        return "{" + ", ".join(f'"{q}" = {w}' for q, w in self) + "}"
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     #: the queues this daemon works; another tenant's as "<tenant>/<queue>"
@@ -112,10 +126,23 @@ class WorkerConfig:
     lease_s: float = 15.0
     #: most runs claimed in one Redis round trip
     claim_batch: int = 100
+    #: claims of one queue in flight at once while it has work: while one waits on Redis
+    #: and PostgreSQL, the next takes the executors that came free meanwhile (an idle queue
+    #: has one claim waiting on Redis, whatever this is)
+    fetchers_per_queue: int = 2
     #: a create for a queue this daemon serves, while it has an idle executor, starts the
     #: run at once in the same statement (no Redis push and claim); false: always via Redis
     start_at_create: bool = True
-    #: threads for synchronous handlers
+    #: how executors are shared when several queues have work: "strict" serves them in
+    #: the order of `queues` (a later queue gets an executor only while the earlier ones
+    #: have nothing waiting); "weighted" shares them by `queue_weights`
+    queue_order: str = "weighted"
+    #: weighted order: each queue's share of the executors while several have work, as a
+    #: table `{critical = 6, default = 3, low = 1}` (1-1000; a queue not named has 1), so
+    #: every queue with work gets some; env `critical=6,default=3,low=1`
+    queue_weights: QueueWeights = QueueWeights()
+    #: threads for synchronous handlers: started with the worker pool, at most this many
+    #: sync handlers run at once (an abandoned one keeps its thread until it returns)
     sync_threads: int = 16
     #: largest handler result stored on a run (as JSON); a larger one is not kept
     max_result_bytes: int = 64 * 1024
@@ -477,6 +504,18 @@ def _build_section(name: str, cls: type, table: dict[str, Any], env: Mapping[str
 
 def _parse_env(name: str, text: str, default: Any) -> Any:
     """Turn an environment string into the type of the key's default."""
+    if isinstance(default, QueueWeights):  # "critical=6,default=3"
+        table: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            queue, sep, weight = part.partition("=")
+            if not sep:
+                raise ConfigError(name, f"must be queue=weight pairs, got {part!r}")
+            try:
+                table[queue.strip()] = int(weight)
+            except ValueError:
+                raise ConfigError(name, f"the weight of {queue.strip()!r} must be an "
+                                        f"integer, got {weight!r}") from None
+        return table
     if isinstance(default, tuple):
         return tuple(part.strip() for part in text.split(",") if part.strip())
     if isinstance(default, bool):
@@ -495,6 +534,15 @@ def _parse_env(name: str, text: str, default: Any) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, QueueWeights):
+        if isinstance(value, QueueWeights):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(key, "must be a table of queue = weight")
+        for queue, weight in value.items():
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+                raise ConfigError(f"{key}.{queue}", f"must be an integer 1-1000, got {weight!r}")
+        return QueueWeights(sorted(value.items()))
     if isinstance(default, tuple):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, "must be a list of strings")
@@ -555,11 +603,14 @@ def _validate(c: Config) -> None:
              "worker.queues", f"{q!r} is not a queue (1-64 of [A-Za-z0-9_.-]) or "
              "<tenant>/<queue> (the default tenant's queues are named without a tenant)")
     need(c.worker.concurrency >= 1, "worker.concurrency", "must be at least 1")
+    need(c.worker.queue_order in ("strict", "weighted"), "worker.queue_order",
+         f"must be \"strict\" or \"weighted\", got {c.worker.queue_order!r}")
     need(c.worker.default_handler != "", "worker.default_handler", "must not be empty")
     need(c.worker.task_timeout_s > 0, "worker.task_timeout_s", "must be positive")
     need(c.worker.grace_period_s >= 0, "worker.grace_period_s", "must not be negative")
     need(c.worker.lease_s >= 1, "worker.lease_s", "must be at least 1 second")
     need(c.worker.claim_batch >= 1, "worker.claim_batch", "must be at least 1")
+    need(c.worker.fetchers_per_queue >= 1, "worker.fetchers_per_queue", "must be at least 1")
     need(c.worker.sync_threads >= 1, "worker.sync_threads", "must be at least 1")
     need(c.worker.max_result_bytes >= 16, "worker.max_result_bytes", "must be at least 16")
     need(c.retry.max_retries >= 0, "retry.max_retries", "must not be negative")

@@ -1,4 +1,5 @@
-"""Queue resources: the list with depths and recent throughput; pause and resume; delete.
+"""Queue resources: the list with depths and recent throughput; pause and resume; limits;
+delete.
 
 A pause of a name never seen adds a queue, so it is bounded by limits.max_queues per
 tenant (409 beyond it), and a queue with nothing left in it can be deleted."""
@@ -9,7 +10,7 @@ from quart import Blueprint, Response, jsonify
 
 from distasks.api import schemas
 from distasks.api.openapi import operation
-from distasks.api.parse import queue_name
+from distasks.api.parse import parse_body, queue_name, read_body
 from distasks.api.render import iso
 from distasks.api.services import actor, services, tenant, tenant_queue
 from distasks.daemon.queue_state import queue_states
@@ -41,6 +42,7 @@ async def list_queues() -> Response:
             "completed_last_minute": r.completed_last_minute if r else 0,
             "failed_last_minute": r.failed_last_minute if r else 0,
             "oldest_ready_age_seconds": st.oldest_ready_age_s,
+            "max_running": r.max_running if r else None,
         })
     return jsonify({"queues": out})
 
@@ -58,6 +60,21 @@ async def pause_queue(queue: str) -> Response:
            errors={409: "A new queue beyond limits.max_queues of the tenant"})
 async def resume_queue(queue: str) -> Response:
     return await _set_paused(queue, False)
+
+
+@operation(bp, "PATCH", "/api/v1/queues/<queue>", scope="queues:admin", tag="queues",
+           summary="Set or lift a queue's limits: max_running, the most runs leased at "
+                   "once across every daemon", body=schemas.UpdateQueue,
+           responses={200: schemas.QueueLimits},
+           errors={409: "A new queue beyond limits.max_queues of the tenant"})
+async def update_queue(queue: str) -> Response:
+    queue = tenant_queue(queue_name(queue))
+    req = parse_body(schemas.UpdateQueue, await read_body())
+    s = services()
+    await s.operations.set_max_running(queue, req.max_running, actor=actor(),
+                                       now=times.utc(s.clock()),
+                                       max_queues=s.config.limits.max_queues)
+    return jsonify({"name": shown(queue), "max_running": req.max_running})
 
 
 @operation(bp, "DELETE", "/api/v1/queues/<queue>", scope="queues:admin", tag="queues",

@@ -103,8 +103,19 @@ class DlqSelection(Strict):
     dry_run: bool = False
 
 
+MAX_RUNNING_DESCRIPTION = (
+    "Most runs of the queue leased at once, counted across every daemon (runs claimed, "
+    "running, or waiting for an executor); null: no limit")
+
+
+class UpdateQueue(Strict):
+    max_running: int | None = Field(ge=1, le=1_000_000, description=MAX_RUNNING_DESCRIPTION)
+
+
 class ReplayDlq(DlqSelection):
-    override_priority: Priority | None = None
+    override_priority: Priority | None = Field(
+        None, description="The priority the replayed tasks get (and are claimed at); "
+                          "absent: each keeps its own")
 
 
 ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",
@@ -267,6 +278,7 @@ class QueueOut(BaseModel):
     completed_last_minute: int
     failed_last_minute: int
     oldest_ready_age_seconds: float | None
+    max_running: int | None = Field(description=MAX_RUNNING_DESCRIPTION)
 
 
 class QueueList(BaseModel):
@@ -276,6 +288,11 @@ class QueueList(BaseModel):
 class QueueState(BaseModel):
     name: str
     paused: bool
+
+
+class QueueLimits(BaseModel):
+    name: str
+    max_running: int | None = Field(description=MAX_RUNNING_DESCRIPTION)
 
 
 class QueueDeleted(BaseModel):

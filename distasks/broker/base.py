@@ -81,7 +81,8 @@ async def cross(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwa
 
 
 #: the scripts beside this file, by name (file name = what it does)
-SCRIPTS = ("claim", "move_due", "requeue", "announce_done", "release_lock", "rate_take")
+SCRIPTS = ("claim", "push", "move_due", "requeue", "unlease", "withdraw", "ready_depth",
+           "announce_done", "release_lock", "rate_take")
 
 
 class BrokerBase:
@@ -91,6 +92,7 @@ class BrokerBase:
         self._redis = client
         self._prefix = prefix
         self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPTS}
+        self._by_sha = {script.sha: script for script in self._scripts.values()}
 
     def keys(self, queue: str) -> QueueKeys:
         return queue_keys(self._prefix, queue)
@@ -99,24 +101,67 @@ class BrokerBase:
     def control_channel(self) -> str:
         return global_keys(self._prefix).control
 
+    def _pipe_script(self, pipe: Any, name: str, keys: Sequence[str],
+                     args: Sequence[str | int]) -> None:
+        """Queue script `name` on `pipe` by SHA, for `_execute`.
+
+        By SHA: a redis-py Script object in a pipeline makes it ask SCRIPT EXISTS first,
+        one more round trip every time."""
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        """Execute `pipe`, scripts queued by `_pipe_script` included; its replies.
+
+        If Redis lost its script cache (a restart), the rest of the pipeline has run:
+        each script it did not know is then loaded and run on its own, after the others."""
+        stack = pipe.command_stack  # execute() leaves it and starts a new one
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                _evalsha, sha, numkeys, *rest = stack[index][0]
+                replies[index] = await self._by_sha[sha](keys=rest[:int(numkeys)],
+                                                         args=rest[int(numkeys):])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def _execute_announcing(self, pipe: Any, task_ids: Sequence[str], *,
                                   now_ms: int) -> None:
-        """Execute `pipe` with announce_done.lua for `task_ids` at its end.
-
-        The script goes by SHA: a redis-py Script object in a pipeline makes it ask
-        SCRIPT EXISTS first, one more round trip every time. If Redis lost its script
-        cache (a restart), the rest of the pipeline has run; the script is then loaded
-        and run on its own."""
-        args: list[str | int] = [self.control_channel, now_ms, *task_ids]
-        script = self._scripts["announce_done"]
-        waited = global_keys(self._prefix).waited
+        """Execute `pipe` with announce_done.lua for `task_ids` at its end."""
         if task_ids:
-            pipe.evalsha(script.sha, 1, waited, *args)
-        for reply in await pipe.execute(raise_on_error=False):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                await script(keys=[waited], args=args)
-            elif isinstance(reply, Exception):
-                raise reply
+            self._pipe_script(pipe, "announce_done", [global_keys(self._prefix).waited],
+                              [self.control_channel, now_ms, *task_ids])
+        await self._execute(pipe)
+
+    def _push(self, pipe: Any, queue: str, runs: Sequence[tuple[str, int]], *,
+              at_head: bool = False) -> None:
+        """Queue push.lua for (run_id, priority) on `pipe`: to the tail of their
+        priority's ready list, or to the head (claimed next, in the order given)."""
+        keys = self.keys(queue)
+        self._pipe_script(pipe, "push", [keys.ready, keys.bands, keys.bell, keys.priorities],
+                          ["head" if at_head else "tail",
+                           *(x for run_id, priority in runs for x in (str(priority), run_id))])
+
+    def _delay(self, pipe: Any, queue: str, due: Sequence[tuple[str, int, int]]) -> None:
+        """Queue on `pipe` the delayed entries (run_id, due_ms, priority). A priority
+        other than 0 is recorded before the entry, so move_due.lua never finds the entry
+        without it (were that write lost, the run would be moved as priority 0: out of
+        order, never lost)."""
+        self._rank(pipe, queue, due)
+        pipe.zadd(self.keys(queue).delayed, {run_id: due_ms for run_id, due_ms, _ in due})
+
+    def _unlease(self, pipe: Any, queue: str, run_ids: Sequence[str]) -> None:
+        """Queue unlease.lua for `run_ids` on `pipe`: their leases end (and a limited
+        queue's room signal rings)."""
+        keys = self.keys(queue)
+        self._pipe_script(pipe, "unlease", [keys.leases, keys.max_running, keys.room], run_ids)
+
+    def _rank(self, pipe: Any, queue: str, entries: Sequence[tuple[str, int, int]]) -> None:
+        """Queue on `pipe` the priorities other than 0 of (run_id, _, priority)."""
+        ranked = {run_id: str(priority) for run_id, _, priority in entries if priority != 0}
+        if ranked:
+            pipe.hset(self.keys(queue).priorities, mapping=ranked)
 
     async def raw(self, fn_name: str, *args: Any) -> Any:
         """Run one plain redis-py command by name; for tests and diagnostics."""

@@ -23,10 +23,13 @@ class ControlCommands(BrokerBase):
         """A task was cancelled: drop its waiting runs from the index, tell the daemon
         running it (if any) to stop, and wake whoever waits for the task."""
         async with self._redis.pipeline(transaction=False) as pipe:
+            by_queue: dict[str, list[str]] = {}
             for queue, run_id in waiting:
+                by_queue.setdefault(queue, []).append(run_id)
+            for queue, run_ids in by_queue.items():
                 keys = self.keys(queue)
-                pipe.lrem(keys.ready, 1, run_id)
-                pipe.zrem(keys.delayed, run_id)
+                self._pipe_script(pipe, "withdraw", [keys.ready, keys.delayed, keys.priorities],
+                                  run_ids)
             if running:
                 pipe.publish(self.control_channel, f"cancel {running}")
             await self._execute_announcing(pipe, [task_id], now_ms=now_ms)

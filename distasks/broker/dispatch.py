@@ -1,5 +1,11 @@
-"""Dispatch: runs pushed ready or delayed, claimed with a lease, handed back, settled
-after their outcome, and moved from delayed to ready when due (architecture §3).
+"""Dispatch: runs pushed ready or delayed, claimed with a lease (highest priority
+first, oldest first within a priority), handed back, settled after their outcome, and
+moved from delayed to ready when due (architecture §3).
+
+A priority is an integer; higher runs first. Each priority has its own FIFO ready list
+(claim.lua describes the layout); a run of a priority other than 0 also has its priority
+kept in the queue's `priorities` hash while it is in the index, so that a retry, a due
+run or a run handed back goes back to its list inside a script.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ class Settlement:
 
     #: queue -> run ids whose lease ends
     unleased: dict[str, list[str]] = field(default_factory=dict)
-    #: queue -> (due_ms, run id) of retries
-    delayed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: queue -> those of `unleased` whose priority is not 0 (their entry in
+    #: `priorities` goes too)
+    unranked: dict[str, list[str]] = field(default_factory=dict)
+    #: queue -> (due_ms, run id, priority) of retries
+    delayed: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
     #: queue -> task ids out of retries
     dead: dict[str, list[str]] = field(default_factory=dict)
-    #: queue -> run ids to run next (interrupted runs handed back)
-    urgent: dict[str, list[str]] = field(default_factory=dict)
+    #: queue -> (run id, priority) to run next (interrupted runs handed back)
+    urgent: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     #: task ids that reached a final state (announced to long-poll waiters)
     finished: list[str] = field(default_factory=list)
     #: when the outcomes were recorded, Unix time in ms
@@ -33,29 +42,31 @@ class DispatchCommands(BrokerBase):
     """Ready lists, delayed sets and the claim's lease sets."""
 
     @crossing
-    async def dispatch(self, ready: Sequence[tuple[str, str]] = (),
-                       delayed: Sequence[tuple[str, str, int]] = ()) -> None:
-        """Push (queue, run_id) to ready lists and (queue, run_id, due_ms) to delayed sets."""
+    async def dispatch(self, ready: Sequence[tuple[str, str, int]] = (),
+                       delayed: Sequence[tuple[str, str, int, int]] = ()) -> None:
+        """Push (queue, run_id, priority) to ready lists and (queue, run_id, due_ms,
+        priority) to delayed sets."""
         if not ready and not delayed:
             return
-        by_queue: dict[str, list[str]] = {}
-        for queue, run_id in ready:
-            by_queue.setdefault(queue, []).append(run_id)
-        due_by_queue: dict[str, dict[str, int]] = {}
-        for queue, run_id, due_ms in delayed:
-            due_by_queue.setdefault(queue, {})[run_id] = due_ms
+        by_queue: dict[str, list[tuple[str, int]]] = {}
+        for queue, run_id, priority in ready:
+            by_queue.setdefault(queue, []).append((run_id, priority))
+        due_by_queue: dict[str, list[tuple[str, int, int]]] = {}
+        for queue, run_id, due_ms, priority in delayed:
+            due_by_queue.setdefault(queue, []).append((run_id, due_ms, priority))
         async with self._redis.pipeline(transaction=False) as pipe:
-            for queue, run_ids in by_queue.items():
-                pipe.rpush(self.keys(queue).ready, *run_ids)
-            for queue, mapping in due_by_queue.items():
-                pipe.zadd(self.keys(queue).delayed, mapping)
-            await pipe.execute()
+            for queue, runs in by_queue.items():
+                self._push(pipe, queue, runs)
+            for queue, due in due_by_queue.items():
+                self._delay(pipe, queue, due)
+            await self._execute(pipe)
 
     @crossing
     async def claim(self, queue: str, *, count: int, lease_until_ms: int,
                     block: bool) -> list[str] | None:
-        """Lease up to `count` ready run ids of `queue`; with `block`, wait up to
-        CLAIM_BLOCK_S for the first one. None when the queue is paused.
+        """Lease up to `count` ready run ids of `queue`, highest priority first, oldest
+        first within a priority; with `block`, wait up to CLAIM_BLOCK_S for the first
+        one. None when the queue is paused.
 
         Returns at once when work is ready; otherwise waits on the server (`wait_ready`)
         and claims what arrived, all in one crossing. Claimed ids are in the lease set when
@@ -63,7 +74,9 @@ class DispatchCommands(BrokerBase):
         itself within CLAIM_BLOCK_S plus a round trip.
         """
         keys = self.keys(queue)
-        script, script_keys = self._scripts["claim"], [keys.ready, keys.leases, keys.paused]
+        script = self._scripts["claim"]
+        script_keys = [keys.ready, keys.leases, keys.paused, keys.bands, keys.bell,
+                       keys.max_running, keys.room]
         items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
         if items is None or items or not block or not await self._wait_ready_on_asyncio(queue):
             return items
@@ -71,45 +84,65 @@ class DispatchCommands(BrokerBase):
 
     @crossing
     async def wait_ready(self, queue: str) -> bool:
-        """Wait up to CLAIM_BLOCK_S until `queue` has a ready item; takes nothing.
+        """Wait up to CLAIM_BLOCK_S until `queue` may have a ready item; takes nothing.
 
-        BLMOVE of the list onto itself (head to head) blocks like a pop but leaves the
-        item where it was, so even a reply lost to a dropped connection loses nothing.
+        It waits on the queue's bell, which every push rings and a claim that finds
+        every ready list empty takes down: one key whatever the priorities. BLMOVE of
+        the bell onto itself (head to head) blocks like a pop but leaves it where it was,
+        so even a reply lost to a dropped connection loses nothing.
         """
         return await self._wait_ready_on_asyncio(queue)
 
     async def _wait_ready_on_asyncio(self, queue: str) -> bool:
-        """wait_ready's body, for `claim` to use within its own crossing."""
-        ready = self.keys(queue).ready
-        return await self._redis.blmove(ready, ready, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
+        """wait_ready's body, for `claim` to use within its own crossing. A queue held
+        back by its max-running limit waits on its room signal instead (claim.lua), which
+        an ended lease rings; one rung since the check makes the wait return at once."""
+        keys = self.keys(queue)
+        signal = keys.bell
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.max_running)
+            pipe.zcard(keys.leases)
+            limit, leased = await pipe.execute()
+        if limit is not None and leased >= int(limit):
+            signal = keys.room
+        return await self._redis.blmove(signal, signal, CLAIM_BLOCK_S, "LEFT", "LEFT") is not None
 
     @crossing
     async def requeue(self, queue: str, run_ids: Sequence[str]) -> int:
-        """Hand leased run ids back to the head of the ready list; returns how many."""
+        """Hand leased run ids back to the head of their priority's ready list; returns
+        how many."""
         if not run_ids:
             return 0
         keys = self.keys(queue)
-        return int(await self._scripts["requeue"](keys=[keys.leases, keys.ready],
-                                                  args=list(run_ids)))
+        return int(await self._scripts["requeue"](
+            keys=[keys.leases, keys.ready, keys.bands, keys.bell, keys.priorities,
+                  keys.max_running, keys.room],
+            args=list(run_ids)))
 
     @crossing
     async def release(self, queue: str, run_ids: Sequence[str]) -> None:
-        """Drop the leases of claimed ids that have nothing to run."""
+        """Drop the leases (and priorities) of claimed ids that have nothing to run."""
         if run_ids:
-            await self._redis.zrem(self.keys(queue).leases, *run_ids)
+            keys = self.keys(queue)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                self._unlease(pipe, queue, run_ids)
+                pipe.hdel(keys.priorities, *run_ids)
+                await self._execute(pipe)
 
     @crossing
     async def settle(self, s: Settlement) -> None:
         """Apply the Redis side of recorded outcomes in one pipeline."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, run_ids in s.unleased.items():
-                pipe.zrem(self.keys(queue).leases, *run_ids)
+                self._unlease(pipe, queue, run_ids)
+            for queue, run_ids in s.unranked.items():
+                pipe.hdel(self.keys(queue).priorities, *run_ids)
             for queue, due in s.delayed.items():
-                pipe.zadd(self.keys(queue).delayed, {run_id: ms for ms, run_id in due})
+                self._delay(pipe, queue, [(run_id, ms, p) for ms, run_id, p in due])
             for queue, task_ids in s.dead.items():
                 pipe.rpush(self.keys(queue).dlq, *task_ids)
-            for queue, run_ids in s.urgent.items():
-                pipe.lpush(self.keys(queue).ready, *reversed(run_ids))
+            for queue, runs in s.urgent.items():
+                self._push(pipe, queue, runs, at_head=True)
             await self._execute_announcing(pipe, s.finished, now_ms=s.now_ms)
 
     @crossing
@@ -124,8 +157,9 @@ class DispatchCommands(BrokerBase):
             return None
         moved = 0
         for _ in range(MOVE_MAX_ROUNDS):
-            n = int(await self._scripts["move_due"](keys=[keys.delayed, keys.ready],
-                                                   args=[now_ms, limit]))
+            n = int(await self._scripts["move_due"](
+                keys=[keys.delayed, keys.ready, keys.bands, keys.bell, keys.priorities],
+                args=[now_ms, limit]))
             moved += n
             if n < limit:  # fewer than the limit means done
                 break

@@ -11,16 +11,17 @@ class DlqCommands(BrokerBase):
     """Entries leave the index on replay or delete; a rebuild replaces it."""
 
     @crossing
-    async def leave_dlq(self, queue: str, removed: Sequence[str], ready: Sequence[str]) -> None:
-        """Take `removed` task ids out of the DLQ index and push the `ready` run ids of
-        those replayed (none for a deletion)."""
+    async def leave_dlq(self, queue: str, removed: Sequence[str],
+                        ready: Sequence[tuple[str, int]]) -> None:
+        """Take `removed` task ids out of the DLQ index and push the `ready` (run id,
+        priority) of those replayed (none for a deletion)."""
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=True) as pipe:
             for task_id in removed:
                 pipe.lrem(keys.dlq, 1, task_id)
             if ready:
-                pipe.rpush(keys.ready, *ready)
-            await pipe.execute()
+                self._push(pipe, queue, ready)
+            await self._execute(pipe)
 
     @crossing
     async def restore_dlq(self, queue: str, task_ids: Sequence[str]) -> None:

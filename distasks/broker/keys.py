@@ -11,8 +11,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    #: list of run ids ready to start, oldest on the left (RPUSH, claimed from the left)
+    #: list of run ids of priority 0 ready to start, oldest on the left (RPUSH, claimed
+    #: from the left); a run of another priority p waits in the list `band(p)`
     ready: str
+    #: zset of the priorities other than 0 whose ready list may hold runs, score = the
+    #: priority (the claim drops a priority whose list it found empty)
+    bands: str
+    #: list holding one entry while any ready list may hold runs, so that an idle fetcher
+    #: blocks on one key (BLMOVE onto itself) whatever the priority pushed
+    bell: str
+    #: hash run id -> priority, for the runs in this queue's index (ready, delayed or
+    #: leased) whose priority is not 0: how a retry, a due run or a run handed back finds
+    #: its list again inside a script
+    priorities: str
     #: zset of run ids waiting for their time, score = due time in ms
     delayed: str
     #: list of task ids out of retries, oldest on the left
@@ -23,17 +34,35 @@ class QueueKeys:
     mover_lock: str
     #: exists while the queue is paused (PostgreSQL keeps the flag; this mirrors it)
     paused: str
+    #: the queue's global concurrency limit, while it has one: claims keep the lease set
+    #: at most this big (PostgreSQL keeps it; this mirrors it)
+    max_running: str
+    #: list holding one entry while a limited queue may have room for another lease,
+    #: taken down by a claim that finds it full, so that its fetchers block (wait_ready)
+    #: until an ended lease rings it
+    room: str
+
+    def band(self, priority: int | str) -> str:
+        """The ready list of `priority`: `ready` itself for 0, so that entries of the
+        layout before priorities are claimed as priority 0 (claim.lua builds the same
+        names)."""
+        return self.ready if str(priority) == "0" else f"{self.ready}:{priority}"
 
 
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
     base = f"{prefix}:{{q:{queue}}}"
     return QueueKeys(
         ready=f"{base}:ready",
+        bands=f"{base}:bands",
+        bell=f"{base}:bell",
+        priorities=f"{base}:priorities",
         delayed=f"{base}:delayed",
         dlq=f"{base}:dlq",
         leases=f"{base}:leases",
         mover_lock=f"{base}:mover-lock",
         paused=f"{base}:paused",
+        max_running=f"{base}:max-running",
+        room=f"{base}:room",
     )
 
 

@@ -43,17 +43,20 @@ class RebuildCommands(BrokerBase):
             await pipe.execute()
 
     @crossing
-    async def restore(self, queue: str, *, ready: Sequence[str] = (),
-                      delayed: Sequence[tuple[str, int]] = (),
-                      leased: Sequence[tuple[str, int]] = ()) -> None:
-        """Add rebuilt entries to a queue's index. Duplicates of entries pushed since
-        Redis came back are harmless: a run starts only once (PostgreSQL decides)."""
+    async def restore(self, queue: str, *, ready: Sequence[tuple[str, int]] = (),
+                      delayed: Sequence[tuple[str, int, int]] = (),
+                      leased: Sequence[tuple[str, int, int]] = ()) -> None:
+        """Add rebuilt entries to a queue's index: ready (run id, priority), delayed
+        (run id, due_ms, priority), leased (run id, deadline_ms, priority). Duplicates of
+        entries pushed since Redis came back are harmless: a run starts only once
+        (PostgreSQL decides)."""
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=False) as pipe:
             if ready:
-                pipe.rpush(keys.ready, *ready)
+                self._push(pipe, queue, ready)
             if delayed:
-                pipe.zadd(keys.delayed, dict(delayed))
+                self._delay(pipe, queue, delayed)
             if leased:
-                pipe.zadd(keys.leases, dict(leased))
-            await pipe.execute()
+                self._rank(pipe, queue, leased)
+                pipe.zadd(keys.leases, {run_id: ms for run_id, ms, _ in leased})
+            await self._execute(pipe)

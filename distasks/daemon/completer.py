@@ -192,8 +192,10 @@ def _without_secrets(outcome: Outcome) -> Outcome:
 def _settlement(batch: list[Outcome], written: Written) -> Settlement:
     s = Settlement(now_ms=times.ms_of(max(x.finished_at for x in batch)))
     for x in batch:
-        queue = x.run.queue_name
+        queue, priority = x.run.queue_name, x.run.task.priority
         s.unleased.setdefault(queue, []).append(x.run.message)
+        if priority != 0:
+            s.unranked.setdefault(queue, []).append(x.run.message)
         if x.run.run_id not in written.runs:
             continue
         if x.kind in FINAL_KINDS:
@@ -204,11 +206,12 @@ def _settlement(batch: list[Outcome], written: Written) -> Settlement:
             assert x.next_retry_at_ms is not None
             if x.next_retry_at_ms <= times.ms_of(x.finished_at):
                 # Due at once (a takeover): straight to ready, no mover tick to wait for.
-                s.urgent.setdefault(queue, []).append(str(x.new_run_id))
+                s.urgent.setdefault(queue, []).append((str(x.new_run_id), priority))
             else:
-                s.delayed.setdefault(queue, []).append((x.next_retry_at_ms, str(x.new_run_id)))
+                s.delayed.setdefault(queue, []).append(
+                    (x.next_retry_at_ms, str(x.new_run_id), priority))
         elif x.kind is OutcomeKind.FAILED:
             s.dead.setdefault(queue, []).append(str(x.run.task.id))
         elif x.kind is OutcomeKind.INTERRUPTED:
-            s.urgent.setdefault(queue, []).append(str(x.new_run_id))
+            s.urgent.setdefault(queue, []).append((str(x.new_run_id), priority))
     return s

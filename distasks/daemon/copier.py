@@ -39,10 +39,10 @@ FLUSH_TIMEOUT_S = 10.0
 class _Waiting:
     """Committed creates not yet copied, in commit order."""
 
-    #: (queue, run id) for ready lists
-    ready: list[tuple[str, str]] = field(default_factory=list)
-    #: (queue, run id, due ms) for delayed sets
-    delayed: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (queue, run id, priority) for ready lists
+    ready: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (queue, run id, due ms, priority) for delayed sets
+    delayed: list[tuple[str, str, int, int]] = field(default_factory=list)
     #: the run ids of both, to mark dispatched
     run_ids: list[uuid.UUID] = field(default_factory=list)
 
@@ -60,7 +60,7 @@ class Copier:
         self._waiting = _Waiting()
         self._arrived = trio.Event()
 
-    def add(self, ready: list[tuple[str, str]], delayed: list[tuple[str, str, int]],
+    def add(self, ready: list[tuple[str, str, int]], delayed: list[tuple[str, str, int, int]],
             run_ids: list[uuid.UUID]) -> None:
         """Queue committed creates for the next copy."""
         self._waiting.ready += ready

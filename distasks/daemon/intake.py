@@ -176,9 +176,9 @@ class Intake:
                 assert self._pool is not None
                 started.append(_claimed(t, worker_id=self._pool.worker_id, now=times.utc(now_s)))
             elif t.type is TaskType.DELAYED and t.run_at is not None:
-                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at)))
+                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at), t.priority))
             else:
-                ready.append((t.queue_name, str(t.run_id)))
+                ready.append((t.queue_name, str(t.run_id), t.priority))
         if self._pool is not None:
             self._pool.unreserve(reserved - len(started))
             # The delay to start is measured from here, once the create has committed.

@@ -57,6 +57,15 @@ class Operations:
         await mirror.copy("pause" if paused else "resume",
                           lambda: self.broker.set_paused(queue, paused))
 
+    async def set_max_running(self, queue: str, max_running: int | None, *, actor: Actor,
+                              now: datetime, max_queues: int | None) -> None:
+        """Set (None: lift) `queue`'s global concurrency limit (a new name counts against
+        `max_queues`). If Redis does not answer, the reconciler copies it on its next
+        pass; until then the claims keep the limit they had."""
+        await self.store.set_max_running(queue, max_running, actor=actor, now=now,
+                                         max_queues=max_queues)
+        await mirror.copy("queue limits", lambda: self.broker.set_limits({queue: max_running}))
+
     async def delete_queue(self, queue: str, *, actor: Actor, now: datetime) -> None:
         """Delete a queue that holds no unfinished or dead-lettered task (NotFound,
         QueueNotEmpty otherwise), then its Redis keys."""
@@ -86,12 +95,14 @@ class Operations:
         replayed = await self.store.replay(queue, selection, limit=limit,
                                            override_priority=override_priority, now=now,
                                            actor=actor, dry_run=dry_run)
-        run_ids = [run_id for _, run_id in replayed if run_id is not None]
+        ready = [(run_id, priority) for _, run_id, priority in replayed if run_id is not None]
+        run_ids = [run_id for run_id, _ in ready]
         if run_ids:
             await mirror.copy("DLQ replay", lambda: self.broker.leave_dlq(
-                queue, removed=[str(t) for t, _ in replayed], ready=[str(r) for r in run_ids]),
+                queue, removed=[str(t) for t, _, _ in replayed],
+                ready=[(str(r), p) for r, p in ready]),
                 count=len(run_ids), store=self.store, pushed=run_ids, now=now)
-        return replayed
+        return [(task_id, run_id) for task_id, run_id, _ in replayed]
 
     async def delete_dlq(self, queue: str, selection: DlqFilter, *, limit: int, actor: Actor,
                          now: datetime, dry_run: bool) -> list[uuid.UUID]:

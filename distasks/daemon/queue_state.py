@@ -22,7 +22,7 @@ class QueueState:
     #: Redis's index holds them (which the reconciler repairs when it drifts) for gauges
     dlq: int
     paused: bool
-    #: seconds the run at the head of the ready list has been available; None if empty
+    #: seconds the oldest ready run (of any priority) has been available; None if empty
     oldest_ready_age_s: float | None
 
 
@@ -34,19 +34,20 @@ async def queue_states(store: Store, broker: Broker, queues: Sequence[str], *,
     depths = await broker.queue_depths(list(queues))
     dead = (await store.dlq_depths(list(queues)) if queues and exact_dlq
             else {q: d["dlq"] for q, d in depths.items()})
-    heads: dict[str, uuid.UUID] = {}
+    heads: dict[str, list[uuid.UUID]] = {}
     for queue, d in depths.items():
-        try:
-            if d["head"]:
-                heads[queue] = uuid.UUID(d["head"])
-        except ValueError:
-            pass  # not ours; the claim that meets it drops it
-    since = await store.available_since(list(heads.values())) if heads else {}
+        for head in d["heads"]:
+            try:
+                heads.setdefault(queue, []).append(uuid.UUID(head))
+            except ValueError:
+                pass  # not ours; the claim that meets it drops it
+    every_head = [h for hs in heads.values() for h in hs]
+    since = await store.available_since(every_head) if every_head else {}
     states = {}
     for queue, d in depths.items():
-        head = heads.get(queue)
-        age = (max(0.0, (now - since[head]).total_seconds())
-               if head is not None and head in since else None)
+        # One head per priority's ready list: the oldest ready run is one of them.
+        known = [since[h] for h in heads.get(queue, []) if h in since]
+        age = max(0.0, (now - min(known)).total_seconds()) if known else None
         states[queue] = QueueState(ready=d["ready"], delayed=d["delayed"], leased=d["leased"],
                                    dlq=dead.get(queue, 0), paused=d["paused"], oldest_ready_age_s=age)
     return states

@@ -4,8 +4,10 @@ Four jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to 
 - Rebuild. When the epoch key is gone, Redis lost our data (restarted without
   persistence, failed over, flushed): one daemon, under a lock, re-adds every unfinished
   run (ready, delayed, leased) and the DLQ index from PostgreSQL.
-- Pause flags. Every queue's flag is copied from PostgreSQL, so that a pause or resume
-  committed while Redis was unreachable takes effect once it answers.
+- Pause flags and limits. Every queue's flag and max_running are copied from
+  PostgreSQL, so that a pause, resume or limit committed while Redis was unreachable (or
+  lost with it) takes effect once it answers. The count a limit checks is the lease set,
+  which the rebuild restores from the runs PostgreSQL has running.
 - Dispatch. A queued run that never reached Redis (committed while Redis was down, or the
   daemon died between commit and push) is pushed, then marked dispatched.
 - DLQ index. Every DLQ_CHECK_S, a queue whose Redis DLQ list is longer or shorter than
@@ -69,16 +71,18 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
 
 
 def _split(page: list[PendingDispatch], now_ms: int) -> tuple[
-        list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+        list[tuple[str, int]], list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(ready, delayed, leased) entries for broker.restore, each with its priority. The
+    page is in order of availability, so each priority's ready list is rebuilt FIFO."""
     ready, delayed, leased = [], [], []
     for p in page:
         if p.status == "running":
             deadline = p.lease_expires_at or times.utc_of_ms(now_ms)
-            leased.append((str(p.run_id), times.ms_of(deadline)))
+            leased.append((str(p.run_id), times.ms_of(deadline), p.priority))
         elif (due_ms := times.ms_of(p.available_at)) > now_ms:
-            delayed.append((str(p.run_id), due_ms))
+            delayed.append((str(p.run_id), due_ms, p.priority))
         else:
-            ready.append(str(p.run_id))
+            ready.append((str(p.run_id), p.priority))
     return ready, delayed, leased
 
 
@@ -94,9 +98,9 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
     for p in pending:
         due_ms = times.ms_of(p.available_at)
         if due_ms > now_ms:
-            delayed.append((p.queue_name, str(p.run_id), due_ms))
+            delayed.append((p.queue_name, str(p.run_id), due_ms, p.priority))
         else:
-            ready.append((p.queue_name, str(p.run_id)))
+            ready.append((p.queue_name, str(p.run_id), p.priority))
     await broker.dispatch(ready=ready, delayed=delayed)
     await store.mark_dispatched([p.run_id for p in pending], now=now)
     log.warning("pushed %d committed runs that had not reached Redis", len(pending),
@@ -130,8 +134,10 @@ async def repair_dlq_index(store: Store, broker: Broker,
 
 
 async def copy_pause_flags(store: Store, broker: Broker) -> None:
-    """Set or clear every queue's pause flag in Redis as PostgreSQL has it."""
+    """Set or clear every queue's pause flag and max-running limit in Redis as PostgreSQL
+    has them."""
     await store.copy_pause_flags(broker.set_pause_flags)
+    await store.copy_queue_limits(broker.set_limits)
 
 
 async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float,

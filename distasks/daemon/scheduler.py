@@ -133,9 +133,9 @@ async def _dispatch(store: Store, broker: Broker, fired: list[Fired], *, now: da
             if t is None:
                 continue
             if t.type is TaskType.DELAYED and t.run_at is not None:
-                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at)))
+                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at), t.priority))
             else:
-                ready.append((t.queue_name, str(t.run_id)))
+                ready.append((t.queue_name, str(t.run_id), t.priority))
             pushed.append(t.run_id)
             log.info("schedule %s fired slot %s: task %s", f.schedule.name,
                      slot.fire_at.isoformat(), t.id,

@@ -143,7 +143,7 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-read the config (SIGHUP) and apply what can change live: worker
-        concurrency, subscribed queues, retry policy, log level. Other changes are logged
+        concurrency, subscribed queues and their order, retry policy, log level. Other changes are logged
         as needing a restart; an invalid file changes nothing."""
         sdnotify.reloading()
         try:
@@ -155,7 +155,8 @@ class Daemon:
             sdnotify.ready()
             return
         fresh = Tunables.from_config(new)
-        names = ("queues", "concurrency", "retry", "log_level", "default_max_retries")
+        names = ("queues", "concurrency", "retry", "log_level", "default_max_retries",
+                 "queue_order", "queue_weights")
         changed = [name for name in names if getattr(fresh, name) != getattr(self.tunables, name)]
         for name in names:
             setattr(self.tunables, name, getattr(fresh, name))
@@ -170,7 +171,8 @@ class Daemon:
                 await self._store.register_worker(self._info)
             except StoreUnavailable:
                 pass  # shown at the next start; the heartbeat goes on regardless
-        live = {"worker.queues", "worker.concurrency", "log.level"}
+        live = {"worker.queues", "worker.concurrency", "worker.queue_order",
+                "worker.queue_weights", "log.level"}
         restart = [key for key in _differences(self.config, new)
                    if key not in live and not key.startswith("retry.")]
         log.info("reloaded: %s", ", ".join(changed) or "nothing changed",

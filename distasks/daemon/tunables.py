@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distasks.config import Config
+from distasks.config import Config, QueueWeights
 from distasks.domain.retry import RetryPolicy
 
 
@@ -20,9 +20,14 @@ class Tunables:
     log_level: str
     #: given to tasks created without max_retries
     default_max_retries: int = 3
+    #: "strict" or "weighted": how executors are shared between queues with work
+    queue_order: str = "weighted"
+    #: the weights of "weighted"
+    queue_weights: QueueWeights = QueueWeights()
 
     @classmethod
     def from_config(cls, c: Config) -> Tunables:
         return cls(queues=c.worker.queues, concurrency=c.worker.concurrency,
                    retry=RetryPolicy(c.retry.base_s, c.retry.cap_s, c.retry.jitter),
-                   log_level=c.log.level.upper(), default_max_retries=c.retry.max_retries)
+                   log_level=c.log.level.upper(), default_max_retries=c.retry.max_retries,
+                   queue_order=c.worker.queue_order, queue_weights=c.worker.queue_weights)

@@ -1,13 +1,15 @@
 """Worker pool: claims runs from Redis in batches, runs their handlers, hands outcomes on.
 
-    fetchers (one per queue) --runs--> executors (N = concurrency) --outcomes--> completer
+    fetchers (F per queue) --runs--> executors (N = concurrency) --outcomes--> completer
 
 A fetcher claims as many runs as there are idle executors in one Redis step, marks them
-running in one PostgreSQL statement, and passes them on; each executor runs one handler
-at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
+running in one PostgreSQL statement, and passes them on; F = worker.fetchers_per_queue,
+so that executors freed while one claim is on its way are claimed by the next. Each
+executor runs one handler at a time in a cancel scope with the task's timeout. `stop(grace_s)` is the shutdown:
 fetchers stop claiming at once, running handlers get `grace_s`, and whatever is still
 running then is cancelled and handed back as a new attempt. `retune()` applies a reload:
-more or fewer executors, other queues.
+more or fewer executors, other queues, another queue order. Which fetcher an executor
+that comes free goes to is the queue order's choice (distasks.daemon.queue_order).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from distasks.config import WorkerConfig
 from distasks.daemon import completer
 from distasks.daemon.health import Health
 from distasks.daemon.metrics import Metrics
+from distasks.daemon.queue_order import QueueOrder
 from distasks.daemon.slots import Loan, Slots
+from distasks.daemon.sync_executor import SyncExecutor
 from distasks.daemon.tunables import Tunables
 from distasks.domain import backoff, times
 from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
@@ -64,9 +68,11 @@ class WorkerPool:
         self._clock = clock
         self._fetch_scope = trio.CancelScope()
         self._exec_scope = trio.CancelScope()
-        # One unit per idle executor: a fetcher claims one run per unit it holds.
-        self._slots = Slots(tunables.concurrency)
-        self._sync_limiter = trio.CapacityLimiter(config.sync_threads)
+        # One unit per idle executor: a fetcher claims one run per unit it holds. A freed
+        # executor goes to the fetcher the queue order picks (strict or weighted).
+        self._slots = Slots(tunables.concurrency, pick=QueueOrder(tunables).pick)
+        # At most sync_threads sync handlers run at once, each on a thread of its own.
+        self._sync = SyncExecutor(config.sync_threads)
         #: runs whose handler is running now, by run id
         self._in_flight: dict[uuid.UUID, ClaimedRun] = {}
         #: runs claimed and waiting for an executor (their leases need the heartbeat too)
@@ -88,7 +94,11 @@ class WorkerPool:
         # one ticket when it is next between runs.
         self._to_retire = 0
         self._idle_scopes: list[trio.CancelScope] = []
-        self._fetch_scopes: dict[str, trio.CancelScope] = {}
+        #: the cancel scopes of each queue's fetchers
+        self._fetch_scopes: dict[str, list[trio.CancelScope]] = {}
+        #: per queue, set while its last claim found work: a queue's other fetchers wait
+        #: on it, so that an idle queue has one fetcher on Redis, as with one fetcher
+        self._has_work: dict[str, trio.Event] = {}
 
     # -- control from outside ----------------------------------------------------------
 
@@ -129,13 +139,16 @@ class WorkerPool:
     def reserve(self, queue: str, count: int) -> int:
         """Set aside up to `count` idle executors for runs of `queue` that a create is
         about to start on this daemon (no Redis round trip, no claim); returns how many.
-        0 while stopping or for a queue this daemon does not serve. Each one is then
-        passed to `start_created` or given back with `unreserve`.
+        0 while stopping, for a queue this daemon does not serve, and for a queue whose
+        last claim took all it asked for: runs may wait in Redis there, perhaps of a
+        higher priority, and a run started at create would overtake them. Each one is
+        then passed to `start_created` or given back with `unreserve`.
 
         An executor a fetcher has set aside while it blocks on an empty queue counts as
         idle: the fetcher gives back what it claims beyond what it still holds."""
         if (not self._config.start_at_create or self._executors is None
-                or self._fetch_scope.cancel_called or queue not in self._tunables.queues):
+                or self._fetch_scope.cancel_called or queue not in self._tunables.queues
+                or self._slots.wants(queue)):
             return 0
         taken = 0
         while taken < count and self._slots.take_nowait():
@@ -196,7 +209,8 @@ class WorkerPool:
                 scope.cancel()  # idle ones go now; busy ones after their run
         wanted = set(self._tunables.queues)
         for queue in set(self._fetch_scopes) - wanted:
-            self._fetch_scopes.pop(queue).cancel()
+            for scope in self._fetch_scopes.pop(queue):
+                scope.cancel()
             self._health.forget(f"fetch:{queue}")
         for queue in sorted(wanted - set(self._fetch_scopes)):
             self._start_fetcher(queue)
@@ -216,18 +230,22 @@ class WorkerPool:
                 outcomes_recv, store=self._store, broker=self._broker, metrics=self._metrics,
                 health=self._health))
             async with outcomes_send:
-                with self._exec_scope:
-                    async with trio.open_nursery() as executors:
-                        self._executors = executors
-                        for _ in range(self._tunables.concurrency):
-                            self._start_executor()
-                        with self._fetch_scope:
-                            async with runs_send, trio.open_nursery() as fetchers:
-                                self._fetchers = fetchers
-                                for queue in self._tunables.queues:
-                                    self._start_fetcher(queue)
-                                task_status.started()
-                            self._fetchers = None
+                # The handler threads outlive the executors that call them.
+                async with trio.open_nursery() as threads:
+                    await threads.start(self._sync.run)
+                    with self._exec_scope:
+                        async with trio.open_nursery() as executors:
+                            self._executors = executors
+                            for _ in range(self._tunables.concurrency):
+                                self._start_executor()
+                            with self._fetch_scope:
+                                async with runs_send, trio.open_nursery() as fetchers:
+                                    self._fetchers = fetchers
+                                    for queue in self._tunables.queues:
+                                        self._start_fetcher(queue)
+                                    task_status.started()
+                                self._fetchers = None
+                    threads.cancel_scope.cancel()
                 # Claimed but never started (the grace period ended first): hand back.
                 while True:
                     try:
@@ -245,33 +263,56 @@ class WorkerPool:
                                    self._outcomes_send.clone())
 
     def _start_fetcher(self, queue: str) -> None:
+        """`worker.fetchers_per_queue` fetchers for `queue`: while one claim is on its
+        round trip, executors that come free go to the next (one claim at a time left
+        them idle for that trip: bench/README.md, sync_handlers.py)."""
         assert self._fetchers and self._runs_send
-        scope = self._fetch_scopes[queue] = trio.CancelScope()
+        scopes = self._fetch_scopes[queue] = []
+        self._has_work[queue] = trio.Event()
         self._health.expect(f"fetch:{queue}", allowance_s=FETCH_ALLOWANCE_S)
-        self._fetchers.start_soon(self._fetch, queue, scope, self._runs_send.clone())
+        for i in range(self._config.fetchers_per_queue):
+            scopes.append(scope := trio.CancelScope())
+            self._fetchers.start_soon(self._fetch_while_served, queue, scope,
+                                      self._runs_send.clone(), i == 0)
 
     # -- fetch -----------------------------------------------------------------------
 
+    async def _fetch_while_served(self, queue: str, scope: trio.CancelScope,
+                                  runs: trio.MemorySendChannel[ClaimedRun],
+                                  first: bool) -> None:
+        """`_fetch`, then, once stopped or retuned away, hand on the executors kept for
+        this queue (Slots.want)."""
+        try:
+            await self._fetch(queue, scope, runs, first)
+        finally:
+            self._slots.want(queue, False)
+
     async def _fetch(self, queue: str, scope: trio.CancelScope,
-                     runs: trio.MemorySendChannel[ClaimedRun]) -> None:
-        """Claim runs of `queue` for idle executors until cancelled."""
+                     runs: trio.MemorySendChannel[ClaimedRun], first: bool) -> None:
+        """Claim runs of `queue` for idle executors until cancelled. Only the `first`
+        fetcher of a queue claims while the queue is idle (empty or paused); the others
+        wait until a claim finds work."""
         failures = 0
         with scope:
             async with runs:
                 while True:
                     self._health.beat(f"fetch:{queue}")
+                    if not first and not self._has_work[queue].is_set():
+                        with trio.move_on_after(FETCH_ALLOWANCE_S / 3):
+                            await self._has_work[queue].wait()
+                        continue  # beat, and look again
                     # With one queue the claim itself blocks on Redis while idle. With
                     # several, a fetcher must not sit on idle executors while its queue is
                     # empty: it waits without holding any, so other queues can use them.
                     block = len(self._tunables.queues) == 1
                     with trio.move_on_after(FETCH_ALLOWANCE_S / 3) as wait:
-                        await self._slots.acquire()
+                        await self._slots.acquire(queue)
                     if wait.cancelled_caught:
                         continue  # no executor came free: beat, and wait again
                     held = 1
                     while held < self._config.claim_batch:
                         try:
-                            self._slots.acquire_nowait()
+                            self._slots.acquire_nowait(queue)
                         except trio.WouldBlock:
                             break
                         held += 1
@@ -294,18 +335,23 @@ class WorkerPool:
                         claimed = result or []
                     except (StoreUnavailable, BrokerUnavailable) as e:
                         claimed, failures = [], failures + 1
+                        self._slots.want(queue, False)  # backing off: executors go elsewhere
                         log.warning("claim from %s failed, backing off: %s", queue, e,
                                     extra={"event": "claim_failed", "queue": queue})
                     for run in claimed:
                         self._waiting[run.run_id] = run
                         runs.send_nowait(run)
+                    if claimed:
+                        self._has_work[queue].set()
+                    elif not failures and self._has_work[queue].is_set():
+                        self._has_work[queue] = trio.Event()  # idle: the others wait on this
                     for _ in range(self._slots.end_loan(loan) - len(claimed)):
                         self._slots.release()
                     if failures:
                         await trio.sleep(backoff.delay_s(failures))
                     elif paused:
                         await trio.sleep(PAUSED_POLL_S)
-                    elif not claimed and not block:
+                    elif not claimed and not block and first:
                         try:
                             with trio.CancelScope(shield=True):
                                 await self._broker.wait_ready(queue)
@@ -324,11 +370,16 @@ class WorkerPool:
         them running in PostgreSQL; None if the queue is paused. Ends the loan."""
         broker = self._broker
         lease_until_s = self._clock() + self._config.lease_s
-        messages = await broker.claim(queue, count=loan.units, block=block,
+        asked = loan.units
+        messages = await broker.claim(queue, count=asked, block=block,
                                       lease_until_ms=times.ms(lease_until_s))
         kept = self._slots.end_loan(loan)
         if messages is None:
+            self._slots.want(queue, False)  # paused: no claim, so no claim to wait for
             return None
+        # A full batch: more may wait in Redis (its fetcher wants the next free executor
+        # even while it is busy passing these on); fewer: every ready list was empty.
+        self._slots.want(queue, len(messages) >= asked)
         if len(messages) > kept:
             # Creates started runs on executors this claim had set aside: the rest wait.
             await broker.requeue(queue, messages[kept:])
@@ -458,8 +509,8 @@ class WorkerPool:
                 if handler.is_async:
                     result = await handler.fn(ctx)
                 else:
-                    result = await trio.to_thread.run_sync(
-                        handler.fn, ctx, limiter=self._sync_limiter, abandon_on_cancel=True)
+                    # Past its timeout (or cancelled) it is abandoned: its thread runs on.
+                    result = await self._sync.call(handler.fn, ctx)
             result_json = dumps(without_nul(result))
             if secrets := secret_values(task):
                 # Before the size check: "[secret]" may be longer than what it replaces.

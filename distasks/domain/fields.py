@@ -62,12 +62,19 @@ PATTERN_RULES: dict[str, str] = {
 NO_NUL = r"^[^\x00]*$"
 NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
 
+# The one statement of the priority scale, shown wherever the API takes a priority.
+PRIORITY_DESCRIPTION = (
+    "Dispatch order within the queue: a 32-bit integer, higher runs first (default 0, "
+    "negative below it); equal priorities run in the order they became ready. A retry, "
+    "a delayed run that comes due and a DLQ replay (unless it overrides it) keep the "
+    "task's priority")
+
 
 # Integers within bounds. The bounds sit inside the type, so that they stay in the schema
 # (on the field of an `int | None` they would not). In a body an integer is strict, as
 # the README promises: 3.0, "3" and true are refused (`_Strict`'s config, the one rule
 # for every request body).
-Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Priority = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX, description=PRIORITY_DESCRIPTION)]
 Retries = Annotated[int, Field(ge=0, le=1000)]
 SelectionCount = Annotated[int, Field(ge=1, le=10_000)]
 TaskPageLimit = Annotated[int, Field(ge=1, le=500)]

@@ -19,6 +19,8 @@ class PendingDispatch:
     available_at: datetime
     status: str
     lease_expires_at: datetime | None
+    #: the task's priority, which orders its ready list in Redis
+    priority: int
 
 
 # SKIP LOCKED: a locked run is being started or finished by a worker right now, so it
@@ -32,7 +34,7 @@ WHERE id IN (SELECT id FROM task_runs
 """
 
 UNDISPATCHED_RUNS = """
-SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at
+SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at, t.priority
 FROM task_runs r JOIN tasks t ON t.id = r.task_id
 WHERE r.status = 'queued' AND r.dispatched_at IS NULL AND r.created_at < %(created_before)s
 ORDER BY r.created_at
@@ -40,7 +42,7 @@ LIMIT %(limit)s
 """
 
 DISPATCH_SNAPSHOT = """
-SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at
+SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at, t.priority
 FROM task_runs r JOIN tasks t ON t.id = r.task_id
 WHERE r.status IN ('queued', 'running') AND t.queue_name = %(queue_name)s
   AND (%(after_at)s::timestamptz IS NULL

@@ -88,13 +88,16 @@ WITH picked AS (
     SET status = 'queued', failures = 0, priority = coalesce(%(priority)s, t.priority),
         updated_at = %(now)s, finished_at = NULL
     WHERE t.id = ANY(%(ids)s) AND t.status = 'failed'
-    RETURNING t.id
+    RETURNING t.id, t.priority
+), added AS (
+    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
+    SELECT gen_random_uuid(), p.id,
+           (SELECT max(attempt) + 1 FROM task_runs WHERE task_id = p.id), %(now)s, %(now)s
+    FROM picked p
+    RETURNING task_id, id
 )
-INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-SELECT gen_random_uuid(), p.id,
-       (SELECT max(attempt) + 1 FROM task_runs WHERE task_id = p.id), %(now)s, %(now)s
-FROM picked p
-RETURNING task_id, id
+-- The priority the new run is claimed at (the override, if any): Redis needs it.
+SELECT a.task_id, a.id, p.priority FROM added a JOIN picked p ON p.id = a.task_id
 """
 
 
@@ -139,9 +142,10 @@ class DlqQueries(StoreBase):
     @query
     async def replay(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                      override_priority: int | None, now: datetime, actor: Actor = SYSTEM,
-                     dry_run: bool = False) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+                     dry_run: bool = False) -> list[tuple[uuid.UUID, uuid.UUID | None, int]]:
         """Give the oldest `limit` DLQ entries matching `f` a new queued run with fresh
-        retries; returns (task_id, new run_id) oldest first (run_id None on a dry run).
+        retries; returns (task_id, new run_id, priority) oldest first (run_id None and
+        priority 0 on a dry run).
 
         Concurrent replays take disjoint tasks (SKIP LOCKED). The priority changes only
         when `override_priority` is given.
@@ -149,16 +153,17 @@ class DlqQueries(StoreBase):
         async with self._pool.transaction() as conn:
             ids = await self._pick(conn, queue_name, f, limit)
             if dry_run or not ids:
-                return [(i, None) for i in ids]
+                return [(i, None, 0) for i in ids]
             cur = await conn.execute(REPLAY_PICKED, {"ids": ids, "priority": override_priority,
                                                      "now": now})
-            run_by_task = {task_id: run_id for task_id, run_id in await cur.fetchall()}
+            run_by_task = {task_id: (run_id, priority)
+                           for task_id, run_id, priority in await cur.fetchall()}
             await record_audit(conn, at=now, actor=actor, action="dlq_replay",
                                queue_name=queue_name, detail={
                                    "task_ids": [str(i) for i in ids],
                                    "override_priority": override_priority,
                                    "filter": _describe(f)})
-        return [(i, run_by_task[i]) for i in ids if i in run_by_task]
+        return [(i, *run_by_task[i]) for i in ids if i in run_by_task]
 
     @query
     async def delete_dead(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,

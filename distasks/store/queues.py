@@ -23,6 +23,8 @@ class QueueRecord:
     paused_by: str | None
     completed_last_minute: int
     failed_last_minute: int
+    #: most runs of the queue leased at once across every daemon; None: no limit
+    max_running: int | None = None
 
 
 SET_PAUSED = """
@@ -31,6 +33,11 @@ VALUES (%(name)s, %(paused)s, CASE WHEN %(paused)s THEN %(now)s END,
         CASE WHEN %(paused)s THEN %(actor)s END)
 ON CONFLICT (name) DO UPDATE
 SET paused = excluded.paused, paused_at = excluded.paused_at, paused_by = excluded.paused_by
+"""
+
+SET_MAX_RUNNING = """
+INSERT INTO queues (name, max_running) VALUES (%(name)s, %(max_running)s)
+ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running
 """
 
 # Held (per tenant, to the end of the transaction) by whoever may add a queue row through
@@ -65,7 +72,7 @@ QUEUE_NAMES = "SELECT name FROM queues"
 LIVE_RUNS = "SELECT id FROM task_runs WHERE id = ANY(%s) AND status IN ('queued', 'running')"
 LIVE_DEAD = "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL"
 
-QUEUES = "SELECT name, paused, paused_at, paused_by FROM queues ORDER BY name"
+QUEUES = "SELECT name, paused, paused_at, paused_by, max_running FROM queues ORDER BY name"
 
 FINISHED_LAST_MINUTE = """
 SELECT queue_name, status, count(*) FROM tasks
@@ -91,6 +98,34 @@ class QueueQueries(StoreBase):
                                             "actor": actor.id})
             await record_audit(conn, at=now, actor=actor, action="pause" if paused else "resume",
                                queue_name=queue_name, detail={})
+
+    @query
+    async def set_max_running(self, queue_name: str, max_running: int | None, *,
+                              actor: Actor, now: datetime,
+                              max_queues: int | None = None) -> None:
+        """Set (None: lift) a queue's global concurrency limit, audited with the value it
+        replaced (PostgreSQL keeps it; Redis mirrors it). Raises TooManyQueues as
+        set_paused does for a new name."""
+        async with self._pool.transaction() as conn:
+            if max_queues is not None:
+                await self._check_room(conn, queue_name, max_queues)
+            cur = await conn.execute("SELECT max_running FROM queues WHERE name = %s FOR UPDATE",
+                                     (queue_name,))
+            row = await cur.fetchone()
+            await conn.execute(SET_MAX_RUNNING, {"name": queue_name, "max_running": max_running})
+            await record_audit(conn, at=now, actor=actor, action="queue_limits",
+                               queue_name=queue_name, detail={
+                                   "max_running": max_running,
+                                   "was": row[0] if row is not None else None})
+
+    @query
+    async def copy_queue_limits(self, apply: Callable[[dict[str, int | None]], Awaitable[None]]
+                                ) -> None:
+        """Call `apply` with every queue's max_running (None: no limit), holding those
+        rows as copy_pause_flags does, so an older copy never lands after a newer one."""
+        async with self._pool.transaction() as conn:
+            cur = await conn.execute("SELECT name, max_running FROM queues FOR SHARE")
+            await apply({name: limit for name, limit in await cur.fetchall()})
 
     @staticmethod
     async def _check_room(conn: Any, queue_name: str, max_queues: int) -> None:
@@ -161,8 +196,9 @@ class QueueQueries(StoreBase):
             cur = await conn.execute(FINISHED_LAST_MINUTE, {"since": now - timedelta(minutes=1)})
             counts = {(q, s): n for q, s, n in await cur.fetchall()}
         return [QueueRecord(name, paused, paused_at, paused_by,
-                            counts.get((name, "completed"), 0), counts.get((name, "failed"), 0))
-                for name, paused, paused_at, paused_by in rows]
+                            counts.get((name, "completed"), 0), counts.get((name, "failed"), 0),
+                            max_running)
+                for name, paused, paused_at, paused_by, max_running in rows]
 
     @query
     async def available_since(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:

@@ -60,7 +60,8 @@ class Cancellation:
 # dedup_key that exists (waiting for a concurrent inserter to commit or roll back
 # first), and the runs CTE joins on what was really inserted. A run offered to start at
 # once (`start`: this daemon has an idle executor for its queue) is inserted running
-# under the daemon's lease, unless its queue is paused; it never needs Redis. New queue
+# under the daemon's lease, unless its queue is paused or has a max_running (the limit is
+# counted in Redis's lease set, which such a run never enters); it never needs Redis. New queue
 # names are recorded for the queue list.
 #
 # The rows come as one JSON array (built by `create_tasks_input`): dumping thirteen parameter
@@ -92,7 +93,8 @@ WITH input AS (
            CASE WHEN s.now THEN now() END
     FROM input i JOIN inserted USING (id)
     CROSS JOIN LATERAL (SELECT i.start AND NOT EXISTS (
-        SELECT 1 FROM queues q WHERE q.name = i.queue_name AND q.paused)) AS s(now)
+        SELECT 1 FROM queues q
+        WHERE q.name = i.queue_name AND (q.paused OR q.max_running IS NOT NULL))) AS s(now)
     RETURNING id, status = 'running' AS started
 ), new_queues AS (
     -- No NOT EXISTS filter: ON CONFLICT also waits for a queue delete in progress and

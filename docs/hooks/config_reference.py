@@ -57,6 +57,8 @@ def toml_value(value: Any) -> str:
     """A default as it would be written in the TOML file."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if hasattr(value, "toml"):  # a value with its own TOML form (worker.queue_weights)
+        return str(value.toml())
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, tuple):

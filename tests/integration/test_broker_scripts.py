@@ -67,7 +67,7 @@ async def test_blocking_claim_wakes_when_an_item_arrives(broker):
             async def push_once_the_claim_blocks():
                 while await blocked_in_blmove(broker) <= before:  # noqa: ASYNC110 (Redis state)
                     await trio.sleep(0.01)
-                await broker.dispatch(ready=[("q", "late")])
+                await broker.dispatch(ready=[("q", "late", 0)])
             nursery.start_soon(push_once_the_claim_blocks)
             claimed = await broker.claim("q", count=3, lease_until_ms=7, block=True)
     assert claimed == ["late"]
@@ -76,7 +76,7 @@ async def test_blocking_claim_wakes_when_an_item_arrives(broker):
 
 async def test_wait_ready_takes_nothing(broker):
     with trio.fail_after(5):
-        await seed(broker, ready=["a", "b"])
+        await broker.dispatch(ready=[("q", "a", 0), ("q", "b", 0)])
         assert await broker.wait_ready("q") is True
         assert (await state(broker))["ready"] == ["a", "b"]
 
@@ -96,7 +96,9 @@ async def test_move_due_moves_due_items_in_due_order(
         await seed(broker, delayed=delayed)
         keys = broker.keys("q")
         script = broker._scripts["move_due"]
-        moved = await _run_script(broker, script, [keys.delayed, keys.ready], [now_ms, limit])
+        moved = await _run_script(
+            broker, script, [keys.delayed, keys.ready, keys.bands, keys.bell, keys.priorities],
+            [now_ms, limit])
         s = await state(broker)
     assert moved == want_moved
     assert s["ready"] == want_ready

@@ -42,9 +42,9 @@ async def test_one_flush_pushes_everything_waiting_in_commit_order_and_marks_it(
     delayed = new_task(run_at=now() + timedelta(hours=1))
     await store.create_tasks([*first, *second, delayed])
     copier = Copier(store, broker)
-    copier.add([("q", str(t.run_id)) for t in first], [], [t.run_id for t in first])
-    copier.add([("other", str(t.run_id)) for t in second],
-               [("q", str(delayed.run_id), 1)], [second[0].run_id, delayed.run_id])
+    copier.add([("q", str(t.run_id), 0) for t in first], [], [t.run_id for t in first])
+    copier.add([("other", str(t.run_id), 0) for t in second],
+               [("q", str(delayed.run_id), 1, 0)], [second[0].run_id, delayed.run_id])
     assert copier.waiting == 5
     with trio.fail_after(10):
         await copier.flush()
@@ -64,7 +64,7 @@ async def test_a_copy_redis_refuses_is_left_undispatched_for_the_reconciler(stor
         # Port 1 on loopback: nothing listens, every command fails at once.
         async with Broker.open("redis://127.0.0.1:1/0", prefix=config.redis.prefix) as away:
             copier = Copier(store, away)
-            copier.add([("q", str(t.run_id))], [], [t.run_id])
+            copier.add([("q", str(t.run_id), 0)], [], [t.run_id])
             await copier.flush()  # logged and deferred, never raised
         left = await undispatched(store)
     assert left == [str(t.run_id)]

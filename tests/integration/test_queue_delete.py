@@ -81,8 +81,8 @@ async def test_forgetting_a_queue_in_redis_keeps_the_ids_postgresql_still_needs(
         # A create that raced the delete: its run is queued and was pushed.
         new = new_task(queue="r")
         await store.create_tasks([new])
-        await broker.dispatch(ready=[("r", str(new.run_id))])
-        await broker.dispatch(ready=[("r", "not-a-run-id")])
+        await broker.dispatch(ready=[("r", str(new.run_id), 0)])
+        await broker.dispatch(ready=[("r", "not-a-run-id", 0)])
         await broker.set_paused("r", True)
         entries = await broker.queue_entries("r")
         live_runs, live_dead = await store.live_entries(entries.runs, entries.dead)

@@ -69,7 +69,7 @@ async def test_reaper_hands_back_a_claim_that_never_started(store, broker):
     with trio.fail_after(5):
         t = new_task(queue="q")
         await store.create_tasks([t])
-        await broker.dispatch(ready=[("q", str(t.run_id))])
+        await broker.dispatch(ready=[("q", str(t.run_id), t.priority)])
         await broker.claim("q", count=1, lease_until_ms=1000, block=False)
         await broker.raw("zadd", broker.keys("q").leases, {"junk": 1, str(uuid.uuid4()): 1})
         handed = await reaper.reap_once(store, broker, ["q"], now_s=time.time(), policy=POLICY)
@@ -107,7 +107,7 @@ async def test_zombie_worker_cannot_commit_after_takeover_and_abandons_its_handl
     t = new_task(queue="q", handler="stall", max_retries=1)
     with trio.fail_after(10):
         await store.create_tasks([t])
-        await broker.dispatch(ready=[("q", str(t.run_id))])
+        await broker.dispatch(ready=[("q", str(t.run_id), t.priority)])
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
             await started.wait()
@@ -152,7 +152,7 @@ async def test_heartbeat_extends_the_leases_of_running_handlers(config, store, b
     t = new_task(queue="q", handler="hold")
     with trio.fail_after(10):
         await store.create_tasks([t])
-        await broker.dispatch(ready=[("q", str(t.run_id))])
+        await broker.dispatch(ready=[("q", str(t.run_id), t.priority)])
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
             await started.wait()

@@ -175,7 +175,7 @@ async def test_stop_lets_short_handlers_finish_and_hands_long_ones_back(config, 
 
 async def test_undecodable_and_unknown_messages_are_dropped_and_work_goes_on(config, store, broker):
     with trio.fail_after(10):
-        await broker.dispatch(ready=[("q", "not-a-uuid"), ("q", str(uuid.uuid4()))])
+        await broker.dispatch(ready=[("q", "not-a-uuid", 0), ("q", str(uuid.uuid4()), 0)])
         async with running(config, store, broker, builtin_registry()) as (_, intake):
             r = await intake.create(new_task())
             await wait_until(lambda: final(store, r.task_id))
@@ -204,7 +204,7 @@ async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config
                 await nursery.start(pool.run)
                 if i % 2:
                     await trio.testing.wait_all_tasks_blocked()  # blocked in the claim
-                await broker.dispatch(ready=[("q", str(t.run_id))])
+                await broker.dispatch(ready=[("q", str(t.run_id), t.priority)])
                 nursery.cancel_scope.cancel()
         accounted = set(await broker.raw("lrange", broker.keys("q").ready, 0, -1))
         accounted |= set(await broker.raw("zrange", broker.keys("q").leases, 0, -1))
@@ -213,3 +213,46 @@ async def test_cancelling_the_pool_while_it_blocks_on_claim_loses_nothing(config
             if runs[0].status is not RunStatus.QUEUED:
                 accounted.add(str(t.run_id))
     assert accounted >= {str(t.run_id) for t in tasks}
+
+
+async def test_a_queue_dropped_by_a_reload_stops_every_one_of_its_fetchers(config, store, broker):
+    """worker.fetchers_per_queue: each queue has several fetchers; a retune that drops a
+    queue while it has work cancels them all: what was running finishes, nothing more of
+    that queue is claimed."""
+    gate = trio.Event()
+
+    async def held(ctx):
+        await gate.wait()
+
+    registry = Registry()
+    registry.add("held", held)
+    registry.add("noop", lambda ctx: None)
+    with trio.fail_after(15):
+        wc = dataclasses.replace(config.worker, queues=("q", "r"), fetchers_per_queue=3,
+                                 concurrency=4)
+        tunables = dataclasses.replace(tunables_for(config, concurrency=4), queues=("q", "r"))
+        pool = WorkerPool(store=store, broker=broker, registry=registry, config=wc,
+                          tunables=tunables, worker_id="test-worker")
+        intake = Intake(store, broker)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intake.run)
+            await nursery.start(pool.run)
+            dropped = await intake.create_many(
+                [new_task(handler="held", queue="r") for _ in range(12)])
+            await wait_until(lambda: _busy(pool, 4))
+            tunables.queues = ("q",)
+            pool.retune()
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+            kept = await intake.create_many([new_task(handler="noop", queue="q")
+                                             for _ in range(8)])
+            for r in kept:
+                await wait_until(lambda r=r: final(store, r.task_id))
+            nursery.cancel_scope.cancel()
+        states = [await task_status(store, r.task_id) for r in dropped]
+    done = states.count((TaskStatus.COMPLETED, [RunStatus.SUCCEEDED]))
+    assert done == 4 and states.count((TaskStatus.QUEUED, [RunStatus.QUEUED])) == 8
+
+
+async def _busy(pool, count):
+    return pool.busy() == count

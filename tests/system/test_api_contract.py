@@ -127,6 +127,13 @@ async def test_other_routes_refuse_bad_input_cleanly(start_daemon, daemon_env):
                                    headers={"content-type": "application/json"}), 400, None),
                 (await client.post("/api/v1/queues/default/dlq/replay", content=b"{}"), 415,
                  None),
+                (await client.patch("/api/v1/queues/default", json={"max_running": 0}), 422,
+                 "max_running"),
+                (await client.patch("/api/v1/queues/default", json={"max_running": "3"}), 422,
+                 "max_running"),
+                (await client.patch("/api/v1/queues/default", json={}), 422, "max_running"),
+                (await client.patch("/api/v1/queues/default", json={"max_running": 2,
+                                                                     "rate": 1}), 422, "rate"),
                 (await client.get("/no/such/route"), 404, None),
                 (await client.delete("/api/v1/tasks"), 405, None),
             ]

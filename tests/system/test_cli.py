@@ -153,6 +153,17 @@ async def test_task_queue_dlq_and_worker_commands(start_daemon, daemon_env):
             [resumed] = await cli(env, "queue resume default --json")
             assert resumed.json() == {"name": "default", "paused": False}
 
+            # One after another: cli() runs the commands it is given at once.
+            [limited] = await cli(env, "queue limit default --max-running 2")
+            [listed] = await cli(env, "queue list --json")
+            lifted, bad_limit = await cli(env, "queue limit default --max-running none --json",
+                                          "queue limit default --max-running lots")
+            assert limited.out == "queue default: max_running 2\n"
+            assert [q["max_running"] for q in listed.json()["queues"]
+                    if q["name"] == "default"] == [2]
+            assert lifted.json() == {"name": "default", "max_running": None}
+            assert bad_limit.code == 2 and "a number or none" in bad_limit.err
+
 
 async def test_errors_without_a_daemon_and_the_daemon_commands_still_parse():
     url = f"http://127.0.0.1:{free_port()}"

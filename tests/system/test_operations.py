@@ -510,6 +510,26 @@ async def test_sighup_applies_retry_max_retries_or_says_it_needs_a_restart(
     assert task["max_retries"] == 7 or "retry.max_retries" in reloaded["needs_restart"]
 
 
+async def test_sighup_applies_the_queue_order_and_weights_live(start_daemon, daemon_env,
+                                                                 tmp_path):
+    config = tmp_path / "distasks.toml"
+    config.write_text(CONFIG.read_text())
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env, config=str(config)) as d:
+            text, n = re.subn(r'(?m)^queue_order = "weighted"', 'queue_order = "strict"',
+                              CONFIG.read_text())
+            text, m = re.subn(r"(?m)^queue_weights = \{\}", "queue_weights = {default = 4}",
+                              text)
+            assert n == m == 1
+            tmp = config.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(config)
+            d.terminate(signal.SIGHUP)
+            reloaded = await wait_event(d, "reloaded")
+    assert sorted(reloaded["changed"]) == ["queue_order", "queue_weights"]
+    assert reloaded["needs_restart"] == []
+
+
 async def test_workers_endpoint_shows_the_reloaded_queues_and_concurrency(
         start_daemon, daemon_env, tmp_path):
     env = {k: v for k, v in daemon_env.items() if k != "WORKER_CONCURRENCY"}

@@ -202,7 +202,12 @@ INVALID_OVERRIDES = [
     ({"DISTASKS_WORKER_GRACE_PERIOD_S": "-1"}, "worker.grace_period_s"),
     ({"DISTASKS_WORKER_LEASE_S": "0.5"}, "worker.lease_s"),
     ({"DISTASKS_WORKER_CLAIM_BATCH": "0"}, "worker.claim_batch"),
+    ({"DISTASKS_WORKER_FETCHERS_PER_QUEUE": "0"}, "worker.fetchers_per_queue"),
     ({"DISTASKS_WORKER_SYNC_THREADS": "0"}, "worker.sync_threads"),
+    ({"DISTASKS_WORKER_QUEUE_ORDER": "random"}, "worker.queue_order"),
+    ({"DISTASKS_WORKER_QUEUE_WEIGHTS": "a=0"}, "worker.queue_weights.a"),
+    ({"DISTASKS_WORKER_QUEUE_WEIGHTS": "a"}, "DISTASKS_WORKER_QUEUE_WEIGHTS"),
+    ({"DISTASKS_WORKER_QUEUE_WEIGHTS": "a=x"}, "DISTASKS_WORKER_QUEUE_WEIGHTS"),
     ({"DISTASKS_RETRY_MAX_RETRIES": "-1"}, "retry.max_retries"),
     ({"DISTASKS_RETRY_BASE_S": "0"}, "retry.base_s"),
     ({"DISTASKS_RETRY_BASE_S": "nan"}, "retry.base_s"),
@@ -234,6 +239,9 @@ WRONG_TYPES_IN_FILE = [
     ("[http]\nport = true", "http.port"),
     ('[worker]\nqueues = "default"', "worker.queues"),
     ("[worker]\nqueues = [1, 2]", "worker.queues"),
+    ("[worker]\nqueue_weights = [1, 2]", "worker.queue_weights"),
+    ("[worker]\nqueue_weights = {a = 1.5}", "worker.queue_weights.a"),
+    ("[worker]\nqueue_weights = {a = 1001}", "worker.queue_weights.a"),
     ('[retry]\nbase_s = "2"', "retry.base_s"),
     ("[database]\nurl = 5", "database.url"),
     ("http = 5", "http"),
@@ -429,3 +437,17 @@ def test_a_reload_names_each_tenant_whose_quotas_changed():
     new = replace(Config(), tenants={"acme": TenantConfig(max_queued=6),
                                      "beta": TenantConfig()})
     assert _differences(old, new) == ["tenants.acme", "tenants.beta"]
+
+
+def test_queue_order_and_weights_from_the_file_and_the_environment(tmp_path):
+    path = write_toml(tmp_path, '[worker]\nqueues = ["critical", "default", "acme/low"]\n'
+                                'queue_order = "weighted"\n'
+                                'queue_weights = {critical = 6, default = 3}\n')
+    from_file = load(path, env={}).worker
+    from_env = load(path, env={"DISTASKS_WORKER_QUEUE_WEIGHTS": "critical=2, acme/low=5",
+                               "DISTASKS_WORKER_QUEUE_ORDER": "strict"}).worker
+    assert from_file.queue_order == "weighted"
+    assert [from_file.queue_weights.weight(q) for q in from_file.queues] == [6, 3, 1]
+    assert from_env.queue_order == "strict"
+    assert [from_env.queue_weights.weight(q) for q in from_env.queues] == [2, 1, 5]
+    assert hash(from_file) != hash(from_env)  # a config stays hashable

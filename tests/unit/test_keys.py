@@ -59,11 +59,16 @@ def test_keys_follow_the_documented_layout():
 
     assert keys == QueueKeys(
         ready="distasks:{q:emails}:ready",
+        bands="distasks:{q:emails}:bands",
+        bell="distasks:{q:emails}:bell",
+        priorities="distasks:{q:emails}:priorities",
         delayed="distasks:{q:emails}:delayed",
         dlq="distasks:{q:emails}:dlq",
         leases="distasks:{q:emails}:leases",
         mover_lock="distasks:{q:emails}:mover-lock",
         paused="distasks:{q:emails}:paused",
+        max_running="distasks:{q:emails}:max-running",
+        room="distasks:{q:emails}:room",
     )
 
 

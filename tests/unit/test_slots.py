@@ -177,3 +177,61 @@ def test_an_ended_loan_cannot_be_taken_from():
     loan = slots.lend(1)
     assert slots.end_loan(loan) == 1
     assert not slots.take_nowait()
+
+
+async def test_a_freed_unit_goes_to_the_claimant_pick_chooses_not_the_first_to_arrive():
+    slots = Slots(1, pick=lambda claimants: "b" if "b" in claimants else claimants[0])
+    await slots.acquire("x")
+    got: list[str] = []
+
+    async def take_as(name: str) -> None:
+        await slots.acquire(name)
+        got.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in "ab":
+            nursery.start_soon(take_as, name)
+            await wait_all_tasks_blocked()
+        slots.release()
+        await wait_all_tasks_blocked()
+        assert got == ["b"]
+        slots.release()
+        await wait_all_tasks_blocked()
+    assert got == ["b", "a"] and slots.taken == 1
+
+
+async def test_a_unit_picked_for_a_wanting_claimant_is_kept_for_it_until_it_gives_up():
+    slots = Slots(2, pick=lambda claimants: claimants[0])
+    await slots.acquire("a")
+    await slots.acquire("b")
+    slots.want("a", True)  # "a" is busy claiming, not parked, but has a backlog
+
+    slots.release()  # kept for "a": not free, so nobody else gets it
+    with pytest.raises(trio.WouldBlock):
+        slots.acquire_nowait("b")
+    slots.acquire_nowait("a")
+    slots.release()
+    assert slots.taken == 2
+
+    slots.want("a", False)  # its claim came back short: the kept unit is freed
+    assert slots.taken == 1 and not slots.wants("a")
+    slots.acquire_nowait("b")
+
+
+async def test_growing_hands_the_new_units_to_the_claimants_in_picked_order():
+    slots = Slots(0, pick=lambda claimants: max(claimants))
+    got: list[str] = []
+
+    async def take_as(name: str) -> None:
+        await slots.acquire(name)
+        got.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in "abc":
+            nursery.start_soon(take_as, name)
+            await wait_all_tasks_blocked()
+        slots.resize(2)
+        await wait_all_tasks_blocked()
+        assert sorted(got) == ["b", "c"]
+        slots.resize(3)
+    assert sorted(got) == ["a", "b", "c"] and slots.taken == 3
