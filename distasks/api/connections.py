@@ -39,12 +39,15 @@ them.
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import json
 import logging
 import math
 import secrets
 import socket
+import termios
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -129,25 +132,41 @@ def note_authenticated(scope: Mapping[str, object]) -> None:
 
 
 class _Peer:
-    """What a connection's requests showed of the client, for the connection."""
+    """What a connection's requests showed of the client, for the connection, and the
+    bytes of a response held back to leave in one write."""
 
-    __slots__ = ("authenticated",)
+    __slots__ = ("authenticated", "held", "write")
 
     def __init__(self) -> None:
         #: one of its requests presented valid credentials
         self.authenticated = False
+        #: the response's bytes so far, while it is held (from its start to its body)
+        self.held: list[bytes] | None = None
+        #: writes bytes on the connection (set by the connection)
+        self.write: Callable[[bytes], Awaitable[None]] | None = None
+
+    async def release(self) -> None:
+        """Write what was held, in one write, and hold no more."""
+        held, self.held = self.held, None
+        if held and self.write is not None:
+            await self.write(b"".join(held))
 
 
 def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
     """`app` whose requests get their body within `body_timeout_s` of their headers, or
     a 408 that closes the connection (the app then reads a disconnect, and what it
     sends after is dropped). Once the body is in, waiting on `receive` (for a
-    disconnect, during a long poll) has no deadline."""
+    disconnect, during a long poll) has no deadline.
+
+    A response's head is held until its body (each body message of a streamed one) is
+    sent, so that Hypercorn's three writes (head, body, and an empty end) leave as one."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        state = scope.get("state")
+        peer: _Peer | None = state.get(PEER) if isinstance(state, dict) else None
         deadline = trio.current_time() + body_timeout_s
         body_done = late = answered = False
 
@@ -177,8 +196,16 @@ def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
             nonlocal answered
             if late:
                 return  # the 408 answered instead
-            answered = answered or message["type"] == "http.response.start"
+            starts = message["type"] == "http.response.start"
+            answered = answered or starts
+            if peer is None:
+                await send(message)
+                return
+            if starts:
+                peer.held = []
             await send(message)
+            if message["type"] == "http.response.body":
+                await peer.release()
 
         await app(scope, bounded_receive, guarded_send)
 
@@ -187,7 +214,7 @@ def with_body_deadline(app: ASGIApp, body_timeout_s: float) -> ASGIApp:
 
 class _Stream(trio.abc.HalfCloseableStream):
     """A socket stream that knows whether a request began since it last wrote (for the
-    header deadline) and bounds each write."""
+    header deadline), tells its connection of every read, and bounds each write."""
 
     def __init__(self, inner: trio.SocketStream) -> None:
         self._inner = inner
@@ -196,7 +223,17 @@ class _Stream(trio.abc.HalfCloseableStream):
         self.received_since_sent = 0
         self.sent = 0
         self.ended = False
-        self._arrived = trio.Event()
+        #: called after every read, data or not (set by the connection)
+        self.on_read: Callable[[], None] = lambda: None
+
+    def unread(self) -> bool:
+        """Bytes from the peer wait in the kernel, not yet read (FIONREAD)."""
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.socket.fileno(), termios.FIONREAD, count)
+        except OSError:
+            return False  # closed: nothing a request could need
+        return count[0] > 0
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
@@ -205,21 +242,10 @@ class _Stream(trio.abc.HalfCloseableStream):
             self.ended = True
             raise
         finally:
-            self._arrived.set()
-            self._arrived = trio.Event()
+            self.on_read()
         self.received_since_sent += len(data)
         self.ended = self.ended or not data
         return data
-
-    async def wait_request_began(self) -> None:
-        """Until a byte arrived since the last write, or the peer is gone."""
-        while self.received_since_sent == 0 and not self.ended:
-            await self._arrived.wait()
-
-    async def wait_ended(self) -> None:
-        """Until the peer is gone."""
-        while not self.ended:
-            await self._arrived.wait()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -261,8 +287,11 @@ class _Room:
     def became_busy(self, connection: _Connection) -> None:
         self.idle.pop(connection, None)
 
-    def release(self) -> None:
-        """A connection closed: its slot is free."""
+    def release(self, connection: _Connection | None = None) -> None:
+        """A connection closed (or, without one, was never made): its slot is free, and
+        it is no longer a candidate to close."""
+        if connection is not None:
+            self.idle.pop(connection, None)
         self.slots.release()
         self._wake()
 
@@ -284,14 +313,20 @@ class _Room:
         for connection in self.idle:
             if connection.between_requests():
                 del self.idle[connection]
-                connection.waiting.cancel()
+                connection.close_idle()
                 return True
         return False
 
 
 class _Connection(TCPServer):
-    """Hypercorn's connection, with the header deadline, the idle timeouts and the
-    shielded close."""
+    """Hypercorn's connection, with the header deadline, the idle timeouts, the shielded
+    close and the held response head.
+
+    Hypercorn starts a task for the idle timer after every response and cancels it when
+    the next request's headers are complete: two tasks and a cancellation per request.
+    Here one watcher per connection, `_watch`, sleeps on `_poked` instead, woken by what
+    changes its decision (a read, the connection going idle or busy, a close asked for),
+    so a request costs neither a task nor an exception (bench/producer.py)."""
 
     def __init__(self, app: AppWrapper, config: hypercorn.config.Config,
                  context: WorkerContext, state: ConnectionState, stream: _Stream,
@@ -301,16 +336,45 @@ class _Connection(TCPServer):
         self._limits = limits
         self._room = room
         self._peer: _Peer = state[PEER]
-        #: the idle timer's wait, cancelled to close the connection at once
-        self.waiting = trio.CancelScope()
+        self._peer.write = self._write
+        self.idle_task = _IdleSwitch(self)  # type: ignore[assignment]
+        #: between requests (from a response's end to the next request's headers)
+        self.idle = False
+        #: the watcher is running
+        self.watching = False
+        #: asked to close as soon as it is idle
+        self._closing = False
+        #: Hypercorn is closing it (a Closed event): nothing left for the watcher to do
+        self._closed = False
+        self._poked = trio.Event()
+        stream.on_read = self.poke
+
+    def poke(self) -> None:
+        """Wake the watcher to look again."""
+        self._poked.set()
+
+    def close_idle(self) -> None:
+        """Close the connection now if it is idle, else once it is (the room makes
+        space, or the daemon stops)."""
+        self._closing = True
+        self.poke()
 
     def between_requests(self) -> bool:
-        """Kept alive after a response, and no byte of the next request yet (a new
-        connection that has sent nothing is left to http.header_timeout_s: it may be a
-        client about to send its first request)."""
-        return self._guarded.sent > 0 and self._guarded.received_since_sent == 0
+        """Kept alive after a response, and no byte of the next request yet, not even
+        one the kernel holds unread (a new connection that has sent nothing is left to
+        http.header_timeout_s: it may be a client about to send its first request)."""
+        stream = self._guarded
+        return stream.sent > 0 and stream.received_since_sent == 0 and not stream.unread()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData) and self._peer.held is not None:
+            self._peer.held.append(event.data)  # a response's head: written with its body
+            return
+        if self._peer.held is not None:
+            await self._peer.release()  # before a close or the idle timer
+        if isinstance(event, Closed):
+            self._closed = True
+            self.poke()
         if isinstance(event, Closed | Updated):
             with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
                 scope.shield = True
@@ -318,22 +382,52 @@ class _Connection(TCPServer):
         else:
             await super().protocol_send(event)
 
-    async def _idle_timeout(self) -> None:
-        """Runs while no request is in progress (Hypercorn starts it when a connection
-        opens and after each response, and cancels it once a request's headers are
-        complete): closes the connection at the deadlines, when a client arriving at
-        the cap needs its slot, and at shutdown (both cancel `waiting`)."""
-        with trio.CancelScope() as self.waiting:
-            if not self.context.terminated.is_set():
-                self._room.became_idle(self)
-                try:
-                    await self._wait_deadline()
-                finally:
-                    self._room.became_busy(self)
-        with trio.CancelScope(shield=True):
-            await self._initiate_server_close()
+    async def _write(self, data: bytes) -> None:
+        await super().protocol_send(RawData(data=data))
 
-    async def _wait_deadline(self) -> None:
+    async def _wait_poked(self, deadline: float = math.inf) -> bool:
+        """Until poked (True) or `deadline` (False)."""
+        with trio.move_on_at(deadline):
+            await self._poked.wait()
+            self._poked = trio.Event()
+            return True
+        return False
+
+    async def watch(self) -> None:
+        """The connection's idle timer, for its whole life: runs each idle period, and
+        ends once the connection is closed or its peer gone."""
+        stream = self._guarded
+        try:
+            while True:
+                while not self.idle:
+                    if stream.ended or self._closing or self._closed:
+                        return
+                    await self._wait_poked()
+                if not await self._idle_period():
+                    if self._closed:
+                        return  # Hypercorn closes it already
+                    with trio.CancelScope(shield=True):
+                        await self._initiate_server_close()
+                    return
+        finally:
+            self.watching = False
+
+    async def _idle_period(self) -> bool:
+        """One wait between requests: True when the next request's headers completed
+        in time, False when the connection is to close (a deadline passed, the peer
+        went, the room or a shutdown asked for it)."""
+        if self.context.terminated.is_set() or self._closing or self._closed:
+            return False
+        self._room.became_idle(self)
+        try:
+            return await self._wait_next_request()
+        finally:
+            self._room.became_busy(self)
+
+    def _ending(self) -> bool:
+        return self._guarded.ended or self._closing or self._closed
+
+    async def _wait_next_request(self) -> bool:
         stream, limits = self._guarded, self._limits
         if stream.sent == 0:
             idle_s = limits.header_timeout_s
@@ -341,12 +435,36 @@ class _Connection(TCPServer):
             idle_s = limits.keep_alive_s
         else:
             idle_s = min(limits.unauthenticated_keep_alive_s, limits.keep_alive_s)
-        with trio.move_on_after(idle_s):
-            await stream.wait_request_began()
-        if stream.received_since_sent > 0 and not stream.ended:
-            # Cancelled by complete headers; a client gone mid-headers frees its slot now.
-            with trio.move_on_after(limits.header_timeout_s):
-                await stream.wait_ended()
+        deadline = trio.current_time() + idle_s
+        while stream.received_since_sent == 0:
+            if self._ending() or not await self._wait_poked(deadline):
+                return False
+        # A request began: its headers must complete within the header deadline.
+        deadline = trio.current_time() + limits.header_timeout_s
+        while self.idle:
+            if self._ending() or not await self._wait_poked(deadline):
+                return False
+        return True
+
+
+class _IdleSwitch:
+    """Stands in for Hypercorn's idle task (`TCPServer.idle_task`): `restart` marks the
+    connection idle (starting its watcher the first time), `stop` marks it busy."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+
+    async def restart(self, task_group: Any, action: object) -> None:
+        c = self._connection
+        c.idle = True
+        c.poke()
+        if not c.watching:
+            c.watching = True
+            task_group.spawn(c.watch)
+
+    async def stop(self) -> None:
+        self._connection.idle = False
+        self._connection.poke()
 
 
 class _Listener(trio.abc.Listener[trio.SocketStream]):
@@ -504,12 +622,13 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
         gauge.set_function(lambda: limits.max_connections - room.slots.value)
 
     async def handle(stream: trio.SocketStream) -> None:
+        connection = _Connection(wrapped, config, context,
+                                 ConnectionState({**state, PEER: _Peer()}), _Stream(stream),
+                                 limits, room)
         try:
-            await _Connection(wrapped, config, context,
-                              ConnectionState({**state, PEER: _Peer()}), _Stream(stream),
-                              limits, room).run()
+            await connection.run()
         finally:
-            room.release()
+            room.release(connection)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -535,7 +654,7 @@ async def serve(app: ASGIApp, config: hypercorn.config.Config, limits: Limits, *
                 await listener.aclose()  # refused from now on, not left in the backlog
             await context.terminated.set()
             for connection in list(room.idle):
-                connection.waiting.cancel()
+                connection.close_idle()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

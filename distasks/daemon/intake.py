@@ -1,10 +1,10 @@
 """Intake: group commit of creates.
 
 Concurrent API requests hand their validated task here; a loop writes everything
-waiting in one transaction and pushes it to Redis in one pipeline, so the bridge and
-the commit are paid once per batch instead of once per task (architecture §1). No batch
-waits for a timer: what arrives while one batch commits forms the next. (Several loops
-may share one Intake; one is best on a busy small box: fewer, larger transactions.)
+waiting in one transaction, so the commit is paid once per batch instead of once per task
+(architecture §1). No batch waits for a timer: what arrives while one batch commits forms
+the next. The callers are answered once their batch committed; the copy into Redis
+follows, batched further by the intake's Copier (daemon/copier.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from distasks.broker import Broker
-from distasks.daemon import mirror
+from distasks.daemon.copier import FLUSH_TIMEOUT_S, Copier
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.queue_census import QueueCensus
 from distasks.domain import times
@@ -64,6 +64,7 @@ class Intake:
         self._metrics = metrics or Metrics()
         self._pool = pool
         self._clock = clock
+        self._copier = Copier(store, broker, clock=clock)
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
 
     async def create(self, task: NewTask) -> CreateResult:
@@ -89,8 +90,18 @@ class Intake:
         return request.results
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit whatever is waiting, batch after batch, until cancelled."""
-        task_status.started()
+        """Commit whatever is waiting, batch after batch, until cancelled; the copier runs
+        beside, and copies what the last batch left once the loop is over."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._copier.run)
+            task_status.started()
+            try:
+                await self._commit_batches()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT_S):
+                    await self._copier.flush()
+
+    async def _commit_batches(self) -> None:
         async for first in self._receive:
             batch, size = [first], len(first.tasks)
             while size < MAX_BATCH:
@@ -112,7 +123,7 @@ class Intake:
     async def _commit(self, batch: list[_Request]) -> None:
         tasks = [t for request in batch for t in request.tasks]
         try:
-            # The whole batch at once: one commit, one Redis pipeline, one mark.
+            # The whole batch at once: one statement, one commit.
             results = await self._commit_and_dispatch(tasks)
         except StoreRejected as e:
             if len(batch) > 1:
@@ -145,8 +156,8 @@ class Intake:
             request.done.set()
 
     async def _commit_and_dispatch(self, tasks: list[NewTask]) -> list[CreateResult]:
-        """Insert (starting what this daemon can run now), then push and mark the rest.
-        Only a failed insert raises: once committed, the tasks are accepted."""
+        """Insert (starting what this daemon can run now), then leave the rest to the
+        copier. Only a failed insert raises: once committed, the tasks are accepted."""
         now_s = self._clock()
         start, reserved = self._reserve(tasks)
         try:
@@ -173,12 +184,8 @@ class Intake:
             # The delay to start is measured from here, once the create has committed.
             self._pool.start_created(started, committed_s=self._clock())
         if ready or delayed:
-            pushed = [t.run_id for t, r in zip(tasks, results, strict=True)
-                      if r.created and not r.started]
-            await mirror.copy("created tasks",
-                              lambda: self._broker.dispatch(ready=ready, delayed=delayed),
-                              count=len(pushed), store=self._store, pushed=pushed,
-                              now=times.utc(self._clock()))
+            self._copier.add(ready, delayed, [t.run_id for t, r in zip(tasks, results, strict=True)
+                                              if r.created and not r.started])
         return results
 
     def _reserve(self, tasks: list[NewTask]) -> tuple[set[uuid.UUID], int]:

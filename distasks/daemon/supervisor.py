@@ -73,9 +73,6 @@ log = logging.getLogger(__name__)
 # After the grace period, how long the rest of shutdown (handing back, flushing
 # outcomes, closing connections) may take before everything is cancelled.
 HARD_STOP_MARGIN_S = 4.0
-# Create batches committed at once. More loops let a create skip the batch ahead, but
-# split batches: on 2 cores two loops cost more CPU than they saved (bench, phase c).
-INTAKE_LOOPS = 1
 # How often the long polls' tasks are checked in PostgreSQL, all in one query, in case a
 # "done" message was lost (distasks.daemon.waiters.poll).
 WAITERS_POLL_S = 1.0
@@ -308,8 +305,9 @@ class Daemon:
                 verifier = self.jwt
                 await services.start(lambda task_status: jwt_tokens.run(
                     verifier, interval_s=c.auth.jwt.jwks_refresh_s, task_status=task_status))
-            for _ in range(INTAKE_LOOPS):
-                await services.start(intake.run)
+            # One loop: more would let a create skip the batch ahead, but split batches
+            # (on 2 cores two loops cost more CPU than they saved: bench, phase c).
+            await services.start(intake.run)
             await services.start(lambda task_status: login_failures.run(
                 store, task_status=task_status))
             await services.start(lambda task_status: heartbeat.run(

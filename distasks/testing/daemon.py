@@ -20,6 +20,9 @@ import trio
 HOST = "127.0.0.1"
 # How often /readyz is asked while waiting for a daemon to serve.
 READY_POLL_S = 0.05
+# Starts of a daemon whose port another process took between `free_port` and its bind
+# (other test runs and benchmarks share the box and the kernel's port choices).
+PORT_ATTEMPTS = 3
 # SIGTERM to exit, by default: the daemon's grace period (10 s), its hard-stop margin
 # (4 s), and some slack.
 STOP_TIMEOUT_S = 20.0
@@ -50,6 +53,20 @@ def daemon_env(*, database_url: str, redis_url: str, prefix: str,
         **(settings or {}),
     })
     return env
+
+
+def _listening_inodes(port: int) -> list[str]:
+    """Socket inodes of every TCP socket listening on `port` (/proc/net/tcp and tcp6)."""
+    inodes = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # the header
+            for row in rows:
+                fields = row.split()
+                # local address hex "ADDR:PORT", state 0A is LISTEN, inode in column 10
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.append(fields[9])
+    return inodes
 
 
 class DaemonExited(Exception):
@@ -115,19 +132,40 @@ class DaemonProcess:
         self.stopped_on_purpose = False
 
     async def wait_ready(self) -> None:
-        """Until /readyz answers 200; DaemonExited if the process exits first. The caller
-        bounds the time."""
+        """Until /readyz answers 200 from this process (not from another one that took
+        the port: the box is shared); DaemonExited if the process exits first. The
+        caller bounds the time."""
         async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
             while True:
                 if not self.is_running():
                     raise DaemonExited(f"daemon {self.name} exited {self.returncode}:\n"
                                        + self.tail())
                 try:
-                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                    if ((await client.get(f"{self.url}/readyz")).status_code == 200
+                            and self._listens()):
                         return
                 except httpx.TransportError:
                     pass
                 await trio.sleep(READY_POLL_S)
+
+    def _listens(self) -> bool:
+        """This process holds a socket listening on its port (Linux's /proc tells;
+        elsewhere assumed)."""
+        assert self.process is not None
+        port = int(self.env["HTTP_PORT"])
+        try:
+            listening = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+            fds = Path(f"/proc/{self.process.pid}/fd")
+            return any(os.readlink(fd) in listening for fd in fds.iterdir())
+        except FileNotFoundError:
+            return not Path("/proc/net/tcp").exists()  # no /proc: cannot tell
+        except OSError:
+            return False  # an fd closed meanwhile: ask again
+
+    def lost_its_port(self) -> bool:
+        """It exited because another process holds its port."""
+        return not self.is_running() and "cannot listen on" in self.tail() and (
+            "in use" in self.tail())
 
     def terminate(self, sig: int = signal.SIGTERM) -> None:
         """Send `sig` (SIGTERM by default) if it runs."""
@@ -171,11 +209,19 @@ class DaemonProcess:
 @asynccontextmanager
 async def running(daemon: DaemonProcess, *, ready_timeout_s: float = 30.0,
                   stop_timeout_s: float = STOP_TIMEOUT_S) -> AsyncIterator[DaemonProcess]:
-    """`daemon` started and ready for the block, stopped (SIGTERM, then SIGKILL) after."""
-    await daemon.start()
+    """`daemon` started and ready for the block, stopped (SIGTERM, then SIGKILL) after.
+    A daemon whose port was taken meanwhile is started again on another."""
     try:
-        with trio.fail_after(ready_timeout_s):
-            await daemon.wait_ready()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            await daemon.start()
+            try:
+                with trio.fail_after(ready_timeout_s):
+                    await daemon.wait_ready()
+                break
+            except DaemonExited:
+                if attempt == PORT_ATTEMPTS or not daemon.lost_its_port():
+                    raise
+                daemon.env["HTTP_PORT"] = str(free_port())
         yield daemon
     finally:
         with trio.CancelScope(shield=True):

@@ -86,7 +86,8 @@ async def test_a_paused_queue_starts_nothing_at_create(config, store, broker):
         async with serving(config, store, broker) as (_, intake):
             result = await intake.create(new_task(payload={"skip_fail": True}))
             _, [run] = await store.get_task(result.task_id)
-            ready = await broker.raw("lrange", broker.keys("q").ready, 0, -1)
+            # Copied into Redis after the create's answer (daemon/copier.py).
+            ready = await wait_until(lambda: broker.raw("lrange", broker.keys("q").ready, 0, -1))
     assert not result.started and run.status is RunStatus.QUEUED
     assert ready == [str(run.id)]
 

@@ -309,3 +309,23 @@ async def test_a_client_stalling_in_its_request_body_gets_408_and_is_dropped(sta
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b'"code":"request_timeout"' in answer
+
+
+async def test_a_small_response_leaves_in_one_write(start_daemon, daemon_env):
+    """Head, body and end of a response are written together (api/connections.py holds
+    the head until the body): the first read of the client has all of it, for the lean
+    create route and for a Quart route alike."""
+    create = json.dumps({"name": "one", "handler": "noop", "queue_name": "idle"}).encode()
+    requests = [HEALTHZ, b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(create)).encode() + b"\r\n\r\n" + create]
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env) as d:
+            async with await connect(d.url) as stream:
+                for request in requests * 3:
+                    await stream.send_all(request)
+                    first = await stream.receive_some()
+                    head, _, body = first.partition(b"\r\n\r\n")
+                    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:"))
+                    assert len(body) == length, first
