@@ -31,8 +31,8 @@ the PostgreSQL and Redis pools needs, so `serve()` runs its connections itself:
   speaks HTTP/1.1 to its upstream anyway.
 
 The sockets are bound by `bind` before the daemon writes anything, so a port in use stops
-the start with one line. It uses Hypercorn internals (TCPServer, its `_idle_timeout`, the
-Closed and Updated events, and for h2c `H11Protocol._check_protocol` and
+the start with one line. It uses Hypercorn internals (TCPServer, its `idle_task` and
+`_initiate_server_close`, the Closed and Updated events, and for h2c `H11Protocol._check_protocol` and
 `ProtocolWrapper.handle`); tests/system/test_connections.py fails if an upgrade changes
 them.
 """
@@ -324,7 +324,7 @@ class _Connection(TCPServer):
 
     Hypercorn starts a task for the idle timer after every response and cancels it when
     the next request's headers are complete: two tasks and a cancellation per request.
-    Here one watcher per connection, `_watch`, sleeps on `_poked` instead, woken by what
+    Here one watcher per connection, `watch`, sleeps on `_poked` instead, woken by what
     changes its decision (a read, the connection going idle or busy, a close asked for),
     so a request costs neither a task nor an exception (bench/producer.py)."""
 
