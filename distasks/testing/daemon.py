@@ -87,6 +87,8 @@ class DaemonProcess:
     config: Path | None = None
     cwd: Path | None = None
     stderr_path: Path | None = None
+    #: a command that runs the interpreter for it (valgrind, say: bench/create_cost.py)
+    launcher: tuple[str, ...] = ()
     process: trio.Process | None = None
     #: set when the harness stopped or killed it on purpose
     stopped_on_purpose: bool = False
@@ -117,7 +119,7 @@ class DaemonProcess:
 
     async def start(self) -> None:
         """Spawn the process; `wait_ready()` tells when it serves."""
-        args = [sys.executable, "-m", "distasks", "serve"]
+        args = [*self.launcher, sys.executable, "-m", "distasks", "serve"]
         if self.config is not None:
             args += ["--config", str(self.config)]
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 (a local file, once)
