@@ -234,6 +234,8 @@ class Task(_Shape):
     cancel_reason: str | None = None
     #: payload keys the API shows as "[secret]" (the handler gets their values)
     secret_fields: list[str] = dataclasses.field(default_factory=list)
+    #: runs sharing it count against the queue's max_running_per_key
+    concurrency_key: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -316,6 +318,14 @@ class Queue(_Shape):
     oldest_ready_age_seconds: float | None
     #: most runs leased at once across every daemon; None: no limit
     max_running: int | None = None
+    #: most runs of one concurrency key leased at once across every daemon; None: no limit
+    max_running_per_key: int | None = None
+    #: most runs started per second across every daemon; None: no rate
+    max_starts_per_second: float | None = None
+    #: most runs started at once after a quiet spell; None: one second's worth
+    burst: int | None = None
+    #: ready runs a limit holds back now
+    waiting_for_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,6 +338,9 @@ class QueueState(_Shape):
 class QueueLimits(_Shape):
     name: str
     max_running: int | None
+    max_running_per_key: int | None = None
+    max_starts_per_second: float | None = None
+    burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -460,6 +473,8 @@ class TaskSpec:
     timeout_seconds: float | None = None
     #: top-level keys of the (object) payload that the API and CLI show as "[secret]"
     secret_fields: Sequence[str] | None = None
+    #: runs sharing it count against the queue's max_running_per_key (e.g. a customer id)
+    concurrency_key: str | None = None
 
     def to_json(self) -> dict[str, Json]:
         """The create body, in the API's field names."""
@@ -473,7 +488,8 @@ class TaskSpec:
                            ("delay_seconds", self.delay_seconds),
                            ("dedup_key", self.dedup_key), ("max_retries", self.max_retries),
                            ("timeout_seconds", self.timeout_seconds),
-                           ("secret_fields", _names(self.secret_fields))):
+                           ("secret_fields", _names(self.secret_fields)),
+                           ("concurrency_key", self.concurrency_key)):
             if value is not None:
                 body[key] = value
         return body
@@ -616,7 +632,8 @@ def _create(name: str, *, handler: str | None = None, payload: Json = None,
             run_at: datetime | str | None = None, delay_seconds: float | None = None,
             dedup_key: str | None = None, max_retries: int | None = None,
             timeout_seconds: float | None = None,
-            secret_fields: Sequence[str] | None = None) -> Op[CreateResult]:
+            secret_fields: Sequence[str] | None = None,
+            concurrency_key: str | None = None) -> Op[CreateResult]:
     """Create a task; unset arguments take the API's defaults (see TaskSpec). With a
     `dedup_key` that exists, returns that task with `created` False. `secret_fields`
     names payload keys whose values the API shows as "[secret]".
@@ -625,7 +642,8 @@ def _create(name: str, *, handler: str | None = None, payload: Json = None,
     spec = TaskSpec(name=name, handler=handler, payload=payload, queue=queue,
                     priority=priority, type=type, run_at=run_at, delay_seconds=delay_seconds,
                     dedup_key=dedup_key, max_retries=max_retries,
-                    timeout_seconds=timeout_seconds, secret_fields=secret_fields)
+                    timeout_seconds=timeout_seconds, secret_fields=secret_fields,
+                    concurrency_key=concurrency_key)
     return (yield from _create_one(spec.to_json()))
 
 
@@ -737,6 +755,24 @@ def _set_max_running(queue: str, max_running: int | None) -> Op[QueueLimits]:
     (None: no limit)."""
     return _shape(QueueLimits, _json((yield _Request(
         "PATCH", f"/api/v1/queues/{_quote(queue)}", json={"max_running": max_running}))))
+
+
+def _set_max_running_per_key(queue: str, max_running_per_key: int | None) -> Op[QueueLimits]:
+    """Allow at most `max_running_per_key` runs of one concurrency key of `queue` leased
+    at once across every daemon (None: no limit); keys are served round robin."""
+    return _shape(QueueLimits, _json((yield _Request(
+        "PATCH", f"/api/v1/queues/{_quote(queue)}",
+        json={"max_running_per_key": max_running_per_key}))))
+
+
+def _set_start_rate(queue: str, max_starts_per_second: float | None,
+                    burst: int | None = None) -> Op[QueueLimits]:
+    """Start at most `max_starts_per_second` runs of `queue` per second across every
+    daemon, up to `burst` at once after a quiet spell (None: one second's worth); None
+    lifts the rate."""
+    return _shape(QueueLimits, _json((yield _Request(
+        "PATCH", f"/api/v1/queues/{_quote(queue)}",
+        json={"max_starts_per_second": max_starts_per_second, "burst": burst}))))
 
 
 def _resume(queue: str) -> Op[QueueState]:
@@ -977,6 +1013,8 @@ class _BaseClient:
     pause = _Endpoint(_pause)
     resume = _Endpoint(_resume)
     set_max_running = _Endpoint(_set_max_running)
+    set_max_running_per_key = _Endpoint(_set_max_running_per_key)
+    set_start_rate = _Endpoint(_set_start_rate)
     delete_queue = _Endpoint(_delete_queue)
     dlq = _Endpoint(_dlq)
     replay = _Endpoint(_replay)

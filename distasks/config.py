@@ -302,6 +302,27 @@ class TenantConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueLimitsConfig:
+    """One queue's limits set by the operator (`[queues.<name>]`, architecture §4):
+    applied at start and on SIGHUP as a PATCH of the queue would be; a key left out
+    leaves that limit as it is, 0 lifts it. A tenant may tighten them, never loosen them."""
+
+    #: most runs of the queue leased at once across every daemon
+    max_running: int | None = None
+    #: most runs of one concurrency_key of the queue leased at once across every daemon
+    max_running_per_key: int | None = None
+    #: most runs of the queue started per second across every daemon
+    max_starts_per_second: float | None = None
+    #: most runs started at once after a quiet spell (with max_starts_per_second)
+    burst: int | None = None
+
+    def given(self) -> dict[str, float | None]:
+        """The limits this table sets, as a PATCH body would (None: lift)."""
+        return {f.name: (None if v == 0 else v) for f in dataclasses.fields(self)
+                if (v := getattr(self, f.name)) is not None}
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     #: run the scheduler on this daemon (any number of daemons may: each slot fires once)
     enabled: bool = True
@@ -354,6 +375,8 @@ class Config:
     schedules: tuple[ConfiguredSchedule, ...] = ()
     #: quotas by tenant name; tenants not named here have none
     tenants: Mapping[str, TenantConfig] = dataclasses.field(default_factory=dict)
+    #: operator-set limits by (qualified) queue name: `[queues.<name>]`
+    queues: Mapping[str, QueueLimitsConfig] = dataclasses.field(default_factory=dict)
 
     def tenant(self, name: str) -> TenantConfig:
         return self.tenants.get(name, NO_QUOTAS)
@@ -401,6 +424,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError("--config", f"cannot read {path}: {e}") from None
     sections: dict[str, Any] = {"tenants": _tenants(raw.pop("tenants", {})),
+                                "queues": _queues(raw.pop("queues", {})),
                                 "schedules": _schedules(raw.pop("schedules", []))}
     for name, cls in _section_classes().items():
         table = raw.pop(name, {})
@@ -416,7 +440,42 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 
 def _section_classes() -> dict[str, type]:
     return {f.name: type(f.default) for f in dataclasses.fields(Config)
-            if f.name not in ("tenants", "schedules")}
+            if f.name not in ("tenants", "schedules", "queues")}
+
+
+def _queues(table: Any) -> dict[str, QueueLimitsConfig]:
+    """`[queues.<name>]` tables: a queue of the operator (`reports`) or of a tenant
+    (`"acme/reports"`), each key a whole number (max_starts_per_second: any number)
+    of at least 1, or 0 to lift that limit."""
+    if not isinstance(table, dict):
+        raise ConfigError("queues", "must be a table of [queues.<name>] tables")
+    out = {}
+    for name, limits in table.items():
+        tenant, queue = tenancy.split(name)
+        if not QUEUE_NAME_RE.fullmatch(queue):
+            raise ConfigError(f"queues.{name}", "is not a queue name (1-64 of A-Z, a-z, "
+                                                "0-9, '_', '.' and '-'; a tenant's as "
+                                                "\"<tenant>/<queue>\")")
+        try:
+            check_tenant(tenant)
+        except ValueError as e:
+            raise ConfigError(f"queues.{name}", str(e)) from None
+        if not isinstance(limits, dict):
+            raise ConfigError(f"queues.{name}", "must be a table")
+        kinds = {f.name: f.name == "max_starts_per_second"
+                 for f in dataclasses.fields(QueueLimitsConfig)}
+        for key, value in limits.items():
+            if key not in kinds:
+                raise ConfigError(f"queues.{name}.{key}", "unknown key")
+            number = (int, float) if kinds[key] else (int,)
+            if (isinstance(value, bool) or not isinstance(value, number) or value < 0
+                    or value > 1_000_000 or (not kinds[key] and 0 < value < 1)):
+                raise ConfigError(f"queues.{name}.{key}",
+                                  "must be a whole number from 1 to 1000000, or 0 (no limit)"
+                                  if not kinds[key] else
+                                  "must be a number above 0, up to 1000000, or 0 (no limit)")
+        out[name] = QueueLimitsConfig(**limits)
+    return out
 
 
 def _tenants(table: Any) -> dict[str, TenantConfig]:

@@ -144,4 +144,5 @@ def task_request(req: schemas.CreateTask, tenant: str) -> creation.TaskRequest:
         tenant=tenant, name=req.name, handler=req.handler, type=TaskType(req.type), queue_name=req.queue_name,
         priority=req.priority, payload=req.payload, dedup_key=req.dedup_key,
         max_retries=req.max_retries, timeout_s=req.timeout_seconds, run_at=req.run_at,
-        delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields))
+        delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
+        concurrency_key=req.concurrency_key)

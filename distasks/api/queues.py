@@ -15,7 +15,8 @@ from distasks.api.render import iso
 from distasks.api.services import actor, services, tenant, tenant_queue
 from distasks.daemon.queue_state import queue_states
 from distasks.domain import times
-from distasks.domain.tenancy import shown, tenant_of
+from distasks.domain.errors import InvalidInput
+from distasks.domain.tenancy import DEFAULT_TENANT, shown, tenant_of
 
 bp = Blueprint("queues", __name__)
 
@@ -43,6 +44,10 @@ async def list_queues() -> Response:
             "failed_last_minute": r.failed_last_minute if r else 0,
             "oldest_ready_age_seconds": st.oldest_ready_age_s,
             "max_running": r.max_running if r else None,
+            "waiting_for_limit": st.waiting_for_limit,
+            "max_running_per_key": r.max_running_per_key if r else None,
+            "max_starts_per_second": r.max_starts_per_second if r else None,
+            "burst": r.burst if r else None,
         })
     return jsonify({"queues": out})
 
@@ -64,17 +69,28 @@ async def resume_queue(queue: str) -> Response:
 
 @operation(bp, "PATCH", "/api/v1/queues/<queue>", scope="queues:admin", tag="queues",
            summary="Set or lift a queue's limits: max_running, the most runs leased at "
-                   "once across every daemon", body=schemas.UpdateQueue,
+                   "once across every daemon, and max_running_per_key, the most of one "
+                   "concurrency_key, and max_starts_per_second (with burst), the most runs "
+                   "started per second; a field left out stays as it is",
+           body=schemas.UpdateQueue,
            responses={200: schemas.QueueLimits},
-           errors={409: "A new queue beyond limits.max_queues of the tenant"})
+           errors={403: "A tenant's change that would lift or raise a limit its operator "
+                        "set in [queues.<name>] (operator_limit, naming the field)",
+                   409: "A new queue beyond limits.max_queues of the tenant"})
 async def update_queue(queue: str) -> Response:
     queue = tenant_queue(queue_name(queue))
     req = parse_body(schemas.UpdateQueue, await read_body())
+    if not req.model_fields_set:
+        raise InvalidInput("give max_running, max_running_per_key, max_starts_per_second "
+                           "or burst (null lifts a limit)", field="max_running")
     s = services()
-    await s.operations.set_max_running(queue, req.max_running, actor=actor(),
-                                       now=times.utc(s.clock()),
-                                       max_queues=s.config.limits.max_queues)
-    return jsonify({"name": shown(queue), "max_running": req.max_running})
+    asked = {f: getattr(req, f) for f in req.model_fields_set}
+    if tenant_of(queue) != DEFAULT_TENANT:
+        s.operations.check_tenant_limits(queue, asked)
+    limits = await s.operations.set_queue_limits(
+        queue, asked, actor=actor(),
+        now=times.utc(s.clock()), max_queues=s.config.limits.max_queues)
+    return jsonify({"name": shown(queue), **limits})
 
 
 @operation(bp, "DELETE", "/api/v1/queues/<queue>", scope="queues:admin", tag="queues",

@@ -40,7 +40,7 @@ def _task_json(t: Task) -> dict[str, Any]:
         "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
         "finished_at": iso(t.finished_at), "cancelled_at": iso(t.cancelled_at),
         "cancelled_by": t.cancelled_by, "cancel_reason": t.cancel_reason,
-        "secret_fields": list(t.secret_fields),
+        "secret_fields": list(t.secret_fields), "concurrency_key": t.concurrency_key,
     }
 
 

@@ -16,6 +16,7 @@ from pydantic import (
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
 from distasks.domain.fields import (
+    CONCURRENCY_KEY_MAX,
     NO_NUL_TEXT,
     PATTERN_RULES,
     QUEUE_NAME_PATTERN,
@@ -81,6 +82,9 @@ class CreateTask(Strict):
         default_factory=list, max_length=64,
         description="Top-level keys of the (object) payload whose values the API and CLI "
                     "show as \"[secret]\"; the handler gets them as given")
+    concurrency_key: str | None = text(
+        1, CONCURRENCY_KEY_MAX, "Runs sharing it count against the queue's "
+        "max_running_per_key, and keys are served round robin (e.g. a customer id)")
 
 
 class CreateTasks(Strict):
@@ -108,8 +112,31 @@ MAX_RUNNING_DESCRIPTION = (
     "running, or waiting for an executor); null: no limit")
 
 
+MAX_RUNNING_PER_KEY_DESCRIPTION = (
+    "Most runs of one concurrency_key of the queue leased at once, counted across every "
+    "daemon; keys with runs waiting are served round robin; null: no limit")
+
+
+MAX_STARTS_DESCRIPTION = (
+    "Most runs of the queue started per second, counted across every daemon by a token "
+    "bucket on Redis's clock; null: no rate")
+BURST_DESCRIPTION = (
+    "Most runs started at once after a quiet spell, with max_starts_per_second; null: one "
+    "second's worth")
+
+
 class UpdateQueue(Strict):
-    max_running: int | None = Field(ge=1, le=1_000_000, description=MAX_RUNNING_DESCRIPTION)
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    max_running: int | None = Field(None, ge=1, le=1_000_000,
+                                    description=MAX_RUNNING_DESCRIPTION + "; absent: unchanged")
+    max_running_per_key: int | None = Field(
+        None, ge=1, le=1_000_000, description=MAX_RUNNING_PER_KEY_DESCRIPTION + "; absent: "
+        "unchanged")
+    max_starts_per_second: float | None = Field(
+        None, gt=0, le=1_000_000, description=MAX_STARTS_DESCRIPTION + "; absent: unchanged")
+    burst: int | None = Field(None, ge=1, le=1_000_000,
+                              description=BURST_DESCRIPTION + "; absent: unchanged")
 
 
 class ReplayDlq(DlqSelection):
@@ -212,6 +239,7 @@ class TaskOut(BaseModel):
     cancelled_by: str | None
     cancel_reason: str | None
     secret_fields: list[str] = Field(description="Payload keys shown as \"[secret]\"")
+    concurrency_key: str | None = None
 
 
 class RunOut(BaseModel):
@@ -279,6 +307,13 @@ class QueueOut(BaseModel):
     failed_last_minute: int
     oldest_ready_age_seconds: float | None
     max_running: int | None = Field(description=MAX_RUNNING_DESCRIPTION)
+    max_running_per_key: int | None = Field(description=MAX_RUNNING_PER_KEY_DESCRIPTION)
+    max_starts_per_second: float | None = Field(description=MAX_STARTS_DESCRIPTION)
+    burst: int | None = Field(description=BURST_DESCRIPTION)
+    waiting_for_limit: int = Field(description=(
+        "Ready runs a limit holds back now: all of them while max_running runs are leased "
+        "or no start is left in this second's rate, else those of keys at "
+        "max_running_per_key"))
 
 
 class QueueList(BaseModel):
@@ -293,6 +328,9 @@ class QueueState(BaseModel):
 class QueueLimits(BaseModel):
     name: str
     max_running: int | None = Field(description=MAX_RUNNING_DESCRIPTION)
+    max_running_per_key: int | None = Field(description=MAX_RUNNING_PER_KEY_DESCRIPTION)
+    max_starts_per_second: float | None = Field(description=MAX_STARTS_DESCRIPTION)
+    burst: int | None = Field(description=BURST_DESCRIPTION)
 
 
 class QueueDeleted(BaseModel):

@@ -33,6 +33,7 @@ from distasks.broker.base import (
 from distasks.broker.control import ControlCommands, ControlSubscription
 from distasks.broker.dispatch import DispatchCommands, Settlement
 from distasks.broker.dlq import DlqCommands
+from distasks.broker.keys import Rank, rank
 from distasks.broker.leases import LeaseCommands
 from distasks.broker.queues import QueueCommands, QueueEntries
 from distasks.broker.rates import RateCommands
@@ -40,7 +41,7 @@ from distasks.broker.rebuild import RebuildCommands
 from distasks.domain.errors import BrokerUnavailable
 
 __all__ = ["CLAIM_BLOCK_S", "SOCKET_TIMEOUT_S", "Broker", "ControlSubscription", "QueueEntries",
-           "Settlement", "broker_errors", "printable"]
+           "Rank", "Settlement", "broker_errors", "printable", "rank"]
 
 
 class Broker(DispatchCommands, LeaseCommands, QueueCommands, DlqCommands, ControlCommands,

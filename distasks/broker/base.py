@@ -17,7 +17,7 @@ import redis.exceptions
 import trio
 
 from distasks import aio
-from distasks.broker.keys import QueueKeys, global_keys, queue_keys
+from distasks.broker.keys import QueueKeys, Rank, global_keys, queue_keys
 from distasks.domain.errors import BrokerUnavailable
 
 P = ParamSpec("P")
@@ -82,7 +82,7 @@ async def cross(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwa
 
 #: the scripts beside this file, by name (file name = what it does)
 SCRIPTS = ("claim", "push", "move_due", "requeue", "unlease", "withdraw", "ready_depth",
-           "announce_done", "release_lock", "rate_take")
+           "restore_leases", "announce_done", "release_lock", "rate_take")
 
 
 class BrokerBase:
@@ -134,32 +134,36 @@ class BrokerBase:
                               [self.control_channel, now_ms, *task_ids])
         await self._execute(pipe)
 
-    def _push(self, pipe: Any, queue: str, runs: Sequence[tuple[str, int]], *,
+    def _push(self, pipe: Any, queue: str, runs: Sequence[tuple[str, Rank]], *,
               at_head: bool = False) -> None:
-        """Queue push.lua for (run_id, priority) on `pipe`: to the tail of their
-        priority's ready list, or to the head (claimed next, in the order given)."""
+        """Queue push.lua for (run_id, rank) on `pipe`: to the tail of their priority's
+        (or concurrency key's) ready list, or to the head (claimed next, in the order
+        given)."""
         keys = self.keys(queue)
-        self._pipe_script(pipe, "push", [keys.ready, keys.bands, keys.bell, keys.priorities],
+        self._pipe_script(pipe, "push", [keys.ready, keys.bands, keys.bell, keys.priorities,
+                                         keys.key_turns],
                           ["head" if at_head else "tail",
                            *(x for run_id, priority in runs for x in (str(priority), run_id))])
 
-    def _delay(self, pipe: Any, queue: str, due: Sequence[tuple[str, int, int]]) -> None:
-        """Queue on `pipe` the delayed entries (run_id, due_ms, priority). A priority
-        other than 0 is recorded before the entry, so move_due.lua never finds the entry
+    def _delay(self, pipe: Any, queue: str, due: Sequence[tuple[str, int, Rank]]) -> None:
+        """Queue on `pipe` the delayed entries (run_id, due_ms, rank). A rank other
+        than priority 0 is recorded before the entry, so move_due.lua never finds the entry
         without it (were that write lost, the run would be moved as priority 0: out of
         order, never lost)."""
         self._rank(pipe, queue, due)
         pipe.zadd(self.keys(queue).delayed, {run_id: due_ms for run_id, due_ms, _ in due})
 
     def _unlease(self, pipe: Any, queue: str, run_ids: Sequence[str]) -> None:
-        """Queue unlease.lua for `run_ids` on `pipe`: their leases end (and a limited
-        queue's room signal rings)."""
+        """Queue unlease.lua for `run_ids` on `pipe`: their leases and ranks end (a
+        limited queue's room signal rings, a key's count drops)."""
         keys = self.keys(queue)
-        self._pipe_script(pipe, "unlease", [keys.leases, keys.max_running, keys.room], run_ids)
+        self._pipe_script(pipe, "unlease", [keys.leases, keys.max_running, keys.room,
+                                            keys.priorities, keys.key_running, keys.bell,
+                                            keys.ready], run_ids)
 
-    def _rank(self, pipe: Any, queue: str, entries: Sequence[tuple[str, int, int]]) -> None:
-        """Queue on `pipe` the priorities other than 0 of (run_id, _, priority)."""
-        ranked = {run_id: str(priority) for run_id, _, priority in entries if priority != 0}
+    def _rank(self, pipe: Any, queue: str, entries: Sequence[tuple[str, int, Rank]]) -> None:
+        """Queue on `pipe` the ranks other than priority 0 of (run_id, _, rank)."""
+        ranked = {run_id: str(r) for run_id, _, r in entries if str(r) != "0"}
         if ranked:
             pipe.hset(self.keys(queue).priorities, mapping=ranked)
 

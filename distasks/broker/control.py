@@ -28,8 +28,8 @@ class ControlCommands(BrokerBase):
                 by_queue.setdefault(queue, []).append(run_id)
             for queue, run_ids in by_queue.items():
                 keys = self.keys(queue)
-                self._pipe_script(pipe, "withdraw", [keys.ready, keys.delayed, keys.priorities],
-                                  run_ids)
+                self._pipe_script(pipe, "withdraw", [keys.ready, keys.delayed, keys.priorities,
+                                                     keys.key_turns], run_ids)
             if running:
                 pipe.publish(self.control_channel, f"cancel {running}")
             await self._execute_announcing(pipe, [task_id], now_ms=now_ms)

@@ -5,33 +5,34 @@ moved from delayed to ready when due (architecture §3).
 A priority is an integer; higher runs first. Each priority has its own FIFO ready list
 (claim.lua describes the layout); a run of a priority other than 0 also has its priority
 kept in the queue's `priorities` hash while it is in the index, so that a retry, a due
-run or a run handed back goes back to its list inside a script.
+run or a run handed back goes back to its list inside a script. A run with a concurrency
+key is filed by its rank (keys.Rank) in its key's list instead; the claim serves the keys
+round robin, each within the queue's max_running_per_key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from distasks.broker.base import CLAIM_BLOCK_S, MOVE_MAX_ROUNDS, BrokerBase, crossing
+from distasks.broker.keys import Rank
 
 
 @dataclass(slots=True)
 class Settlement:
     """Redis follow-ups of a batch of recorded outcomes, for `settle`, by queue."""
 
-    #: queue -> run ids whose lease ends
+    #: queue -> run ids whose lease ends (their rank leaves `priorities` too)
     unleased: dict[str, list[str]] = field(default_factory=dict)
-    #: queue -> those of `unleased` whose priority is not 0 (their entry in
-    #: `priorities` goes too)
-    unranked: dict[str, list[str]] = field(default_factory=dict)
-    #: queue -> (due_ms, run id, priority) of retries
-    delayed: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
+    #: queue -> (due_ms, run id, rank) of retries
+    delayed: dict[str, list[tuple[int, str, Rank]]] = field(default_factory=dict)
     #: queue -> task ids out of retries
     dead: dict[str, list[str]] = field(default_factory=dict)
-    #: queue -> (run id, priority) to run next (interrupted runs handed back)
-    urgent: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    #: queue -> (run id, rank) to run next (interrupted runs handed back)
+    urgent: dict[str, list[tuple[str, Rank]]] = field(default_factory=dict)
     #: task ids that reached a final state (announced to long-poll waiters)
     finished: list[str] = field(default_factory=list)
     #: when the outcomes were recorded, Unix time in ms
@@ -42,16 +43,16 @@ class DispatchCommands(BrokerBase):
     """Ready lists, delayed sets and the claim's lease sets."""
 
     @crossing
-    async def dispatch(self, ready: Sequence[tuple[str, str, int]] = (),
-                       delayed: Sequence[tuple[str, str, int, int]] = ()) -> None:
-        """Push (queue, run_id, priority) to ready lists and (queue, run_id, due_ms,
-        priority) to delayed sets."""
+    async def dispatch(self, ready: Sequence[tuple[str, str, Rank]] = (),
+                       delayed: Sequence[tuple[str, str, int, Rank]] = ()) -> None:
+        """Push (queue, run_id, rank) to ready lists and (queue, run_id, due_ms, rank)
+        to delayed sets."""
         if not ready and not delayed:
             return
-        by_queue: dict[str, list[tuple[str, int]]] = {}
+        by_queue: dict[str, list[tuple[str, Rank]]] = {}
         for queue, run_id, priority in ready:
             by_queue.setdefault(queue, []).append((run_id, priority))
-        due_by_queue: dict[str, list[tuple[str, int, int]]] = {}
+        due_by_queue: dict[str, list[tuple[str, int, Rank]]] = {}
         for queue, run_id, due_ms, priority in delayed:
             due_by_queue.setdefault(queue, []).append((run_id, due_ms, priority))
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -69,18 +70,29 @@ class DispatchCommands(BrokerBase):
         one. None when the queue is paused.
 
         Returns at once when work is ready; otherwise waits on the server (`wait_ready`)
-        and claims what arrived, all in one crossing. Claimed ids are in the lease set when
-        this returns. Call it shielded: it must not be cancelled in flight, and it ends by
-        itself within CLAIM_BLOCK_S plus a round trip.
+        and claims what arrived, all in one crossing. A queue whose start rate has no
+        token left waits (with `block`) until the next one, up to CLAIM_BLOCK_S, and
+        claims again. Claimed ids are in the lease set when this returns. Call it
+        shielded: it must not be cancelled in flight, and it ends by itself within
+        CLAIM_BLOCK_S plus two round trips.
         """
         keys = self.keys(queue)
         script = self._scripts["claim"]
         script_keys = [keys.ready, keys.leases, keys.paused, keys.bands, keys.bell,
-                       keys.max_running, keys.room]
-        items: list[str] | None = await script(keys=script_keys, args=[count, lease_until_ms])
-        if items is None or items or not block or not await self._wait_ready_on_asyncio(queue):
-            return items
-        return await script(keys=script_keys, args=[count, lease_until_ms])  # type: ignore[no-any-return]
+                       keys.max_running, keys.room, keys.key_turns, keys.key_running,
+                       keys.max_per_key, keys.rate]
+        items: list[str | int] | None = await script(keys=script_keys,
+                                                     args=[count, lease_until_ms])
+        if items and isinstance(items[0], int):  # held back by the start rate
+            if not block:
+                return []
+            await asyncio.sleep(min(items[0] / 1000, CLAIM_BLOCK_S))
+        elif items is None or items or not block or not await self._wait_ready_on_asyncio(queue):
+            return items  # type: ignore[return-value]
+        items = await script(keys=script_keys, args=[count, lease_until_ms])
+        if items and isinstance(items[0], int):
+            return []
+        return items  # type: ignore[return-value]
 
     @crossing
     async def wait_ready(self, queue: str) -> bool:
@@ -116,17 +128,15 @@ class DispatchCommands(BrokerBase):
         keys = self.keys(queue)
         return int(await self._scripts["requeue"](
             keys=[keys.leases, keys.ready, keys.bands, keys.bell, keys.priorities,
-                  keys.max_running, keys.room],
+                  keys.max_running, keys.room, keys.key_turns, keys.key_running],
             args=list(run_ids)))
 
     @crossing
     async def release(self, queue: str, run_ids: Sequence[str]) -> None:
-        """Drop the leases (and priorities) of claimed ids that have nothing to run."""
+        """Drop the leases (and ranks) of claimed ids that have nothing to run."""
         if run_ids:
-            keys = self.keys(queue)
             async with self._redis.pipeline(transaction=False) as pipe:
                 self._unlease(pipe, queue, run_ids)
-                pipe.hdel(keys.priorities, *run_ids)
                 await self._execute(pipe)
 
     @crossing
@@ -135,8 +145,6 @@ class DispatchCommands(BrokerBase):
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue, run_ids in s.unleased.items():
                 self._unlease(pipe, queue, run_ids)
-            for queue, run_ids in s.unranked.items():
-                pipe.hdel(self.keys(queue).priorities, *run_ids)
             for queue, due in s.delayed.items():
                 self._delay(pipe, queue, [(run_id, ms, p) for ms, run_id, p in due])
             for queue, task_ids in s.dead.items():
@@ -158,7 +166,8 @@ class DispatchCommands(BrokerBase):
         moved = 0
         for _ in range(MOVE_MAX_ROUNDS):
             n = int(await self._scripts["move_due"](
-                keys=[keys.delayed, keys.ready, keys.bands, keys.bell, keys.priorities],
+                keys=[keys.delayed, keys.ready, keys.bands, keys.bell, keys.priorities,
+                      keys.key_turns],
                 args=[now_ms, limit]))
             moved += n
             if n < limit:  # fewer than the limit means done

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from distasks.broker.base import BrokerBase, crossing
+from distasks.broker.keys import Rank
 
 
 class DlqCommands(BrokerBase):
@@ -12,9 +13,9 @@ class DlqCommands(BrokerBase):
 
     @crossing
     async def leave_dlq(self, queue: str, removed: Sequence[str],
-                        ready: Sequence[tuple[str, int]]) -> None:
+                        ready: Sequence[tuple[str, Rank]]) -> None:
         """Take `removed` task ids out of the DLQ index and push the `ready` (run id,
-        priority) of those replayed (none for a deletion)."""
+        rank) of those replayed (none for a deletion)."""
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=True) as pipe:
             for task_id in removed:

@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: How a run is filed in its queue's index: its priority, or '<priority>/<key>' for a run
+#: with a concurrency key (push.lua and the other scripts read it so; a priority never
+#: holds '/'). Kept in the queue's `priorities` hash for every rank but priority 0.
+Rank = int | str
+
+
+def rank(priority: int, concurrency_key: str | None) -> Rank:
+    """The rank of a run of this priority and concurrency key (see Rank)."""
+    return priority if concurrency_key is None else f"{priority}/{concurrency_key}"
+
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
@@ -41,6 +51,22 @@ class QueueKeys:
     #: taken down by a claim that finds it full, so that its fetchers block (wait_ready)
     #: until an ended lease rings it
     room: str
+    #: list of the concurrency keys whose ready list `keyed(key)` holds runs, each once:
+    #: the claim serves them round robin (it takes from the head and moves it to the tail)
+    key_turns: str
+    #: hash concurrency key -> how many of its runs are leased now (by any daemon)
+    key_running: str
+    #: the queue's per-key concurrency limit, while it has one: a claim skips a key with
+    #: this many runs leased (PostgreSQL keeps it; this mirrors it)
+    max_per_key: str
+    #: hash of a queue's start rate, while it has one: per_s and burst (PostgreSQL keeps
+    #: them; these mirror them) and the claim's token bucket, tokens and at_ms (Redis TIME)
+    rate: str
+
+    def keyed(self, key: str) -> str:
+        """The FIFO ready list of the runs with concurrency key `key` (claim.lua builds
+        the same name; ':key:' never looks like a priority's list)."""
+        return f"{self.ready}:key:{key}"
 
     def band(self, priority: int | str) -> str:
         """The ready list of `priority`: `ready` itself for 0, so that entries of the
@@ -63,6 +89,10 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         paused=f"{base}:paused",
         max_running=f"{base}:max-running",
         room=f"{base}:room",
+        key_turns=f"{base}:key-turns",
+        key_running=f"{base}:key-running",
+        max_per_key=f"{base}:max-per-key",
+        rate=f"{base}:rate",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,21 +44,50 @@ class QueueCommands(BrokerBase):
             await pipe.execute()
 
     async def _bands_on_asyncio(self, queues: Sequence[str]) -> dict[str, list[str]]:
-        """The ready lists of each queue, one per priority in `bands` and `ready` itself."""
+        """The ready lists of each queue: one per priority in `bands`, `ready` itself, and
+        one per concurrency key in `key-turns`."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue in queues:
                 pipe.zrange(self.keys(queue).bands, 0, -1)
+                pipe.lrange(self.keys(queue).key_turns, 0, -1)
             replies = await pipe.execute()
-        return {queue: [self.keys(queue).ready, *(self.keys(queue).band(p) for p in bands)]
-                for queue, bands in zip(queues, replies, strict=True)}
+        return {queue: [self.keys(queue).ready, *(self.keys(queue).band(p) for p in bands),
+                        *(self.keys(queue).keyed(k) for k in turns)]
+                for queue, bands, turns in zip(queues, replies[::2], replies[1::2], strict=True)}
+
+    async def mirror_limits(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
+        """Mirror the limits given for each queue, as PostgreSQL's `queues` columns name
+        them (max_running, max_running_per_key, max_starts_per_second with burst; None:
+        no limit); one not given stays as it is. A rate needs its burst given too."""
+        rates: dict[str, tuple[float, int] | None] = {}
+        for queue, row in rows.items():
+            if "max_starts_per_second" in row or "burst" in row:
+                per_s = row.get("max_starts_per_second")
+                rates[queue] = (None if per_s is None
+                                else (per_s, row.get("burst") or max(1, math.ceil(per_s))))
+        await self.set_limits(
+            {q: row["max_running"] for q, row in rows.items() if "max_running" in row},
+            {q: row["max_running_per_key"] for q, row in rows.items()
+             if "max_running_per_key" in row}, rates)
 
     @crossing
-    async def set_limits(self, limits: Mapping[str, int | None]) -> None:
+    async def set_limits(self, limits: Mapping[str, int | None],
+                         per_key: Mapping[str, int | None] | None = None,
+                         rates: Mapping[str, tuple[float, int] | None] | None = None) -> None:
         """Mirror the max-running limits of many queues (None: no limit) in one round
-        trip, ringing each one's room signal so that fetchers held back re-check."""
-        if not limits:
+        trip, ringing each one's room signal so that fetchers held back re-check; and,
+        for the queues in `per_key`, their max-running-per-key limits, ringing the bell
+        (a claim that found every key at its limit took it down); and for those in
+        `rates`, their start rate (per second, burst), keeping the bucket's tokens."""
+        if not limits and not per_key and not rates:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
+            for queue, rate in (rates or {}).items():
+                keys = self.keys(queue)
+                if rate is None:
+                    pipe.delete(keys.rate)
+                else:
+                    pipe.hset(keys.rate, mapping={"per_s": repr(rate[0]), "burst": rate[1]})
             for queue, limit in limits.items():
                 keys = self.keys(queue)
                 if limit is None:
@@ -66,6 +96,14 @@ class QueueCommands(BrokerBase):
                     pipe.set(keys.max_running, limit)
                     pipe.rpush(keys.room, "1")
                     pipe.ltrim(keys.room, 0, 0)
+            for queue, limit in (per_key or {}).items():
+                keys = self.keys(queue)
+                if limit is None:
+                    pipe.delete(keys.max_per_key)
+                else:
+                    pipe.set(keys.max_per_key, limit)
+                pipe.rpush(keys.bell, "1")
+                pipe.ltrim(keys.bell, 0, 0)
             await pipe.execute()
 
     @crossing
@@ -92,7 +130,8 @@ class QueueCommands(BrokerBase):
         keys = self.keys(queue)
         lists = (await self._bands_on_asyncio([queue]))[queue]
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.paused, keys.mover_lock, keys.max_running, keys.room)
+            pipe.delete(keys.paused, keys.mover_lock, keys.max_running, keys.room,
+                        keys.max_per_key, keys.rate)
             for run_id in stale.runs:
                 for ready in lists:
                     pipe.lrem(ready, 0, run_id)
@@ -114,15 +153,17 @@ class QueueCommands(BrokerBase):
     @crossing
     async def queue_depths(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Depths of many queues in one pipeline, with the heads (oldest entries) of
-        each queue's ready lists (at most HEADS, highest priorities first) and whether it
-        is paused."""
+        each queue's ready lists (at most HEADS, highest priorities first), whether it
+        is paused, and how many ready runs its limits hold back now."""
         return await self._depths_on_asyncio(queues)
 
     async def _depths_on_asyncio(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for queue in queues:
                 keys = self.keys(queue)
-                self._pipe_script(pipe, "ready_depth", [keys.ready, keys.bands], [HEADS])
+                self._pipe_script(pipe, "ready_depth", [
+                    keys.ready, keys.bands, keys.key_turns, keys.leases, keys.max_running,
+                    keys.key_running, keys.max_per_key, keys.rate], [HEADS])
                 pipe.zcard(keys.delayed)
                 pipe.zcard(keys.leases)
                 pipe.llen(keys.dlq)
@@ -130,7 +171,7 @@ class QueueCommands(BrokerBase):
             replies = await self._execute(pipe)
         out = {}
         for i, queue in enumerate(queues):
-            (ready, *heads), delayed, leased, dead, paused = replies[5 * i:5 * i + 5]
+            (ready, held, *heads), delayed, leased, dead, paused = replies[5 * i:5 * i + 5]
             out[queue] = {"ready": ready, "delayed": delayed, "leased": leased, "dlq": dead,
-                          "heads": heads, "paused": bool(paused)}
+                          "heads": heads, "paused": bool(paused), "waiting_for_limit": held}
         return out

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 
 from distasks.broker.base import BrokerBase, crossing
-from distasks.broker.keys import global_keys
+from distasks.broker.keys import Rank, global_keys
 
 
 class RebuildCommands(BrokerBase):
@@ -43,13 +43,13 @@ class RebuildCommands(BrokerBase):
             await pipe.execute()
 
     @crossing
-    async def restore(self, queue: str, *, ready: Sequence[tuple[str, int]] = (),
-                      delayed: Sequence[tuple[str, int, int]] = (),
-                      leased: Sequence[tuple[str, int, int]] = ()) -> None:
-        """Add rebuilt entries to a queue's index: ready (run id, priority), delayed
-        (run id, due_ms, priority), leased (run id, deadline_ms, priority). Duplicates of
-        entries pushed since Redis came back are harmless: a run starts only once
-        (PostgreSQL decides)."""
+    async def restore(self, queue: str, *, ready: Sequence[tuple[str, Rank]] = (),
+                      delayed: Sequence[tuple[str, int, Rank]] = (),
+                      leased: Sequence[tuple[str, int, Rank]] = ()) -> None:
+        """Add rebuilt entries to a queue's index: ready (run id, rank), delayed (run id,
+        due_ms, rank), leased (run id, deadline_ms, rank); a leased run with a concurrency
+        key counts against its key again. Duplicates of entries pushed since Redis came
+        back are harmless: a run starts only once (PostgreSQL decides)."""
         keys = self.keys(queue)
         async with self._redis.pipeline(transaction=False) as pipe:
             if ready:
@@ -57,6 +57,7 @@ class RebuildCommands(BrokerBase):
             if delayed:
                 self._delay(pipe, queue, delayed)
             if leased:
-                self._rank(pipe, queue, leased)
-                pipe.zadd(keys.leases, {run_id: ms for run_id, ms, _ in leased})
+                self._pipe_script(pipe, "restore_leases",
+                                  [keys.leases, keys.priorities, keys.key_running],
+                                  [x for run_id, ms, r in leased for x in (run_id, ms, str(r))])
             await self._execute(pipe)

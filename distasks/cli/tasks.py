@@ -32,6 +32,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--timeout", type=float, metavar="S", help="per-attempt time limit")
     p.add_argument("--secret", action="append", dest="secret_fields", metavar="KEY",
                    help="a top-level payload key shown as \"[secret]\" (repeatable)")
+    p.add_argument("--concurrency-key", metavar="KEY",
+                   help="runs sharing it count against the queue's max_running_per_key")
     p.add_argument("--wait", type=float, metavar="S",
                    help="then wait up to S seconds for a final state and show the task")
     p = command("get", "show a task and its runs", task_get)
@@ -56,7 +58,7 @@ def task_create(c: Client, a: argparse.Namespace) -> Output:
     created = c.create(a.name, handler=a.handler, payload=a.payload, queue=a.queue,
                        priority=a.priority, delay_seconds=a.delay, dedup_key=a.dedup_key,
                        max_retries=a.max_retries, timeout_seconds=a.timeout,
-                       secret_fields=a.secret_fields)
+                       secret_fields=a.secret_fields, concurrency_key=a.concurrency_key)
     if a.wait is not None:
         return _detail(_wait(c, created.task_id, a.wait))
     how = "created" if created.created else "the existing task with this dedup key"
@@ -112,7 +114,7 @@ def _detail(d: TaskDetail) -> Output:
         ("id", t.id), ("name", t.name), ("status", t.status), ("queue", t.queue_name),
         ("handler", t.handler), ("priority", t.priority), ("type", t.type),
         ("payload", t.payload), ("secret", ", ".join(t.secret_fields) or None),
-        ("dedup_key", t.dedup_key),
+        ("dedup_key", t.dedup_key), ("concurrency_key", t.concurrency_key),
         ("retries", f"{t.failures} failure(s) of {t.max_retries} retries allowed"),
         ("run_at", t.run_at), ("created", t.created_at), ("finished", t.finished_at),
         ("cancelled", t.cancelled_at and f"{cell(t.cancelled_at)} by {t.cancelled_by}"

@@ -13,7 +13,7 @@ import time
 
 import trio
 
-from distasks.broker import Broker, Settlement
+from distasks.broker import Broker, Settlement, rank
 from distasks.daemon import mirror
 from distasks.daemon.health import Health
 from distasks.daemon.metrics import Metrics
@@ -192,10 +192,8 @@ def _without_secrets(outcome: Outcome) -> Outcome:
 def _settlement(batch: list[Outcome], written: Written) -> Settlement:
     s = Settlement(now_ms=times.ms_of(max(x.finished_at for x in batch)))
     for x in batch:
-        queue, priority = x.run.queue_name, x.run.task.priority
+        queue, priority = x.run.queue_name, rank(x.run.task.priority, x.run.task.concurrency_key)
         s.unleased.setdefault(queue, []).append(x.run.message)
-        if priority != 0:
-            s.unranked.setdefault(queue, []).append(x.run.message)
         if x.run.run_id not in written.runs:
             continue
         if x.kind in FINAL_KINDS:

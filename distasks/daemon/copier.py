@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from distasks.broker import Broker
+from distasks.broker import Broker, Rank
 from distasks.daemon import mirror
 from distasks.domain import times
 from distasks.store import Store
@@ -39,10 +39,10 @@ FLUSH_TIMEOUT_S = 10.0
 class _Waiting:
     """Committed creates not yet copied, in commit order."""
 
-    #: (queue, run id, priority) for ready lists
-    ready: list[tuple[str, str, int]] = field(default_factory=list)
-    #: (queue, run id, due ms, priority) for delayed sets
-    delayed: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: (queue, run id, rank: priority and concurrency key) for ready lists
+    ready: list[tuple[str, str, Rank]] = field(default_factory=list)
+    #: (queue, run id, due ms, rank) for delayed sets
+    delayed: list[tuple[str, str, int, Rank]] = field(default_factory=list)
     #: the run ids of both, to mark dispatched
     run_ids: list[uuid.UUID] = field(default_factory=list)
 
@@ -60,7 +60,7 @@ class Copier:
         self._waiting = _Waiting()
         self._arrived = trio.Event()
 
-    def add(self, ready: list[tuple[str, str, int]], delayed: list[tuple[str, str, int, int]],
+    def add(self, ready: list[tuple[str, str, Rank]], delayed: list[tuple[str, str, int, Rank]],
             run_ids: list[uuid.UUID]) -> None:
         """Queue committed creates for the next copy."""
         self._waiting.ready += ready

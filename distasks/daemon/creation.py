@@ -35,6 +35,8 @@ class TaskRequest:
     delay_s: float | None = None
     #: top-level payload keys to show redacted (architecture §7)
     secret_fields: tuple[str, ...] = ()
+    #: runs sharing it count against the queue's max_running_per_key
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,8 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
                      else rules.default_max_retries),
         timeout_s=req.timeout_s, run_at=_run_at(req, now),
         # Sorted, once each: the same marks in any order compare equal on a dedup_key.
-        secret_fields=tuple(sorted(set(req.secret_fields))))
+        secret_fields=tuple(sorted(set(req.secret_fields))),
+        concurrency_key=req.concurrency_key)
 
 
 def _without_secrets(e: InvalidInput, secret_fields: tuple[str, ...]) -> InvalidInput:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from distasks.broker import Broker
+from distasks.broker import Broker, rank
 from distasks.daemon.copier import FLUSH_TIMEOUT_S, Copier
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.queue_census import QueueCensus
@@ -176,9 +176,10 @@ class Intake:
                 assert self._pool is not None
                 started.append(_claimed(t, worker_id=self._pool.worker_id, now=times.utc(now_s)))
             elif t.type is TaskType.DELAYED and t.run_at is not None:
-                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at), t.priority))
+                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at),
+                                rank(t.priority, t.concurrency_key)))
             else:
-                ready.append((t.queue_name, str(t.run_id), t.priority))
+                ready.append((t.queue_name, str(t.run_id), rank(t.priority, t.concurrency_key)))
         if self._pool is not None:
             self._pool.unreserve(reserved - len(started))
             # The delay to start is measured from here, once the create has committed.

@@ -10,14 +10,17 @@ none of them repeats a step. Who asks and when come in as arguments (`actor`, `n
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from distasks.broker import Broker, QueueEntries
+from distasks.broker import Broker, QueueEntries, rank
 from distasks.daemon import mirror
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.queue_census import QueueCensus
 from distasks.domain import times
+from distasks.domain.errors import OperatorLimit
 from distasks.domain.model import Actor
 from distasks.store import Cancellation, DlqFilter, Store
 
@@ -29,6 +32,37 @@ class Operations:
     metrics: Metrics
     #: the queues that exist (the intake holds the same one); told of deletes
     census: QueueCensus | None = None
+    #: limits the operator set in the config (`[queues.<name>]`) by queue: a tenant may
+    #: tighten them, never loosen them (set at start and on SIGHUP)
+    operator_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def check_tenant_limits(self, queue: str, limits: Mapping[str, float | None]) -> None:
+        """Raise OperatorLimit if a tenant's `limits` for `queue` would lift or raise a
+        limit its operator set (burst aside: it only shapes the rate)."""
+        for name, value in limits.items():
+            set_by_operator = self.operator_limits.get(queue, {}).get(name)
+            if name != "burst" and set_by_operator is not None and (
+                    value is None or value > set_by_operator):
+                raise OperatorLimit(name, set_by_operator)
+
+    async def apply_configured_limits(self, configured: Mapping[str, Mapping[str, float | None]],
+                                      *, actor: Actor, now: datetime) -> int:
+        """Set each queue's limits the config names where PostgreSQL has others (so a
+        restart writes no audit row for nothing); returns how many queues changed."""
+        self.operator_limits.clear()
+        self.operator_limits.update({q: {k: v for k, v in limits.items() if v is not None}
+                                     for q, limits in configured.items()})
+        current = {r.name: r for r in await self.store.queues(now=now)}
+        changed = 0
+        for queue, limits in configured.items():
+            record = current.get(queue)
+            differ = {k: v for k, v in limits.items()
+                      if record is None or getattr(record, k) != v}
+            if differ:
+                await self.set_queue_limits(queue, differ, actor=actor, now=now,
+                                            max_queues=None)
+                changed += 1
+        return changed
 
     async def cancel_task(self, task_id: uuid.UUID, *, tenant: str, actor: Actor,
                           reason: str | None, now: datetime) -> Cancellation | None:
@@ -62,9 +96,24 @@ class Operations:
         """Set (None: lift) `queue`'s global concurrency limit (a new name counts against
         `max_queues`). If Redis does not answer, the reconciler copies it on its next
         pass; until then the claims keep the limit they had."""
-        await self.store.set_max_running(queue, max_running, actor=actor, now=now,
-                                         max_queues=max_queues)
-        await mirror.copy("queue limits", lambda: self.broker.set_limits({queue: max_running}))
+        await self.set_queue_limits(queue, {"max_running": max_running}, actor=actor, now=now,
+                                    max_queues=max_queues)
+
+    async def set_queue_limits(self, queue: str, limits: Mapping[str, float | None], *,
+                               actor: Actor, now: datetime,
+                               max_queues: int | None) -> dict[str, Any]:
+        """Set (None: lift) some of `queue`'s limits (max_running, max_running_per_key,
+        max_starts_per_second, burst); returns all of them as they are now. Mirrored to
+        Redis as set_max_running says."""
+        now_set = await self.store.set_queue_limits(queue, limits, actor=actor, now=now,
+                                                    max_queues=max_queues)
+        changed = {name: now_set[name] for name in limits}
+        if "max_starts_per_second" in changed or "burst" in changed:
+            # The rate and its burst go to Redis together.
+            changed.update(max_starts_per_second=now_set["max_starts_per_second"],
+                           burst=now_set["burst"])
+        await mirror.copy("queue limits", lambda: self.broker.mirror_limits({queue: changed}))
+        return now_set
 
     async def delete_queue(self, queue: str, *, actor: Actor, now: datetime) -> None:
         """Delete a queue that holds no unfinished or dead-lettered task (NotFound,
@@ -95,14 +144,15 @@ class Operations:
         replayed = await self.store.replay(queue, selection, limit=limit,
                                            override_priority=override_priority, now=now,
                                            actor=actor, dry_run=dry_run)
-        ready = [(run_id, priority) for _, run_id, priority in replayed if run_id is not None]
+        ready = [(run_id, rank(priority, key))
+                 for _, run_id, priority, key in replayed if run_id is not None]
         run_ids = [run_id for run_id, _ in ready]
         if run_ids:
             await mirror.copy("DLQ replay", lambda: self.broker.leave_dlq(
-                queue, removed=[str(t) for t, _, _ in replayed],
+                queue, removed=[str(t) for t, *_ in replayed],
                 ready=[(str(r), p) for r, p in ready]),
                 count=len(run_ids), store=self.store, pushed=run_ids, now=now)
-        return [(task_id, run_id) for task_id, run_id, _ in replayed]
+        return [(task_id, run_id) for task_id, run_id, *_ in replayed]
 
     async def delete_dlq(self, queue: str, selection: DlqFilter, *, limit: int, actor: Actor,
                          now: datetime, dry_run: bool) -> list[uuid.UUID]:

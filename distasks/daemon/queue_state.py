@@ -24,6 +24,9 @@ class QueueState:
     paused: bool
     #: seconds the oldest ready run (of any priority) has been available; None if empty
     oldest_ready_age_s: float | None
+    #: ready runs a limit holds back now (max_running reached, their key at
+    #: max_running_per_key, or no start token left)
+    waiting_for_limit: int = 0
 
 
 async def queue_states(store: Store, broker: Broker, queues: Sequence[str], *,
@@ -49,5 +52,6 @@ async def queue_states(store: Store, broker: Broker, queues: Sequence[str], *,
         known = [since[h] for h in heads.get(queue, []) if h in since]
         age = max(0.0, (now - min(known)).total_seconds()) if known else None
         states[queue] = QueueState(ready=d["ready"], delayed=d["delayed"], leased=d["leased"],
-                                   dlq=dead.get(queue, 0), paused=d["paused"], oldest_ready_age_s=age)
+                                   dlq=dead.get(queue, 0), paused=d["paused"], oldest_ready_age_s=age,
+                                   waiting_for_limit=d["waiting_for_limit"])
     return states

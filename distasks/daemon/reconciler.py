@@ -30,7 +30,7 @@ from datetime import timedelta
 
 import trio
 
-from distasks.broker import Broker
+from distasks.broker import Broker, Rank, rank
 from distasks.daemon import periodic
 from distasks.daemon.health import Health
 from distasks.domain import times
@@ -71,18 +71,22 @@ async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
 
 
 def _split(page: list[PendingDispatch], now_ms: int) -> tuple[
-        list[tuple[str, int]], list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-    """(ready, delayed, leased) entries for broker.restore, each with its priority. The
-    page is in order of availability, so each priority's ready list is rebuilt FIFO."""
-    ready, delayed, leased = [], [], []
+        list[tuple[str, Rank]], list[tuple[str, int, Rank]], list[tuple[str, int, Rank]]]:
+    """(ready, delayed, leased) entries for broker.restore, each with its rank (priority
+    and concurrency key). The page is in order of availability, so each priority's (and
+    key's) ready list is rebuilt FIFO."""
+    ready: list[tuple[str, Rank]] = []
+    delayed: list[tuple[str, int, Rank]] = []
+    leased: list[tuple[str, int, Rank]] = []
     for p in page:
+        r = rank(p.priority, p.concurrency_key)
         if p.status == "running":
             deadline = p.lease_expires_at or times.utc_of_ms(now_ms)
-            leased.append((str(p.run_id), times.ms_of(deadline), p.priority))
+            leased.append((str(p.run_id), times.ms_of(deadline), r))
         elif (due_ms := times.ms_of(p.available_at)) > now_ms:
-            delayed.append((str(p.run_id), due_ms, p.priority))
+            delayed.append((str(p.run_id), due_ms, r))
         else:
-            ready.append((str(p.run_id), p.priority))
+            ready.append((str(p.run_id), r))
     return ready, delayed, leased
 
 
@@ -94,13 +98,15 @@ async def dispatch_pending(store: Store, broker: Broker, *, now_s: float, grace_
     if not pending:
         return 0
     now_ms = times.ms(now_s)
-    ready, delayed = [], []
+    ready: list[tuple[str, str, Rank]] = []
+    delayed: list[tuple[str, str, int, Rank]] = []
     for p in pending:
         due_ms = times.ms_of(p.available_at)
+        r = rank(p.priority, p.concurrency_key)
         if due_ms > now_ms:
-            delayed.append((p.queue_name, str(p.run_id), due_ms, p.priority))
+            delayed.append((p.queue_name, str(p.run_id), due_ms, r))
         else:
-            ready.append((p.queue_name, str(p.run_id), p.priority))
+            ready.append((p.queue_name, str(p.run_id), r))
     await broker.dispatch(ready=ready, delayed=delayed)
     await store.mark_dispatched([p.run_id for p in pending], now=now)
     log.warning("pushed %d committed runs that had not reached Redis", len(pending),
@@ -137,7 +143,7 @@ async def copy_pause_flags(store: Store, broker: Broker) -> None:
     """Set or clear every queue's pause flag and max-running limit in Redis as PostgreSQL
     has them."""
     await store.copy_pause_flags(broker.set_pause_flags)
-    await store.copy_queue_limits(broker.set_limits)
+    await store.copy_queue_limits(broker.mirror_limits)
 
 
 async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s: float,

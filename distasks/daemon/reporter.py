@@ -49,13 +49,14 @@ async def report_once(store: Store, broker: Broker, pool: WorkerPool, tunables: 
     metrics.queue_depth.clear()
     metrics.oldest_ready_age.clear()
     for queue, st in states.items():
-        for state in ("ready", "delayed", "leased", "dlq"):
+        for state in ("ready", "delayed", "leased", "dlq", "waiting_for_limit"):
             metrics.queue_depth.labels(queue, state).set(getattr(st, state))
         metrics.oldest_ready_age.labels(queue).set(st.oldest_ready_age_s or 0.0)
-    # A paused queue waits on purpose: its backlog is no sign of a stall.
+    # A paused queue waits on purpose, and so do runs a limit holds back: no sign of a
+    # stall.
     working = [st for st in states.values() if not st.paused]
     last = metrics.last_outcome_s
-    progress.ready = sum(st.ready for st in working)
+    progress.ready = sum(st.ready - st.waiting_for_limit for st in working)
     progress.last_outcome_age_s = now_s - last if last else None
     idle = pool.busy() < tunables.concurrency
     quiet = progress.last_outcome_age_s is None or progress.last_outcome_age_s > STALL_AFTER_S

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import trio
 
 from distasks.access.quotas import TenantQuotas
-from distasks.broker import Broker
+from distasks.broker import Broker, rank
 from distasks.daemon import mirror, periodic, schedules
 from distasks.daemon.creation import CreationRules
 from distasks.daemon.health import Health
@@ -133,9 +133,10 @@ async def _dispatch(store: Store, broker: Broker, fired: list[Fired], *, now: da
             if t is None:
                 continue
             if t.type is TaskType.DELAYED and t.run_at is not None:
-                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at), t.priority))
+                delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at),
+                                rank(t.priority, t.concurrency_key)))
             else:
-                ready.append((t.queue_name, str(t.run_id), t.priority))
+                ready.append((t.queue_name, str(t.run_id), rank(t.priority, t.concurrency_key)))
             pushed.append(t.run_id)
             log.info("schedule %s fired slot %s: task %s", f.schedule.name,
                      slot.fire_at.isoformat(), t.id,

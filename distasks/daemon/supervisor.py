@@ -124,6 +124,8 @@ class Daemon:
         self._pool: WorkerPool | None = None
         self._store: Store | None = None
         self._info: WorkerInfo | None = None
+        #: the operations of the API, once serving (the config's queue limits go there)
+        self._ops: Operations | None = None
         self._stop_requests = 0
         #: the file as last read (a reload's audit row names what changed since)
         self._loaded = config
@@ -171,10 +173,11 @@ class Daemon:
                 await self._store.register_worker(self._info)
             except StoreUnavailable:
                 pass  # shown at the next start; the heartbeat goes on regardless
+        await self._configure_queue_limits(new, wait=False)
         live = {"worker.queues", "worker.concurrency", "worker.queue_order",
                 "worker.queue_weights", "log.level"}
         restart = [key for key in _differences(self.config, new)
-                   if key not in live and not key.startswith("retry.")]
+                   if key not in live and not key.startswith(("retry.", "queues."))]
         log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
                  extra={"event": "reloaded", "changed": changed,
                         "needs_restart": restart, "queues": list(fresh.queues),
@@ -296,6 +299,8 @@ class Daemon:
             census=census, login_failures=login_failures)
         app = api.create_app(services_)
         await self._configure_schedules(store, services_)
+        self._ops = services_.operations
+        await self._configure_queue_limits(self.config)
         self._store = store
         self._info = info = WorkerInfo(
             id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queues=t.queues,
@@ -388,6 +393,31 @@ class Daemon:
                             extra={"event": "store_waiting"})
                 await trio.sleep(backoff.delay_s(failures))
 
+    async def _configure_queue_limits(self, config: Config, *, wait: bool = True) -> None:
+        """Apply the config's `[queues.<name>]` limits (at start, waiting for PostgreSQL;
+        on SIGHUP, once: a failure is logged and the next reload or restart applies them)."""
+        if self._ops is None:
+            return
+        wanted = {q: limits.given() for q, limits in config.queues.items()}
+        failures = 0
+        while True:
+            try:
+                changed = await self._ops.apply_configured_limits(
+                    wanted, actor=scheduler.CONFIG_ACTOR, now=datetime.now(UTC))
+                if changed:
+                    log.info("config queue limits: %d queues changed", changed,
+                             extra={"event": "queue_limits_configured", "count": changed})
+                return
+            except StoreUnavailable as e:
+                if not wait:
+                    log.warning("config queue limits not applied: %s", e,
+                                extra={"event": "queue_limits_not_applied"})
+                    return
+                failures += 1
+                log.warning("waiting for PostgreSQL to apply the config's queue limits: %s", e,
+                            extra={"event": "store_waiting"})
+                await trio.sleep(backoff.delay_s(failures))
+
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
@@ -420,8 +450,8 @@ def _differences(old: Config, new: Config) -> list[str]:
         if section.name == "schedules":  # a list, not a section
             if a != b:
                 keys.append("schedules")
-        elif section.name == "tenants":  # [tenants.<name>] tables
-            keys += [f"tenants.{name}" for name in sorted(set(a) | set(b))
+        elif section.name in ("tenants", "queues"):  # [tenants.<name>] tables
+            keys += [f"{section.name}.{name}" for name in sorted(set(a) | set(b))
                      if a.get(name) != b.get(name)]
         else:
             keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(a)

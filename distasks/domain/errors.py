@@ -119,6 +119,16 @@ class TooManyQueues(Refused):
         self.index = index
 
 
+class OperatorLimit(Refused):
+    """A tenant's change that would loosen a queue limit its operator set in the config
+    (`[queues."<tenant>/<queue>"]`): lifted, or raised past it (403)."""
+
+    def __init__(self, field: str, limit: float):
+        super().__init__(403, "operator_limit",
+                         f"{field} of this queue is set by the operator to {limit:g}; a "
+                         "tenant may lower it, not lift it or raise it", field=field)
+
+
 class QueueNotEmpty(Refused):
     """A queue delete while the queue still holds unfinished or dead-lettered tasks (409)."""
 

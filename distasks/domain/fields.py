@@ -62,6 +62,9 @@ PATTERN_RULES: dict[str, str] = {
 NO_NUL = r"^[^\x00]*$"
 NO_NUL_TEXT: dict[str, Any] = {"pattern": NO_NUL}
 
+# The longest concurrency_key: it is a Redis key name's suffix and a hash field.
+CONCURRENCY_KEY_MAX = 128
+
 # The one statement of the priority scale, shown wherever the API takes a priority.
 PRIORITY_DESCRIPTION = (
     "Dispatch order within the queue: a 32-bit integer, higher runs first (default 0, "

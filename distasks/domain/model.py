@@ -82,6 +82,8 @@ class NewTask:
     tenant: str = "default"
     #: top-level payload keys whose values the API shows redacted
     secret_fields: tuple[str, ...] = ()
+    #: runs sharing it count against the queue's max_running_per_key; None: no key
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ class Task:
     tenant: str = "default"
     #: top-level payload keys whose values the API shows redacted (the handler gets them)
     secret_fields: tuple[str, ...] = ()
+    #: runs sharing it count against the queue's max_running_per_key; None: no key
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

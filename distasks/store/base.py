@@ -183,7 +183,7 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
     columns = ("id", "name", "handler", "type", "queue_name", "priority", "dedup_key",
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
                "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
-               "tenant", "secret_fields")
+               "tenant", "secret_fields", "concurrency_key")
     payload = f"{a}payload" if with_payload else "NULL::json AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
@@ -198,6 +198,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
         cancelled_at=r.get("cancelled_at"), cancelled_by=r.get("cancelled_by"),
         cancel_reason=r.get("cancel_reason"), tenant=r.get("tenant", "default"),
         secret_fields=tuple(r.get("secret_fields") or ()),
+        concurrency_key=r.get("concurrency_key"),
     )
 
 

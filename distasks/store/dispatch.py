@@ -21,6 +21,8 @@ class PendingDispatch:
     lease_expires_at: datetime | None
     #: the task's priority, which orders its ready list in Redis
     priority: int
+    #: the task's concurrency key, whose list it waits in and whose count it is part of
+    concurrency_key: str | None = None
 
 
 # SKIP LOCKED: a locked run is being started or finished by a worker right now, so it
@@ -34,7 +36,8 @@ WHERE id IN (SELECT id FROM task_runs
 """
 
 UNDISPATCHED_RUNS = """
-SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at, t.priority
+SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at, t.priority,
+       t.concurrency_key
 FROM task_runs r JOIN tasks t ON t.id = r.task_id
 WHERE r.status = 'queued' AND r.dispatched_at IS NULL AND r.created_at < %(created_before)s
 ORDER BY r.created_at
@@ -42,7 +45,8 @@ LIMIT %(limit)s
 """
 
 DISPATCH_SNAPSHOT = """
-SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at, t.priority
+SELECT t.queue_name, r.id, r.available_at, r.status, r.lease_expires_at, t.priority,
+       t.concurrency_key
 FROM task_runs r JOIN tasks t ON t.id = r.task_id
 WHERE r.status IN ('queued', 'running') AND t.queue_name = %(queue_name)s
   AND (%(after_at)s::timestamptz IS NULL

@@ -88,7 +88,7 @@ WITH picked AS (
     SET status = 'queued', failures = 0, priority = coalesce(%(priority)s, t.priority),
         updated_at = %(now)s, finished_at = NULL
     WHERE t.id = ANY(%(ids)s) AND t.status = 'failed'
-    RETURNING t.id, t.priority
+    RETURNING t.id, t.priority, t.concurrency_key
 ), added AS (
     INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
     SELECT gen_random_uuid(), p.id,
@@ -96,8 +96,10 @@ WITH picked AS (
     FROM picked p
     RETURNING task_id, id
 )
--- The priority the new run is claimed at (the override, if any): Redis needs it.
-SELECT a.task_id, a.id, p.priority FROM added a JOIN picked p ON p.id = a.task_id
+-- The priority the new run is claimed at (the override, if any) and its concurrency key:
+-- Redis needs them.
+SELECT a.task_id, a.id, p.priority, p.concurrency_key
+FROM added a JOIN picked p ON p.id = a.task_id
 """
 
 
@@ -142,10 +144,11 @@ class DlqQueries(StoreBase):
     @query
     async def replay(self, queue_name: str, f: DlqFilter = DlqFilter(), *, limit: int,
                      override_priority: int | None, now: datetime, actor: Actor = SYSTEM,
-                     dry_run: bool = False) -> list[tuple[uuid.UUID, uuid.UUID | None, int]]:
+                     dry_run: bool = False
+                     ) -> list[tuple[uuid.UUID, uuid.UUID | None, int, str | None]]:
         """Give the oldest `limit` DLQ entries matching `f` a new queued run with fresh
-        retries; returns (task_id, new run_id, priority) oldest first (run_id None and
-        priority 0 on a dry run).
+        retries; returns (task_id, new run_id, priority, concurrency_key) oldest first
+        (run_id None, priority 0 and no key on a dry run).
 
         Concurrent replays take disjoint tasks (SKIP LOCKED). The priority changes only
         when `override_priority` is given.
@@ -153,11 +156,11 @@ class DlqQueries(StoreBase):
         async with self._pool.transaction() as conn:
             ids = await self._pick(conn, queue_name, f, limit)
             if dry_run or not ids:
-                return [(i, None, 0) for i in ids]
+                return [(i, None, 0, None) for i in ids]
             cur = await conn.execute(REPLAY_PICKED, {"ids": ids, "priority": override_priority,
                                                      "now": now})
-            run_by_task = {task_id: (run_id, priority)
-                           for task_id, run_id, priority in await cur.fetchall()}
+            run_by_task = {task_id: (run_id, priority, key)
+                           for task_id, run_id, priority, key in await cur.fetchall()}
             await record_audit(conn, at=now, actor=actor, action="dlq_replay",
                                queue_name=queue_name, detail={
                                    "task_ids": [str(i) for i in ids],

@@ -4,7 +4,7 @@ shows from PostgreSQL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +25,12 @@ class QueueRecord:
     failed_last_minute: int
     #: most runs of the queue leased at once across every daemon; None: no limit
     max_running: int | None = None
+    #: most runs of one concurrency key leased at once across every daemon; None: no limit
+    max_running_per_key: int | None = None
+    #: most runs claimed per second across every daemon; None: no rate
+    max_starts_per_second: float | None = None
+    #: most runs claimed at once after a quiet spell; None: one second's worth
+    burst: int | None = None
 
 
 SET_PAUSED = """
@@ -35,10 +41,8 @@ ON CONFLICT (name) DO UPDATE
 SET paused = excluded.paused, paused_at = excluded.paused_at, paused_by = excluded.paused_by
 """
 
-SET_MAX_RUNNING = """
-INSERT INTO queues (name, max_running) VALUES (%(name)s, %(max_running)s)
-ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running
-"""
+# The limits a queue may have, each a column of `queues` (NULL: no limit).
+LIMIT_COLUMNS = ("max_running", "max_running_per_key", "max_starts_per_second", "burst")
 
 # Held (per tenant, to the end of the transaction) by whoever may add a queue row through
 # the API, so that two pauses of new names cannot both take the last place under the cap.
@@ -72,7 +76,8 @@ QUEUE_NAMES = "SELECT name FROM queues"
 LIVE_RUNS = "SELECT id FROM task_runs WHERE id = ANY(%s) AND status IN ('queued', 'running')"
 LIVE_DEAD = "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL"
 
-QUEUES = "SELECT name, paused, paused_at, paused_by, max_running FROM queues ORDER BY name"
+QUEUES = ("SELECT name, paused, paused_at, paused_by, max_running, max_running_per_key,"
+          " max_starts_per_second, burst FROM queues ORDER BY name")
 
 FINISHED_LAST_MINUTE = """
 SELECT queue_name, status, count(*) FROM tasks
@@ -103,29 +108,49 @@ class QueueQueries(StoreBase):
     async def set_max_running(self, queue_name: str, max_running: int | None, *,
                               actor: Actor, now: datetime,
                               max_queues: int | None = None) -> None:
-        """Set (None: lift) a queue's global concurrency limit, audited with the value it
-        replaced (PostgreSQL keeps it; Redis mirrors it). Raises TooManyQueues as
-        set_paused does for a new name."""
+        """Set (None: lift) a queue's global concurrency limit; see set_queue_limits."""
+        await self.set_queue_limits(queue_name, {"max_running": max_running}, actor=actor,
+                                    now=now, max_queues=max_queues)
+
+    @query
+    async def set_queue_limits(self, queue_name: str, limits: Mapping[str, float | None], *,
+                               actor: Actor, now: datetime,
+                               max_queues: int | None = None) -> dict[str, Any]:
+        """Set (None: lift) some of a queue's limits (LIMIT_COLUMNS), audited with the
+        values they replaced (PostgreSQL keeps them; Redis mirrors them); returns all of
+        the queue's limits as they are now. Raises TooManyQueues as set_paused does for a
+        new name."""
+        columns = [c for c in LIMIT_COLUMNS if c in limits]
+        assert columns and len(columns) == len(limits), limits
         async with self._pool.transaction() as conn:
             if max_queues is not None:
                 await self._check_room(conn, queue_name, max_queues)
-            cur = await conn.execute("SELECT max_running FROM queues WHERE name = %s FOR UPDATE",
-                                     (queue_name,))
+            cur = await conn.execute(f"SELECT {', '.join(LIMIT_COLUMNS)} FROM queues "
+                                     "WHERE name = %s FOR UPDATE", (queue_name,))
             row = await cur.fetchone()
-            await conn.execute(SET_MAX_RUNNING, {"name": queue_name, "max_running": max_running})
+            was = dict(zip(LIMIT_COLUMNS, row or (None,) * len(LIMIT_COLUMNS), strict=True))
+            sets = ", ".join(f"{c} = excluded.{c}" for c in columns)
+            await conn.execute(
+                f"INSERT INTO queues (name, {', '.join(columns)}) "
+                f"VALUES (%(name)s, {', '.join(f'%({c})s' for c in columns)}) "
+                f"ON CONFLICT (name) DO UPDATE SET {sets}", {"name": queue_name, **limits})
             await record_audit(conn, at=now, actor=actor, action="queue_limits",
                                queue_name=queue_name, detail={
-                                   "max_running": max_running,
-                                   "was": row[0] if row is not None else None})
+                                   **{c: limits[c] for c in columns},
+                                   "was": {c: was[c] for c in columns}})
+        return {**was, **{c: limits[c] for c in columns}}
 
     @query
-    async def copy_queue_limits(self, apply: Callable[[dict[str, int | None]], Awaitable[None]]
-                                ) -> None:
-        """Call `apply` with every queue's max_running (None: no limit), holding those
-        rows as copy_pause_flags does, so an older copy never lands after a newer one."""
+    async def copy_queue_limits(self, apply: Callable[[dict[str, dict[str, Any]]],
+                                                      Awaitable[None]]) -> None:
+        """Call `apply` with every queue's limits (LIMIT_COLUMNS, None: no limit) by
+        name, holding those rows as copy_pause_flags does, so an older copy never lands
+        after a newer one."""
         async with self._pool.transaction() as conn:
-            cur = await conn.execute("SELECT name, max_running FROM queues FOR SHARE")
-            await apply({name: limit for name, limit in await cur.fetchall()})
+            cur = await conn.execute(
+                f"SELECT name, {', '.join(LIMIT_COLUMNS)} FROM queues FOR SHARE")
+            await apply({name: dict(zip(LIMIT_COLUMNS, limits, strict=True))
+                         for name, *limits in await cur.fetchall()})
 
     @staticmethod
     async def _check_room(conn: Any, queue_name: str, max_queues: int) -> None:
@@ -197,8 +222,8 @@ class QueueQueries(StoreBase):
             counts = {(q, s): n for q, s, n in await cur.fetchall()}
         return [QueueRecord(name, paused, paused_at, paused_by,
                             counts.get((name, "completed"), 0), counts.get((name, "failed"), 0),
-                            max_running)
-                for name, paused, paused_at, paused_by, max_running in rows]
+                            *limits)
+                for name, paused, paused_at, paused_by, *limits in rows]
 
     @query
     async def available_since(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:

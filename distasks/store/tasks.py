@@ -61,8 +61,9 @@ class Cancellation:
 # first), and the runs CTE joins on what was really inserted. A run offered to start at
 # once (`start`: this daemon has an idle executor for its queue) is inserted running
 # under the daemon's lease, unless its queue is paused or has a max_running (the limit is
-# counted in Redis's lease set, which such a run never enters); it never needs Redis. New queue
-# names are recorded for the queue list.
+# counted in Redis's lease set, which such a run never enters), or the task has a
+# concurrency_key (counted per key there, and served round robin by the claim), or the
+# queue has a start rate (its token bucket is in the claim); it never needs Redis. New queue names are recorded for the queue list.
 #
 # The rows come as one JSON array (built by `create_tasks_input`): dumping thirteen parameter
 # arrays element by element in Python cost about a quarter of a batch create's CPU.
@@ -71,13 +72,16 @@ WITH input AS (
     SELECT * FROM json_to_recordset(%(input)s::json) AS i(
         id uuid, run_id uuid, tenant text, name text, handler text, type text,
         queue_name text, priority int, payload json, dedup_key text, max_retries int,
-        timeout_s float8, run_at timestamptz, start bool, secret_fields text[])
+        timeout_s float8, run_at timestamptz, start bool, secret_fields text[],
+        concurrency_key text)
 ), inserted AS (
     INSERT INTO tasks (id, tenant, name, handler, type, queue_name, priority, payload,
-                       dedup_key, max_retries, timeout_s, run_at, secret_fields)
+                       dedup_key, max_retries, timeout_s, run_at, secret_fields,
+                       concurrency_key)
     -- json_to_recordset reads a JSON null payload as SQL NULL: it is JSON's null.
     SELECT id, tenant, name, handler, type, queue_name, priority, coalesce(payload, 'null'),
-           dedup_key, max_retries, timeout_s, run_at, coalesce(secret_fields, '{}')
+           dedup_key, max_retries, timeout_s, run_at, coalesce(secret_fields, '{}'),
+           concurrency_key
     FROM input
     -- One order for every batch: concurrent batches sharing dedup keys wait, not deadlock.
     ORDER BY tenant, dedup_key
@@ -92,9 +96,11 @@ WITH input AS (
            CASE WHEN s.now THEN %(lease_until)s::timestamptz END,
            CASE WHEN s.now THEN now() END
     FROM input i JOIN inserted USING (id)
-    CROSS JOIN LATERAL (SELECT i.start AND NOT EXISTS (
+    CROSS JOIN LATERAL (SELECT i.start AND i.concurrency_key IS NULL AND NOT EXISTS (
         SELECT 1 FROM queues q
-        WHERE q.name = i.queue_name AND (q.paused OR q.max_running IS NOT NULL))) AS s(now)
+        WHERE q.name = i.queue_name
+          AND (q.paused OR q.max_running IS NOT NULL OR q.max_starts_per_second IS NOT NULL)
+        )) AS s(now)
     RETURNING id, status = 'running' AS started
 ), new_queues AS (
     -- No NOT EXISTS filter: ON CONFLICT also waits for a queue delete in progress and
@@ -111,7 +117,7 @@ SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
 # and secret marks included.
 EXISTING_BY_DEDUP_KEY = """
 SELECT tenant, dedup_key, id, status, name, handler, type, queue_name, priority, payload,
-       max_retries, timeout_s, secret_fields
+       max_retries, timeout_s, secret_fields, concurrency_key
 FROM tasks WHERE (tenant, dedup_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
@@ -185,7 +191,7 @@ class TaskQueries(StoreBase):
                 assert t.dedup_key is not None
                 tid, status, *made_from = existing[t.tenant, t.dedup_key]
                 asked = (t.name, t.handler, t.type.value, t.queue_name, t.priority, t.payload,
-                         t.max_retries, t.timeout_s, list(t.secret_fields))
+                         t.max_retries, t.timeout_s, list(t.secret_fields), t.concurrency_key)
                 results.append(CreateResult(tid, TaskStatus(status), created=False,
                                             conflict=tuple(made_from) != asked))
         return results
@@ -304,6 +310,6 @@ def create_tasks_input(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -
             "type": t.type.value, "queue_name": t.queue_name, "priority": t.priority,
             "dedup_key": t.dedup_key, "max_retries": t.max_retries, "timeout_s": t.timeout_s,
             "run_at": t.run_at.isoformat() if t.run_at else None, "start": t.run_id in start,
-            "secret_fields": list(t.secret_fields)})
+            "secret_fields": list(t.secret_fields), "concurrency_key": t.concurrency_key})
         rows.append(f'{head[:-1]},"payload":{t.payload_json}}}')
     return f"[{','.join(rows)}]"

@@ -12,13 +12,15 @@ from distasks.domain.model import NewTask, TaskType
 
 def new_task(*, name: str = "t", handler: str = "demo", queue: str = "q", priority: int = 0,
              payload: Any = None, dedup_key: str | None = None, max_retries: int = 3,
-             run_at: datetime | None = None, timeout_s: float | None = None) -> NewTask:
+             run_at: datetime | None = None, timeout_s: float | None = None,
+             concurrency_key: str | None = None) -> NewTask:
     payload = {} if payload is None else payload
     return NewTask(
         id=uuid.uuid4(), run_id=uuid.uuid4(), name=name, handler=handler,
         type=TaskType.DELAYED if run_at else TaskType.IMMEDIATE, queue_name=queue,
         priority=priority, payload=payload, payload_json=json.dumps(payload),
-        dedup_key=dedup_key, max_retries=max_retries, timeout_s=timeout_s, run_at=run_at)
+        dedup_key=dedup_key, max_retries=max_retries, timeout_s=timeout_s, run_at=run_at,
+        concurrency_key=concurrency_key)
 
 
 def now() -> datetime:

@@ -111,7 +111,7 @@ async def test_settled_retries_and_hand_backs_keep_their_priority(broker):
         claimed = await claim_all(broker)
         await broker.dispatch(ready=[("q", "waiting0", 0), ("q", "waiting3", 3)])
         await broker.settle(Settlement(
-            unleased={"q": ["a", "b"]}, unranked={"q": ["a"]},
+            unleased={"q": ["a", "b"]},
             delayed={"q": [(50, "a-retry", 3)]}, urgent={"q": [("b-again", 0)]}, now_ms=10))
         moved = await broker.move_due("q", now_ms=100, limit=10, lock_ms=1000)
         order = await claim_all(broker)

@@ -120,7 +120,7 @@ async def test_final_failure_then_replay_gives_a_fresh_attempt_and_priority(stor
         twice = await store.replay("q", limit=10, override_priority=None, now=now())
         task, runs = await store.get_task(t.id)
     assert dead.task.status is TaskStatus.FAILED and dead.last_error == "dead"
-    assert [(task_id, priority) for task_id, _, priority in replayed] == [(t.id, 1)]
+    assert [(task_id, priority) for task_id, _, priority, _ in replayed] == [(t.id, 1)]
     assert twice == []
     assert task.status is TaskStatus.QUEUED and task.failures == 0 and task.priority == 1
     assert [(r.attempt, r.status) for r in runs] == [(1, RunStatus.FAILED), (2, RunStatus.QUEUED)]

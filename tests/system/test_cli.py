@@ -161,8 +161,18 @@ async def test_task_queue_dlq_and_worker_commands(start_daemon, daemon_env):
             assert limited.out == "queue default: max_running 2\n"
             assert [q["max_running"] for q in listed.json()["queues"]
                     if q["name"] == "default"] == [2]
-            assert lifted.json() == {"name": "default", "max_running": None}
+            assert lifted.json() == {"name": "default", "max_running": None,
+                                     "max_running_per_key": None,
+                                     "max_starts_per_second": None, "burst": None}
             assert bad_limit.code == 2 and "a number or none" in bad_limit.err
+            [keyed] = await cli(env, "queue limit default --max-running-per-key 1")
+            [rated] = await cli(env, "queue limit default --max-starts-per-second 20 "
+                                     "--burst 4")
+            [created] = await cli(env, "task create keyed --concurrency-key customer-7 --json")
+            assert keyed.out == "queue default: max_running_per_key 1\n"
+            assert rated.out == ("queue default: max_running_per_key 1, "
+                                 "max_starts_per_second 20.0, burst 4\n")
+            assert created.code == 0
 
 
 async def test_errors_without_a_daemon_and_the_daemon_commands_still_parse():

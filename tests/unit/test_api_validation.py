@@ -65,6 +65,10 @@ BAD_BODIES = [
      "invalid_input", "priority"),
     ("max_retries_negative", {"name": "x", "max_retries": -1}, InvalidInput,
      "invalid_input", "max_retries"),
+    ("concurrency_key_too_long", {"name": "x", "concurrency_key": "k" * 129}, InvalidInput,
+     "invalid_input", "concurrency_key"),
+    ("concurrency_key_empty", {"name": "x", "concurrency_key": ""}, InvalidInput,
+     "invalid_input", "concurrency_key"),
     ("type_unknown", {"name": "x", "type": "later"}, InvalidInput, "invalid_input", "type"),
     ("queue_empty", {"name": "x", "queue_name": ""}, InvalidInput, "invalid_input",
      "queue_name"),
@@ -280,3 +284,7 @@ def test_from_validation_error_reports_the_first_problem_in_field_order():
         validation_error(b'{"priority": "1", "queue_name": "", "name": "x"}'))
 
     assert err.field == "queue_name"
+
+
+def test_a_concurrency_key_is_kept_as_given():
+    assert parse({"name": "x", "concurrency_key": "customer/42"}).concurrency_key == "customer/42"

@@ -451,3 +451,36 @@ def test_queue_order_and_weights_from_the_file_and_the_environment(tmp_path):
     assert from_env.queue_order == "strict"
     assert [from_env.queue_weights.weight(q) for q in from_env.queues] == [2, 1, 5]
     assert hash(from_file) != hash(from_env)  # a config stays hashable
+
+
+# --- [queues.<name>] ---------------------------------------------------------------------
+
+def test_queue_limits_tables_name_operator_and_tenant_queues(tmp_path):
+    path = write_toml(tmp_path, """
+[queues.reports]
+max_running = 3
+max_starts_per_second = 2.5
+
+[queues."acme/partner"]
+max_running_per_key = 1
+burst = 0
+""")
+    queues = load(path, env={}).queues
+    assert queues["reports"].given() == {"max_running": 3, "max_starts_per_second": 2.5}
+    assert queues["acme/partner"].given() == {"max_running_per_key": 1, "burst": None}
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ("[queues.reports]\nmax_running = 1.5", "queues.reports.max_running"),
+    ("[queues.reports]\nmax_running = -1", "queues.reports.max_running"),
+    ("[queues.reports]\nmax_running = true", "queues.reports.max_running"),
+    ("[queues.reports]\nmax_starts_per_second = \"9\"", "queues.reports.max_starts_per_second"),
+    ("[queues.reports]\nrate = 3", "queues.reports.rate"),
+    ("[queues.\"bad name\"]\nmax_running = 1", "queues.bad name"),
+    ("[queues.\"Acme/x\"]\nmax_running = 1", "queues.Acme/x"),
+    ("queues = 3", "queues"),
+])
+def test_a_bad_queue_limit_is_refused_naming_its_key(tmp_path, table, key):
+    with pytest.raises(ConfigError) as e:
+        load(write_toml(tmp_path, table), env={})
+    assert e.value.key == key

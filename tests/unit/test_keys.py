@@ -69,7 +69,18 @@ def test_keys_follow_the_documented_layout():
         paused="distasks:{q:emails}:paused",
         max_running="distasks:{q:emails}:max-running",
         room="distasks:{q:emails}:room",
+        key_turns="distasks:{q:emails}:key-turns",
+        key_running="distasks:{q:emails}:key-running",
+        max_per_key="distasks:{q:emails}:max-per-key",
+        rate="distasks:{q:emails}:rate",
     )
+
+
+def test_a_concurrency_key_list_stays_in_the_queue_slot_and_apart_from_priorities():
+    keys = queue_keys("distasks", "emails")
+    for key in ("a", "{x}", "7", "customer/42"):
+        assert hash_tag(keys.keyed(key)) == "q:emails"
+        assert keys.keyed(key) not in {keys.band(p) for p in (-1, 0, 7)}
 
 
 def test_two_queues_get_different_hash_tags():
