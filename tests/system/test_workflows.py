@@ -204,7 +204,7 @@ async def test_resume_runs_failed_and_cancelled_nodes_and_skips_succeeded(start_
 
 
 @pytest.mark.parametrize(("tasks", "code", "field", "words"), [
-    ([step("a", "b"), step("b", "c"), step("c", "a")], "cycle", "tasks", "a -> b -> c -> a"),
+    ([step("a", "b"), step("b", "c"), step("c", "a")], "cycle", "tasks", "a -> c -> b -> a"),
     ([step("a", "nobody")], "unknown_key", "tasks.0.depends_on.0", "'nobody'"),
     ([step("a"), step("a")], "duplicate_key", "tasks.1.key", "'a'"),
     ([step(f"n{i}") for i in range(6)], "workflow_too_large", "tasks", "over limits"),
