@@ -12,11 +12,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distasks.cli import daemon, dlq, keys, options, queues, schedules, tasks, workers
+from distasks.cli import (
+    daemon,
+    dlq,
+    keys,
+    options,
+    queues,
+    schedules,
+    tasks,
+    workers,
+    workflows,
+)
 from distasks.domain.errors import CannotListen, ConfigError, StoreUnavailable
 
 # The commands that talk to a daemon over its HTTP API, in the order help lists them.
-REMOTE = (tasks, queues, dlq, workers, schedules)
+REMOTE = (tasks, queues, dlq, workers, schedules, workflows)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -284,3 +284,49 @@ async def test_redis_restarted_empty_mid_workflow(start_daemon, wf_env, private_
             body = await wait_workflow(client, wid)
             assert_no_stuck_nor_double_run(env, body)
             assert executions(env)["gather"] == 1
+
+
+async def test_client_helpers_and_cli(start_daemon, wf_env):
+    import json
+    import os
+    import sys
+
+    from distasks.client import AsyncClient, TaskSpec, chain, fan_out_fan_in
+
+    from .conftest import REPO
+
+    with trio.fail_after(60):
+        async with start_daemon(wf_env) as d, AsyncClient(d.url) as c:
+            steps = chain(*(TaskSpec(name=f"s{i}", handler="wf_step", payload={"value": i})
+                            for i in range(3)))
+            created = await c.submit_workflow("chain", steps)
+            wf = await c.wait_workflow(created.workflow_id, timeout=30)
+            assert wf.state == "succeeded" and [n.key for n in wf.nodes] == [
+                "step0", "step1", "step2"]
+            assert wf.node("step2").depends_on == [{"key": "step1", "on_parent_failure": "cancel"}]
+            assert await c.workflow_results(created.workflow_id) == {
+                "step0": 0, "step1": 1, "step2": 2}
+
+            tasks = fan_out_fan_in(TaskSpec(name="f", handler="wf_step"),
+                                   [TaskSpec(name="p", handler="wf_step", payload={"value": i})
+                                    for i in range(5)],
+                                   TaskSpec(name="l", handler="wf_gather"))
+            created = await c.submit_workflow("fan", tasks)
+            await c.wait_workflow(created.workflow_id, timeout=30)
+            results = await c.workflow_results(created.workflow_id)
+            assert results["last"]["sum"] == 10
+            page = await c.workflows(state="succeeded")
+            assert len(page.workflows) == 2
+
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DISTASKS_")}
+            env["DISTASKS_URL"] = d.url
+            p = await trio.run_process(
+                [sys.executable, "-m", "distasks", "workflow", "fan", "cli-fan", "--first",
+                 "wf_step", "--part", "wf_step", "--last", "wf_gather", "--count", "3",
+                 "--wait", "30", "--json"], env=env, cwd=REPO, capture_stdout=True)
+            body = json.loads(p.stdout)
+            assert body["state"] == "succeeded" and len(body["nodes"]) == 5
+            p = await trio.run_process(
+                [sys.executable, "-m", "distasks", "workflow", "get", body["id"]], env=env,
+                cwd=REPO, capture_stdout=True)
+            assert "succeeded" in p.stdout.decode() and "part2" in p.stdout.decode()
