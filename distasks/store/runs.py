@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Sequence
@@ -313,11 +314,18 @@ class RunQueries(StoreBase):
         released = Released()
         # One statement commits by itself; several share a transaction, so that a retried
         # batch never finds half of itself already written. A workflow node's final
-        # state and the release of its dependents commit together (promise 7).
-        async with (self._pool.transaction() if len(kinds) > 1 or o.workflow
-                    else self._pool.connection()) as conn:
-            for sql, rows in kinds:
-                cur = await conn.execute(sql, _columns(rows))
+        # state and the release of its dependents commit together (promise 7), in
+        # pipeline mode: BEGIN and the outcomes, then the release, then COMMIT, each
+        # one round trip.
+        async with contextlib.AsyncExitStack() as stack:
+            conn = await stack.enter_async_context(
+                self._pool.transaction() if len(kinds) > 1 and not o.workflow
+                else self._pool.connection())
+            if o.workflow:
+                await stack.enter_async_context(conn.pipeline())
+                await stack.enter_async_context(conn.transaction())
+            cursors = [await conn.execute(sql, _columns(rows)) for sql, rows in kinds]
+            for cur in cursors:
                 for run_id, moved_on, closed_task in await cur.fetchall():
                     runs.add(run_id)
                     if moved_on:

@@ -30,7 +30,7 @@ def test_every_command_has_a_handler():
 
     assert {"serve", "check-config", "task create", "dlq replay", "worker list",
             "schedules delete", "keys rotate"} <= declared.keys()
-    assert len(declared) == 27
+    assert len(declared) == 35
     assert without_handler(parser()) == []
 
 
