@@ -147,9 +147,7 @@ async def main(args: argparse.Namespace) -> None:
         if keys:
             client_r.delete(*keys)
     t, w = statistics.median(times["tasks"]), statistics.median(times["workflow"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    print(f"\ncommit {commit}  python {platform.python_version()}  cpus {os.cpu_count()}  "
+    print(f"\ncommit {args.commit}  python {platform.python_version()}  cpus {os.cpu_count()}  "
           f"load {os.getloadavg()[0]:.2f}  WORKER_CONCURRENCY {args.concurrency}  "
           f"rounds {args.rounds}")
     print(f"{args.width + 2} independent tasks: median {t:.2f} s ({(args.width + 2) / t:.0f} tasks/s)")
@@ -165,5 +163,7 @@ if __name__ == "__main__":
     parser.add_argument("--verbose", action="store_true")
     parsed = parser.parse_args()
     VERBOSE = parsed.verbose
+    parsed.commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                   capture_output=True, text=True).stdout.strip()
     trio.run(main, parsed)
     sys.exit(0)
