@@ -220,7 +220,7 @@ AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,18}$(?!\n)"
 class AuditQuery(Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
-                                     "dlq_delete, key_…, schedule_…, login_failed, "
+                                     "dlq_delete, key_…, schedule_…, workflow_…, login_failed, "
                                      "login_failures, config_reload, config_reload_refused")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None

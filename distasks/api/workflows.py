@@ -15,7 +15,7 @@ from distasks.api.parse import new_task, parse_body, parse_query, read_body
 from distasks.api.render import iso
 from distasks.api.services import Services, actor, services, tenant
 from distasks.domain import times
-from distasks.domain.errors import InvalidInput, NotFound
+from distasks.domain.errors import InvalidInput, NotFound, TooManyQueues
 from distasks.domain.graph import (
     Dependency,
     NewNode,
@@ -36,12 +36,18 @@ bp = Blueprint("workflows", __name__)
            responses={201: schemas.WorkflowCreatedOut, 200: schemas.WorkflowCreatedOut},
            errors={422: "A cycle, an unknown or duplicate key, or more tasks than "
                         "limits.max_workflow_tasks (the message names it)",
+                   409: "A queue_name names a new queue beyond limits.max_queues",
                    429: "Over the rate limit or a quota of the tenant"})
 async def create_workflow() -> tuple[Response, int]:
     s = services()
     wf = parse_workflow(parse_body(schemas.CreateWorkflow, await read_body()), s, tenant())
     await s.admit(wf.tenant, len(wf.nodes))
-    created = await s.workflows.submit(wf, actor=actor(), now=times.utc(s.clock()))
+    try:
+        created = await s.workflows.submit(wf, actor=actor(), now=times.utc(s.clock()))
+    except TooManyQueues as e:
+        e.field = f"tasks.{e.index}.queue_name" if e.index < len(wf.nodes) else (
+            "on_failure.queue_name")
+        raise
     return jsonify({"workflow_id": str(created.workflow_id), "created": created.created,
                     "tasks": {k: str(v) for k, v in created.task_ids.items()}}), (
         201 if created.created else 200)

@@ -299,7 +299,7 @@ class Daemon:
             limiter=RateLimiter(broker, c), quotas=quotas, metrics=m, health=h,
             progress=progress, stopping=self._api_stop, tunables=t, jwt=self.jwt,
             census=census, login_failures=login_failures,
-            workflows=Workflows(store, broker, intake))
+            workflows=Workflows(store, broker, intake, census))
         app = api.create_app(services_)
         await self._configure_schedules(store, services_)
         self._ops = services_.operations

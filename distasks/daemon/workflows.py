@@ -14,6 +14,7 @@ from datetime import datetime
 from distasks.broker import Broker
 from distasks.daemon import mirror
 from distasks.daemon.intake import Intake
+from distasks.daemon.queue_census import QueueCensus
 from distasks.domain import times
 from distasks.domain.graph import NewWorkflow, WorkflowCreated
 from distasks.domain.model import Actor
@@ -23,14 +24,21 @@ from distasks.store import Store, WorkflowChange
 class Workflows:
     """What the API (and through it the command line) does to workflows."""
 
-    def __init__(self, store: Store, broker: Broker, intake: Intake):
+    def __init__(self, store: Store, broker: Broker, intake: Intake,
+                 census: QueueCensus | None = None):
         self._store = store
         self._broker = broker
         self._intake = intake
+        #: the queues that exist: a workflow naming new ones counts against the cap
+        self._census = census
 
     async def submit(self, wf: NewWorkflow, *, actor: Actor, now: datetime) -> WorkflowCreated:
         """Write the graph in one transaction and have its roots copied into Redis;
-        returns once committed (a dedup_key already used: the existing workflow)."""
+        returns once committed (a dedup_key already used: the existing workflow).
+        Raises TooManyQueues when a task names a new queue its tenant has no room for."""
+        if self._census is not None:
+            everything = [*wf.nodes, *([wf.on_failure] if wf.on_failure else [])]
+            await self._census.admit([n.task.queue_name for n in everything])
         created, runs = await self._store.create_workflow(wf, actor=actor, now=now)
         self._intake.copy_committed(runs)
         return created
