@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from distasks.domain.model import ClaimedRun, RunStatus
 from distasks.store.base import StoreBase, claimed_from_row, query
-from distasks.store.workflows import Released, release
+from distasks.store.workflows import Released, finish_release, send_release
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,13 +310,12 @@ class RunQueries(StoreBase):
         kinds: list[tuple[str, Sequence[OutcomeRow]]] = [(sql, rows) for sql, rows in (
             (SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying), (FAIL_RUNS, o.failed),
             (INTERRUPT_RUNS, o.interrupted), (CANCEL_RUNS, o.cancelled)) if rows]
-        closed: list[uuid.UUID] = []
         released = Released()
         # One statement commits by itself; several share a transaction, so that a retried
         # batch never finds half of itself already written. A workflow node's final
         # state and the release of its dependents commit together (promise 7), in
-        # pipeline mode: BEGIN and the outcomes, then the release, then COMMIT, each
-        # one round trip.
+        # pipeline mode: BEGIN, the outcomes and the release's first level in one round
+        # trip (the server finds what the outcomes closed), COMMIT in a second.
         async with contextlib.AsyncExitStack() as stack:
             conn = await stack.enter_async_context(
                 self._pool.transaction() if len(kinds) > 1 and not o.workflow
@@ -325,15 +324,15 @@ class RunQueries(StoreBase):
                 await stack.enter_async_context(conn.pipeline())
                 await stack.enter_async_context(conn.transaction())
             cursors = [await conn.execute(sql, _columns(rows)) for sql, rows in kinds]
+            level = (await send_release(conn, [r.run_id for _, rows in kinds for r in rows],
+                                        now=max(_at(o))) if o.workflow else None)
             for cur in cursors:
-                for run_id, moved_on, closed_task in await cur.fetchall():
+                for run_id, moved_on, _closed in await cur.fetchall():
                     runs.add(run_id)
                     if moved_on:
                         advanced.add(run_id)
-                    if closed_task is not None:
-                        closed.append(closed_task)
-            if closed:
-                released = await release(conn, closed, now=max(_at(o)))
+            if level is not None:
+                released = await finish_release(conn, level, now=max(_at(o)))
         return Written(runs, advanced, released)
 
     @query

@@ -284,7 +284,7 @@ class TaskQueries(StoreBase):
             params = {"id": task_id, "tenant": tenant, "actor": actor.id, "reason": reason,
                       "now": now}
             # A workflow node's workflow is locked first, as every release locks it.
-            await conn.execute(LOCK_WORKFLOWS, ([task_id],))
+            await conn.execute(LOCK_WORKFLOWS, {"ids": [task_id]})
             cur = await conn.execute(CANCEL_TASK, params)
             task_row = await cur.fetchone()
             if task_row is not None:

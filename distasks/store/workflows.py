@@ -142,7 +142,7 @@ SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[])
 # several workflows never wait for each other in a circle.
 LOCK_WORKFLOWS = """
 SELECT id FROM workflows
-WHERE id IN (SELECT workflow_id FROM tasks WHERE id = ANY(%s) AND workflow_id IS NOT NULL)
+WHERE id IN (SELECT workflow_id FROM tasks WHERE id = ANY(%(ids)s) AND workflow_id IS NOT NULL)
 ORDER BY id FOR UPDATE
 """
 
@@ -500,20 +500,60 @@ class WorkflowQueries(StoreBase):
                               undead=undead)
 
 
+# The tasks a batch of outcomes has just made final, for the completer's release: those
+# of its runs that are workflow nodes, completed or failed, and whose row this very
+# transaction wrote (its xmin is this transaction's id). Computed by the server, so that
+# the release is sent in the same round trip as the outcomes it follows.
+JUST_CLOSED = """(
+    SELECT coalesce(array_agg(t.id), '{}') FROM task_runs r JOIN tasks t ON t.id = r.task_id
+    WHERE r.id = ANY(%(run_ids)s) AND t.workflow_id IS NOT NULL
+      AND t.status IN ('completed', 'failed') AND t.xmin = pg_current_xact_id()::xid
+)::uuid[]"""
+LOCK_CLOSED_WORKFLOWS = LOCK_WORKFLOWS.replace("%(ids)s", JUST_CLOSED)
+CLOSE_CLOSED_NODES = CLOSE_NODES.replace("%(ids)s", JUST_CLOSED)
+RELEASE_CLOSED_CHILDREN = RELEASE_CHILDREN.replace("%(ids)s", JUST_CLOSED)
+
+
+@dataclass(slots=True)
+class Level:
+    """The statements of one level of a release, sent and not read yet."""
+
+    closing: Any
+    releasing: Any
+
+
+async def send_release(conn: Any, run_ids: Sequence[uuid.UUID], *, now: datetime) -> Level:
+    """Send the first level of the release of what the outcomes of `run_ids` (written
+    earlier in this transaction) made final; read it with `finish_release`. In pipeline
+    mode this costs no round trip of its own."""
+    params = {"run_ids": list(run_ids), "now": now}
+    await conn.execute(LOCK_CLOSED_WORKFLOWS, params)
+    return Level(await conn.execute(CLOSE_CLOSED_NODES, params),
+                 await conn.execute(RELEASE_CLOSED_CHILDREN, params))
+
+
 async def release(conn: Any, task_ids: Sequence[uuid.UUID], *, now: datetime) -> Released:
     """Close `task_ids` (workflow tasks that just became final in the caller's
     transaction) on their workflows and release their dependents, level by level: a
     child cancelled or skipped here closes in turn. Runs in the caller's transaction."""
-    out = Released()
     if not task_ids:
-        return out
-    # The three statements of a level are sent together: in pipeline mode (the
-    # completer's write) they cost one round trip.
-    await conn.execute(LOCK_WORKFLOWS, (list(task_ids),))
-    frontier = list(task_ids)
-    while frontier:
-        closing = await conn.execute(CLOSE_NODES, {"ids": frontier, "now": now})
-        releasing = await conn.execute(RELEASE_CHILDREN, {"ids": frontier, "now": now})
+        return Released()
+    await conn.execute(LOCK_WORKFLOWS, {"ids": list(task_ids)})
+    return await finish_release(conn, await _send_level(conn, list(task_ids), now), now=now)
+
+
+async def _send_level(conn: Any, frontier: list[uuid.UUID], now: datetime) -> Level:
+    # Both statements of a level go together: in pipeline mode, one round trip.
+    return Level(await conn.execute(CLOSE_NODES, {"ids": frontier, "now": now}),
+                 await conn.execute(RELEASE_CHILDREN, {"ids": frontier, "now": now}))
+
+
+async def finish_release(conn: Any, level: Level, *, now: datetime) -> Released:
+    """Read a sent level, decide the fate of children whose parents are all final, and
+    go on with the next levels (children cancelled or skipped) until none is left."""
+    out = Released()
+    while True:
+        closing, releasing = level.closing, level.releasing
         for wid, state, open_nodes, on_failure in await closing.fetchall():
             if open_nodes == 0:
                 out.finished[wid] = WorkflowState(state)
@@ -532,7 +572,9 @@ async def release(conn: Any, task_ids: Sequence[uuid.UUID], *, now: datetime) ->
         await _decide(conn, ready, now=now, into=out)
         frontier = cancelled + out.closed[closed_before:]
         out.closed += cancelled
-    return out
+        if not frontier:
+            return out
+        level = await _send_level(conn, frontier, now)
 
 
 async def _decide(conn: Any, ready: list[uuid.UUID], *, now: datetime, into: Released) -> None:
