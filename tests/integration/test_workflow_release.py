@@ -94,3 +94,21 @@ async def test_released_children_are_pushed_to_ready_by_the_completer(store, bro
         assert child.parents == {
             "p1": {"status": "completed", "result": "p1", "error": None, "truncated": False},
             "p2": {"status": "completed", "result": "p2", "error": None, "truncated": False}}
+
+
+async def test_parents_results_beyond_the_budget_are_left_out_and_marked(store, broker):
+    with trio.fail_after(20):
+        created, roots = await store.create_workflow(diamond(), actor=SYSTEM, now=now())
+        claimed = await store.start_runs([r.run_id for r in roots], worker_id="w", now=now(),
+                                         lease_until=now())
+        # p1's result is 5 bytes of JSON text ("abc" with its quotes), p2's 7.
+        results = {"p1": '"abc"', "p2": '"abcde"'}
+        batch = [Outcome(c, OutcomeKind.SUCCEEDED, now(), result_json=results[c.task.workflow_key])
+                 for c in claimed]
+        await completer.record_once(batch, store=store, broker=broker)
+        _task, runs = await store.get_task(created.task_ids["child"])
+        [child] = await store.start_runs([runs[0].id], worker_id="w", now=now(),
+                                         lease_until=now(), max_parent_output_bytes=6)
+    assert child.parents == {
+        "p1": {"status": "completed", "result": "abc", "error": None, "truncated": False},
+        "p2": {"status": "completed", "result": None, "error": None, "truncated": True}}

@@ -59,9 +59,10 @@ async def submit(client: httpx.AsyncClient, tasks: list[dict[str, Any]], **more:
 
 
 async def wait_workflow(client: httpx.AsyncClient, wid: str,
-                        until=lambda w: w["state"] != "running") -> dict[str, Any]:
+                        until=lambda w: w["state"] != "running",
+                        headers: dict[str, str] | None = None) -> dict[str, Any]:
     while True:
-        r = await client.get(f"/api/v1/workflows/{wid}")
+        r = await client.get(f"/api/v1/workflows/{wid}", headers=headers)
         assert r.status_code == 200, r.text
         if until(body := r.json()):
             return body
@@ -330,3 +331,38 @@ async def test_client_helpers_and_cli(start_daemon, wf_env):
                 [sys.executable, "-m", "distasks", "workflow", "get", body["id"]], env=env,
                 cwd=REPO, capture_stdout=True)
             assert "succeeded" in p.stdout.decode() and "part2" in p.stdout.decode()
+
+
+async def test_tenants_and_scopes_keep_workflows_apart(start_daemon, wf_env):
+    from .test_tenants import bearer, tenant_key
+
+    env = {**wf_env, "DISTASKS_AUTH_ANONYMOUS": "none",
+           "QUEUE_NAMES": "default,acme/default"}
+    acme = await trio.to_thread.run_sync(tenant_key, env, "acme", "workflows:write",
+                                         "workflows:read", "audit:read")
+    beta = await trio.to_thread.run_sync(tenant_key, env, "beta", "workflows:write",
+                                         "workflows:read")
+    reader = await trio.to_thread.run_sync(tenant_key, env, "acme", "workflows:read")
+    with trio.fail_after(60):
+        async with start_daemon(env) as d, httpx.AsyncClient(base_url=d.url) as client:
+            body = {"name": "mine", "dedup_key": "same", "tasks": [step("a", value=1)]}
+            r = await client.post("/api/v1/workflows", json=body, headers=bearer(acme))
+            assert r.status_code == 201, r.text
+            wid = r.json()["workflow_id"]
+            # One dedup key, two tenants: two workflows.
+            other = await client.post("/api/v1/workflows", json=body, headers=bearer(beta))
+            assert other.status_code == 201 and other.json()["workflow_id"] != wid
+            await wait_workflow(client, wid, headers=bearer(acme))
+            # Another tenant's workflow is as absent as one that never was.
+            for path in (f"/api/v1/workflows/{wid}", f"/api/v1/workflows/{wid}/results"):
+                assert (await client.get(path, headers=bearer(beta))).status_code == 404
+            r = await client.post(f"/api/v1/workflows/{wid}/cancel", headers=bearer(beta))
+            assert r.status_code == 404
+            listed = (await client.get("/api/v1/workflows", headers=bearer(beta))).json()
+            assert [w["id"] for w in listed["workflows"]] == [other.json()["workflow_id"]]
+            # Reading is not writing.
+            r = await client.post("/api/v1/workflows", json=body, headers=bearer(reader))
+            assert r.status_code == 403
+            audit = (await client.get("/api/v1/audit", params={"action": "workflow_create"},
+                                      headers=bearer(acme))).json()
+            assert [e["detail"]["workflow_id"] for e in audit["entries"]] == [wid]
