@@ -114,7 +114,7 @@ class Workflow:
     on_failure_task_id: uuid.UUID | None = None
     cancelled_at: datetime | None = None
     cancelled_by: str | None = None
-    #: every node, in submission order (the on_failure task last); empty in lists
+    #: every node, by key (the on_failure task last); empty in lists
     nodes: tuple[Node, ...] = ()
     #: how many nodes in each task status (lists and reads)
     counts: dict[str, int] = field(default_factory=dict)
