@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from distasks.domain.model import ClaimedRun, RunStatus
 from distasks.store.base import StoreBase, claimed_from_row, query
-from distasks.store.workflows import Released, finish_release, send_release
+from distasks.store.workflows import Released, finish_release, lock_for_runs, send_release
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +314,9 @@ class RunQueries(StoreBase):
         # One statement commits by itself; several share a transaction, so that a retried
         # batch never finds half of itself already written. A workflow node's final
         # state and the release of its dependents commit together (promise 7), in
-        # pipeline mode: BEGIN, the outcomes and the release's first level in one round
-        # trip (the server finds what the outcomes closed), COMMIT in a second.
+        # pipeline mode: BEGIN, the lock of their workflows, the outcomes and the
+        # release's first level in one round trip (the server finds what the outcomes
+        # closed), COMMIT in a second.
         async with contextlib.AsyncExitStack() as stack:
             conn = await stack.enter_async_context(
                 self._pool.transaction() if len(kinds) > 1 and not o.workflow
@@ -323,9 +324,11 @@ class RunQueries(StoreBase):
             if o.workflow:
                 await stack.enter_async_context(conn.pipeline())
                 await stack.enter_async_context(conn.transaction())
+            run_ids = [r.run_id for _, rows in kinds for r in rows]
+            if o.workflow:
+                await lock_for_runs(conn, run_ids)
             cursors = [await conn.execute(sql, _columns(rows)) for sql, rows in kinds]
-            level = (await send_release(conn, [r.run_id for _, rows in kinds for r in rows],
-                                        now=max(_at(o))) if o.workflow else None)
+            level = await send_release(conn, run_ids, now=max(_at(o))) if o.workflow else None
             for cur in cursors:
                 for run_id, moved_on, _closed in await cur.fetchall():
                     runs.add(run_id)

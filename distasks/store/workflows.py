@@ -509,7 +509,15 @@ JUST_CLOSED = """(
     WHERE r.id = ANY(%(run_ids)s) AND t.workflow_id IS NOT NULL
       AND t.status IN ('completed', 'failed') AND t.xmin = pg_current_xact_id()::xid
 )::uuid[]"""
-LOCK_CLOSED_WORKFLOWS = LOCK_WORKFLOWS.replace("%(ids)s", JUST_CLOSED)
+# The workflows of a batch's runs, locked before its outcomes are written: a workflow's
+# row is then always locked before its tasks' rows (as a cancel does), so an outcome
+# write and a workflow cancel never wait for each other in a circle.
+LOCK_WORKFLOWS_OF_RUNS = """
+SELECT id FROM workflows
+WHERE id IN (SELECT t.workflow_id FROM task_runs r JOIN tasks t ON t.id = r.task_id
+             WHERE r.id = ANY(%(run_ids)s) AND t.workflow_id IS NOT NULL)
+ORDER BY id FOR UPDATE
+"""
 CLOSE_CLOSED_NODES = CLOSE_NODES.replace("%(ids)s", JUST_CLOSED)
 RELEASE_CLOSED_CHILDREN = RELEASE_CHILDREN.replace("%(ids)s", JUST_CLOSED)
 
@@ -522,12 +530,16 @@ class Level:
     releasing: Any
 
 
+async def lock_for_runs(conn: Any, run_ids: Sequence[uuid.UUID]) -> None:
+    """Lock the workflows of `run_ids`' tasks, before their outcomes are written."""
+    await conn.execute(LOCK_WORKFLOWS_OF_RUNS, {"run_ids": list(run_ids)})
+
+
 async def send_release(conn: Any, run_ids: Sequence[uuid.UUID], *, now: datetime) -> Level:
     """Send the first level of the release of what the outcomes of `run_ids` (written
-    earlier in this transaction) made final; read it with `finish_release`. In pipeline
-    mode this costs no round trip of its own."""
+    earlier in this transaction, after `lock_for_runs`) made final; read it with
+    `finish_release`. In pipeline mode this costs no round trip of its own."""
     params = {"run_ids": list(run_ids), "now": now}
-    await conn.execute(LOCK_CLOSED_WORKFLOWS, params)
     return Level(await conn.execute(CLOSE_CLOSED_NODES, params),
                  await conn.execute(RELEASE_CLOSED_CHILDREN, params))
 
