@@ -88,10 +88,14 @@ base_key() {
     printf '%s\n' "$SUITE" "$PACKAGES" "$BASE_EPOCH" "${DPKG_OPTS[@]}" "${PURGE[*]}" "$(sed -n '/^base_build()/,/^}/p' "$0")" | sha
 }
 
-# The tracked files of the work tree, as they are now (uncommitted edits included, ignored
-# files not), as a tar with fixed owners and dates: the source of the wheels and the key.
+# What goes into the image: the package and its metadata, the config, this script and the
+# Containerfile (a change to the tests or the docs builds nothing new).
+IMAGE_SOURCES=(pyproject.toml README.md distasks config/distasks.toml deploy/image scripts/image.sh)
+
+# Those files of the work tree as they are now (uncommitted edits and new files included,
+# ignored files not), as a tar with fixed owners and dates: the wheels' source and the key.
 source_tar() {
-    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- "${IMAGE_SOURCES[@]}" |
         xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
         tar --null -T - --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
             --mode=u+rw,go+r,go-w -cf -)
@@ -132,7 +136,10 @@ base() {
         printf '%s\n' "$tag"
         return
     fi
-    [[ -f $tarball ]] || base_build "$tag" "$tarball"
+    if [[ ! -f $tarball ]]; then
+        find "$CACHE" -maxdepth 1 -name 'base-*.tar' -delete
+        base_build "$tag" "$tarball"
+    fi
     podman import --quiet --change 'CMD ["/bin/bash"]' "$tarball" "$tag" >/dev/null
     say "imported $tarball as $tag"
     printf '%s\n' "$tag"
@@ -185,6 +192,8 @@ build() {
         --build-arg "BASE=$base_tag" --build-arg "VERSION=$(version)" \
         --build-arg "REVISION=$revision" --build-arg "SOURCE=$source" \
         --file "$CONTAINERFILE" --tag "$tag" --tag "$NAME:$(version)" "$context" >/dev/null
+    # What this cache held for other sources (podman's store keeps their images).
+    find "$CACHE" -maxdepth 1 -name 'context-*' ! -name "context-$key" -exec rm -rf {} +
     say "built $tag in $((SECONDS - started)) s, $(podman image inspect --format '{{.Size}}' "$tag" |
         awk '{printf "%.0f MB", $1 / 1e6}')"
     printf '%s\n' "$tag"
