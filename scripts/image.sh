@@ -23,6 +23,7 @@
 #   DISTASKS_IMAGE_NAME=localhost/distasks   the image's name
 #   DISTASKS_IMAGE_SOURCE=...                the source label (default: the git remote, if any)
 #   PYTHON=.venv/bin/python                  the interpreter whose pip builds the wheels
+#   DISTASKS_IMAGE_NO_CACHE=1                podman build --no-cache (a check of reproducibility)
 # Needs root (mmdebstrap, podman); installs podman and mmdebstrap with apt-get if missing.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -188,7 +189,7 @@ build() {
     epoch=$(cd "$ROOT" && git log -1 --format=%ct 2>/dev/null || echo 0)
     say "podman build $tag"
     podman build --quiet --isolation chroot --format docker --timestamp "$epoch" \
-        --pull=never \
+        --pull=never ${DISTASKS_IMAGE_NO_CACHE:+--no-cache} \
         --build-arg "BASE=$base_tag" --build-arg "VERSION=$(version)" \
         --build-arg "REVISION=$revision" --build-arg "SOURCE=$source" \
         --file "$CONTAINERFILE" --tag "$tag" --tag "$NAME:$(version)" "$context" >/dev/null
