@@ -14,10 +14,11 @@
 # content hash: the base by its mmdebstrap options, the image by the source files, this
 # script and the Containerfile. Building again from the same files does nothing.
 #
-# Usage: scripts/image.sh [build|tag|base]
-#   build   (default) build what is missing, print the image's tag
-#   tag     print the tag the image of this work tree has (built or not)
-#   base    build or import the base only, print its tag
+# Usage: scripts/image.sh [build|tag|base|manifest]
+#   build     (default) build what is missing, print the image's tag
+#   tag       print the tag the image of this work tree has (built or not)
+#   base      build or import the base only, print its tag
+#   manifest  list the built image's files with their SHA-256 (compare two builds)
 #
 # Environment (all optional):
 #   DISTASKS_IMAGE_NAME=localhost/distasks   the image's name
@@ -200,13 +201,43 @@ build() {
     printf '%s\n' "$tag"
 }
 
+# Every entry of the image's file system, one a line: path, mode, owner, group, date and
+# a regular file's SHA-256 or a link's target. Two builds of one commit print the same.
+manifest() {
+    local tag root
+    tag="$NAME:src-$(image_key)"
+    root=$(podman image mount "$tag")
+    # shellcheck disable=SC2064 # expanded now: the tag of this call
+    trap "podman image unmount '$tag' >/dev/null" RETURN
+    "$PYTHON" - "$root" <<'PY'
+import hashlib, os, stat, sys
+
+root = sys.argv[1]
+for top, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(dirs + files):
+        path = os.path.join(top, name)
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            detail = os.readlink(path)
+        elif stat.S_ISREG(info.st_mode):
+            with open(path, "rb") as f:
+                detail = hashlib.file_digest(f, "sha256").hexdigest()
+        else:
+            detail = ""
+        print(os.path.relpath(path, root), oct(info.st_mode), info.st_uid, info.st_gid,
+              int(info.st_mtime), detail)
+PY
+}
+
 main() {
     mkdir -p "$CACHE"
     case "${1:-build}" in
     tag) printf '%s\n' "$NAME:src-$(image_key)" ;;
     base) ensure_tools && base ;;
     build) ensure_tools && build ;;
-    *) die "usage: $0 [build|tag|base]" ;;
+    manifest) manifest ;;
+    *) die "usage: $0 [build|tag|base|manifest]" ;;
     esac
 }
 
