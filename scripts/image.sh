@@ -74,8 +74,9 @@ ensure_tools() {
     command -v podman >/dev/null || missing+=(podman)
     command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
     [[ ${#missing[@]} -eq 0 ]] && return 0
-    [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null ||
+    if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
         die "need root and apt-get to install: ${missing[*]}"
+    fi
     say "installing ${missing[*]} (apt-get)"
     local opts=(-qq -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
     export DEBIAN_FRONTEND=noninteractive
@@ -97,6 +98,7 @@ IMAGE_SOURCES=(pyproject.toml README.md distasks config/distasks.toml deploy/ima
 # Those files of the work tree as they are now (uncommitted edits and new files included,
 # ignored files not), as a tar with fixed owners and dates: the wheels' source and the key.
 source_tar() {
+    # shellcheck disable=SC2016 # $f is the inner shell's
     (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- "${IMAGE_SOURCES[@]}" |
         xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
         tar --null -T - --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
@@ -115,6 +117,8 @@ base_build() {
     local tag=$1 tarball=$2
     say "mmdebstrap $SUITE ($PACKAGES) -> $tarball"
     # The host's resolv.conf and hostname are not part of an image (a runtime mounts its own).
+    # The hooks' "$1" is mmdebstrap's: the root file system being made.
+    # shellcheck disable=SC2016
     # The merged-usr hook makes /bin, /lib and /sbin links without the usrmerge package (and
     # the perl it needs, 40 MB).
     SOURCE_DATE_EPOCH=$BASE_EPOCH mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
@@ -174,9 +178,10 @@ build() {
         sed -e 's/^host = "127.0.0.1" .*/host = "0.0.0.0"                     # every interface of the container/' \
             -e 's/^anonymous = "loopback"/anonymous = "none"/' \
             "$ROOT/config/distasks.toml" >"$context/distasks.toml"
-        grep -q '^host = "0.0.0.0"' "$context/distasks.toml" &&
-            grep -q '^anonymous = "none"' "$context/distasks.toml" ||
+        if ! grep -q '^host = "0.0.0.0"' "$context/distasks.toml" ||
+            ! grep -q '^anonymous = "none"' "$context/distasks.toml"; then
             die "config/distasks.toml changed: the image's http.host and auth.anonymous were not set"
+        fi
         rm -rf "$context.src"
         touch "$context/.complete"
     fi
