@@ -14,11 +14,12 @@
 # content hash: the base by its mmdebstrap options, the image by the source files, this
 # script and the Containerfile. Building again from the same files does nothing.
 #
-# Usage: scripts/image.sh [build|tag|base|manifest]
+# Usage: scripts/image.sh [build|tag|base|manifest|tools]
 #   build     (default) build what is missing, print the image's tag
 #   tag       print the tag the image of this work tree has (built or not)
 #   base      build or import the base only, print its tag
 #   manifest  list the built image's files with their SHA-256 (compare two builds)
+#   tools     install podman and mmdebstrap if missing, nothing else
 #
 # Environment (all optional):
 #   DISTASKS_IMAGE_NAME=localhost/distasks   the image's name
@@ -240,9 +241,10 @@ main() {
     case "${1:-build}" in
     tag) printf '%s\n' "$NAME:src-$(image_key)" ;;
     base) ensure_tools && base ;;
+    tools) ensure_tools ;;
     build) ensure_tools && build ;;
     manifest) manifest ;;
-    *) die "usage: $0 [build|tag|base|manifest]" ;;
+    *) die "usage: $0 [build|tag|base|manifest|tools]" ;;
     esac
 }
 

@@ -54,10 +54,16 @@ def run(args: list[str | Path], *, timeout: float = 120, check: bool = True,
 @pytest.fixture(scope="module")
 def image() -> str:
     """The image's tag, built by `make image` if this work tree's sources have none."""
+    reason = ""
     if os.geteuid() != 0:
         reason = "building and mounting the image needs root (mmdebstrap, podman)"
+    else:
+        tools = run(["bash", REPO / "scripts" / "image.sh", "tools"], timeout=900, check=False)
+        if tools.returncode != 0:
+            reason = f"podman and mmdebstrap are missing and did not install: {tools.stderr}"
+    if reason:
         if os.environ.get("CI"):
-            pytest.fail(reason)  # CI runs as root: it must build and check the image
+            pytest.fail(reason)  # CI runs as root with apt: it must build and check the image
         pytest.skip(reason)
     result = run(["make", "--no-print-directory", "image"], cwd=REPO, timeout=1500)
     return result.stdout.strip().splitlines()[-1]
@@ -140,6 +146,13 @@ async def test_the_image_serves_under_chroot_and_stops_on_sigterm(
                     await trio.sleep(0.1)
                 # tini's child, the daemon, runs as the image's user.
                 assert child_uids(process.pid) == {IMAGE_UID}
+                # The image's HEALTHCHECK, run as a runtime would: in the container, as
+                # its user, with its environment.
+                health = inspected["Healthcheck"]["Test"]
+                assert health[0] == "CMD"
+                checked = await trio.run_process([*chroot, *health[1:]], env=env, cwd="/",
+                                                 capture_stderr=True, check=False)
+                assert checked.returncode == 0, checked.stderr
 
                 r = await client.post("/api/v1/tasks", json={"name": "image", "priority": 2})
                 assert r.status_code == 201, r.text
@@ -149,6 +162,10 @@ async def test_the_image_serves_under_chroot_and_stops_on_sigterm(
             # which passes it on.
             process.send_signal(getattr(signal, inspected["Config"]["StopSignal"]))
             assert await process.wait() == 0, log_path.read_text()
+            # ... and the health check tells when nothing serves.
+            stopped = await trio.run_process([*chroot, *health[1:]], env=env, cwd="/",
+                                             capture_stderr=True, check=False)
+            assert stopped.returncode != 0
         finally:
             if process.returncode is None:
                 process.kill()
