@@ -3,8 +3,9 @@ checked without a container runtime: none runs containers on these machines.
 
 - the image's root filesystem, mounted with `podman image mount`, runs its own entrypoint
   (tini, then `distasks serve` with the image's config and environment) under `chroot` as
-  the image's user, against this test's PostgreSQL database and Redis prefix: a task
-  made over HTTP completes, and SIGTERM ends it with exit status 0;
+  the image's user, against this test's PostgreSQL database and Redis prefix: its
+  HEALTHCHECK passes, a task made over HTTP completes, and SIGTERM ends it with exit
+  status 0;
 - its metadata (user, port, stop signal, health check, labels) and its contents: a
   non-root user, nothing to build or install software with, no caches, a small size.
 
