@@ -191,7 +191,9 @@ build() {
     if [[ -n $(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
         revision="$revision-dirty"
     fi
-    source=${DISTASKS_IMAGE_SOURCE:-$(cd "$ROOT" && git remote get-url origin 2>/dev/null || echo unknown)}
+    # The remote's URL, if it has one (a clone of a local folder names only a path here).
+    source=${DISTASKS_IMAGE_SOURCE:-$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)}
+    [[ $source == *://* || $source == *@*:* ]] || source=unknown
     # The image's dates (its history and every file of its layers): the commit's.
     epoch=$(cd "$ROOT" && git log -1 --format=%ct 2>/dev/null || echo 0)
     say "podman build $tag"
