@@ -9,7 +9,7 @@ checked without a container runtime: none runs containers on these machines.
 - its metadata (user, port, stop signal, health check, labels) and its contents: a
   non-root user, nothing to build or install software with, no caches, a small size.
 
-`make image` builds the image when this work tree's sources have none yet (about 60 s
+`make image` builds the image when this work tree's sources have none yet (about 45 s
 from nothing: the base with mmdebstrap, the wheels, the build; about 10 s when only
 distasks/ changed; nothing when the image is there). It needs root; podman and mmdebstrap
 are installed with apt-get when missing.
