@@ -10,15 +10,18 @@ the intake, between `OutboxSource.batch` taking the rows and committing their re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import psycopg
 import psycopg.errors
 import trio
 
+from distasks.domain.errors import StoreUnavailable
 from distasks.store.base import CLOSE_TIMEOUT_S, CONNECT_TIMEOUT_S, POOL_TIMEOUT_S, store_errors
 from distasks.store.pg import TrioConnection, TrioPool
 
@@ -122,6 +125,17 @@ FROM distasks.outbox ORDER BY seq LIMIT 1
 """
 
 
+@contextlib.contextmanager
+def source_errors() -> Iterator[None]:
+    """Every failure of the source is an outage to wait out, whatever psycopg calls it:
+    a schema not installed yet or dropped, rights taken away, a server going down. The
+    relay retries with backoff and the daemon serves on (architecture §5.6)."""
+    try:
+        yield
+    except psycopg.Error as e:
+        raise StoreUnavailable(" ".join(str(e).split()) or type(e).__name__) from e
+
+
 class OutboxSource:
     """One application database's outbox, for one relay. Every method raises
     StoreUnavailable when the source cannot be reached or fails mid-statement; a
@@ -142,7 +156,7 @@ class OutboxSource:
         """Take up to `limit` rows for the block, in one source transaction. When the
         block ends normally, the rows it marked are removed and the transaction commits;
         when it raises (or is cancelled), nothing changes and the rows are free again."""
-        with store_errors():
+        with source_errors():
             async with self._pool.transaction() as conn:
                 cur = await conn.execute(TAKE, {"limit": limit})
                 taken = OutboxBatch([OutboxRow(*row) for row in await cur.fetchall()])
@@ -155,7 +169,7 @@ class OutboxSource:
 
     async def oldest_age_s(self) -> float:
         """Seconds the oldest row has waited; 0 when the outbox is empty."""
-        with store_errors():
+        with source_errors():
             async with self._pool.connection() as conn:
                 row = await (await conn.execute(OLDEST_AGE)).fetchone()
         return float(row[0]) if row else 0.0
@@ -166,7 +180,7 @@ class OutboxSource:
         connection of its own, until cancelled; `task_status.started()` once listening
         and once then (for rows committed before). Raises StoreUnavailable when the
         connection fails."""
-        with store_errors():
+        with source_errors():
             conn = await TrioConnection.connect_trio(self._dsn, **self._options)
             try:
                 await conn.set_autocommit(True)
