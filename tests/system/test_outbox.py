@@ -1,0 +1,103 @@
+"""The outbox with running daemons (architecture §10): a daemon killed with kill -9
+between creating a row's task and deleting the row leaves exactly one task once another
+relays the source, and two daemons relaying one source while rows keep coming never
+create a task twice. Each test's application database is its own (`app_dsn`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import trio
+
+from distasks.outbox import enqueue
+from distasks.store import outbox as outbox_store
+from distasks.testing.daemon import free_port
+from tests.integration.helpers import wait_until
+
+# The advisory lock key the test holds to stop the relay inside its DELETE.
+HOLD_DELETE_LOCK = 4243
+
+
+def rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+async def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return await trio.to_thread.run_sync(lambda: rows(dsn, sql, *params))
+
+
+def config_file(tmp_path: Path, app_dsn: str) -> str:
+    path = tmp_path / "outbox.toml"
+    path.write_text(f'[[outbox]]\nname = "app"\ndatabase_url = "{app_dsn}"\n'
+                    "batch = 50\npoll_interval_s = 0.5\n")
+    return str(path)
+
+
+async def test_a_daemon_killed_between_create_and_delete_leaves_exactly_one_task(
+        start_daemon, daemon_env, app_dsn: str, pg_dsn: str, tmp_path: Path) -> None:
+    await outbox_store.install(app_dsn)
+    rows(app_dsn, f"""
+        CREATE FUNCTION hold_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD_DELETE_LOCK}); RETURN NULL; END $$;
+        CREATE TRIGGER hold_delete BEFORE DELETE ON distasks.outbox
+            FOR EACH STATEMENT EXECUTE FUNCTION hold_delete();""")
+    config = config_file(tmp_path, app_dsn)
+    with trio.fail_after(90), psycopg.connect(app_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (HOLD_DELETE_LOCK,))
+        async with start_daemon(daemon_env, config=config) as d:
+            with psycopg.connect(app_dsn) as conn:
+                row_id = enqueue(conn, "ob-killed", handler="noop", payload={"n": 1})
+            # The task is committed in distasks, the relay waits inside its DELETE.
+            await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM tasks WHERE name = 'ob-killed'"))
+            await wait_until(lambda: query(
+                app_dsn, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND application_name = 'distasks-relay'"))
+            d.kill9()
+            await d.wait_exit()
+        # The server notices the dead client only once its wait ends: end it now.
+        rows(app_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+             "WHERE application_name = 'distasks-relay'")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD_DELETE_LOCK,))
+        assert rows(app_dsn, "SELECT id FROM distasks.outbox") == [(row_id,)]
+        rows(app_dsn, "DROP TRIGGER hold_delete ON distasks.outbox")
+        async with start_daemon(daemon_env, config=config):
+            await wait_until(lambda: query(app_dsn, "SELECT 1 WHERE NOT EXISTS "
+                                                    "(SELECT 1 FROM distasks.outbox)"))
+            await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM tasks WHERE name = "
+                                                   "'ob-killed' AND status = 'completed'"))
+    assert rows(pg_dsn, "SELECT count(*) FROM tasks WHERE name = 'ob-killed'") == [(1,)]
+    assert rows(pg_dsn, "SELECT count(*) FROM task_runs r JOIN tasks t ON t.id = r.task_id "
+                        "WHERE t.name = 'ob-killed'") == [(1,)]
+
+
+async def test_two_daemons_relaying_one_source_never_create_a_task_twice(
+        start_daemon, daemon_env, app_dsn: str, pg_dsn: str, tmp_path: Path) -> None:
+    await outbox_store.install(app_dsn)
+    config = config_file(tmp_path, app_dsn)
+    count, per_commit = 1000, 20
+
+    def produce() -> None:
+        with psycopg.connect(app_dsn) as conn:
+            for i in range(count):
+                enqueue(conn, f"ob-two-{i:05}", handler="noop", payload={"i": i})
+                if i % per_commit == per_commit - 1:
+                    conn.commit()
+
+    with trio.fail_after(120):
+        async with start_daemon(daemon_env, config=config), \
+                start_daemon(dict(daemon_env, HTTP_PORT=str(free_port())),
+                             config=config):
+            await trio.to_thread.run_sync(produce)
+            await wait_until(lambda: query(
+                pg_dsn, "SELECT 1 FROM tasks WHERE name LIKE 'ob-two-%%' "
+                "HAVING count(*) >= %s", count), interval_s=0.2)
+            await wait_until(lambda: query(app_dsn, "SELECT 1 WHERE NOT EXISTS "
+                                                    "(SELECT 1 FROM distasks.outbox)"))
+    made = rows(pg_dsn, "SELECT count(*), count(DISTINCT dedup_key) FROM tasks "
+                        "WHERE name LIKE 'ob-two-%%'")
+    assert made == [(count, count)]
+    assert rows(app_dsn, "SELECT count(*) FROM distasks.outbox_rejected") == [(0,)]
