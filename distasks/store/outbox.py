@@ -85,14 +85,18 @@ class OutboxBatch:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
+# The kinds of row this relay hands over; a newer kind is left to a daemon that knows it.
+KINDS = ("task",)
+
 # take --
-# The oldest rows no other relay holds. SKIP LOCKED: relays of several daemons share a
-# source without waiting on each other; a row stays locked until its batch commits or
-# its connection goes.
+# The oldest rows of the kinds this relay knows that no other relay holds. SKIP LOCKED:
+# relays of several daemons share a source without waiting on each other; a row stays
+# locked until its batch commits or its connection goes.
 TAKE = """
 SELECT id::text, kind, request::text,
        greatest(extract(epoch FROM clock_timestamp() - created_at), 0)::float8
 FROM distasks.outbox
+WHERE kind = ANY(%(kinds)s)
 ORDER BY seq
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -158,7 +162,7 @@ class OutboxSource:
         when it raises (or is cancelled), nothing changes and the rows are free again."""
         with source_errors():
             async with self._pool.transaction() as conn:
-                cur = await conn.execute(TAKE, {"limit": limit})
+                cur = await conn.execute(TAKE, {"limit": limit, "kinds": list(KINDS)})
                 taken = OutboxBatch([OutboxRow(*row) for row in await cur.fetchall()])
                 yield taken
                 if taken.done:

@@ -246,9 +246,9 @@ async def test_a_commit_wakes_the_relay_through_listen(
                 await enqueue_async(conn, "ob-woken", handler="noop")
             with trio.fail_after(5):
                 await wait_until(lambda: trio.to_thread.run_sync(
-                    lambda: tasks_named(pg_dsn, "ob-woken")))
+                    lambda: metrics.outbox_relayed.labels("app")._value.get() == 1))
             nursery.cancel_scope.cancel()
-    assert metrics.outbox_relayed.labels("app")._value.get() == 1
+    assert [name for name, *_ in tasks_named(pg_dsn, "ob-woken")] == ["ob-woken"]
 
 
 async def test_without_notifications_polling_finds_the_rows(
