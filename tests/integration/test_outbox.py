@@ -8,6 +8,7 @@ notification wakes the relay, and without notifications polling finds the rows."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -286,3 +287,34 @@ async def test_an_unreachable_source_is_retried_until_it_answers(
             await wait_until(lambda: trio.to_thread.run_sync(
                 lambda: tasks_named(pg_dsn, "ob-later")))
             nursery.cancel_scope.cancel()
+
+
+def readme_sql() -> str:
+    """The SQL example of the README's outbox section."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Enqueue in your own transaction (outbox)")[1].split("\n## ")[0]
+    return section.split("```sql\n")[1].split("```")[0]
+
+
+async def test_the_readme_sql_example_hands_over_one_task(
+        app_dsn: str, store: Store, broker: Broker, pg_dsn: str) -> None:
+    await outbox_store.install(app_dsn)
+    rows(app_dsn, "CREATE TABLE orders (id int PRIMARY KEY, customer text)")
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        conn.execute(readme_sql())
+    rules = CreationRules(registry=builtin_registry(), default_handler="noop",
+                          default_max_retries=3, max_payload_bytes=1 << 20)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker)
+            await nursery.start(intake.run)
+            relay = Relay(OutboxSource(app_dsn), RelaySettings("orders", "default", 10, 60.0),
+                          intake=intake, quotas=None, rules=lambda _tenant: rules,
+                          metrics=Metrics(), health=Health())
+            done = await relay.relay_once()
+            nursery.cancel_scope.cancel()
+    # No handler "ship" in this process: refused, with the reason, and nothing else lost.
+    assert (done.taken, done.rejected) == (1, 1)
+    reason = rows(app_dsn, "SELECT reason, request->>'queue_name' FROM distasks.outbox_rejected")
+    assert reason and "ship" in reason[0][0] and reason[0][1] == "shipping"
+    assert rows(app_dsn, "SELECT customer FROM orders") == [("ada",)]
