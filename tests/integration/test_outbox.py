@@ -7,7 +7,9 @@ notification wakes the relay, and without notifications polling finds the rows."
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ import psycopg
 import pytest
 import trio
 
+from distasks.access.quotas import TenantQuotas
 from distasks.broker import Broker
+from distasks.config import Config, TenantConfig
 from distasks.daemon.creation import CreationRules
 from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
@@ -318,3 +322,28 @@ async def test_the_readme_sql_example_hands_over_one_task(
     reason = rows(app_dsn, "SELECT reason, request->>'queue_name' FROM distasks.outbox_rejected")
     assert reason and "ship" in reason[0][0] and reason[0][1] == "shipping"
     assert rows(app_dsn, "SELECT customer FROM orders") == [("ada",)]
+
+
+async def test_rows_over_the_tenants_quota_wait_in_the_outbox(
+        installed: str, store: Store, broker: Broker, pg_dsn: str, config: Config) -> None:
+    app = installed
+    with psycopg.connect(app) as conn:
+        for i in range(5):
+            enqueue(conn, f"ob-quota-{i}", handler="noop", queue_name="mail")
+    quotas = TenantQuotas(broker, store, dataclasses.replace(
+        config, tenants={"acme": TenantConfig(max_queued=3)}), time.time)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker)
+            await nursery.start(intake.run)
+            relay = Relay(OutboxSource(app), RelaySettings("app", "acme", 10, 60.0),
+                          intake=intake, quotas=quotas, rules=lambda _tenant: RULES,
+                          metrics=Metrics(), health=Health())
+            done = await relay.relay_once()
+            nursery.cancel_scope.cancel()
+    assert (done.taken, done.relayed, done.rejected) == (5, 3, 0) and done.held_s > 0
+    made = tasks_named(pg_dsn, "ob-quota-")
+    assert [(name, tenant, queue) for name, _, _, _, tenant, queue in made] == [
+        (f"ob-quota-{i}", "acme", "acme/mail") for i in range(3)]
+    left = rows(app, "SELECT request->>'name' FROM distasks.outbox ORDER BY seq")
+    assert left == [("ob-quota-3",), ("ob-quota-4",)]

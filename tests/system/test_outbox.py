@@ -5,6 +5,8 @@ create a task twice. Each test's application database is its own (`app_dsn`)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,25 @@ async def test_two_daemons_relaying_one_source_never_create_a_task_twice(
                         "WHERE name LIKE 'ob-two-%%'")
     assert made == [(count, count)]
     assert rows(app_dsn, "SELECT count(*) FROM distasks.outbox_rejected") == [(0,)]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "distasks", "outbox", "install", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_outbox_install_from_the_command_line_is_idempotent(app_dsn: str) -> None:
+    for _ in range(2):
+        done = cli("--database-url", app_dsn)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("outbox schema installed in ")
+    with psycopg.connect(app_dsn) as conn:
+        enqueue(conn, "after two installs")
+    assert rows(app_dsn, "SELECT request->>'name' FROM distasks.outbox") == [
+        ("after two installs",)]
+    printed = cli("--print-sql")
+    assert printed.returncode == 0 and "FUNCTION DISTASKS.ENQUEUE(" in printed.stdout.upper()
+    unreachable = cli("--database-url", "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("distasks: PostgreSQL is unavailable: ")
+    assert len(unreachable.stderr.strip().splitlines()) == 1
