@@ -120,14 +120,6 @@ SELECT g.id, g.kind, g.request, g.created_at, r.reason FROM gone g JOIN reasons 
 ON CONFLICT (id) DO NOTHING
 """
 
-# oldest_age --
-# How long the oldest row has waited (seconds, by the source's clock), locked or not;
-# by seq, which the index serves, rather than a scan for min(created_at).
-OLDEST_AGE = """
-SELECT greatest(extract(epoch FROM clock_timestamp() - created_at), 0)::float8
-FROM distasks.outbox ORDER BY seq LIMIT 1
-"""
-
 
 @contextlib.contextmanager
 def source_errors() -> Iterator[None]:
@@ -170,13 +162,6 @@ class OutboxSource:
                 if taken.rejected:
                     await conn.execute(FINISH_REJECTED, {"ids": list(taken.rejected),
                                                          "reasons": list(taken.rejected.values())})
-
-    async def oldest_age_s(self) -> float:
-        """Seconds the oldest row has waited; 0 when the outbox is empty."""
-        with source_errors():
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(OLDEST_AGE)).fetchone()
-        return float(row[0]) if row else 0.0
 
     async def listen(self, notified: Callable[[], None], *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
