@@ -571,6 +571,13 @@ def _outbox(tables: Any) -> tuple[OutboxSourceConfig, ...]:
             raise ConfigError(f"{key}.name", f"{source.name!r} is named twice")
         if not source.database_url.strip():
             raise ConfigError(f"{key}.database_url", "is required")
+        # One database has one outbox: two sources on it would give its rows two
+        # dedup keys, and a row retaken after a crash could then make a second task.
+        twin = next((other.name for other in out
+                     if other.database_url == source.database_url), None)
+        if twin is not None:
+            raise ConfigError(f"{key}.database_url", f"is the database of source {twin!r} "
+                              "already (one outbox per database)")
         try:
             check_tenant(source.tenant)
         except ValueError as e:

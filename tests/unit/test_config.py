@@ -520,6 +520,8 @@ def test_outbox_tables_are_read_with_their_defaults(tmp_path):
      "outbox[0].url"),
     ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\n'
      '[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/e"\n', "outbox[1].name"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\n'
+     '[[outbox]]\nname = "b"\ndatabase_url = "postgresql://h/d"\n', "outbox[1].database_url"),
 ])
 def test_a_wrong_outbox_table_is_refused_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
