@@ -11,13 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import trio
 
+from distasks.daemon.creation import CreationRules
+from distasks.daemon.health import Health
+from distasks.daemon.intake import Intake
+from distasks.daemon.metrics import Metrics
+from distasks.daemon.relay import Relay, RelaySettings
+from distasks.handlers import builtin_registry
 from distasks.outbox import enqueue
 from distasks.store import outbox as outbox_store
+from distasks.store.outbox import OutboxSource
 from distasks.testing.daemon import free_port
+from distasks.testing.servers import PrivatePostgres
 from tests.integration.helpers import wait_until
 
+RULES = CreationRules(registry=builtin_registry(), default_handler="demo",
+                      default_max_retries=3, max_payload_bytes=1 << 20)
 # The advisory lock key the test holds to stop the relay inside its DELETE.
 HOLD_DELETE_LOCK = 4243
 
@@ -125,3 +136,47 @@ def test_outbox_install_from_the_command_line_is_idempotent(app_dsn: str) -> Non
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("distasks: PostgreSQL is unavailable: ")
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+async def test_the_relay_outlives_its_source_going_away_and_resumes_by_itself(
+        store, broker, pg_dsn: str) -> None:
+    """Architecture §5.6: the application's PostgreSQL stops (a private server), the
+    relay keeps failing passes without ending, and once the server is back it listens
+    again and relays what is committed there."""
+    try:
+        pg = PrivatePostgres()
+    except FileNotFoundError as e:
+        pytest.skip(f"no PostgreSQL server programs: {e}")
+    metrics = Metrics()
+    try:
+        await trio.to_thread.run_sync(pg.init)
+        await trio.to_thread.run_sync(pg.start)
+        app = pg.dsn()
+        await outbox_store.install(app)
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                intake = Intake(store, broker)
+                await nursery.start(intake.run)
+                relay = Relay(OutboxSource(app), RelaySettings("app", "default", 100, 0.5),
+                              intake=intake, quotas=None, rules=lambda _tenant: RULES,
+                              metrics=metrics, health=Health())
+                await nursery.start(relay.run)
+                up = metrics.outbox_up.labels("app")
+                with psycopg.connect(app) as conn:
+                    enqueue(conn, "ob-before", handler="noop")
+                await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM tasks "
+                                                       "WHERE name = 'ob-before'"))
+                await trio.to_thread.run_sync(pg.halt)
+                await wait_until(lambda: trio.to_thread.run_sync(lambda: up._value.get() == 0))
+                await trio.to_thread.run_sync(pg.start)
+                with psycopg.connect(app) as conn:
+                    enqueue(conn, "ob-after", handler="noop")
+                relayed = metrics.outbox_relayed.labels("app")
+                await wait_until(lambda: trio.to_thread.run_sync(
+                    lambda: relayed._value.get() == 2))
+                assert up._value.get() == 1
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+    assert rows(pg_dsn, "SELECT name FROM tasks WHERE name LIKE 'ob-%%' ORDER BY name") == [
+        ("ob-after",), ("ob-before",)]
