@@ -176,6 +176,7 @@ class Relay:
                 self._metrics.outbox_oldest_age.labels(s.name).set(0)
                 self._metrics.outbox_up.labels(s.name).set(1)
                 return Pass(0, 0, 0)
+            taken_at = trio.current_time()
             self._metrics.outbox_oldest_age.labels(s.name).set(
                 max(row.age_s for row in batch.rows))
             rules = self._rules(s.tenant)
@@ -188,12 +189,13 @@ class Relay:
                     batch.rejected[row.id] = e.message
             admitted, held_s = await self._admit(tasks)
             await self._create(admitted, batch)
+            # The rows' age when taken, by the source's clock, plus the time since.
+            since_taken_s = trio.current_time() - taken_at
         # Committed: the rows are gone from the source.
         self._metrics.outbox_up.labels(s.name).set(1)
-        created_at = self._clock()
         by_id = {row.id: row for row in batch.rows}
         for row_id in batch.done:
-            self._metrics.outbox_lag.labels(s.name).observe(by_id[row_id].age_s)
+            self._metrics.outbox_lag.labels(s.name).observe(by_id[row_id].age_s + since_taken_s)
         self._metrics.outbox_relayed.labels(s.name).inc(len(batch.done))
         for row_id, reason in batch.rejected.items():
             self._metrics.outbox_rejected.labels(s.name).inc()
@@ -203,7 +205,7 @@ class Relay:
         if batch.done:
             log.debug("outbox %s: %d rows relayed", s.name, len(batch.done),
                       extra={"event": "outbox_relayed", "source": s.name,
-                             "count": len(batch.done), "at": created_at})
+                             "count": len(batch.done)})
         return Pass(len(batch.rows), len(batch.done), len(batch.rejected), held_s)
 
     def _task_of(self, row: OutboxRow, rules: CreationRules, now: datetime) -> NewTask:
