@@ -138,12 +138,12 @@ async def test_a_relay_cut_off_between_create_and_delete_makes_no_second_task(
                     lambda: tasks_named(pg_dsn, "ob-once")))
                 await wait_until(lambda: trio.to_thread.run_sync(lambda: rows(
                     app, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND application_name = 'distasks-relay'")))
+                    "AND application_name = 'distasks-relay' AND datname = current_database()")))
                 first.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
         # The first relay is gone (its connection closed); its server process too.
         rows(app, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-             "WHERE application_name = 'distasks-relay'")
+             "WHERE application_name = 'distasks-relay' AND datname = current_database()")
         holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD_DELETE_LOCK,))
     assert rows(app, "SELECT id FROM distasks.outbox") == [(row_id,)]
     rows(app, "DROP TRIGGER hold_delete ON distasks.outbox")
@@ -229,7 +229,8 @@ async def test_bad_rows_are_moved_aside_with_their_reason_and_hold_up_nothing(
 
 def listening(app_dsn: str) -> bool:
     return bool(rows(app_dsn, "SELECT 1 FROM pg_stat_activity WHERE query = "
-                     "'LISTEN distasks_outbox' AND application_name = 'distasks-relay'"))
+                     "'LISTEN distasks_outbox' AND application_name = 'distasks-relay' "
+                     "AND datname = current_database()"))
 
 
 async def test_a_commit_wakes_the_relay_through_listen(

@@ -68,12 +68,12 @@ async def test_a_daemon_killed_between_create_and_delete_leaves_exactly_one_task
             await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM tasks WHERE name = 'ob-killed'"))
             await wait_until(lambda: query(
                 app_dsn, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND application_name = 'distasks-relay'"))
+                "AND application_name = 'distasks-relay' AND datname = current_database()"))
             d.kill9()
             await d.wait_exit()
         # The server notices the dead client only once its wait ends: end it now.
         rows(app_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-             "WHERE application_name = 'distasks-relay'")
+             "WHERE application_name = 'distasks-relay' AND datname = current_database()")
         holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD_DELETE_LOCK,))
         assert rows(app_dsn, "SELECT id FROM distasks.outbox") == [(row_id,)]
         rows(app_dsn, "DROP TRIGGER hold_delete ON distasks.outbox")
