@@ -294,19 +294,24 @@ async def test_an_unreachable_source_is_retried_until_it_answers(
             nursery.cancel_scope.cancel()
 
 
-def readme_sql() -> str:
-    """The SQL example of the README's outbox section."""
+def readme_example(language: str) -> str:
+    """The `language` example of the README's outbox section."""
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Enqueue in your own transaction (outbox)")[1].split("\n## ")[0]
-    return section.split("```sql\n")[1].split("```")[0]
+    return section.split(f"```{language}\n")[1].split("```")[0]
 
 
-async def test_the_readme_sql_example_hands_over_one_task(
-        app_dsn: str, store: Store, broker: Broker, pg_dsn: str) -> None:
+@pytest.mark.parametrize("language", ["sql", "python"])
+async def test_the_readme_examples_hand_over_one_task(
+        app_dsn: str, store: Store, broker: Broker, pg_dsn: str, language: str) -> None:
     await outbox_store.install(app_dsn)
     rows(app_dsn, "CREATE TABLE orders (id int PRIMARY KEY, customer text)")
-    with psycopg.connect(app_dsn, autocommit=True) as conn:
-        conn.execute(readme_sql())
+    if language == "sql":
+        with psycopg.connect(app_dsn, autocommit=True) as conn:
+            conn.execute(readme_example("sql"))
+    else:
+        code = readme_example("python").replace('"postgresql://app@db/orders"', repr(app_dsn))
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
     rules = CreationRules(registry=builtin_registry(), default_handler="noop",
                           default_max_retries=3, max_payload_bytes=1 << 20)
     with trio.fail_after(20):
