@@ -12,8 +12,9 @@ create table if not exists distasks.outbox (
     id uuid primary key default gen_random_uuid(),
     -- the order rows are relayed in
     seq bigint generated always as identity,
-    -- what the row asks for; 'task' (a create body) for now, room for 'workflow'
-    kind text not null default 'task' check (kind in ('task')),
+    -- what the row asks for; 'task' (a create body) for now. Named, so that the release
+    -- that adds 'workflow' replaces it here (drop constraint if exists, add constraint).
+    kind text not null default 'task' constraint outbox_kind check (kind in ('task')),
     -- the request, exactly as the body of POST /api/v1/tasks
     request jsonb not null,
     created_at timestamptz not null default clock_timestamp()
