@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import trio
@@ -41,6 +42,16 @@ def rows(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 async def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     return await trio.to_thread.run_sync(lambda: rows(dsn, sql, *params))
+
+
+async def relayed(url: str) -> int:
+    """The daemon's distasks_outbox_relayed_total for source "app" (/metrics answers
+    loopback without a key: auth.metrics_networks)."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        text = (await client.get(f"{url}/metrics")).text
+    line = next((x for x in text.splitlines()
+                 if x.startswith('distasks_outbox_relayed_total{source="app"}')), None)
+    return int(float(line.split()[-1])) if line else 0
 
 
 def config_file(tmp_path: Path, app_dsn: str) -> str:
@@ -101,15 +112,18 @@ async def test_two_daemons_relaying_one_source_never_create_a_task_twice(
                     conn.commit()
 
     with trio.fail_after(120):
-        async with start_daemon(daemon_env, config=config), \
+        async with start_daemon(daemon_env, config=config) as first, \
                 start_daemon(dict(daemon_env, HTTP_PORT=str(free_port())),
-                             config=config):
+                             config=config) as second:
             await trio.to_thread.run_sync(produce)
             await wait_until(lambda: query(
                 pg_dsn, "SELECT 1 FROM tasks WHERE name LIKE 'ob-two-%%' "
                 "HAVING count(*) >= %s", count), interval_s=0.2)
             await wait_until(lambda: query(app_dsn, "SELECT 1 WHERE NOT EXISTS "
                                                     "(SELECT 1 FROM distasks.outbox)"))
+            # Each row deleted by exactly one of them (the split between them varies).
+            split = [await relayed(d.url) for d in (first, second)]
+            assert sum(split) == count, split
     made = rows(pg_dsn, "SELECT count(*), count(DISTINCT dedup_key) FROM tasks "
                         "WHERE name LIKE 'ob-two-%%'")
     assert made == [(count, count)]
