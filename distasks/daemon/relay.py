@@ -47,9 +47,12 @@ from distasks.store.outbox import OutboxBatch, OutboxRow, OutboxSource
 
 log = logging.getLogger(__name__)
 
-# A pass that takes no row for this long counts as a hang (health); the loop beats at
-# least every poll interval, and while backing off from an outage every few seconds.
-HANG_ALLOWANCE_S = 60.0
+# Longest one pass may take (a batch taken, created and deleted); past it the pass is
+# cancelled and counts as an outage of the source.
+PASS_TIMEOUT_S = 60.0
+# Longest the loop may go without a beat before its health says it hangs: a whole pass,
+# plus the backoff after it.
+HANG_ALLOWANCE_S = PASS_TIMEOUT_S + 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,13 @@ class Relay:
                 # A new event before the pass: a row committed while it runs wakes the wait.
                 wake = self._wake = trio.Event()
                 try:
-                    done = await self.relay_once()
+                    # A source that hangs without refusing (a frozen server still answers
+                    # keepalives) must not hold the relay: cancelled, the pass changes
+                    # nothing, and its connection is closed.
+                    with trio.move_on_after(PASS_TIMEOUT_S) as pass_scope:
+                        done = await self.relay_once()
+                    if pass_scope.cancelled_caught:
+                        raise StoreUnavailable(f"no pass within {PASS_TIMEOUT_S:g}s")
                     failures = 0
                 except (StoreUnavailable, BrokerUnavailable) as e:
                     failures += 1
