@@ -194,3 +194,39 @@ async def test_the_relay_outlives_its_source_going_away_and_resumes_by_itself(
         await trio.to_thread.run_sync(pg.stop)
     assert rows(pg_dsn, "SELECT name FROM tasks WHERE name LIKE 'ob-%%' ORDER BY name") == [
         ("ob-after",), ("ob-before",)]
+
+
+async def test_kill9_of_one_of_two_relaying_daemons_mid_stream_makes_each_task_once(
+        start_daemon, daemon_env, app_dsn: str, pg_dsn: str, tmp_path: Path) -> None:
+    """Crash points by chance rather than by a lock: rows keep coming while one of two
+    daemons is killed mid-stream; every row still ends as exactly one task."""
+    await outbox_store.install(app_dsn)
+    config = config_file(tmp_path, app_dsn)
+    count = 1500
+
+    def produce() -> None:
+        with psycopg.connect(app_dsn) as conn:
+            for i in range(count):
+                enqueue(conn, f"ob-k-{i:05}", handler="noop")
+                if i % 10 == 9:
+                    conn.commit()
+
+    with trio.fail_after(120):
+        async with start_daemon(daemon_env, config=config), \
+                start_daemon(dict(daemon_env, HTTP_PORT=str(free_port())),
+                             config=config) as victim:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, produce)
+                await wait_until(lambda: query(
+                    pg_dsn, "SELECT 1 FROM tasks WHERE name LIKE 'ob-k-%%' "
+                    "HAVING count(*) >= %s", count // 3), interval_s=0.05)
+                victim.kill9()
+                await victim.wait_exit()
+            await wait_until(lambda: query(
+                pg_dsn, "SELECT 1 FROM tasks WHERE name LIKE 'ob-k-%%' "
+                "HAVING count(*) >= %s", count), interval_s=0.2)
+            await wait_until(lambda: query(app_dsn, "SELECT 1 WHERE NOT EXISTS "
+                                                    "(SELECT 1 FROM distasks.outbox)"))
+    assert rows(pg_dsn, "SELECT count(*), count(DISTINCT dedup_key) FROM tasks "
+                        "WHERE name LIKE 'ob-k-%%'") == [(count, count)]
+    assert rows(app_dsn, "SELECT count(*) FROM distasks.outbox_rejected") == [(0,)]
