@@ -88,11 +88,14 @@ async def test_a_daemon_killed_between_create_and_delete_leaves_exactly_one_task
         holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD_DELETE_LOCK,))
         assert rows(app_dsn, "SELECT id FROM distasks.outbox") == [(row_id,)]
         rows(app_dsn, "DROP TRIGGER hold_delete ON distasks.outbox")
-        async with start_daemon(daemon_env, config=config):
+        async with start_daemon(daemon_env, config=config) as d:
             await wait_until(lambda: query(app_dsn, "SELECT 1 WHERE NOT EXISTS "
                                                     "(SELECT 1 FROM distasks.outbox)"))
             await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM tasks WHERE name = "
                                                    "'ob-killed' AND status = 'completed'"))
+            # A relaying daemon stops cleanly too.
+            assert await d.stop() == 0, d.tail()
+            assert '"crashed"' not in d.log()
     assert rows(pg_dsn, "SELECT count(*) FROM tasks WHERE name = 'ob-killed'") == [(1,)]
     assert rows(pg_dsn, "SELECT count(*) FROM task_runs r JOIN tasks t ON t.id = r.task_id "
                         "WHERE t.name = 'ob-killed'") == [(1,)]
