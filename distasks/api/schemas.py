@@ -1,7 +1,8 @@
 """Request and response shapes, declared once: they validate requests and are the
 schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart. The
 field rules and a schedule's definition, which the config file shares, come from
-domain/fields.py and domain/schedule_definitions.py."""
+domain/fields.py and domain/schedule_definitions.py; a task's, which the outbox relay
+shares, from domain/task_definitions.py."""
 
 from __future__ import annotations
 
