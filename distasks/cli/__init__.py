@@ -2,7 +2,7 @@
 and maps the few errors it may raise to exit codes.
 
 Each command group is one module that declares its commands beside the handlers they run:
-`daemon` (serve, migrate, check-config), `keys`, and the remote commands `tasks`, `queues`,
+`daemon` (serve, migrate, check-config), `keys`, `outbox` (install), and the remote commands `tasks`, `queues`,
 `dlq`, `workers`, `schedules` (what they share is in `remote`); `options` holds the options
 and argument types several groups use.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distasks.cli import daemon, dlq, keys, options, queues, schedules, tasks, workers
+from distasks.cli import daemon, dlq, keys, options, outbox, queues, schedules, tasks, workers
 from distasks.domain.errors import CannotListen, ConfigError, StoreUnavailable
 
 # The commands that talk to a daemon over its HTTP API, in the order help lists them.
@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     for module in REMOTE:
         module.add_commands(sub, remote_options)
     keys.add_commands(sub, config_options)
+    outbox.add_commands(sub, config_options)
     return top
 
 
