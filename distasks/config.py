@@ -353,6 +353,24 @@ class ConfiguredSchedule:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSourceConfig:
+    """One `[[outbox]]` table: an application database whose outbox this daemon relays
+    (architecture §10). Every daemon with the table relays it; they share the rows."""
+
+    #: the source's name, unique: part of the dedup key of each task it makes, and the
+    #: metrics label; renaming a source while rows wait could create their tasks twice
+    name: str = ""
+    #: the application's database (`distasks outbox install` creates the schema there)
+    database_url: str = ""
+    #: whose tasks the rows become (architecture §8)
+    tenant: str = DEFAULT_TENANT
+    #: most rows taken in one pass (one source transaction, one create batch)
+    batch: int = 100
+    #: longest wait between passes when no notification arrives (LISTEN down, say)
+    poll_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     #: DEBUG, INFO, WARNING or ERROR
     level: str = "INFO"
@@ -378,6 +396,8 @@ class Config:
     log: LogConfig = LogConfig()
     #: `[[schedules]]`: not a section, a list (handled apart from the sections)
     schedules: tuple[ConfiguredSchedule, ...] = ()
+    #: `[[outbox]]`: the application databases this daemon relays (a list too)
+    outbox: tuple[OutboxSourceConfig, ...] = ()
     #: quotas by tenant name; tenants not named here have none
     tenants: Mapping[str, TenantConfig] = dataclasses.field(default_factory=dict)
     #: operator-set limits by (qualified) queue name: `[queues.<name>]`
@@ -430,7 +450,8 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"cannot read {path}: {e}") from None
     sections: dict[str, Any] = {"tenants": _tenants(raw.pop("tenants", {})),
                                 "queues": _queues(raw.pop("queues", {})),
-                                "schedules": _schedules(raw.pop("schedules", []))}
+                                "schedules": _schedules(raw.pop("schedules", [])),
+                                "outbox": _outbox(raw.pop("outbox", []))}
     for name, cls in _section_classes().items():
         table = raw.pop(name, {})
         if not isinstance(table, dict):
@@ -445,7 +466,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 
 def _section_classes() -> dict[str, type]:
     return {f.name: type(f.default) for f in dataclasses.fields(Config)
-            if f.name not in ("tenants", "schedules", "queues")}
+            if f.name not in ("tenants", "schedules", "queues", "outbox")}
 
 
 def _queues(table: Any) -> dict[str, QueueLimitsConfig]:
@@ -537,6 +558,40 @@ def _schedules(tables: Any) -> tuple[ConfiguredSchedule, ...]:
             raise ConfigError(f"{key}.name", f"{definition.name!r} is named twice")
         seen.add((tenant, definition.name))
         out.append(ConfiguredSchedule(tenant, definition))
+    return tuple(out)
+
+
+def _outbox(tables: Any) -> tuple[OutboxSourceConfig, ...]:
+    """`[[outbox]]` tables (no environment overrides: a list has no names to spell)."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("outbox", "must be an array of tables ([[outbox]])")
+    out: list[OutboxSourceConfig] = []
+    for i, table in enumerate(tables):
+        key = f"outbox[{i}]"
+        source: OutboxSourceConfig = _build_section(key, OutboxSourceConfig, table, {})
+        if not QUEUE_NAME_RE.fullmatch(source.name):
+            raise ConfigError(f"{key}.name", "must be 1-64 characters of letters, digits, "
+                              "'.', '_' and '-' (not '.' or '..' alone)")
+        if any(other.name == source.name for other in out):
+            raise ConfigError(f"{key}.name", f"{source.name!r} is named twice")
+        if not source.database_url.strip():
+            raise ConfigError(f"{key}.database_url", "is required")
+        # One database has one outbox: two sources on it would give its rows two
+        # dedup keys, and a row retaken after a crash could then make a second task.
+        twin = next((other.name for other in out
+                     if other.database_url == source.database_url), None)
+        if twin is not None:
+            raise ConfigError(f"{key}.database_url", f"is the database of source {twin!r} "
+                              "already (one outbox per database)")
+        try:
+            check_tenant(source.tenant)
+        except ValueError as e:
+            raise ConfigError(f"{key}.tenant", str(e)) from None
+        if not 1 <= source.batch <= 1000:
+            raise ConfigError(f"{key}.batch", "must be between 1 and 1000")
+        if not 0.01 <= source.poll_interval_s <= 3600:
+            raise ConfigError(f"{key}.poll_interval_s", "must be between 0.01 and 3600")
+        out.append(source)
     return tuple(out)
 
 

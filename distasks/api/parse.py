@@ -19,7 +19,7 @@ from distasks.daemon import creation
 from distasks.domain import times
 from distasks.domain.errors import InvalidInput
 from distasks.domain.fields import QUEUE_NAME_RE, QUEUE_NAME_RULE
-from distasks.domain.model import NewTask, TaskType
+from distasks.domain.model import NewTask
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -144,9 +144,4 @@ def new_task(req: schemas.CreateTask, s: Services, tenant: str) -> NewTask:
 
 
 def task_request(req: schemas.CreateTask, tenant: str) -> creation.TaskRequest:
-    return creation.TaskRequest(
-        tenant=tenant, name=req.name, handler=req.handler, type=TaskType(req.type), queue_name=req.queue_name,
-        priority=req.priority, payload=req.payload, dedup_key=req.dedup_key,
-        max_retries=req.max_retries, timeout_s=req.timeout_seconds, run_at=req.run_at,
-        delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
-        concurrency_key=req.concurrency_key)
+    return creation.task_request(req, tenant)

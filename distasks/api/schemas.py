@@ -1,7 +1,8 @@
 """Request and response shapes, declared once: they validate requests and are the
 schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart. The
 field rules and a schedule's definition, which the config file shares, come from
-domain/fields.py and domain/schedule_definitions.py."""
+domain/fields.py and domain/schedule_definitions.py; a task's, which the outbox relay
+shares, from domain/task_definitions.py."""
 
 from __future__ import annotations
 
@@ -16,19 +17,15 @@ from pydantic import (
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
 from distasks.domain.fields import (
-    CONCURRENCY_KEY_MAX,
     NO_NUL_TEXT,
     PATTERN_RULES,
     QUEUE_NAME_PATTERN,
-    SECRET_FIELDS_RULE,
     DlqPageCount,
     DlqPageLimit,
     Priority,
     Query,
     QueryDatetime,
     RatePerMinute,
-    Retries,
-    SecretFieldName,
     SelectionCount,
     Strict,
     TaskPageLimit,
@@ -39,6 +36,8 @@ from distasks.domain.schedule_definitions import CRON_PATTERN as CRON_PATTERN
 from distasks.domain.schedule_definitions import SCHEDULE_NAME_PATTERN, CatchUpName
 from distasks.domain.schedule_definitions import CreateSchedule as CreateSchedule
 from distasks.domain.schedule_definitions import UpdateSchedule as UpdateSchedule
+from distasks.domain.task_definitions import TIMING_RULES as TIMING_RULES
+from distasks.domain.task_definitions import CreateTask as CreateTask
 from distasks.domain.tenancy import TENANT_PATTERN
 
 TaskStatusName = Literal["pending", "queued", "completed", "failed", "cancelled", "skipped"]
@@ -50,46 +49,7 @@ RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", 
                         "cancelled"]
 
 
-# What the type decides: an immediate task takes neither run_at nor delay_seconds; a
-# delayed one exactly one of them.
-TIMING_RULES: dict[str, Any] = {"anyOf": [
-    {"properties": {"type": {"const": "immediate"}, "run_at": {"type": "null"},
-                    "delay_seconds": {"type": "null"}}},
-    {"required": ["type", "run_at"],
-     "properties": {"type": {"const": "delayed"}, "run_at": {"type": "string"},
-                    "delay_seconds": {"type": "null"}}},
-    {"required": ["type", "delay_seconds"],
-     "properties": {"type": {"const": "delayed"}, "delay_seconds": {"type": "number"},
-                    "run_at": {"type": "null"}}},
-]}
-
-
 # -- requests -----------------------------------------------------------------------
-
-class CreateTask(Strict):
-    model_config = ConfigDict(json_schema_extra={**TIMING_RULES, **SECRET_FIELDS_RULE})
-
-    name: str = Field(min_length=1, max_length=256, description="A free label",
-                      json_schema_extra=NO_NUL_TEXT)
-    handler: str | None = text(1, 128, "Registered handler; the config's default if absent")
-    type: Literal["immediate", "delayed"] = "immediate"
-    queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
-    priority: Priority = 0
-    payload: Any = Field(default_factory=dict, description="Any JSON value")
-    dedup_key: str | None = text(1, 256)
-    max_retries: Retries | None = None
-    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    run_at: UtcDatetime | None = Field(None, description="RFC 3339, for type delayed")
-    delay_seconds: float | None = Field(None, ge=0, le=366 * 86400,
-                                        description="For type delayed, instead of run_at")
-    secret_fields: list[SecretFieldName] = Field(
-        default_factory=list, max_length=64,
-        description="Top-level keys of the (object) payload whose values the API and CLI "
-                    "show as \"[secret]\"; the handler gets them as given")
-    concurrency_key: str | None = text(
-        1, CONCURRENCY_KEY_MAX, "Runs sharing it count against the queue's "
-        "max_running_per_key, and keys are served round robin (e.g. a customer id)")
-
 
 class Dependency(Strict):
     key: str = Field(pattern=NODE_KEY_PATTERN, description="The parent's key")

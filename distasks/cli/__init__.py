@@ -2,8 +2,8 @@
 and maps the few errors it may raise to exit codes.
 
 Each command group is one module that declares its commands beside the handlers they run:
-`daemon` (serve, migrate, check-config), `keys`, and the remote commands `tasks`, `queues`,
-`dlq`, `workers`, `schedules` (what they share is in `remote`); `options` holds the options
+`daemon` (serve, migrate, check-config), `keys`, `outbox` (install), and the remote commands `tasks`, `queues`,
+`dlq`, `workers`, `schedules`, `workflows` (what they share is in `remote`); `options` holds the options
 and argument types several groups use.
 """
 
@@ -17,6 +17,7 @@ from distasks.cli import (
     dlq,
     keys,
     options,
+    outbox,
     queues,
     schedules,
     tasks,
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     for module in REMOTE:
         module.add_commands(sub, remote_options)
     keys.add_commands(sub, config_options)
+    outbox.add_commands(sub, config_options)
     return top
 
 

@@ -1,5 +1,5 @@
-"""Creation: the rules every new task obeys, whoever asks for it (the API today; schedules
-and workflows next). A pure function: what it needs comes in as arguments, `now`
+"""Creation: the rules every new task obeys, whoever asks for it (the API, schedules, the
+outbox relay). A pure function: what it needs comes in as arguments, `now`
 included, so it is tested without an app, a database or a clock."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from distasks.domain.errors import InvalidInput, PayloadTooLarge, UnknownHandler
 from distasks.domain.model import Json, NewTask, TaskType
+from distasks.domain.task_definitions import CreateTask
 from distasks.domain.tenancy import DEFAULT_TENANT, qualify
 from distasks.handlers import Registry
 from distasks.handlers.http import HttpHandler
@@ -47,6 +48,16 @@ class CreationRules:
     default_handler: str
     default_max_retries: int
     max_payload_bytes: int
+
+
+def task_request(req: CreateTask, tenant: str) -> TaskRequest:
+    """What a validated definition (an API create body, an outbox row) asks of `tenant`."""
+    return TaskRequest(
+        tenant=tenant, name=req.name, handler=req.handler, type=TaskType(req.type),
+        queue_name=req.queue_name, priority=req.priority, payload=req.payload,
+        dedup_key=req.dedup_key, max_retries=req.max_retries, timeout_s=req.timeout_seconds,
+        run_at=req.run_at, delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
+        concurrency_key=req.concurrency_key)
 
 
 def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTask:

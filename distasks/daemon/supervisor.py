@@ -6,7 +6,8 @@ The only module that knows them all. Shutdown order is nesting order:
     └── services: jwks, intake, login      cancelled last (the heartbeat keeps leases
         │         failures, heartbeat,     alive while handlers use their grace period)
         │         mover, reaper, control,
-        │         reconciler, reporter
+        │         reconciler, scheduler,
+        │         outbox relays, reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
                                            pool stops claiming and gives handlers the
@@ -23,6 +24,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from distasks.access.quotas import TenantQuotas
 from distasks.access.rate_limits import RateLimiter
 from distasks.api.services import Services
 from distasks.broker import Broker
-from distasks.config import Config
+from distasks.config import Config, OutboxSourceConfig
 from distasks.config import load as load_config
 from distasks.daemon import (
     control,
@@ -51,12 +53,14 @@ from distasks.daemon import (
     schedules,
     sdnotify,
 )
+from distasks.daemon.creation import CreationRules
 from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.operations import Operations
 from distasks.daemon.progress import Progress
 from distasks.daemon.queue_census import QueueCensus
+from distasks.daemon.relay import Relay, RelaySettings
 from distasks.daemon.tunables import Tunables
 from distasks.daemon.waiters import TaskWaiters
 from distasks.daemon.waiters import poll as waiters_poll
@@ -68,6 +72,7 @@ from distasks.domain.model import SYSTEM
 from distasks.handlers import Registry, builtin_registry
 from distasks.handlers.http import HttpHandler
 from distasks.store import AuditEvent, Store, WorkerInfo
+from distasks.store.outbox import OutboxSource
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +345,9 @@ class Daemon:
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
+            for source in c.outbox:
+                await services.start(self._relay, source, intake, quotas,
+                                     services_.creation_rules)
             await services.start(lambda task_status: reporter.run(
                 store, broker, pool, t, metrics=m, health=h, progress=progress,
                 task_status=task_status))
@@ -370,6 +378,20 @@ class Daemon:
                     task_status.started()
                 front.cancel_scope.cancel()
             services.cancel_scope.cancel()
+
+    async def _relay(self, source: OutboxSourceConfig, intake: Intake, quotas: TenantQuotas,
+                     rules: Callable[[str], CreationRules], *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Relay the `[[outbox]]` source until cancelled (architecture §10)."""
+        outbox = OutboxSource(source.database_url)
+        try:
+            await Relay(outbox, RelaySettings(
+                name=source.name, tenant=source.tenant, batch=source.batch,
+                poll_interval_s=source.poll_interval_s), intake=intake, quotas=quotas,
+                rules=rules, metrics=self.metrics, health=self.health,
+            ).run(task_status=task_status)
+        finally:
+            await outbox.close()
 
     async def _configure_schedules(self, store: Store, s: Services) -> None:
         """Upsert the config file's schedules (architecture §9); a template this daemon
@@ -450,9 +472,9 @@ def _differences(old: Config, new: Config) -> list[str]:
     keys = []
     for section in dataclasses.fields(old):
         a, b = getattr(old, section.name), getattr(new, section.name)
-        if section.name == "schedules":  # a list, not a section
+        if section.name in ("schedules", "outbox"):  # a list, not a section
             if a != b:
-                keys.append("schedules")
+                keys.append(section.name)
         elif section.name in ("tenants", "queues"):  # [tenants.<name>] tables
             keys += [f"{section.name}.{name}" for name in sorted(set(a) | set(b))
                      if a.get(name) != b.get(name)]

@@ -1,4 +1,4 @@
-"""Workflows: a graph of tasks that wait for each other (architecture §10).
+"""Workflows: a graph of tasks that wait for each other (architecture §11).
 
 What a workflow, a node and an edge are, the states they move through, and the checks a
 submitted graph must pass before anything is written (unique keys, known parents, no

@@ -3,6 +3,8 @@
 Each public method is at most one transaction on a connection driven by Trio itself
 (store/pg.py: no bridge crossing), and the hot-path ones take whole batches (architecture §1). Connection
 failures surface as StoreUnavailable, for the caller's loop to retry with backoff.
+`store/outbox.py` is the one module that speaks to another database: an application's
+outbox (architecture §10).
 
 May import `distasks.domain` and `distasks.access.principals` (the records it stores);
 never the broker: PostgreSQL and Redis code do not call each other.

@@ -484,3 +484,57 @@ def test_a_bad_queue_limit_is_refused_naming_its_key(tmp_path, table, key):
     with pytest.raises(ConfigError) as e:
         load(write_toml(tmp_path, table), env={})
     assert e.value.key == key
+
+
+# --- [[outbox]] ------------------------------------------------------------------------
+
+
+def test_outbox_tables_are_read_with_their_defaults(tmp_path):
+    path = write_toml(tmp_path, '[[outbox]]\nname = "orders"\n'
+                                'database_url = "postgresql://app@db/orders"\n'
+                                '[[outbox]]\nname = "billing"\n'
+                                'database_url = "postgresql://app@db/billing"\n'
+                                'tenant = "acme"\nbatch = 500\npoll_interval_s = 0.5\n')
+
+    sources = load(path, env={}).outbox
+
+    assert [(s.name, s.tenant, s.batch, s.poll_interval_s) for s in sources] == [
+        ("orders", "default", 100, 5.0), ("billing", "acme", 500, 0.5)]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('outbox = "x"\n', "outbox"),
+    ('[outbox]\nname = "a"\n', "outbox"),
+    ('[[outbox]]\ndatabase_url = "postgresql://h/d"\n', "outbox[0].name"),
+    ('[[outbox]]\nname = "a/b"\ndatabase_url = "postgresql://h/d"\n', "outbox[0].name"),
+    ('[[outbox]]\nname = "a"\n', "outbox[0].database_url"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\ntenant = "Bad Tenant"\n',
+     "outbox[0].tenant"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\nbatch = 0\n',
+     "outbox[0].batch"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\npoll_interval_s = 0\n',
+     "outbox[0].poll_interval_s"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\nbatch = "10"\n',
+     "outbox[0].batch"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\nurl = "x"\n',
+     "outbox[0].url"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\n'
+     '[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/e"\n', "outbox[1].name"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\n'
+     '[[outbox]]\nname = "b"\ndatabase_url = "postgresql://h/d"\n', "outbox[1].database_url"),
+])
+def test_a_wrong_outbox_table_is_refused_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as e:
+        load(write_toml(tmp_path, text), env={})
+    assert e.value.key == key
+
+
+def test_check_config_lists_the_outbox_sources_without_their_passwords(
+        tmp_path, capsys, clean_environ):
+    path = write_toml(tmp_path, '[[outbox]]\nname = "orders"\n'
+                                'database_url = "postgresql://app:s3cret@db/orders"\n')
+
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "outbox orders: postgresql://app:***@db/orders, tenant default" in out
+    assert "s3cret" not in out
