@@ -25,6 +25,7 @@ from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.relay import Relay, RelaySettings, dedup_key_of
+from distasks.daemon.workflows import Workflows
 from distasks.handlers import builtin_registry
 from distasks.outbox import enqueue, enqueue_async
 from distasks.store import Store
@@ -50,12 +51,14 @@ def tasks_named(dsn: str, prefix: str) -> list[tuple[Any, ...]]:
                 "WHERE name LIKE %s ORDER BY name", prefix + "%")
 
 
-def make_relay(app_dsn: str, intake: Intake, *, name: str = "app", batch: int = 100,
-               poll_interval_s: float = 60.0, metrics: Metrics | None = None) -> Relay:
-    return Relay(OutboxSource(app_dsn), RelaySettings(name=name, tenant="default", batch=batch,
+def make_relay(app_dsn: str, store: Store, broker: Broker, intake: Intake, *, name: str = "app", batch: int = 100,
+               poll_interval_s: float = 60.0, metrics: Metrics | None = None,
+               quotas: TenantQuotas | None = None, tenant: str = "default") -> Relay:
+    return Relay(OutboxSource(app_dsn), RelaySettings(name=name, tenant=tenant, batch=batch,
                                                       poll_interval_s=poll_interval_s),
-                 intake=intake, quotas=None, rules=lambda _tenant: RULES,
-                 metrics=metrics or Metrics(), health=Health())
+                 intake=intake, workflows=Workflows(store, broker, intake),
+                 quotas=quotas, rules=lambda _tenant: RULES, metrics=metrics or Metrics(),
+                 health=Health())
 
 
 @pytest.fixture
@@ -93,7 +96,7 @@ async def test_a_rollback_creates_no_task_and_a_commit_exactly_one(
         async with trio.open_nursery() as nursery:
             intake = Intake(store, broker)
             await nursery.start(intake.run)
-            relay = make_relay(app, intake)
+            relay = make_relay(app, store, broker, intake)
             done = await relay.relay_once()
             assert (done.taken, done.relayed, done.rejected) == (1, 1, 0)
             assert (await relay.relay_once()).taken == 0
@@ -133,7 +136,7 @@ async def test_a_relay_cut_off_between_create_and_delete_makes_no_second_task(
             intake = Intake(store, broker)
             await nursery.start(intake.run)
             async with trio.open_nursery() as first:
-                first.start_soon(make_relay(app, intake).relay_once)
+                first.start_soon(make_relay(app, store, broker, intake).relay_once)
                 await wait_until(lambda: trio.to_thread.run_sync(
                     lambda: tasks_named(pg_dsn, "ob-once")))
                 await wait_until(lambda: trio.to_thread.run_sync(lambda: rows(
@@ -151,7 +154,7 @@ async def test_a_relay_cut_off_between_create_and_delete_makes_no_second_task(
         async with trio.open_nursery() as nursery:
             intake = Intake(store, broker)
             await nursery.start(intake.run)
-            done = await make_relay(app, intake).relay_once()
+            done = await make_relay(app, store, broker, intake).relay_once()
             nursery.cancel_scope.cancel()
     assert (done.taken, done.relayed) == (1, 1)
     assert len(tasks_named(pg_dsn, "ob-once")) == 1
@@ -180,9 +183,9 @@ async def test_relays_racing_on_one_source_never_make_a_task_twice(
 
             async with trio.open_nursery() as racers:
                 for intake in intakes:
-                    racers.start_soon(drain, make_relay(app, intake, name="app", batch=7,
+                    racers.start_soon(drain, make_relay(app, store, broker, intake, name="app", batch=7,
                                                         metrics=metrics))
-                    racers.start_soon(drain, make_relay(app, intake, name="app", batch=13,
+                    racers.start_soon(drain, make_relay(app, store, broker, intake, name="app", batch=13,
                                                         metrics=metrics))
             nursery.cancel_scope.cancel()
     made = tasks_named(pg_dsn, "ob-race-")
@@ -209,9 +212,9 @@ async def test_bad_rows_are_moved_aside_with_their_reason_and_hold_up_nothing(
         async with trio.open_nursery() as nursery:
             intake = Intake(store, broker)
             await nursery.start(intake.run)
-            done = await make_relay(app, intake, batch=4).relay_once()
+            done = await make_relay(app, store, broker, intake, batch=4).relay_once()
             assert done.taken == 4
-            relay = make_relay(app, intake, batch=4)
+            relay = make_relay(app, store, broker, intake, batch=4)
             while (await relay.relay_once()).taken:
                 pass
             nursery.cancel_scope.cancel()
@@ -242,7 +245,7 @@ async def test_a_commit_wakes_the_relay_through_listen(
             intake = Intake(store, broker)
             await nursery.start(intake.run)
             # Polling once a minute: only the notification can wake it in time.
-            await nursery.start(make_relay(app, intake, poll_interval_s=60.0,
+            await nursery.start(make_relay(app, store, broker, intake, poll_interval_s=60.0,
                                            metrics=metrics).run)
             await wait_until(lambda: trio.to_thread.run_sync(listening, app))
             await wait_until(lambda: trio.to_thread.run_sync(
@@ -265,7 +268,7 @@ async def test_without_notifications_polling_finds_the_rows(
         async with trio.open_nursery() as nursery:
             intake = Intake(store, broker)
             await nursery.start(intake.run)
-            await nursery.start(make_relay(app, intake, poll_interval_s=0.2).run)
+            await nursery.start(make_relay(app, store, broker, intake, poll_interval_s=0.2).run)
             await wait_until(lambda: trio.to_thread.run_sync(listening, app))
             with psycopg.connect(app) as conn:
                 enqueue(conn, "ob-polled", handler="noop")
@@ -282,7 +285,7 @@ async def test_an_unreachable_source_is_retried_until_it_answers(
         async with trio.open_nursery() as nursery:
             intake = Intake(store, broker)
             await nursery.start(intake.run)
-            await nursery.start(make_relay(app_dsn, intake, poll_interval_s=0.2,
+            await nursery.start(make_relay(app_dsn, store, broker, intake, poll_interval_s=0.2,
                                            metrics=metrics).run)
             await trio.sleep(0.5)  # a few passes fail meanwhile, none ends the relay
             assert metrics.outbox_up.labels("app")._value.get() == 0
@@ -319,7 +322,8 @@ async def test_the_readme_examples_hand_over_one_task(
             intake = Intake(store, broker)
             await nursery.start(intake.run)
             relay = Relay(OutboxSource(app_dsn), RelaySettings("orders", "default", 10, 60.0),
-                          intake=intake, quotas=None, rules=lambda _tenant: rules,
+                          intake=intake, workflows=Workflows(store, broker, intake),
+                          quotas=None, rules=lambda _tenant: rules,
                           metrics=Metrics(), health=Health())
             done = await relay.relay_once()
             nursery.cancel_scope.cancel()
@@ -343,7 +347,8 @@ async def test_rows_over_the_tenants_quota_wait_in_the_outbox(
             intake = Intake(store, broker)
             await nursery.start(intake.run)
             relay = Relay(OutboxSource(app), RelaySettings("app", "acme", 10, 60.0),
-                          intake=intake, quotas=quotas, rules=lambda _tenant: RULES,
+                          intake=intake, workflows=Workflows(store, broker, intake),
+                          quotas=quotas, rules=lambda _tenant: RULES,
                           metrics=Metrics(), health=Health())
             done = await relay.relay_once()
             nursery.cancel_scope.cancel()

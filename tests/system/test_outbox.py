@@ -20,6 +20,7 @@ from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.relay import Relay, RelaySettings
+from distasks.daemon.workflows import Workflows
 from distasks.handlers import builtin_registry
 from distasks.outbox import enqueue
 from distasks.store import outbox as outbox_store
@@ -175,7 +176,8 @@ async def test_the_relay_outlives_its_source_going_away_and_resumes_by_itself(
                 intake = Intake(store, broker)
                 await nursery.start(intake.run)
                 relay = Relay(OutboxSource(app), RelaySettings("app", "default", 100, 0.5),
-                              intake=intake, quotas=None, rules=lambda _tenant: RULES,
+                              intake=intake, workflows=Workflows(store, broker, intake),
+                              quotas=None, rules=lambda _tenant: RULES,
                               metrics=metrics, health=Health())
                 await nursery.start(relay.run)
                 up = metrics.outbox_up.labels("app")
