@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
@@ -27,7 +28,7 @@ from distasks.daemon.metrics import Metrics
 from distasks.daemon.relay import Relay, RelaySettings, dedup_key_of
 from distasks.daemon.workflows import Workflows
 from distasks.handlers import builtin_registry
-from distasks.outbox import enqueue, enqueue_async
+from distasks.outbox import enqueue, enqueue_async, enqueue_workflow
 from distasks.store import Store
 from distasks.store import outbox as outbox_store
 from distasks.store.outbox import OutboxSource
@@ -358,3 +359,150 @@ async def test_rows_over_the_tenants_quota_wait_in_the_outbox(
         (f"ob-quota-{i}", "acme", "acme/mail") for i in range(3)]
     left = rows(app, "SELECT request->>'name' FROM distasks.outbox ORDER BY seq")
     assert left == [("ob-quota-3",), ("ob-quota-4",)]
+
+
+# -- workflows through the outbox ---------------------------------------------------------
+
+# A fan-out and fan-in: a -> (b, c) -> d, on the noop handler.
+DIAMOND = [{"key": "a", "name": "a", "handler": "noop"},
+           {"key": "b", "name": "b", "handler": "noop", "depends_on": ["a"], "payload": {"x": None}},
+           {"key": "c", "name": "c", "handler": "noop", "depends_on": ["a"]},
+           {"key": "d", "name": "d", "handler": "noop",
+            "depends_on": ["b", {"key": "c", "on_parent_failure": "continue"}]}]
+
+
+def workflows_named(dsn: str, prefix: str) -> list[tuple[Any, ...]]:
+    return rows(dsn, "SELECT w.name, w.dedup_key, w.tenant, w.open_nodes, "
+                "(SELECT count(*) FROM tasks t WHERE t.workflow_id = w.id) "
+                "FROM workflows w WHERE w.name LIKE %s ORDER BY w.name", prefix + "%")
+
+
+async def test_a_rolled_back_workflow_leaves_none_and_a_committed_one_exactly_one(
+        installed: str, store: Store, broker: Broker, pg_dsn: str) -> None:
+    app = installed
+    with psycopg.connect(app) as conn:
+        with conn.transaction(force_rollback=True):
+            conn.execute("INSERT INTO orders VALUES (1)")
+            enqueue_workflow(conn, "wf-rolled-back", DIAMOND)
+        with conn.transaction():
+            conn.execute("INSERT INTO orders VALUES (2)")
+            row_id = enqueue_workflow(conn, "wf-committed", DIAMOND,
+                                      on_failure={"name": "alert", "handler": "noop"})
+    request = rows(app, "SELECT kind, request FROM distasks.outbox")
+    assert request == [("workflow", {"name": "wf-committed", "tasks": DIAMOND,
+                                     "on_failure": {"name": "alert", "handler": "noop"}})]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker)
+            await nursery.start(intake.run)
+            relay = make_relay(app, store, broker, intake)
+            done = await relay.relay_once()
+            assert (done.taken, done.relayed, done.rejected) == (1, 1, 0)
+            # The same row handed over again (a relay that died before its delete
+            # committed) finds its workflow: still one.
+            rows(app, "INSERT INTO distasks.outbox (id, kind, request) VALUES (%s, %s, %s)",
+                 row_id, "workflow", json.dumps(request[0][1]))
+            again = await relay.relay_once()
+            assert (again.taken, again.relayed, again.rejected) == (1, 1, 0)
+            nursery.cancel_scope.cancel()
+    # Four nodes and the on_failure task, of the source's tenant, keyed by the row.
+    assert workflows_named(pg_dsn, "wf-") == [
+        ("wf-committed", dedup_key_of("app", str(row_id)), "default", 4, 5)]
+    assert rows(app, "SELECT count(*) FROM distasks.outbox") == [(0,)]
+    assert rows(app, "SELECT id FROM orders") == [(2,)]
+    # The root was created queued and copied into Redis (commit, then copy); the others wait.
+    statuses = rows(pg_dsn, "SELECT t.workflow_key, t.status, r.dispatched_at IS NOT NULL "
+                    "FROM tasks t LEFT JOIN task_runs r ON r.task_id = t.id "
+                    "WHERE t.workflow_id IS NOT NULL ORDER BY t.workflow_key")
+    assert statuses == [("a", "queued", True), ("b", "pending", False),
+                        ("c", "pending", False), ("d", "pending", False),
+                        ("on_failure", "pending", False)]
+
+
+async def test_a_cyclic_workflow_is_moved_aside_and_the_rows_behind_it_are_relayed(
+        installed: str, store: Store, broker: Broker, pg_dsn: str) -> None:
+    app = installed
+    with psycopg.connect(app) as conn:
+        enqueue(conn, "wf-task-before", handler="noop")
+        cycle = enqueue_workflow(conn, "wf-cycle", [
+            {"key": "a", "name": "a", "handler": "noop", "depends_on": ["c"]},
+            {"key": "b", "name": "b", "handler": "noop", "depends_on": ["a"]},
+            {"key": "c", "name": "c", "handler": "noop", "depends_on": ["b"]}])
+        bad_task = enqueue_workflow(conn, "wf-bad-task", [
+            {"key": "a", "name": "a", "handler": "noop"},
+            {"key": "b", "name": "b", "handler": "no-such-handler", "depends_on": ["a"]}])
+        enqueue_workflow(conn, "wf-good", DIAMOND, dedup_key="order-7")
+        enqueue(conn, "wf-task-after", handler="noop")
+    nodeless = rows(app, "INSERT INTO distasks.outbox (kind, request) VALUES "
+                    "('workflow', %s) RETURNING id", json.dumps({"name": "wf-empty"}))[0][0]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker)
+            await nursery.start(intake.run)
+            done = await make_relay(app, store, broker, intake).relay_once()
+            nursery.cancel_scope.cancel()
+    assert (done.taken, done.relayed, done.rejected) == (6, 3, 3)
+    assert workflows_named(pg_dsn, "wf-") == [("wf-good", "order-7", "default", 4, 4)]
+    assert [name for name, *_ in tasks_named(pg_dsn, "wf-task-")] == [
+        "wf-task-after", "wf-task-before"]
+    rejected = dict(rows(app, "SELECT id, reason FROM distasks.outbox_rejected"))
+    assert set(rejected) == {cycle, bad_task, nodeless}
+    assert rejected[cycle] == "cycle: a -> b -> c -> a"
+    assert rejected[bad_task].startswith("tasks.1: ") and "no-such-handler" in rejected[bad_task]
+    assert "tasks" in rejected[nodeless]
+    assert rows(app, "SELECT kind FROM distasks.outbox_rejected WHERE id = %s", cycle) == [
+        ("workflow",)]
+    assert rows(app, "SELECT count(*) FROM distasks.outbox") == [(0,)]
+
+
+async def test_a_workflow_over_the_tenants_quota_waits_and_one_it_can_never_admit_is_refused(
+        installed: str, store: Store, broker: Broker, pg_dsn: str, config: Config) -> None:
+    app = installed
+    with psycopg.connect(app) as conn:
+        never = enqueue_workflow(conn, "wf-q-huge", [
+            {"key": f"n{i}", "name": "n", "handler": "noop"} for i in range(6)])
+        enqueue_workflow(conn, "wf-q-1", DIAMOND)
+        enqueue(conn, "wf-q-task", handler="noop")
+        enqueue_workflow(conn, "wf-q-2", DIAMOND)
+    quotas = TenantQuotas(broker, store, dataclasses.replace(
+        config, tenants={"acme": TenantConfig(max_queued=5)}), time.time)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker)
+            await nursery.start(intake.run)
+            done = await make_relay(app, store, broker, intake, quotas=quotas,
+                                    tenant="acme").relay_once()
+            nursery.cancel_scope.cancel()
+    # 6 nodes can never fit under 5; 4 + 1 fit; the next 4 wait for room.
+    assert (done.taken, done.relayed, done.rejected) == (4, 2, 1) and done.held_s > 0
+    assert workflows_named(pg_dsn, "wf-q-") == [("wf-q-1", mock.ANY, "acme", 4, 4)]
+    assert [name for name, *_ in tasks_named(pg_dsn, "wf-q-task")] == ["wf-q-task"]
+    assert "at most 5 tasks queued" in rows(
+        app, "SELECT reason FROM distasks.outbox_rejected WHERE id = %s", never)[0][0]
+    assert rows(app, "SELECT request->>'name' FROM distasks.outbox") == [("wf-q-2",)]
+
+
+async def test_install_upgrades_an_outbox_made_before_workflows_and_keeps_its_rows(
+        app_dsn: str) -> None:
+    # The outbox table as the first release made it: kind 'task' only.
+    rows(app_dsn, """
+        CREATE SCHEMA distasks;
+        CREATE TABLE distasks.outbox (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            kind text NOT NULL DEFAULT 'task' CONSTRAINT outbox_kind CHECK (kind IN ('task')),
+            request jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp())""")
+    kept = rows(app_dsn, "INSERT INTO distasks.outbox (request) VALUES (%s) RETURNING id",
+                json.dumps({"name": "from before", "handler": "noop"}))[0][0]
+    with pytest.raises(psycopg.errors.CheckViolation):
+        rows(app_dsn, "INSERT INTO distasks.outbox (kind, request) VALUES ('workflow', '{}')")
+    with trio.fail_after(20):
+        await outbox_store.install(app_dsn)
+        await outbox_store.install(app_dsn)  # and again: nothing left to change
+    with psycopg.connect(app_dsn) as conn:
+        added = enqueue_workflow(conn, "after", [{"key": "a", "name": "a"}])
+    assert rows(app_dsn, "SELECT id, kind FROM distasks.outbox ORDER BY seq") == [
+        (kept, "task"), (added, "workflow")]
+    with psycopg.connect(app_dsn) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO distasks.outbox (kind, request) VALUES ('job', '{}')")
