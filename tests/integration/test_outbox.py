@@ -298,11 +298,12 @@ async def test_an_unreachable_source_is_retried_until_it_answers(
             nursery.cancel_scope.cancel()
 
 
-def readme_example(language: str) -> str:
-    """The `language` example of the README's outbox section."""
+def readme_example(language: str, n: int = 1) -> str:
+    """The `n`th `language` example of the README's outbox section (1: a task's, 2: a
+    workflow's)."""
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Enqueue in your own transaction (outbox)")[1].split("\n## ")[0]
-    return section.split(f"```{language}\n")[1].split("```")[0]
+    return section.split(f"```{language}\n")[n].split("```")[0]
 
 
 @pytest.mark.parametrize("language", ["sql", "python"])
@@ -506,3 +507,31 @@ async def test_install_upgrades_an_outbox_made_before_workflows_and_keeps_its_ro
         (kept, "task"), (added, "workflow")]
     with psycopg.connect(app_dsn) as conn, pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO distasks.outbox (kind, request) VALUES ('job', '{}')")
+
+
+@pytest.mark.parametrize("language", ["sql", "python"])
+async def test_the_readme_examples_hand_over_one_workflow(
+        app_dsn: str, store: Store, broker: Broker, pg_dsn: str, language: str) -> None:
+    await outbox_store.install(app_dsn)
+    rows(app_dsn, "CREATE TABLE orders (id int PRIMARY KEY, customer text)")
+    if language == "sql":
+        with psycopg.connect(app_dsn, autocommit=True) as conn:
+            conn.execute(readme_example("sql", 2))
+    else:
+        code = readme_example("python", 2).replace('"postgresql://app@db/orders"',
+                                                   repr(app_dsn))
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
+    # The README's handlers (charge, ship) made into noop's, so that the graph is accepted.
+    rows(app_dsn, "UPDATE distasks.outbox SET request = jsonb_set(jsonb_set(request, "
+         "'{tasks,0,handler}', '\"noop\"'), '{tasks,1,handler}', '\"noop\"')")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker)
+            await nursery.start(intake.run)
+            done = await make_relay(app_dsn, store, broker, intake).relay_once()
+            nursery.cancel_scope.cancel()
+    assert (done.taken, done.relayed) == (1, 1)
+    assert workflows_named(pg_dsn, "order 43") == [("order 43", mock.ANY, "default", 2, 2)]
+    assert rows(pg_dsn, "SELECT workflow_key, payload FROM tasks ORDER BY workflow_key") == [
+        ("charge", {"order": 43}), ("ship", {})]
+    assert rows(app_dsn, "SELECT customer FROM orders") == [("grace",)]
