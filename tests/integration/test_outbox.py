@@ -535,3 +535,38 @@ async def test_the_readme_examples_hand_over_one_workflow(
     assert rows(pg_dsn, "SELECT workflow_key, payload FROM tasks ORDER BY workflow_key") == [
         ("charge", {"order": 43}), ("ship", {})]
     assert rows(app_dsn, "SELECT customer FROM orders") == [("grace",)]
+
+
+async def test_a_batch_is_handed_over_in_seq_order(
+        installed: str, store: Store, broker: Broker, pg_dsn: str) -> None:
+    app = installed
+    handed: list[list[str]] = []
+
+    class RecordingIntake(Intake):
+        async def create_many(self, tasks: Any) -> Any:
+            handed.append([t.name for t in tasks])
+            return await super().create_many(tasks)
+
+    class RecordingWorkflows(Workflows):
+        async def submit(self, wf: Any, **kw: Any) -> Any:
+            handed.append([wf.name])
+            return await super().submit(wf, **kw)
+
+    with psycopg.connect(app) as conn:
+        enqueue(conn, "t1", handler="noop")
+        enqueue(conn, "t2", handler="noop")
+        enqueue_workflow(conn, "w1", DIAMOND)
+        enqueue_workflow(conn, "w2", DIAMOND)
+        enqueue(conn, "t3", handler="noop")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            intake = RecordingIntake(store, broker)
+            await nursery.start(intake.run)
+            relay = Relay(OutboxSource(app), RelaySettings("app", "default", 10, 60.0),
+                          intake=intake, workflows=RecordingWorkflows(store, broker, intake),
+                          quotas=None, rules=lambda _tenant: RULES, metrics=Metrics(),
+                          health=Health())
+            done = await relay.relay_once()
+            nursery.cancel_scope.cancel()
+    assert (done.taken, done.relayed) == (5, 5)
+    assert handed == [["t1", "t2"], ["w1"], ["w2"], ["t3"]]
