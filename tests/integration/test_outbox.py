@@ -28,7 +28,7 @@ from distasks.daemon.metrics import Metrics
 from distasks.daemon.relay import Relay, RelaySettings, dedup_key_of
 from distasks.daemon.workflows import Workflows
 from distasks.handlers import builtin_registry
-from distasks.outbox import enqueue, enqueue_async, enqueue_workflow
+from distasks.outbox import enqueue, enqueue_async, enqueue_workflow, enqueue_workflow_async
 from distasks.store import Store
 from distasks.store import outbox as outbox_store
 from distasks.store.outbox import OutboxSource
@@ -570,3 +570,18 @@ async def test_a_batch_is_handed_over_in_seq_order(
             nursery.cancel_scope.cancel()
     assert (done.taken, done.relayed) == (5, 5)
     assert handed == [["t1", "t2"], ["w1"], ["w2"], ["t3"]]
+
+
+async def test_the_async_helper_writes_the_row_the_sync_one_does(installed: str) -> None:
+    app = installed
+    with trio.fail_after(20):
+        with psycopg.connect(app) as conn:
+            enqueue_workflow(conn, "wf-twin", DIAMOND, dedup_key="k",
+                             on_failure={"name": "alert"})
+        # A psycopg AsyncConnection driven by Trio (an asyncio one needs asyncio).
+        async with await TrioConnection.connect_trio(app) as aconn:
+            await enqueue_workflow_async(aconn, "wf-twin", DIAMOND, dedup_key="k",
+                                         on_failure={"name": "alert"})
+    made = rows(app, "SELECT kind, request FROM distasks.outbox ORDER BY seq")
+    assert len(made) == 2 and made[0] == made[1]
+    assert made[0][1]["tasks"][1]["payload"] == {"x": None}  # a null in a payload stays
