@@ -1,8 +1,8 @@
 """Request and response shapes, declared once: they validate requests and are the
 schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart. The
 field rules and a schedule's definition, which the config file shares, come from
-domain/fields.py and domain/schedule_definitions.py; a task's, which the outbox relay
-shares, from domain/task_definitions.py."""
+domain/fields.py and domain/schedule_definitions.py; a task's and a workflow's, which the
+outbox relay shares, from domain/task_definitions.py and domain/workflow_definitions.py."""
 
 from __future__ import annotations
 
@@ -39,45 +39,20 @@ from distasks.domain.schedule_definitions import UpdateSchedule as UpdateSchedul
 from distasks.domain.task_definitions import TIMING_RULES as TIMING_RULES
 from distasks.domain.task_definitions import CreateTask as CreateTask
 from distasks.domain.tenancy import TENANT_PATTERN
+from distasks.domain.workflow_definitions import NODE_KEY_PATTERN as NODE_KEY_PATTERN
+from distasks.domain.workflow_definitions import CreateWorkflow as CreateWorkflow
+from distasks.domain.workflow_definitions import Dependency as Dependency
+from distasks.domain.workflow_definitions import OnFailureTask as OnFailureTask
+from distasks.domain.workflow_definitions import OnParentFailureName as OnParentFailureName
+from distasks.domain.workflow_definitions import WorkflowTask as WorkflowTask
 
 TaskStatusName = Literal["pending", "queued", "completed", "failed", "cancelled", "skipped"]
 WorkflowStateName = Literal["running", "succeeded", "failed", "cancelled"]
-OnParentFailureName = Literal["cancel", "continue", "skip"]
-# A node's key within its workflow: what depends_on and ctx.parents name it by.
-NODE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
                         "cancelled"]
 
 
 # -- requests -----------------------------------------------------------------------
-
-class Dependency(Strict):
-    key: str = Field(pattern=NODE_KEY_PATTERN, description="The parent's key")
-    on_parent_failure: OnParentFailureName = Field(
-        "cancel", description="When the parent ends failed or cancelled: cancel this task "
-        "and everything below it, run it anyway (continue), or skip it")
-
-
-class WorkflowTask(CreateTask):
-    key: str = Field(pattern=NODE_KEY_PATTERN, description="Unique within the workflow")
-    depends_on: list[str | Dependency] = Field(
-        default_factory=list, max_length=10_000,
-        description="Keys of the parents (or {key, on_parent_failure}); the task is "
-                    "pending until every one is final")
-
-
-class OnFailureTask(CreateTask):
-    key: str = Field("on_failure", pattern=NODE_KEY_PATTERN)
-
-
-class CreateWorkflow(Strict):
-    name: str = Field(min_length=1, max_length=256, json_schema_extra=NO_NUL_TEXT)
-    dedup_key: str | None = text(1, 256, "The same key returns the same workflow")
-    tasks: list[WorkflowTask] = Field(min_length=1, description=(
-        "At most limits.max_workflow_tasks; each task's dedup_key is not taken (the "
-        "workflow's is)"))
-    on_failure: OnFailureTask | None = Field(None, description="Runs once if the workflow fails")
-
 
 class CancelWorkflow(Strict):
     reason: str | None = Field(None, max_length=1000, json_schema_extra=NO_NUL_TEXT)

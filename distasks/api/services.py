@@ -84,7 +84,8 @@ class Services:
             default_max_retries=(self.tunables.default_max_retries if self.tunables
                                  else self.config.retry.max_retries),
             max_payload_bytes=min(own_limit or self.config.http.max_payload_bytes,
-                                  self.config.http.max_payload_bytes))
+                                  self.config.http.max_payload_bytes),
+            max_workflow_tasks=self.config.limits.max_workflow_tasks)
 
 
 def services() -> Services:

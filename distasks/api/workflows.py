@@ -11,19 +11,13 @@ from quart import Blueprint, Response, jsonify
 
 from distasks.api import cursor, schemas
 from distasks.api.openapi import operation
-from distasks.api.parse import new_task, parse_body, parse_query, read_body
+from distasks.api.parse import parse_body, parse_query, read_body
 from distasks.api.render import iso
 from distasks.api.services import Services, actor, services, tenant
+from distasks.daemon import creation
 from distasks.domain import times
-from distasks.domain.errors import InvalidInput, NotFound, TooManyQueues
-from distasks.domain.graph import (
-    Dependency,
-    NewNode,
-    NewWorkflow,
-    OnParentFailure,
-    Workflow,
-    check_graph,
-)
+from distasks.domain.errors import NotFound, TooManyQueues
+from distasks.domain.graph import NewWorkflow, Workflow
 from distasks.domain.tenancy import shown
 from distasks.store import WorkflowFilter
 
@@ -54,39 +48,11 @@ async def create_workflow() -> tuple[Response, int]:
 
 
 def parse_workflow(req: schemas.CreateWorkflow, s: Services, tenant: str) -> NewWorkflow:
-    """The workflow a validated body asks for; InvalidInput (422) naming the field of a
-    bad task, a cycle, an unknown or duplicate key, or a graph over the size limit."""
-    limit = s.config.limits.max_workflow_tasks
-    if len(req.tasks) > limit:  # before building thousands of tasks for nothing
-        raise InvalidInput(f"{len(req.tasks)} tasks, over limits.max_workflow_tasks ({limit})",
-                           field="tasks", code="workflow_too_large")
-    nodes = []
-    for i, item in enumerate(req.tasks):
-        nodes.append(NewNode(item.key, _task(item, s, tenant, f"tasks.{i}"), tuple(
-            Dependency(d) if isinstance(d, str)
-            else Dependency(d.key, OnParentFailure(d.on_parent_failure))
-            for d in item.depends_on)))
-    check_graph(nodes, max_tasks=limit)
-    on_failure = None
-    if req.on_failure is not None:
-        if any(n.key == req.on_failure.key for n in nodes):
-            raise InvalidInput(f"on_failure key {req.on_failure.key!r} is a task's key too",
-                               field="on_failure.key", code="duplicate_key")
-        on_failure = NewNode(req.on_failure.key, _task(req.on_failure, s, tenant, "on_failure"))
-    return NewWorkflow(id=uuid.uuid4(), name=req.name, tenant=tenant, nodes=tuple(nodes),
-                       dedup_key=req.dedup_key, on_failure=on_failure)
-
-
-def _task(item: schemas.CreateTask, s: Services, tenant: str, where: str) -> Any:
-    if item.dedup_key is not None:
-        raise InvalidInput("a workflow's task takes no dedup_key (give the workflow one)",
-                           field=f"{where}.dedup_key")
-    try:
-        return new_task(item, s, tenant)
-    except InvalidInput as e:
-        e.field = f"{where}.{e.field}" if e.field else where
-        e.message = f"{where}: {e.message}"
-        raise
+    """The workflow a validated body asks for (daemon/creation.py's rules, which the
+    outbox relay applies too); InvalidInput (422) naming the field of a bad task, a
+    cycle, an unknown or duplicate key, or a graph over the size limit."""
+    return creation.new_workflow(req, s.creation_rules(tenant), tenant=tenant,
+                                 now=times.utc(s.clock()))
 
 
 @operation(bp, "GET", "/api/v1/workflows", scope="workflows:read", tag="workflows",

@@ -2,24 +2,28 @@
 `[[outbox]]` source, in every daemon that has it.
 
 A pass takes a batch of rows in a source transaction (`OutboxSource.batch`, SKIP
-LOCKED), checks each as the API checks a create body, admits them under the tenant's
-quotas, creates their tasks through the intake (one distasks transaction, then the
-copier's commit-then-copy), and only then deletes the rows and commits. A relay that dies
-in between leaves the rows, and the next pass creates nothing new: a row's task carries
-the dedup key `outbox:<source>:<row id>` (or the row's own `dedup_key`), so a row taken
-twice finds its task. At-least-once out of the outbox, exactly once in the ledger.
+LOCKED), checks each as the API checks its body (a task's create, a workflow's submit),
+admits them under the tenant's quotas, hands them over in `seq` order (consecutive task
+rows through the intake in one distasks transaction, each workflow row through
+`Workflows.submit` in one of its own, then the copier's commit-then-copy), and only then
+deletes the rows and commits. A relay that dies in between leaves the rows, and the next
+pass creates nothing new: a row's task or workflow carries the dedup key
+`outbox:<source>:<row id>` (or the row's own `dedup_key`), so a row taken twice finds
+what it made. At-least-once out of the outbox, exactly once in the ledger.
 
-A row distasks refuses (unknown handler, invalid request, a dedup_key used by another
-request) is moved to `distasks.outbox_rejected` with the reason and logged; it never
-holds up the rows behind it. Rows over the tenant's quota stay until it allows them.
+A row distasks refuses (unknown handler, invalid request or graph, a task dedup_key used
+by another request) is moved to `distasks.outbox_rejected` with the reason and logged;
+it never holds up the rows behind it. Rows over the tenant's quota stay until it allows
+them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +36,7 @@ from distasks.daemon.creation import CreationRules
 from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
+from distasks.daemon.workflows import Workflows
 from distasks.domain import backoff, times
 from distasks.domain.errors import (
     BrokerUnavailable,
@@ -41,8 +46,10 @@ from distasks.domain.errors import (
     TooManyQueues,
 )
 from distasks.domain.fields import invalid_input
-from distasks.domain.model import NewTask
+from distasks.domain.graph import NewWorkflow
+from distasks.domain.model import Actor, NewTask
 from distasks.domain.task_definitions import CreateTask
+from distasks.domain.workflow_definitions import CreateWorkflow
 from distasks.store.outbox import OutboxBatch, OutboxRow, OutboxSource
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,7 @@ HANG_ALLOWANCE_S = PASS_TIMEOUT_S + 10.0
 class RelaySettings:
     #: the source's name: part of every dedup key it makes, and the metrics label
     name: str
-    #: whose tasks its rows become (architecture §8)
+    #: whose tasks and workflows its rows become (architecture §8)
     tenant: str
     #: most rows per pass (one source transaction, one create batch)
     batch: int
@@ -73,7 +80,7 @@ class Pass:
 
     #: rows taken (locked) from the outbox
     taken: int
-    #: rows whose task now exists (created now or by an earlier relay), deleted
+    #: rows whose task or workflow now exists (made now or by an earlier relay), deleted
     relayed: int
     #: rows moved to outbox_rejected
     rejected: int
@@ -82,20 +89,35 @@ class Pass:
 
 
 def dedup_key_of(source: str, row_id: str) -> str:
-    """The dedup key of a row's task when the row names none: one task per (source, row)."""
+    """The dedup key of a row's task or workflow when the row names none: one per
+    (source, row)."""
     return f"outbox:{source}:{row_id}"
+
+
+# What a row asks for, checked: a task or a workflow.
+Request = NewTask | NewWorkflow
+Item = tuple[OutboxRow, Request]
+
+
+def tasks_in(request: Request) -> int:
+    """How many tasks `request` counts for against the tenant's quotas, as the API counts
+    them (a workflow: its nodes, its on_failure task aside)."""
+    return len(request.nodes) if isinstance(request, NewWorkflow) else 1
 
 
 class Relay:
     """The relay of one source; `run()` until cancelled, `relay_once()` for one batch."""
 
     def __init__(self, source: OutboxSource, settings: RelaySettings, *, intake: Intake,
-                 quotas: TenantQuotas | None, rules: Callable[[str], CreationRules],
-                 metrics: Metrics, health: Health,
+                 workflows: Workflows, quotas: TenantQuotas | None,
+                 rules: Callable[[str], CreationRules], metrics: Metrics, health: Health,
                  clock: Callable[[], float] = time.time):
         self._source = source
         self._settings = settings
         self._intake = intake
+        self._workflows = workflows
+        #: who submits the source's workflows, for the audit log
+        self._actor = Actor(f"outbox:{settings.name}", tenant=settings.tenant)
         self._quotas = quotas
         self._rules = rules
         self._metrics = metrics
@@ -175,8 +197,9 @@ class Relay:
         self._wake.set()
 
     async def relay_once(self) -> Pass:
-        """Take one batch of rows and hand it over: each row's task created (or found)
-        and the row deleted, or the row rejected; rows over the tenant's quota stay.
+        """Take one batch of rows and hand it over: each row's task or workflow created
+        (or found) and the row deleted, or the row rejected; rows over the tenant's quota
+        stay.
         Raises StoreUnavailable (source or distasks) or BrokerUnavailable, and then the
         source is left as it was; cancelled, the same."""
         s = self._settings
@@ -190,14 +213,23 @@ class Relay:
                 max(row.age_s for row in batch.rows))
             rules = self._rules(s.tenant)
             now = times.utc(self._clock())
-            tasks: list[tuple[OutboxRow, NewTask]] = []
+            items: list[Item] = []
             for row in batch.rows:
                 try:
-                    tasks.append((row, self._task_of(row, rules, now)))
+                    items.append((row, self._request_of(row, rules, now)))
                 except InvalidInput as e:
                     batch.rejected[row.id] = e.message
-            admitted, held_s = await self._admit(tasks)
-            await self._create(admitted, batch)
+            admitted, held_s = await self._admit(items, batch)
+            # In seq order: a run of task rows in one create, each workflow on its own.
+            for is_workflow, run in itertools.groupby(
+                    admitted, key=lambda item: isinstance(item[1], NewWorkflow)):
+                if is_workflow:
+                    for row, wf in run:
+                        assert isinstance(wf, NewWorkflow)
+                        await self._submit(row, wf, batch, now)
+                else:
+                    await self._create(
+                        [(row, t) for row, t in run if isinstance(t, NewTask)], batch)
             # The rows' age when taken, by the source's clock, plus the time since.
             since_taken_s = trio.current_time() - taken_at
         # Committed: the rows are gone from the source.
@@ -217,38 +249,59 @@ class Relay:
                              "count": len(batch.done)})
         return Pass(len(batch.rows), len(batch.done), len(batch.rejected), held_s)
 
-    def _task_of(self, row: OutboxRow, rules: CreationRules, now: datetime) -> NewTask:
-        """The task `row` asks for, under the tenant's creation rules, with its dedup key;
-        InvalidInput naming the problem when the API would refuse it."""
-        assert row.kind == "task"  # the only kind store.outbox.KINDS takes today
+    def _request_of(self, row: OutboxRow, rules: CreationRules, now: datetime) -> Request:
+        """The task or workflow `row` asks for, under the tenant's creation rules (those
+        of the API's create and submit), with its dedup key; InvalidInput naming the
+        problem when the API would refuse it."""
+        tenant, own_key = self._settings.tenant, dedup_key_of(self._settings.name, row.id)
         try:
+            if row.kind == "workflow":
+                wf = creation.new_workflow(CreateWorkflow.model_validate_json(row.request),
+                                           rules, tenant=tenant, now=now)
+                return wf if wf.dedup_key else dataclasses.replace(wf, dedup_key=own_key)
+            assert row.kind == "task"  # the kinds store.outbox.KINDS takes
             definition = CreateTask.model_validate_json(row.request)
         except pydantic.ValidationError as e:
             raise invalid_input(e) from None
-        task = creation.new_task(creation.task_request(definition, self._settings.tenant),
-                                 rules, now=now)
-        if task.dedup_key is None:
-            task = dataclasses.replace(task, dedup_key=dedup_key_of(self._settings.name,
-                                                                    row.id))
-        return task
+        task = creation.new_task(creation.task_request(definition, tenant), rules, now=now)
+        return task if task.dedup_key else dataclasses.replace(task, dedup_key=own_key)
 
-    async def _admit(self, tasks: list[tuple[OutboxRow, NewTask]],
-                     ) -> tuple[list[tuple[OutboxRow, NewTask]], float]:
+    async def _admit(self, items: Sequence[Item], batch: OutboxBatch,
+                     ) -> tuple[list[Item], float]:
         """The leading rows the tenant's quotas admit now, and how long until the rest
         may be tried (0: all admitted). One at a time, so a quota lets through what it
-        can instead of refusing the whole batch."""
-        if self._quotas is None or not tasks:
-            return tasks, 0.0
-        for i in range(len(tasks)):
+        can instead of refusing the whole batch; a row the quotas could never admit (a
+        workflow larger than the tenant's burst) is rejected in `batch`."""
+        if self._quotas is None or not items:
+            return list(items), 0.0
+        admitted: list[Item] = []
+        for item in items:
             try:
-                await self._quotas.admit(self._settings.tenant, 1)
+                await self._quotas.admit(self._settings.tenant, tasks_in(item[1]))
             except QuotaExceeded as e:
-                if i == 0:
+                if not admitted:
                     log.warning("outbox %s: %s", self._settings.name, e.message,
                                 extra={"event": "outbox_quota", "source": self._settings.name})
-                retry_s = float(e.headers.get("Retry-After", "1"))
-                return tasks[:i], retry_s
-        return tasks, 0.0
+                return admitted, float(e.headers.get("Retry-After", "1"))
+            except InvalidInput as e:
+                batch.rejected[item[0].id] = e.message
+                continue
+            admitted.append(item)
+        return admitted, 0.0
+
+    async def _submit(self, row: OutboxRow, wf: NewWorkflow, batch: OutboxBatch,
+                      now: datetime) -> None:
+        """Submit `row`'s workflow as `POST /api/v1/workflows` does (its own transaction,
+        then the roots copied), marking the row done or rejected in `batch`. A workflow
+        its dedup key names already (this row's, taken again) counts as done."""
+        try:
+            await self._workflows.submit(wf, actor=self._actor, now=now)
+        except TooManyQueues as e:
+            batch.rejected[row.id] = e.message
+        except StoreRejected as e:
+            batch.rejected[row.id] = f"refused by PostgreSQL: {e}"
+        else:
+            batch.done.append(row.id)
 
     async def _create(self, tasks: list[tuple[OutboxRow, NewTask]], batch: OutboxBatch) -> None:
         """Create the tasks of `tasks` in one intake request, marking each row done or

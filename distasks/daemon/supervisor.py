@@ -346,8 +346,8 @@ class Daemon:
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
             for source in c.outbox:
-                await services.start(self._relay, source, intake, quotas,
-                                     services_.creation_rules)
+                await services.start(self._relay, source, intake, services_.workflows,
+                                     quotas, services_.creation_rules)
             await services.start(lambda task_status: reporter.run(
                 store, broker, pool, t, metrics=m, health=h, progress=progress,
                 task_status=task_status))
@@ -379,15 +379,16 @@ class Daemon:
                 front.cancel_scope.cancel()
             services.cancel_scope.cancel()
 
-    async def _relay(self, source: OutboxSourceConfig, intake: Intake, quotas: TenantQuotas,
-                     rules: Callable[[str], CreationRules], *,
+    async def _relay(self, source: OutboxSourceConfig, intake: Intake, workflows: Workflows,
+                     quotas: TenantQuotas, rules: Callable[[str], CreationRules], *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Relay the `[[outbox]]` source until cancelled (architecture §10)."""
         outbox = OutboxSource(source.database_url)
         try:
             await Relay(outbox, RelaySettings(
                 name=source.name, tenant=source.tenant, batch=source.batch,
-                poll_interval_s=source.poll_interval_s), intake=intake, quotas=quotas,
+                poll_interval_s=source.poll_interval_s), intake=intake, workflows=workflows,
+                quotas=quotas,
                 rules=rules, metrics=self.metrics, health=self.health,
             ).run(task_status=task_status)
         finally:

@@ -4,8 +4,8 @@ statements a relay runs there. The source is reached as the store reaches distas
 own database (store/pg.py: Trio's socket waits, no bridge), over one connection for the
 batches and one more, kept open, for LISTEN.
 
-Nothing here writes to distasks' database: daemon/relay.py creates the tasks through
-the intake, between `OutboxSource.batch` taking the rows and committing their removal.
+Nothing here writes to distasks' database: daemon/relay.py creates the tasks and
+workflows (through the intake and daemon/workflows.py), between `OutboxSource.batch` taking the rows and committing their removal.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ async def install(dsn: str) -> None:
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: str
-    #: 'task' (outbox.sql's check allows nothing else yet)
+    #: 'task' or 'workflow' (outbox.sql's check)
     kind: str
     #: the request as JSON text, as PostgreSQL returned it
     request: str
@@ -76,8 +76,8 @@ class OutboxRow:
 
 @dataclass(slots=True)
 class OutboxBatch:
-    """Rows taken (locked) by one relay: each one ends `done` (its task exists in
-    distasks: the row is deleted) or `rejected` (moved to outbox_rejected with the
+    """Rows taken (locked) by one relay: each one ends `done` (its task or workflow
+    exists in distasks: the row is deleted) or `rejected` (moved to outbox_rejected with the
     reason); rows left unmarked stay in the outbox for a later batch."""
 
     rows: list[OutboxRow]
@@ -86,7 +86,7 @@ class OutboxBatch:
 
 
 # The kinds of row this relay hands over; a newer kind is left to a daemon that knows it.
-KINDS = ("task",)
+KINDS = ("task", "workflow")
 
 # take --
 # The oldest rows of the kinds this relay knows that no other relay holds. SKIP LOCKED:

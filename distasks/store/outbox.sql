@@ -12,14 +12,31 @@ create table if not exists distasks.outbox (
     id uuid primary key default gen_random_uuid(),
     -- the order rows are relayed in
     seq bigint generated always as identity,
-    -- what the row asks for; 'task' (a create body) for now. Named, so that the release
-    -- that adds 'workflow' replaces it here (drop constraint if exists, add constraint).
-    kind text not null default 'task' constraint outbox_kind check (kind in ('task')),
-    -- the request, exactly as the body of POST /api/v1/tasks
+    -- what the row asks for: 'task' or 'workflow'. Named, so that an install over an
+    -- older schema can replace it (below).
+    kind text not null default 'task'
+        constraint outbox_kind check (kind in ('task', 'workflow')),
+    -- the request, exactly as the body of POST /api/v1/tasks (kind 'task') or of
+    -- POST /api/v1/workflows (kind 'workflow')
     request jsonb not null,
     created_at timestamptz not null default clock_timestamp()
 );
 create index if not exists outbox_seq on distasks.outbox (seq);
+
+-- An outbox installed before workflows came allows kind 'task' only: its constraint is
+-- replaced, rows kept. Only when it lacks 'workflow', so that a re-run takes no
+-- ACCESS EXCLUSIVE lock on the table (the ALTER's, which waits for open inserts).
+do $$
+begin
+    if not exists (select from pg_constraint
+                   where conrelid = 'distasks.outbox'::regclass and conname = 'outbox_kind'
+                     and pg_get_constraintdef(oid) like '%''workflow''%') then
+        alter table distasks.outbox
+            drop constraint if exists outbox_kind,
+            add constraint outbox_kind check (kind in ('task', 'workflow'));
+    end if;
+end
+$$;
 
 -- Rows distasks refused (an unknown handler, an invalid request, a dedup_key already
 -- used by a different request), with the reason. The relay never reads them back: a
@@ -70,6 +87,30 @@ as $$
         'concurrency_key', enqueue.concurrency_key))
         -- added after the strip, so that a null inside the payload stays
         || jsonb_build_object('payload', coalesce(enqueue.payload, 'null'::jsonb)))
+    returning id
+$$;
+
+-- enqueue_workflow --
+-- Hand a workflow over in the caller's transaction; returns the outbox row's id. The
+-- arguments are the fields of POST /api/v1/workflows: `tasks` its JSON array of tasks
+-- (key, depends_on and a create body's fields each), `on_failure` its object. Kept as
+-- given: a null inside a task's payload stays.
+create or replace function distasks.enqueue_workflow(
+    name text,
+    tasks jsonb,
+    dedup_key text default null,
+    on_failure jsonb default null
+) returns uuid
+language sql volatile
+as $$
+    insert into distasks.outbox (kind, request)
+    values ('workflow', jsonb_strip_nulls(jsonb_build_object(
+        'name', enqueue_workflow.name,
+        'dedup_key', enqueue_workflow.dedup_key))
+        -- added after the strip, which would reach into the tasks' payloads
+        || jsonb_build_object('tasks', enqueue_workflow.tasks)
+        || case when enqueue_workflow.on_failure is null then '{}'::jsonb
+                else jsonb_build_object('on_failure', enqueue_workflow.on_failure) end)
     returning id
 $$;
 

@@ -20,8 +20,9 @@ from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.relay import Relay, RelaySettings
+from distasks.daemon.workflows import Workflows
 from distasks.handlers import builtin_registry
-from distasks.outbox import enqueue
+from distasks.outbox import enqueue, enqueue_workflow
 from distasks.store import outbox as outbox_store
 from distasks.store.outbox import OutboxSource
 from distasks.testing.daemon import free_port
@@ -101,6 +102,57 @@ async def test_a_daemon_killed_between_create_and_delete_leaves_exactly_one_task
                         "WHERE t.name = 'ob-killed'") == [(1,)]
 
 
+async def test_a_daemon_killed_between_submit_and_delete_leaves_one_workflow_that_completes(
+        start_daemon, daemon_env, app_dsn: str, pg_dsn: str, tmp_path: Path) -> None:
+    """The same crash for a row of kind 'workflow': the workflow is committed in distasks,
+    the daemon dies before the row's delete commits, and the next daemon finds the
+    workflow by the row's dedup key instead of submitting a second; the graph (a fan-out
+    and fan-in on the noop handler) then runs to the end."""
+    await outbox_store.install(app_dsn)
+    rows(app_dsn, f"""
+        CREATE FUNCTION hold_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD_DELETE_LOCK}); RETURN NULL; END $$;
+        CREATE TRIGGER hold_delete BEFORE DELETE ON distasks.outbox
+            FOR EACH STATEMENT EXECUTE FUNCTION hold_delete();""")
+    config = config_file(tmp_path, app_dsn)
+    graph = [{"key": "split", "name": "split", "handler": "noop"},
+             *({"key": f"part-{i}", "name": "part", "handler": "noop", "payload": {"i": i},
+                "depends_on": ["split"]} for i in range(3)),
+             {"key": "join", "name": "join", "handler": "noop",
+              "depends_on": [f"part-{i}" for i in range(3)]}]
+    with trio.fail_after(90), psycopg.connect(app_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (HOLD_DELETE_LOCK,))
+        async with start_daemon(daemon_env, config=config) as d:
+            with psycopg.connect(app_dsn) as conn:
+                row_id = enqueue_workflow(conn, "wf-killed", graph)
+            await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM workflows "
+                                                   "WHERE name = 'wf-killed'"))
+            await wait_until(lambda: query(
+                app_dsn, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND application_name = 'distasks-relay' AND datname = current_database()"))
+            d.kill9()
+            await d.wait_exit()
+        rows(app_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+             "WHERE application_name = 'distasks-relay' AND datname = current_database()")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD_DELETE_LOCK,))
+        assert rows(app_dsn, "SELECT id FROM distasks.outbox") == [(row_id,)]
+        rows(app_dsn, "DROP TRIGGER hold_delete ON distasks.outbox")
+        async with start_daemon(daemon_env, config=config) as d:
+            await wait_until(lambda: query(app_dsn, "SELECT 1 WHERE NOT EXISTS "
+                                                    "(SELECT 1 FROM distasks.outbox)"))
+            await wait_until(lambda: query(pg_dsn, "SELECT 1 FROM workflows WHERE name = "
+                                                   "'wf-killed' AND state = 'succeeded'"))
+            assert await d.stop() == 0, d.tail()
+    assert rows(pg_dsn, "SELECT count(*), min(dedup_key) FROM workflows") == [
+        (1, f"outbox:app:{row_id}")]
+    # One task per node (the root may have run twice: the first daemon may have been
+    # killed while running it, and a lease taken over is an ordinary retry).
+    assert rows(pg_dsn, "SELECT workflow_key, status FROM tasks ORDER BY workflow_key") == [
+        ("join", "completed"), ("part-0", "completed"), ("part-1", "completed"),
+        ("part-2", "completed"), ("split", "completed")]
+    assert rows(app_dsn, "SELECT count(*) FROM distasks.outbox_rejected") == [(0,)]
+
+
 async def test_two_daemons_relaying_one_source_never_create_a_task_twice(
         start_daemon, daemon_env, app_dsn: str, pg_dsn: str, tmp_path: Path) -> None:
     await outbox_store.install(app_dsn)
@@ -175,7 +227,8 @@ async def test_the_relay_outlives_its_source_going_away_and_resumes_by_itself(
                 intake = Intake(store, broker)
                 await nursery.start(intake.run)
                 relay = Relay(OutboxSource(app), RelaySettings("app", "default", 100, 0.5),
-                              intake=intake, quotas=None, rules=lambda _tenant: RULES,
+                              intake=intake, workflows=Workflows(store, broker, intake),
+                              quotas=None, rules=lambda _tenant: RULES,
                               metrics=metrics, health=Health())
                 await nursery.start(relay.run)
                 up = metrics.outbox_up.labels("app")
