@@ -27,6 +27,8 @@ from distasks.domain.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
 ANONYMOUS_MODES = ("none", "loopback")
+#: what database.url may reach: PostgreSQL itself, or PgBouncer in transaction mode
+POOLERS = ("none", "pgbouncer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,12 @@ class DatabaseConfig:
     url: str = "postgresql://postgres@127.0.0.1:5432/distasks"
     #: connections opened at start-up
     pool_min: int = 2
-    #: most connections open at once
+    #: most connections open at once (behind a pooler: client connections to it)
     pool_max: int = 10
+    #: what database.url reaches: "none" (PostgreSQL itself) or "pgbouncer" (PgBouncer
+    #: in transaction mode: no prepared statements, no `options` startup parameter, so
+    #: the statement timeout must be set by the pooler or the role)
+    pooler: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,6 +710,8 @@ def _validate(c: Config) -> None:
     need(c.database.url != "", "database.url", "must not be empty")
     need(1 <= c.database.pool_min <= c.database.pool_max, "database.pool_min",
          "must be at least 1 and at most database.pool_max")
+    need(c.database.pooler in POOLERS, "database.pooler",
+         f"must be one of {', '.join(POOLERS)}, got {c.database.pooler!r}")
     need(c.redis.url.startswith(("redis://", "rediss://", "unix://")), "redis.url",
          "must start with redis://, rediss:// or unix://")
     need(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", c.redis.prefix) is not None, "redis.prefix",

@@ -261,7 +261,8 @@ class Daemon:
             async with aio.open_loop():
                 async with (
                     Store.open(c.database.url, min_size=c.database.pool_min,
-                               max_size=c.database.pool_max) as store,
+                               max_size=c.database.pool_max,
+                               pooler=c.database.pooler) as store,
                     Broker.open(c.redis.url, prefix=c.redis.prefix,
                                 max_connections=c.redis.max_connections) as broker,
                 ):
@@ -275,11 +276,22 @@ class Daemon:
         while True:
             try:
                 await store.migrate()
-                return
+                break
             except StoreUnavailable as e:
                 failures += 1
                 log.warning("waiting for PostgreSQL: %s", e, extra={"event": "store_waiting"})
                 await trio.sleep(backoff.delay_s(failures))
+        if self.config.database.pooler != "none":
+            # Behind a pooler the daemon cannot set the timeout itself (no `options`
+            # startup parameter): the pooler's connect_query or the role must.
+            try:
+                timeout = await store.statement_timeout()
+            except StoreUnavailable:
+                timeout = ""  # not worth waiting for: the warning is advice
+            if timeout in ("0", "0ms"):
+                log.warning("statement_timeout is off behind the pooler: set it on the role "
+                            "(ALTER ROLE ... SET statement_timeout = '30s') or in the pooler's "
+                            "connect_query", extra={"event": "no_statement_timeout"})
 
     async def _serve(self, store: Store, broker: Broker, sockets: list[socket.socket],
                      task_status: trio.TaskStatus[None]) -> None:
@@ -487,7 +499,8 @@ async def migrate_only(config: Config) -> list[int]:
     exception group the bridge's loop wraps it in, so the command says so in one line."""
     try:
         async with aio.open_loop():
-            async with Store.open(config.database.url, min_size=1, max_size=1) as store:
+            async with Store.open(config.database.url, min_size=1, max_size=1,
+                                  pooler=config.database.pooler) as store:
                 return await store.migrate()
     except BaseExceptionGroup as e:
         leaves = _leaves(e)

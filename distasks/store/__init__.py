@@ -54,6 +54,14 @@ class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, 
             return await _migrate.apply(conn)
 
     @query
+    async def statement_timeout(self) -> str:
+        """The server's statement_timeout for our connections, as SHOW gives it."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SHOW statement_timeout")
+            row = await cur.fetchone()
+            return str(row[0]) if row else ""
+
+    @query
     async def ping(self) -> None:
         """Raise StoreUnavailable unless PostgreSQL answers."""
         async with self._pool.connection() as conn:

@@ -1,0 +1,164 @@
+"""The daemon behind PgBouncer in transaction mode (README, "Behind a connection pooler").
+
+A private PgBouncer (distasks.testing.servers.PrivatePgBouncer, Debian's package, installed
+when missing) stands between the daemons and the shared PostgreSQL, with a pool of
+POOL_SIZE server connections. In transaction mode the next statement of a client may
+reach another server connection: a prepared statement or any other session state left
+on one would fail there, so the walkthrough and a drain by two daemons are run through
+it, and PostgreSQL must never see more than the pooler's pool of connections."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import trio
+from httpx import AsyncClient
+
+from distasks.testing.servers import PrivatePgBouncer
+
+from .conftest import free_port, wait_task
+
+# Server connections the pooler keeps to the test database: fewer than one daemon's
+# pool (database.pool_max), so the daemons' clients must share them.
+POOL_SIZE = 4
+# Tasks drained by two daemons.
+DRAIN = 3000
+# The application_name of the test's own connections, which go around the pooler.
+TEST_APP = "pooler-test"
+
+
+@pytest.fixture
+def pgbouncer(pg_dsn: str):
+    info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    bouncer = PrivatePgBouncer(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)),
+                               pool_size=POOL_SIZE)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+def pooled_env(env: dict[str, str], bouncer: PrivatePgBouncer, pg_dsn: str) -> dict[str, str]:
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    return {**env, "DATABASE_URL": bouncer.dsn(str(dbname)), "DISTASKS_DATABASE_POOLER": "pgbouncer",
+            "DISTASKS_DATABASE_POOL_MAX": "10"}
+
+
+def server_connections(pg_dsn: str) -> int:
+    """Backends of PostgreSQL connected to the test database, the test's own left out."""
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    with psycopg.connect(pg_dsn, autocommit=True, application_name=TEST_APP) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                           " AND application_name <> %s", (dbname, TEST_APP)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def progress(pg_dsn: str) -> tuple[int, int]:
+    """(completed tasks, daemons that ran any of their runs)."""
+    with psycopg.connect(pg_dsn, autocommit=True, application_name=TEST_APP) as conn:
+        row = conn.execute("SELECT count(DISTINCT t.id) FILTER (WHERE t.status = 'completed'),"
+                           " count(DISTINCT r.worker_id) FROM tasks t"
+                           " JOIN task_runs r ON r.task_id = t.id").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def watch_connections(pg_dsn: str, seen: list[int]) -> None:
+    while True:
+        seen.append(await trio.to_thread.run_sync(server_connections, pg_dsn))
+        await trio.sleep(0.1)
+
+
+async def test_walkthrough_through_pgbouncer(start_daemon, daemon_env, pgbouncer, pg_dsn):
+    seen: list[int] = []
+    env = pooled_env(daemon_env, pgbouncer, pg_dsn)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(watch_connections, pg_dsn, seen)
+            async with start_daemon(env) as d, AsyncClient(base_url=d.url) as client:
+                # Created, run, completed; many times, so that each statement runs past
+                # psycopg's prepare threshold on every connection.
+                ids = []
+                for i in range(30):
+                    r = await client.post("/api/v1/tasks", json={
+                        "name": f"even-{i}", "priority": 2, "payload": {"i": i}})
+                    assert r.status_code == 201, r.text
+                    ids.append(r.json()["task_id"])
+                for task_id in ids:
+                    body = await wait_task(client, d.url, task_id)
+                    assert body["task"]["status"] == "completed"
+
+                # A retry, then success.
+                r = await client.post("/api/v1/tasks", json={"name": "flaky", "priority": 1})
+                body = await wait_task(client, d.url, r.json()["task_id"])
+                assert [run["status"] for run in body["runs"]] == ["retrying", "succeeded"]
+
+                # Out of retries: the DLQ, then a replay completes it.
+                r = await client.post("/api/v1/tasks", json={
+                    "name": "doomed", "priority": 5, "max_retries": 0})
+                doomed = r.json()["task_id"]
+                body = await wait_task(client, d.url, doomed)
+                assert body["task"]["status"] == "failed"
+                dlq = (await client.get("/api/v1/queues/default/dlq")).json()
+                assert [t["id"] for t in dlq["tasks"]] == [doomed]
+                r = await client.post("/api/v1/queues/default/dlq/replay",
+                                      json={"count": 10, "override_priority": 4})
+                assert r.json()["replayed"] == 1
+                body = await wait_task(client, d.url, doomed)
+                assert body["task"]["status"] == "completed"
+
+                # A delayed task cancelled before its time.
+                r = await client.post("/api/v1/tasks", json={
+                    "name": "later", "type": "delayed", "delay_seconds": 30, "priority": 2})
+                later = r.json()["task_id"]
+                r = await client.post(f"/api/v1/tasks/{later}/cancel", json={})
+                assert r.status_code == 200, r.text
+                body = await wait_task(client, d.url, later)
+                assert body["task"]["status"] == "cancelled"
+
+                # A schedule fires (every second) through the pooler too.
+                r = await client.post("/api/v1/schedules", json={
+                    "name": "tick", "cron": "* * * * * *",
+                    "task": {"handler": "demo", "priority": 2}})
+                assert r.status_code == 201, r.text
+                fires: list[dict] = []
+                while not fires:
+                    fires = (await client.get("/api/v1/schedules/tick")).json()["fires"]
+                    await trio.sleep(0.1)
+                assert fires[0]["outcome"] == "created", fires
+                body = await wait_task(client, d.url, fires[0]["task_id"])
+                assert body["task"]["status"] == "completed"
+                log = d.log()
+            watchers.cancel_scope.cancel()
+    assert "prepared statement" not in log and "no_statement_timeout" not in log
+    assert seen and max(seen) <= POOL_SIZE, seen
+
+
+async def test_two_daemons_drain_through_pgbouncer(start_daemon, daemon_env, pgbouncer,
+                                                    pg_dsn):
+    seen: list[int] = []
+    env = pooled_env(daemon_env, pgbouncer, pg_dsn)
+    with trio.fail_after(120):
+        async with (start_daemon(env) as a, start_daemon({**env, "HTTP_PORT": str(free_port())}) as b, AsyncClient() as client):
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(watch_connections, pg_dsn, seen)
+                created = 0
+                for i in range(0, DRAIN, 500):
+                    url = (a if i % 1000 == 0 else b).url
+                    r = await client.post(f"{url}/api/v1/tasks/batch", json={"tasks": [
+                        {"name": f"drain-{j}", "priority": 2, "payload": {"j": j}}
+                        for j in range(i, i + 500)]})
+                    assert r.status_code in (200, 201), r.text
+                    created += len(r.json()["tasks"])
+                assert created == DRAIN
+                while True:
+                    rows = await trio.to_thread.run_sync(progress, pg_dsn)
+                    if rows[0] >= DRAIN:
+                        break
+                    await trio.sleep(0.2)
+                watchers.cancel_scope.cancel()
+            logs = a.log() + b.log()
+    assert rows[1] == 2, "both daemons ran tasks"
+    assert "prepared statement" not in logs
+    assert seen and max(seen) <= POOL_SIZE, seen
