@@ -7,7 +7,8 @@ The only module that knows them all. Shutdown order is nesting order:
         │         failures, heartbeat,     alive while handlers use their grace period)
         │         mover, reaper, control,
         │         reconciler, scheduler,
-        │         outbox relays, reporter
+        │         cleaner, outbox relays,
+        │         reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
                                            pool stops claiming and gives handlers the
@@ -43,6 +44,7 @@ from distasks.broker import Broker
 from distasks.config import Config, OutboxSourceConfig
 from distasks.config import load as load_config
 from distasks.daemon import (
+    cleaner,
     control,
     heartbeat,
     mover,
@@ -354,6 +356,11 @@ class Daemon:
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
+            if c.retention.enabled:
+                await services.start(lambda task_status: cleaner.run(
+                    store, broker, cleaner.Settings.from_config(c),
+                    interval_s=c.retention.interval_s, worker_id=self.worker_id, health=h,
+                    metrics=m, task_status=task_status))
             for source in c.outbox:
                 await services.start(self._relay, source, intake, quotas,
                                      services_.creation_rules)

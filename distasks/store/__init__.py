@@ -19,6 +19,7 @@ from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.keys import KeyQueries
 from distasks.store.queues import QueueQueries, QueueRecord
+from distasks.store.retention import RetentionQueries
 from distasks.store.runs import (
     Cancelled,
     Failed,
@@ -44,7 +45,7 @@ __all__ = [
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries, AuditQueries, ScheduleQueries):
+            KeyQueries, AuditQueries, ScheduleQueries, RetentionQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query
