@@ -37,6 +37,7 @@ from distasks.domain.errors import StoreUnavailable
 from distasks.store import Store
 from distasks.store.retention import (
     FINISHED,
+    Archive,
     Gentle,
     Leadership,
     NotLeader,
@@ -135,7 +136,7 @@ class ArchiveDir:
 
 async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s: float,
                      lead: Leadership, metrics: Metrics | None = None,
-                     archive: ArchiveDir | None = None) -> Removed | None:
+                     archive: Archive | None = None) -> Removed | None:
     """One pass at `now_s`: what it removed, or None when another daemon leads. Stops
     early (the next pass goes on) after `settings.max_batches` batches, or when a batch
     would wait for a lock (StoreUnavailable from the store ends the pass)."""
