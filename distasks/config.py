@@ -413,7 +413,8 @@ class RetentionConfig:
     interval_s: float = 60.0
     #: rows removed by one transaction
     batch: int = 500
-    #: most batches of one pass; the next pass goes on where it stopped
+    #: most batches of one pass for each kind (tasks of each state, audit rows, schedule
+    #: fires); the next pass goes on where it stopped
     max_batches: int = 200
     #: pause between two batches, so that the cleaner never holds up creates and claims
     pause_s: float = 0.05

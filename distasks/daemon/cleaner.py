@@ -3,8 +3,8 @@
 Every `interval_s`, a pass removes finished tasks (with their runs) by state and age,
 then old audit rows, then old schedule fire records, in batches of `batch` rows, each its
 own short transaction with a lock and a statement timeout, and a pause between batches:
-creates, claims and outcomes never wait behind it. At most `max_batches` per pass; the
-next pass goes on. Any number of daemons run it; PostgreSQL decides which one cleans (a
+creates, claims and outcomes never wait behind it. At most `max_batches` per kind and
+pass; the next pass goes on. Any number of daemons run it; PostgreSQL decides which one cleans (a
 leader row each batch takes or renews: distasks.store.retention), so two never clean at
 once. Dead-lettered tasks that go also leave the DLQ index in Redis (after the commit;
 if Redis does not answer, the reconciler's rebuild drops them). With an archive
@@ -137,9 +137,10 @@ class ArchiveDir:
 async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s: float,
                      lead: Leadership, metrics: Metrics | None = None,
                      archive: Archive | None = None) -> Removed | None:
-    """One pass at `now_s`: what it removed, or None when another daemon leads. Stops
-    early (the next pass goes on) after `settings.max_batches` batches, or when a batch
-    would wait for a lock (StoreUnavailable from the store ends the pass)."""
+    """One pass at `now_s`: what it removed, or None when another daemon leads. Each kind
+    (tasks of each finished state, audit rows, schedule fires) gets at most
+    `settings.max_batches` batches (the next pass goes on); a batch that would wait for a
+    lock raises StoreUnavailable from the store, which ends the pass."""
     now = times.utc(now_s)
     removed = Removed()
     s = settings
@@ -150,7 +151,7 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
 
     try:
         for rule in s.tasks:
-            while removed.batches < s.max_batches:
+            for _ in range(s.max_batches):
                 gone = await store.remove_tasks(rule, now=now, limit=s.batch, lead=lead,
                                                 gentle=s.gentle, archive=archive)
                 removed.tasks[rule.status] += len(gone)
@@ -165,7 +166,7 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
         for kind, keep_s, remove in (
                 ("audit", s.audit_s, store.remove_audit),
                 ("schedule_fires", s.schedule_fires_s, store.remove_schedule_fires)):
-            while keep_s > 0 and removed.batches < s.max_batches:
+            for _ in range(s.max_batches if keep_s > 0 else 0):
                 count = await remove(cutoff=now - timedelta(seconds=keep_s), limit=s.batch,
                                      lead=lead, gentle=s.gentle, archive=archive)
                 setattr(removed, kind, getattr(removed, kind) + count)

@@ -9,6 +9,8 @@ it, and PostgreSQL must never see more than the pooler's pool of connections."""
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 import trio
@@ -16,7 +18,7 @@ from httpx import AsyncClient
 
 from distasks.testing.servers import PrivatePgBouncer
 
-from .conftest import free_port, wait_task
+from .conftest import DaemonProcess, free_port, wait_task
 
 # Server connections the pooler keeps to the test database: fewer than one daemon's
 # pool (database.pool_max), so the daemons' clients must share them.
@@ -162,3 +164,58 @@ async def test_two_daemons_drain_through_pgbouncer(start_daemon, daemon_env, pgb
     assert rows[1] == 2, "both daemons ran tasks"
     assert "prepared statement" not in logs
     assert seen and max(seen) <= POOL_SIZE, seen
+
+
+def seed_old(pg_dsn: str, n: int) -> None:
+    """`n` completed tasks, each with a run, finished ten days ago."""
+    with psycopg.connect(pg_dsn, autocommit=True, application_name=TEST_APP) as conn:
+        conn.execute(
+            "WITH t AS (INSERT INTO tasks (id, name, handler, type, queue_name, payload,"
+            " max_retries, status, created_at, updated_at, finished_at)"
+            " SELECT gen_random_uuid(), 'old', 'demo', 'immediate', 'default', '{}', 3,"
+            " 'completed', now() - interval '10 days', now() - interval '10 days',"
+            " now() - interval '10 days' FROM generate_series(1, %s) RETURNING id)"
+            " INSERT INTO task_runs (id, task_id, attempt, status, finished_at)"
+            " SELECT gen_random_uuid(), id, 1, 'succeeded', now() - interval '10 days' FROM t",
+            (n,))
+
+
+def passes_of(*daemons: DaemonProcess) -> list[list[dict]]:
+    """The `retention_pass` log records of each daemon."""
+    return [[json.loads(line) for line in d.log().splitlines() if '"retention_pass"' in line]
+            for d in daemons]
+
+
+def old_left(pg_dsn: str) -> int:
+    with psycopg.connect(pg_dsn, autocommit=True, application_name=TEST_APP) as conn:
+        row = conn.execute("SELECT count(*) FROM tasks WHERE name = 'old'").fetchone()
+    return int(row[0]) if row else -1
+
+
+async def test_two_daemons_clean_through_pgbouncer_one_at_a_time(start_daemon, daemon_env,
+                                                                  pgbouncer, pg_dsn):
+    """The cleaner's leader row and its per-batch timeouts work through the pooler: the
+    old rows go, and only one of the daemons logs passes that removed anything."""
+    seed_old(pg_dsn, 2000)
+    env = {**pooled_env(daemon_env, pgbouncer, pg_dsn), "DISTASKS_RETENTION_INTERVAL_S": "1",
+           "DISTASKS_RETENTION_BATCH": "200", "DISTASKS_RETENTION_MAX_BATCHES": "3"}
+    with trio.fail_after(60):
+        async with (start_daemon(env) as a,
+                    start_daemon({**env, "HTTP_PORT": str(free_port())}) as b,
+                    AsyncClient(base_url=a.url) as client):
+            r = await client.post("/api/v1/tasks", json={"name": "new", "priority": 2})
+            new = r.json()["task_id"]
+            while await trio.to_thread.run_sync(old_left, pg_dsn) > 0:  # noqa: ASYNC110
+                await trio.sleep(0.2)
+            body = await wait_task(client, a.url, new)
+            assert body["task"]["status"] == "completed"
+            # The last pass logs its line just after its last batch committed.
+            while True:
+                logs = passes_of(a, b)
+                if sum(p["completed"] for passes in logs for p in passes) >= 2000:
+                    break
+                await trio.sleep(0.1)
+    cleaned = [sum(p["completed"] for p in passes) for passes in logs]
+    assert sorted(cleaned) == [0, 2000], cleaned
+    # Bounded passes: at most 3 batches of 200 tasks each.
+    assert all(p["completed"] <= 600 for passes in logs for p in passes)
