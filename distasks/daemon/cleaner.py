@@ -136,17 +136,20 @@ class ArchiveDir:
 
 async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s: float,
                      lead: Leadership, metrics: Metrics | None = None,
-                     archive: Archive | None = None) -> Removed | None:
+                     archive: Archive | None = None,
+                     beat: Callable[[], None] = lambda: None) -> Removed | None:
     """One pass at `now_s`: what it removed, or None when another daemon leads. Each kind
     (tasks of each finished state, audit rows, schedule fires) gets at most
     `settings.max_batches` batches (the next pass goes on); a batch that would wait for a
-    lock raises StoreUnavailable from the store, which ends the pass."""
+    lock raises StoreUnavailable from the store, which ends the pass. `beat()` is called
+    after each batch (a long pass is alive, for the health check)."""
     now = times.utc(now_s)
     removed = Removed()
     s = settings
 
     async def pause() -> None:
         removed.batches += 1
+        beat()
         await trio.sleep(s.pause_s)
 
     try:
@@ -207,7 +210,8 @@ async def run(store: Store, broker: Broker, settings: Settings, *, interval_s: f
     async def one_pass() -> None:
         started = trio.current_time()
         removed = await clean_once(store, broker, settings, now_s=clock(), lead=lead,
-                                   metrics=metrics, archive=archive)
+                                   metrics=metrics, archive=archive,
+                                   beat=lambda: health.beat("cleaner"))
         if removed is None:
             return  # another daemon cleans
         t = removed.tasks
