@@ -78,16 +78,19 @@ WITH doomed AS (
     LIMIT %(limit)s
     FOR UPDATE OF t SKIP LOCKED
 ), runs AS (
-    SELECT d.id, count(r.id) AS run_count,
-           CASE WHEN %(archive)s THEN
-               coalesce(json_agg(r ORDER BY r.attempt) FILTER (WHERE r.id IS NOT NULL),
-                        '[]'::json)
-           END AS runs
-    FROM doomed d LEFT JOIN task_runs r ON r.task_id = d.id
-    GROUP BY d.id
+    -- Per task through its (task_id, attempt) index: never a scan of every run.
+    SELECT d.id, each.run_count, each.runs
+    FROM doomed d CROSS JOIN LATERAL (
+        SELECT count(*) AS run_count,
+               CASE WHEN %(archive)s THEN coalesce(json_agg(r ORDER BY r.attempt), '[]'::json)
+               END AS runs
+        FROM task_runs r WHERE r.task_id = d.id
+    ) each
 )
 DELETE FROM tasks t USING runs
 WHERE t.id = runs.id
+  -- by the primary key, however few rows the planner expects from the CTEs
+  AND t.id = ANY(ARRAY(SELECT id FROM doomed))
 RETURNING t.id, t.queue_name, t.status = 'failed' AND t.dlq_deleted_at IS NULL AS in_dlq,
           runs.run_count,
           CASE WHEN %(archive)s THEN
