@@ -199,17 +199,24 @@ async def _leave_dlq(broker: Broker, dead: list[RemovedTask]) -> int:
     return sum(len(ids) for ids in by_queue.values())
 
 
-async def run(store: Store, broker: Broker, settings: Settings, *, interval_s: float,
-              worker_id: str, health: Health, metrics: Metrics,
+async def run(store: Store, broker: Broker, settings: Callable[[], Settings], *,
+              interval_s: float, worker_id: str, health: Health, metrics: Metrics,
               clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """A pass every `interval_s` until cancelled; the lead is given back at the end."""
+    """A pass every `interval_s` until cancelled, under the rules `settings()` gives at
+    its start (a reload changes them); the lead is given back at the end."""
     lead = Leadership(holder=worker_id, lease_s=LEASE_PASSES * interval_s)
-    archive = ArchiveDir(settings.archive_dir, worker_id) if settings.archive_dir else None
+    archive: ArchiveDir | None = None
 
     async def one_pass() -> None:
+        nonlocal archive
+        s = settings()
+        if not s.archive_dir:
+            archive = None
+        elif archive is None or str(archive.path) != s.archive_dir:
+            archive = ArchiveDir(s.archive_dir, worker_id)
         started = trio.current_time()
-        removed = await clean_once(store, broker, settings, now_s=clock(), lead=lead,
+        removed = await clean_once(store, broker, s, now_s=clock(), lead=lead,
                                    metrics=metrics, archive=archive,
                                    beat=lambda: health.beat("cleaner"))
         if removed is None:

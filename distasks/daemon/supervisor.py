@@ -88,6 +88,8 @@ GC_THRESHOLD_0 = 10_000
 # How long the API finishes requests in flight (and waits on idle keep-alive connections)
 # once shutdown begins; long polls are cut short and clients retry elsewhere.
 API_DRAIN_S = 2.0
+# The [retention] keys a reload does not change (the others apply from the next pass).
+RETENTION_AT_START = ("retention.enabled", "retention.interval_s")
 # How long a reload waits to write its audit row before giving up on it (logged).
 AUDIT_TIMEOUT_S = 5.0
 
@@ -136,6 +138,8 @@ class Daemon:
         self._stop_requests = 0
         #: the file as last read (a reload's audit row names what changed since)
         self._loaded = config
+        #: the cleaner's rules: a reload replaces them, the next pass follows
+        self._retention = cleaner.Settings.from_config(config)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; a second request skips the rest of the grace period."""
@@ -152,7 +156,8 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-read the config (SIGHUP) and apply what can change live: worker
-        concurrency, subscribed queues and their order, retry policy, log level. Other changes are logged
+        concurrency, subscribed queues and their order, retry policy, log level, retention
+        (but whether the cleaner runs, and how often). Other changes are logged
         as needing a restart; an invalid file changes nothing."""
         sdnotify.reloading()
         try:
@@ -181,10 +186,12 @@ class Daemon:
             except StoreUnavailable:
                 pass  # shown at the next start; the heartbeat goes on regardless
         await self._configure_queue_limits(new, wait=False)
+        self._retention = cleaner.Settings.from_config(new)
         live = {"worker.queues", "worker.concurrency", "worker.queue_order",
                 "worker.queue_weights", "log.level"}
         restart = [key for key in _differences(self.config, new)
-                   if key not in live and not key.startswith(("retry.", "queues."))]
+                   if key not in live and not key.startswith(("retry.", "queues."))
+                   and not (key.startswith("retention.") and key not in RETENTION_AT_START)]
         log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
                  extra={"event": "reloaded", "changed": changed,
                         "needs_restart": restart, "queues": list(fresh.queues),
@@ -358,7 +365,7 @@ class Daemon:
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
             if c.retention.enabled:
                 await services.start(lambda task_status: cleaner.run(
-                    store, broker, cleaner.Settings.from_config(c),
+                    store, broker, lambda: self._retention,
                     interval_s=c.retention.interval_s, worker_id=self.worker_id, health=h,
                     metrics=m, task_status=task_status))
             for source in c.outbox:
