@@ -294,6 +294,11 @@ class LimitsConfig:
     max_queues: int = 1000
     #: schedules per tenant; a create beyond it: 409 too_many_schedules
     max_schedules: int = 1000
+    #: tasks in one workflow (its on_failure task aside); a bigger graph: 422
+    max_workflow_tasks: int = 10_000
+    #: bytes of parents' results a workflow node's handler is given in ctx.parents
+    #: (in key order; the rest are left out and marked truncated)
+    max_parent_output_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -846,6 +851,9 @@ def _validate(c: Config) -> None:
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")
     need(c.limits.max_schedules >= 1, "limits.max_schedules", "must be at least 1")
+    need(c.limits.max_workflow_tasks >= 1, "limits.max_workflow_tasks", "must be at least 1")
+    need(c.limits.max_parent_output_bytes >= 0, "limits.max_parent_output_bytes",
+         "must not be negative")
     need(c.scheduler.interval_s > 0, "scheduler.interval_s", "must be positive")
     need(1 <= c.scheduler.batch <= 10_000, "scheduler.batch", "must be between 1 and 10000")
     need(c.scheduler.misfire_grace_s >= 0, "scheduler.misfire_grace_s", "must not be negative")

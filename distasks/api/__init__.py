@@ -37,6 +37,7 @@ from distasks.api import (
     schedules,
     tasks,
     workers,
+    workflows,
 )
 from distasks.api.fast import with_lean_create
 from distasks.api.services import Services, request_id_for
@@ -55,7 +56,7 @@ def create_app(services: Services) -> QuartTrio:
     pages.install(app, heavy_reads=http.heavy_reads)  # JSON keys in order; list pages
     app.extensions["distasks"] = services
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, schedules.bp,
-               health.bp):
+               workflows.bp, health.bp):
         app.register_blueprint(bp)
     document = openapi.document(title="distasks", version=distasks.__version__,
                                 handlers=services.registry.payload_schemas(),

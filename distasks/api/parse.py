@@ -85,6 +85,10 @@ def task_id(value: str) -> uuid.UUID:
     return _uuid(value, "task_id")
 
 
+def workflow_id(value: str) -> uuid.UUID:
+    return _uuid(value, "workflow_id")
+
+
 def key_id(value: str) -> uuid.UUID:
     """A key id from a URL, or a 422 naming `key_id`."""
     return _uuid(value, "key_id")
@@ -100,7 +104,7 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 # Readers of each kind of path parameter, by name (as the routes spell them).
 PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id, "key_id": key_id,
-                   "name": schedule_name}
+                   "name": schedule_name, "workflow_id": workflow_id}
 
 
 def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidInput | None:

@@ -40,12 +40,59 @@ from distasks.domain.task_definitions import TIMING_RULES as TIMING_RULES
 from distasks.domain.task_definitions import CreateTask as CreateTask
 from distasks.domain.tenancy import TENANT_PATTERN
 
-TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
+TaskStatusName = Literal["pending", "queued", "completed", "failed", "cancelled", "skipped"]
+WorkflowStateName = Literal["running", "succeeded", "failed", "cancelled"]
+OnParentFailureName = Literal["cancel", "continue", "skip"]
+# A node's key within its workflow: what depends_on and ctx.parents name it by.
+NODE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
                         "cancelled"]
 
 
 # -- requests -----------------------------------------------------------------------
+
+class Dependency(Strict):
+    key: str = Field(pattern=NODE_KEY_PATTERN, description="The parent's key")
+    on_parent_failure: OnParentFailureName = Field(
+        "cancel", description="When the parent ends failed or cancelled: cancel this task "
+        "and everything below it, run it anyway (continue), or skip it")
+
+
+class WorkflowTask(CreateTask):
+    key: str = Field(pattern=NODE_KEY_PATTERN, description="Unique within the workflow")
+    depends_on: list[str | Dependency] = Field(
+        default_factory=list, max_length=10_000,
+        description="Keys of the parents (or {key, on_parent_failure}); the task is "
+                    "pending until every one is final")
+
+
+class OnFailureTask(CreateTask):
+    key: str = Field("on_failure", pattern=NODE_KEY_PATTERN)
+
+
+class CreateWorkflow(Strict):
+    name: str = Field(min_length=1, max_length=256, json_schema_extra=NO_NUL_TEXT)
+    dedup_key: str | None = text(1, 256, "The same key returns the same workflow")
+    tasks: list[WorkflowTask] = Field(min_length=1, description=(
+        "At most limits.max_workflow_tasks; each task's dedup_key is not taken (the "
+        "workflow's is)"))
+    on_failure: OnFailureTask | None = Field(None, description="Runs once if the workflow fails")
+
+
+class CancelWorkflow(Strict):
+    reason: str | None = Field(None, max_length=1000, json_schema_extra=NO_NUL_TEXT)
+
+
+class WorkflowQuery(Query):
+    state: WorkflowStateName | None = None
+    name: str | None = text(1, 256)
+    dedup_key: str | None = text(1, 256)
+    created_after: QueryDatetime | None = None
+    created_before: QueryDatetime | None = None
+    limit: TaskPageLimit = 50
+    cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
+                               description="next_cursor of the previous page")
+
 
 class CreateTasks(Strict):
     tasks: list[CreateTask] = Field(min_length=1, description="At most http.max_batch items")
@@ -107,7 +154,7 @@ class ReplayDlq(DlqSelection):
 
 ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",
                     "dlq:admin", "keys:admin", "audit:read", "metrics:read", "schedules:read",
-                    "schedules:write"]
+                    "schedules:write", "workflows:read", "workflows:write"]
 
 
 class CreateKey(Strict):
@@ -133,7 +180,7 @@ AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,18}$(?!\n)"
 class AuditQuery(Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
-                                     "dlq_delete, key_…, schedule_…, login_failed, "
+                                     "dlq_delete, key_…, schedule_…, workflow_…, login_failed, "
                                      "login_failures, config_reload, config_reload_refused")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
@@ -200,6 +247,8 @@ class TaskOut(BaseModel):
     cancel_reason: str | None
     secret_fields: list[str] = Field(description="Payload keys shown as \"[secret]\"")
     concurrency_key: str | None = None
+    workflow_id: str | None = Field(None, description="The workflow it is a node of")
+    workflow_key: str | None = Field(None, description="Its key in that workflow")
 
 
 class RunOut(BaseModel):
@@ -216,6 +265,62 @@ class RunOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class WorkflowCreatedOut(BaseModel):
+    workflow_id: str
+    created: bool = Field(description="False when the dedup_key named an existing workflow")
+    tasks: dict[str, str] = Field(description="Task id by key (empty when not created)")
+
+
+class NodeOut(BaseModel):
+    key: str
+    task_id: str
+    status: TaskStatusName
+    handler: str
+    queue_name: str
+    depends_on: list[Dependency]
+    deps_remaining: int = Field(description="Parents not final yet")
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None = Field(description="The latest attempt's error")
+    cancel_reason: str | None
+    on_failure: bool = Field(False, description="The workflow's on_failure task")
+
+
+class WorkflowOut(BaseModel):
+    id: str
+    name: str
+    state: WorkflowStateName
+    dedup_key: str | None
+    open_nodes: int = Field(description="Tasks not final yet")
+    counts: dict[str, int] = Field(description="Tasks by status")
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    cancelled_at: str | None
+    cancelled_by: str | None
+
+
+class WorkflowDetail(WorkflowOut):
+    nodes: list[NodeOut]
+
+
+class WorkflowPage(BaseModel):
+    workflows: list[WorkflowOut]
+    next_cursor: str | None
+
+
+class WorkflowResults(BaseModel):
+    results: dict[str, Any] = Field(description="By key: {status, result, error}")
+
+
+class WorkflowChanged(BaseModel):
+    workflow_id: str
+    state: WorkflowStateName
+    changed: bool = Field(description="False when the workflow was not in a state to change")
 
 
 class Created(BaseModel):

@@ -67,6 +67,7 @@ from distasks.daemon.tunables import Tunables
 from distasks.daemon.waiters import TaskWaiters
 from distasks.daemon.waiters import poll as waiters_poll
 from distasks.daemon.worker import WorkerPool
+from distasks.daemon.workflows import Workflows
 from distasks.domain import backoff, times
 from distasks.domain.errors import ConfigError, InvalidInput, StoreUnavailable
 from distasks.domain.model import SYSTEM
@@ -307,7 +308,8 @@ class Daemon:
         c, t, m, h = self.config, self.tunables, self.metrics, self.health
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
-            worker_id=self.worker_id, metrics=m, health=h)
+            worker_id=self.worker_id, metrics=m, health=h,
+            max_parent_output_bytes=c.limits.max_parent_output_bytes)
         census = QueueCensus(store.queue_names, max_queues=c.limits.max_queues)
         login_failures = LoginFailures(window_s=c.auth.failure_window_s)
         intake = Intake(store, broker, m, pool=pool, census=census)
@@ -322,7 +324,8 @@ class Daemon:
             keys=KeyCache(lambda digest: store.use_key(digest, now=times.utc(clock())), clock),
             limiter=RateLimiter(broker, c), quotas=quotas, metrics=m, health=h,
             progress=progress, stopping=self._api_stop, tunables=t, jwt=self.jwt,
-            census=census, login_failures=login_failures)
+            census=census, login_failures=login_failures,
+            workflows=Workflows(store, broker, intake, census))
         app = api.create_app(services_)
         await self._configure_schedules(store, services_)
         self._ops = services_.operations

@@ -35,17 +35,25 @@ from distasks.store.runs import (
 from distasks.store.schedules import Fire, Fired, Firing, Schedule, ScheduleQueries, Slot
 from distasks.store.tasks import Cancellation, TaskFilter, TaskQueries
 from distasks.store.workers import WorkerInfo, WorkerQueries
+from distasks.store.workflows import (
+    Released,
+    ReleasedRun,
+    WorkflowChange,
+    WorkflowFilter,
+    WorkflowQueries,
+)
 
 __all__ = [
     "AuditEntry", "AuditEvent", "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
     "Interrupted", "Outcomes", "PendingDispatch", "QueueRecord", "Retrying", "Store",
     "Fire", "Fired", "Firing", "Schedule", "Slot",
     "Succeeded", "TaskFilter", "WorkerInfo", "Written", "dumps",
+    "Released", "ReleasedRun", "WorkflowChange", "WorkflowFilter",
 ]
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries, AuditQueries, ScheduleQueries, RetentionQueries):
+            KeyQueries, AuditQueries, ScheduleQueries, WorkflowQueries, RetentionQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query

@@ -194,7 +194,7 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
     columns = ("id", "name", "handler", "type", "queue_name", "priority", "dedup_key",
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
                "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
-               "tenant", "secret_fields", "concurrency_key")
+               "tenant", "secret_fields", "concurrency_key", "workflow_id", "workflow_key")
     payload = f"{a}payload" if with_payload else "NULL::json AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
@@ -210,6 +210,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
         cancel_reason=r.get("cancel_reason"), tenant=r.get("tenant", "default"),
         secret_fields=tuple(r.get("secret_fields") or ()),
         concurrency_key=r.get("concurrency_key"),
+        workflow_id=r.get("workflow_id"), workflow_key=r.get("workflow_key"),
     )
 
 
@@ -227,7 +228,8 @@ def claimed_from_row(r: dict[str, Any]) -> ClaimedRun:
     """A row of a run (as run_id, attempt, available_at, worker_id) joined with its task."""
     return ClaimedRun(run_id=r["run_id"], task=task_from_row(r), attempt=r["attempt"],
                       queue_name=r["queue_name"], message=str(r["run_id"]),
-                      enqueued_at=r["available_at"], worker_id=r["worker_id"])
+                      enqueued_at=r["available_at"], worker_id=r["worker_id"],
+                      parents=r.get("parents"))
 
 
 AUDIT = ("INSERT INTO audit_log (at, actor, tenant, address, request_id, action, queue_name,"
