@@ -403,12 +403,13 @@ class RetentionConfig:
     #: run the cleaner on this daemon; of all daemons that do, one at a time cleans
     #: (a leader row in PostgreSQL decides), so any number may have it on
     enabled: bool = True
-    #: days a completed task and its runs are kept after the task finished; 0: forever
+    #: days a completed task and its runs are kept after the task finished (and a
+    #: succeeded workflow with all its tasks); 0: forever
     completed_days: float = 7.0
-    #: days a cancelled task and its runs are kept after the cancel; 0: forever
+    #: days a cancelled task (or workflow) and its runs are kept after the cancel; 0: forever
     cancelled_days: float = 7.0
-    #: days a failed task (dead-lettered) and its runs are kept; it leaves the DLQ then;
-    #: 0: forever
+    #: days a failed task (dead-lettered) or workflow and its runs are kept; it leaves
+    #: the DLQ then; 0: forever
     failed_days: float = 30.0
     #: days audit rows are kept; 0: forever
     audit_days: float = 365.0

@@ -37,6 +37,7 @@ from distasks.domain.errors import StoreUnavailable
 from distasks.store import Store
 from distasks.store.retention import (
     FINISHED,
+    WORKFLOW_RETENTION,
     Archive,
     Gentle,
     Leadership,
@@ -95,6 +96,9 @@ class Removed:
     and ids taken out of the DLQ index; `batches` run."""
 
     tasks: Counter[str] = field(default_factory=Counter)
+    #: finished workflows removed whole, and their nodes (not in `tasks`)
+    workflows: int = 0
+    workflow_tasks: int = 0
     runs: int = 0
     audit: int = 0
     schedule_fires: int = 0
@@ -102,7 +106,8 @@ class Removed:
     batches: int = 0
 
     def total(self) -> int:
-        return sum(self.tasks.values()) + self.audit + self.schedule_fires
+        return (sum(self.tasks.values()) + self.workflow_tasks + self.audit
+                + self.schedule_fires)
 
 
 class ArchiveDir:
@@ -166,6 +171,25 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
                 await pause()
                 if len(gone) < s.batch:
                     break
+        by_status = {rule.status: rule for rule in s.tasks}
+        for state, status in WORKFLOW_RETENTION.items():
+            # A workflow has many nodes: a tenth as many per batch.
+            limit = max(1, s.batch // 10)
+            for _ in range(s.max_batches):
+                got = await store.remove_workflows(by_status[status], state=state, now=now,
+                                                   limit=limit, lead=lead, gentle=s.gentle,
+                                                   archive=archive)
+                removed.workflows += got.workflows
+                removed.workflow_tasks += len(got.tasks)
+                removed.runs += sum(t.runs for t in got.tasks)
+                removed.dlq += await _leave_dlq(broker, [t for t in got.tasks if t.in_dlq])
+                if metrics is not None and got.workflows:
+                    metrics.retention_removed.labels("workflows").inc(got.workflows)
+                    metrics.retention_removed.labels("workflow_tasks").inc(len(got.tasks))
+                    metrics.retention_removed.labels("runs").inc(sum(t.runs for t in got.tasks))
+                await pause()
+                if got.workflows < limit:
+                    break
         for kind, keep_s, remove in (
                 ("audit", s.audit_s, store.remove_audit),
                 ("schedule_fires", s.schedule_fires_s, store.remove_schedule_fires)):
@@ -223,12 +247,16 @@ async def run(store: Store, broker: Broker, settings: Callable[[], Settings], *,
             return  # another daemon cleans
         t = removed.tasks
         log.info("retention pass: removed %d tasks (%d completed, %d cancelled, %d failed),"
-                 " %d runs, %d audit rows, %d schedule fires in %d batches, %.2fs",
-                 sum(t.values()), t["completed"], t["cancelled"], t["failed"], removed.runs,
+                 " %d workflows with %d tasks, %d runs, %d audit rows, %d schedule fires"
+                 " in %d batches, %.2fs",
+                 sum(t.values()), t["completed"], t["cancelled"], t["failed"],
+                 removed.workflows, removed.workflow_tasks, removed.runs,
                  removed.audit, removed.schedule_fires, removed.batches,
                  trio.current_time() - started,
                  extra={"event": "retention_pass", "completed": t["completed"],
                         "cancelled": t["cancelled"], "failed": t["failed"],
+                        "workflows": removed.workflows,
+                        "workflow_tasks": removed.workflow_tasks,
                         "runs": removed.runs, "audit": removed.audit,
                         "schedule_fires": removed.schedule_fires, "dlq": removed.dlq,
                         "batches": removed.batches, "worker_id": worker_id})

@@ -24,6 +24,9 @@ from distasks.store.pg import TrioConnection
 #: the task states the cleaner removes, in the order a pass takes them
 FINISHED = ("completed", "cancelled", "failed")
 
+#: a finished workflow's state, and the task state whose retention applies to it
+WORKFLOW_RETENTION = {"succeeded": "completed", "cancelled": "cancelled", "failed": "failed"}
+
 #: the leader row of the cleaner (table maintenance_leaders, migration 0014)
 CLEANER = "cleaner"
 
@@ -45,13 +48,10 @@ WHERE name = %(name)s AND holder = %(holder)s
 """
 
 # Whether a workflow may still need the task `t` (DESIGN §5.10: nothing still needed is
-# removed). Without workflows on this branch every finished task stands alone: true.
-# With workflows (tasks.workflow_id, table workflows: branch `flow`) it must become
-#   t.workflow_id IS NULL
-# so that a task of a workflow is never removed on its own; the whole workflow goes in
-# a pass of its own once it is finished (succeeded, failed or cancelled) and past its
-# retention, with all its tasks.
-NOT_NEEDED_BY_A_WORKFLOW = "TRUE"
+# removed): a node of a workflow (migration 0013) is never removed on its own, since its
+# children read its outcome and its workflow counts it; the whole workflow goes, with all
+# its nodes, once it is finished and past its retention (REMOVE_WORKFLOWS).
+NOT_NEEDED_BY_A_WORKFLOW = "t.workflow_id IS NULL"
 
 # Up to %(limit)s tasks of one finished state past their retention, oldest first: the
 # retention is the queue's override, else the tenant's, else the state's (seconds; 0
@@ -98,6 +98,51 @@ RETURNING t.id, t.queue_name, t.status = 'failed' AND t.dlq_deleted_at IS NULL A
           END AS doc
 """
 
+# Up to %(limit)s workflows of one finished state past their retention (the tenant's
+# override, else the state's: a workflow spans queues, so queue overrides do not apply),
+# oldest first, with every node (tasks.workflow_id ON DELETE CASCADE, their runs and
+# edges with them). Not one with a node still pending or queued, or a run still queued or
+# running (a resume puts a workflow back to running first). Returns a row per node (for
+# the DLQ and the archive) and one per workflow.
+REMOVE_WORKFLOWS = """
+WITH doomed AS (
+    SELECT w.id FROM workflows w
+    LEFT JOIN unnest(%(tenants)s::text[], %(tenant_keep_s)s::float8[]) AS tn(name, keep_s)
+           ON tn.name = w.tenant
+    WHERE w.state = %(state)s
+      AND w.finished_at < %(oldest_cutoff)s
+      AND coalesce(tn.keep_s, %(keep_s)s) > 0
+      AND w.finished_at < %(now)s - make_interval(secs => coalesce(tn.keep_s, %(keep_s)s))
+      AND NOT EXISTS (SELECT 1 FROM tasks t
+                      WHERE t.workflow_id = w.id AND t.status IN ('pending', 'queued'))
+      AND NOT EXISTS (SELECT 1 FROM tasks t JOIN task_runs r ON r.task_id = t.id
+                      WHERE t.workflow_id = w.id AND r.status IN ('queued', 'running'))
+    ORDER BY w.finished_at
+    LIMIT %(limit)s
+    FOR UPDATE OF w SKIP LOCKED
+), nodes AS (
+    SELECT t.id, t.queue_name, t.status = 'failed' AND t.dlq_deleted_at IS NULL AS in_dlq,
+           each.run_count,
+           CASE WHEN %(archive)s THEN
+               json_build_object('table', 'tasks', 'row', row_to_json(t), 'runs', each.runs)::text
+           END AS doc
+    FROM doomed d JOIN tasks t ON t.workflow_id = d.id
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS run_count,
+               CASE WHEN %(archive)s THEN coalesce(json_agg(r ORDER BY r.attempt), '[]'::json)
+               END AS runs
+        FROM task_runs r WHERE r.task_id = t.id
+    ) each
+), gone AS (
+    DELETE FROM workflows w WHERE w.id = ANY(ARRAY(SELECT id FROM doomed))
+    RETURNING w.id, CASE WHEN %(archive)s THEN
+        json_build_object('table', 'workflows', 'row', row_to_json(w))::text END AS doc
+)
+SELECT 'task' AS kind, id, queue_name, in_dlq, run_count, doc FROM nodes
+UNION ALL
+SELECT 'workflow', id, NULL, false, 0, doc FROM gone
+"""
+
 # Up to %(limit)s audit rows older than %(cutoff)s, oldest first (audit_log_at).
 REMOVE_AUDIT = """
 WITH doomed AS (
@@ -124,7 +169,7 @@ RETURNING CASE WHEN %(archive)s THEN
     json_build_object('table', 'schedule_fires', 'row', row_to_json(f))::text END
 """
 
-#: Writes the JSON lines of one batch (`kind`: tasks, audit_log, schedule_fires) where
+#: Writes the JSON lines of one batch (`kind`: tasks, workflows, audit_log, schedule_fires) where
 #: they are kept, before the batch commits; raising rolls the batch back.
 Archive = Callable[[str, Sequence[str]], Awaitable[None]]
 
@@ -174,6 +219,14 @@ class RemovedTask:
     runs: int
 
 
+@dataclass(frozen=True, slots=True)
+class RemovedWorkflows:
+    """What one batch of workflows took: the workflows, and their nodes."""
+
+    workflows: int
+    tasks: list[RemovedTask]
+
+
 class RetentionQueries(StoreBase):
     @query
     async def remove_tasks(self, r: TaskRetention, *, now: datetime, limit: int,
@@ -194,6 +247,28 @@ class RetentionQueries(StoreBase):
                                  archive=archive, kind="tasks", doc_column=4)
         return [RemovedTask(id=row[0], queue_name=row[1], in_dlq=bool(row[2]), runs=int(row[3]))
                 for row in rows]
+
+    @query
+    async def remove_workflows(self, r: TaskRetention, *, state: str, now: datetime, limit: int,
+                               lead: Leadership, gentle: Gentle = Gentle(),
+                               archive: Archive | None = None) -> RemovedWorkflows:
+        """One batch: remove up to `limit` workflows in `state` past the retention `r`
+        gives (its tenants' overrides; its queues' do not apply), with all their nodes."""
+        tenants_only = TaskRetention(r.status, r.keep_s, queues={}, tenants=r.tenants)
+        shortest = tenants_only.shortest_s()
+        if shortest is None:
+            return RemovedWorkflows(0, [])
+        params: dict[str, Any] = {
+            "state": state, "keep_s": r.keep_s, "now": now,
+            "oldest_cutoff": now - timedelta(seconds=shortest),
+            "tenants": list(r.tenants), "tenant_keep_s": list(r.tenants.values()),
+            "limit": limit, "archive": archive is not None}
+        rows = await self._batch(REMOVE_WORKFLOWS, params, lead=lead, gentle=gentle,
+                                 archive=archive, kind="workflows", doc_column=5)
+        return RemovedWorkflows(
+            workflows=sum(1 for row in rows if row[0] == "workflow"),
+            tasks=[RemovedTask(id=row[1], queue_name=row[2], in_dlq=bool(row[3]),
+                               runs=int(row[4])) for row in rows if row[0] == "task"])
 
     @query
     async def remove_audit(self, *, cutoff: datetime, limit: int, lead: Leadership,

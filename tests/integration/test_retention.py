@@ -236,3 +236,67 @@ async def test_a_failing_archive_removes_nothing(store, broker, pg_dsn):
         else:
             raise AssertionError("the archive's failure must stop the pass")
     assert counts(pg_dsn, old) == (5, 5)
+
+
+def seed_workflow(dsn: str, *, state: str, age: timedelta, nodes: list[str]) -> tuple[str, list[str]]:
+    """A workflow in `state`, finished `age` ago (unless running), whose nodes have the
+    task states `nodes` (one run each unless pending); (its id, its node ids)."""
+    at = datetime.now(UTC) - age
+    wf = str(uuid.uuid4())
+    ids = []
+    runs = {"completed": "succeeded", "failed": "failed", "cancelled": "cancelled",
+            "skipped": None, "pending": None, "queued": "queued"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO workflows (id, name, state, open_nodes, created_at, updated_at,"
+                     " finished_at) VALUES (%s, 'wf', %s, %s, %s, %s, %s)",
+                     (wf, state, sum(n in ("pending", "queued") for n in nodes), at, at,
+                      None if state == "running" else at))
+        for i, status in enumerate(nodes):
+            task = str(uuid.uuid4())
+            final = status not in ("pending", "queued")
+            conn.execute(
+                "INSERT INTO tasks (id, name, handler, type, queue_name, payload, max_retries,"
+                " status, created_at, updated_at, finished_at, workflow_id, workflow_key)"
+                " VALUES (%s, 'node', 'demo', 'immediate', 'q', '{}', 3, %s, %s, %s, %s, %s, %s)",
+                (task, status, at, at, at if final else None, wf, f"n{i}"))
+            if runs[status]:
+                conn.execute("INSERT INTO task_runs (id, task_id, attempt, status, finished_at)"
+                             " VALUES (%s, %s, 1, %s, %s)",
+                             (str(uuid.uuid4()), task, runs[status], at if final else None))
+            ids.append(task)
+    return wf, ids
+
+
+async def test_a_workflows_tasks_go_only_with_the_whole_finished_workflow(store, broker,
+                                                                          pg_dsn, tmp_path):
+    done_wf, done_nodes = seed_workflow(pg_dsn, state="succeeded", age=8 * DAY,
+                                        nodes=["completed", "completed", "skipped"])
+    young_wf, young_nodes = seed_workflow(pg_dsn, state="succeeded", age=6 * DAY,
+                                          nodes=["completed"])
+    # Still running: its old finished node is an input of the pending one.
+    running_wf, running_nodes = seed_workflow(pg_dsn, state="running", age=60 * DAY,
+                                              nodes=["completed", "pending"])
+    failed_wf, failed_nodes = seed_workflow(pg_dsn, state="failed", age=40 * DAY,
+                                            nodes=["completed", "failed"])
+    await broker.raw("rpush", broker.keys("q").dlq, failed_nodes[1])
+    archive = cleaner.ArchiveDir(str(tmp_path / "archive"), LEAD.holder)
+    with trio.fail_after(30):
+        removed = await cleaner.clean_once(store, broker, settings(batch=10, pause_s=0.0),
+                                           now_s=time.time(), lead=LEAD, archive=archive)
+    assert removed is not None
+    assert (removed.workflows, removed.workflow_tasks, removed.dlq) == (2, 5, 1)
+    assert sum(removed.tasks.values()) == 0  # no node went on its own
+    assert counts(pg_dsn, done_nodes + failed_nodes)[0] == 0
+    assert counts(pg_dsn, young_nodes)[0] == 1
+    assert counts(pg_dsn, running_nodes)[0] == 2
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        left = {str(r[0]) for r in conn.execute("SELECT id FROM workflows").fetchall()}
+    assert left == {young_wf, running_wf}
+    assert await broker.raw("llen", broker.keys("q").dlq) == 0
+    lines = []
+    for path in (tmp_path / "archive").glob("workflows-*.jsonl.gz"):
+        with gzip.open(path, "rt") as f:
+            lines += [json.loads(line) for line in f]
+    assert sorted(x["row"]["id"] for x in lines if x["table"] == "workflows") == sorted(
+        [done_wf, failed_wf])
+    assert len([x for x in lines if x["table"] == "tasks"]) == 5

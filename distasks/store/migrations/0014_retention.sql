@@ -7,6 +7,10 @@
 CREATE INDEX IF NOT EXISTS tasks_retention ON tasks (status, finished_at)
     WHERE status IN ('completed', 'failed', 'cancelled');
 
+-- Finished workflows by state, oldest first (a workflow goes whole, with its nodes).
+CREATE INDEX IF NOT EXISTS workflows_retention ON workflows (state, finished_at)
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
+
 -- The slots fired longest ago (audit_log has audit_log_at already).
 CREATE INDEX IF NOT EXISTS schedule_fires_fired_at ON schedule_fires (fired_at);
 
