@@ -131,6 +131,23 @@ async def test_walkthrough_through_pgbouncer(start_daemon, daemon_env, pgbouncer
                 assert fires[0]["outcome"] == "created", fires
                 body = await wait_task(client, d.url, fires[0]["task_id"])
                 assert body["task"]["status"] == "completed"
+
+                # A workflow: its counters and releases are written in the outcome
+                # transactions, through the pooler too.
+                r = await client.post("/api/v1/workflows", json={"name": "w", "tasks": [
+                    {"key": "a", "name": "a", "handler": "demo", "priority": 2},
+                    {"key": "b", "name": "b", "handler": "demo", "priority": 2, "depends_on": ["a"]},
+                    {"key": "c", "name": "c", "handler": "demo", "priority": 2, "depends_on": ["a"]},
+                    {"key": "d", "name": "d", "handler": "demo", "priority": 2,
+                     "depends_on": ["b", "c"]}]})
+                assert r.status_code == 201, r.text
+                wid = r.json()["workflow_id"]
+                while True:
+                    w = (await client.get(f"/api/v1/workflows/{wid}")).json()
+                    if w["state"] != "running":
+                        break
+                    await trio.sleep(0.1)
+                assert w["state"] == "succeeded", w
                 log = d.log()
             watchers.cancel_scope.cancel()
     assert "prepared statement" not in log and "no_statement_timeout" not in log
