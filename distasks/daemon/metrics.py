@@ -126,6 +126,11 @@ class Metrics:
 
         # Which daemon a scrape reached: with http.reuse_port any of a host's daemons
         # may answer one scrape (docs/deployment.md).
+        self.retention_removed = Counter(
+            "distasks_retention_removed",
+            "Rows removed by the cleaner past their retention: tasks by state (completed,"
+            " cancelled, failed), workflows and their workflow_tasks, runs, audit,"
+            " schedule_fires", ["kind"], registry=r)
         self.daemon_info = Gauge("distasks_daemon_info",
                                  "Always 1; the labels name the daemon that answered",
                                  ["worker_id", "version"], registry=r)

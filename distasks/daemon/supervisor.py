@@ -7,7 +7,8 @@ The only module that knows them all. Shutdown order is nesting order:
         │         failures, heartbeat,     alive while handlers use their grace period)
         │         mover, reaper, control,
         │         reconciler, scheduler,
-        │         outbox relays, reporter
+        │         cleaner, outbox relays,
+        │         reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
                                            pool stops claiming and gives handlers the
@@ -43,6 +44,7 @@ from distasks.broker import Broker
 from distasks.config import Config, OutboxSourceConfig
 from distasks.config import load as load_config
 from distasks.daemon import (
+    cleaner,
     control,
     heartbeat,
     mover,
@@ -87,6 +89,8 @@ GC_THRESHOLD_0 = 10_000
 # How long the API finishes requests in flight (and waits on idle keep-alive connections)
 # once shutdown begins; long polls are cut short and clients retry elsewhere.
 API_DRAIN_S = 2.0
+# The [retention] keys a reload does not change (the others apply from the next pass).
+RETENTION_AT_START = ("retention.enabled", "retention.interval_s")
 # How long a reload waits to write its audit row before giving up on it (logged).
 AUDIT_TIMEOUT_S = 5.0
 
@@ -135,6 +139,8 @@ class Daemon:
         self._stop_requests = 0
         #: the file as last read (a reload's audit row names what changed since)
         self._loaded = config
+        #: the cleaner's rules: a reload replaces them, the next pass follows
+        self._retention = cleaner.Settings.from_config(config)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; a second request skips the rest of the grace period."""
@@ -151,7 +157,8 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-read the config (SIGHUP) and apply what can change live: worker
-        concurrency, subscribed queues and their order, retry policy, log level. Other changes are logged
+        concurrency, subscribed queues and their order, retry policy, log level, retention
+        (but whether the cleaner runs, and how often). Other changes are logged
         as needing a restart; an invalid file changes nothing."""
         sdnotify.reloading()
         try:
@@ -180,10 +187,12 @@ class Daemon:
             except StoreUnavailable:
                 pass  # shown at the next start; the heartbeat goes on regardless
         await self._configure_queue_limits(new, wait=False)
+        self._retention = cleaner.Settings.from_config(new)
         live = {"worker.queues", "worker.concurrency", "worker.queue_order",
                 "worker.queue_weights", "log.level"}
         restart = [key for key in _differences(self.config, new)
-                   if key not in live and not key.startswith(("retry.", "queues."))]
+                   if key not in live and not key.startswith(("retry.", "queues."))
+                   and not (key.startswith("retention.") and key not in RETENTION_AT_START)]
         log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
                  extra={"event": "reloaded", "changed": changed,
                         "needs_restart": restart, "queues": list(fresh.queues),
@@ -262,7 +271,8 @@ class Daemon:
             async with aio.open_loop():
                 async with (
                     Store.open(c.database.url, min_size=c.database.pool_min,
-                               max_size=c.database.pool_max) as store,
+                               max_size=c.database.pool_max,
+                               pooler=c.database.pooler) as store,
                     Broker.open(c.redis.url, prefix=c.redis.prefix,
                                 max_connections=c.redis.max_connections) as broker,
                 ):
@@ -276,11 +286,22 @@ class Daemon:
         while True:
             try:
                 await store.migrate()
-                return
+                break
             except StoreUnavailable as e:
                 failures += 1
                 log.warning("waiting for PostgreSQL: %s", e, extra={"event": "store_waiting"})
                 await trio.sleep(backoff.delay_s(failures))
+        if self.config.database.pooler != "none":
+            # Behind a pooler the daemon cannot set the timeout itself (no `options`
+            # startup parameter): the pooler's connect_query or the role must.
+            try:
+                timeout = await store.statement_timeout()
+            except StoreUnavailable:
+                timeout = ""  # not worth waiting for: the warning is advice
+            if timeout in ("0", "0ms"):
+                log.warning("statement_timeout is off behind the pooler: set it on the role "
+                            "(ALTER ROLE ... SET statement_timeout = '30s') or in the pooler's "
+                            "connect_query", extra={"event": "no_statement_timeout"})
 
     async def _serve(self, store: Store, broker: Broker, sockets: list[socket.socket],
                      task_status: trio.TaskStatus[None]) -> None:
@@ -345,6 +366,11 @@ class Daemon:
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
+            if c.retention.enabled:
+                await services.start(lambda task_status: cleaner.run(
+                    store, broker, lambda: self._retention,
+                    interval_s=c.retention.interval_s, worker_id=self.worker_id, health=h,
+                    metrics=m, task_status=task_status))
             for source in c.outbox:
                 await services.start(self._relay, source, intake, services_.workflows,
                                      quotas, services_.creation_rules)
@@ -491,7 +517,8 @@ async def migrate_only(config: Config) -> list[int]:
     exception group the bridge's loop wraps it in, so the command says so in one line."""
     try:
         async with aio.open_loop():
-            async with Store.open(config.database.url, min_size=1, max_size=1) as store:
+            async with Store.open(config.database.url, min_size=1, max_size=1,
+                                  pooler=config.database.pooler) as store:
                 return await store.migrate()
     except BaseExceptionGroup as e:
         leaves = _leaves(e)

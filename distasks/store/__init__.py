@@ -19,6 +19,7 @@ from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.keys import KeyQueries
 from distasks.store.queues import QueueQueries, QueueRecord
+from distasks.store.retention import RetentionQueries
 from distasks.store.runs import (
     Cancelled,
     Failed,
@@ -52,7 +53,7 @@ __all__ = [
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries, AuditQueries, ScheduleQueries, WorkflowQueries):
+            KeyQueries, AuditQueries, ScheduleQueries, WorkflowQueries, RetentionQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query
@@ -60,6 +61,14 @@ class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, 
         """Apply pending migrations; safe when several daemons start at once."""
         async with self._pool.connection() as conn:
             return await _migrate.apply(conn)
+
+    @query
+    async def statement_timeout(self) -> str:
+        """The server's statement_timeout for our connections, as SHOW gives it."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SHOW statement_timeout")
+            row = await cur.fetchone()
+            return str(row[0]) if row else ""
 
     @query
     async def ping(self) -> None:

@@ -50,18 +50,29 @@ class StoreBase:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Self]:
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
+                   pooler: str = "none") -> AsyncIterator[Self]:
         """A store over a pool of at most `max_size` connections to `dsn`, for the block,
         `min_size` of them opened at once if PostgreSQL answers (it may be down: then
-        connections are made on first use)."""
-        pool = TrioPool(dsn, max_size=max_size, timeout_s=POOL_TIMEOUT_S, kwargs={
+        connections are made on first use).
+
+        `pooler` says what `dsn` reaches: "none" (PostgreSQL itself) or "pgbouncer" (a
+        PgBouncer in transaction mode). Behind the pooler every statement may reach
+        another server connection, so nothing may rely on session state: no prepared
+        statements (PgBouncer 1.18 does not carry them), and no `options` startup
+        parameter (PgBouncer refuses it), so the statement timeout is the pooler's or
+        the role's (architecture, "Behind a connection pooler")."""
+        kwargs: dict[str, Any] = {
             "application_name": "distasks",
             # A dead server or network is noticed in seconds, not at TCP's minutes.
             "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1,
             "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        }
+        if pooler == "none":
             # No statement of ours runs long; one that hangs on a lock gives up.
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-        })
+            kwargs["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        pool = TrioPool(dsn, max_size=max_size, timeout_s=POOL_TIMEOUT_S, kwargs=kwargs,
+                        prepare_threshold=5 if pooler == "none" else None)
         with trio.move_on_after(CONNECT_TIMEOUT_S):
             await pool.warm(min_size)
         try:
