@@ -158,8 +158,9 @@ def handler_env(prefix: str, redis_url: str) -> dict[str, str]:
 
 
 class Cpu:
-    """CPU seconds of the daemons, of this database's PostgreSQL backends (those alive at
-    both ends: the pools keep theirs), of PgBouncer, and of the Redis, over one phase."""
+    """CPU seconds of the daemons, of this database's PostgreSQL backends (alive at the
+    end: the pools keep theirs; WAL writer, checkpointer and the like are not counted),
+    of PgBouncer, and of the Redis, over one phase."""
 
     def __init__(self, daemon_pids: list[int], pg_pids: Callable[[], list[int]],
                  bouncer_pid: int | None, redis_cpu: Callable[[], float]) -> None:
@@ -178,7 +179,8 @@ class Cpu:
         return {
             "wall_s": time.perf_counter() - self.wall0,
             "daemons_s": sum(process_cpu_s(p) for p in self.daemon_pids) - self.daemons0,
-            "postgres_s": sum(pg_now[p] - c for p, c in self.pg0.items() if p in pg_now),
+            # a backend opened during the phase counts whole; one closed is lost
+            "postgres_s": sum(c - self.pg0.get(p, 0.0) for p, c in pg_now.items()),
             "pgbouncer_s": (process_cpu_s(self.bouncer_pid) - self.bouncer0
                             if self.bouncer_pid else 0.0),
             "redis_s": self.redis_cpu() - self.redis0,
