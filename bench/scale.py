@@ -171,6 +171,7 @@ class Cpu:
         self.pg0 = {p: process_cpu_s(p) for p in pg_pids()}
         self.bouncer0 = process_cpu_s(bouncer_pid) if bouncer_pid else 0.0
         self.redis0 = redis_cpu()
+        self.bench0 = time.process_time()
         self.machine0 = system_cpu_s()
 
     def read(self) -> dict[str, float]:
@@ -184,6 +185,9 @@ class Cpu:
             "pgbouncer_s": (process_cpu_s(self.bouncer_pid) - self.bouncer0
                             if self.bouncer_pid else 0.0),
             "redis_s": self.redis_cpu() - self.redis0,
+            "bench_s": time.process_time() - self.bench0,
+            # busy CPU seconds of the whole machine, all cores
+            "machine_s": busy - self.machine0[0],
             "machine_busy_pct": 100 * (busy - self.machine0[0])
                                 / max(total - self.machine0[1], 1e-9),
         }
@@ -210,8 +214,11 @@ async def drain(db: Database, queue: str, since: Any, tasks: int, cpu: Cpu) -> d
         span_s = (last - first).total_seconds()
         out["span_s"] = round(span_s, 3)
         out["tasks_per_s"] = round(done / span_s, 1) if span_s > 0 else float("inf")
-        for part in ("daemons", "postgres", "pgbouncer", "redis"):
+        for part in ("daemons", "postgres", "pgbouncer", "redis", "bench", "machine"):
             out[f"{part}_cpu_ms_per_task"] = round(1000 * use[f"{part}_s"] / done, 3)
+        # The drain's window is from the resume to the poll that saw the last run: the
+        # rate's span plus up to one poll.
+        out["meter_wall_s"] = round(use["wall_s"], 3)
     return out
 
 
