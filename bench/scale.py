@@ -373,7 +373,7 @@ def configuration(opts: argparse.Namespace) -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
             "tasks_per_cell": opts.tasks, "concurrency_per_daemon": opts.concurrency,
             "latency": f"{opts.rate:g}/s for {opts.duration:g} s, {opts.clients} connections",
-            "daemons": opts.daemons, "pg_modes": opts.pg, "redis": opts.redis,
+            "daemons": opts.daemons, "repeats": opts.repeats, "pg_modes": opts.pg, "redis": opts.redis,
             "pgbouncer_pool": PGBOUNCER_POOL, "history_rows": opts.history_rows,
             "python": platform.python_version(), "postgresql": pg,
             "redis_server": redis_info.get("redis_version"),
@@ -406,8 +406,11 @@ class PooledDatabase(Database):
 
 
 async def matrix(opts: argparse.Namespace, admin: str, shared_redis: str,
-                 out_dir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+                 out_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every cell `--repeats` times; a round runs the daemon counts in the other order
+    than the round before, so that a drift of the other work on the box does not favour
+    one count."""
+    results: dict[str, list[dict[str, Any]]] = {}
     with ExitStack() as stack:
         res = stack.enter_context(provisioned(admin, shared_redis))
         db = PooledDatabase(res.dsn)
@@ -416,15 +419,17 @@ async def matrix(opts: argparse.Namespace, admin: str, shared_redis: str,
         for pg_mode in opts.pg:
             with pooler_for(pg_mode) as bouncer:
                 dsn = res.dsn if bouncer is None else bouncer.dsn(res.name)
-                for n in opts.daemons:
-                    label = f"{opts.redis}/{pg_mode}/{n}"
-                    queue = f"scale-{pg_mode}-{n}"
-                    r = await cell(db, res, out_dir, opts, n=n, queue=queue, daemon_dsn=dsn,
-                                   pooler=bouncer and bouncer._process, redis_url=redis_url,
-                                   redis_cpu=redis_cpu)
-                    r["load_avg_1min"] = round(os.getloadavg()[0], 2)
-                    results[label] = r
-                    print(cell_line(label, r), flush=True)
+                for round_ in range(opts.repeats):
+                    counts = opts.daemons if round_ % 2 == 0 else opts.daemons[::-1]
+                    for n in counts:
+                        label = f"{opts.redis}/{pg_mode}/{n}"
+                        queue = f"scale-{pg_mode}-{n}-{round_}"
+                        r = await cell(db, res, out_dir, opts, n=n, queue=queue,
+                                       daemon_dsn=dsn, pooler=bouncer and bouncer._process,
+                                       redis_url=redis_url, redis_cpu=redis_cpu)
+                        r["load_avg_1min"] = round(os.getloadavg()[0], 2)
+                        results.setdefault(label, []).append(r)
+                        print(cell_line(f"{label} #{round_ + 1}", r), flush=True)
     return results
 
 
@@ -480,23 +485,33 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def print_table(results: dict[str, Any], opts: argparse.Namespace) -> None:
-    print("\n| Redis / PostgreSQL / daemons | drain tasks/s | x one daemon | daemons CPU "
-          "ms/task | PostgreSQL CPU ms/task | PgBouncer CPU ms/task | Redis CPU ms/task | "
-          f"whole machine CPU ms/task | enqueue→start p99 at {opts.rate:g}/s | machine busy |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, r in results.items():
-        d = r["drain"]
-        one = results[label.rsplit("/", 1)[0] + "/1"]["drain"].get("tasks_per_s") or 0
-        rate = d.get("tasks_per_s", 0)
-        lat = r.get("latency", {})
+STACK = ("daemons", "postgres", "pgbouncer", "redis")
+
+
+def median_of(rounds: list[dict[str, Any]], phase: str, key: str) -> float:
+    return statistics.median(r.get(phase, {}).get(key, 0) or 0 for r in rounds)
+
+
+def print_table(results: dict[str, list[dict[str, Any]]], opts: argparse.Namespace) -> None:
+    """Medians over the rounds. "stack" is the daemons + PostgreSQL's backends +
+    PgBouncer + Redis: what a task costs the system under test, whatever else runs."""
+    print(f"\nmedians of {opts.repeats} round(s), {opts.tasks} tasks a drain\n")
+    print("| Redis / PostgreSQL / daemons | drain tasks/s | × one daemon | CPU ms/task: "
+          "daemons | PostgreSQL | PgBouncer | Redis | stack | whole machine | "
+          f"enqueue→start p99 at {opts.rate:g}/s | machine busy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, rounds in results.items():
+        one = median_of(results[label.rsplit("/", 1)[0] + "/1"], "drain", "tasks_per_s")
+        rate = median_of(rounds, "drain", "tasks_per_s")
+        cpu = {part: median_of(rounds, "drain", f"{part}_cpu_ms_per_task")
+               for part in (*STACK, "machine")}
+        stack = statistics.median(sum(r["drain"].get(f"{p}_cpu_ms_per_task", 0) for p in STACK)
+                                  for r in rounds)
         print(f"| {label} | {rate:.0f} | {rate / one if one else 0:.2f} | "
-              f"{d.get('daemons_cpu_ms_per_task', 0):.2f} | "
-              f"{d.get('postgres_cpu_ms_per_task', 0):.2f} | "
-              f"{d.get('pgbouncer_cpu_ms_per_task', 0):.2f} | "
-              f"{d.get('redis_cpu_ms_per_task', 0):.2f} | "
-              f"{d.get('machine_cpu_ms_per_task', 0):.2f} | {lat.get('p99_ms', 0):.1f} ms | "
-              f"{d['machine_busy_pct']:.0f} % |")
+              f"{cpu['daemons']:.2f} | {cpu['postgres']:.2f} | {cpu['pgbouncer']:.3f} | "
+              f"{cpu['redis']:.3f} | {stack:.2f} | {cpu['machine']:.2f} | "
+              f"{median_of(rounds, 'latency', 'p99_ms'):.0f} ms | "
+              f"{median_of(rounds, 'drain', 'machine_busy_pct'):.0f} % |")
 
 
 def main() -> int:
@@ -506,6 +521,7 @@ def main() -> int:
                    default=[1, 2, 4], help="daemon counts, comma-separated (1,2,4); '' skips")
     p.add_argument("--pg", type=lambda s: s.split(","), default=["direct", "pgbouncer"],
                    help="direct,pgbouncer")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the matrix (1)")
     p.add_argument("--redis", choices=("single", "cluster"), default="single")
     p.add_argument("--concurrency", type=int, default=50, help="WORKER_CONCURRENCY (50)")
     p.add_argument("--rate", type=float, default=200.0, help="latency phase creates/s (200)")
