@@ -46,7 +46,7 @@ class ControlCommands(BrokerBase):
         """Subscribe to the control channel for the block."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await cross(pubsub.subscribe, self.control_channel)
+            await cross(self._subscribe_on_asyncio, pubsub)
             yield ControlSubscription(pubsub)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SOCKET_TIMEOUT_S):
@@ -54,6 +54,16 @@ class ControlCommands(BrokerBase):
                     await aio.call(pubsub.aclose)
                 except _UNAVAILABLE:
                     pass
+
+
+    async def _subscribe_on_asyncio(self, pubsub: Any) -> None:
+        """SUBSCRIBE on one node. On a cluster a PUBLISH reaches every node, so any one
+        will do: the master of the channel's slot as the client's slot map has it now
+        (after a failover, the new one; a subscription lost with its node fails, and
+        the caller subscribes again)."""
+        if self.is_cluster:
+            await self._redis.initialize()  # the slot map, learnt on first use
+        await pubsub.subscribe(self.control_channel)
 
 
 class ControlSubscription:

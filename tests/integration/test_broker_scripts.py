@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from distasks.broker import Broker, Settlement
+from distasks.broker.base import cross
 from distasks.broker.keys import global_keys
 
 
@@ -56,7 +57,11 @@ async def test_blocking_claim_on_an_empty_queue_returns_empty_after_the_block(br
 
 async def blocked_in_blmove(broker: Broker) -> int:
     """Clients the Redis server holds blocked in BLMOVE now."""
-    clients = await broker.raw("client_list")
+    if broker.is_cluster:  # one list per master, by node
+        by_node = await cross(broker._redis.client_list, target_nodes="primaries")
+        clients = [c for listed in by_node.values() for c in listed]
+    else:
+        clients = await broker.raw("client_list")
     return sum(1 for c in clients if c.get("cmd") == "blmove" and "b" in c.get("flags", ""))
 
 
