@@ -397,6 +397,27 @@ class PrivateRedisCluster:
         replica of the master that replaced it."""
         self._start_node(port, fresh=False)
 
+    def is_running(self) -> bool:
+        return bool(self._processes) and len(self.alive_ports()) == len(self.ports)
+
+    def ensure_running(self) -> None:
+        """Start the cluster, or bring back the nodes a test killed (as replicas) and
+        wait until it is whole again."""
+        if not self._processes:
+            self.start()
+            return
+        for port in set(self.ports) - set(self.alive_ports()):
+            self.rejoin(port)
+        self.wait_ok()
+
+    def client_kill(self) -> int:
+        """Drop every normal client connection on every node; returns how many."""
+        dropped = 0
+        for port in self.alive_ports():
+            with self.client(port) as c:
+                dropped += int(c.client_kill_filter(_type="normal", skipme=True))
+        return dropped
+
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key starting with `prefix:` on every master."""
         for port in self.masters():
