@@ -273,6 +273,8 @@ async def inject_kill9(c: Cluster) -> None:
 
 
 async def inject_redis_restart_empty(c: Cluster) -> None:
+    if not isinstance(c.redis, PrivateRedis):
+        raise ScenarioFailed("redis-empty needs a single Redis (a cluster: redis-failover)")
     c.fault_at = time.time()
     await trio.to_thread.run_sync(c.redis.restart_empty)
     c.notes.append(f"redis down {time.time() - c.fault_at:.2f}s")
