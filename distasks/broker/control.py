@@ -31,7 +31,9 @@ class ControlCommands(BrokerBase):
                 self._pipe_script(pipe, "withdraw", [keys.ready, keys.delayed, keys.priorities,
                                                      keys.key_turns], run_ids)
             if running:
-                pipe.publish(self.control_channel, f"cancel {running}")
+                # Raw: redis-py's cluster pipeline refuses its `publish` method (a
+                # PUBLISH on any node reaches every node of a cluster).
+                pipe.execute_command("PUBLISH", self.control_channel, f"cancel {running}")
             await self._execute_announcing(pipe, [task_id], now_ms=now_ms)
 
     @crossing
