@@ -69,7 +69,8 @@ CLUSTER_TESTS ?= tests/integration/test_broker_scripts.py tests/integration/test
 	tests/integration/test_rate_limits.py tests/integration/test_queue_rates.py \
 	tests/integration/test_queue_limits.py tests/integration/test_worker.py \
 	tests/system/test_walkthrough.py tests/system/test_faults.py \
-	tests/system/test_schedules.py
+	tests/system/test_schedules.py tests/system/test_access.py::test_a_rate_limit_holds_across_two_daemons \
+	tests/system/test_limit_faults.py tests/integration/test_cluster.py
 test-cluster: venv services
 	$(SERVICES_ENV) && DISTASKS_TEST_REDIS=cluster $(VENV)/bin/pytest $(PYTEST_ARGS) $(CLUSTER_TESTS)
 

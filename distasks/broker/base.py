@@ -51,6 +51,13 @@ _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 redis.exceptions.SlotNotCoveredError, OSError)
 
 
+# How redis-py's cluster client says that no node answers, or that the nodes it reached
+# do not make a whole cluster yet (RedisClusterException, whose other uses are bugs such
+# as keys of several slots in one command).
+_CLUSTER_OUTAGES = ("Redis Cluster cannot be connected", "All slots are not covered",
+                    "startup_nodes could not agree")
+
+
 @contextlib.contextmanager
 def broker_errors() -> Iterator[None]:
     """Map redis-py's connection failures to BrokerUnavailable, on either side of the
@@ -59,6 +66,10 @@ def broker_errors() -> Iterator[None]:
         yield
     except _UNAVAILABLE as e:
         raise BrokerUnavailable(str(e) or type(e).__name__) from e
+    except redis.exceptions.RedisClusterException as e:
+        if str(e).startswith(_CLUSTER_OUTAGES):
+            raise BrokerUnavailable(str(e)) from e
+        raise
 
 
 B = TypeVar("B", bound="BrokerBase")

@@ -278,10 +278,14 @@ class PrivateRedisCluster:
         """The daemon's redis.url for this cluster: any node, the scheme says cluster."""
         return f"redis+cluster://{HOST}:{self.ports[0]}/0"
 
-    def client(self, port: int) -> redis.Redis:
+    def node_client(self, port: int) -> redis.Redis:
         """A plain (single-node) client of the node on `port`."""
         return redis.Redis(host=HOST, port=port, socket_timeout=5, socket_connect_timeout=5,
                            decode_responses=True)
+
+    def client(self) -> redis.RedisCluster:
+        """A cluster client (as PrivateRedis.client gives a client of the server)."""
+        return self.cluster_client()
 
     def cluster_client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host=HOST, port=self.alive_ports()[0], socket_timeout=5,
@@ -326,7 +330,7 @@ class PrivateRedisCluster:
             raise RuntimeError(f"redis-server exited {process.returncode}; see "
                                f"{self.dir / str(port) / 'redis.log'}")
         try:
-            with self.client(port) as c:
+            with self.node_client(port) as c:
                 return bool(c.ping())
         except redis.RedisError:
             return False
@@ -335,7 +339,7 @@ class PrivateRedisCluster:
         return [p for p, proc in self._processes.items() if proc.poll() is None]
 
     def _info(self, port: int) -> dict[str, str]:
-        with self.client(port) as c:
+        with self.node_client(port) as c:
             text = str(c.execute_command("CLUSTER", "INFO"))
         return dict(line.split(":", 1) for line in text.split() if ":" in line)
 
@@ -346,7 +350,7 @@ class PrivateRedisCluster:
             for port in self.alive_ports():
                 if self._info(port).get("cluster_state") != "ok":
                     return False
-                with self.client(port) as c:
+                with self.node_client(port) as c:
                     replication = c.info("replication")
                 if replication.get("role") == "slave" and (
                         replication.get("master_link_status") != "up"):
@@ -363,7 +367,7 @@ class PrivateRedisCluster:
         """The ports of the running masters, as the running nodes see them."""
         out = []
         for port in self.alive_ports():
-            with self.client(port) as c:
+            with self.node_client(port) as c:
                 if str(c.info("replication").get("role")) == "master":
                     out.append(port)
         return sorted(out)
@@ -397,6 +401,26 @@ class PrivateRedisCluster:
         replica of the master that replaced it."""
         self._start_node(port, fresh=False)
 
+    def kill(self) -> None:
+        """SIGKILL every node: the whole cluster is gone; `start()` makes a new, empty
+        one on the same ports."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP every node: connections stay open and nothing answers; `thaw()`
+        brings the cluster back with its data (no node saw another fail meanwhile)."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+
     def is_running(self) -> bool:
         return bool(self._processes) and len(self.alive_ports()) == len(self.ports)
 
@@ -414,14 +438,14 @@ class PrivateRedisCluster:
         """Drop every normal client connection on every node; returns how many."""
         dropped = 0
         for port in self.alive_ports():
-            with self.client(port) as c:
+            with self.node_client(port) as c:
                 dropped += int(c.client_kill_filter(_type="normal", skipme=True))
         return dropped
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key starting with `prefix:` on every master."""
         for port in self.masters():
-            with self.client(port) as c:
+            with self.node_client(port) as c:
                 keys = list(c.scan_iter(match=f"{prefix}:*", count=1000))
                 for key in keys:
                     c.delete(key)
