@@ -50,6 +50,29 @@ async def test_claim_moves_the_oldest_ready_items_into_the_lease_set(
     assert [(m, score) for m, score in s["leases"]] == want_leases
 
 
+async def test_claim_drops_a_ready_duplicate_of_a_leased_run(broker):
+    """A rebuild after a failover adds ids again that the replica kept: a copy of a run
+    someone holds is dropped, its lease (and deadline) stays the holder's."""
+    with trio.fail_after(5):
+        await seed(broker, ready=["held", "b", "c"], leases=[("held", 5)])
+        claimed = await broker.claim("q", count=2, lease_until_ms=9000, block=False)
+        s = await state(broker)
+    assert claimed == ["b", "c"]  # the duplicate dropped, two claimed all the same
+    assert s["ready"] == []
+    assert s["leases"] == [("held", 5.0), ("b", 9000.0), ("c", 9000.0)]
+
+
+async def test_claim_drops_a_keyed_duplicate_of_a_leased_run_without_counting_it(broker):
+    k = broker.keys("q")
+    with trio.fail_after(5):
+        await broker.dispatch(ready=[("q", "held", "0/a"), ("q", "other", "0/a")])
+        await broker.raw("zadd", k.leases, {"held": 5})
+        claimed = await broker.claim("q", count=5, lease_until_ms=9000, block=False)
+        counts = await broker.raw("hgetall", k.key_running)
+    assert claimed == ["other"]
+    assert counts == {"a": "1"}
+
+
 async def test_blocking_claim_on_an_empty_queue_returns_empty_after_the_block(broker):
     with trio.fail_after(5):
         assert await broker.claim("q", count=3, lease_until_ms=1, block=True) == []
