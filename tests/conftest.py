@@ -135,7 +135,9 @@ def redis_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def redis_url(request: pytest.FixtureRequest) -> str:
     if on_cluster():
-        return str(request.getfixturevalue("redis_cluster").url)
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.ensure_running()  # whole again after a test that killed nodes
+        return str(cluster.url)
     return _redis_url()
 
 

@@ -248,6 +248,8 @@ class PrivatePostgres:
 # How long a killed master's replica waits before it takes over, in ms: low, so that a
 # failover in a test takes about a second (Redis's default is 15 s).
 CLUSTER_NODE_TIMEOUT_MS = 1000
+# How long nodes brought back may take to make the cluster whole before it is made anew.
+REJOIN_TIMEOUT_S = 10.0
 # Masters of a private cluster, each with one replica.
 CLUSTER_MASTERS = 3
 
@@ -308,6 +310,8 @@ class PrivateRedisCluster:
     def _start_node(self, port: int, *, fresh: bool = True) -> None:
         node_dir = self.dir / str(port)
         node_dir.mkdir(exist_ok=True)
+        # A replica keeps the RDB its master sent it: a node must come back empty.
+        (node_dir / "dump.rdb").unlink(missing_ok=True)
         if fresh:
             (node_dir / "nodes.conf").unlink(missing_ok=True)
         self._processes[port] = subprocess.Popen(
@@ -361,7 +365,28 @@ class PrivateRedisCluster:
 
     def wait_ok(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
         """Wait until every running node says `cluster_state:ok`."""
-        _wait_until(self._state_ok, timeout_s, "redis cluster state ok")
+        try:
+            _wait_until(self._state_ok, timeout_s, "redis cluster state ok")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; nodes: {self._states()}") from None
+
+    def _states(self) -> str:
+        """Each running node's state, role and link, and its log's last lines."""
+        out = []
+        for port in self.alive_ports():
+            try:
+                info = self._info(port)
+                with self.node_client(port) as c:
+                    replication = c.info("replication")
+                out.append(f"{port}: {info.get('cluster_state')} known "
+                           f"{info.get('cluster_known_nodes')} {replication.get('role')} "
+                           f"link {replication.get('master_link_status', '-')}")
+            except redis.RedisError as e:
+                out.append(f"{port}: {e}")
+            log = self.dir / str(port) / "redis.log"
+            if log.exists():
+                out += ["   " + line for line in log.read_text().splitlines()[-4:]]
+        return "\n".join(out)
 
     def masters(self) -> list[int]:
         """The ports of the running masters, as the running nodes see them."""
@@ -426,13 +451,20 @@ class PrivateRedisCluster:
 
     def ensure_running(self) -> None:
         """Start the cluster, or bring back the nodes a test killed (as replicas) and
-        wait until it is whole again."""
+        wait until it is whole again; a cluster that does not recover so within
+        REJOIN_TIMEOUT_S is made anew (empty), so one test cannot break the next."""
         if not self._processes:
             self.start()
             return
+        if self._state_ok() and self.is_running():
+            return
         for port in set(self.ports) - set(self.alive_ports()):
             self.rejoin(port)
-        self.wait_ok()
+        try:
+            self.wait_ok(REJOIN_TIMEOUT_S)
+        except RuntimeError:
+            self.kill()
+            self.start()
 
     def client_kill(self) -> int:
         """Drop every normal client connection on every node; returns how many."""

@@ -27,6 +27,7 @@ QUEUES = [f"q{i}" for i in range(12)]
 @pytest.fixture
 async def cluster_broker(aio_loop: None, redis_cluster: PrivateRedisCluster,
                          redis_prefix: str) -> AsyncIterator[Broker]:
+    await trio.to_thread.run_sync(redis_cluster.ensure_running)
     async with Broker.open(redis_cluster.url, prefix=redis_prefix) as b:
         yield b
     await trio.to_thread.run_sync(redis_cluster.delete_prefix, redis_prefix)
