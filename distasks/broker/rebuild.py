@@ -19,7 +19,7 @@ from distasks.broker.keys import Rank, epoch_marker, global_keys
 # Value of the epoch key of a single Redis (a cluster's markers name their master).
 SINGLE = "redis"
 # Most candidate keys tried to find one in each master's slots (16384 slots: a master
-# serving a slot range of any useful size has one within the first few hundred).
+# serving a few of them has one within the first tens of thousands).
 MARKER_CANDIDATES = 100_000
 
 
@@ -64,7 +64,9 @@ class RebuildCommands(BrokerBase):
         epoch key of a single Redis."""
         if not self.is_cluster:
             return {global_keys(self._prefix).epoch: SINGLE}
-        wanted = {str(node.name) for node in self._redis.get_primaries()}
+        # The masters that serve slots (one added and given none yet holds no queue).
+        wanted = {str(nodes[0].name)
+                  for nodes in self._redis.nodes_manager.slots_cache.values() if nodes}
         found: dict[str, str] = {}
         for n in range(MARKER_CANDIDATES):
             if not wanted:
