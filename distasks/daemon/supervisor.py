@@ -274,7 +274,8 @@ class Daemon:
                                max_size=c.database.pool_max,
                                pooler=c.database.pooler) as store,
                     Broker.open(c.redis.url, prefix=c.redis.prefix,
-                                max_connections=c.redis.max_connections) as broker,
+                                max_connections=c.redis.max_connections,
+                                cluster=c.redis.cluster) as broker,
                 ):
                     await self._migrate(store)
                     await self._serve(store, broker, sockets, task_status)
