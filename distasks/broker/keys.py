@@ -118,3 +118,9 @@ def rate_keys(prefix: str, principal: str, tenant: str) -> tuple[str, str]:
     """The token buckets of a principal and of its tenant (hashes: tokens, at_ms). One
     hash tag for all, so that rate_take.lua touching both stays in one cluster slot."""
     return f"{prefix}:{{rl}}:p:{principal}", f"{prefix}:{{rl}}:t:{tenant}"
+
+
+def console_session_key(prefix: str, session_digest: str) -> str:
+    """A console session (string, expires after the session's idle time): its state as
+    the console encrypted it, under a digest of the cookie's id (never the id itself)."""
+    return f"{prefix}:console-session:{session_digest}"

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 import distasks
-from distasks import aio, api
+from distasks import aio, api, console
 from distasks.access import jwt_tokens
 from distasks.access.login_failures import LoginFailures
 from distasks.access.principals import KeyCache
@@ -298,6 +298,7 @@ class Daemon:
             progress=progress, stopping=self._api_stop, tunables=t, jwt=self.jwt,
             census=census, login_failures=login_failures)
         app = api.create_app(services_)
+        console.install(app)
         await self._configure_schedules(store, services_)
         self._ops = services_.operations
         await self._configure_queue_limits(self.config)

@@ -148,6 +148,17 @@ SELECT (SELECT array_agg(id) FROM waiting),
 """
 
 
+# Tasks that reached a final state in a window, per minute: the console's charts. The
+# range on finished_at uses the partial index tasks_finished; only the window's rows count.
+FINISHED_BY_MINUTE = """
+SELECT date_trunc('minute', finished_at) AS minute, status, count(*)
+  FROM tasks
+ WHERE finished_at >= %(since)s AND tenant = %(tenant)s
+ GROUP BY 1, 2
+ ORDER BY 1
+"""
+
+
 class TaskQueries(StoreBase):
     @query
     async def create_tasks(self, tasks: Sequence[NewTask], *,
@@ -239,17 +250,7 @@ class TaskQueries(StoreBase):
         """Tasks matching `f`, newest first, continuing after the (created_at, id) key;
         without their payloads (None) unless `with_payload`, as JsonText with
         `payload_text`."""
-        where, params = ["tenant = %(tenant)s"], dict[str, Any](tenant=f.tenant)
-        for column in ("status", "queue_name", "name", "handler", "dedup_key"):
-            if (value := getattr(f, column)) is not None:
-                where.append(f"{column} = %({column})s")
-                params[column] = value
-        if f.created_after is not None:
-            where.append("created_at >= %(created_after)s")
-            params["created_after"] = f.created_after
-        if f.created_before is not None:
-            where.append("created_at < %(created_before)s")
-            params["created_before"] = f.created_before
+        where, params = _filtered(f)
         if after is not None:
             where.append("(created_at, id) < (%(after_at)s, %(after_id)s)")
             params["after_at"], params["after_id"] = after
@@ -269,6 +270,29 @@ class TaskQueries(StoreBase):
             await cur.execute(sql.encode(), params)
             rows = await (fetch_yielding(cur) if with_payload else cur.fetchall())
         return page_of(rows, task_from_row)
+
+    @query
+    async def count_tasks(self, f: TaskFilter, *, cap: int) -> int:
+        """How many tasks match `f`, counted up to `cap + 1` at most: a number above `cap`
+        means "more than cap" (a count of millions of rows is seconds; a page needs
+        only to say so)."""
+        where, params = _filtered(f)
+        params["cap"] = cap + 1
+        sql = ("SELECT count(*) FROM (SELECT 1 FROM tasks WHERE " + " AND ".join(where)
+               + " LIMIT %(cap)s) capped")
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(sql.encode(), params)
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @query
+    async def finished_by_minute(self, tenant: str, *, since: datetime,
+                                 ) -> list[tuple[datetime, str, int]]:
+        """(minute, final status, count) of `tenant`'s tasks finished since `since`, by
+        the partial index on finished_at."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(FINISHED_BY_MINUTE, {"tenant": tenant, "since": since})
+            return [(at, status, int(n)) for at, status, n in await cur.fetchall()]
 
     @query
     async def cancel_task(self, task_id: uuid.UUID, *, tenant: str, actor: Actor,
@@ -313,3 +337,19 @@ def create_tasks_input(tasks: Sequence[NewTask], start: Collection[uuid.UUID]) -
             "secret_fields": list(t.secret_fields), "concurrency_key": t.concurrency_key})
         rows.append(f'{head[:-1]},"payload":{t.payload_json}}}')
     return f"[{','.join(rows)}]"
+
+
+def _filtered(f: TaskFilter) -> tuple[list[str], dict[str, Any]]:
+    """The WHERE clauses (fixed text) and parameters of `f`, for list_tasks and count_tasks."""
+    where, params = ["tenant = %(tenant)s"], dict[str, Any](tenant=f.tenant)
+    for column in ("status", "queue_name", "name", "handler", "dedup_key"):
+        if (value := getattr(f, column)) is not None:
+            where.append(f"{column} = %({column})s")
+            params[column] = value
+    if f.created_after is not None:
+        where.append("created_at >= %(created_after)s")
+        params["created_after"] = f.created_after
+    if f.created_before is not None:
+        where.append("created_at < %(created_before)s")
+        params["created_before"] = f.created_before
+    return where, params
