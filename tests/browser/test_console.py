@@ -234,7 +234,7 @@ def test_a_schedule_shows_its_history_and_can_be_disabled(
         sign_in(page, url, operator)
         page.goto(f"{url}/console/schedules")
         page.click("text=every-second")
-        expect(page.locator("#fires tbody tr").first).to_contain_text("fired")
+        expect(page.locator("#fires tbody tr").first).to_contain_text("created")
         expect(page.locator("#upcoming li")).to_have_count(5)
         page.locator("#fires a").first.click()
         expect(page.locator("#task-name")).to_have_text("every-second")
