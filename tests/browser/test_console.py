@@ -297,3 +297,38 @@ def test_a_hostile_task_name_is_inert_text(
         assert page.locator("main script").count() == 0
     assert dialogs == []
     assert violations == []
+
+
+def test_revoking_the_key_ends_its_console_session(page: Page, console_env,
+                                                   start_daemon) -> None:
+    operator = new_key(console_env, "all")
+    person = new_key(console_env, "tasks:read", "queues:read")
+    with start_daemon(console_env) as url, api(url, operator) as c:
+        sign_in(page, url, person)
+        page.goto(f"{url}/console/tasks")
+        expect(page.locator("#tasks")).to_be_visible()
+        key_id = next(k["id"] for k in c.get("/api/v1/keys").json()["keys"]
+                      if k["name"] == "tasks:read-queues:read")
+        assert c.post(f"/api/v1/keys/{key_id}/revoke").status_code == 200
+
+        def signed_out() -> bool:
+            page.goto(f"{url}/console/tasks")
+            return page.url.endswith("/console/sign-in")
+
+        # Within the key cache's lifetime (access.principals.CACHE_TTL_S, 5 s).
+        wait_for(signed_out, "the revoked key's session to end")
+
+
+def test_loopback_opens_without_sign_in_where_anonymous_is_allowed(
+        page: Page, console_env, start_daemon) -> None:
+    env = {**console_env, "DISTASKS_AUTH_ANONYMOUS": "loopback"}
+    with start_daemon(env) as url:
+        page.set_default_timeout(ACTION_TIMEOUT_MS)
+        page.goto(f"{url}/console/queues")
+        expect(page.locator("nav")).to_contain_text("Audit")
+        expect(page.locator("#sign-out")).to_have_count(0)
+        page.locator("tr[data-queue=default] button.pause").click()
+        expect(page.locator("tr[data-queue=default] .queue-state")).to_contain_text("paused")
+        entries = httpx.get(f"{url}/api/v1/audit").json()["entries"]
+        assert [(e["action"], e["actor"]) for e in entries] == [
+            ("pause", "anonymous@127.0.0.1")]
