@@ -3,6 +3,7 @@ the security headers, error pages; and signing in and out."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from quart import Response, g, redirect, render_template, request, url_for
@@ -56,6 +57,11 @@ async def check() -> Any:
 @bp.after_request
 async def keep_session(response: Response) -> Response:
     s = services()
+    # What the page cost the daemon, rendering included (bench/console_pages.py reads it).
+    started = g.get("started")
+    if started is not None:
+        response.headers["Server-Timing"] = (
+            f"app;dur={(time.perf_counter() - started) * 1000:.2f}")
     new: sessions.Session | None = g.get("new_session")
     if new is not None:
         response.set_cookie(sessions.COOKIE, new.session_id, max_age=sessions.MAX_AGE_S,
