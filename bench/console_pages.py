@@ -166,11 +166,13 @@ async def measure(url: str, views: dict[str, str], samples: int) -> dict[str, di
 
 
 async def main(opts: argparse.Namespace) -> None:
-    with provisioned(DEFAULT_ADMIN_DSN, DEFAULT_REDIS_URL) as res, \
-            tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
+    # The daemon's output stays after the run (a failed page names its error there).
+    out_dir = Path(tempfile.mkdtemp(prefix="console-bench-"))
+    print(f"daemon output in {out_dir}", file=sys.stderr)
+    with provisioned(DEFAULT_ADMIN_DSN, DEFAULT_REDIS_URL) as res:
         env = bench_env(res, queues="default", concurrency=1)
         with trio.fail_after(RUN_TIMEOUT_S):
-            async with running_daemon("console", env, Path(tmp), REPO) as daemon:
+            async with running_daemon("console", env, out_dir, REPO) as daemon:
                 filled = await trio.to_thread.run_sync(lambda: fill(
                     res.dsn, tasks=opts.tasks, runs=opts.runs_per_task,
                     spacing_ms=opts.spacing_ms, audit_rows=opts.audit_rows))

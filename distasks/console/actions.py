@@ -1,6 +1,7 @@
-"""The console's changes: cancel a task, pause and resume a queue, replay the DLQ (a dry
-run first), enable and disable a schedule. Each goes through the same operation as its
-API route, which writes the audit row with the visitor's principal (services.actor)."""
+"""The console's changes: cancel a task, pause, resume and delete a queue, replay or
+delete DLQ entries by filter (a dry run first), enable and disable a schedule. Each goes
+through the same operation as its API route, which writes the audit row with the
+visitor's principal (services.actor)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from distasks.domain.tenancy import shown
 from distasks.store import DlqFilter
 from distasks.store.schedules import Schedule
 
-# Most DLQ entries one replay from the console touches.
-MAX_REPLAY = 10_000
-# DLQ entries replayed per transaction: a large replay is many short ones, each audited.
-REPLAY_BATCH = 500
+# Most DLQ entries one replay or delete from the console touches.
+MAX_BULK = 10_000
+# DLQ entries replayed or deleted per transaction: a large one is many short ones, each
+# audited.
+BATCH = 500
 
 
 @page("/tasks/<uuid:task_id>/cancel", "tasks:cancel", methods=("POST",))
@@ -56,42 +58,65 @@ async def _set_paused(queue: str, paused: bool) -> Any:
     return redirect(url_for("console.queues"), 303)
 
 
-@page("/dlq/<queue>/replay", "dlq:admin", methods=("POST",))
-async def replay(queue: str) -> Any:
-    """`step=preview`: how many entries the filter matches (a dry run, nothing changes);
-    `step=replay`: replay them, oldest failure first, in batches of REPLAY_BATCH."""
+@page("/dlq/<queue>/bulk", "dlq:admin", methods=("POST",))
+async def bulk(queue: str) -> Any:
+    """Replay or delete the DLQ entries a filter matches. `step=preview`: how many it
+    matches (a dry run: nothing changes); `step=run`: do it, oldest failure first, in
+    transactions of BATCH entries, each audited, at most MAX_BULK in all."""
     s = services()
     form = await request.form
     qualified = tenant_queue(queue_name(queue))
+    action = form.get("action")
+    if action not in ("replay", "delete"):
+        raise InvalidInput("action must be replay or delete", field="action")
     try:
         count = int(form.get("count") or 100)
     except ValueError:
         raise InvalidInput("count must be a whole number", field="count") from None
-    if not 1 <= count <= MAX_REPLAY:
-        raise InvalidInput(f"count must be 1 to {MAX_REPLAY}", field="count")
+    if not 1 <= count <= MAX_BULK:
+        raise InvalidInput(f"count must be 1 to {MAX_BULK}", field="count")
     f = DlqFilter(handler=(form.get("handler") or "").strip() or None,
                   error=(form.get("error") or "").strip() or None)
-    now = times.utc(s.clock())
-    if form.get("step") != "replay":
-        matched = await s.operations.replay_dlq(qualified, f, limit=count,
-                                                override_priority=None, actor=actor(),
-                                                now=now, dry_run=True)
+    if form.get("step") != "run":
+        matched = await _touch(qualified, f, action, limit=count, dry_run=True)
         dead = await s.store.dead_tasks(qualified, f, limit=PAGE_ROWS, after=None,
                                         with_payload=False)
         return await render_template(
             "console/dlq.html", queues=[shown(qualified)], queue=shown(qualified), dead=dead,
             next_cursor=None, args={"handler": f.handler or "", "error": f.error or ""},
-            preview={"matched": len(matched), "count": count, "handler": f.handler or "",
-                     "error": f.error or ""})
-    replayed = 0
-    while replayed < count:
-        batch = await s.operations.replay_dlq(
-            qualified, f, limit=min(REPLAY_BATCH, count - replayed), override_priority=None,
-            actor=actor(), now=times.utc(s.clock()), dry_run=False)
-        replayed += len(batch)
-        if len(batch) < REPLAY_BATCH:
+            preview={"action": action, "matched": matched, "count": count,
+                     "handler": f.handler or "", "error": f.error or ""})
+    done = 0
+    while done < count:
+        batch = await _touch(qualified, f, action, limit=min(BATCH, count - done),
+                             dry_run=False)
+        done += batch
+        if batch < BATCH:
             break
-    return redirect(url_for("console.dlq", queue=shown(qualified), replayed=replayed), 303)
+    done_arg: dict[str, Any] = {"replayed" if action == "replay" else "deleted": done}
+    return redirect(url_for("console.dlq", queue=shown(qualified), **done_arg), 303)
+
+
+async def _touch(queue: str, f: DlqFilter, action: str, *, limit: int, dry_run: bool) -> int:
+    """One replay or delete of at most `limit` entries (the same operations as the API's,
+    which audit them); how many it touched, or would."""
+    s = services()
+    now = times.utc(s.clock())
+    if action == "replay":
+        return len(await s.operations.replay_dlq(queue, f, limit=limit,
+                                                 override_priority=None, actor=actor(),
+                                                 now=now, dry_run=dry_run))
+    return len(await s.operations.delete_dlq(queue, f, limit=limit, actor=actor(), now=now,
+                                             dry_run=dry_run))
+
+
+@page("/queues/<queue>/delete", "queues:admin", methods=("POST",))
+async def delete_queue(queue: str) -> Any:
+    """Delete a queue that holds nothing (409 otherwise, as the API)."""
+    s = services()
+    await s.operations.delete_queue(tenant_queue(queue_name(queue)), actor=actor(),
+                                    now=times.utc(s.clock()))
+    return redirect(url_for("console.queues"), 303)
 
 
 @page("/schedules/<name>/enable", "schedules:write", methods=("POST",))

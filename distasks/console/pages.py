@@ -36,8 +36,13 @@ SHOWN_CHARS = 64 * 1024
 REFRESH_S = 5
 # Longest text filter taken from a form.
 MAX_FILTER_CHARS = 256
+# Longest payload search (JSON) taken from a form.
+MAX_SEARCH_CHARS = 4096
+# A payload search looks at this many of the newest tasks matching the other filters.
+PAYLOAD_WINDOW = 100_000
 # The filters a page carries over to its next page's link (no other query argument).
 KEPT_ARGS = frozenset({"status", "queue", "name", "handler", "dedup_key", "created_after",
+                       "payload",
                        "created_before", "error", "failed_since", "actor", "action", "since"})
 
 
@@ -118,7 +123,23 @@ def task_filter() -> TaskFilter:
     if status is not None and status not in {x.value for x in TaskStatus}:
         raise InvalidInput(f"status {status!r} is not a task status", field="status")
     queue = _text("queue")
-    return TaskFilter(tenant=tenant(), status=status,
+    contains = None
+    search = (request.args.get("payload") or "").strip()
+    if search:
+        if len(search) > MAX_SEARCH_CHARS:
+            raise InvalidInput(f"payload: at most {MAX_SEARCH_CHARS} characters",
+                               field="payload")
+        try:
+            wanted = json.loads(search)
+        except ValueError:
+            raise InvalidInput('payload: a JSON object, such as {"customer": "c42"}',
+                               field="payload") from None
+        if not isinstance(wanted, dict):
+            raise InvalidInput('payload: a JSON object, such as {"customer": "c42"}',
+                               field="payload")
+        contains = json.dumps(wanted)
+    return TaskFilter(tenant=tenant(), status=status, payload_contains=contains,
+                      recent_window=PAYLOAD_WINDOW,
                       queue_name=tenant_queue(queue_name(queue)) if queue else None,
                       name=_text("name"), handler=_text("handler"),
                       dedup_key=_text("dedup_key"), created_after=_instant("created_after"),
@@ -131,13 +152,16 @@ async def tasks() -> str:
     f = task_filter()
     after = cursor.decode(_text("cursor"))
     found = await s.store.list_tasks(f, limit=PAGE_ROWS, after=after, with_payload=False)
-    count = await s.store.count_tasks(f, cap=COUNT_CAP) if after is None else None
+    count = (await s.store.count_tasks(f, cap=COUNT_CAP)
+             if after is None and f.payload_contains is None else None)
     next_cursor = (cursor.encode(found[-1].created_at, found[-1].id)
                    if len(found) == PAGE_ROWS else None)
     kept = _kept()
     return await render_template("console/tasks.html", tasks=found, count=count,
                                  count_cap=COUNT_CAP, next_cursor=next_cursor, args=kept,
-                                 statuses=[x.value for x in TaskStatus], shown=shown)
+                                 statuses=[x.value for x in TaskStatus], shown=shown,
+                                 searching=f.payload_contains is not None,
+                                 payload_window=PAYLOAD_WINDOW)
 
 
 def shown_json(value: Any) -> str:

@@ -39,6 +39,11 @@ class TaskFilter:
     dedup_key: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    #: JSON text of an object the payload must contain (jsonb @>), looked for only among
+    #: the newest `recent_window` tasks that match the rest of the filter: a payload has
+    #: no index, so the search is bounded, and says so where it is offered
+    payload_contains: str | None = None
+    recent_window: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +264,15 @@ class TaskQueries(StoreBase):
         sql = (f"SELECT {task_columns(with_payload=with_payload)} FROM tasks WHERE "
                + " AND ".join(where)
                + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+        if f.payload_contains is not None:
+            # The newest recent_window rows of the rest of the filter (an index scan),
+            # then containment on those only.
+            params["window"], params["contains"] = f.recent_window, f.payload_contains
+            sql = (f"SELECT {task_columns(with_payload=with_payload, alias='recent')} FROM ("
+                   "SELECT * FROM tasks WHERE " + " AND ".join(where)
+                   + " ORDER BY created_at DESC, id DESC LIMIT %(window)s) recent"
+                   " WHERE recent.payload::jsonb @> %(contains)s::jsonb"
+                   " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
         if with_payload and max_payload_bytes is not None:
             # The page ends once its payloads pass the budget; `cut` says more follow.
             sql = within_payload_budget(sql, "created_at DESC, id DESC")

@@ -86,7 +86,18 @@ def test_an_operator_signs_in_sees_a_task_on_every_page_and_signs_out(
         page.goto(f"{url}/console/tasks?status=completed&queue=reports&handler=demo")
         expect(page.locator("#tasks")).to_contain_text("nightly-report")
         shot(page, screenshots, "tasks")
+        page.goto(f"{url}/console/tasks")
+        page.fill("#payload-search", '{"user": "ada"}')
+        page.click("#task-filters button")
+        expect(page.locator("#tasks")).to_contain_text("nightly-report")
+        expect(page.locator("#search-window")).to_contain_text("newest 100,000 tasks")
+        page.fill("#payload-search", '{"user": "bob"}')
+        page.click("#task-filters button")
+        expect(page.locator("#tasks")).to_contain_text("No task matches")
+        response = page.goto(f"{url}/console/tasks?payload=%5B1%5D")
+        assert response is not None and response.status == 422
 
+        page.goto(f"{url}/console/tasks")
         page.click(f"text={task_id}")
         expect(page.locator("#task-status")).to_have_text("completed")
         expect(page.locator("#runs")).to_contain_text("Attempt 1")
@@ -146,7 +157,7 @@ def test_a_read_only_key_sees_no_buttons_and_its_forged_post_is_refused(
         # session's own cookie and CSRF token, as a hand-made form would send it:
         csrf = page.locator("input[name=csrf]").first.get_attribute("value")
         for path in ("/console/queues/default/pause", f"/console/tasks/{task_id}/cancel",
-                     "/console/dlq/default/replay"):
+                     "/console/dlq/default/bulk"):
             refused = page.request.post(f"{url}{path}", form={"csrf": csrf or ""},
                                         max_redirects=0)
             assert refused.status == 403, (path, refused.status)
@@ -189,6 +200,16 @@ def test_pause_and_resume_a_queue(page: Page, console_env, start_daemon) -> None
             "default"]
         actions = [e["action"] for e in c.get("/api/v1/audit").json()["entries"]]
         assert actions[:2] == ["resume", "pause"]
+
+        # An empty queue can be deleted; one holding work offers no button.
+        assert c.post("/api/v1/queues/spare/pause").status_code == 200
+        c.post("/api/v1/tasks", json={"name": "waiting", "type": "delayed",
+                                      "delay_seconds": 3600})
+        page.goto(f"{url}/console/queues")
+        expect(page.locator("tr[data-queue=default] button.delete")).to_have_count(0)
+        page.locator("tr[data-queue=spare] button.delete").click()
+        expect(page.locator("tr[data-queue=spare]")).to_have_count(0)
+        assert "spare" not in {q["name"] for q in c.get("/api/v1/queues").json()["queues"]}
 
 
 def test_dlq_replay_by_filter_shows_a_dry_run_count_first(
@@ -332,3 +353,25 @@ def test_loopback_opens_without_sign_in_where_anonymous_is_allowed(
         entries = httpx.get(f"{url}/api/v1/audit").json()["entries"]
         assert [(e["action"], e["actor"]) for e in entries] == [
             ("pause", "anonymous@127.0.0.1")]
+
+
+def test_dlq_delete_by_filter_shows_a_dry_run_count_first(
+        page: Page, console_env, start_daemon) -> None:
+    operator = new_key(console_env, "all")
+    with start_daemon(console_env) as url, api(url, operator) as c:
+        ids = [c.post("/api/v1/tasks", json={"name": f"doomed-{i}", "priority": 1,
+                                             "max_retries": 0}).json()["task_id"]
+               for i in range(2)]
+        wait_for(lambda: all(c.get(f"/api/v1/tasks/{t}").json()["task"]["status"] == "failed"
+                             for t in ids), "two tasks in the DLQ")
+        sign_in(page, url, operator)
+        page.goto(f"{url}/console/dlq?queue=default&error=odd+priority")
+        page.click("#dry-run-delete")
+        expect(page.locator("#matched")).to_have_text("2")
+        assert len(c.get("/api/v1/queues/default/dlq").json()["tasks"]) == 2
+        page.click("#delete")
+        expect(page.locator("#deleted")).to_contain_text("Took 2 tasks")
+        expect(page.locator("#dead")).to_contain_text("Nothing dead-lettered here")
+        assert c.get("/api/v1/queues/default/dlq").json()["tasks"] == []
+        assert all(c.get(f"/api/v1/tasks/{t}").json()["task"]["status"] == "failed"
+                   for t in ids)
