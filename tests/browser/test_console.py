@@ -264,6 +264,10 @@ def test_a_schedule_shows_its_history_and_can_be_disabled(
         page.click("#toggle")
         expect(page.locator("#enabled")).to_have_text("no")
         assert c.get("/api/v1/schedules/every-second").json()["schedule"]["enabled"] is False
+        page.click("#fire-now")
+        expect(page.locator("#task-name")).to_have_text("every-second")
+        fired = c.get("/api/v1/audit", params={"action": "schedule_fire_now"}).json()
+        assert fired["entries"][0]["detail"]["schedule"] == "every-second"
 
 
 def test_a_tenant_sees_only_its_own(page: Page, console_env, start_daemon) -> None:
