@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
 from distasks.domain.model import Actor, CreateResult, NewTask, Task, TaskRun, TaskStatus
@@ -286,17 +287,22 @@ class TaskQueries(StoreBase):
         return page_of(rows, task_from_row)
 
     @query
-    async def count_tasks(self, f: TaskFilter, *, cap: int) -> int:
+    async def count_tasks(self, f: TaskFilter, *, cap: int, budget_ms: int) -> int | None:
         """How many tasks match `f`, counted up to `cap + 1` at most: a number above `cap`
         means "more than cap" (a count of millions of rows is seconds; a page needs
-        only to say so)."""
+        only to say so). None when counting would take over `budget_ms` (a filter no
+        index serves, such as a name, counts by reading the whole table)."""
         where, params = _filtered(f)
         params["cap"] = cap + 1
         sql = ("SELECT count(*) FROM (SELECT 1 FROM tasks WHERE " + " AND ".join(where)
                + " LIMIT %(cap)s) capped")
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(sql.encode(), params)
-            row = await cur.fetchone()
+        try:
+            async with self._pool.transaction() as conn:
+                await conn.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}".encode())
+                cur = await conn.execute(sql.encode(), params)
+                row = await cur.fetchone()
+        except psycopg.errors.QueryCanceled:
+            return None
         return int(row[0]) if row else 0
 
     @query
