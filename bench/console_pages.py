@@ -125,6 +125,7 @@ def pages(ids: dict[str, str]) -> dict[str, str]:
         "tasks handler+created range": (f"/console/tasks?handler=http&created_before="
                                         f"{ids['midpoint']}"),
         "tasks dedup_key": "/console/tasks?dedup_key=dedup-10000",
+        "tasks payload search": "/console/tasks?payload=%7B%22customer%22%3A%22c7%22%7D",
         "task (5 attempts)": f"/console/tasks/{ids['failed']}",
         "task with payload": f"/console/tasks/{ids['oldest']}?payload=1",
         "queues": "/console/queues",

@@ -17,7 +17,7 @@ from distasks.console.blueprint import page
 from distasks.console.pages import PAGE_ROWS
 from distasks.daemon import schedules
 from distasks.domain import times
-from distasks.domain.errors import InvalidInput, NotFound
+from distasks.domain.errors import InvalidInput, NotFound, Refused
 from distasks.domain.schedule_definitions import UpdateSchedule
 from distasks.domain.tenancy import shown
 from distasks.store import DlqFilter
@@ -171,3 +171,18 @@ async def fire_now(name: str) -> Any:
         detail={"schedule": name, "task_id": str(made.task_id)},
         queue_name=new.queue_name)])
     return redirect(url_for("console.task", task_id=made.task_id), 303)
+
+
+@page("/tasks/<uuid:task_id>/replay", "dlq:admin", methods=("POST",))
+async def replay_task(task_id: uuid.UUID) -> Any:
+    """Replay one dead-lettered task (as the DLQ replay of its id): a new attempt."""
+    s = services()
+    found = await s.store.get_task(task_id)
+    if found is None or found[0].tenant != tenant():
+        raise NotFound(f"no task with id {task_id}")
+    replayed = await s.operations.replay_dlq(
+        found[0].queue_name, DlqFilter(task_ids=(task_id,)), limit=1, override_priority=None,
+        actor=actor(), now=times.utc(s.clock()), dry_run=False)
+    if not replayed:
+        raise Refused(409, "not_dead_lettered", "only a task in the DLQ can be replayed")
+    return redirect(url_for("console.task", task_id=task_id), 303)

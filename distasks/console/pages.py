@@ -42,7 +42,7 @@ MAX_FILTER_CHARS = 256
 # Longest payload search (JSON) taken from a form.
 MAX_SEARCH_CHARS = 4096
 # A payload search looks at this many of the newest tasks matching the other filters.
-PAYLOAD_WINDOW = 100_000
+PAYLOAD_WINDOW = 25_000
 # The filters a page carries over to its next page's link (no other query argument).
 KEPT_ARGS = frozenset({"status", "queue", "name", "handler", "dedup_key", "created_after",
                        "payload",

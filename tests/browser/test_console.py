@@ -90,7 +90,7 @@ def test_an_operator_signs_in_sees_a_task_on_every_page_and_signs_out(
         page.fill("#payload-search", '{"user": "ada"}')
         page.click("#task-filters button")
         expect(page.locator("#tasks")).to_contain_text("nightly-report")
-        expect(page.locator("#search-window")).to_contain_text("newest 100,000 tasks")
+        expect(page.locator("#search-window")).to_contain_text("newest 25,000 tasks")
         page.fill("#payload-search", '{"user": "bob"}')
         page.click("#task-filters button")
         expect(page.locator("#tasks")).to_contain_text("No task matches")
@@ -365,10 +365,15 @@ def test_dlq_delete_by_filter_shows_a_dry_run_count_first(
     with start_daemon(console_env) as url, api(url, operator) as c:
         ids = [c.post("/api/v1/tasks", json={"name": f"doomed-{i}", "priority": 1,
                                              "max_retries": 0}).json()["task_id"]
-               for i in range(2)]
+               for i in range(3)]
         wait_for(lambda: all(c.get(f"/api/v1/tasks/{t}").json()["task"]["status"] == "failed"
-                             for t in ids), "two tasks in the DLQ")
+                             for t in ids), "three tasks in the DLQ")
         sign_in(page, url, operator)
+        # One replayed from its own page: a new attempt (demo fails only the first).
+        page.goto(f"{url}/console/tasks/{ids.pop()}")
+        page.click("#replay-task")
+        expect(page.locator("#runs")).to_contain_text("Attempt 2")
+        expect(page.locator("#replay-task")).to_have_count(0)
         page.goto(f"{url}/console/dlq?queue=default&error=odd+priority")
         page.click("#dry-run-delete")
         expect(page.locator("#matched")).to_have_text("2")
