@@ -3,6 +3,7 @@ isolation and a hostile task name under the Content-Security-Policy (issue 20)."
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from playwright.sync_api import Dialog, Page, expect
 
 from tests.browser.conftest import ACTION_TIMEOUT_MS, new_key
@@ -384,3 +387,40 @@ def test_dlq_delete_by_filter_shows_a_dry_run_count_first(
         assert c.get("/api/v1/queues/default/dlq").json()["tasks"] == []
         assert all(c.get(f"/api/v1/tasks/{t}").json()["task"]["status"] == "failed"
                    for t in ids)
+
+
+def test_a_jwt_signs_in_as_the_api_accepts_it_and_its_session_ends_at_exp(
+        page: Page, console_env, start_daemon, tmp_path: Path) -> None:
+    idp_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**jwt.algorithms.RSAAlgorithm.to_jwk(idp_key.public_key(), as_dict=True),
+           "kid": "k1"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    env = {**console_env, "DISTASKS_AUTH_JWT_ENABLED": "true",
+           "DISTASKS_AUTH_JWT_ISSUER": "https://idp.example",
+           "DISTASKS_AUTH_JWT_AUDIENCE": "distasks-console",
+           "DISTASKS_AUTH_JWT_DEFAULT_TENANT": "default",
+           "DISTASKS_AUTH_JWT_JWKS_FILE": str(tmp_path / "jwks.json"),
+           "DISTASKS_AUTH_JWT_LEEWAY_S": "0"}
+
+    def mint(lifetime_s: float) -> str:
+        return jwt.encode({"iss": "https://idp.example", "aud": "distasks-console",
+                           "sub": "alice", "scope": "tasks:read queues:read",
+                           "exp": int(time.time() + lifetime_s)}, idp_key,
+                          algorithm="RS256", headers={"kid": "k1"})
+
+    with start_daemon(env) as url:
+        page.set_default_timeout(ACTION_TIMEOUT_MS)
+        page.goto(f"{url}/console/sign-in")
+        page.fill("#credential", mint(-60))
+        page.click("#sign-in")
+        expect(page.locator("#problem")).to_contain_text("refused")
+        sign_in(page, url, mint(4))
+        expect(page.locator(".who")).to_contain_text("alice")
+        page.goto(f"{url}/console/tasks")
+        expect(page.locator("#tasks")).to_be_visible()
+
+        def signed_out() -> bool:
+            page.goto(f"{url}/console/tasks")
+            return page.url.endswith("/console/sign-in")
+
+        wait_for(signed_out, "the JWT's session to end at its exp")
