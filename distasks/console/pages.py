@@ -35,6 +35,10 @@ COUNT_CAP = 10_000
 COUNT_BUDGET_MS = 100
 # Characters of a payload, result or error shown before the rest is cut (said so).
 SHOWN_CHARS = 64 * 1024
+# A schedule whose slot is this late without a fire is named on the overview.
+LATE_SCHEDULE_S = 120
+# Most late schedules named there.
+LATE_SCHEDULES_SHOWN = 5
 # Seconds between a live page's refreshes (console.js; paused while the tab is hidden).
 REFRESH_S = 5
 # Longest text filter taken from a form.
@@ -92,6 +96,10 @@ async def overview() -> str:
                  if r.state.dlq] + [
         f"queue {r.name}: its oldest ready task waits {r.state.oldest_ready_age_s:.0f}s"
         for r in rows if (r.state.oldest_ready_age_s or 0) > 60 and not r.state.paused]
+    late = await s.store.late_schedules(tenant(), limit=LATE_SCHEDULES_SHOWN,
+                                        due_before=now - timedelta(seconds=LATE_SCHEDULE_S))
+    attention += [f"schedule {name} has not fired the slot due at {at:%Y-%m-%d %H:%M} UTC"
+                  for name, at in late]
     return await render_template("console/overview.html", rows=rows, chart=chart,
                                  alive=sum(1 for w in fleet if w["alive"]), fleet=len(fleet),
                                  attention=attention, refresh_s=REFRESH_S)

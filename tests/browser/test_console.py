@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import jwt
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from playwright.sync_api import Dialog, Page, expect
@@ -424,3 +425,19 @@ def test_a_jwt_signs_in_as_the_api_accepts_it_and_its_session_ends_at_exp(
             return page.url.endswith("/console/sign-in")
 
         wait_for(signed_out, "the JWT's session to end at its exp")
+
+
+def test_the_overview_names_a_schedule_that_does_not_fire(
+        page: Page, console_env, start_daemon) -> None:
+    env = {**console_env, "DISTASKS_SCHEDULER_ENABLED": "false",
+           "DISTASKS_AUTH_ANONYMOUS": "loopback"}
+    with start_daemon(env) as url:
+        r = httpx.post(f"{url}/api/v1/schedules", json={
+            "name": "stuck", "cron": "* * * * *", "task": {"handler": "noop"}})
+        assert r.status_code == 201, r.text
+        # No scheduler runs here: make its slot ten minutes old, as if none had for that long.
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("UPDATE schedules SET next_fire_at = now() - interval '10 minutes'")
+        page.set_default_timeout(ACTION_TIMEOUT_MS)
+        page.goto(f"{url}/console/")
+        expect(page.locator(".attention")).to_contain_text("schedule stuck has not fired")
