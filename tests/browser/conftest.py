@@ -6,7 +6,8 @@ scripts/services.sh installs PostgreSQL and Redis (apt-get); Playwright never do
 browser. The tests are plain (sync) functions: pytest-playwright's sync API runs its own
 asyncio loop, which the trio-asyncio policy the rest of the suite installs would refuse,
 so the `playwright` fixture starts it under asyncio's default policy and puts the suite's
-back at once."""
+back at once (and `playwright_loop_only_in_browser_tests` keeps its loop out of the other
+tests)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Playwright, sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from distasks.testing.daemon import daemon_env as own_daemon_env
 
@@ -50,6 +51,21 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
+@contextmanager
+def playwright_running(pw: Playwright) -> Iterator[None]:
+    """Playwright's loop as this thread's running loop for the block, none after it.
+
+    Playwright's sync API leaves its asyncio loop set as the thread's running loop after
+    every call; left there, the Trio tests that follow in the same session would find it
+    instead of trio-asyncio's. So it is set only while Playwright is used: each browser
+    test, and the session's start and end of the browser."""
+    asyncio._set_running_loop(pw._loop)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(None)
+
+
 @pytest.fixture(scope="session")
 def playwright() -> Iterator[Playwright]:
     suite_policy = asyncio.get_event_loop_policy()
@@ -58,12 +74,31 @@ def playwright() -> Iterator[Playwright]:
         pw = sync_playwright().start()
     finally:
         asyncio.set_event_loop_policy(suite_policy)
+        asyncio._set_running_loop(None)
     yield pw
     asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     try:
-        pw.stop()
+        with playwright_running(pw):
+            pw.stop()
     finally:
         asyncio.set_event_loop_policy(suite_policy)
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright, browser_type_launch_args: dict) -> Iterator[Browser]:
+    """pytest-playwright's, with Playwright's loop set only while it launches and closes."""
+    with playwright_running(playwright):
+        launched = playwright.chromium.launch(**browser_type_launch_args)
+    yield launched
+    with playwright_running(playwright):
+        launched.close()
+
+
+@pytest.fixture(autouse=True)
+def playwright_loop_only_in_browser_tests(playwright: Playwright) -> Iterator[None]:
+    """Set up before `page` and torn down after it: see playwright_running."""
+    with playwright_running(playwright):
+        yield
 
 
 @pytest.fixture(scope="session")
