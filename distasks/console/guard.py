@@ -12,6 +12,7 @@ token. What a page hides is courtesy; this is the protection (DESIGN promise 9).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from quart import g, request
 
@@ -72,11 +73,23 @@ def check_transport(s: Services) -> None:
     if request.method in access.SAFE_METHODS:
         return
     origin = request.headers.get("origin")
-    own = f"{request.scheme}://{request.headers.get('host', '')}"
-    if origin is not None and origin != own and origin not in s.config.http.trusted_origins:
+    if (origin is not None and origin not in s.config.http.trusted_origins
+            and not same_host(origin, request.headers.get("host", ""))):
         raise Refused(403, "cross_origin", f"console forms from {origin!r} are refused")
     if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         raise Refused(403, "cross_origin", "cross-site console forms are refused")
+
+
+def same_host(origin: str, host: str) -> bool:
+    """Whether a form's Origin names the host this request was sent to. Host names only:
+    behind a TLS proxy the scheme differs, and a proxy may forward Host without the port
+    (deploy/nginx sends $host); Sec-Fetch-Site and the CSRF token still apply."""
+    try:
+        theirs = urlsplit(origin).hostname
+        ours = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return False
+    return theirs is not None and theirs == ours
 
 
 async def visitor(s: Services) -> Visitor:

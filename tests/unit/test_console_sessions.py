@@ -1,5 +1,6 @@
-"""Console sessions (distasks.console.sessions) and charts (distasks.console.charts),
-without servers: a dictionary stands in for Redis."""
+"""Console sessions (distasks.console.sessions), charts (distasks.console.charts) and the
+same-host rule for forms (distasks.console.guard), without servers: a dictionary stands
+in for Redis."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from distasks.console import charts, sessions
+from distasks.console.guard import same_host
 
 
 class Sessions:
@@ -86,3 +88,13 @@ def test_the_chart_has_a_bar_per_minute_with_failures_stacked_on_completions() -
     assert bar.y_completed + bar.h_completed == plot and bar.y_failed + bar.h_failed == bar.y_completed
     assert bar.h_completed + bar.h_failed == plot  # the tallest minute fills the plot
     assert all(b.h_completed == b.h_failed == 0 for b in chart.bars if b is not bar)
+
+
+def test_a_form_is_from_this_host_whatever_the_scheme_and_port_a_proxy_shows() -> None:
+    assert same_host("http://127.0.0.1:8080", "127.0.0.1:8080")
+    # Behind TLS at nginx, which forwards Host as $host (no port).
+    assert same_host("https://tasks.example.com:8443", "tasks.example.com")
+    assert same_host("http://[::1]:8080", "[::1]:8080")
+    assert not same_host("https://evil.example", "tasks.example.com")
+    assert not same_host("null", "tasks.example.com")
+    assert not same_host("https://tasks.example.com.evil.example", "tasks.example.com")
