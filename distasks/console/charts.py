@@ -66,3 +66,59 @@ def per_minute(rows: Iterable[tuple[datetime, str, int]], *, now: datetime,
     return Chart(bars=bars, width=WIDTH, height=HEIGHT, axis_y=HEIGHT - 3, peak=peak,
                  completed=sum(c["completed"] for c in counts.values()),
                  failed=sum(c["failed"] for c in counts.values()), labels=labels)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyBar:
+    x: float
+    width: float
+    y: float
+    height: float
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyChart:
+    bars: list[LatencyBar]
+    width: int
+    height: int
+    axis_y: int
+    #: the longest mean of a minute, seconds (the plot's top)
+    peak_s: float
+    #: the longest single wait of the window, seconds
+    longest_s: float
+    labels: list[tuple[float, str]]
+
+
+def latency_per_minute(rows: Iterable[tuple[datetime, float, float]], *, now: datetime,
+                       minutes: int) -> LatencyChart:
+    """The mean wait from ready to started in each of the last `minutes` minutes (rows
+    as Store.start_latency_by_minute gives them), as bars, oldest on the left; each bar's
+    title also gives the minute's longest wait."""
+    end = now.replace(second=0, microsecond=0)
+    start = end - timedelta(minutes=minutes - 1)
+    by_minute = {minute: (avg_s, max_s) for minute, avg_s, max_s in rows}
+    slots = [start + timedelta(minutes=i) for i in range(minutes)]
+    peak = max((by_minute[m][0] for m in slots if m in by_minute), default=0.0)
+    plot = HEIGHT - AXIS
+    scale = plot / peak if peak > 0 else 0.0
+    step = WIDTH / minutes
+    bars = []
+    for i, minute in enumerate(slots):
+        if minute not in by_minute:
+            continue
+        avg_s, max_s = by_minute[minute]
+        h = avg_s * scale
+        bars.append(LatencyBar(x=i * step + 1, width=max(step - 2, 1), y=plot - h, height=h,
+                               title=f"{minute:%H:%M} UTC: mean {seconds(avg_s)}, "
+                                     f"longest {seconds(max_s)}"))
+    labels = [(i * step, f"{start + timedelta(minutes=i):%H:%M}")
+              for i in range(0, minutes, max(minutes // 6, 1))]
+    longest = max((by_minute[m][1] for m in slots if m in by_minute), default=0.0)
+    return LatencyChart(bars=bars, width=WIDTH, height=HEIGHT, axis_y=HEIGHT - 3,
+                        peak_s=peak, longest_s=longest, labels=labels)
+
+
+def seconds(s: float) -> str:
+    """A duration as a person reads it: ms below a second."""
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"

@@ -92,6 +92,8 @@ async def overview() -> str:
     fleet = await workers(s, now)
     finished = await s.store.finished_by_minute(tenant(), since=now - timedelta(hours=1))
     chart = charts.per_minute(finished, now=now, minutes=60)
+    waits = await s.store.start_latency_by_minute(tenant(), since=now - timedelta(hours=1))
+    latency = charts.latency_per_minute(waits, now=now, minutes=60)
     attention = [f"queue {r.name} has {r.state.dlq} dead-lettered tasks" for r in rows
                  if r.state.dlq] + [
         f"queue {r.name}: its oldest ready task waits {r.state.oldest_ready_age_s:.0f}s"
@@ -101,6 +103,7 @@ async def overview() -> str:
     attention += [f"schedule {name} has not fired the slot due at {at:%Y-%m-%d %H:%M} UTC"
                   for name, at in late]
     return await render_template("console/overview.html", rows=rows, chart=chart,
+                                 latency=latency, seconds=charts.seconds,
                                  alive=sum(1 for w in fleet if w["alive"]), fleet=len(fleet),
                                  attention=attention, refresh_s=REFRESH_S)
 

@@ -164,6 +164,19 @@ SELECT date_trunc('minute', finished_at) AS minute, status, count(*)
  ORDER BY 1
 """
 
+# How long runs waited from ready to started, per minute they started, for runs of the
+# tasks that finished in a window: found through tasks_finished, then each task's runs by
+# their (task_id, attempt) key. Only the window's tasks are read, never the whole table.
+START_LATENCY_BY_MINUTE = """
+SELECT date_trunc('minute', r.started_at) AS minute,
+       avg(extract(epoch FROM r.started_at - r.available_at)) AS avg_s,
+       max(extract(epoch FROM r.started_at - r.available_at)) AS max_s
+  FROM tasks t JOIN task_runs r ON r.task_id = t.id
+ WHERE t.finished_at >= %(since)s AND t.tenant = %(tenant)s AND r.started_at >= %(since)s
+ GROUP BY 1
+ ORDER BY 1
+"""
+
 
 class TaskQueries(StoreBase):
     @query
@@ -313,6 +326,16 @@ class TaskQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = await conn.execute(FINISHED_BY_MINUTE, {"tenant": tenant, "since": since})
             return [(at, status, int(n)) for at, status, n in await cur.fetchall()]
+
+    @query
+    async def start_latency_by_minute(self, tenant: str, *, since: datetime,
+                                      ) -> list[tuple[datetime, float, float]]:
+        """(minute, mean, longest) seconds from ready to started of the runs that started
+        in each minute since `since`, of `tenant`'s tasks finished since then."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(START_LATENCY_BY_MINUTE, {"tenant": tenant, "since": since})
+            return [(at, float(avg_s), float(max_s))
+                    for at, avg_s, max_s in await cur.fetchall()]
 
     @query
     async def cancel_task(self, task_id: uuid.UUID, *, tenant: str, actor: Actor,

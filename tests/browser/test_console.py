@@ -78,7 +78,8 @@ def test_an_operator_signs_in_sees_a_task_on_every_page_and_signs_out(
         cookie = next(x for x in page.context.cookies() if x["name"] == "distasks_console")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
         assert operator not in cookie["value"]
-        expect(page.locator("#chart-finished")).to_be_visible()
+        expect(page.locator("#chart-finished rect.completed")).to_have_count(1)
+        expect(page.locator("#chart-latency rect.latency")).to_have_count(1)
         shot(page, screenshots, "overview")
 
         page.click("nav >> text=Tasks")

@@ -98,3 +98,15 @@ def test_a_form_is_from_this_host_whatever_the_scheme_and_port_a_proxy_shows() -
     assert not same_host("https://evil.example", "tasks.example.com")
     assert not same_host("null", "tasks.example.com")
     assert not same_host("https://tasks.example.com.evil.example", "tasks.example.com")
+
+
+def test_the_latency_chart_scales_to_the_slowest_minutes_mean() -> None:
+    now = datetime(2026, 1, 1, 12, 30, 40, tzinfo=UTC)
+    minute = now.replace(second=0)
+    chart = charts.latency_per_minute([(minute - timedelta(minutes=1), 0.25, 0.9),
+                                       (minute, 2.0, 7.5)], now=now, minutes=60)
+    assert [b.title for b in chart.bars] == ["12:29 UTC: mean 250 ms, longest 900 ms",
+                                             "12:30 UTC: mean 2.0 s, longest 7.5 s"]
+    assert (chart.peak_s, chart.longest_s) == (2.0, 7.5)
+    assert chart.bars[1].height == charts.HEIGHT - charts.AXIS
+    assert chart.bars[0].height == chart.bars[1].height / 8
