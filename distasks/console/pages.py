@@ -35,6 +35,8 @@ COUNT_CAP = 10_000
 COUNT_BUDGET_MS = 100
 # Characters of a payload, result or error shown before the rest is cut (said so).
 SHOWN_CHARS = 64 * 1024
+# The wait-to-start chart reads the runs of this many of the latest finished tasks.
+LATENCY_SAMPLE_TASKS = 2_000
 # A schedule whose slot is this late without a fire is named on the overview.
 LATE_SCHEDULE_S = 120
 # Most late schedules named there.
@@ -92,7 +94,8 @@ async def overview() -> str:
     fleet = await workers(s, now)
     finished = await s.store.finished_by_minute(tenant(), since=now - timedelta(hours=1))
     chart = charts.per_minute(finished, now=now, minutes=60)
-    waits = await s.store.start_latency_by_minute(tenant(), since=now - timedelta(hours=1))
+    waits = await s.store.start_latency_by_minute(tenant(), since=now - timedelta(hours=1),
+                                                  tasks=LATENCY_SAMPLE_TASKS)
     latency = charts.latency_per_minute(waits, now=now, minutes=60)
     attention = [f"queue {r.name} has {r.state.dlq} dead-lettered tasks" for r in rows
                  if r.state.dlq] + [
@@ -104,6 +107,7 @@ async def overview() -> str:
                   for name, at in late]
     return await render_template("console/overview.html", rows=rows, chart=chart,
                                  latency=latency, seconds=charts.seconds,
+                                 latency_sample=LATENCY_SAMPLE_TASKS,
                                  alive=sum(1 for w in fleet if w["alive"]), fleet=len(fleet),
                                  attention=attention, refresh_s=REFRESH_S)
 

@@ -164,15 +164,20 @@ SELECT date_trunc('minute', finished_at) AS minute, status, count(*)
  ORDER BY 1
 """
 
-# How long runs waited from ready to started, per minute they started, for runs of the
-# tasks that finished in a window: found through tasks_finished, then each task's runs by
-# their (task_id, attempt) key. Only the window's tasks are read, never the whole table.
+# How long runs waited from ready to started, per minute they started, for the runs of
+# the latest few thousand tasks that finished in a window: found through tasks_finished
+# (newest first), then each task's runs by their (task_id, attempt) key. Joining every
+# task of a busy hour took 0.5 s at 36,000 tasks; the latest few thousand show the
+# recent minutes of a busy queue and the whole hour of a quiet one.
 START_LATENCY_BY_MINUTE = """
 SELECT date_trunc('minute', r.started_at) AS minute,
        avg(extract(epoch FROM r.started_at - r.available_at)) AS avg_s,
        max(extract(epoch FROM r.started_at - r.available_at)) AS max_s
-  FROM tasks t JOIN task_runs r ON r.task_id = t.id
- WHERE t.finished_at >= %(since)s AND t.tenant = %(tenant)s AND r.started_at >= %(since)s
+  FROM (SELECT id FROM tasks
+         WHERE finished_at >= %(since)s AND tenant = %(tenant)s
+         ORDER BY finished_at DESC LIMIT %(tasks)s) t
+  JOIN task_runs r ON r.task_id = t.id
+ WHERE r.started_at >= %(since)s
  GROUP BY 1
  ORDER BY 1
 """
@@ -328,12 +333,14 @@ class TaskQueries(StoreBase):
             return [(at, status, int(n)) for at, status, n in await cur.fetchall()]
 
     @query
-    async def start_latency_by_minute(self, tenant: str, *, since: datetime,
+    async def start_latency_by_minute(self, tenant: str, *, since: datetime, tasks: int,
                                       ) -> list[tuple[datetime, float, float]]:
         """(minute, mean, longest) seconds from ready to started of the runs that started
-        in each minute since `since`, of `tenant`'s tasks finished since then."""
+        in each minute since `since`, of the latest `tasks` of `tenant`'s tasks that
+        finished since then."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(START_LATENCY_BY_MINUTE, {"tenant": tenant, "since": since})
+            cur = await conn.execute(START_LATENCY_BY_MINUTE,
+                                     {"tenant": tenant, "since": since, "tasks": tasks})
             return [(at, float(avg_s), float(max_s))
                     for at, avg_s, max_s in await cur.fetchall()]
 
