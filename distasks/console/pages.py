@@ -32,7 +32,7 @@ PAGE_ROWS = 50
 COUNT_CAP = 10_000
 # Longest the Tasks page spends counting (a filter no index serves reads the whole
 # table); past it the page says it did not count.
-COUNT_BUDGET_MS = 100
+COUNT_BUDGET_MS = 50
 # Characters of a payload, result or error shown before the rest is cut (said so).
 SHOWN_CHARS = 64 * 1024
 # The wait-to-start chart reads the runs of this many of the latest finished tasks.
