@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 SERVICES_ENV := . .local/services.env
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate run test fuzz bench bench-compare lint docs clean distclean
+.PHONY: help venv services migrate run test fuzz bench bench-compare lint docs image clean distclean
 
 help:
 	@echo 'make venv       create .venv and install distasks with [test,dev] extras'
@@ -32,6 +32,7 @@ help:
 	@echo 'make docs       build the docs site into site/ (mkdocs build --strict)'
 	@echo 'make dist       build dist/distasks: one executable zipapp with every dependency'
 	@echo 'make install    (root) install dist/distasks, the systemd units and the config'
+	@echo 'make image      (root) build the container image localhost/distasks (podman, mmdebstrap)'
 	@echo 'make clean      remove .venv and build artefacts'
 	@echo 'make distclean  clean, stop private services and remove .local'
 
@@ -91,6 +92,12 @@ clean:
 distclean: clean
 	bash scripts/services.sh purge
 	rm -rf .local
+
+# The container image (docs/deployment.md): a Debian root filesystem from mmdebstrap, the
+# wheels from `pip wheel`, `podman build --isolation chroot`; cached in .local/image and
+# podman's store by a hash of the sources, so a second run builds nothing.
+image: venv
+	PYTHON=$(VENV)/bin/python bash scripts/image.sh build
 
 # --- Deployment: `make dist`, then `sudo make install` (docs/deployment.md) -----------------
 

@@ -61,7 +61,8 @@ __all__ = [
     "QueueState", "Readiness", "ReplayResult", "Run", "RunningRun", "Schedule",
     "ScheduleDetail", "Fire", "ServerError", "Task",
     "TaskDetail", "TaskFilters", "TaskPage", "TaskSpec", "Unavailable", "WaitTimeout",
-    "Worker",
+    "Worker", "Workflow", "WorkflowChange", "WorkflowCreated", "WorkflowNode", "WorkflowPage",
+    "WorkflowTask", "chain", "fan_out_fan_in",
 ]
 
 # Where the API is when neither the `url` argument nor $DISTASKS_URL says.
@@ -71,7 +72,9 @@ DEFAULT_TIMEOUT_S = 10.0
 # The longest wait one GET /api/v1/tasks/{id}?wait= may ask for (the API's limit).
 MAX_WAIT_PER_REQUEST_S = 60.0
 # Task statuses no daemon moves out of on its own (a DLQ replay does, on request).
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "skipped"})
+# How often wait_workflow reads a running workflow again.
+WORKFLOW_POLL_S = 0.2
 # How many creates one batch request of a Producer holds at most, and how long the first
 # of them waits for others before the batch is sent anyway.
 DEFAULT_PRODUCER_BATCH = 100
@@ -236,10 +239,13 @@ class Task(_Shape):
     secret_fields: list[str] = dataclasses.field(default_factory=list)
     #: runs sharing it count against the queue's max_running_per_key
     concurrency_key: str | None = None
+    #: the workflow it is a node of, and its key there
+    workflow_id: str | None = None
+    workflow_key: str | None = None
 
     @property
     def is_final(self) -> bool:
-        """Completed, failed or cancelled: no daemon will change it on its own."""
+        """Completed, failed, cancelled or skipped: no daemon will change it on its own."""
         return self.status in FINAL_STATUSES
 
 
@@ -453,7 +459,124 @@ class ScheduleDetail(_Shape):
     fires: list[Fire]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowCreated(_Shape):
+    workflow_id: str
+    #: False when an existing workflow with the same dedup_key was returned
+    created: bool
+    #: task id by key (empty when not created)
+    tasks: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowNode(_Shape):
+    """One task of a workflow, with its state, attempts and timing."""
+
+    key: str
+    task_id: str
+    status: str
+    handler: str
+    queue_name: str
+    #: [{"key", "on_parent_failure"}]
+    depends_on: list[dict[str, str]]
+    deps_remaining: int
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    cancel_reason: str | None
+    #: the workflow's on_failure task
+    on_failure: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workflow(_Shape):
+    id: str
+    name: str
+    #: running, succeeded, failed or cancelled
+    state: str
+    dedup_key: str | None
+    open_nodes: int
+    #: tasks by status
+    counts: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+    #: every task (empty in lists)
+    nodes: list[WorkflowNode] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state != "running"
+
+    def node(self, key: str) -> WorkflowNode:
+        """The node with `key`; KeyError if there is none."""
+        for n in self.nodes:
+            if n.key == key:
+                return n
+        raise KeyError(key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowPage(_Shape):
+    workflows: list[Workflow]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowChange(_Shape):
+    workflow_id: str
+    state: str
+    #: False when the workflow was not in a state to change
+    changed: bool
+
+
 # -- requests -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowTask:
+    """One task of a workflow: its `key`, what it does (a TaskSpec, without dedup_key)
+    and the keys it waits for. `on_parent_failure` ("cancel", "continue" or "skip")
+    applies to every parent named by a plain key; a (key, policy) pair sets one."""
+
+    key: str
+    task: TaskSpec
+    depends_on: Sequence[str | tuple[str, str]] = ()
+    on_parent_failure: str | None = None
+
+    def to_json(self) -> dict[str, Json]:
+        deps: list[Json] = []
+        for d in self.depends_on:
+            if isinstance(d, str):
+                deps.append(d if self.on_parent_failure is None
+                            else {"key": d, "on_parent_failure": self.on_parent_failure})
+            else:
+                deps.append({"key": d[0], "on_parent_failure": d[1]})
+        return {"key": self.key, **self.task.to_json(), "depends_on": deps}
+
+
+def chain(*specs: TaskSpec, keys: Sequence[str] | None = None) -> list[WorkflowTask]:
+    """Tasks that run one after the other: each waits for the one before. Keys are
+    `keys`, or step0, step1, …"""
+    names = list(keys) if keys is not None else [f"step{i}" for i in range(len(specs))]
+    return [WorkflowTask(key=k, task=spec, depends_on=[names[i - 1]] if i else [])
+            for i, (k, spec) in enumerate(zip(names, specs, strict=True))]
+
+
+def fan_out_fan_in(first: TaskSpec, middle: Sequence[TaskSpec], last: TaskSpec, *,
+                   on_parent_failure: str | None = None) -> list[WorkflowTask]:
+    """`first`, then every one of `middle` at once (keys part0, part1, …), then `last`
+    (key "last"), which sees every part's result in ctx.parents."""
+    parts = [f"part{i}" for i in range(len(middle))]
+    return [WorkflowTask(key="first", task=first),
+            *(WorkflowTask(key=k, task=spec, depends_on=["first"])
+              for k, spec in zip(parts, middle, strict=True)),
+            WorkflowTask(key="last", task=last, depends_on=parts,
+                         on_parent_failure=on_parent_failure)]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSpec:
@@ -535,6 +658,10 @@ class _Request:
 
 # An operation: yields requests, receives their responses, returns its result.
 Op = Generator[_Request, httpx.Response, T]
+# A request an operation yields to pause for its wait_s (a poll), sent nowhere: each
+# client sleeps its own way and answers with _SLEPT.
+SLEEP = "SLEEP"
+_SLEPT = httpx.Response(204)
 
 
 def _param(value: Any) -> Any:
@@ -934,6 +1061,80 @@ def _ready() -> Op[Readiness]:
                   if isinstance(components, Mapping) else {})
 
 
+def _workflow_shape(body: Any) -> Workflow:
+    return _shape(Workflow, body, nodes=[_shape(WorkflowNode, n) for n in body.get("nodes", [])])
+
+
+def _submit_workflow(name: str, tasks: Iterable[WorkflowTask | Mapping[str, Any]], *,
+                     dedup_key: str | None = None,
+                     on_failure: TaskSpec | None = None) -> Op[WorkflowCreated]:
+    """Submit a workflow: every task written in one transaction, or none. Mappings are
+    sent as they are (the API's fields: key, depends_on, name, handler, …). With a
+    `dedup_key` that exists, returns that workflow with `created` False.
+
+    Raises InvalidRequest naming the problem: a cycle, an unknown or duplicate key, a
+    graph over limits.max_workflow_tasks, a bad task (field `tasks.3.priority`)."""
+    body: dict[str, Json] = {"name": name, "tasks": [
+        t.to_json() if isinstance(t, WorkflowTask) else dict(t) for t in tasks]}
+    if dedup_key is not None:
+        body["dedup_key"] = dedup_key
+    if on_failure is not None:
+        body["on_failure"] = on_failure.to_json()
+    response = yield _Request("POST", "/api/v1/workflows", json=body)
+    return _shape(WorkflowCreated, _json(response))
+
+
+def _workflow(workflow_id: str) -> Op[Workflow]:
+    """The workflow with every task's state, attempts and timing. Raises NotFound."""
+    body = _json((yield _Request("GET", f"/api/v1/workflows/{_quote(workflow_id)}")))
+    return _workflow_shape(body)
+
+
+def _wait_workflow(workflow_id: str, *, timeout: float) -> Op[Workflow]:
+    """The workflow once it is no longer running, reading it every WORKFLOW_POLL_S.
+
+    Raises TimeoutError when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wf = yield from _workflow(workflow_id)
+        if wf.is_final:
+            return wf
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"workflow {workflow_id} still {wf.state} after {timeout}s")
+        # A poll: the pause is a request the client sends after sleeping.
+        yield _Request(SLEEP, "", wait_s=WORKFLOW_POLL_S)
+
+
+def _workflow_results(workflow_id: str) -> Op[dict[str, Json]]:
+    """Each task's result by key (None for one that has none). Raises NotFound."""
+    body = _json((yield _Request("GET", f"/api/v1/workflows/{_quote(workflow_id)}/results")))
+    return {k: v.get("result") for k, v in _member(body, "results").items()}
+
+
+def _workflows(*, state: str | None = None, name: str | None = None,
+               dedup_key: str | None = None, limit: int | None = None,
+               cursor: str | None = None) -> Op[WorkflowPage]:
+    """One page of workflows, newest first; follow `next_cursor`."""
+    body = _json((yield _Request("GET", "/api/v1/workflows", params=_params(
+        state=state, name=name, dedup_key=dedup_key, limit=limit, cursor=cursor))))
+    return _shape(WorkflowPage, body, workflows=[_workflow_shape(w)
+                                                 for w in _member(body, "workflows")])
+
+
+def _cancel_workflow(workflow_id: str, *, reason: str | None = None) -> Op[WorkflowChange]:
+    """Cancel every unfinished task of the workflow. Raises NotFound."""
+    body = _json((yield _Request("POST", f"/api/v1/workflows/{_quote(workflow_id)}/cancel",
+                                 json=_params(reason=reason))))
+    return _shape(WorkflowChange, body)
+
+
+def _resume_workflow(workflow_id: str) -> Op[WorkflowChange]:
+    """Run a failed workflow's failed tasks (and those cancelled or skipped because of
+    them) again; completed ones keep their results. Raises NotFound."""
+    body = _json((yield _Request("POST", f"/api/v1/workflows/{_quote(workflow_id)}/resume")))
+    return _shape(WorkflowChange, body)
+
+
 # -- the two clients ---------------------------------------------------------------------
 
 class _Endpoint(Generic[P, T]):
@@ -1028,6 +1229,13 @@ class _BaseClient:
     pause_schedule = _Endpoint(_pause_schedule)
     resume_schedule = _Endpoint(_resume_schedule)
     delete_schedule = _Endpoint(_delete_schedule)
+    submit_workflow = _Endpoint(_submit_workflow)
+    workflow = _Endpoint(_workflow)
+    wait_workflow = _Endpoint(_wait_workflow)
+    workflow_results = _Endpoint(_workflow_results)
+    workflows = _Endpoint(_workflows)
+    cancel_workflow = _Endpoint(_cancel_workflow)
+    resume_workflow = _Endpoint(_resume_workflow)
 
 
 class Client(_BaseClient):
@@ -1048,6 +1256,10 @@ class Client(_BaseClient):
             try:
                 request = next(steps)
                 while True:
+                    if request.method == SLEEP:
+                        time.sleep(request.wait_s)
+                        request = steps.send(_SLEPT)
+                        continue
                     try:
                         response = self._http.request(**self._request_args(request))
                     except httpx.TransportError as e:
@@ -1106,6 +1318,10 @@ class AsyncClient(_BaseClient):
             try:
                 request = next(steps)
                 while True:
+                    if request.method == SLEEP:
+                        await anyio.sleep(request.wait_s)
+                        request = steps.send(_SLEPT)
+                        continue
                     try:
                         response = await self._http.request(**self._request_args(request))
                     except httpx.TransportError as e:

@@ -27,6 +27,13 @@ from distasks.domain.tenancy import DEFAULT_TENANT, TENANT_RE, check_tenant
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
 ANONYMOUS_MODES = ("none", "loopback")
+#: the keys of [queues.<name>] and [tenants.<name>] that override [retention]
+RETENTION_KEYS = ("retention_completed_days", "retention_cancelled_days",
+                  "retention_failed_days")
+#: the longest retention accepted, in days (a century)
+MAX_RETENTION_DAYS = 36_500.0
+#: what database.url may reach: PostgreSQL itself, or PgBouncer in transaction mode
+POOLERS = ("none", "pgbouncer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +87,12 @@ class DatabaseConfig:
     url: str = "postgresql://postgres@127.0.0.1:5432/distasks"
     #: connections opened at start-up
     pool_min: int = 2
-    #: most connections open at once
+    #: most connections open at once (behind a pooler: client connections to it)
     pool_max: int = 10
+    #: what database.url reaches: "none" (PostgreSQL itself) or "pgbouncer" (PgBouncer
+    #: in transaction mode: no prepared statements, no `options` startup parameter, so
+    #: the statement timeout must be set by the pooler or the role)
+    pooler: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +294,11 @@ class LimitsConfig:
     max_queues: int = 1000
     #: schedules per tenant; a create beyond it: 409 too_many_schedules
     max_schedules: int = 1000
+    #: tasks in one workflow (its on_failure task aside); a bigger graph: 422
+    max_workflow_tasks: int = 10_000
+    #: bytes of parents' results a workflow node's handler is given in ctx.parents
+    #: (in key order; the rest are left out and marked truncated)
+    max_parent_output_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +315,12 @@ class TenantConfig:
     max_payload_bytes: int = 0
     #: requests per minute of the tenant's principals together; 0: limits.tenant_per_minute
     requests_per_minute: int = 0
+    #: days this tenant's completed tasks are kept (0: forever); absent: [retention]'s
+    retention_completed_days: float | None = None
+    #: days this tenant's cancelled tasks are kept (0: forever); absent: [retention]'s
+    retention_cancelled_days: float | None = None
+    #: days this tenant's failed tasks are kept (0: forever); absent: [retention]'s
+    retention_failed_days: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,11 +337,18 @@ class QueueLimitsConfig:
     max_starts_per_second: float | None = None
     #: most runs started at once after a quiet spell (with max_starts_per_second)
     burst: int | None = None
+    #: days the queue's completed tasks are kept (0: forever); absent: the tenant's or
+    #: [retention]'s. Not a limit: the API does not show or change it
+    retention_completed_days: float | None = None
+    #: days the queue's cancelled tasks are kept (0: forever); absent: as above
+    retention_cancelled_days: float | None = None
+    #: days the queue's failed tasks are kept (0: forever); absent: as above
+    retention_failed_days: float | None = None
 
     def given(self) -> dict[str, float | None]:
         """The limits this table sets, as a PATCH body would (None: lift)."""
         return {f.name: (None if v == 0 else v) for f in dataclasses.fields(self)
-                if (v := getattr(self, f.name)) is not None}
+                if f.name not in RETENTION_KEYS and (v := getattr(self, f.name)) is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +377,64 @@ class ConfiguredSchedule:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSourceConfig:
+    """One `[[outbox]]` table: an application database whose outbox this daemon relays
+    (architecture §10). Every daemon with the table relays it; they share the rows."""
+
+    #: the source's name, unique: part of the dedup key of each task it makes, and the
+    #: metrics label; renaming a source while rows wait could create their tasks twice
+    name: str = ""
+    #: the application's database (`distasks outbox install` creates the schema there)
+    database_url: str = ""
+    #: whose tasks the rows become (architecture §8)
+    tenant: str = DEFAULT_TENANT
+    #: most rows taken in one pass (one source transaction, one create batch)
+    batch: int = 100
+    #: longest wait between passes when no notification arrives (LISTEN down, say)
+    poll_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """[retention]: what the cleaner removes from PostgreSQL, and how gently
+    (distasks.daemon.cleaner; architecture, "Retention"). Days may be fractions; 0 keeps
+    forever. `[queues.<name>]` and `[tenants.<name>]` may override the three task ages."""
+
+    #: run the cleaner on this daemon; of all daemons that do, one at a time cleans
+    #: (a leader row in PostgreSQL decides), so any number may have it on
+    enabled: bool = True
+    #: days a completed task and its runs are kept after the task finished (and a
+    #: succeeded workflow with all its tasks); 0: forever
+    completed_days: float = 7.0
+    #: days a cancelled task (or workflow) and its runs are kept after the cancel; 0: forever
+    cancelled_days: float = 7.0
+    #: days a failed task (dead-lettered) or workflow and its runs are kept; it leaves
+    #: the DLQ then; 0: forever
+    failed_days: float = 30.0
+    #: days audit rows are kept; 0: forever
+    audit_days: float = 365.0
+    #: days the record of each schedule slot fired (or skipped) is kept; 0: forever
+    schedule_fires_days: float = 30.0
+    #: how often a pass runs (on the daemon that leads)
+    interval_s: float = 60.0
+    #: rows removed by one transaction
+    batch: int = 500
+    #: most batches of one pass for each kind (tasks of each state, audit rows, schedule
+    #: fires); the next pass goes on where it stopped
+    max_batches: int = 200
+    #: pause between two batches, so that the cleaner never holds up creates and claims
+    pause_s: float = 0.05
+    #: a batch that would wait longer than this for a row lock gives up (and the pass
+    #: with it): it never queues behind the hot path
+    lock_timeout_ms: int = 200
+    #: any statement of the cleaner is cancelled after this long
+    statement_timeout_ms: int = 10_000
+    #: a directory: every removed row is first written there, as gzip-compressed JSON
+    #: lines (one file per batch); empty: no archive
+    archive_dir: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     #: DEBUG, INFO, WARNING or ERROR
     level: str = "INFO"
@@ -370,9 +457,12 @@ class Config:
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    retention: RetentionConfig = RetentionConfig()
     log: LogConfig = LogConfig()
     #: `[[schedules]]`: not a section, a list (handled apart from the sections)
     schedules: tuple[ConfiguredSchedule, ...] = ()
+    #: `[[outbox]]`: the application databases this daemon relays (a list too)
+    outbox: tuple[OutboxSourceConfig, ...] = ()
     #: quotas by tenant name; tenants not named here have none
     tenants: Mapping[str, TenantConfig] = dataclasses.field(default_factory=dict)
     #: operator-set limits by (qualified) queue name: `[queues.<name>]`
@@ -425,7 +515,8 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"cannot read {path}: {e}") from None
     sections: dict[str, Any] = {"tenants": _tenants(raw.pop("tenants", {})),
                                 "queues": _queues(raw.pop("queues", {})),
-                                "schedules": _schedules(raw.pop("schedules", []))}
+                                "schedules": _schedules(raw.pop("schedules", [])),
+                                "outbox": _outbox(raw.pop("outbox", []))}
     for name, cls in _section_classes().items():
         table = raw.pop(name, {})
         if not isinstance(table, dict):
@@ -440,7 +531,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 
 def _section_classes() -> dict[str, type]:
     return {f.name: type(f.default) for f in dataclasses.fields(Config)
-            if f.name not in ("tenants", "schedules", "queues")}
+            if f.name not in ("tenants", "schedules", "queues", "outbox")}
 
 
 def _queues(table: Any) -> dict[str, QueueLimitsConfig]:
@@ -467,6 +558,9 @@ def _queues(table: Any) -> dict[str, QueueLimitsConfig]:
         for key, value in limits.items():
             if key not in kinds:
                 raise ConfigError(f"queues.{name}.{key}", "unknown key")
+            if key in RETENTION_KEYS:
+                limits = {**limits, key: _retention_days(f"queues.{name}.{key}", value)}
+                continue
             number = (int, float) if kinds[key] else (int,)
             if (isinstance(value, bool) or not isinstance(value, number) or value < 0
                     or value > 1_000_000 or (not kinds[key] and 0 < value < 1)):
@@ -492,7 +586,7 @@ def _tenants(table: Any) -> dict[str, TenantConfig]:
             raise ConfigError(f"tenants.{name}", "must be a table")
         out[name] = _build_section(f"tenants.{name}", TenantConfig, quotas, {})
         for key in ("tasks_per_minute", "max_queued", "max_payload_bytes",
-                    "requests_per_minute"):
+                    "requests_per_minute"):  # retention_*_days: checked by _coerce
             if getattr(out[name], key) < 0:
                 raise ConfigError(f"tenants.{name}.{key}", "must not be negative")
     return out
@@ -532,6 +626,40 @@ def _schedules(tables: Any) -> tuple[ConfiguredSchedule, ...]:
             raise ConfigError(f"{key}.name", f"{definition.name!r} is named twice")
         seen.add((tenant, definition.name))
         out.append(ConfiguredSchedule(tenant, definition))
+    return tuple(out)
+
+
+def _outbox(tables: Any) -> tuple[OutboxSourceConfig, ...]:
+    """`[[outbox]]` tables (no environment overrides: a list has no names to spell)."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("outbox", "must be an array of tables ([[outbox]])")
+    out: list[OutboxSourceConfig] = []
+    for i, table in enumerate(tables):
+        key = f"outbox[{i}]"
+        source: OutboxSourceConfig = _build_section(key, OutboxSourceConfig, table, {})
+        if not QUEUE_NAME_RE.fullmatch(source.name):
+            raise ConfigError(f"{key}.name", "must be 1-64 characters of letters, digits, "
+                              "'.', '_' and '-' (not '.' or '..' alone)")
+        if any(other.name == source.name for other in out):
+            raise ConfigError(f"{key}.name", f"{source.name!r} is named twice")
+        if not source.database_url.strip():
+            raise ConfigError(f"{key}.database_url", "is required")
+        # One database has one outbox: two sources on it would give its rows two
+        # dedup keys, and a row retaken after a crash could then make a second task.
+        twin = next((other.name for other in out
+                     if other.database_url == source.database_url), None)
+        if twin is not None:
+            raise ConfigError(f"{key}.database_url", f"is the database of source {twin!r} "
+                              "already (one outbox per database)")
+        try:
+            check_tenant(source.tenant)
+        except ValueError as e:
+            raise ConfigError(f"{key}.tenant", str(e)) from None
+        if not 1 <= source.batch <= 1000:
+            raise ConfigError(f"{key}.batch", "must be between 1 and 1000")
+        if not 0.01 <= source.poll_interval_s <= 3600:
+            raise ConfigError(f"{key}.poll_interval_s", "must be between 0.01 and 3600")
+        out.append(source)
     return tuple(out)
 
 
@@ -592,7 +720,18 @@ def _parse_env(name: str, text: str, default: Any) -> Any:
     return text
 
 
+def _retention_days(key: str, value: Any) -> float:
+    """A number of days from 0 (forever) to MAX_RETENTION_DAYS, as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 <= value <= MAX_RETENTION_DAYS):
+        raise ConfigError(key, f"must be a number of days from 0 (keep forever) to "
+                               f"{MAX_RETENTION_DAYS:g}, got {value!r}")
+    return float(value)
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if default is None:  # an optional override ([tenants.<name>] retention_*_days)
+        return None if value is None else _retention_days(key, value)
     if isinstance(default, QueueWeights):
         if isinstance(value, QueueWeights):
             return value
@@ -649,6 +788,8 @@ def _validate(c: Config) -> None:
     need(c.database.url != "", "database.url", "must not be empty")
     need(1 <= c.database.pool_min <= c.database.pool_max, "database.pool_min",
          "must be at least 1 and at most database.pool_max")
+    need(c.database.pooler in POOLERS, "database.pooler",
+         f"must be one of {', '.join(POOLERS)}, got {c.database.pooler!r}")
     need(c.redis.url.startswith(("redis://", "rediss://", "unix://")), "redis.url",
          "must start with redis://, rediss:// or unix://")
     need(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", c.redis.prefix) is not None, "redis.prefix",
@@ -711,11 +852,27 @@ def _validate(c: Config) -> None:
     need(c.limits.tenant_per_minute >= 0, "limits.tenant_per_minute", "must not be negative")
     need(c.limits.max_queues >= 1, "limits.max_queues", "must be at least 1")
     need(c.limits.max_schedules >= 1, "limits.max_schedules", "must be at least 1")
+    need(c.limits.max_workflow_tasks >= 1, "limits.max_workflow_tasks", "must be at least 1")
+    need(c.limits.max_parent_output_bytes >= 0, "limits.max_parent_output_bytes",
+         "must not be negative")
     need(c.scheduler.interval_s > 0, "scheduler.interval_s", "must be positive")
     need(1 <= c.scheduler.batch <= 10_000, "scheduler.batch", "must be between 1 and 10000")
     need(c.scheduler.misfire_grace_s >= 0, "scheduler.misfire_grace_s", "must not be negative")
     need(c.scheduler.metrics_schedules >= 0, "scheduler.metrics_schedules",
          "must not be negative")
+    r = c.retention
+    for key in ("completed_days", "cancelled_days", "failed_days", "audit_days",
+                "schedule_fires_days"):
+        _retention_days(f"retention.{key}", getattr(r, key))
+    need(r.interval_s >= 1, "retention.interval_s", "must be at least 1 second")
+    need(1 <= r.batch <= 10_000, "retention.batch", "must be between 1 and 10000")
+    need(r.max_batches >= 1, "retention.max_batches", "must be at least 1")
+    need(0 <= r.pause_s <= 60, "retention.pause_s", "must be between 0 and 60")
+    need(r.lock_timeout_ms >= 1, "retention.lock_timeout_ms", "must be at least 1")
+    need(r.statement_timeout_ms >= 100, "retention.statement_timeout_ms",
+         "must be at least 100")
+    need(r.archive_dir == "" or Path(r.archive_dir).is_absolute(), "retention.archive_dir",
+         "must be an absolute path (or empty: no archive)")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

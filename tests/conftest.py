@@ -84,6 +84,17 @@ def pg_dsn(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def app_dsn() -> Iterator[str]:
+    """An empty database of its own: an application's, for the outbox (architecture §10)."""
+    name = f"distasks_test_{RUN_ID}_{next(_counter)}_app"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield _dsn_for(name)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def redis_prefix() -> Iterator[str]:
     prefix = f"dt-{RUN_ID}-{next(_counter)}"
     yield prefix

@@ -40,6 +40,8 @@ SCOPES = (
     "metrics:read",   # /metrics
     "schedules:read",   # list and show schedules, their next and last fires
     "schedules:write",  # create, change, pause, resume, delete schedules
+    "workflows:read",   # read and list workflows, their nodes and results
+    "workflows:write",  # submit, cancel, resume workflows
 )
 
 

@@ -95,6 +95,9 @@ class TenantQuotas:
         state.queued += count
 
     async def _check_queued(self, tenant: str, state: _Tenant, count: int, limit: int) -> None:
+        if count > limit:  # never admitted, however long the client waits
+            raise InvalidInput(f"tenant {tenant!r} may have at most {limit} tasks queued; "
+                               f"{count} at once can never be admitted", field="tasks")
         now = self._clock()
         if now - state.counted_at >= COUNT_MAX_AGE_S:
             state.queued = await self._store.queued_count(tenant)

@@ -37,6 +37,7 @@ from distasks.api import (
     schedules,
     tasks,
     workers,
+    workflows,
 )
 from distasks.api.fast import with_lean_create
 from distasks.api.services import Services, request_id_for
@@ -59,7 +60,7 @@ def create_app(services: Services) -> QuartTrio:
     app.extensions["distasks"] = services
     app.extensions[OWN_ACCESS] = set()
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, schedules.bp,
-               health.bp):
+               workflows.bp, health.bp):
         app.register_blueprint(bp)
     document = openapi.document(title="distasks", version=distasks.__version__,
                                 handlers=services.registry.payload_schemas(),

@@ -23,6 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "task_id": {"type": "string", "format": "uuid"},
     "key_id": {"type": "string", "format": "uuid"},
+    "workflow_id": {"type": "string", "format": "uuid"},
     "queue": {"type": "string", "pattern": QUEUE_NAME_PATTERN},
     # a schedule's name
     "name": {"type": "string", "pattern": QUEUE_NAME_PATTERN},

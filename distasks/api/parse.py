@@ -19,7 +19,7 @@ from distasks.daemon import creation
 from distasks.domain import times
 from distasks.domain.errors import InvalidInput
 from distasks.domain.fields import QUEUE_NAME_RE, QUEUE_NAME_RULE
-from distasks.domain.model import NewTask, TaskType
+from distasks.domain.model import NewTask
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -85,6 +85,10 @@ def task_id(value: str) -> uuid.UUID:
     return _uuid(value, "task_id")
 
 
+def workflow_id(value: str) -> uuid.UUID:
+    return _uuid(value, "workflow_id")
+
+
 def key_id(value: str) -> uuid.UUID:
     """A key id from a URL, or a 422 naming `key_id`."""
     return _uuid(value, "key_id")
@@ -100,7 +104,7 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 # Readers of each kind of path parameter, by name (as the routes spell them).
 PATH_PARAMETERS = {"queue": queue_name, "task_id": task_id, "key_id": key_id,
-                   "name": schedule_name}
+                   "name": schedule_name, "workflow_id": workflow_id}
 
 
 def path_parameter_problem(path_templates: list[str], raw_path: str) -> InvalidInput | None:
@@ -140,9 +144,4 @@ def new_task(req: schemas.CreateTask, s: Services, tenant: str) -> NewTask:
 
 
 def task_request(req: schemas.CreateTask, tenant: str) -> creation.TaskRequest:
-    return creation.TaskRequest(
-        tenant=tenant, name=req.name, handler=req.handler, type=TaskType(req.type), queue_name=req.queue_name,
-        priority=req.priority, payload=req.payload, dedup_key=req.dedup_key,
-        max_retries=req.max_retries, timeout_s=req.timeout_seconds, run_at=req.run_at,
-        delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
-        concurrency_key=req.concurrency_key)
+    return creation.task_request(req, tenant)

@@ -41,6 +41,8 @@ def _task_json(t: Task) -> dict[str, Any]:
         "finished_at": iso(t.finished_at), "cancelled_at": iso(t.cancelled_at),
         "cancelled_by": t.cancelled_by, "cancel_reason": t.cancel_reason,
         "secret_fields": list(t.secret_fields), "concurrency_key": t.concurrency_key,
+        "workflow_id": str(t.workflow_id) if t.workflow_id else None,
+        "workflow_key": t.workflow_key,
     }
 
 

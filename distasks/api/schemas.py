@@ -1,7 +1,8 @@
 """Request and response shapes, declared once: they validate requests and are the
 schemas of the OpenAPI document (api/openapi.py), so the two cannot drift apart. The
 field rules and a schedule's definition, which the config file shares, come from
-domain/fields.py and domain/schedule_definitions.py."""
+domain/fields.py and domain/schedule_definitions.py; a task's and a workflow's, which the
+outbox relay shares, from domain/task_definitions.py and domain/workflow_definitions.py."""
 
 from __future__ import annotations
 
@@ -16,19 +17,15 @@ from pydantic import (
 
 from distasks.api.cursor import PATTERN as CURSOR_PATTERN
 from distasks.domain.fields import (
-    CONCURRENCY_KEY_MAX,
     NO_NUL_TEXT,
     PATTERN_RULES,
     QUEUE_NAME_PATTERN,
-    SECRET_FIELDS_RULE,
     DlqPageCount,
     DlqPageLimit,
     Priority,
     Query,
     QueryDatetime,
     RatePerMinute,
-    Retries,
-    SecretFieldName,
     SelectionCount,
     Strict,
     TaskPageLimit,
@@ -39,52 +36,37 @@ from distasks.domain.schedule_definitions import CRON_PATTERN as CRON_PATTERN
 from distasks.domain.schedule_definitions import SCHEDULE_NAME_PATTERN, CatchUpName
 from distasks.domain.schedule_definitions import CreateSchedule as CreateSchedule
 from distasks.domain.schedule_definitions import UpdateSchedule as UpdateSchedule
+from distasks.domain.task_definitions import TIMING_RULES as TIMING_RULES
+from distasks.domain.task_definitions import CreateTask as CreateTask
 from distasks.domain.tenancy import TENANT_PATTERN
+from distasks.domain.workflow_definitions import NODE_KEY_PATTERN as NODE_KEY_PATTERN
+from distasks.domain.workflow_definitions import CreateWorkflow as CreateWorkflow
+from distasks.domain.workflow_definitions import Dependency as Dependency
+from distasks.domain.workflow_definitions import OnFailureTask as OnFailureTask
+from distasks.domain.workflow_definitions import OnParentFailureName as OnParentFailureName
+from distasks.domain.workflow_definitions import WorkflowTask as WorkflowTask
 
-TaskStatusName = Literal["queued", "completed", "failed", "cancelled"]
+TaskStatusName = Literal["pending", "queued", "completed", "failed", "cancelled", "skipped"]
+WorkflowStateName = Literal["running", "succeeded", "failed", "cancelled"]
 RunStatusName = Literal["queued", "running", "succeeded", "retrying", "failed", "interrupted",
                         "cancelled"]
 
 
-# What the type decides: an immediate task takes neither run_at nor delay_seconds; a
-# delayed one exactly one of them.
-TIMING_RULES: dict[str, Any] = {"anyOf": [
-    {"properties": {"type": {"const": "immediate"}, "run_at": {"type": "null"},
-                    "delay_seconds": {"type": "null"}}},
-    {"required": ["type", "run_at"],
-     "properties": {"type": {"const": "delayed"}, "run_at": {"type": "string"},
-                    "delay_seconds": {"type": "null"}}},
-    {"required": ["type", "delay_seconds"],
-     "properties": {"type": {"const": "delayed"}, "delay_seconds": {"type": "number"},
-                    "run_at": {"type": "null"}}},
-]}
-
-
 # -- requests -----------------------------------------------------------------------
 
-class CreateTask(Strict):
-    model_config = ConfigDict(json_schema_extra={**TIMING_RULES, **SECRET_FIELDS_RULE})
+class CancelWorkflow(Strict):
+    reason: str | None = Field(None, max_length=1000, json_schema_extra=NO_NUL_TEXT)
 
-    name: str = Field(min_length=1, max_length=256, description="A free label",
-                      json_schema_extra=NO_NUL_TEXT)
-    handler: str | None = text(1, 128, "Registered handler; the config's default if absent")
-    type: Literal["immediate", "delayed"] = "immediate"
-    queue_name: str = Field("default", pattern=QUEUE_NAME_PATTERN)
-    priority: Priority = 0
-    payload: Any = Field(default_factory=dict, description="Any JSON value")
+
+class WorkflowQuery(Query):
+    state: WorkflowStateName | None = None
+    name: str | None = text(1, 256)
     dedup_key: str | None = text(1, 256)
-    max_retries: Retries | None = None
-    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    run_at: UtcDatetime | None = Field(None, description="RFC 3339, for type delayed")
-    delay_seconds: float | None = Field(None, ge=0, le=366 * 86400,
-                                        description="For type delayed, instead of run_at")
-    secret_fields: list[SecretFieldName] = Field(
-        default_factory=list, max_length=64,
-        description="Top-level keys of the (object) payload whose values the API and CLI "
-                    "show as \"[secret]\"; the handler gets them as given")
-    concurrency_key: str | None = text(
-        1, CONCURRENCY_KEY_MAX, "Runs sharing it count against the queue's "
-        "max_running_per_key, and keys are served round robin (e.g. a customer id)")
+    created_after: QueryDatetime | None = None
+    created_before: QueryDatetime | None = None
+    limit: TaskPageLimit = 50
+    cursor: str | None = Field(None, pattern=CURSOR_PATTERN,
+                               description="next_cursor of the previous page")
 
 
 class CreateTasks(Strict):
@@ -147,7 +129,7 @@ class ReplayDlq(DlqSelection):
 
 ScopeName = Literal["tasks:write", "tasks:read", "tasks:cancel", "queues:read", "queues:admin",
                     "dlq:admin", "keys:admin", "audit:read", "metrics:read", "schedules:read",
-                    "schedules:write"]
+                    "schedules:write", "workflows:read", "workflows:write"]
 
 
 class CreateKey(Strict):
@@ -173,7 +155,7 @@ AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,18}$(?!\n)"
 class AuditQuery(Query):
     actor: str | None = text(1, 256, "Exactly this actor (key:<id>, anonymous@<address>, …)")
     action: str | None = text(1, 64, "cancel, pause, resume, queue_delete, dlq_replay, "
-                                     "dlq_delete, key_…, schedule_…, login_failed, "
+                                     "dlq_delete, key_…, schedule_…, workflow_…, login_failed, "
                                      "login_failures, config_reload, config_reload_refused")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     since: QueryDatetime | None = None
@@ -240,6 +222,8 @@ class TaskOut(BaseModel):
     cancel_reason: str | None
     secret_fields: list[str] = Field(description="Payload keys shown as \"[secret]\"")
     concurrency_key: str | None = None
+    workflow_id: str | None = Field(None, description="The workflow it is a node of")
+    workflow_key: str | None = Field(None, description="Its key in that workflow")
 
 
 class RunOut(BaseModel):
@@ -256,6 +240,62 @@ class RunOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class WorkflowCreatedOut(BaseModel):
+    workflow_id: str
+    created: bool = Field(description="False when the dedup_key named an existing workflow")
+    tasks: dict[str, str] = Field(description="Task id by key (empty when not created)")
+
+
+class NodeOut(BaseModel):
+    key: str
+    task_id: str
+    status: TaskStatusName
+    handler: str
+    queue_name: str
+    depends_on: list[Dependency]
+    deps_remaining: int = Field(description="Parents not final yet")
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None = Field(description="The latest attempt's error")
+    cancel_reason: str | None
+    on_failure: bool = Field(False, description="The workflow's on_failure task")
+
+
+class WorkflowOut(BaseModel):
+    id: str
+    name: str
+    state: WorkflowStateName
+    dedup_key: str | None
+    open_nodes: int = Field(description="Tasks not final yet")
+    counts: dict[str, int] = Field(description="Tasks by status")
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    cancelled_at: str | None
+    cancelled_by: str | None
+
+
+class WorkflowDetail(WorkflowOut):
+    nodes: list[NodeOut]
+
+
+class WorkflowPage(BaseModel):
+    workflows: list[WorkflowOut]
+    next_cursor: str | None
+
+
+class WorkflowResults(BaseModel):
+    results: dict[str, Any] = Field(description="By key: {status, result, error}")
+
+
+class WorkflowChanged(BaseModel):
+    workflow_id: str
+    state: WorkflowStateName
+    changed: bool = Field(description="False when the workflow was not in a state to change")
 
 
 class Created(BaseModel):

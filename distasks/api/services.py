@@ -26,6 +26,7 @@ from distasks.daemon.progress import Progress
 from distasks.daemon.queue_census import QueueCensus
 from distasks.daemon.tunables import Tunables
 from distasks.daemon.waiters import TaskWaiters
+from distasks.daemon.workflows import Workflows
 from distasks.domain.model import Actor
 from distasks.domain.tenancy import DEFAULT_TENANT, qualify
 from distasks.handlers import Registry
@@ -63,6 +64,8 @@ class Services:
     census: QueueCensus | None = None
     #: bad credentials, counted for the audit log (its run() writes them)
     login_failures: LoginFailures | None = None
+    #: submit, cancel and resume workflows (distasks.daemon.workflows)
+    workflows: Workflows = field(default=None)  # type: ignore[assignment]
 
     async def admit(self, tenant: str, count: int) -> None:
         """`count` new tasks of `tenant`, within its quotas (distasks.access.quotas)."""
@@ -81,7 +84,8 @@ class Services:
             default_max_retries=(self.tunables.default_max_retries if self.tunables
                                  else self.config.retry.max_retries),
             max_payload_bytes=min(own_limit or self.config.http.max_payload_bytes,
-                                  self.config.http.max_payload_bytes))
+                                  self.config.http.max_payload_bytes),
+            max_workflow_tasks=self.config.limits.max_workflow_tasks)
 
 
 def services() -> Services:

@@ -45,6 +45,10 @@ __all__ = ["CLAIM_BLOCK_S", "SOCKET_TIMEOUT_S", "Broker", "ControlSubscription",
            "Rank", "Settlement", "broker_errors", "printable", "rank"]
 
 
+# Pings before /readyz calls Redis down (see Broker.ping).
+PING_ATTEMPTS = 3
+
+
 class Broker(DispatchCommands, LeaseCommands, QueueCommands, DlqCommands, ControlCommands,
              RebuildCommands, RateCommands, SessionCommands):
     """Every Redis command distasks sends; open with `Broker.open(url, prefix=…)`."""
@@ -66,13 +70,17 @@ class Broker(DispatchCommands, LeaseCommands, QueueCommands, DlqCommands, Contro
                 await aio.call(pool.disconnect)
 
     async def ping(self) -> None:
-        """PING, asked twice before Redis is called down: a connection the pool kept
-        across a Redis restart can be dead while Redis is up, and the first command on
-        it fails; the second runs on a fresh connection."""
-        try:
-            await self._ping()
-        except BrokerUnavailable:
-            await self._ping()
+        """PING, asked up to PING_ATTEMPTS times before Redis is called down: connections
+        the pool kept across a Redis restart are dead while Redis is up, and the first
+        command on each fails. A failed one is reconnected, but a busy daemon's other
+        tasks may take it first and leave the next ping another dead one."""
+        for _ in range(PING_ATTEMPTS - 1):
+            try:
+                await self._ping()
+                return
+            except BrokerUnavailable:
+                pass
+        await self._ping()
 
     @crossing
     async def _ping(self) -> None:

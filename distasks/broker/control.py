@@ -35,6 +35,23 @@ class ControlCommands(BrokerBase):
             await self._execute_announcing(pipe, [task_id], now_ms=now_ms)
 
     @crossing
+    async def cancelled_many(self, *, waiting: Sequence[tuple[str, str]],
+                             running: Sequence[str], task_ids: Sequence[str],
+                             now_ms: int) -> None:
+        """`cancelled` for many tasks at once (a workflow's nodes)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            by_queue: dict[str, list[str]] = {}
+            for queue, run_id in waiting:
+                by_queue.setdefault(queue, []).append(run_id)
+            for queue, run_ids in by_queue.items():
+                keys = self.keys(queue)
+                self._pipe_script(pipe, "withdraw", [keys.ready, keys.delayed, keys.priorities,
+                                                     keys.key_turns], run_ids)
+            for run_id in running:
+                pipe.publish(self.control_channel, f"cancel {run_id}")
+            await self._execute_announcing(pipe, list(task_ids), now_ms=now_ms)
+
+    @crossing
     async def watch(self, task_id: str, *, until_ms: int) -> None:
         """Have "done" announced for `task_id` (see announce_done.lua) until `until_ms`:
         call it before reading the task's state, so that an end between the read and the

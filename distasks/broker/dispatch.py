@@ -33,6 +33,9 @@ class Settlement:
     dead: dict[str, list[str]] = field(default_factory=dict)
     #: queue -> (run id, rank) to run next (interrupted runs handed back)
     urgent: dict[str, list[tuple[str, Rank]]] = field(default_factory=dict)
+    #: queue -> (run id, rank) of first runs to push at the tail, as a create's
+    #: (workflow nodes their last parent released)
+    ready: dict[str, list[tuple[str, Rank]]] = field(default_factory=dict)
     #: task ids that reached a final state (announced to long-poll waiters)
     finished: list[str] = field(default_factory=list)
     #: when the outcomes were recorded, Unix time in ms
@@ -151,6 +154,8 @@ class DispatchCommands(BrokerBase):
                 pipe.rpush(self.keys(queue).dlq, *task_ids)
             for queue, runs in s.urgent.items():
                 self._push(pipe, queue, runs, at_head=True)
+            for queue, runs in s.ready.items():
+                self._push(pipe, queue, runs)
             await self._execute_announcing(pipe, s.finished, now_ms=s.now_ms)
 
     @crossing

@@ -2,8 +2,8 @@
 and maps the few errors it may raise to exit codes.
 
 Each command group is one module that declares its commands beside the handlers they run:
-`daemon` (serve, migrate, check-config), `keys`, and the remote commands `tasks`, `queues`,
-`dlq`, `workers`, `schedules` (what they share is in `remote`); `options` holds the options
+`daemon` (serve, migrate, check-config), `keys`, `outbox` (install), and the remote commands `tasks`, `queues`,
+`dlq`, `workers`, `schedules`, `workflows` (what they share is in `remote`); `options` holds the options
 and argument types several groups use.
 """
 
@@ -12,11 +12,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distasks.cli import daemon, dlq, keys, options, queues, schedules, tasks, workers
+from distasks.cli import (
+    daemon,
+    dlq,
+    keys,
+    options,
+    outbox,
+    queues,
+    schedules,
+    tasks,
+    workers,
+    workflows,
+)
 from distasks.domain.errors import CannotListen, ConfigError, StoreUnavailable
 
 # The commands that talk to a daemon over its HTTP API, in the order help lists them.
-REMOTE = (tasks, queues, dlq, workers, schedules)
+REMOTE = (tasks, queues, dlq, workers, schedules, workflows)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     for module in REMOTE:
         module.add_commands(sub, remote_options)
     keys.add_commands(sub, config_options)
+    outbox.add_commands(sub, config_options)
     return top
 
 

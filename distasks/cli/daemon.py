@@ -10,7 +10,7 @@ import trio
 
 from distasks import logs
 from distasks.cli import options
-from distasks.config import load
+from distasks.config import load, redact
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -62,4 +62,6 @@ def check_config(args: argparse.Namespace) -> int:
     from_config(config.auth.jwt)  # reads the HS256 secret: a bad file fails here
     print(config.summary())
     print("handlers:", ", ".join(registry))
+    for source in config.outbox:
+        print(f"outbox {source.name}: {redact(source.database_url)}, tenant {source.tenant}")
     return 0

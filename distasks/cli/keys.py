@@ -81,7 +81,8 @@ async def _run(action: Action, args: argparse.Namespace, config: Config) -> int:
 
     actor = Actor(f"cli:{getpass.getuser()}@{socket.gethostname()}")
     now = times.utc(time.time())
-    async with Store.open(config.database.url, min_size=1, max_size=1) as store:
+    async with Store.open(config.database.url, min_size=1, max_size=1,
+                          pooler=config.database.pooler) as store:
         await store.migrate()
         return await action(store, args, actor, now)
 

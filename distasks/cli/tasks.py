@@ -12,7 +12,7 @@ from distasks.client import Client, Run, Task, TaskDetail, TaskFilters, WaitTime
 
 COMMAND = "task"
 # The --status choices of `task list`.
-TASK_STATUSES = ("queued", "completed", "failed", "cancelled")
+TASK_STATUSES = ("pending", "queued", "completed", "failed", "cancelled", "skipped")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],

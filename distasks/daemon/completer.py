@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 
 import trio
 
@@ -27,6 +28,7 @@ from distasks.store import (
     Fence,
     Interrupted,
     Outcomes,
+    ReleasedRun,
     Retrying,
     Store,
     Succeeded,
@@ -135,10 +137,27 @@ async def _record_and_settle(batch: list[Outcome], outcomes: Outcomes, store: St
     written = await store.record_outcomes(outcomes)
     settlement = _settlement(batch, written)
     new_runs = [o.new_run_id for o in batch if o.run.run_id in written.advanced and o.new_run_id]
+    # Workflow nodes released in the same transaction: pushed as a create pushes them.
+    new_runs += add_released(settlement, written.released.runs)
+    settlement.finished += [str(t) for t in written.released.closed]
     await mirror.copy("outcomes", lambda: broker.settle(settlement), count=len(batch),
                       store=store, pushed=new_runs,
                       now=times.utc_of_ms(settlement.now_ms))
     return written
+
+
+def add_released(s: Settlement, runs: list[ReleasedRun]) -> list[uuid.UUID]:
+    """File released first runs in `s` (ready at the tail, or delayed until their
+    run_at); returns their ids, to mark dispatched."""
+    for r in runs:
+        due_ms = times.ms_of(r.available_at)
+        if due_ms > s.now_ms:
+            s.delayed.setdefault(r.queue_name, []).append(
+                (due_ms, str(r.run_id), rank(r.priority, r.concurrency_key)))
+        else:
+            s.ready.setdefault(r.queue_name, []).append(
+                (str(r.run_id), rank(r.priority, r.concurrency_key)))
+    return [r.run_id for r in runs]
 
 
 def _count(batch: list[Outcome], written: Written, metrics: Metrics) -> None:
@@ -153,7 +172,7 @@ def _count(batch: list[Outcome], written: Written, metrics: Metrics) -> None:
 
 
 def _store_outcomes(batch: list[Outcome]) -> Outcomes:
-    o = Outcomes()
+    o = Outcomes(workflow=any(x.run.task.workflow_id is not None for x in batch))
     for x in map(_without_secrets, batch):
         run_id, at = x.run.run_id, x.finished_at
         fence = Fence(x.run.worker_id, x.expired_before)

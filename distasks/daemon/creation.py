@@ -1,6 +1,6 @@
-"""Creation: the rules every new task obeys, whoever asks for it (the API today; schedules
-and workflows next). A pure function: what it needs comes in as arguments, `now`
-included, so it is tested without an app, a database or a clock."""
+"""Creation: the rules every new task and workflow obeys, whoever asks for it (the API,
+schedules, the outbox relay). Pure functions: what they need comes in as arguments, `now`
+included, so they are tested without an app, a database or a clock."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from distasks.domain.errors import InvalidInput, PayloadTooLarge, UnknownHandler
+from distasks.domain.graph import Dependency, NewNode, NewWorkflow, OnParentFailure, check_graph
 from distasks.domain.model import Json, NewTask, TaskType
+from distasks.domain.task_definitions import CreateTask
 from distasks.domain.tenancy import DEFAULT_TENANT, qualify
+from distasks.domain.workflow_definitions import CreateWorkflow
 from distasks.handlers import Registry
 from distasks.handlers.http import HttpHandler
 from distasks.store import dumps
@@ -47,6 +50,18 @@ class CreationRules:
     default_handler: str
     default_max_retries: int
     max_payload_bytes: int
+    #: tasks in one workflow, its on_failure task aside (limits.max_workflow_tasks)
+    max_workflow_tasks: int = 10_000
+
+
+def task_request(req: CreateTask, tenant: str) -> TaskRequest:
+    """What a validated definition (an API create body, an outbox row) asks of `tenant`."""
+    return TaskRequest(
+        tenant=tenant, name=req.name, handler=req.handler, type=TaskType(req.type),
+        queue_name=req.queue_name, priority=req.priority, payload=req.payload,
+        dedup_key=req.dedup_key, max_retries=req.max_retries, timeout_s=req.timeout_seconds,
+        run_at=req.run_at, delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
+        concurrency_key=req.concurrency_key)
 
 
 def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTask:
@@ -82,6 +97,47 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
         # Sorted, once each: the same marks in any order compare equal on a dedup_key.
         secret_fields=tuple(sorted(set(req.secret_fields))),
         concurrency_key=req.concurrency_key)
+
+
+def new_workflow(req: CreateWorkflow, rules: CreationRules, *, tenant: str, now: datetime,
+                 ) -> NewWorkflow:
+    """The workflow a validated definition asks of `tenant`, every task under `rules`;
+    InvalidInput naming the field of a bad task (`tasks.3.priority`), a cycle, an unknown
+    or duplicate key, or a graph over `rules.max_workflow_tasks`."""
+    limit = rules.max_workflow_tasks
+    if len(req.tasks) > limit:  # before building thousands of tasks for nothing
+        raise InvalidInput(f"{len(req.tasks)} tasks, over limits.max_workflow_tasks ({limit})",
+                           field="tasks", code="workflow_too_large")
+    nodes = []
+    for i, item in enumerate(req.tasks):
+        nodes.append(NewNode(item.key, _node_task(item, rules, tenant, f"tasks.{i}", now), tuple(
+            Dependency(d) if isinstance(d, str)
+            else Dependency(d.key, OnParentFailure(d.on_parent_failure))
+            for d in item.depends_on)))
+    check_graph(nodes, max_tasks=limit)
+    on_failure = None
+    if req.on_failure is not None:
+        if any(n.key == req.on_failure.key for n in nodes):
+            raise InvalidInput(f"on_failure key {req.on_failure.key!r} is a task's key too",
+                               field="on_failure.key", code="duplicate_key")
+        on_failure = NewNode(req.on_failure.key,
+                             _node_task(req.on_failure, rules, tenant, "on_failure", now))
+    return NewWorkflow(id=uuid.uuid4(), name=req.name, tenant=tenant, nodes=tuple(nodes),
+                       dedup_key=req.dedup_key, on_failure=on_failure)
+
+
+def _node_task(item: CreateTask, rules: CreationRules, tenant: str, where: str,
+               now: datetime) -> NewTask:
+    """A node's task; its errors name where in the workflow (`tasks.3.priority`)."""
+    if item.dedup_key is not None:
+        raise InvalidInput("a workflow's task takes no dedup_key (give the workflow one)",
+                           field=f"{where}.dedup_key")
+    try:
+        return new_task(task_request(item, tenant), rules, now=now)
+    except InvalidInput as e:
+        e.field = f"{where}.{e.field}" if e.field else where
+        e.message = f"{where}: {e.message}"
+        raise
 
 
 def _without_secrets(e: InvalidInput, secret_fields: tuple[str, ...]) -> InvalidInput:

@@ -27,7 +27,7 @@ from distasks.daemon.queue_census import QueueCensus
 from distasks.domain import times
 from distasks.domain.errors import DistasksError, StoreRejected, StoreUnavailable
 from distasks.domain.model import ClaimedRun, CreateResult, NewTask, Task, TaskStatus, TaskType
-from distasks.store import Store
+from distasks.store import ReleasedRun, Store
 
 if TYPE_CHECKING:
     from distasks.daemon.worker import WorkerPool
@@ -88,6 +88,20 @@ class Intake:
         if request.error is not None:
             raise request.error
         return request.results
+
+    def copy_committed(self, runs: list[ReleasedRun]) -> None:
+        """Have the copier push runs another writer committed (a workflow's roots, or
+        nodes a cancel or a resume released), as it pushes creates: no side door."""
+        ready, delayed = [], []
+        now_ms = times.ms(self._clock())
+        for r in runs:
+            due_ms, priority = times.ms_of(r.available_at), rank(r.priority, r.concurrency_key)
+            if due_ms > now_ms:
+                delayed.append((r.queue_name, str(r.run_id), due_ms, priority))
+            else:
+                ready.append((r.queue_name, str(r.run_id), priority))
+        if runs:
+            self._copier.add(ready, delayed, [r.run_id for r in runs])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit whatever is waiting, batch after batch, until cancelled; the copier runs

@@ -106,8 +106,31 @@ class Metrics:
                                       "Requests refused by a tenant's quota or rate limit",
                                       ["tenant", "reason"], registry=r)
 
+        # One series per configured [[outbox]] source (the config bounds the label).
+        self.outbox_relayed = Counter("distasks_outbox_relayed",
+                                      "Outbox rows whose task exists in distasks (created, or "
+                                      "found from an earlier relay) and that were deleted",
+                                      ["source"], registry=r)
+        self.outbox_rejected = Counter("distasks_outbox_rejected",
+                                       "Outbox rows refused and moved to outbox_rejected",
+                                       ["source"], registry=r)
+        self.outbox_lag = Histogram("distasks_outbox_lag_seconds",
+                                    "From an outbox row's insert to its task's creation",
+                                    ["source"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.outbox_oldest_age = Gauge("distasks_outbox_oldest_age_seconds",
+                                       "Age of the oldest row the relay's last batch took "
+                                       "(0: it found none)", ["source"], registry=r)
+        self.outbox_up = Gauge("distasks_outbox_source_up",
+                               "1 while the relay's last pass reached its source database",
+                               ["source"], registry=r)
+
         # Which daemon a scrape reached: with http.reuse_port any of a host's daemons
         # may answer one scrape (docs/deployment.md).
+        self.retention_removed = Counter(
+            "distasks_retention_removed",
+            "Rows removed by the cleaner past their retention: tasks by state (completed,"
+            " cancelled, failed), workflows and their workflow_tasks, runs, audit,"
+            " schedule_fires", ["kind"], registry=r)
         self.daemon_info = Gauge("distasks_daemon_info",
                                  "Always 1; the labels name the daemon that answered",
                                  ["worker_id", "version"], registry=r)

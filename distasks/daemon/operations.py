@@ -80,6 +80,14 @@ class Operations:
             waiting=[(q, str(r)) for q, r in done.waiting],
             running=str(done.running) if done.running else None,
             task_id=str(task_id), now_ms=times.ms_of(now)))
+        if done.released.runs:
+            # A workflow node's dependents the cancel released (those that `continue`),
+            # pushed as a create pushes them.
+            runs = done.released.runs
+            await mirror.copy("released by cancel", lambda: self.broker.dispatch(
+                ready=[(r.queue_name, str(r.run_id), rank(r.priority, r.concurrency_key))
+                       for r in runs]), count=len(runs), store=self.store,
+                pushed=[r.run_id for r in runs], now=now)
         return done
 
     async def set_paused(self, queue: str, paused: bool, *, actor: Actor, now: datetime,

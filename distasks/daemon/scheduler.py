@@ -56,12 +56,13 @@ async def fire_once(store: Store, broker: Broker, rules: Callable[[str], Creatio
     `settings.batch` schedules until a batch comes back short.
 
     `rules(tenant)` are a tenant's creation rules. Only schedules whose handler this
-    daemon has are claimed: in a fleet whose daemons have different handlers, a slot is
+    daemon has (its default handler, for a template naming none) are claimed: in a fleet whose daemons have different handlers, a slot is
     fired by one that can make its task, never refused for good by one that cannot. A
     tenant over a quota (`quotas`) has its slots refused, as its API creates are."""
     now = times.utc(now_s)
     rng = rng or random.Random()
-    handlers = list(rules(tenancy.DEFAULT_TENANT).registry)
+    deployment = rules(tenancy.DEFAULT_TENANT)
+    handlers = list(deployment.registry)
     blocked = {}
     if quotas is not None and quotas.any_limited():
         for tenant in await store.due_schedule_tenants(now=now):
@@ -70,6 +71,7 @@ async def fire_once(store: Store, broker: Broker, rules: Callable[[str], Creatio
     created = 0
     while True:
         fired = await store.fire_due(now=now, limit=settings.batch, handlers=handlers,
+                                     default_handler=deployment.default_handler,
                                      decide=lambda s, running: decide(
                                          s, running, rules(s.tenant), now=now,
                                          settings=settings, rng=rng,

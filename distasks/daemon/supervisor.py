@@ -6,7 +6,9 @@ The only module that knows them all. Shutdown order is nesting order:
     └── services: jwks, intake, login      cancelled last (the heartbeat keeps leases
         │         failures, heartbeat,     alive while handlers use their grace period)
         │         mover, reaper, control,
-        │         reconciler, reporter
+        │         reconciler, scheduler,
+        │         cleaner, outbox relays,
+        │         reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
                                            pool stops claiming and gives handlers the
@@ -23,6 +25,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,9 +41,10 @@ from distasks.access.quotas import TenantQuotas
 from distasks.access.rate_limits import RateLimiter
 from distasks.api.services import Services
 from distasks.broker import Broker
-from distasks.config import Config
+from distasks.config import Config, OutboxSourceConfig
 from distasks.config import load as load_config
 from distasks.daemon import (
+    cleaner,
     control,
     heartbeat,
     mover,
@@ -51,22 +55,26 @@ from distasks.daemon import (
     schedules,
     sdnotify,
 )
+from distasks.daemon.creation import CreationRules
 from distasks.daemon.health import Health
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.operations import Operations
 from distasks.daemon.progress import Progress
 from distasks.daemon.queue_census import QueueCensus
+from distasks.daemon.relay import Relay, RelaySettings
 from distasks.daemon.tunables import Tunables
 from distasks.daemon.waiters import TaskWaiters
 from distasks.daemon.waiters import poll as waiters_poll
 from distasks.daemon.worker import WorkerPool
+from distasks.daemon.workflows import Workflows
 from distasks.domain import backoff, times
 from distasks.domain.errors import ConfigError, InvalidInput, StoreUnavailable
 from distasks.domain.model import SYSTEM
 from distasks.handlers import Registry, builtin_registry
 from distasks.handlers.http import HttpHandler
 from distasks.store import AuditEvent, Store, WorkerInfo
+from distasks.store.outbox import OutboxSource
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,8 @@ GC_THRESHOLD_0 = 10_000
 # How long the API finishes requests in flight (and waits on idle keep-alive connections)
 # once shutdown begins; long polls are cut short and clients retry elsewhere.
 API_DRAIN_S = 2.0
+# The [retention] keys a reload does not change (the others apply from the next pass).
+RETENTION_AT_START = ("retention.enabled", "retention.interval_s")
 # How long a reload waits to write its audit row before giving up on it (logged).
 AUDIT_TIMEOUT_S = 5.0
 
@@ -129,6 +139,8 @@ class Daemon:
         self._stop_requests = 0
         #: the file as last read (a reload's audit row names what changed since)
         self._loaded = config
+        #: the cleaner's rules: a reload replaces them, the next pass follows
+        self._retention = cleaner.Settings.from_config(config)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; a second request skips the rest of the grace period."""
@@ -145,7 +157,8 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-read the config (SIGHUP) and apply what can change live: worker
-        concurrency, subscribed queues and their order, retry policy, log level. Other changes are logged
+        concurrency, subscribed queues and their order, retry policy, log level, retention
+        (but whether the cleaner runs, and how often). Other changes are logged
         as needing a restart; an invalid file changes nothing."""
         sdnotify.reloading()
         try:
@@ -174,10 +187,12 @@ class Daemon:
             except StoreUnavailable:
                 pass  # shown at the next start; the heartbeat goes on regardless
         await self._configure_queue_limits(new, wait=False)
+        self._retention = cleaner.Settings.from_config(new)
         live = {"worker.queues", "worker.concurrency", "worker.queue_order",
                 "worker.queue_weights", "log.level"}
         restart = [key for key in _differences(self.config, new)
-                   if key not in live and not key.startswith(("retry.", "queues."))]
+                   if key not in live and not key.startswith(("retry.", "queues."))
+                   and not (key.startswith("retention.") and key not in RETENTION_AT_START)]
         log.info("reloaded: %s", ", ".join(changed) or "nothing changed",
                  extra={"event": "reloaded", "changed": changed,
                         "needs_restart": restart, "queues": list(fresh.queues),
@@ -256,7 +271,8 @@ class Daemon:
             async with aio.open_loop():
                 async with (
                     Store.open(c.database.url, min_size=c.database.pool_min,
-                               max_size=c.database.pool_max) as store,
+                               max_size=c.database.pool_max,
+                               pooler=c.database.pooler) as store,
                     Broker.open(c.redis.url, prefix=c.redis.prefix,
                                 max_connections=c.redis.max_connections) as broker,
                 ):
@@ -270,18 +286,30 @@ class Daemon:
         while True:
             try:
                 await store.migrate()
-                return
+                break
             except StoreUnavailable as e:
                 failures += 1
                 log.warning("waiting for PostgreSQL: %s", e, extra={"event": "store_waiting"})
                 await trio.sleep(backoff.delay_s(failures))
+        if self.config.database.pooler != "none":
+            # Behind a pooler the daemon cannot set the timeout itself (no `options`
+            # startup parameter): the pooler's connect_query or the role must.
+            try:
+                timeout = await store.statement_timeout()
+            except StoreUnavailable:
+                timeout = ""  # not worth waiting for: the warning is advice
+            if timeout in ("0", "0ms"):
+                log.warning("statement_timeout is off behind the pooler: set it on the role "
+                            "(ALTER ROLE ... SET statement_timeout = '30s') or in the pooler's "
+                            "connect_query", extra={"event": "no_statement_timeout"})
 
     async def _serve(self, store: Store, broker: Broker, sockets: list[socket.socket],
                      task_status: trio.TaskStatus[None]) -> None:
         c, t, m, h = self.config, self.tunables, self.metrics, self.health
         self._pool = pool = WorkerPool(
             store=store, broker=broker, registry=self.registry, config=c.worker, tunables=t,
-            worker_id=self.worker_id, metrics=m, health=h)
+            worker_id=self.worker_id, metrics=m, health=h,
+            max_parent_output_bytes=c.limits.max_parent_output_bytes)
         census = QueueCensus(store.queue_names, max_queues=c.limits.max_queues)
         login_failures = LoginFailures(window_s=c.auth.failure_window_s)
         intake = Intake(store, broker, m, pool=pool, census=census)
@@ -296,7 +324,8 @@ class Daemon:
             keys=KeyCache(lambda digest: store.use_key(digest, now=times.utc(clock())), clock),
             limiter=RateLimiter(broker, c), quotas=quotas, metrics=m, health=h,
             progress=progress, stopping=self._api_stop, tunables=t, jwt=self.jwt,
-            census=census, login_failures=login_failures)
+            census=census, login_failures=login_failures,
+            workflows=Workflows(store, broker, intake, census))
         app = api.create_app(services_)
         console.install(app)
         await self._configure_schedules(store, services_)
@@ -338,6 +367,14 @@ class Daemon:
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
+            if c.retention.enabled:
+                await services.start(lambda task_status: cleaner.run(
+                    store, broker, lambda: self._retention,
+                    interval_s=c.retention.interval_s, worker_id=self.worker_id, health=h,
+                    metrics=m, task_status=task_status))
+            for source in c.outbox:
+                await services.start(self._relay, source, intake, services_.workflows,
+                                     quotas, services_.creation_rules)
             await services.start(lambda task_status: reporter.run(
                 store, broker, pool, t, metrics=m, health=h, progress=progress,
                 task_status=task_status))
@@ -368,6 +405,21 @@ class Daemon:
                     task_status.started()
                 front.cancel_scope.cancel()
             services.cancel_scope.cancel()
+
+    async def _relay(self, source: OutboxSourceConfig, intake: Intake, workflows: Workflows,
+                     quotas: TenantQuotas, rules: Callable[[str], CreationRules], *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Relay the `[[outbox]]` source until cancelled (architecture §10)."""
+        outbox = OutboxSource(source.database_url)
+        try:
+            await Relay(outbox, RelaySettings(
+                name=source.name, tenant=source.tenant, batch=source.batch,
+                poll_interval_s=source.poll_interval_s), intake=intake, workflows=workflows,
+                quotas=quotas,
+                rules=rules, metrics=self.metrics, health=self.health,
+            ).run(task_status=task_status)
+        finally:
+            await outbox.close()
 
     async def _configure_schedules(self, store: Store, s: Services) -> None:
         """Upsert the config file's schedules (architecture §9); a template this daemon
@@ -448,9 +500,9 @@ def _differences(old: Config, new: Config) -> list[str]:
     keys = []
     for section in dataclasses.fields(old):
         a, b = getattr(old, section.name), getattr(new, section.name)
-        if section.name == "schedules":  # a list, not a section
+        if section.name in ("schedules", "outbox"):  # a list, not a section
             if a != b:
-                keys.append("schedules")
+                keys.append(section.name)
         elif section.name in ("tenants", "queues"):  # [tenants.<name>] tables
             keys += [f"{section.name}.{name}" for name in sorted(set(a) | set(b))
                      if a.get(name) != b.get(name)]
@@ -466,7 +518,8 @@ async def migrate_only(config: Config) -> list[int]:
     exception group the bridge's loop wraps it in, so the command says so in one line."""
     try:
         async with aio.open_loop():
-            async with Store.open(config.database.url, min_size=1, max_size=1) as store:
+            async with Store.open(config.database.url, min_size=1, max_size=1,
+                                  pooler=config.database.pooler) as store:
                 return await store.migrate()
     except BaseExceptionGroup as e:
         leaves = _leaves(e)

@@ -56,10 +56,13 @@ FETCH_ALLOWANCE_S = 30.0
 class WorkerPool:
     def __init__(self, *, store: Store, broker: Broker, registry: Registry, config: WorkerConfig,
                  tunables: Tunables, worker_id: str, metrics: Metrics | None = None,
-                 health: Health | None = None, clock: Callable[[], float] = time.time):
+                 health: Health | None = None, clock: Callable[[], float] = time.time,
+                 max_parent_output_bytes: int = 1024 * 1024):
         self._store = store
         self._broker = broker
         self._registry = registry
+        # A workflow node's ctx.parents carries at most this many bytes of results.
+        self._max_parent_output_bytes = max_parent_output_bytes
         self._config = config
         self._tunables = tunables
         self.worker_id = worker_id
@@ -401,7 +404,8 @@ class WorkerPool:
         try:
             started = await self._store.start_runs(
                 run_ids, worker_id=self.worker_id, now=times.utc(start_s),
-                lease_until=times.utc(lease_until_s))
+                lease_until=times.utc(lease_until_s),
+                max_parent_output_bytes=self._max_parent_output_bytes)
         except StoreUnavailable:
             # Not started anywhere: put them back for the next claim.
             await broker.requeue(queue, [str(r) for r in run_ids])
@@ -502,7 +506,7 @@ class WorkerPool:
             return self._failure(claimed, f"no handler named {task.handler!r} on this daemon")
         timeout_s = task.timeout_s or self._config.task_timeout_s
         ctx = TaskContext(task=task, payload=task.payload, attempt=claimed.attempt,
-                          run_id=claimed.run_id)
+                          run_id=claimed.run_id, parents=claimed.parents or {})
         log.debug("run started", extra={"event": "run_started", **ids})
         try:
             with trio.fail_after(timeout_s):

@@ -30,6 +30,10 @@ class TaskType(enum.StrEnum):
 
 
 class TaskStatus(enum.StrEnum):
+    #: a workflow node whose parents are not all final: it has no run and is not in Redis.
+    #: The transaction that records its last parent's final state moves it to queued
+    #: (with its first run), skipped or cancelled (distasks.domain.graph)
+    PENDING = "pending"
     #: accepted and not finished; its runs say whether it waits, runs or awaits a retry.
     #: The completer moves it out when a run succeeds or the last retry fails.
     QUEUED = "queued"
@@ -39,6 +43,9 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     #: cancelled through the API; a running handler is cancelled on its daemon
     CANCELLED = "cancelled"
+    #: a workflow node not run because of its parents (on_parent_failure = skip, or a
+    #: skipped parent); final
+    SKIPPED = "skipped"
 
 
 class RunStatus(enum.StrEnum):
@@ -58,7 +65,8 @@ class RunStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED,
+                                    TaskStatus.SKIPPED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,9 @@ class Task:
     secret_fields: tuple[str, ...] = ()
     #: runs sharing it count against the queue's max_running_per_key; None: no key
     concurrency_key: str | None = None
+    #: the workflow it is a node of, and its key there; None for a task on its own
+    workflow_id: uuid.UUID | None = None
+    workflow_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,9 @@ class ClaimedRun:
     enqueued_at: datetime
     #: the daemon holding its lease
     worker_id: str
+    #: a workflow node's parents by key: {"status", "result", "error"} each (results
+    #: beyond limits.max_parent_output_bytes left out, with "truncated": true)
+    parents: dict[str, Json] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import importlib
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import trio
@@ -28,12 +28,16 @@ _MARK = "__distasks_handler__"
 
 @dataclass(frozen=True, slots=True)
 class TaskContext:
-    """What a handler is given: the task, its payload and which attempt this is."""
+    """What a handler is given: the task, its payload and which attempt this is; for a
+    workflow node, its parents' outcomes."""
 
     task: Task
     payload: Json
     attempt: int
     run_id: uuid.UUID
+    #: a workflow node's parents by key: {"status", "result", "error", "truncated"}
+    #: (results past limits.max_parent_output_bytes left out, truncated true); {} else
+    parents: dict[str, Json] = field(default_factory=dict)
 
 
 @overload

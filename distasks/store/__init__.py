@@ -3,6 +3,8 @@
 Each public method is at most one transaction on a connection driven by Trio itself
 (store/pg.py: no bridge crossing), and the hot-path ones take whole batches (architecture §1). Connection
 failures surface as StoreUnavailable, for the caller's loop to retry with backoff.
+`store/outbox.py` is the one module that speaks to another database: an application's
+outbox (architecture §10).
 
 May import `distasks.domain` and `distasks.access.principals` (the records it stores);
 never the broker: PostgreSQL and Redis code do not call each other.
@@ -17,6 +19,7 @@ from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.keys import KeyQueries
 from distasks.store.queues import QueueQueries, QueueRecord
+from distasks.store.retention import RetentionQueries
 from distasks.store.runs import (
     Cancelled,
     Failed,
@@ -32,17 +35,25 @@ from distasks.store.runs import (
 from distasks.store.schedules import Fire, Fired, Firing, Schedule, ScheduleQueries, Slot
 from distasks.store.tasks import Cancellation, TaskFilter, TaskQueries
 from distasks.store.workers import WorkerInfo, WorkerQueries
+from distasks.store.workflows import (
+    Released,
+    ReleasedRun,
+    WorkflowChange,
+    WorkflowFilter,
+    WorkflowQueries,
+)
 
 __all__ = [
     "AuditEntry", "AuditEvent", "Cancellation", "Cancelled", "DeadTask", "DlqFilter", "Failed", "Fence", "Held",
     "Interrupted", "Outcomes", "PendingDispatch", "QueueRecord", "Retrying", "Store",
     "Fire", "Fired", "Firing", "Schedule", "Slot",
     "Succeeded", "TaskFilter", "WorkerInfo", "Written", "dumps",
+    "Released", "ReleasedRun", "WorkflowChange", "WorkflowFilter",
 ]
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries, AuditQueries, ScheduleQueries):
+            KeyQueries, AuditQueries, ScheduleQueries, WorkflowQueries, RetentionQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query
@@ -50,6 +61,14 @@ class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, 
         """Apply pending migrations; safe when several daemons start at once."""
         async with self._pool.connection() as conn:
             return await _migrate.apply(conn)
+
+    @query
+    async def statement_timeout(self) -> str:
+        """The server's statement_timeout for our connections, as SHOW gives it."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SHOW statement_timeout")
+            row = await cur.fetchone()
+            return str(row[0]) if row else ""
 
     @query
     async def ping(self) -> None:

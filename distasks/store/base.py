@@ -50,18 +50,29 @@ class StoreBase:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Self]:
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
+                   pooler: str = "none") -> AsyncIterator[Self]:
         """A store over a pool of at most `max_size` connections to `dsn`, for the block,
         `min_size` of them opened at once if PostgreSQL answers (it may be down: then
-        connections are made on first use)."""
-        pool = TrioPool(dsn, max_size=max_size, timeout_s=POOL_TIMEOUT_S, kwargs={
+        connections are made on first use).
+
+        `pooler` says what `dsn` reaches: "none" (PostgreSQL itself) or "pgbouncer" (a
+        PgBouncer in transaction mode). Behind the pooler every statement may reach
+        another server connection, so nothing may rely on session state: no prepared
+        statements (PgBouncer 1.18 does not carry them), and no `options` startup
+        parameter (PgBouncer refuses it), so the statement timeout is the pooler's or
+        the role's (architecture, "Behind a connection pooler")."""
+        kwargs: dict[str, Any] = {
             "application_name": "distasks",
             # A dead server or network is noticed in seconds, not at TCP's minutes.
             "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1,
             "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        }
+        if pooler == "none":
             # No statement of ours runs long; one that hangs on a lock gives up.
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-        })
+            kwargs["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        pool = TrioPool(dsn, max_size=max_size, timeout_s=POOL_TIMEOUT_S, kwargs=kwargs,
+                        prepare_threshold=5 if pooler == "none" else None)
         with trio.move_on_after(CONNECT_TIMEOUT_S):
             await pool.warm(min_size)
         try:
@@ -183,7 +194,7 @@ def task_columns(*, with_payload: bool, alias: str = "") -> str:
     columns = ("id", "name", "handler", "type", "queue_name", "priority", "dedup_key",
                "max_retries", "timeout_s", "status", "failures", "run_at", "created_at",
                "updated_at", "finished_at", "cancelled_at", "cancelled_by", "cancel_reason",
-               "tenant", "secret_fields", "concurrency_key")
+               "tenant", "secret_fields", "concurrency_key", "workflow_id", "workflow_key")
     payload = f"{a}payload" if with_payload else "NULL::json AS payload"
     return ", ".join([*(a + c for c in columns), payload])
 
@@ -199,6 +210,7 @@ def task_from_row(r: dict[str, Any]) -> Task:
         cancel_reason=r.get("cancel_reason"), tenant=r.get("tenant", "default"),
         secret_fields=tuple(r.get("secret_fields") or ()),
         concurrency_key=r.get("concurrency_key"),
+        workflow_id=r.get("workflow_id"), workflow_key=r.get("workflow_key"),
     )
 
 
@@ -216,7 +228,8 @@ def claimed_from_row(r: dict[str, Any]) -> ClaimedRun:
     """A row of a run (as run_id, attempt, available_at, worker_id) joined with its task."""
     return ClaimedRun(run_id=r["run_id"], task=task_from_row(r), attempt=r["attempt"],
                       queue_name=r["queue_name"], message=str(r["run_id"]),
-                      enqueued_at=r["available_at"], worker_id=r["worker_id"])
+                      enqueued_at=r["available_at"], worker_id=r["worker_id"],
+                      parents=r.get("parents"))
 
 
 AUDIT = ("INSERT INTO audit_log (at, actor, tenant, address, request_id, action, queue_name,"

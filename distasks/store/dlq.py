@@ -87,7 +87,9 @@ WITH picked AS (
     UPDATE tasks t
     SET status = 'queued', failures = 0, priority = coalesce(%(priority)s, t.priority),
         updated_at = %(now)s, finished_at = NULL
-    WHERE t.id = ANY(%(ids)s) AND t.status = 'failed'
+    -- A workflow's node runs again through the workflow's resume, which releases its
+    -- dependents too; a replay would leave them cancelled.
+    WHERE t.id = ANY(%(ids)s) AND t.status = 'failed' AND t.workflow_id IS NULL
     RETURNING t.id, t.priority, t.concurrency_key
 ), added AS (
     INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)

@@ -146,13 +146,19 @@ class TrioPool:
     and COMMIT round trips); `transaction()` lends one inside a transaction. A
     connection that broke, was cancelled mid-query or is past MAX_LIFETIME_S is closed
     instead of being kept. Waiting for a free connection gives up after `timeout_s`
-    with PoolTimeout.
+    with PoolTimeout. `prepare_threshold` is psycopg's (None: no server-side prepared
+    statements, for a pooler in transaction mode).
     """
 
     def __init__(self, conninfo: str, *, max_size: int, timeout_s: float,
-                 kwargs: dict[str, Any] | None = None):
+                 kwargs: dict[str, Any] | None = None, prepare_threshold: int | None = 5):
         self._conninfo = conninfo
         self._kwargs = kwargs or {}
+        # psycopg prepares a statement on the server after this many executions on one
+        # connection; None never does (needed behind a transaction-mode pooler, where the
+        # next statement may reach another server connection: architecture, "Behind a
+        # connection pooler").
+        self._prepare_threshold = prepare_threshold
         self._timeout_s = timeout_s
         self._slots = trio.Semaphore(max_size)
         self._idle: list[tuple[TrioConnection, float]] = []  # (connection, opened at)
@@ -212,6 +218,7 @@ class TrioPool:
         with trio.move_on_after(self._timeout_s):
             conn = await TrioConnection.connect_trio(self._conninfo, **self._kwargs)
             conn._autocommit = True  # what psycopg's connect(autocommit=True) sets
+            conn.prepare_threshold = self._prepare_threshold
             return conn, trio.current_time()
         raise PoolTimeout(f"could not connect within {self._timeout_s:g}s")
 

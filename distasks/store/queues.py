@@ -64,9 +64,9 @@ TENANT_QUEUE_COUNT = f"SELECT count(*) FROM queues WHERE {TENANT_OF_NAME} = %s"
 QUEUE_FOR_DELETE = "SELECT name FROM queues WHERE name = %s FOR UPDATE"
 
 QUEUE_CONTENTS = """
-SELECT count(*) FILTER (WHERE status = 'queued'),
+SELECT count(*) FILTER (WHERE status IN ('queued', 'pending')),
        count(*) FILTER (WHERE status = 'failed' AND dlq_deleted_at IS NULL)
-FROM tasks WHERE queue_name = %s AND status IN ('queued', 'failed')
+FROM tasks WHERE queue_name = %s AND status IN ('queued', 'pending', 'failed')
 """
 
 QUEUE_NAMES = "SELECT name FROM queues"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from psycopg.rows import dict_row
 
 from distasks.domain.model import ClaimedRun, RunStatus
 from distasks.store.base import StoreBase, claimed_from_row, query
+from distasks.store.workflows import Released, finish_release, lock_for_runs, send_release
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,8 @@ class Outcomes:
     failed: list[Failed] = field(default_factory=list)
     interrupted: list[Interrupted] = field(default_factory=list)
     cancelled: list[Cancelled] = field(default_factory=list)
+    #: some run is of a workflow node: write in one transaction with the release
+    workflow: bool = False
 
     def __len__(self) -> int:
         return (len(self.succeeded) + len(self.retrying) + len(self.failed)
@@ -91,6 +95,8 @@ class Written:
 
     runs: set[uuid.UUID]
     advanced: set[uuid.UUID]
+    #: dependents released in the same transaction (workflows), to push into Redis
+    released: Released = field(default_factory=lambda: Released())
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,25 @@ class Held:
     cancelled: set[uuid.UUID]
 
 
+# A workflow node's parents for its handler (ctx.parents): by key, each one's status
+# and its latest run's result and error. Results are kept in key order while their
+# total stays within %(max_parent_bytes)s; the rest are left out, marked truncated.
+PARENTS = """
+SELECT json_object_agg(x.key, json_build_object(
+    'status', x.status, 'error', x.error,
+    'result', CASE WHEN x.total <= %(max_parent_bytes)s THEN x.result END,
+    'truncated', x.total > %(max_parent_bytes)s))
+FROM (
+    SELECT p.workflow_key AS key, p.status, last.result, last.error,
+           sum(coalesce(octet_length(last.result::text), 0))
+               OVER (ORDER BY p.workflow_key) AS total
+    FROM workflow_edges e JOIN tasks p ON p.id = e.parent_id
+    LEFT JOIN LATERAL (SELECT lr.result, lr.error FROM task_runs lr WHERE lr.task_id = p.id
+                       ORDER BY lr.attempt DESC LIMIT 1) last ON true
+    WHERE e.child_id = t.id
+) x
+"""
+
 # Claim in PostgreSQL: only a queued run of a queued task starts, so a message that
 # Redis delivers twice after a fault does not start the run twice.
 START_RUNS = """
@@ -111,11 +136,13 @@ SET status = 'running', worker_id = %(worker_id)s, started_at = %(now)s,
 FROM tasks t
 WHERE r.id = ANY(%(run_ids)s) AND r.status = 'queued'
   AND t.id = r.task_id AND t.status = 'queued'
-RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
-"""
+RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*,
+    CASE WHEN t.workflow_id IS NOT NULL THEN (%(parents)s) END AS parents
+""".replace("%(parents)s", PARENTS)
 
 # The outcome statements take column arrays and return (run id, whether its task moved
-# on). FENCE is the fencing condition: a run that was taken over is no longer running
+# on, the task's id if it is a workflow node that became final: record_outcomes releases
+# its dependents in the same transaction). FENCE is the fencing condition: a run that was taken over is no longer running
 # under the worker that reports on it and is not touched; a takeover (expired_before
 # set) only applies while the lease is still expired, so a heartbeat that got in first
 # wins. A task cancelled meanwhile keeps its status and gets no next attempt.
@@ -138,9 +165,10 @@ WITH i AS (
 ), t AS (
     UPDATE tasks t SET status = 'completed', updated_at = done.at, finished_at = done.at
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
-    RETURNING t.id
+    RETURNING t.id, t.workflow_id
 )
-SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+SELECT done.id, t.id IS NOT NULL, CASE WHEN t.workflow_id IS NOT NULL THEN t.id END
+FROM done LEFT JOIN t ON t.id = done.task_id
 """
 
 RETRY_RUNS = f"""
@@ -163,7 +191,7 @@ WITH i AS (
     SELECT new_run_id, task_id, attempt + 1, at, next_retry_at
     FROM done JOIN t ON t.id = done.task_id
 )
-SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+SELECT done.id, t.id IS NOT NULL, NULL::uuid FROM done LEFT JOIN t ON t.id = done.task_id
 """
 
 FAIL_RUNS = f"""
@@ -180,9 +208,10 @@ WITH i AS (
     UPDATE tasks t
     SET status = 'failed', failures = t.failures + 1, updated_at = done.at, finished_at = done.at
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
-    RETURNING t.id
+    RETURNING t.id, t.workflow_id
 )
-SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+SELECT done.id, t.id IS NOT NULL, CASE WHEN t.workflow_id IS NOT NULL THEN t.id END
+FROM done LEFT JOIN t ON t.id = done.task_id
 """
 
 # Interrupted by shutdown: not a failure, so `failures` stays; the next attempt is ready now.
@@ -204,7 +233,7 @@ WITH i AS (
     INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
     SELECT new_run_id, task_id, attempt + 1, at, at FROM done JOIN t ON t.id = done.task_id
 )
-SELECT done.id, t.id IS NOT NULL FROM done LEFT JOIN t ON t.id = done.task_id
+SELECT done.id, t.id IS NOT NULL, NULL::uuid FROM done LEFT JOIN t ON t.id = done.task_id
 """
 
 # The handler was stopped because its task was cancelled.
@@ -219,7 +248,7 @@ WITH i AS (
     FROM i WHERE r.id = i.run_id AND {FENCE}
     RETURNING r.id
 )
-SELECT id, false FROM done
+SELECT id, false, NULL::uuid FROM done
 """
 
 EXPIRED_RUNS = """
@@ -251,8 +280,11 @@ RETURNING r.id, t.status = 'cancelled'
 class RunQueries(StoreBase):
     @query
     async def start_runs(self, run_ids: Sequence[uuid.UUID], *, worker_id: str, now: datetime,
-                         lease_until: datetime) -> list[ClaimedRun]:
-        """Mark queued runs running under `worker_id`'s lease; returns those that were.
+                         lease_until: datetime,
+                         max_parent_output_bytes: int = 1024 * 1024) -> list[ClaimedRun]:
+        """Mark queued runs running under `worker_id`'s lease; returns those that were,
+        a workflow node's with its parents' outcomes (at most `max_parent_output_bytes`
+        of results).
 
         A run that is not queued any more (claimed elsewhere after a fault, its task
         finished or cancelled) is left alone and not returned.
@@ -260,7 +292,8 @@ class RunQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(START_RUNS, {"run_ids": list(run_ids), "worker_id": worker_id,
-                                           "now": now, "lease_until": lease_until})
+                                           "now": now, "lease_until": lease_until,
+                                           "max_parent_bytes": max_parent_output_bytes})
             rows = await cur.fetchall()
         return [claimed_from_row(r) for r in rows]
 
@@ -277,17 +310,33 @@ class RunQueries(StoreBase):
         kinds: list[tuple[str, Sequence[OutcomeRow]]] = [(sql, rows) for sql, rows in (
             (SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying), (FAIL_RUNS, o.failed),
             (INTERRUPT_RUNS, o.interrupted), (CANCEL_RUNS, o.cancelled)) if rows]
+        released = Released()
         # One statement commits by itself; several share a transaction, so that a retried
-        # batch never finds half of itself already written.
-        async with (self._pool.transaction() if len(kinds) > 1
-                    else self._pool.connection()) as conn:
-            for sql, rows in kinds:
-                cur = await conn.execute(sql, _columns(rows))
-                for run_id, moved_on in await cur.fetchall():
+        # batch never finds half of itself already written. A workflow node's final
+        # state and the release of its dependents commit together (promise 7), in
+        # pipeline mode: BEGIN, the lock of their workflows, the outcomes and the
+        # release's first level in one round trip (the server finds what the outcomes
+        # closed), COMMIT in a second.
+        async with contextlib.AsyncExitStack() as stack:
+            conn = await stack.enter_async_context(
+                self._pool.transaction() if len(kinds) > 1 and not o.workflow
+                else self._pool.connection())
+            if o.workflow:
+                await stack.enter_async_context(conn.pipeline())
+                await stack.enter_async_context(conn.transaction())
+            run_ids = [r.run_id for _, rows in kinds for r in rows]
+            if o.workflow:
+                await lock_for_runs(conn, run_ids)
+            cursors = [await conn.execute(sql, _columns(rows)) for sql, rows in kinds]
+            level = await send_release(conn, run_ids, now=max(_at(o))) if o.workflow else None
+            for cur in cursors:
+                for run_id, moved_on, _closed in await cur.fetchall():
                     runs.add(run_id)
                     if moved_on:
                         advanced.add(run_id)
-        return Written(runs, advanced)
+            if level is not None:
+                released = await finish_release(conn, level, now=max(_at(o)))
+        return Written(runs, advanced, released)
 
     @query
     async def expired_runs(self, *, now: datetime, limit: int) -> list[ClaimedRun]:
@@ -329,6 +378,11 @@ class RunQueries(StoreBase):
 
 
 OutcomeRow = Succeeded | Retrying | Failed | Interrupted | Cancelled
+
+
+def _at(o: Outcomes) -> list[datetime]:
+    return [r.at for rows in (o.succeeded, o.retrying, o.failed, o.interrupted, o.cancelled)
+            for r in rows]
 
 
 def _columns(rows: Sequence[OutcomeRow]) -> list[list[Any]]:

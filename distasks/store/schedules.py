@@ -111,10 +111,12 @@ class Fire:
 
 
 # Due schedules, oldest slot first. SKIP LOCKED: a schedule another daemon is firing is
-# passed over, never waited for; that daemon moves its next_fire_at past the slots.
+# passed over, never waited for; that daemon moves its next_fire_at past the slots. A
+# template without a handler runs the firing daemon's default handler.
 CLAIM_DUE = f"""
 SELECT {", ".join(_COLUMNS)} FROM schedules
-WHERE enabled AND next_fire_at <= %(now)s AND handler = ANY(%(handlers)s)
+WHERE enabled AND next_fire_at <= %(now)s
+  AND coalesce(handler, %(default_handler)s) = ANY(%(handlers)s)
 ORDER BY next_fire_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -336,9 +338,11 @@ class ScheduleQueries(StoreBase):
 
     @query
     async def fire_due(self, *, now: datetime, limit: int, handlers: Sequence[str],
+                       default_handler: str,
                        decide: Callable[[Schedule, bool], Firing]) -> list[Fired]:
-        """One transaction: lock up to `limit` due schedules whose handler is one of
-        `handlers` (skipping those another daemon holds), ask `decide(schedule, previous_task_unfinished)` what to fire,
+        """One transaction: lock up to `limit` due schedules whose handler (or
+        `default_handler`, for a template without one) is one of `handlers` (skipping
+        those another daemon holds), ask `decide(schedule, previous_task_unfinished)` what to fire,
         record each slot once, insert its task and first run (queued, not yet in Redis),
         and move next_fire_at on. Either all of it commits or none: a slot is never
         recorded without its task, nor a task made twice for one slot."""
@@ -346,7 +350,8 @@ class ScheduleQueries(StoreBase):
         async with self._pool.transaction() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(CLAIM_DUE, {"now": now, "limit": limit,
-                                          "handlers": list(handlers)})
+                                          "handlers": list(handlers),
+                                          "default_handler": default_handler})
             schedules = [_schedule(r) for r in await cur.fetchall()]
             if not schedules:
                 return []

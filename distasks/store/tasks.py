@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from distasks.store.base import (
     task_from_row,
     within_payload_budget,
 )
+from distasks.store.workflows import LOCK_WORKFLOWS, Released, release
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class Cancellation:
     running: uuid.UUID | None
     queue_name: str | None = None
     handler: str | None = None
+    #: a workflow node's dependents released by the cancel, to push into Redis
+    released: Released = field(default_factory=lambda: Released())
 
 
 # Batch insert: tasks and their first runs in one statement. ON CONFLICT skips a
@@ -139,8 +142,8 @@ CANCEL_TASK = """
 UPDATE tasks
 SET status = 'cancelled', cancelled_at = %(now)s, cancelled_by = %(actor)s,
     cancel_reason = %(reason)s, updated_at = %(now)s, finished_at = %(now)s
-WHERE id = %(id)s AND tenant = %(tenant)s AND status = 'queued'
-RETURNING queue_name, handler
+WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'pending')
+RETURNING queue_name, handler, workflow_id
 """
 
 CANCEL_RUNS = """
@@ -236,16 +239,17 @@ class TaskQueries(StoreBase):
         """How many of `tenant`'s tasks are not finished (its quota, distasks.access.quotas)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM tasks WHERE tenant = %s AND status = 'queued'", (tenant,))
+                "SELECT count(*) FROM tasks WHERE tenant = %s AND status IN ('queued', 'pending')",
+                (tenant,))
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
     @query
     async def final_among(self, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-        """Those of `task_ids` that are completed, failed or cancelled."""
+        """Those of `task_ids` that are completed, failed, cancelled or skipped."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT id FROM tasks WHERE id = ANY(%s) AND status <> 'queued'",
+                "SELECT id FROM tasks WHERE id = ANY(%s) AND status NOT IN ('queued', 'pending')",
                 (list(task_ids),))
             return [row[0] for row in await cur.fetchall()]
 
@@ -353,18 +357,22 @@ class TaskQueries(StoreBase):
         async with self._pool.transaction() as conn:
             params = {"id": task_id, "tenant": tenant, "actor": actor.id, "reason": reason,
                       "now": now}
+            # A workflow node's workflow is locked first, as every release locks it.
+            await conn.execute(LOCK_WORKFLOWS, {"ids": [task_id]})
             cur = await conn.execute(CANCEL_TASK, params)
             task_row = await cur.fetchone()
             if task_row is not None:
                 cur = await conn.execute(CANCEL_RUNS, params)
                 runs_row = await cur.fetchone()
                 assert runs_row is not None
-                row = (*task_row, *runs_row)
+                row = (*task_row[:2], *runs_row)
+                released = (await release(conn, [task_id], now=now) if task_row[2] is not None
+                            else Released())
                 await record_audit(conn, at=now, actor=actor, action="cancel", queue_name=row[0],
                                    detail={"task_id": str(task_id), "reason": reason})
                 return Cancellation(TaskStatus.CANCELLED, True,
                                     [(row[0], r) for r in row[2] or []], row[3],
-                                    queue_name=row[0], handler=row[1])
+                                    queue_name=row[0], handler=row[1], released=released)
             cur = await conn.execute("SELECT status FROM tasks WHERE id = %s AND tenant = %s",
                                      (task_id, tenant))
             found = await cur.fetchone()

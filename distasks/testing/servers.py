@@ -243,3 +243,115 @@ class PrivatePostgres:
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
         return int(rows[0][0])
+
+
+# How long PgBouncer may take to start answering.
+PGBOUNCER_START_TIMEOUT_S = 15.0
+
+
+def _pgbouncer_binary() -> str:
+    """The pgbouncer program, installing Debian's package first when it is missing (as
+    scripts/services.sh installs the servers a fresh machine lacks)."""
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None)
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"]):
+        subprocess.run([*sudo, *cmd], stdin=subprocess.DEVNULL, capture_output=True,
+                       env=env, timeout=600, check=True)
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.access(found, os.X_OK):
+        raise FileNotFoundError("pgbouncer is not installed and apt-get did not install it")
+    return found
+
+
+class PrivatePgBouncer:
+    """A PgBouncer of its own in transaction mode, on a free loopback port, in front of the
+    PostgreSQL at `upstream_host:upstream_port` (every database name passes through,
+    user postgres, trust auth): never the Debian service.
+
+    At most `pool_size` server connections per database; each new server connection gets
+    `statement_timeout` from `connect_query`, as the README asks of a deployment (the
+    daemon cannot send it through the pooler). PgBouncer refuses to run as root: run as
+    root, it runs as the `postgres` system user, which owns its directory.
+    Blocking methods: call them from Trio with `trio.to_thread.run_sync`.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, *, pool_size: int = 4,
+                 statement_timeout_ms: int = 30_000) -> None:
+        self.binary = _pgbouncer_binary()
+        self.port = free_port()
+        self.pool_size = pool_size
+        self.dir = Path(tempfile.mkdtemp(prefix="distasks-pgbouncer-", dir="/tmp"))
+        self._as_postgres = os.geteuid() == 0
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={upstream_host} port={upstream_port} "
+            f"connect_query='SET statement_timeout = {statement_timeout_ms}'\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {HOST}\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.dir / 'users.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\n"
+            "min_pool_size = 0\n"
+            "reserve_pool_size = 0\n"
+            "max_client_conn = 1000\n"
+            "server_lifetime = 3600\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\n"
+            "admin_users = postgres\n"
+            # psycopg sends none of these, but libpq-based tools (psql) do.
+            "ignore_startup_parameters = extra_float_digits\n")
+        if self._as_postgres:
+            for path in (self.dir, *self.dir.iterdir()):
+                shutil.chown(path, "postgres", "postgres")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def dsn(self, dbname: str) -> str:
+        return (f"host={HOST} port={self.port} user=postgres dbname={dbname} "
+                f"connect_timeout={PG_CONNECT_TIMEOUT_S}")
+
+    def start(self) -> None:
+        # As the postgres user directly (not through runuser, which would get the signals).
+        who: dict[str, Any] = ({"user": "postgres", "group": "postgres", "extra_groups": []}
+                               if self._as_postgres else {})
+        self._process = subprocess.Popen([self.binary, str(self.dir / "pgbouncer.ini")],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, **who)
+        _wait_until(self._answers, PGBOUNCER_START_TIMEOUT_S, f"pgbouncer on port {self.port}")
+
+    def _answers(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited {self._process.returncode}; see "
+                               f"{self.dir / 'pgbouncer.log'}")
+        try:
+            with psycopg.connect(self.dsn("pgbouncer"), autocommit=True,
+                                 prepare_threshold=None) as conn:
+                conn.execute("SHOW VERSION")
+                return True
+        except psycopg.Error:
+            return False
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "pgbouncer.log").read_text()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop PgBouncer (SIGINT: at once, closing every connection) and delete its
+        directory."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -297,6 +297,23 @@ async def test_a_daemon_without_the_handler_leaves_the_slot_to_one_that_has_it(
     assert [f[1] for f in fires_of(config.database.url, "needs-noop")] == ["created"]
 
 
+async def test_a_schedule_without_a_handler_fires_with_the_default_handler(
+        store, broker, config):
+    # A template that names no handler runs the daemon's default_handler; a daemon whose
+    # registry lacks that default leaves the slot to one that has it.
+    await add(store, "no-handler", "* * * * *", task={"queue_name": "q"})
+    noop_default = dataclasses.replace(RULES, default_handler="noop")
+    unknown_default = dataclasses.replace(RULES, default_handler="nowhere")
+    with trio.fail_after(30):
+        assert await fire(store, broker, T0 + timedelta(minutes=1),
+                          rules=lambda _tenant: unknown_default) == 0
+        assert fires_of(config.database.url, "no-handler") == []
+        assert await fire(store, broker, T0 + timedelta(minutes=1),
+                          rules=lambda _tenant: noop_default) == 1
+    assert [f[1] for f in fires_of(config.database.url, "no-handler")] == ["created"]
+    assert rows(config.database.url, "SELECT handler FROM tasks") == [("noop",)]
+
+
 async def test_a_tenant_over_its_quota_has_its_slots_refused(store, broker, config):
     await add(store, "often", "* * * * * *", tenant="acme", catch_up="all",
               task={"handler": "noop", "queue_name": "q", "payload": {"token": "s3cret"}})

@@ -27,6 +27,9 @@ BY_SCOPE = {
     "metrics:read": ("GET", "/metrics", None, 200),
     "schedules:read": ("GET", "/api/v1/schedules", None, 200),
     "schedules:write": ("POST", "/api/v1/schedules", {"name": "s", "cron": "0 * * * *"}, 201),
+    "workflows:read": ("GET", "/api/v1/workflows", None, 200),
+    "workflows:write": ("POST", "/api/v1/workflows/00000000-0000-0000-0000-000000000000/cancel",
+                        None, 404),
 }
 # How long a revoked key may still be accepted (distasks.access.principals.CACHE_TTL_S), with slack.
 REVOCATION_S = 8.0

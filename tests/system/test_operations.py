@@ -50,7 +50,7 @@ POLL_S = 0.05
 REPORT_WAIT_S = 12.0
 # Components every daemon serving only the default queue runs (distasks.daemon.health names).
 COMPONENTS = {"fetch:default", "completer", "mover", "reaper", "reconciler", "heartbeat",
-              "control", "waiters", "scheduler"}
+              "control", "waiters", "scheduler", "cleaner"}
 FINAL = {"completed", "failed", "cancelled"}
 
 
@@ -695,3 +695,39 @@ async def test_metric_labels_stay_bounded_whatever_clients_send(start_daemon, da
     methods = {s.labels["method"] for f in text_string_to_metric_families(text)
                if f.name == "distasks_http_requests" for s in f.samples}
     assert "BREW" not in methods and "other" in methods
+
+
+async def test_sighup_applies_retention_from_the_cleaners_next_pass(start_daemon, daemon_env,
+                                                                    pg_dsn, tmp_path):
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, name, handler, type, queue_name, payload, max_retries,"
+            " status, created_at, updated_at, finished_at) SELECT gen_random_uuid(), 'old',"
+            " 'demo', 'immediate', 'default', '{}', 3, 'completed', now() - interval '10 days',"
+            " now() - interval '10 days', now() - interval '10 days'"
+            " FROM generate_series(1, 50)")
+
+    def old_left() -> int:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM tasks WHERE name = 'old'").fetchone()
+        return int(row[0]) if row else -1
+
+    config = tmp_path / "distasks.toml"
+    text, n = re.subn(r"(?m)^completed_days = 7\.0", "completed_days = 30.0",
+                      CONFIG.read_text())
+    assert n == 1
+    config.write_text(re.sub(r"(?m)^(\[retention\]\n(?:.*\n)*?)interval_s = 60\.0",
+                             r"\1interval_s = 1.0", text))
+    with trio.fail_after(30):
+        async with start_daemon(daemon_env, config=str(config)) as d:
+            first = await wait_event(d, "retention_pass")
+            assert first["completed"] == 0 and old_left() == 50  # 30 days: kept
+            config.write_text(config.read_text().replace("completed_days = 30.0",
+                                                         "completed_days = 5.0"))
+            d.terminate(signal.SIGHUP)
+            reloaded = await wait_event(d, "reloaded")
+            while old_left() > 0:  # noqa: ASYNC110 (state in PostgreSQL)
+                await trio.sleep(POLL_S)
+    assert reloaded["needs_restart"] == []

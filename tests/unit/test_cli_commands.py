@@ -29,8 +29,8 @@ def test_every_command_has_a_handler():
     declared = dict(commands(parser()))
 
     assert {"serve", "check-config", "task create", "dlq replay", "worker list",
-            "schedules delete", "keys rotate"} <= declared.keys()
-    assert len(declared) == 27
+            "schedules delete", "keys rotate", "outbox install"} <= declared.keys()
+    assert len(declared) == 36
     assert without_handler(parser()) == []
 
 

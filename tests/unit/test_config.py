@@ -484,3 +484,104 @@ def test_a_bad_queue_limit_is_refused_naming_its_key(tmp_path, table, key):
     with pytest.raises(ConfigError) as e:
         load(write_toml(tmp_path, table), env={})
     assert e.value.key == key
+
+
+# --- [[outbox]] ------------------------------------------------------------------------
+
+
+def test_outbox_tables_are_read_with_their_defaults(tmp_path):
+    path = write_toml(tmp_path, '[[outbox]]\nname = "orders"\n'
+                                'database_url = "postgresql://app@db/orders"\n'
+                                '[[outbox]]\nname = "billing"\n'
+                                'database_url = "postgresql://app@db/billing"\n'
+                                'tenant = "acme"\nbatch = 500\npoll_interval_s = 0.5\n')
+
+    sources = load(path, env={}).outbox
+
+    assert [(s.name, s.tenant, s.batch, s.poll_interval_s) for s in sources] == [
+        ("orders", "default", 100, 5.0), ("billing", "acme", 500, 0.5)]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('outbox = "x"\n', "outbox"),
+    ('[outbox]\nname = "a"\n', "outbox"),
+    ('[[outbox]]\ndatabase_url = "postgresql://h/d"\n', "outbox[0].name"),
+    ('[[outbox]]\nname = "a/b"\ndatabase_url = "postgresql://h/d"\n', "outbox[0].name"),
+    ('[[outbox]]\nname = "a"\n', "outbox[0].database_url"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\ntenant = "Bad Tenant"\n',
+     "outbox[0].tenant"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\nbatch = 0\n',
+     "outbox[0].batch"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\npoll_interval_s = 0\n',
+     "outbox[0].poll_interval_s"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\nbatch = "10"\n',
+     "outbox[0].batch"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\nurl = "x"\n',
+     "outbox[0].url"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\n'
+     '[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/e"\n', "outbox[1].name"),
+    ('[[outbox]]\nname = "a"\ndatabase_url = "postgresql://h/d"\n'
+     '[[outbox]]\nname = "b"\ndatabase_url = "postgresql://h/d"\n', "outbox[1].database_url"),
+])
+def test_a_wrong_outbox_table_is_refused_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as e:
+        load(write_toml(tmp_path, text), env={})
+    assert e.value.key == key
+
+
+def test_check_config_lists_the_outbox_sources_without_their_passwords(
+        tmp_path, capsys, clean_environ):
+    path = write_toml(tmp_path, '[[outbox]]\nname = "orders"\n'
+                                'database_url = "postgresql://app:s3cret@db/orders"\n')
+
+    assert cli.main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "outbox orders: postgresql://app:***@db/orders, tenant default" in out
+    assert "s3cret" not in out
+
+
+def test_retention_has_defaults_and_overrides_per_queue_and_tenant(tmp_path):
+    from distasks.daemon.cleaner import DAY_S, Settings  # noqa: PLC0415
+
+    c = load(None, env={})
+    assert (c.retention.completed_days, c.retention.cancelled_days,
+            c.retention.failed_days) == (7.0, 7.0, 30.0)
+    path = write_toml(tmp_path, """
+[retention]
+failed_days = 0
+archive_dir = "/var/lib/distasks/archive"
+
+[queues.billing]
+max_running = 2
+retention_completed_days = 90
+
+[tenants.acme]
+retention_failed_days = 1.5
+""")
+    c = load(path, env={"DISTASKS_RETENTION_AUDIT_DAYS": "10"})
+    assert c.retention.failed_days == 0.0 and c.retention.audit_days == 10.0
+    # Not a limit: the PATCH the config applies leaves it out.
+    assert c.queues["billing"].given() == {"max_running": 2}
+    s = Settings.from_config(c)
+    by_status = {r.status: r for r in s.tasks}
+    assert by_status["completed"].queues == {"billing": 90 * DAY_S}
+    assert by_status["failed"].tenants == {"acme": 1.5 * DAY_S}
+    assert by_status["failed"].keep_s == 0.0 and by_status["failed"].shortest_s() == 1.5 * DAY_S
+    assert s.archive_dir == "/var/lib/distasks/archive"
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ("[retention]\ncompleted_days = -1", "retention.completed_days"),
+    ("[retention]\naudit_days = 99999", "retention.audit_days"),
+    ("[retention]\nbatch = 0", "retention.batch"),
+    ("[retention]\narchive_dir = \"relative\"", "retention.archive_dir"),
+    ("[retention]\nnope = 1", "retention.nope"),
+    ("[queues.q]\nretention_failed_days = -2", "queues.q.retention_failed_days"),
+    ("[queues.q]\nretention_failed_days = \"7\"", "queues.q.retention_failed_days"),
+    ("[tenants.acme]\nretention_completed_days = true", "tenants.acme.retention_completed_days"),
+    ("[database]\npooler = \"pgpool\"", "database.pooler"),
+])
+def test_a_bad_retention_or_pooler_key_is_refused_naming_it(tmp_path, table, key):
+    with pytest.raises(ConfigError) as info:
+        load(write_toml(tmp_path, table), env={})
+    assert info.value.key == key

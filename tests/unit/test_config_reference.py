@@ -36,7 +36,7 @@ def every_key(cls: type, section: str) -> list[tuple[str, str, object]]:
 def config_keys() -> list[tuple[str, str, object]]:
     out = []
     for f in dataclasses.fields(config.Config):
-        if f.name in ("tenants", "schedules", "queues"):  # tables by name, a list: prose
+        if f.name in ("tenants", "schedules", "queues", "outbox"):  # tables by name, a list: prose
             continue
         out += every_key(type(f.default), f.name)
     return out

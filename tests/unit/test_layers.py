@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distasks.config",),              # the configuration, read once
     ("distasks.access.principals",),   # what a principal, an API key and a scope are
     ("distasks.handlers",),            # the code tasks run
-    ("distasks.client",),              # the HTTP client users import
+    ("distasks.client", "distasks.outbox"),  # the HTTP client; the outbox helper
     ("distasks.domain",),              # the rules: model, states, retries, cron, errors
     ("distasks.aio", "distasks.logs"),  # the asyncio bridge; logging
 ]
