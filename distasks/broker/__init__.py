@@ -2,7 +2,7 @@
 
 Redis holds only run and task ids, never payloads, and can be rebuilt from PostgreSQL
 (architecture §2). One module per area, as the store is split: dispatch (push, claim,
-settle, move), leases, queues, the DLQ index, control messages, rebuild and rates, each
+settle, move), leases, queues, the DLQ index, control messages, rebuild, rates and console sessions, each
 on base.py's crossing. Every public method is one crossing of the bridge: its body is
 asyncio-side redis-py code and `@crossing` runs it from Trio under a deadline, failures
 mapped to BrokerUnavailable, so no caller ever holds an asyncio coroutine. A body two
@@ -39,6 +39,7 @@ from distasks.broker.leases import LeaseCommands
 from distasks.broker.queues import QueueCommands, QueueEntries
 from distasks.broker.rates import RateCommands
 from distasks.broker.rebuild import RebuildCommands
+from distasks.broker.sessions import SessionCommands
 from distasks.domain.errors import BrokerUnavailable
 
 __all__ = ["CLAIM_BLOCK_S", "SOCKET_TIMEOUT_S", "Broker", "ControlSubscription", "QueueEntries",
@@ -52,7 +53,7 @@ CONTROL_CONNECTIONS = 2
 
 
 class Broker(DispatchCommands, LeaseCommands, QueueCommands, DlqCommands, ControlCommands,
-             RebuildCommands, RateCommands):
+             RebuildCommands, RateCommands, SessionCommands):
     """Every Redis command distasks sends; open with `Broker.open(url, prefix=…)`."""
 
     @classmethod

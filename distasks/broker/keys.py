@@ -127,3 +127,9 @@ def rate_keys(prefix: str, principal: str, tenant: str) -> tuple[str, str]:
     hash tag per tenant, so that rate_take.lua touching both stays in one cluster slot,
     and the tenants' buckets spread over the slots (and masters) of a cluster."""
     return f"{prefix}:{{rl:{tenant}}}:p:{principal}", f"{prefix}:{{rl:{tenant}}}:t:{tenant}"
+
+
+def console_session_key(prefix: str, session_digest: str) -> str:
+    """A console session (string, expires after the session's idle time): its state as
+    the console encrypted it, under a digest of the cookie's id (never the id itself)."""
+    return f"{prefix}:console-session:{session_digest}"

@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 import distasks
-from distasks import aio, api
+from distasks import aio, api, console
 from distasks.access import jwt_tokens
 from distasks.access.login_failures import LoginFailures
 from distasks.access.principals import KeyCache
@@ -328,6 +328,7 @@ class Daemon:
             census=census, login_failures=login_failures,
             workflows=Workflows(store, broker, intake, census))
         app = api.create_app(services_)
+        console.install(app)
         await self._configure_schedules(store, services_)
         self._ops = services_.operations
         await self._configure_queue_limits(self.config)
