@@ -14,9 +14,11 @@ from quart import Quart
 from distasks.api import OWN_ACCESS
 from distasks.console import actions, hooks, pages  # noqa: F401 (their routes register)
 from distasks.console.blueprint import bp
+from distasks.console.day import DAY_CACHE, DayCache
 
 
 def install(app: Quart) -> None:
     """Serve the console on `app` (made by distasks.api.create_app) at /console."""
     app.register_blueprint(bp)
+    app.extensions[DAY_CACHE] = DayCache()
     app.extensions[OWN_ACCESS].add(bp.name)

@@ -10,13 +10,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from quart import render_template, request
+from quart import current_app, render_template, request
 
 from distasks.api import cursor
 from distasks.api.parse import queue_name, schedule_name
 from distasks.api.services import Services, services, tenant, tenant_queue
 from distasks.console import charts
 from distasks.console.blueprint import page
+from distasks.console.day import (
+    DAY_CACHE,
+    DAY_HOURS,
+    FILL_HOURS_PER_VIEW,
+    LATENCY_SAMPLE_PER_HOUR,
+    DayCache,
+)
 from distasks.daemon.queue_state import QueueState, queue_states
 from distasks.domain import cron, times
 from distasks.domain.errors import InvalidInput, NotFound
@@ -93,10 +100,14 @@ async def overview() -> str:
     rows = await queue_rows(s, now)
     fleet = await workers(s, now)
     finished = await s.store.finished_by_minute(tenant(), since=now - timedelta(hours=1))
-    chart = charts.per_minute(finished, now=now, minutes=60)
+    chart = charts.finished_bars(finished, now=now, slots=60)
     waits = await s.store.start_latency_by_minute(tenant(), since=now - timedelta(hours=1),
                                                   tasks=LATENCY_SAMPLE_TASKS)
-    latency = charts.latency_per_minute(waits, now=now, minutes=60)
+    latency = charts.latency_bars(waits, now=now, slots=60)
+    cache: DayCache = current_app.extensions[DAY_CACHE]
+    day = await cache.day(s.store, tenant(), now=now)
+    day_chart = charts.finished_bars(day.finished, now=now, slots=DAY_HOURS, step=charts.HOUR)
+    day_latency = charts.latency_bars(day.waits, now=now, slots=DAY_HOURS, step=charts.HOUR)
     attention = [f"queue {r.name} has {r.state.dlq} dead-lettered tasks" for r in rows
                  if r.state.dlq] + [
         f"queue {r.name}: its oldest ready task waits {r.state.oldest_ready_age_s:.0f}s"
@@ -107,6 +118,9 @@ async def overview() -> str:
                   for name, at in late]
     return await render_template("console/overview.html", rows=rows, chart=chart,
                                  latency=latency, seconds=charts.seconds,
+                                 day_chart=day_chart, day_latency=day_latency,
+                                 day_uncounted=day.uncounted, day_fill=FILL_HOURS_PER_VIEW,
+                                 day_sample=LATENCY_SAMPLE_PER_HOUR,
                                  latency_sample=LATENCY_SAMPLE_TASKS,
                                  alive=sum(1 for w in fleet if w["alive"]), fleet=len(fleet),
                                  attention=attention, refresh_s=REFRESH_S)

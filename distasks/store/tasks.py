@@ -185,6 +185,35 @@ SELECT date_trunc('minute', r.started_at) AS minute,
  ORDER BY 1
 """
 
+# The same two figures for whole hours [since, until), for the console's day charts:
+# finished tasks counted through the finished_at index, waits sampled from the latest
+# `per_hour` tasks of each hour (one index range per hour), so that an hour of a busy
+# day costs what the last hour's chart costs.
+FINISHED_BY_HOUR = """
+SELECT date_trunc('hour', finished_at) AS hour, status, count(*)
+  FROM tasks
+ WHERE finished_at >= %(since)s AND finished_at < %(until)s AND tenant = %(tenant)s
+ GROUP BY 1, 2
+ ORDER BY 1
+"""
+
+START_LATENCY_BY_HOUR = """
+SELECT h.hour,
+       avg(extract(epoch FROM r.started_at - r.available_at)) AS avg_s,
+       max(extract(epoch FROM r.started_at - r.available_at)) AS max_s
+  FROM generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 hour',
+                       interval '1 hour') AS h(hour)
+ CROSS JOIN LATERAL (
+       SELECT id FROM tasks
+        WHERE finished_at >= h.hour AND finished_at < h.hour + interval '1 hour'
+          AND tenant = %(tenant)s
+        ORDER BY finished_at DESC LIMIT %(per_hour)s) t
+  JOIN task_runs r ON r.task_id = t.id
+ WHERE r.started_at IS NOT NULL
+ GROUP BY 1
+ ORDER BY 1
+"""
+
 
 class TaskQueries(StoreBase):
     @query
@@ -345,6 +374,27 @@ class TaskQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = await conn.execute(START_LATENCY_BY_MINUTE,
                                      {"tenant": tenant, "since": since, "tasks": tasks})
+            return [(at, float(avg_s), float(max_s))
+                    for at, avg_s, max_s in await cur.fetchall()]
+
+    @query
+    async def finished_by_hour(self, tenant: str, *, since: datetime, until: datetime,
+                               ) -> list[tuple[datetime, str, int]]:
+        """(hour, final status, count) of `tenant`'s tasks finished in [since, until)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(FINISHED_BY_HOUR,
+                                     {"tenant": tenant, "since": since, "until": until})
+            return [(at, status, int(n)) for at, status, n in await cur.fetchall()]
+
+    @query
+    async def start_latency_by_hour(self, tenant: str, *, since: datetime, until: datetime,
+                                    per_hour: int) -> list[tuple[datetime, float, float]]:
+        """(hour, mean, longest) seconds from ready to started of the runs of the latest
+        `per_hour` of `tenant`'s tasks that finished in each whole hour of [since, until)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(START_LATENCY_BY_HOUR,
+                                     {"tenant": tenant, "since": since, "until": until,
+                                      "per_hour": per_hour})
             return [(at, float(avg_s), float(max_s))
                     for at, avg_s, max_s in await cur.fetchall()]
 

@@ -78,9 +78,9 @@ def test_the_csrf_token_is_the_sessions_own() -> None:
 def test_the_chart_has_a_bar_per_minute_with_failures_stacked_on_completions() -> None:
     now = datetime(2026, 1, 1, 12, 30, 40, tzinfo=UTC)
     minute = now.replace(second=0) - timedelta(minutes=2)
-    chart = charts.per_minute([(minute, "completed", 6), (minute, "failed", 2),
+    chart = charts.finished_bars([(minute, "completed", 6), (minute, "failed", 2),
                                (minute - timedelta(hours=2), "completed", 99)],
-                              now=now, minutes=60)
+                              now=now, slots=60)
     assert len(chart.bars) == 60 and (chart.completed, chart.failed, chart.peak) == (6, 2, 8)
     bar = chart.bars[57]
     assert "12:28 UTC: 6 completed, 2 failed" == bar.title
@@ -103,8 +103,8 @@ def test_a_form_is_from_this_host_whatever_the_scheme_and_port_a_proxy_shows() -
 def test_the_latency_chart_scales_to_the_slowest_minutes_mean() -> None:
     now = datetime(2026, 1, 1, 12, 30, 40, tzinfo=UTC)
     minute = now.replace(second=0)
-    chart = charts.latency_per_minute([(minute - timedelta(minutes=1), 0.25, 0.9),
-                                       (minute, 2.0, 7.5)], now=now, minutes=60)
+    chart = charts.latency_bars([(minute - timedelta(minutes=1), 0.25, 0.9),
+                                       (minute, 2.0, 7.5)], now=now, slots=60)
     assert [b.title for b in chart.bars] == ["12:29 UTC: mean 250 ms, longest 900 ms",
                                              "12:30 UTC: mean 2.0 s, longest 7.5 s"]
     assert (chart.peak_s, chart.longest_s) == (2.0, 7.5)
