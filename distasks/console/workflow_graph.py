@@ -110,8 +110,23 @@ def draw(nodes: Sequence[GraphNode], depth: Mapping[str, int], *,
     if len(nodes) > max_nodes or sum(len(n.parents) for n in nodes) > max_edges:
         return None
     rows: dict[int, int] = {}
+    row_of: dict[str, int] = {}
     boxes: dict[str, Box] = {}
-    for n in ordered(nodes, depth):
+    by_column: dict[int, list[GraphNode]] = {}
+    for n in nodes:
+        by_column.setdefault(depth[n.key], []).append(n)
+    placed: list[GraphNode] = []
+    for d in sorted(by_column):
+        # Within a column, nodes go in the order of their parents' mean row (then key):
+        # a child sits near its parents, and fewer edges cross.
+        def mean_parent_row(n: GraphNode) -> float:
+            seen = [row_of[p] for p in n.parents if p in row_of]
+            return sum(seen) / len(seen) if seen else 0.0
+
+        for i, n in enumerate(sorted(by_column[d], key=lambda n: (mean_parent_row(n), n.key))):
+            row_of[n.key] = i
+            placed.append(n)
+    for n in placed:
         d = depth[n.key]
         row = rows.get(d, 0)
         rows[d] = row + 1

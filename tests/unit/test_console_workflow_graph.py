@@ -84,3 +84,12 @@ def test_a_long_key_is_cut_in_its_box_but_whole_in_its_data() -> None:
     assert drawing is not None
     assert drawing.boxes[0].key == "k" * 60
     assert len(drawing.boxes[0].label) < 60 and drawing.boxes[0].label.endswith("…")
+
+
+def test_a_child_is_placed_near_its_parent_in_its_column() -> None:
+    # Two chains side by side: b's child comes first in column 1 although its key sorts last.
+    nodes = [node("a"), node("b"), node("z-under-a", "a"), node("c-under-b", "b")]
+    drawing = draw(nodes, depths(nodes))
+    assert drawing is not None
+    y = {b.key: b.y for b in drawing.boxes}
+    assert y["a"] == y["z-under-a"] and y["b"] == y["c-under-b"]
