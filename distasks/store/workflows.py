@@ -261,15 +261,14 @@ WHERE t.workflow_id = %s
 ORDER BY t.id = %s, t.created_at, t.workflow_key
 """
 
-# The console's graph of a workflow: each node's key, state and parents' keys, nothing
+# The console's graph of a workflow: each node's key, state and parents' ids, nothing
 # heavier (no result, no error), so that a 10,000-node graph stays a small read.
 GET_GRAPH = """
 SELECT t.id, t.workflow_key, t.status,
-       coalesce((SELECT array_agg(p.workflow_key ORDER BY p.workflow_key)
-                 FROM workflow_edges e JOIN tasks p ON p.id = e.parent_id
-                 WHERE e.child_id = t.id), '{}') AS parents
-FROM tasks t
+       coalesce(array_agg(e.parent_id) FILTER (WHERE e.parent_id IS NOT NULL), '{}') AS parents
+FROM tasks t LEFT JOIN workflow_edges e ON e.child_id = t.id
 WHERE t.workflow_id = %s
+GROUP BY t.id
 """
 
 # Some nodes of a workflow with their attempts and timing, as GET_NODES reads them but
@@ -417,8 +416,11 @@ class WorkflowQueries(StoreBase):
             if row is None:
                 return None
             c = await conn.execute(GET_GRAPH, (workflow_id,))
-            nodes = [(tid, key, status, list(parents))
-                     for tid, key, status, parents in await c.fetchall()]
+            rows = await c.fetchall()
+        # Parents come as ids (no second look-up of the tasks table): named here.
+        key_of = {tid: key for tid, key, _, _ in rows}
+        nodes = [(tid, key, status, sorted(key_of[p] for p in parents if p in key_of))
+                 for tid, key, status, parents in rows]
         counts: dict[str, int] = {}
         for _, _, status, _ in nodes:
             counts[status] = counts.get(status, 0) + 1
