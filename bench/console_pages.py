@@ -6,7 +6,8 @@ share of finished tasks; 90 % completed, 5 % failed and in the DLQ, 4 % cancelle
 queued in queues no worker serves), plus audit rows and one schedule, then asks each
 console page --samples times, one request at a time, and reports the daemon's own time
 per page (the Server-Timing header the console sets: routing, queries and rendering) as
-p50/p99/max, with the client's wall time beside it. The daemon serves the `default` queue
+p50/p99/max, with the client's wall time beside it. Workflows for the workflow pages (one
+of 300 nodes, one of 10,000, 48 small) are submitted through the API before measuring. The daemon serves the `default` queue
 only, so the filled tasks stay as they are.
 
 Usage: .venv/bin/python bench/console_pages.py [--tasks 1000000] [--runs-per-task 5]
