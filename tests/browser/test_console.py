@@ -502,6 +502,7 @@ def test_a_workflow_is_listed_its_graph_drawn_by_state_and_it_is_cancelled(
         shot(page, screenshots, "workflow")
         graph.locator("a.node[data-key=small]").click()
         expect(page.locator("#task-name")).to_have_text("resize")
+        expect(page.locator("#task-workflow")).to_have_text(wid)
         page.go_back()
 
         page.click("#cancel-workflow")
