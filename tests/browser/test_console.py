@@ -320,6 +320,13 @@ def test_a_hostile_task_name_is_inert_text(
         expect(page.locator("#task-name")).to_have_text(HOSTILE)
         expect(page.locator("#payload")).to_contain_text(HOSTILE)
         shot(page, screenshots, "hostile-name")
+        wid = c.post("/api/v1/workflows", json={"name": HOSTILE, "tasks": [
+            {"key": "a", "name": HOSTILE, "handler": "demo"}]}).json()["workflow_id"]
+        page.goto(f"{url}/console/workflows")
+        expect(page.locator("#workflows")).to_contain_text(HOSTILE)
+        page.goto(f"{url}/console/workflows/{wid}")
+        expect(page.locator("#workflow-name")).to_have_text(HOSTILE)
+        expect(page.locator("#workflow-graph a.node")).to_have_count(1)
         page.goto(f"{url}/console/audit")
         csp = page.request.get(f"{url}/console/tasks").headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
