@@ -6,7 +6,8 @@ share of finished tasks; 90 % completed, 5 % failed and in the DLQ, 4 % cancelle
 queued in queues no worker serves), plus audit rows and one schedule, then asks each
 console page --samples times, one request at a time, and reports the daemon's own time
 per page (the Server-Timing header the console sets: routing, queries and rendering) as
-p50/p99/max, with the client's wall time beside it. The daemon serves the `default` queue
+p50/p99/max, with the client's wall time beside it. Workflows for the workflow pages (one
+of 300 nodes, one of 10,000, 48 small) are submitted through the API before measuring. The daemon serves the `default` queue
 only, so the filled tasks stay as they are.
 
 Usage: .venv/bin/python bench/console_pages.py [--tasks 1000000] [--runs-per-task 5]
@@ -138,6 +139,33 @@ def pages(ids: dict[str, str]) -> dict[str, str]:
     }
 
 
+async def submit_workflows(client: httpx.AsyncClient) -> dict[str, str]:
+    """Workflows through the API, in q0 (no worker serves it, so they hold still): one of
+    300 nodes (drawn), one of 10,000 (limits.max_workflow_tasks: counted per depth, not
+    drawn) and 48 small ones for the list; the views of their pages."""
+
+    def fan(name: str, parts: int) -> dict:
+        return {"name": name, "tasks": [
+            {"key": "root", "name": "root", "handler": "noop", "queue_name": "q0"},
+            *({"key": f"part-{i:05}", "name": "part", "handler": "noop", "queue_name": "q0",
+               "depends_on": ["root"]} for i in range(parts - 2)),
+            {"key": "last", "name": "last", "handler": "noop", "queue_name": "q0",
+             "depends_on": ["root"]}]}
+
+    ids = {}
+    for label, body in (("300", fan("drawn", 300)), ("10000", fan("counted", 10_000)),
+                        *((str(i), fan(f"small-{i}", 5)) for i in range(48))):
+        r = await client.post("/api/v1/workflows", json=body)
+        assert r.status_code == 201, r.text[:500]
+        ids[label] = r.json()["workflow_id"]
+    return {"workflows": "/console/workflows",
+            "workflows state=running": "/console/workflows?state=running&name=small-7",
+            "workflow (300 nodes, drawn)": f"/console/workflows/{ids['300']}",
+            "workflow (10,000 nodes, counted)": f"/console/workflows/{ids['10000']}",
+            "workflow (10,000, nodes 9,901+)":
+                f"/console/workflows/{ids['10000']}?start=9900"}
+
+
 SERVER_TIMING = re.compile(r"app;dur=([0-9.]+)")
 
 
@@ -147,6 +175,7 @@ async def measure(url: str, views: dict[str, str], samples: int) -> dict[str, di
         assert (await client.post("/api/v1/schedules", json={
             "name": "nightly", "cron": "30 2 * * *", "task": {"handler": "noop"}})
                 ).status_code == 201
+        views = {**views, **await submit_workflows(client)}
         for label, path in views.items():
             server, wall = [], []
             for i in range(samples + 2):

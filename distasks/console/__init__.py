@@ -12,7 +12,12 @@ from __future__ import annotations
 from quart import Quart
 
 from distasks.api import OWN_ACCESS
-from distasks.console import actions, hooks, pages  # noqa: F401 (their routes register)
+from distasks.console import (  # noqa: F401 (their routes register)
+    actions,
+    hooks,
+    pages,
+    workflows,
+)
 from distasks.console.blueprint import bp
 from distasks.console.day import DAY_CACHE, DayCache
 

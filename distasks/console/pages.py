@@ -58,7 +58,7 @@ MAX_SEARCH_CHARS = 4096
 PAYLOAD_WINDOW = 25_000
 # The filters a page carries over to its next page's link (no other query argument).
 KEPT_ARGS = frozenset({"status", "queue", "name", "handler", "dedup_key", "created_after",
-                       "payload",
+                       "payload", "state",
                        "created_before", "error", "failed_since", "actor", "action", "since"})
 
 

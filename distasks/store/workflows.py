@@ -261,6 +261,34 @@ WHERE t.workflow_id = %s
 ORDER BY t.id = %s, t.created_at, t.workflow_key
 """
 
+# The console's graph of a workflow: each node's key, state and parents' ids, nothing
+# heavier (no result, no error), so that a 10,000-node graph stays a small read.
+GET_GRAPH = """
+SELECT t.id, t.workflow_key, t.status,
+       coalesce(array_agg(e.parent_id) FILTER (WHERE e.parent_id IS NOT NULL), '{}') AS parents
+FROM tasks t LEFT JOIN workflow_edges e ON e.child_id = t.id
+WHERE t.workflow_id = %s
+GROUP BY t.id
+"""
+
+# Some nodes of a workflow with their attempts and timing, as GET_NODES reads them but
+# without the result, and with the latest error cut at NODE_ERROR_CHARS: one console page
+# of its node table.
+GET_SOME_NODES = """
+SELECT t.id, t.workflow_key, t.status, t.handler, t.queue_name, t.deps_remaining,
+       t.created_at, t.finished_at, t.cancel_reason,
+       (SELECT count(*) FROM task_runs r WHERE r.task_id = t.id) AS attempts,
+       (SELECT min(started_at) FROM task_runs r WHERE r.task_id = t.id) AS started_at,
+       NULL::jsonb AS result, left(last.error, %(error_chars)s) AS error,
+       '{}'::text[] AS depends_on
+FROM tasks t
+LEFT JOIN LATERAL (SELECT error FROM task_runs r WHERE r.task_id = t.id
+                   ORDER BY attempt DESC LIMIT 1) last ON true
+WHERE t.workflow_id = %(workflow_id)s AND t.id = ANY(%(ids)s)
+"""
+# Characters of a node's latest error that the console's node table reads.
+NODE_ERROR_CHARS = 500
+
 COUNT_NODES = """
 SELECT workflow_id, status, count(*) FROM tasks
 WHERE workflow_id = ANY(%s) GROUP BY workflow_id, status
@@ -376,6 +404,41 @@ class WorkflowQueries(StoreBase):
         return _workflow(row, nodes=nodes, counts=counts)
 
     @query
+    async def workflow_graph(self, workflow_id: uuid.UUID, *, tenant: str,
+                             ) -> tuple[Workflow, list[tuple[uuid.UUID, str, str, list[str]]]] | None:
+        """The workflow (its counts by status filled in) and each node as (task id, key,
+        status, parents' keys), unordered; None if `tenant` has no such workflow. Two
+        queries, no result or error read: what the console draws from."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(GET_WORKFLOW, (workflow_id, tenant))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            c = await conn.execute(GET_GRAPH, (workflow_id,))
+            rows = await c.fetchall()
+        # Parents come as ids (no second look-up of the tasks table): named here.
+        key_of = {tid: key for tid, key, _, _ in rows}
+        nodes = [(tid, key, status, sorted(key_of[p] for p in parents if p in key_of))
+                 for tid, key, status, parents in rows]
+        counts: dict[str, int] = {}
+        for _, _, status, _ in nodes:
+            counts[status] = counts.get(status, 0) + 1
+        return _workflow(row, counts=counts), nodes
+
+    @query
+    async def workflow_nodes(self, workflow_id: uuid.UUID, task_ids: Sequence[uuid.UUID],
+                             ) -> list[Node]:
+        """Those of `task_ids` that are nodes of the workflow, with attempts and timing
+        (no result, the latest error cut; `depends_on` left empty), unordered."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(GET_SOME_NODES, {"workflow_id": workflow_id,
+                                               "ids": list(task_ids),
+                                               "error_chars": NODE_ERROR_CHARS})
+            return [_node(r) for r in await cur.fetchall()]
+
+    @query
     async def workflow_results(self, workflow_id: uuid.UUID, *, tenant: str,
                                ) -> dict[str, dict[str, Any]] | None:
         """Each node's status, result and error by key; None if no such workflow."""
@@ -390,8 +453,11 @@ class WorkflowQueries(StoreBase):
 
     @query
     async def list_workflows(self, f: WorkflowFilter, *, limit: int,
-                             after: tuple[datetime, uuid.UUID] | None) -> Page[Workflow]:
-        """Workflows matching `f`, newest first, after the (created_at, id) key."""
+                             after: tuple[datetime, uuid.UUID] | None,
+                             with_counts: bool = True) -> Page[Workflow]:
+        """Workflows matching `f`, newest first, after the (created_at, id) key; with
+        each one's node counts by status unless `with_counts` is False (counting reads
+        every node of the page's workflows: up to limit × max_workflow_tasks rows)."""
         where, params = ["tenant = %(tenant)s"], dict[str, Any](tenant=f.tenant)
         for column, value in (("state", f.state), ("name", f.name), ("dedup_key", f.dedup_key)):
             if value is not None:
@@ -415,7 +481,7 @@ class WorkflowQueries(StoreBase):
             await cur.execute(sql.encode(), params)
             rows = await cur.fetchall()
             counts: dict[uuid.UUID, dict[str, int]] = {}
-            if rows:
+            if rows and with_counts:
                 c = await conn.execute(COUNT_NODES, ([r["id"] for r in rows],))
                 for wid, status, n in await c.fetchall():
                     counts.setdefault(wid, {})[status] = n

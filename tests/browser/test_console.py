@@ -320,6 +320,13 @@ def test_a_hostile_task_name_is_inert_text(
         expect(page.locator("#task-name")).to_have_text(HOSTILE)
         expect(page.locator("#payload")).to_contain_text(HOSTILE)
         shot(page, screenshots, "hostile-name")
+        wid = c.post("/api/v1/workflows", json={"name": HOSTILE, "tasks": [
+            {"key": "a", "name": HOSTILE, "handler": "demo"}]}).json()["workflow_id"]
+        page.goto(f"{url}/console/workflows")
+        expect(page.locator("#workflows")).to_contain_text(HOSTILE)
+        page.goto(f"{url}/console/workflows/{wid}")
+        expect(page.locator("#workflow-name")).to_have_text(HOSTILE)
+        expect(page.locator("#workflow-graph a.node")).to_have_count(1)
         page.goto(f"{url}/console/audit")
         csp = page.request.get(f"{url}/console/tasks").headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
@@ -442,3 +449,191 @@ def test_the_overview_names_a_schedule_that_does_not_fire(
         page.set_default_timeout(ACTION_TIMEOUT_MS)
         page.goto(f"{url}/console/")
         expect(page.locator(".attention")).to_contain_text("schedule stuck has not fired")
+
+
+def workflow_of(c: httpx.Client, body: dict[str, Any]) -> str:
+    r = c.post("/api/v1/workflows", json=body)
+    assert r.status_code == 201, r.text
+    return str(r.json()["workflow_id"])
+
+
+def node_states(c: httpx.Client, workflow_id: str) -> dict[str, str]:
+    wf = c.get(f"/api/v1/workflows/{workflow_id}").json()
+    return {n["key"]: n["status"] for n in wf["nodes"]}
+
+
+# A diamond that cannot finish: "album" also waits for "later", delayed by an hour.
+DIAMOND = {"name": "album", "tasks": [
+    {"key": "fetch", "name": "fetch", "handler": "demo"},
+    {"key": "small", "name": "resize", "handler": "demo", "depends_on": ["fetch"]},
+    {"key": "large", "name": "resize", "handler": "demo", "depends_on": ["fetch"]},
+    {"key": "later", "name": "later", "handler": "demo", "type": "delayed",
+     "delay_seconds": 3600},
+    {"key": "album", "name": "album", "handler": "demo",
+     "depends_on": ["small", "large", "later"]}]}
+
+
+def test_a_workflow_is_listed_its_graph_drawn_by_state_and_it_is_cancelled(
+        page: Page, console_env, start_daemon, screenshots: Path) -> None:
+    operator = new_key(console_env, "all")
+    with start_daemon(console_env) as url, api(url, operator) as c:
+        wid = workflow_of(c, DIAMOND)
+        wait_for(lambda: node_states(c, wid)["large"] == "completed"
+                 and node_states(c, wid)["small"] == "completed", "the resizes to complete")
+        sign_in(page, url, operator)
+        page.click("nav >> text=Workflows")
+        row = page.locator(f"tr[data-workflow='{wid}']")
+        expect(row).to_contain_text("album")
+        expect(row).to_contain_text("running")
+        page.goto(f"{url}/console/workflows?state=succeeded")
+        expect(page.locator(f"tr[data-workflow='{wid}']")).to_have_count(0)
+        page.goto(f"{url}/console/workflows?state=running&name=album")
+        shot(page, screenshots, "workflows")
+        page.click(f"text={wid}")
+
+        expect(page.locator("#workflow-state")).to_have_text("running")
+        graph = page.locator("#workflow-graph")
+        expect(graph.locator("a.node")).to_have_count(5)
+        expect(graph.locator("path.edge")).to_have_count(5)
+        for key, status in {"fetch": "completed", "small": "completed", "large": "completed",
+                            "later": "queued", "album": "pending"}.items():
+            node = graph.locator(f"a.node[data-key={key}]")
+            expect(node).to_have_attribute("data-status", status)
+            expect(node).to_have_class(re.compile(rf"\bnode {status}\b"))
+        # Columns by depth: fetch and later are roots, album is past both resizes.
+        x = {k: float(graph.locator(f"a.node[data-key={k}] rect").get_attribute("x") or -1)
+             for k in ("fetch", "later", "small", "large", "album")}
+        assert x["fetch"] == x["later"] < x["small"] == x["large"] < x["album"]
+        expect(page.locator("#nodes tr[data-key=fetch]")).to_contain_text("1")
+        expect(page.locator("#per-depth tbody tr")).to_have_count(3)
+        shot(page, screenshots, "workflow")
+        graph.locator("a.node[data-key=small]").click()
+        expect(page.locator("#task-name")).to_have_text("resize")
+        expect(page.locator("#task-workflow")).to_have_text(wid)
+        page.go_back()
+
+        page.click("#cancel-workflow")
+        expect(page.locator("#workflow-state")).to_have_text("cancelled")
+        expect(page.locator("#workflow-graph a.node[data-key=album]")).to_have_attribute(
+            "data-status", "cancelled")
+        expect(page.locator("#cancel-workflow")).to_have_count(0)
+        assert c.get(f"/api/v1/workflows/{wid}").json()["state"] == "cancelled"
+        key_id = c.get("/api/v1/keys").json()["keys"][0]["id"]
+        cancels = c.get("/api/v1/audit", params={"action": "workflow_cancel"}).json()["entries"]
+        assert [(e["actor"], e["detail"]["workflow_id"]) for e in cancels] == [
+            (f"key:{key_id}", wid)]
+
+
+def test_a_failed_workflow_is_resumed_from_its_page(
+        page: Page, console_env, start_daemon, screenshots: Path) -> None:
+    operator = new_key(console_env, "all")
+    with start_daemon(console_env) as url, api(url, operator) as c:
+        # demo fails an odd priority's first attempt; no retries: the workflow fails.
+        wid = workflow_of(c, {"name": "nightly", "tasks": [
+            {"key": "extract", "name": "extract", "handler": "demo", "priority": 1,
+             "max_retries": 0},
+            {"key": "load", "name": "load", "handler": "demo", "depends_on": ["extract"]}]})
+        wait_for(lambda: c.get(f"/api/v1/workflows/{wid}").json()["state"] == "failed",
+                 "the workflow to fail")
+        sign_in(page, url, operator)
+        page.goto(f"{url}/console/workflows/{wid}")
+        expect(page.locator("#workflow-state")).to_have_text("failed")
+        graph = page.locator("#workflow-graph")
+        expect(graph.locator("a.node[data-key=extract]")).to_have_attribute("data-status",
+                                                                            "failed")
+        expect(graph.locator("a.node[data-key=load]")).to_have_attribute("data-status",
+                                                                         "cancelled")
+        expect(page.locator("#nodes tr[data-key=extract]")).to_contain_text("odd priority")
+        shot(page, screenshots, "workflow-failed")
+        page.click("#resume-workflow")
+        wait_for(lambda: c.get(f"/api/v1/workflows/{wid}").json()["state"] == "succeeded",
+                 "the resumed workflow to succeed")
+        page.reload()
+        expect(page.locator("#workflow-state")).to_have_text("succeeded")
+        expect(graph.locator("a.node.completed")).to_have_count(2)
+        expect(page.locator("#nodes tr[data-key=extract] td").nth(4)).to_have_text("2")
+        expect(page.locator("#resume-workflow")).to_have_count(0)
+        resumes = c.get("/api/v1/audit", params={"action": "workflow_resume"}).json()["entries"]
+        assert len(resumes) == 1 and resumes[0]["actor"].startswith("key:")
+
+
+def test_a_workflow_reader_sees_no_buttons_and_its_forged_posts_are_refused(
+        page: Page, console_env, start_daemon) -> None:
+    operator = new_key(console_env, "all")
+    reader = new_key(console_env, "workflows:read")
+    with start_daemon(console_env) as url, api(url, operator) as c:
+        wid = workflow_of(c, DIAMOND)
+        sign_in(page, url, reader)
+        expect(page.locator("nav")).to_contain_text("Workflows")
+        page.goto(f"{url}/console/workflows/{wid}")
+        expect(page.locator("#workflow-state")).to_have_text("running")
+        expect(page.locator("#workflow-graph a.node")).to_have_count(5)
+        expect(page.locator("#cancel-workflow")).to_have_count(0)
+        csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+        for action in ("cancel", "resume"):
+            refused = page.request.post(f"{url}/console/workflows/{wid}/{action}",
+                                        form={"csrf": csrf or ""}, max_redirects=0)
+            assert refused.status == 403, (action, refused.status)
+        assert c.get(f"/api/v1/workflows/{wid}").json()["state"] == "running"
+
+    no_workflows = new_key(console_env, "tasks:read")
+    page.context.clear_cookies()
+    with start_daemon(console_env) as url:
+        sign_in(page, url, no_workflows)
+        expect(page.locator("nav")).not_to_contain_text("Workflows")
+        response = page.goto(f"{url}/console/workflows")
+        assert response is not None and response.status == 403
+
+
+def test_another_tenants_workflow_is_not_found(page: Page, console_env,
+                                               start_daemon) -> None:
+    operator = new_key(console_env, "all")
+    acme = new_key(console_env, "all", tenant="acme")
+    with start_daemon(console_env) as url, api(url, operator) as c, api(url, acme) as a:
+        theirs = workflow_of(c, {"name": "operators-flow", "tasks": [
+            {"key": "a", "name": "a", "handler": "demo"}]})
+        mine = workflow_of(a, {"name": "acme-flow", "tasks": [
+            {"key": "a", "name": "a", "handler": "demo"}]})
+        sign_in(page, url, acme)
+        page.goto(f"{url}/console/workflows")
+        expect(page.locator("#workflows")).to_contain_text("acme-flow")
+        expect(page.locator("#workflows")).not_to_contain_text("operators-flow")
+        response = page.goto(f"{url}/console/workflows/{theirs}")
+        assert response is not None and response.status == 404
+        csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+        refused = page.request.post(f"{url}/console/workflows/{theirs}/cancel",
+                                    form={"csrf": csrf or ""}, max_redirects=0)
+        assert refused.status == 404
+        response = page.goto(f"{url}/console/workflows/{mine}")
+        assert response is not None and response.status == 200
+        assert c.get(f"/api/v1/workflows/{theirs}").json()["state"] != "cancelled"
+
+
+def test_a_large_workflow_is_counted_per_depth_not_drawn(
+        page: Page, console_env, start_daemon, screenshots: Path) -> None:
+    operator = new_key(console_env, "all")
+    parts = 350
+    with start_daemon(console_env) as url, api(url, operator) as c:
+        # Delayed by an hour: nothing runs, the page reads a graph that holds still.
+        wid = workflow_of(c, {"name": "fan", "tasks": [
+            {"key": "root", "name": "root", "handler": "demo", "type": "delayed",
+             "delay_seconds": 3600},
+            *({"key": f"part-{i:03}", "name": "part", "handler": "demo",
+               "depends_on": ["root"]} for i in range(parts)),
+            {"key": "zz-last", "name": "last", "handler": "demo",
+             "depends_on": [f"part-{i:03}" for i in range(parts)]}]})
+        sign_in(page, url, operator)
+        page.goto(f"{url}/console/workflows/{wid}")
+        expect(page.locator("#graph-not-drawn")).to_contain_text("352 nodes")
+        expect(page.locator("#workflow-graph")).to_have_count(0)
+        depth_rows = page.locator("#per-depth tbody tr")
+        expect(depth_rows).to_have_count(3)
+        expect(depth_rows.nth(1)).to_contain_text(f"{parts} pending")
+        expect(page.locator("#nodes tbody tr")).to_have_count(100)
+        expect(page.locator("#node-range")).to_contain_text("Nodes 1 to 100 of 352")
+        shot(page, screenshots, "workflow-large")
+        for _ in range(3):
+            page.click("#next-nodes")
+        expect(page.locator("#node-range")).to_contain_text("Nodes 301 to 352 of 352")
+        expect(page.locator("#nodes tr[data-key=zz-last]")).to_contain_text("pending")
+        expect(page.locator("#next-nodes")).to_have_count(0)
