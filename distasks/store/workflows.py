@@ -243,22 +243,30 @@ WHERE id = ANY(%(ids)s) AND status = 'pending'
 GET_WORKFLOW = "SELECT * FROM workflows WHERE id = %s AND tenant = %s"
 
 # Each node with its attempts and timing: first start, last finish, the latest run's
-# result and error. The on_failure task comes last.
+# result and error. The on_failure task comes last. Set-based (one pass over the
+# workflow's runs and edges, hash-joined): a sub-query per node read the edges once per
+# node whenever the planner had no statistics for a graph just written, 8 s for a
+# 10,000-node fan-in.
 GET_NODES = """
-SELECT t.id, t.workflow_key, t.status, t.handler, t.queue_name, t.deps_remaining,
-       t.created_at, t.finished_at, t.cancel_reason,
-       (SELECT count(*) FROM task_runs r WHERE r.task_id = t.id) AS attempts,
-       (SELECT min(started_at) FROM task_runs r WHERE r.task_id = t.id) AS started_at,
-       last.result, last.error,
-       coalesce((SELECT array_agg(p.workflow_key || ' ' || e.on_parent_failure
-                                  ORDER BY p.workflow_key)
-                 FROM workflow_edges e JOIN tasks p ON p.id = e.parent_id
-                 WHERE e.child_id = t.id), '{}') AS depends_on
-FROM tasks t
-LEFT JOIN LATERAL (SELECT result, error FROM task_runs r WHERE r.task_id = t.id
-                   ORDER BY attempt DESC LIMIT 1) last ON true
-WHERE t.workflow_id = %s
-ORDER BY t.id = %s, t.created_at, t.workflow_key
+WITH n AS (SELECT id, workflow_key, status, handler, queue_name, deps_remaining,
+                  created_at, finished_at, cancel_reason
+             FROM tasks WHERE workflow_id = %s),
+runs AS (SELECT r.task_id, count(*) AS attempts, min(r.started_at) AS started_at,
+                max(r.attempt) AS last_attempt
+           FROM task_runs r JOIN n ON n.id = r.task_id GROUP BY r.task_id),
+deps AS (SELECT e.child_id, array_agg(p.workflow_key || ' ' || e.on_parent_failure
+                                      ORDER BY p.workflow_key) AS depends_on
+           FROM workflow_edges e JOIN n ON n.id = e.child_id
+           JOIN tasks p ON p.id = e.parent_id GROUP BY e.child_id)
+SELECT n.id, n.workflow_key, n.status, n.handler, n.queue_name, n.deps_remaining,
+       n.created_at, n.finished_at, n.cancel_reason,
+       coalesce(runs.attempts, 0) AS attempts, runs.started_at,
+       last.result, last.error, coalesce(deps.depends_on, '{}') AS depends_on
+FROM n
+LEFT JOIN runs ON runs.task_id = n.id
+LEFT JOIN task_runs last ON last.task_id = n.id AND last.attempt = runs.last_attempt
+LEFT JOIN deps ON deps.child_id = n.id
+ORDER BY n.id = %s, n.created_at, n.workflow_key
 """
 
 # The console's graph of a workflow: each node's key, state and parents' ids, nothing
@@ -330,18 +338,24 @@ AGAIN = ("({0}.status = 'failed' OR ({0}.status IN ('cancelled', 'skipped')"
 
 # Resume: the nodes that failed, and those cancelled or skipped because of a failure
 # (by the system, not by an operator), go back to pending with fresh retries; the
-# counters count the parents that run again too (every other parent is final). Completed nodes keep their result and do not run again.
+# counters count the parents that run again too (every other parent is final). Completed
+# nodes keep their result and do not run again. The counts come from one grouped pass over
+# the workflow's edges, not a sub-query per node (see GET_NODES).
 RESUME_NODES = """
-WITH again AS (
+WITH counted AS (
+    SELECT c.id, count(p.id) FILTER (WHERE %(again)s) AS parents_again
+    FROM tasks c
+    LEFT JOIN workflow_edges e ON e.child_id = c.id
+    LEFT JOIN tasks p ON p.id = e.parent_id
+    WHERE c.workflow_id = %(id)s
+    GROUP BY c.id
+), again AS (
     UPDATE tasks t
     SET status = 'pending', failures = 0, cancelled_at = NULL, cancelled_by = NULL,
         cancel_reason = NULL, finished_at = NULL, updated_at = %(now)s,
-        dlq_deleted_at = NULL,
-        deps_remaining = (SELECT count(*) FROM workflow_edges e JOIN tasks p
-                          ON p.id = e.parent_id
-                          WHERE e.child_id = t.id AND %(again)s)
-    FROM workflows w
-    WHERE w.id = t.workflow_id AND t.workflow_id = %(id)s
+        dlq_deleted_at = NULL, deps_remaining = counted.parents_again
+    FROM workflows w, counted
+    WHERE w.id = t.workflow_id AND t.workflow_id = %(id)s AND counted.id = t.id
       AND t.id IS DISTINCT FROM w.on_failure_task_id
       AND %(again_t)s
     RETURNING t.id, t.queue_name, (SELECT status FROM tasks o WHERE o.id = t.id) AS was
