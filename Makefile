@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 SERVICES_ENV := . .local/services.env
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate run test fuzz bench bench-compare lint docs image clean distclean
+.PHONY: help venv services migrate run test test-cluster fuzz bench bench-compare lint docs image clean distclean
 
 help:
 	@echo 'make venv       create .venv and install distasks with [test,dev] extras'
@@ -25,6 +25,7 @@ help:
 	@echo 'make migrate    apply database migrations'
 	@echo 'make run        run the daemon (distasks serve) in the foreground'
 	@echo 'make test       run pytest (PYTEST_ARGS, default -q)'
+	@echo 'make test-cluster  the tests that matter on a private 6-node Redis Cluster'
 	@echo 'make fuzz       schemathesis against a live daemon, new random seed'
 	@echo 'make bench      run bench/throughput.py'
 	@echo 'make bench-compare  bench/compare_taskiq.py: distasks beside Taskiq (COMPARE_ARGS)'
@@ -60,6 +61,18 @@ run: venv services
 
 test: venv services
 	$(SERVICES_ENV) && $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The Lua scripts, the broker, and the system tests that matter (walkthrough, faults,
+# rate limits, schedules) on a private Redis Cluster the tests start and remove
+# (three masters, three replicas of redis-server; tests/conftest.py).
+CLUSTER_TESTS ?= tests/integration/test_broker_scripts.py tests/integration/test_recovery.py \
+	tests/integration/test_rate_limits.py tests/integration/test_queue_rates.py \
+	tests/integration/test_queue_limits.py tests/integration/test_worker.py \
+	tests/system/test_walkthrough.py tests/system/test_faults.py \
+	tests/system/test_schedules.py tests/system/test_access.py::test_a_rate_limit_holds_across_two_daemons \
+	tests/system/test_limit_faults.py tests/integration/test_cluster.py
+test-cluster: venv services
+	$(SERVICES_ENV) && DISTASKS_TEST_REDIS=cluster $(VENV)/bin/pytest $(PYTEST_ARGS) $(CLUSTER_TESTS)
 
 bench: venv services
 	$(SERVICES_ENV) && $(VENV)/bin/python bench/throughput.py

@@ -97,8 +97,11 @@ class DatabaseConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    #: Redis; the path is the database number (redis://host:6379/5)
+    #: Redis; the path is the database number (redis://host:6379/5). A Redis Cluster:
+    #: any node's URL with `cluster = true`, or redis+cluster://host:port
     url: str = "redis://127.0.0.1:6379/0"
+    #: `url` names a node of a Redis Cluster: use redis-py's cluster client
+    cluster: bool = False
     #: every key starts with it, so daemons of different deployments never collide
     prefix: str = "distasks"
     #: size of the Redis connection pool
@@ -790,8 +793,15 @@ def _validate(c: Config) -> None:
          "must be at least 1 and at most database.pool_max")
     need(c.database.pooler in POOLERS, "database.pooler",
          f"must be one of {', '.join(POOLERS)}, got {c.database.pooler!r}")
-    need(c.redis.url.startswith(("redis://", "rediss://", "unix://")), "redis.url",
-         "must start with redis://, rediss:// or unix://")
+    need(c.redis.url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
+                                 "rediss+cluster://")), "redis.url",
+         "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://")
+    if c.redis.cluster or "+cluster://" in c.redis.url:
+        scheme, _, rest = c.redis.url.partition("://")
+        need(scheme != "unix", "redis.url",
+             "a Redis Cluster is reached over TCP: redis:// or rediss://, not unix://")
+        need(rest.partition("?")[0].partition("/")[2] in ("", "0"), "redis.url",
+             "a Redis Cluster has only database 0")
     need(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", c.redis.prefix) is not None, "redis.prefix",
          "must be 1-64 of [A-Za-z0-9_.:-]")
     need(c.redis.max_connections >= 4, "redis.max_connections", "must be at least 4")

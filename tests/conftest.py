@@ -3,6 +3,10 @@
 Each run gets a unique id. The schema is migrated once into a template database;
 each test clones it (`CREATE DATABASE … TEMPLATE`) and gets its own Redis key prefix,
 and both are removed afterwards (keys by SCAN MATCH, never FLUSHDB).
+
+With DISTASKS_TEST_REDIS=cluster, every test that asks for `redis_url` gets a private
+Redis Cluster instead of the shared Redis (three masters, three replicas, started once
+per session: `make test-cluster`). Tests of the cluster itself ask for `redis_cluster`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from distasks.config import (
 from distasks.config import load as load_config
 from distasks.daemon.supervisor import migrate_only
 from distasks.store import Store
+from distasks.testing.servers import PrivateRedisCluster
 
 RUN_ID = uuid.uuid4().hex[:8]
 _counter = itertools.count()
@@ -52,6 +57,11 @@ def _dsn_for(dbname: str) -> str:
 
 def _redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def on_cluster() -> bool:
+    """Whether this run's tests use a private Redis Cluster (DISTASKS_TEST_REDIS=cluster)."""
+    return os.environ.get("DISTASKS_TEST_REDIS", "single") == "cluster"
 
 
 def _admin(sql: str) -> None:
@@ -94,10 +104,25 @@ def app_dsn() -> Iterator[str]:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateRedisCluster]:
+    """A private Redis Cluster for the session: started on first use, stopped (and its
+    directory removed) at the end. A test that fails a master over rejoins it."""
+    cluster = PrivateRedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
+def redis_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
     prefix = f"dt-{RUN_ID}-{next(_counter)}"
     yield prefix
+    if on_cluster():
+        request.getfixturevalue("redis_cluster").delete_prefix(prefix)
+        return
     client = redis.Redis.from_url(_redis_url())
     try:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
@@ -108,7 +133,11 @@ def redis_prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url(request: pytest.FixtureRequest) -> str:
+    if on_cluster():
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.ensure_running()  # whole again after a test that killed nodes
+        return str(cluster.url)
     return _redis_url()
 
 

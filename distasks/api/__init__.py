@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # Room for the rest of a create body around the largest accepted payload.
 BODY_OVERHEAD_BYTES = 64 * 1024
+# app.extensions key: names of blueprints that check access themselves (the console, whose
+# browser forms and session cookie are no API request); the API's check passes them by.
+OWN_ACCESS = "distasks.own_access"
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -55,6 +58,7 @@ def create_app(services: Services) -> QuartTrio:
                                            http.max_payload_bytes + BODY_OVERHEAD_BYTES)
     pages.install(app, heavy_reads=http.heavy_reads)  # JSON keys in order; list pages
     app.extensions["distasks"] = services
+    app.extensions[OWN_ACCESS] = set()
     for bp in (tasks.bp, queues.bp, dlq.bp, workers.bp, keys.bp, audit.bp, schedules.bp,
                workflows.bp, health.bp):
         app.register_blueprint(bp)
@@ -78,6 +82,8 @@ def create_app(services: Services) -> QuartTrio:
     @app.before_request
     async def check_access() -> None:
         """api/access.py: transport rules, then the principal and the route's scope."""
+        if request.blueprint in app.extensions[OWN_ACCESS]:
+            return
         req = access.Request(request.method, {k.lower(): v for k, v in request.headers.items()},
                              request.remote_addr or "")
         access.check_transport(req, services.config)
@@ -100,7 +106,8 @@ def create_app(services: Services) -> QuartTrio:
         duration_s = time.perf_counter() - g.get("started", time.perf_counter())
         request_id = g.get("request_id", "")
         response.headers["X-Request-Id"] = request_id
-        response.headers.update(access.SECURITY_HEADERS)
+        # A blueprint that serves pages (the console) sets its own, in g.
+        response.headers.update(g.get("security_headers") or access.SECURITY_HEADERS)
         if services.stopping.is_set():
             # Shutting down: no keep-alive, so the client reconnects (elsewhere) at once.
             response.headers["Connection"] = "close"

@@ -52,22 +52,10 @@ class Request:
 
 
 def check_transport(req: Request, config: Config) -> None:
-    host = req.headers.get("host", "")
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    allowed = LOOPBACK_NAMES | set(config.http.allowed_hosts) | {config.http.host}
-    # No Host (or an empty one) is HTTP/1.0, which may leave it out (the HTTP server
-    # refuses HTTP/1.1 without one): a load balancer's health check or an old tool, never
-    # a browser, so nothing a rebinding page could send; it is answered.
-    if host and name.lower() not in allowed and "*" not in allowed:
-        raise Refused(400, "bad_host", f"this daemon does not answer to the host {host!r}; "
-                      "add it to http.allowed_hosts")
+    check_host(req, config)
     if req.method in SAFE_METHODS:
         return
-    origin = req.headers.get("origin")
-    if origin is not None and origin not in config.http.trusted_origins:
-        raise Refused(403, "cross_origin", f"writes from the web origin {origin!r} are refused")
-    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-        raise Refused(403, "cross_origin", "cross-site writes from a browser are refused")
+    check_same_site(req, config)
     # A body must be declared JSON, and one with no Content-Type at all is refused too: a
     # page's fetch() with a Blob or ArrayBuffer body sends none and needs no CORS preflight,
     # so accepting it would reopen the cross-site write the JSON rule closes. Every client
@@ -80,6 +68,28 @@ def check_transport(req: Request, config: Config) -> None:
         if media != "application/json":
             raise Refused(415, "unsupported_media_type",
                           "a request body must be sent as Content-Type: application/json")
+
+
+def check_host(req: Request, config: Config) -> None:
+    """A Host this daemon answers to (a DNS-rebinding page names its own)."""
+    host = req.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    allowed = LOOPBACK_NAMES | set(config.http.allowed_hosts) | {config.http.host}
+    # No Host (or an empty one) is HTTP/1.0, which may leave it out (the HTTP server
+    # refuses HTTP/1.1 without one): a load balancer's health check or an old tool, never
+    # a browser, so nothing a rebinding page could send; it is answered.
+    if host and name.lower() not in allowed and "*" not in allowed:
+        raise Refused(400, "bad_host", f"this daemon does not answer to the host {host!r}; "
+                      "add it to http.allowed_hosts")
+
+
+def check_same_site(req: Request, config: Config) -> None:
+    """A write from no other web origin (the console adds its CSRF token on top)."""
+    origin = req.headers.get("origin")
+    if origin is not None and origin not in config.http.trusted_origins:
+        raise Refused(403, "cross_origin", f"writes from the web origin {origin!r} are refused")
+    if req.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        raise Refused(403, "cross_origin", "cross-site writes from a browser are refused")
 
 
 def address(s: Services, req: Request) -> str:

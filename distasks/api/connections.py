@@ -248,6 +248,13 @@ class _Stream(trio.abc.HalfCloseableStream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if data:  # Hypercorn also writes b"" (the end of a Content-Length response)
+            # Counted before the write, not after: the client may read this response and
+            # send its next request's first bytes, and the reader take them, before this
+            # task resumes from the write; reset after it, those bytes would be forgotten
+            # and a connection receiving its headers taken for an idle one.
+            self.sent += len(data)
+            self.received_since_sent = 0
         view = memoryview(data)
         for start in range(0, len(view), SEND_CHUNK_BYTES):
             with trio.move_on_after(SEND_TIMEOUT_S) as scope:
@@ -255,9 +262,6 @@ class _Stream(trio.abc.HalfCloseableStream):
             if scope.cancelled_caught:
                 raise trio.BrokenResourceError("the client read nothing for "
                                                f"{SEND_TIMEOUT_S:g}s")
-        if data:  # Hypercorn also writes b"" (the end of a Content-Length response)
-            self.sent += len(data)
-            self.received_since_sent = 0
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()

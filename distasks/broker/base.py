@@ -47,7 +47,15 @@ FORGET_LIMIT = 10_000
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
                 redis.exceptions.OutOfMemoryError, redis.exceptions.MasterDownError,
-                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError, OSError)
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                redis.exceptions.SlotNotCoveredError, OSError)
+
+
+# How redis-py's cluster client says that no node answers, or that the nodes it reached
+# do not make a whole cluster yet (RedisClusterException, whose other uses are bugs such
+# as keys of several slots in one command).
+_CLUSTER_OUTAGES = ("Redis Cluster cannot be connected", "All slots are not covered",
+                    "startup_nodes could not agree")
 
 
 @contextlib.contextmanager
@@ -58,6 +66,10 @@ def broker_errors() -> Iterator[None]:
         yield
     except _UNAVAILABLE as e:
         raise BrokerUnavailable(str(e) or type(e).__name__) from e
+    except redis.exceptions.RedisClusterException as e:
+        if str(e).startswith(_CLUSTER_OUTAGES):
+            raise BrokerUnavailable(str(e)) from e
+        raise
 
 
 B = TypeVar("B", bound="BrokerBase")
@@ -68,7 +80,10 @@ def crossing(fn: Callable[Concatenate[B, P], Awaitable[T]]) -> Callable[Concaten
 
     @functools.wraps(fn)
     async def from_trio(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await cross(fn, self, *args, **kwargs)
+        if self._crossings is None:
+            return await cross(fn, self, *args, **kwargs)
+        async with self._crossings:
+            return await cross(fn, self, *args, **kwargs)
 
     return from_trio
 
@@ -88,9 +103,13 @@ SCRIPTS = ("claim", "push", "move_due", "requeue", "unlease", "withdraw", "ready
 class BrokerBase:
     """The connection, the key prefix and the scripts every part of the Broker uses."""
 
-    def __init__(self, client: aredis.Redis, prefix: str):
-        self._redis = client
+    def __init__(self, client: aredis.Redis | aredis.RedisCluster, prefix: str, *,
+                 crossings: trio.CapacityLimiter | None = None):
+        self._redis: Any = client
         self._prefix = prefix
+        #: on a cluster, the crossings that may run at once (see Broker._open_cluster)
+        self._crossings = crossings
+        self.is_cluster = isinstance(client, aredis.RedisCluster)
         self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPTS}
         self._by_sha = {script.sha: script for script in self._scripts.values()}
 
@@ -106,19 +125,21 @@ class BrokerBase:
         """Queue script `name` on `pipe` by SHA, for `_execute`.
 
         By SHA: a redis-py Script object in a pipeline makes it ask SCRIPT EXISTS first,
-        one more round trip every time."""
-        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        one more round trip every time. As a raw command: redis-py's cluster pipeline
+        refuses its `evalsha` method, though EVALSHA is routed by its keys like any
+        other command (each script's keys share one slot)."""
+        pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
     async def _execute(self, pipe: Any) -> list[Any]:
         """Execute `pipe`, scripts queued by `_pipe_script` included; its replies.
 
         If Redis lost its script cache (a restart), the rest of the pipeline has run:
         each script it did not know is then loaded and run on its own, after the others."""
-        stack = pipe.command_stack  # execute() leaves it and starts a new one
+        stack = _stack(pipe)  # execute() empties the pipeline
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         for index, reply in enumerate(replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                _evalsha, sha, numkeys, *rest = stack[index][0]
+                _evalsha, sha, numkeys, *rest = stack[index]
                 replies[index] = await self._by_sha[sha](keys=rest[:int(numkeys)],
                                                          args=rest[int(numkeys):])
         for reply in replies:
@@ -170,6 +191,23 @@ class BrokerBase:
     async def raw(self, fn_name: str, *args: Any) -> Any:
         """Run one plain redis-py command by name; for tests and diagnostics."""
         return await cross(getattr(self._redis, fn_name), *args)
+
+
+def _stack(pipe: Any) -> list[tuple[Any, ...]]:
+    """The arguments of each command queued on `pipe`, in order: a plain pipeline keeps
+    (args, options) pairs, a cluster pipeline PipelineCommand objects."""
+    if isinstance(pipe, aredis.client.Pipeline):
+        return [args for args, _options in pipe.command_stack]
+    return [command.args for command in pipe._execution_strategy._command_queue]
+
+
+def cluster_url(url: str, cluster: bool) -> tuple[str, bool]:
+    """(the URL redis-py takes, whether it names a cluster): `redis+cluster://` and
+    `rediss+cluster://` say cluster whatever `cluster` says."""
+    for scheme in ("redis", "rediss"):
+        if url.startswith(f"{scheme}+cluster://"):
+            return scheme + url[len(scheme) + len("+cluster"):], True
+    return url, cluster
 
 
 def printable(entry: str) -> str:

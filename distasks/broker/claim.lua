@@ -21,6 +21,10 @@
 -- for every daemon); a claim takes at most the whole tokens there are and spends one per
 -- run it claims. With none, it returns the milliseconds until the next one instead of
 -- run ids, so that the fetcher sleeps that long rather than asking again at once.
+-- An id popped that is in the lease set already is a duplicate of a run someone holds
+-- (a rebuild after a failover adds again what the replica kept): it is dropped, so that
+-- its lease, deadline and key count stay the holder's (a claim of it would fail in
+-- PostgreSQL, and its release would end the holder's lease in Redis).
 -- KEYS[1] -> {prefix}:{q:<queue>}:ready
 -- KEYS[2] -> {prefix}:{q:<queue>}:leases
 -- KEYS[3] -> {prefix}:{q:<queue>}:paused
@@ -76,19 +80,27 @@ if per_s then
 end
 local claimed = {}
 
+-- Pops from priority p's list into the lease set until `need` is met or the list is
+-- empty; returns whether it emptied the list.
 local function take(p)
   local list = p == '0' and ready or ready .. ':' .. p
-  local items = redis.call('LPOP', list, need)
-  if items then
-    for _, item in ipairs(items) do
-      claimed[#claimed + 1] = item
-      redis.call('ZADD', leases, deadline_ms, item)
+  while need > 0 do
+    local items = redis.call('LPOP', list, need)
+    local emptied = not items or #items < need
+    for _, item in ipairs(items or {}) do
+      if redis.call('ZADD', leases, 'NX', deadline_ms, item) == 1 then
+        claimed[#claimed + 1] = item
+        need = need - 1
+      end  -- else a duplicate of a leased run (see above): dropped
     end
-    need = need - #items
+    if emptied then
+      if p ~= '0' then
+        redis.call('ZREM', bands, p)  -- its list is empty now
+      end
+      return true
+    end
   end
-  if need > 0 and p ~= '0' then
-    redis.call('ZREM', bands, p)  -- its list is empty now
-  end
+  return false
 end
 
 -- The priorities listed in `bands` between `from` and `to` (BYSCORE, high to low).
@@ -133,11 +145,12 @@ local function take_keys(cap)
     if not cap or tonumber(redis.call('HGET', key_running, key) or '0') < cap then
       local item = redis.call('LPOP', list)
       if item then
-        claimed[#claimed + 1] = item
-        redis.call('ZADD', leases, deadline_ms, item)
-        redis.call('HINCRBY', key_running, key, 1)
-        need = need - 1
-        took = took + 1
+        took = took + 1  -- a dropped duplicate counts: the round goes on
+        if redis.call('ZADD', leases, 'NX', deadline_ms, item) == 1 then
+          claimed[#claimed + 1] = item
+          redis.call('HINCRBY', key_running, key, 1)
+          need = need - 1
+        end
       end
     end
     if redis.call('EXISTS', list) == 0 then

@@ -31,7 +31,9 @@ class ControlCommands(BrokerBase):
                 self._pipe_script(pipe, "withdraw", [keys.ready, keys.delayed, keys.priorities,
                                                      keys.key_turns], run_ids)
             if running:
-                pipe.publish(self.control_channel, f"cancel {running}")
+                # Raw: redis-py's cluster pipeline refuses its `publish` method (a
+                # PUBLISH on any node reaches every node of a cluster).
+                pipe.execute_command("PUBLISH", self.control_channel, f"cancel {running}")
             await self._execute_announcing(pipe, [task_id], now_ms=now_ms)
 
     @crossing
@@ -63,7 +65,7 @@ class ControlCommands(BrokerBase):
         """Subscribe to the control channel for the block."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await cross(pubsub.subscribe, self.control_channel)
+            await cross(self._subscribe_on_asyncio, pubsub)
             yield ControlSubscription(pubsub)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SOCKET_TIMEOUT_S):
@@ -71,6 +73,16 @@ class ControlCommands(BrokerBase):
                     await aio.call(pubsub.aclose)
                 except _UNAVAILABLE:
                     pass
+
+
+    async def _subscribe_on_asyncio(self, pubsub: Any) -> None:
+        """SUBSCRIBE on one node. On a cluster a PUBLISH reaches every node, so any one
+        will do: the master of the channel's slot as the client's slot map has it now
+        (after a failover, the new one; a subscription lost with its node fails, and
+        the caller subscribes again)."""
+        if self.is_cluster:
+            await self._redis.initialize()  # the slot map, learnt on first use
+        await pubsub.subscribe(self.control_channel)
 
 
 class ControlSubscription:

@@ -98,7 +98,9 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
 
 @dataclass(frozen=True, slots=True)
 class GlobalKeys:
-    #: set once Redis holds the index built from PostgreSQL; gone means Redis lost data
+    #: set once Redis holds the index built from PostgreSQL; gone means Redis lost data.
+    #: On a cluster, one such marker per master (`epoch_marker`), since each master may
+    #: lose its data, or fail over, on its own
     epoch: str
     #: SET NX PX lock, so that one daemon rebuilds the index
     rebuild_lock: str
@@ -114,7 +116,20 @@ def global_keys(prefix: str) -> GlobalKeys:
                       control=f"{prefix}:control", waited=f"{prefix}:waited")
 
 
+def epoch_marker(prefix: str, n: int) -> str:
+    """The n-th candidate key for a master's epoch marker on a cluster: the rebuild
+    takes, for each master, the first n whose slot that master serves."""
+    return f"{prefix}:{{epoch:{n}}}"
+
+
 def rate_keys(prefix: str, principal: str, tenant: str) -> tuple[str, str]:
     """The token buckets of a principal and of its tenant (hashes: tokens, at_ms). One
-    hash tag for all, so that rate_take.lua touching both stays in one cluster slot."""
-    return f"{prefix}:{{rl}}:p:{principal}", f"{prefix}:{{rl}}:t:{tenant}"
+    hash tag per tenant, so that rate_take.lua touching both stays in one cluster slot,
+    and the tenants' buckets spread over the slots (and masters) of a cluster."""
+    return f"{prefix}:{{rl:{tenant}}}:p:{principal}", f"{prefix}:{{rl:{tenant}}}:t:{tenant}"
+
+
+def console_session_key(prefix: str, session_digest: str) -> str:
+    """A console session (string, expires after the session's idle time): its state as
+    the console encrypted it, under a digest of the cookie's id (never the id itself)."""
+    return f"{prefix}:console-session:{session_digest}"

@@ -1,8 +1,8 @@
 -- Take up to `want` tokens from each of two token buckets (a principal's and its
 -- tenant's) at once, on Redis's own clock, so that every daemon shares the same limits.
 -- A bucket refills at `rate` tokens per ms up to `capacity`; tokens not taken stay.
--- KEYS[1] -> {prefix}:{rl}:p:<principal>  (hash: tokens, at_ms)
--- KEYS[2] -> {prefix}:{rl}:t:<tenant>
+-- KEYS[1] -> {prefix}:{rl:<tenant>}:p:<principal>  (hash: tokens, at_ms)
+-- KEYS[2] -> {prefix}:{rl:<tenant>}:t:<tenant>
 -- ARGV[1], ARGV[2] -> the principal's rate (tokens per ms) and capacity
 -- ARGV[3], ARGV[4] -> the tenant's; a capacity of 0 means no limit
 -- ARGV[5]          -> tokens wanted (a daemon takes a few at a time, then spends locally)

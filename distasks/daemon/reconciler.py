@@ -3,7 +3,9 @@
 Four jobs, every few seconds (the repairs that distasks.daemon.mirror leaves to it):
 - Rebuild. When the epoch key is gone, Redis lost our data (restarted without
   persistence, failed over, flushed): one daemon, under a lock, re-adds every unfinished
-  run (ready, delayed, leased) and the DLQ index from PostgreSQL.
+  run (ready, delayed, leased) and the DLQ index from PostgreSQL. On a cluster each master
+  has its own epoch marker, and only the queues of a master that lost its data or failed
+  over (broker/rebuild.py) are rebuilt.
 - Pause flags and limits. Every queue's flag and max_running are copied from
   PostgreSQL, so that a pause, resume or limit committed while Redis was unreachable (or
   lost with it) takes effect once it answers. The count a limit checks is the lease set,
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -48,13 +49,17 @@ REBUILD_LOCK_MS = 120_000
 DLQ_CHECK_S = 30.0
 
 
-async def rebuild(store: Store, broker: Broker, *, now_s: float) -> int:
-    """Re-add every unfinished run and every DLQ entry to Redis; returns runs added."""
+async def rebuild(store: Store, broker: Broker, *, now_s: float,
+                  only: Callable[[str], bool] = lambda queue: True) -> int:
+    """Re-add every unfinished run and every DLQ entry to Redis (of the queues `only`
+    accepts); returns runs added."""
     now_ms = times.ms(now_s)
     added = 0
     # Pause flags first, so that no paused queue is claimed from while runs come back.
     await copy_pause_flags(store, broker)
     for queue in await store.active_queues():
+        if not only(queue):
+            continue
         after: PendingDispatch | None = None
         while True:
             page = await store.dispatch_snapshot(queue, after=after, limit=PAGE)
@@ -153,13 +158,14 @@ async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s:
     so that a failing repair never holds back a committed run; see repair_dlq_index for
     `dlq_suspects`). Returns the runs pushed."""
     rebuilt = False
-    if not await broker.has_epoch() and (
+    if (lost := await broker.lost_epochs()) and (
             token := await broker.begin_rebuild(lock_ms=REBUILD_LOCK_MS)):
         rebuilt = True
         started = time.monotonic()
         try:
-            added = await rebuild(store, broker, now_s=now_s)
-            await broker.end_rebuild(epoch=secrets.token_hex(8))
+            added = await rebuild(store, broker, now_s=now_s,
+                                  only=lambda queue: broker.on_lost(lost, queue))
+            await broker.end_rebuild(lost)
         except (StoreUnavailable, BrokerUnavailable):
             # Redis is often still settling after it came back: let the next pass retry.
             with contextlib.suppress(BrokerUnavailable):
@@ -167,8 +173,9 @@ async def reconcile_once(store: Store, broker: Broker, *, now_s: float, grace_s:
             raise
         # A first start finds nothing to rebuild; a rebuild that restored runs is news.
         log.log(logging.WARNING if added else logging.INFO,
-                "rebuilt the Redis index from PostgreSQL: %d runs in %.2fs", added,
-                time.monotonic() - started, extra={"event": "redis_rebuilt", "count": added})
+                "rebuilt the Redis index from PostgreSQL: %d runs in %.2fs (%s)", added,
+                time.monotonic() - started, ", ".join(sorted(set(lost.values()))),
+                extra={"event": "redis_rebuilt", "count": added})
     else:
         await copy_pause_flags(store, broker)
     pushed = await dispatch_pending(store, broker, now_s=now_s, grace_s=grace_s)

@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 import distasks
-from distasks import aio, api
+from distasks import aio, api, console
 from distasks.access import jwt_tokens
 from distasks.access.login_failures import LoginFailures
 from distasks.access.principals import KeyCache
@@ -274,7 +274,8 @@ class Daemon:
                                max_size=c.database.pool_max,
                                pooler=c.database.pooler) as store,
                     Broker.open(c.redis.url, prefix=c.redis.prefix,
-                                max_connections=c.redis.max_connections) as broker,
+                                max_connections=c.redis.max_connections,
+                                cluster=c.redis.cluster) as broker,
                 ):
                     await self._migrate(store)
                     await self._serve(store, broker, sockets, task_status)
@@ -327,6 +328,7 @@ class Daemon:
             census=census, login_failures=login_failures,
             workflows=Workflows(store, broker, intake, census))
         app = api.create_app(services_)
+        console.install(app)
         await self._configure_schedules(store, services_)
         self._ops = services_.operations
         await self._configure_queue_limits(self.config)

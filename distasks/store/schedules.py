@@ -199,6 +199,20 @@ class ScheduleQueries(StoreBase):
             return int(row[0]) if row else 0
 
     @query
+    async def late_schedules(self, tenant: str, *, due_before: datetime,
+                             limit: int) -> list[tuple[str, datetime]]:
+        """(name, next_fire_at) of `tenant`'s enabled schedules whose next slot was due
+        before `due_before` and has not fired: a scheduler that is not running, or a
+        handler no daemon has. Oldest first, by the partial index schedules_due."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT name, next_fire_at FROM schedules WHERE enabled"
+                " AND next_fire_at < %(before)s AND tenant = %(tenant)s"
+                " ORDER BY next_fire_at LIMIT %(limit)s",
+                {"before": due_before, "tenant": tenant, "limit": limit})
+            return [(name, at) for name, at in await cur.fetchall()]
+
+    @query
     async def list_schedules(self, tenant: str | None = None, *, after: str | None = None,
                              limit: int | None = None,
                              with_payload: bool = True) -> list[Schedule]:

@@ -31,7 +31,7 @@ import trio
 
 from distasks.testing.daemon import DaemonProcess
 from distasks.testing.daemon import daemon_env as own_daemon_env
-from distasks.testing.servers import PrivatePostgres, PrivateRedis
+from distasks.testing.servers import PrivatePostgres, PrivateRedis, PrivateRedisCluster
 from distasks.testing.tally import Tally, tally
 from distasks.testing.workload import (
     AT_THE_FAULT,
@@ -205,7 +205,7 @@ class Cluster:
     """What a fault acts on."""
 
     pg: PrivatePostgres
-    redis: PrivateRedis
+    redis: PrivateRedis | PrivateRedisCluster
     dbname: str
     daemons: list[DaemonProcess]
     rng: random.Random
@@ -273,10 +273,31 @@ async def inject_kill9(c: Cluster) -> None:
 
 
 async def inject_redis_restart_empty(c: Cluster) -> None:
+    if not isinstance(c.redis, PrivateRedis):
+        raise ScenarioFailed("redis-empty needs a single Redis (a cluster: redis-failover)")
     c.fault_at = time.time()
     await trio.to_thread.run_sync(c.redis.restart_empty)
     c.notes.append(f"redis down {time.time() - c.fault_at:.2f}s")
 
+
+
+# The queue every fault-run task goes to (workload.py names none).
+FAULT_QUEUE = "default"
+
+
+async def inject_redis_failover(c: Cluster) -> None:
+    """Kill -9 the Redis Cluster master serving the tasks' queue (what it acknowledged
+    but had not yet copied to its replica is gone) and wait until its replica took over."""
+    if not isinstance(c.redis, PrivateRedisCluster):
+        raise ScenarioFailed("redis-failover needs a Redis Cluster")
+    server = c.redis
+    # Every key of a queue carries the hash tag {q:<queue>}, whatever the prefix.
+    port = await trio.to_thread.run_sync(server.master_of, f"{{q:{FAULT_QUEUE}}}")
+    c.fault_at = time.time()
+    await trio.to_thread.run_sync(server.kill_master, port)
+    new = await trio.to_thread.run_sync(server.wait_failover, port)
+    c.notes.append(f"master :{port} killed, replica :{new} serves its slots "
+                   f"{time.time() - c.fault_at:.2f}s later")
 
 
 async def inject_pg_restart(c: Cluster) -> None:
@@ -351,6 +372,10 @@ FAULTS = {f.name: f for f in (
     Fault("kill9", "kill -9 of one of two daemons", inject_kill9, daemons=2,
           may_duplicate=True),
     Fault("redis-empty", "Redis killed, restarted empty", inject_redis_restart_empty),
+    # The failover takes about as long as a lease (LEASE_S): heartbeats that cannot reach
+    # the queue's slots meanwhile let leases lapse, and those runs are taken over.
+    Fault("redis-failover", "Redis Cluster master of the queue killed, its replica promoted",
+          inject_redis_failover, daemons=2, may_duplicate=True),
     Fault("pg-restart", "pg_ctl restart -m fast", inject_pg_restart, may_duplicate=True),
     Fault("conn-kill", "Redis CLIENT KILL + pg_terminate_backend, x3",
           inject_connections_killed),
@@ -434,7 +459,8 @@ def fmt_s(value: float | None) -> str:
 
 
 
-async def run_scenario(fault: Fault, *, pg: PrivatePostgres, redis_server: PrivateRedis,
+async def run_scenario(fault: Fault, *, pg: PrivatePostgres,
+                       redis_server: PrivateRedis | PrivateRedisCluster,
                        workdir: Path, n: int = 500, tag: str | None = None,
                        seed: int = 0, stress_cycles: int = STRESS_CYCLES) -> Result:
     """Run N tasks through `fault.daemons` daemons, inject `fault` once a third of them

@@ -355,3 +355,254 @@ class PrivatePgBouncer:
                 self._process.kill()
                 self._process.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# How long a killed master's replica waits before it takes over, in ms: low, so that a
+# failover in a test takes about a second (Redis's default is 15 s).
+CLUSTER_NODE_TIMEOUT_MS = 1000
+# How long nodes brought back may take to make the cluster whole before it is made anew.
+REJOIN_TIMEOUT_S = 10.0
+# Masters of a private cluster, each with one replica.
+CLUSTER_MASTERS = 3
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of its own: CLUSTER_MASTERS masters and as many replicas, each a
+    `redis-server --cluster-enabled yes` on free loopback ports (client and bus) in one
+    temporary directory, joined by `redis-cli --cluster create`. No persistence: a node
+    killed and started again comes back empty. A master may be killed (`kill_master`)
+    and its replica waited for as the new master (`wait_failover`).
+
+    Blocking methods: call them from Trio with `trio.to_thread.run_sync`.
+    """
+
+    def __init__(self, masters: int = CLUSTER_MASTERS) -> None:
+        self.binary = shutil.which("redis-server")
+        self.cli = shutil.which("redis-cli")
+        if self.binary is None or self.cli is None:
+            raise FileNotFoundError("redis-server and redis-cli are needed for a cluster")
+        self.dir = Path(tempfile.mkdtemp(prefix="distasks-redis-cluster-"))
+        self.ports = [free_port() for _ in range(2 * masters)]
+        self._masters = masters
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._masters_before: list[int] = []
+
+    @property
+    def url(self) -> str:
+        """The daemon's redis.url for this cluster: any node, the scheme says cluster."""
+        return f"redis+cluster://{HOST}:{self.ports[0]}/0"
+
+    def node_client(self, port: int) -> redis.Redis:
+        """A plain (single-node) client of the node on `port`."""
+        return redis.Redis(host=HOST, port=port, socket_timeout=5, socket_connect_timeout=5,
+                           decode_responses=True)
+
+    def client(self) -> redis.RedisCluster:
+        """A cluster client (as PrivateRedis.client gives a client of the server)."""
+        return self.cluster_client()
+
+    def cluster_client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host=HOST, port=self.alive_ports()[0], socket_timeout=5,
+                                  socket_connect_timeout=5, decode_responses=True)
+
+    def start(self) -> None:
+        """Start every node, join them into a cluster (a replica per master) and wait
+        until every node says `cluster_state:ok`."""
+        for port in self.ports:
+            self._start_node(port)
+        done = subprocess.run(
+            [self.cli or "redis-cli", "--cluster", "create",
+             *(f"{HOST}:{p}" for p in self.ports), "--cluster-replicas", "1", "--cluster-yes"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create exited {done.returncode}:\n"
+                               f"{done.stdout}{done.stderr}")
+        self.wait_ok()
+
+    def _start_node(self, port: int, *, fresh: bool = True) -> None:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        # A replica keeps the RDB its master sent it: a node must come back empty.
+        (node_dir / "dump.rdb").unlink(missing_ok=True)
+        if fresh:
+            (node_dir / "nodes.conf").unlink(missing_ok=True)
+        self._processes[port] = subprocess.Popen(
+            [self.binary or "redis-server", "--port", str(port), "--bind", HOST,
+             "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+             "--cluster-config-file", str(node_dir / "nodes.conf"),
+             "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+             # A replica takes over however long ago it heard from its master, and
+             # syncs at once rather than after the default 5 s delay.
+             "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0",
+             "--save", "", "--appendonly", "no", "--dir", str(node_dir),
+             "--logfile", str(node_dir / "redis.log"), "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_until(lambda: self._answers(port), SERVER_START_TIMEOUT_S,
+                    f"redis-server (cluster node) on port {port}")
+
+    def _answers(self, port: int) -> bool:
+        process = self._processes[port]
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited {process.returncode}; see "
+                               f"{self.dir / str(port) / 'redis.log'}")
+        try:
+            with self.node_client(port) as c:
+                return bool(c.ping())
+        except redis.RedisError:
+            return False
+
+    def alive_ports(self) -> list[int]:
+        return [p for p, proc in self._processes.items() if proc.poll() is None]
+
+    def _info(self, port: int) -> dict[str, str]:
+        with self.node_client(port) as c:
+            text = str(c.execute_command("CLUSTER", "INFO"))
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def _state_ok(self) -> bool:
+        """Every running node says `cluster_state:ok` and every running replica is in
+        sync with its master (a replica that never synced would not take over)."""
+        try:
+            for port in self.alive_ports():
+                if self._info(port).get("cluster_state") != "ok":
+                    return False
+                with self.node_client(port) as c:
+                    replication = c.info("replication")
+                if replication.get("role") == "slave" and (
+                        replication.get("master_link_status") != "up"):
+                    return False
+            return True
+        except redis.RedisError:
+            return False
+
+    def wait_ok(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+        """Wait until every running node says `cluster_state:ok`."""
+        try:
+            _wait_until(self._state_ok, timeout_s, "redis cluster state ok")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; nodes: {self._states()}") from None
+
+    def _states(self) -> str:
+        """Each running node's state, role and link, and its log's last lines."""
+        out = []
+        for port in self.alive_ports():
+            try:
+                info = self._info(port)
+                with self.node_client(port) as c:
+                    replication = c.info("replication")
+                out.append(f"{port}: {info.get('cluster_state')} known "
+                           f"{info.get('cluster_known_nodes')} {replication.get('role')} "
+                           f"link {replication.get('master_link_status', '-')}")
+            except redis.RedisError as e:
+                out.append(f"{port}: {e}")
+            log = self.dir / str(port) / "redis.log"
+            if log.exists():
+                out += ["   " + line for line in log.read_text().splitlines()[-4:]]
+        return "\n".join(out)
+
+    def masters(self) -> list[int]:
+        """The ports of the running masters, as the running nodes see them."""
+        out = []
+        for port in self.alive_ports():
+            with self.node_client(port) as c:
+                if str(c.info("replication").get("role")) == "master":
+                    out.append(port)
+        return sorted(out)
+
+    def master_of(self, key: str) -> int:
+        """The port of the master serving `key`'s slot now."""
+        with self.cluster_client() as c:
+            node = c.get_node_from_key(key)
+            return int(node.port)
+
+    def kill_master(self, port: int) -> None:
+        """SIGKILL the master on `port`: what it had not yet copied to its replica is
+        gone; its replica takes over after CLUSTER_NODE_TIMEOUT_MS (`wait_failover`)."""
+        self._masters_before = self.masters()
+        self._processes[port].kill()
+        self._processes[port].wait(timeout=10)
+
+    def wait_failover(self, old_port: int, timeout_s: float = SERVER_START_TIMEOUT_S) -> int:
+        """Wait until a replica of the master that was on `old_port` (killed) took over
+        and the cluster is ok again; the new master's port."""
+        others = set(self.alive_ports())
+
+        def promoted() -> bool:
+            return len(self.masters()) == self._masters and self._state_ok()
+
+        _wait_until(promoted, timeout_s, f"failover of the master on port {old_port}")
+        return min(set(self.masters()) & others - set(self._masters_before))
+
+    def rejoin(self, port: int) -> None:
+        """Start the node on `port` again, empty but with its nodes.conf: it rejoins as a
+        replica of the master that replaced it."""
+        self._start_node(port, fresh=False)
+
+    def kill(self) -> None:
+        """SIGKILL every node: the whole cluster is gone; `start()` makes a new, empty
+        one on the same ports."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP every node: connections stay open and nothing answers; `thaw()`
+        brings the cluster back with its data (no node saw another fail meanwhile)."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+
+    def is_running(self) -> bool:
+        return bool(self._processes) and len(self.alive_ports()) == len(self.ports)
+
+    def ensure_running(self) -> None:
+        """Start the cluster, or bring back the nodes a test killed (as replicas) and
+        wait until it is whole again; a cluster that does not recover so within
+        REJOIN_TIMEOUT_S is made anew (empty), so one test cannot break the next."""
+        if not self._processes:
+            self.start()
+            return
+        if self._state_ok() and self.is_running():
+            return
+        for port in set(self.ports) - set(self.alive_ports()):
+            self.rejoin(port)
+        try:
+            self.wait_ok(REJOIN_TIMEOUT_S)
+        except RuntimeError:
+            self.kill()
+            self.start()
+
+    def client_kill(self) -> int:
+        """Drop every normal client connection on every node; returns how many."""
+        dropped = 0
+        for port in self.alive_ports():
+            with self.node_client(port) as c:
+                dropped += int(c.client_kill_filter(_type="normal", skipme=True))
+        return dropped
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key starting with `prefix:` on every master."""
+        for port in self.masters():
+            with self.node_client(port) as c:
+                keys = list(c.scan_iter(match=f"{prefix}:*", count=1000))
+                for key in keys:
+                    c.delete(key)
+
+    def stop(self) -> None:
+        """Stop every node and delete the directory."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self._processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)

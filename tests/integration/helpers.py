@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from distasks.broker import Broker
+from distasks.broker.base import cross
 from distasks.domain.model import NewTask, TaskType
 
 
@@ -35,3 +37,15 @@ async def wait_until(check, *, interval_s: float = 0.02):
     while not (result := await check()):  # noqa: ASYNC110 (no event to wait on in a database)
         await trio.sleep(interval_s)
     return result
+
+
+async def forget_everything(broker: Broker) -> None:
+    """Delete every key of the broker's prefix, on every master of a cluster: Redis as
+    after a restart without persistence."""
+    pattern = f"{broker._prefix}:*"
+    if broker.is_cluster:
+        keys = await cross(broker._redis.keys, pattern, target_nodes="primaries")
+    else:
+        keys = await broker.raw("keys", pattern)
+    for key in keys:
+        await broker.raw("delete", key)

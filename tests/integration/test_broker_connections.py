@@ -3,6 +3,7 @@ healthy Redis look down."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from distasks import aio
@@ -12,6 +13,8 @@ async def test_readiness_ping_survives_a_pooled_connection_the_server_dropped(br
     """After a Redis restart the pool can still hold a connection to the old server
     that it has not yet seen closed; the first command on it fails though Redis is up,
     and readiness must not say "down" for that."""
+    if broker.is_cluster:
+        pytest.skip("single-node commands (CLIENT ID, CLIENT KILL) on one connection")
     redis = broker._redis
 
     async def ping_after_losing_own_connection() -> None:

@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from distasks.broker import Broker, Settlement
+from distasks.broker.base import cross
 from distasks.broker.keys import global_keys
 
 
@@ -49,6 +50,29 @@ async def test_claim_moves_the_oldest_ready_items_into_the_lease_set(
     assert [(m, score) for m, score in s["leases"]] == want_leases
 
 
+async def test_claim_drops_a_ready_duplicate_of_a_leased_run(broker):
+    """A rebuild after a failover adds ids again that the replica kept: a copy of a run
+    someone holds is dropped, its lease (and deadline) stays the holder's."""
+    with trio.fail_after(5):
+        await seed(broker, ready=["held", "b", "c"], leases=[("held", 5)])
+        claimed = await broker.claim("q", count=2, lease_until_ms=9000, block=False)
+        s = await state(broker)
+    assert claimed == ["b", "c"]  # the duplicate dropped, two claimed all the same
+    assert s["ready"] == []
+    assert s["leases"] == [("held", 5.0), ("b", 9000.0), ("c", 9000.0)]
+
+
+async def test_claim_drops_a_keyed_duplicate_of_a_leased_run_without_counting_it(broker):
+    k = broker.keys("q")
+    with trio.fail_after(5):
+        await broker.dispatch(ready=[("q", "held", "0/a"), ("q", "other", "0/a")])
+        await broker.raw("zadd", k.leases, {"held": 5})
+        claimed = await broker.claim("q", count=5, lease_until_ms=9000, block=False)
+        counts = await broker.raw("hgetall", k.key_running)
+    assert claimed == ["other"]
+    assert counts == {"a": "1"}
+
+
 async def test_blocking_claim_on_an_empty_queue_returns_empty_after_the_block(broker):
     with trio.fail_after(5):
         assert await broker.claim("q", count=3, lease_until_ms=1, block=True) == []
@@ -56,7 +80,11 @@ async def test_blocking_claim_on_an_empty_queue_returns_empty_after_the_block(br
 
 async def blocked_in_blmove(broker: Broker) -> int:
     """Clients the Redis server holds blocked in BLMOVE now."""
-    clients = await broker.raw("client_list")
+    if broker.is_cluster:  # one list per master, by node
+        by_node = await cross(broker._redis.client_list, target_nodes="primaries")
+        clients = [c for listed in by_node.values() for c in listed]
+    else:
+        clients = await broker.raw("client_list")
     return sum(1 for c in clients if c.get("cmd") == "blmove" and "b" in c.get("flags", ""))
 
 

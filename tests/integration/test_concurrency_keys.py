@@ -17,7 +17,7 @@ from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.domain.retry import RetryPolicy
 from distasks.handlers import builtin_registry
 
-from .helpers import new_task, now, wait_until
+from .helpers import forget_everything, new_task, now, wait_until
 from .test_queue_limits import max_overlap, pool_for
 from .test_worker import final
 
@@ -97,8 +97,7 @@ async def test_key_counts_are_rebuilt_from_postgresql_after_redis_loss(store, br
         claimed = await broker.claim("q", count=10, lease_until_ms=10**13, block=False)
         await store.start_runs([tasks[0].run_id], worker_id="w", now=now(),
                                lease_until=now().replace(year=2100))
-        for key in await broker.raw("keys", f"{broker._prefix}:*"):
-            await broker.raw("delete", key)
+        await forget_everything(broker)
         await reconciler.reconcile_once(store, broker, now_s=now().timestamp(), grace_s=0)
         counts = await broker.raw("hgetall", broker.keys("q").key_running)
         after = await broker.claim("q", count=10, lease_until_ms=10**13, block=False)

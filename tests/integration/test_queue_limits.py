@@ -18,7 +18,7 @@ from distasks.daemon.worker import WorkerPool
 from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.handlers import builtin_registry
 
-from .helpers import new_task, now, wait_until
+from .helpers import forget_everything, new_task, now, wait_until
 from .test_broker_scripts import blocked_in_blmove
 from .test_worker import final, tunables_for
 
@@ -76,8 +76,7 @@ async def test_limits_are_copied_from_postgresql_and_leases_rebuilt_after_redis_
         await store.start_runs([t.run_id for t in tasks[:2]], worker_id="w", now=now(),
                                lease_until=now().replace(year=2100))
         # Redis restarted empty: every key of ours is gone.
-        for key in await broker.raw("keys", f"{broker._prefix}:*"):
-            await broker.raw("delete", key)
+        await forget_everything(broker)
         await reconciler.reconcile_once(store, broker, now_s=now().timestamp(), grace_s=0)
         leased = await broker.raw("zcard", broker.keys("q").leases)
         after = await broker.claim("q", count=10, lease_until_ms=10**13, block=False)

@@ -15,7 +15,7 @@ from distasks.daemon.operations import Operations
 from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.handlers import builtin_registry
 
-from .helpers import new_task, now, wait_until
+from .helpers import forget_everything, new_task, now, wait_until
 from .test_queue_limits import pool_for
 from .test_worker import final
 
@@ -43,8 +43,7 @@ async def test_the_rate_is_copied_from_postgresql_after_redis_loss(store, broker
     with trio.fail_after(10):
         limits = await ops.set_queue_limits("q", {"max_starts_per_second": 2.5}, actor=SYSTEM,
                                             now=now(), max_queues=None)
-        for key in await broker.raw("keys", f"{broker._prefix}:*"):
-            await broker.raw("delete", key)
+        await forget_everything(broker)
         await reconciler.reconcile_once(store, broker, now_s=now().timestamp(), grace_s=0)
         mirrored = await broker.raw("hgetall", broker.keys("q").rate)
         limits_after = await ops.set_queue_limits("q", {"burst": 7}, actor=SYSTEM, now=now(),

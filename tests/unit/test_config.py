@@ -146,6 +146,14 @@ def test_database_url_passes_through_unchanged_in_keyword_and_url_form(url):
     assert load(None, env={"DATABASE_URL": url}).database.url == url
 
 
+def test_a_redis_cluster_is_named_by_the_flag_or_the_url():
+    by_flag = load(None, env={"REDIS_URL": "redis://node:7000",
+                              "DISTASKS_REDIS_CLUSTER": "true"}).redis
+    by_url = load(None, env={"REDIS_URL": "redis+cluster://node:7000/0"}).redis
+    assert by_flag.cluster and by_flag.url == "redis://node:7000"
+    assert not by_url.cluster and by_url.url == "redis+cluster://node:7000/0"
+
+
 def test_redis_url_keeps_its_db_number():
     assert load(None, env={"REDIS_URL": "redis://host:6379/5"}).redis.url == "redis://host:6379/5"
 
@@ -179,6 +187,8 @@ INVALID_OVERRIDES = [
     ({"DISTASKS_DATABASE_POOL_MIN": "11"}, "database.pool_min"),
     ({"REDIS_URL": "localhost:6379"}, "redis.url"),
     ({"REDIS_URL": "http://localhost:6379/0"}, "redis.url"),
+    ({"REDIS_URL": "redis+cluster://host:6379/5"}, "redis.url"),
+    ({"REDIS_URL": "unix:///run/redis.sock", "DISTASKS_REDIS_CLUSTER": "true"}, "redis.url"),
     ({"DISTASKS_REDIS_PREFIX": ""}, "redis.prefix"),
     ({"DISTASKS_REDIS_PREFIX": "a{b}"}, "redis.prefix"),
     ({"DISTASKS_REDIS_PREFIX": "x" * 65}, "redis.prefix"),

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("distasks.__main__",),            # python -m distasks
     ("distasks.cli",),                 # the command line
     ("distasks.daemon.supervisor",),   # builds every component and runs them in one nursery
+    ("distasks.console",),             # the web console: pages on the API's app
     ("distasks.api",),                 # HTTP: parse, authorize, call, render
     ("distasks.daemon",),              # the components that run in the daemon
     ("distasks.access",),              # principals, API keys, JWTs, scopes, limits, quotas
