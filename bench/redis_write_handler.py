@@ -7,6 +7,9 @@ distasks.aio, one crossing of the trio-asyncio bridge per call. `redis_write_syn
 plain function, as a user's blocking code would be: it runs on a handler thread and uses
 the sync redis client, whose connection pool is shared by every thread. `stamp` records
 when a handler began, for the enqueue -> start latency.
+
+The Redis they write to is `BENCH_REDIS_URL` when set (bench/scale.py), else the
+daemon's `REDIS_URL`; a `redis+cluster://` URL gets redis-py's cluster client.
 """
 
 from __future__ import annotations
@@ -22,16 +25,31 @@ import redis.asyncio as aredis
 import distasks
 from distasks import aio
 
-_client: aredis.Redis | None = None
-_sync_client: redis.Redis | None = None
+_URL = os.environ.get("BENCH_REDIS_URL") or os.environ["REDIS_URL"]
+_CLUSTER_SCHEME = "redis+cluster://"
+
+_client: Any = None
+_sync_client: Any = None
 _sync_client_lock = threading.Lock()
+
+
+def _async_client() -> Any:
+    if _URL.startswith(_CLUSTER_SCHEME):
+        return aredis.RedisCluster.from_url("redis://" + _URL.removeprefix(_CLUSTER_SCHEME))
+    return aredis.Redis.from_url(_URL)
+
+
+def _blocking_client() -> Any:
+    if _URL.startswith(_CLUSTER_SCHEME):
+        return redis.RedisCluster.from_url("redis://" + _URL.removeprefix(_CLUSTER_SCHEME))
+    return redis.Redis.from_url(_URL)
 
 
 @distasks.handler("redis_write")
 async def redis_write(ctx: Any) -> None:
     global _client
     if _client is None:
-        _client = aredis.Redis.from_url(os.environ["REDIS_URL"])
+        _client = _async_client()
     await aio.call(_client.incr, f"{os.environ['BENCH_PREFIX']}:done")
 
 
@@ -42,13 +60,13 @@ def redis_write_sync(ctx: Any) -> None:
     if client is None:
         with _sync_client_lock:  # handler threads start at once: create one client
             if _sync_client is None:
-                _sync_client = redis.Redis.from_url(os.environ["REDIS_URL"])
+                _sync_client = _blocking_client()
             client = _sync_client
     client.incr(f"{os.environ['BENCH_PREFIX']}:done")
 
 
 # redis.asyncio connects on first use, inside the daemon's asyncio loop.
-_stamp_client = aredis.Redis.from_url(os.environ["REDIS_URL"])
+_stamp_client = _async_client()
 
 
 @distasks.handler("stamp")
