@@ -6,6 +6,8 @@ injected; then the bench waits (bounded) until every accepted task is final in
 PostgreSQL and counts, from PostgreSQL and the handlers' execution log, what was lost or
 run twice. Everything runs on a private PostgreSQL and a private Redis on free loopback
 ports, started here and removed at the end: the shared servers are never touched.
+`redis-failover` runs on a private Redis Cluster (three masters, three replicas), started
+only when that fault is asked for.
 
 One table row per fault:
 
@@ -94,6 +96,17 @@ async def run(args: argparse.Namespace, names: list[str], workdir: Path) -> int:
         await trio.to_thread.run_sync(redis_server.stop)
         await trio.to_thread.run_sync(pg.stop)
         return 2
+    cluster: servers.PrivateRedisCluster | None = None
+    if "redis-failover" in names:
+        cluster = servers.PrivateRedisCluster()
+        try:
+            await trio.to_thread.run_sync(cluster.start)
+        except (OSError, RuntimeError) as e:
+            print(f"chaos: cannot start the private Redis Cluster: {e}", file=sys.stderr)
+            await trio.to_thread.run_sync(cluster.stop)
+            await trio.to_thread.run_sync(redis_server.stop)
+            await trio.to_thread.run_sync(pg.stop)
+            return 2
     failed = False
     rows: list[dict[str, object]] = []
     try:
@@ -105,8 +118,11 @@ async def run(args: argparse.Namespace, names: list[str], workdir: Path) -> int:
             try:
                 with trio.fail_after(SCENARIO_TIMEOUT_S):
                     result = await f.run_scenario(
-                        fault, pg=pg, redis_server=redis_server, workdir=workdir / name,
-                        n=args.tasks, seed=args.seed, stress_cycles=args.cycles)
+                        fault, pg=pg,
+                        redis_server=cluster if name == "redis-failover" and cluster
+                        else redis_server,
+                        workdir=workdir / name, n=args.tasks, seed=args.seed,
+                        stress_cycles=args.cycles)
             except (f.ScenarioFailed, DaemonExited, trio.TooSlowError) as e:
                 failed = True
                 print(format_row({c: "-" for c in COLUMNS} | {"fault": name, "ok": "ERROR"}))
@@ -125,6 +141,8 @@ async def run(args: argparse.Namespace, names: list[str], workdir: Path) -> int:
         if args.json:
             print(json.dumps({"commit": f.git_commit(), "tasks": args.tasks, "rows": rows}))
     finally:
+        if cluster is not None:
+            await trio.to_thread.run_sync(cluster.stop)
         await trio.to_thread.run_sync(redis_server.stop)
         await trio.to_thread.run_sync(pg.stop)
     return 1 if failed else 0
