@@ -10,16 +10,14 @@ import trio
 
 from distasks.broker import Settlement, rank
 from distasks.daemon import reaper, reconciler
-from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.operations import Operations
 from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.domain.retry import RetryPolicy
 from distasks.handlers import builtin_registry
 
-from .helpers import forget_everything, new_task, now, wait_until
-from .test_queue_limits import max_overlap, pool_for
-from .test_worker import final
+from .helpers import forget_everything, new_task, now
+from .test_queue_limits import drain_on_daemons, max_overlap
 
 
 async def test_keys_are_served_round_robin_within_their_limit(broker):
@@ -151,17 +149,8 @@ async def test_three_daemons_run_one_of_each_key_at_a_time(config, store, broker
     with trio.fail_after(120):
         await ops.set_queue_limits("q", {"max_running_per_key": 1}, actor=SYSTEM, now=now(),
                                    max_queues=None)
-        pools = [pool_for(config, store, broker, registry, f"w{i}", concurrency=3)
-                 for i in range(3)]
-        intake = Intake(store, broker, pool=pools[0])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(intake.run)
-            for pool in pools:
-                await nursery.start(pool.run)
-            results = await intake.create_many(tasks)
-            for t in tasks:
-                await wait_until(lambda t=t: final(store, t.id))
-            nursery.cancel_scope.cancel()
+        results = await drain_on_daemons(config, store, broker, registry, tasks,
+                                         daemons=3, concurrency=3)
         runs = {t.id: (await store.get_task(t.id))[1][0] for t in tasks}
         statuses = {(await store.get_task(t.id))[0].status for t in tasks}
     assert not any(r.started for r in results)  # no start at create for a keyed task

@@ -97,6 +97,24 @@ def pool_for(config, store, broker, registry, worker_id: str, concurrency: int) 
                       worker_id=worker_id)
 
 
+async def drain_on_daemons(config, store, broker, registry, tasks, *, daemons: int,
+                           concurrency: int) -> list:
+    """Create `tasks` through one intake and let `daemons` worker pools (ids w0, w1, …)
+    run them all to a final state; returns the intake's create results."""
+    pools = [pool_for(config, store, broker, registry, f"w{i}", concurrency=concurrency)
+             for i in range(daemons)]
+    intake = Intake(store, broker, pool=pools[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(intake.run)
+        for pool in pools:
+            await nursery.start(pool.run)
+        results = await intake.create_many(tasks)
+        for t in tasks:
+            await wait_until(lambda t=t: final(store, t.id))
+        nursery.cancel_scope.cancel()
+    return results
+
+
 def max_overlap(runs) -> int:
     """Most runs whose [started_at, finished_at] overlap at one instant."""
     edges = sorted([(r.started_at, 1) for r in runs] + [(r.finished_at, -1) for r in runs])
@@ -118,17 +136,8 @@ async def test_two_daemons_never_run_more_than_the_limit_together(config, store,
     tasks = [new_task(handler="short") for _ in range(60)]
     with trio.fail_after(60):
         await ops.set_max_running("q", 3, actor=SYSTEM, now=now(), max_queues=None)
-        pools = [pool_for(config, store, broker, registry, f"w{i}", concurrency=4)
-                 for i in range(2)]
-        intake = Intake(store, broker, pool=pools[0])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(intake.run)
-            for pool in pools:
-                await nursery.start(pool.run)
-            results = await intake.create_many(tasks)
-            for t in tasks:
-                await wait_until(lambda t=t: final(store, t.id))
-            nursery.cancel_scope.cancel()
+        results = await drain_on_daemons(config, store, broker, registry, tasks,
+                                         daemons=2, concurrency=4)
         runs = [(await store.get_task(t.id))[1][0] for t in tasks]
         statuses = {(await store.get_task(t.id))[0].status for t in tasks}
     assert not any(r.started for r in results)  # no start at create on a limited queue

@@ -9,15 +9,13 @@ import time
 import trio
 
 from distasks.daemon import reconciler
-from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.operations import Operations
 from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.handlers import builtin_registry
 
-from .helpers import forget_everything, new_task, now, wait_until
-from .test_queue_limits import pool_for
-from .test_worker import final
+from .helpers import forget_everything, new_task, now
+from .test_queue_limits import drain_on_daemons
 
 
 async def test_a_claim_takes_the_tokens_there_are_and_a_blocking_one_waits_for_the_next(
@@ -70,17 +68,8 @@ async def test_three_daemons_start_no_more_than_the_rate_allows(config, store, b
     with trio.fail_after(60):
         await ops.set_queue_limits("q", {"max_starts_per_second": rate, "burst": burst},
                                    actor=SYSTEM, now=now(), max_queues=None)
-        pools = [pool_for(config, store, broker, registry, f"w{i}", concurrency=4)
-                 for i in range(3)]
-        intake = Intake(store, broker, pool=pools[0])
-        async with trio.open_nursery() as nursery:
-            await nursery.start(intake.run)
-            for pool in pools:
-                await nursery.start(pool.run)
-            results = await intake.create_many(tasks)
-            for t in tasks:
-                await wait_until(lambda t=t: final(store, t.id))
-            nursery.cancel_scope.cancel()
+        results = await drain_on_daemons(config, store, broker, registry, tasks,
+                                         daemons=3, concurrency=4)
         runs = [(await store.get_task(t.id))[1][0] for t in tasks]
         statuses = {(await store.get_task(t.id))[0].status for t in tasks}
     assert not any(r.started for r in results)  # no start at create on a rated queue
