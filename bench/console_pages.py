@@ -61,9 +61,9 @@ SELECT gen_random_uuid(), 'report-' || mod(i, 1000), CASE WHEN mod(i, 3) = 0 THE
 
 # Attempts 1 … n-1 retried with an error; the last one ended as its task did.
 FILL_RUNS = """
-INSERT INTO task_runs (id, task_id, attempt, status, worker_id, available_at, error, result,
-                       created_at, started_at, finished_at, dispatched_at)
-SELECT gen_random_uuid(), t.id, a,
+INSERT INTO task_runs (id, task_id, bucket, attempt, status, worker_id, available_at, error,
+                       result, created_at, started_at, finished_at, dispatched_at)
+SELECT distasks_run_id(t.id), t.id, distasks_bucket(t.id), a,
        CASE WHEN a < %(runs)s THEN 'retrying'
             WHEN t.status = 'completed' THEN 'succeeded'
             WHEN t.status = 'failed' THEN 'failed'

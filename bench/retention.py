@@ -34,6 +34,7 @@ from distasks.config import Config, DatabaseConfig, RetentionConfig
 from distasks.config import load as load_config
 from distasks.daemon import cleaner
 from distasks.daemon.supervisor import migrate_only
+from distasks.domain import ids
 from distasks.domain.model import NewTask, TaskType
 from distasks.store import Store
 from distasks.store.retention import Leadership
@@ -52,22 +53,25 @@ def dsn_for(name: str) -> str:
 
 def seed(dsn: str, n: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT distasks_ensure_partitions(current_date - 11, current_date - 9)")
         conn.execute(
             "WITH t AS (INSERT INTO tasks (id, name, handler, type, queue_name, payload,"
             " max_retries, status, created_at, updated_at, finished_at)"
-            " SELECT gen_random_uuid(), 'old', 'demo', 'immediate', 'default',"
+            " SELECT distasks_task_id(now() - interval '10 days'), 'old', 'demo', 'immediate',"
+            " 'default',"
             " '{\"n\": 1}', 3, 'completed', now() - interval '10 days',"
             " now() - interval '10 days', now() - interval '10 days'"
             " FROM generate_series(1, %s) RETURNING id)"
-            " INSERT INTO task_runs (id, task_id, attempt, status, finished_at)"
-            " SELECT gen_random_uuid(), id, 1, 'succeeded', now() - interval '10 days'"
-            " FROM t", (n,))
+            " INSERT INTO task_runs (id, task_id, bucket, attempt, status, finished_at)"
+            " SELECT distasks_run_id(id), id, distasks_bucket(id), 1, 'succeeded',"
+            " now() - interval '10 days' FROM t", (n,))
         conn.execute("VACUUM ANALYZE tasks")
         conn.execute("VACUUM ANALYZE task_runs")
 
 
 def one_task() -> NewTask:
-    return NewTask(id=uuid.uuid4(), run_id=uuid.uuid4(), name="new", handler="demo",
+    task_id = ids.new_task_id()
+    return NewTask(id=task_id, run_id=ids.new_run_id(task_id), name="new", handler="demo",
                    type=TaskType.IMMEDIATE, queue_name="default", priority=0, payload={},
                    payload_json="{}", dedup_key=None, max_retries=3, timeout_s=None,
                    run_at=None, concurrency_key=None)

@@ -45,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ from throughput import (
     system_cpu_s,
 )
 
+from distasks.store.partitions import day_id_range
 from distasks.testing import servers
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -296,44 +298,44 @@ def cell_line(label: str, r: dict[str, Any]) -> str:
 
 def fill_history(dsn: str, queue: str, rows: int) -> dict[str, Any]:
     """`rows` history rows: rows/2 tasks, completed 40 to about 10 days ago, each with
-    one succeeded run, spread over `queue` and HISTORY_OTHER_QUEUES others. Ids are
-    ordered (a counter in the last 12 hex digits), not random: the fill takes minutes,
-    not an hour, on a small box; the index depth is the same."""
+    one succeeded run, spread over `queue` and HISTORY_OTHER_QUEUES others. Task ids
+    are time-ordered (UUIDv7 of their creation, as the daemon makes them), so each run
+    lands in its day's partition of task_runs (migration 0015); the runs are written a
+    day at a time, from that day's tasks."""
     tasks = rows // 2
     timings: dict[str, Any] = {"tasks": tasks, "runs": tasks}
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in ("tasks", "task_runs"):
-            for lo in range(1, tasks + 1, FILL_CHUNK):
-                hi = min(lo + FILL_CHUNK - 1, tasks)
-                t0 = time.perf_counter()
-                if table == "tasks":
-                    conn.execute(
-                        "INSERT INTO tasks (id, name, handler, type, queue_name, max_retries,"
-                        " status, created_at, updated_at, finished_at)"
-                        " SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,"
-                        " 'history', 'redis_write', 'immediate',"
-                        " CASE WHEN mod(i, %(k)s) = 0 THEN %(q)s ELSE 'history-' || mod(i, %(k)s) END,"
-                        " 3, 'completed', ts, ts, ts + interval '20 ms'"
-                        " FROM generate_series(%(lo)s::bigint, %(hi)s) i,"
-                        " LATERAL (SELECT now() - interval '40 days'"
-                        "          + i * (interval '30 days' / %(n)s) AS ts) t",
-                        {"k": HISTORY_OTHER_QUEUES + 1, "q": queue, "lo": lo, "hi": hi,
-                         "n": tasks})
-                else:
-                    conn.execute(
-                        "INSERT INTO task_runs (id, task_id, attempt, status, worker_id,"
-                        " available_at, created_at, started_at, finished_at, dispatched_at)"
-                        " SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid,"
-                        " ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,"
-                        " 1, 'succeeded', 'history', ts, ts, ts + interval '5 ms',"
-                        " ts + interval '20 ms', ts"
-                        " FROM generate_series(%(lo)s::bigint, %(hi)s) i,"
-                        " LATERAL (SELECT now() - interval '40 days'"
-                        "          + i * (interval '30 days' / %(n)s) AS ts) t",
-                        {"lo": lo, "hi": hi, "n": tasks})
-                print(f"    fill {table} {lo:>9}..{hi:<9} {time.perf_counter() - t0:6.1f} s",
-                      flush=True)
+        conn.execute("SELECT distasks_ensure_partitions(current_date - 41, current_date)")
+        for lo in range(1, tasks + 1, FILL_CHUNK):
+            hi = min(lo + FILL_CHUNK - 1, tasks)
+            t0 = time.perf_counter()
+            conn.execute(
+                "INSERT INTO tasks (id, name, handler, type, queue_name, max_retries,"
+                " status, created_at, updated_at, finished_at)"
+                " SELECT distasks_task_id(ts),"
+                " 'history', 'redis_write', 'immediate',"
+                " CASE WHEN mod(i, %(k)s) = 0 THEN %(q)s ELSE 'history-' || mod(i, %(k)s) END,"
+                " 3, 'completed', ts, ts, ts + interval '20 ms'"
+                " FROM generate_series(%(lo)s::bigint, %(hi)s) i,"
+                " LATERAL (SELECT now() - interval '40 days'"
+                "          + i * (interval '30 days' / %(n)s) AS ts) t",
+                {"k": HISTORY_OTHER_QUEUES + 1, "q": queue, "lo": lo, "hi": hi, "n": tasks})
+            print(f"    fill tasks {lo:>9}..{hi:<9} {time.perf_counter() - t0:6.1f} s", flush=True)
+        today = datetime.now(UTC).date()
+        for back in range(41, -1, -1):
+            t0 = time.perf_counter()
+            low, high = day_id_range(today - timedelta(days=back))
+            conn.execute(
+                "INSERT INTO task_runs (id, task_id, bucket, attempt, status, worker_id,"
+                " available_at, created_at, started_at, finished_at, dispatched_at)"
+                " SELECT distasks_run_id(t.id), t.id, distasks_bucket(t.id), 1, 'succeeded',"
+                " 'history', t.created_at, t.created_at, t.created_at + interval '5 ms',"
+                " t.finished_at, t.created_at"
+                " FROM tasks t WHERE t.id >= %s AND t.id < %s AND t.name = 'history'",
+                (low, high))
+            print(f"    fill task_runs of {today - timedelta(days=back)}"
+                  f" {time.perf_counter() - t0:6.1f} s", flush=True)
         timings["insert_s"] = round(time.perf_counter() - started, 1)
         t0 = time.perf_counter()
         conn.execute("VACUUM ANALYZE tasks")

@@ -435,6 +435,10 @@ class RetentionConfig:
     #: a directory: every removed row is first written there, as gzip-compressed JSON
     #: lines (one file per batch); empty: no archive
     archive_dir: str = ""
+    #: days of partitions of the history tables (task_runs, audit_log, schedule_fires)
+    #: made ahead of today; every daemon makes them, at start and hourly, whether or not
+    #: it cleans (architecture, "Partitioned history")
+    partition_days_ahead: int = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -883,6 +887,8 @@ def _validate(c: Config) -> None:
          "must be at least 100")
     need(r.archive_dir == "" or Path(r.archive_dir).is_absolute(), "retention.archive_dir",
          "must be an absolute path (or empty: no archive)")
+    need(2 <= r.partition_days_ahead <= 366, "retention.partition_days_ahead",
+         "must be between 2 and 366")
     need(c.log.level.upper() in LOG_LEVELS, "log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     need(c.log.format in LOG_FORMATS, "log.format", f"must be one of {', '.join(LOG_FORMATS)}")
 

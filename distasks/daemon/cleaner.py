@@ -1,8 +1,9 @@
 """Cleaner: removes history past its retention (architecture, "Retention"; DESIGN §5.10).
 
-Every `interval_s`, a pass removes finished tasks (with their runs) by state and age,
-then old audit rows, then old schedule fire records, in batches of `batch` rows, each its
-own short transaction with a lock and a statement timeout, and a pause between batches:
+Every `interval_s`, a pass removes finished tasks by state and age, then old audit rows
+and schedule fire records of the legacy partitions, in batches of `batch` rows, then
+drops whole day partitions past their retention (store/partitions.py: a day of runs
+once no task of that day is left), each step its own short transaction with a lock and a statement timeout, and a pause between them:
 creates, claims and outcomes never wait behind it. At most `max_batches` per kind and
 pass; the next pass goes on. Any number of daemons run it; PostgreSQL decides which one cleans (a
 leader row each batch takes or renews: distasks.store.retention), so two never clean at
@@ -35,6 +36,7 @@ from distasks.daemon.metrics import Metrics
 from distasks.domain import times
 from distasks.domain.errors import StoreUnavailable
 from distasks.store import Store
+from distasks.store.partitions import Partition
 from distasks.store.retention import (
     FINISHED,
     WORKFLOW_RETENTION,
@@ -70,6 +72,10 @@ class Settings:
     pause_s: float = 0.05
     gentle: Gentle = Gentle()
     archive_dir: str = ""
+    #: every task retention is finite, so every day's tasks leave in the end: their runs
+    #: stay until their day's partition of task_runs is dropped whole. Otherwise (some
+    #: task kept forever would keep its day) runs are deleted with their tasks.
+    runs_leave_by_partition: bool = True
 
     @classmethod
     def from_config(cls, c: Config) -> Settings:
@@ -83,11 +89,13 @@ class Settings:
                        if (v := getattr(quotas, key)) is not None}
             tasks.append(TaskRetention(status, getattr(r, f"{status}_days") * DAY_S,
                                        queues=queues, tenants=tenants))
+        finite = all(s > 0 for t in tasks
+                     for s in (t.keep_s, *t.queues.values(), *t.tenants.values()))
         return cls(tasks=tuple(tasks), audit_s=r.audit_days * DAY_S,
                    schedule_fires_s=r.schedule_fires_days * DAY_S, batch=r.batch,
                    max_batches=r.max_batches, pause_s=r.pause_s,
                    gentle=Gentle(r.lock_timeout_ms, r.statement_timeout_ms),
-                   archive_dir=r.archive_dir)
+                   archive_dir=r.archive_dir, runs_leave_by_partition=finite)
 
 
 @dataclass(slots=True)
@@ -103,6 +111,8 @@ class Removed:
     audit: int = 0
     schedule_fires: int = 0
     dlq: int = 0
+    #: day partitions dropped whole (their audit rows and fires are counted above too)
+    partitions: int = 0
     batches: int = 0
 
     def total(self) -> int:
@@ -161,7 +171,8 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
         for rule in s.tasks:
             for _ in range(s.max_batches):
                 gone = await store.remove_tasks(rule, now=now, limit=s.batch, lead=lead,
-                                                gentle=s.gentle, archive=archive)
+                                                gentle=s.gentle, archive=archive,
+                                                delete_runs=not s.runs_leave_by_partition)
                 removed.tasks[rule.status] += len(gone)
                 removed.runs += sum(t.runs for t in gone)
                 removed.dlq += await _leave_dlq(broker, [t for t in gone if t.in_dlq])
@@ -178,7 +189,8 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
             for _ in range(s.max_batches):
                 got = await store.remove_workflows(by_status[status], state=state, now=now,
                                                    limit=limit, lead=lead, gentle=s.gentle,
-                                                   archive=archive)
+                                                   archive=archive,
+                                                   delete_runs=not s.runs_leave_by_partition)
                 removed.workflows += got.workflows
                 removed.workflow_tasks += len(got.tasks)
                 removed.runs += sum(t.runs for t in got.tasks)
@@ -202,12 +214,44 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
                 await pause()
                 if count < s.batch:
                     break
+        for p in await store.dated_partitions():
+            if not _may_drop(p, s, now):
+                continue
+            rows = await store.drop_partition(p, lead=lead, gentle=s.gentle, archive=archive,
+                                              archive_batch=s.batch)
+            if rows is None:
+                continue  # a task of its day is still kept
+            removed.partitions += 1
+            if p.parent in ("audit_log", "schedule_fires"):
+                kind = "audit" if p.parent == "audit_log" else "schedule_fires"
+                setattr(removed, kind, getattr(removed, kind) + rows)
+                if metrics is not None and rows:
+                    metrics.retention_removed.labels(kind).inc(rows)
+            if metrics is not None:
+                metrics.retention_removed.labels("partitions").inc()
+            log.info("dropped partition %s (%d rows)", p.name, rows,
+                     extra={"event": "partition_dropped", "partition": p.name, "rows": rows})
+            await pause()
     except NotLeader:
         if removed.batches == 0:
             return None
         # Lost the lead mid-pass (a lease that ran out while this daemon stalled): what
         # was removed stays removed; the new leader goes on.
     return removed
+
+
+def _may_drop(p: Partition, s: Settings, now: datetime) -> bool:
+    """Whether all of `p`'s day is past what keeps it: the audit or fires retention; for
+    task_runs, the shortest task retention (no task of a younger day could have gone)
+    and never today or yesterday (creates may still be landing there)."""
+    if p.parent == "audit_log":
+        return s.audit_s > 0 and p.ends_at <= now - timedelta(seconds=s.audit_s)
+    if p.parent == "schedule_fires":
+        return s.schedule_fires_s > 0 and p.ends_at <= now - timedelta(seconds=s.schedule_fires_s)
+    shortest = [k for k in (t.shortest_s() for t in s.tasks) if k is not None]
+    if not shortest:
+        return False
+    return p.ends_at <= min(now - timedelta(seconds=min(shortest)), now - timedelta(days=1))
 
 
 async def _leave_dlq(broker: Broker, dead: list[RemovedTask]) -> int:
@@ -247,11 +291,11 @@ async def run(store: Store, broker: Broker, settings: Callable[[], Settings], *,
             return  # another daemon cleans
         t = removed.tasks
         log.info("retention pass: removed %d tasks (%d completed, %d cancelled, %d failed),"
-                 " %d workflows with %d tasks, %d runs, %d audit rows, %d schedule fires"
-                 " in %d batches, %.2fs",
+                 " %d workflows with %d tasks, %d runs, %d audit rows, %d schedule fires,"
+                 " %d day partitions in %d batches, %.2fs",
                  sum(t.values()), t["completed"], t["cancelled"], t["failed"],
                  removed.workflows, removed.workflow_tasks, removed.runs,
-                 removed.audit, removed.schedule_fires, removed.batches,
+                 removed.audit, removed.schedule_fires, removed.partitions, removed.batches,
                  trio.current_time() - started,
                  extra={"event": "retention_pass", "completed": t["completed"],
                         "cancelled": t["cancelled"], "failed": t["failed"],
@@ -259,6 +303,7 @@ async def run(store: Store, broker: Broker, settings: Callable[[], Settings], *,
                         "workflow_tasks": removed.workflow_tasks,
                         "runs": removed.runs, "audit": removed.audit,
                         "schedule_fires": removed.schedule_fires, "dlq": removed.dlq,
+                        "partitions": removed.partitions,
                         "batches": removed.batches, "worker_id": worker_id})
 
     try:

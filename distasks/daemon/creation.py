@@ -4,10 +4,10 @@ included, so they are tested without an app, a database or a clock."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from distasks.domain import ids
 from distasks.domain.errors import InvalidInput, PayloadTooLarge, UnknownHandler
 from distasks.domain.graph import Dependency, NewNode, NewWorkflow, OnParentFailure, check_graph
 from distasks.domain.model import Json, NewTask, TaskType
@@ -41,7 +41,6 @@ class TaskRequest:
     #: runs sharing it count against the queue's max_running_per_key
     concurrency_key: str | None = None
 
-
 @dataclass(frozen=True, slots=True)
 class CreationRules:
     """The deployment's side: which handlers exist, and the defaults and limits."""
@@ -53,7 +52,6 @@ class CreationRules:
     #: tasks in one workflow, its on_failure task aside (limits.max_workflow_tasks)
     max_workflow_tasks: int = 10_000
 
-
 def task_request(req: CreateTask, tenant: str) -> TaskRequest:
     """What a validated definition (an API create body, an outbox row) asks of `tenant`."""
     return TaskRequest(
@@ -62,7 +60,6 @@ def task_request(req: CreateTask, tenant: str) -> TaskRequest:
         dedup_key=req.dedup_key, max_retries=req.max_retries, timeout_s=req.timeout_seconds,
         run_at=req.run_at, delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
         concurrency_key=req.concurrency_key)
-
 
 def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTask:
     """The task `req` describes, with fresh ids; InvalidInput naming the field when a
@@ -87,8 +84,9 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
             registered.fn.check(req.payload)  # refuse a call that could never be made
         except InvalidInput as e:
             raise _without_secrets(e, req.secret_fields) from None
+    task_id = ids.new_task_id()
     return NewTask(
-        id=uuid.uuid4(), run_id=uuid.uuid4(), name=req.name, handler=handler, type=req.type,
+        id=task_id, run_id=ids.new_run_id(task_id), name=req.name, handler=handler, type=req.type,
         tenant=req.tenant, queue_name=qualify(req.tenant, req.queue_name), priority=req.priority, payload=req.payload,
         payload_json=payload_json, dedup_key=req.dedup_key,
         max_retries=(req.max_retries if req.max_retries is not None
@@ -97,7 +95,6 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
         # Sorted, once each: the same marks in any order compare equal on a dedup_key.
         secret_fields=tuple(sorted(set(req.secret_fields))),
         concurrency_key=req.concurrency_key)
-
 
 def new_workflow(req: CreateWorkflow, rules: CreationRules, *, tenant: str, now: datetime,
                  ) -> NewWorkflow:
@@ -122,9 +119,8 @@ def new_workflow(req: CreateWorkflow, rules: CreationRules, *, tenant: str, now:
                                field="on_failure.key", code="duplicate_key")
         on_failure = NewNode(req.on_failure.key,
                              _node_task(req.on_failure, rules, tenant, "on_failure", now))
-    return NewWorkflow(id=uuid.uuid4(), name=req.name, tenant=tenant, nodes=tuple(nodes),
+    return NewWorkflow(id=ids.new_task_id(), name=req.name, tenant=tenant, nodes=tuple(nodes),
                        dedup_key=req.dedup_key, on_failure=on_failure)
-
 
 def _node_task(item: CreateTask, rules: CreationRules, tenant: str, where: str,
                now: datetime) -> NewTask:
@@ -139,7 +135,6 @@ def _node_task(item: CreateTask, rules: CreationRules, tenant: str, where: str,
         e.message = f"{where}: {e.message}"
         raise
 
-
 def _without_secrets(e: InvalidInput, secret_fields: tuple[str, ...]) -> InvalidInput:
     """`e`, unless it is about a secret field: its message may quote the value (a URL's
     host, its port), so then one that only names the field."""
@@ -149,7 +144,6 @@ def _without_secrets(e: InvalidInput, secret_fields: tuple[str, ...]) -> Invalid
         return e
     return InvalidInput(f"payload.{secret} (secret) is not valid for this handler",
                         field=e.field, code=e.code)
-
 
 def _run_at(req: TaskRequest, now: datetime) -> datetime | None:
     if req.type is TaskType.DELAYED:

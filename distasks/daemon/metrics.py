@@ -130,7 +130,8 @@ class Metrics:
             "distasks_retention_removed",
             "Rows removed by the cleaner past their retention: tasks by state (completed,"
             " cancelled, failed), workflows and their workflow_tasks, runs, audit,"
-            " schedule_fires", ["kind"], registry=r)
+            " schedule_fires; and day partitions dropped whole (partitions)", ["kind"],
+            registry=r)
         self.daemon_info = Gauge("distasks_daemon_info",
                                  "Always 1; the labels name the daemon that answered",
                                  ["worker_id", "version"], registry=r)

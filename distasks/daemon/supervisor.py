@@ -7,7 +7,8 @@ The only module that knows them all. Shutdown order is nesting order:
         │         failures, heartbeat,     alive while handlers use their grace period)
         │         mover, reaper, control,
         │         reconciler, scheduler,
-        │         cleaner, outbox relays,
+        │         partitioner, cleaner,
+        │         outbox relays,
         │         reporter
         └── front: signal watcher
             └── work: api, worker pool     drain first: the API stops listening, the
@@ -48,6 +49,7 @@ from distasks.daemon import (
     control,
     heartbeat,
     mover,
+    partitioner,
     reaper,
     reconciler,
     reporter,
@@ -287,6 +289,9 @@ class Daemon:
         while True:
             try:
                 await store.migrate()
+                # Today's partitions before anything is written (a new day's too).
+                await partitioner.ensure(store, now_s=time.time(),
+                                         days_ahead=self.config.retention.partition_days_ahead)
                 break
             except StoreUnavailable as e:
                 failures += 1
@@ -368,6 +373,9 @@ class Daemon:
                     interval_s=c.scheduler.interval_s, settings=scheduler.Settings(
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
+            await services.start(lambda task_status: partitioner.run(
+                store, days_ahead=lambda: self.config.retention.partition_days_ahead,
+                health=h, task_status=task_status))
             if c.retention.enabled:
                 await services.start(lambda task_status: cleaner.run(
                     store, broker, lambda: self._retention,

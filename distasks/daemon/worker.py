@@ -34,6 +34,7 @@ from distasks.daemon.sync_executor import SyncExecutor
 from distasks.daemon.tunables import Tunables
 from distasks.domain import backoff, times
 from distasks.domain.errors import BrokerUnavailable, StoreUnavailable
+from distasks.domain.ids import new_run_id
 from distasks.domain.model import ClaimedRun
 from distasks.domain.outcome import Outcome, OutcomeKind, failure
 from distasks.domain.secret_fields import scrub, scrub_json, secret_values
@@ -538,7 +539,7 @@ class WorkerPool:
 
     def _interrupted(self, claimed: ClaimedRun, reason: str) -> Outcome:
         return Outcome(claimed, OutcomeKind.INTERRUPTED, times.utc(self._clock()), error=reason,
-                       new_run_id=uuid.uuid4())
+                       new_run_id=new_run_id(claimed.task.id))
 
 
 def _describe(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:

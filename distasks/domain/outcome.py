@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from distasks.domain import times
+from distasks.domain.ids import new_run_id
 from distasks.domain.model import ClaimedRun
 from distasks.domain.retry import RetryPolicy
 
@@ -52,5 +53,5 @@ def failure(run: ClaimedRun, error: str, *, now_s: float, policy: RetryPolicy,
         now_ms = times.ms(now_s)
         due_ms = now_ms if retry_now else policy.next_retry_at_ms(failures, now_ms)
         return Outcome(run, OutcomeKind.RETRYING, at, error=error, next_retry_at_ms=due_ms,
-                       new_run_id=uuid.uuid4(), expired_before=expired_before)
+                       new_run_id=new_run_id(run.task.id), expired_before=expired_before)
     return Outcome(run, OutcomeKind.FAILED, at, error=error, expired_before=expired_before)

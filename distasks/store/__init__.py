@@ -18,6 +18,7 @@ from distasks.store.base import dumps, query
 from distasks.store.dispatch import DispatchQueries, PendingDispatch
 from distasks.store.dlq import DeadTask, DlqFilter, DlqQueries
 from distasks.store.keys import KeyQueries
+from distasks.store.partitions import PartitionQueries
 from distasks.store.queues import QueueQueries, QueueRecord
 from distasks.store.retention import RetentionQueries
 from distasks.store.runs import (
@@ -53,7 +54,8 @@ __all__ = [
 
 
 class Store(TaskQueries, RunQueries, DispatchQueries, DlqQueries, QueueQueries, WorkerQueries,
-            KeyQueries, AuditQueries, ScheduleQueries, WorkflowQueries, RetentionQueries):
+            KeyQueries, AuditQueries, ScheduleQueries, WorkflowQueries, RetentionQueries,
+            PartitionQueries):
     """All queries over one connection pool; open with `Store.open(dsn)`."""
 
     @query

@@ -37,6 +37,20 @@ class AuditEvent:
     queue_name: str | None = None
 
 
+# A tenant's audit rows, newest first, filtered. With `since`, only the day partitions
+# from that day on are read (audit_log is partitioned by `at`: migration 0015).
+AUDIT_ENTRIES = """
+SELECT id, at, actor, tenant, address, request_id, action, queue_name, detail
+FROM audit_log WHERE tenant = %(tenant)s
+  AND (%(actor)s::text IS NULL OR actor = %(actor)s)
+  AND (%(action)s::text IS NULL OR action = %(action)s)
+  AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
+  AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ORDER BY id DESC LIMIT %(limit)s
+"""
+
+
 class AuditQueries(StoreBase):
     @query
     async def record_events(self, events: list[AuditEvent]) -> None:
@@ -54,14 +68,7 @@ class AuditQueries(StoreBase):
         """`tenant`'s audit log, newest first, filtered, in pages by id."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT id, at, actor, tenant, address, request_id, action, queue_name, detail"
-                " FROM audit_log WHERE tenant = %(tenant)s"
-                " AND (%(actor)s::text IS NULL OR actor = %(actor)s)"
-                " AND (%(action)s::text IS NULL OR action = %(action)s)"
-                " AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)"
-                " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
-                " AND (%(before)s::bigint IS NULL OR id < %(before)s)"
-                " ORDER BY id DESC LIMIT %(limit)s",
+                AUDIT_ENTRIES,
                 {"tenant": tenant, "actor": actor, "action": action, "queue": queue_name, "since": since,
                  "before": before_id, "limit": limit})
             return [AuditEntry(*row) for row in await cur.fetchall()]

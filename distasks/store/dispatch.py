@@ -30,9 +30,11 @@ class PendingDispatch:
 # deadlock with the worker's statement.
 MARK_DISPATCHED = """
 UPDATE task_runs SET dispatched_at = %(now)s
-WHERE id IN (SELECT id FROM task_runs
-             WHERE id = ANY(%(run_ids)s) AND dispatched_at IS NULL
-             ORDER BY id FOR UPDATE SKIP LOCKED)
+WHERE bucket = ANY(distasks_buckets(%(run_ids)s))
+  AND (id, bucket) IN (SELECT id, bucket FROM task_runs
+                       WHERE id = ANY(%(run_ids)s) AND bucket = ANY(distasks_buckets(%(run_ids)s))
+                         AND dispatched_at IS NULL
+                       ORDER BY id FOR UPDATE SKIP LOCKED)
 """
 
 UNDISPATCHED_RUNS = """

@@ -57,7 +57,8 @@ class DeadTask:
     failed_at: datetime | None
 
 
-LAST_ERROR = ("(SELECT error FROM task_runs lr WHERE lr.task_id = t.id"
+LAST_ERROR = ("(SELECT error FROM task_runs lr"
+              " WHERE lr.task_id = t.id AND lr.bucket = distasks_bucket(t.id)"
               " ORDER BY lr.attempt DESC LIMIT 1)")
 
 
@@ -92,9 +93,10 @@ WITH picked AS (
     WHERE t.id = ANY(%(ids)s) AND t.status = 'failed' AND t.workflow_id IS NULL
     RETURNING t.id, t.priority, t.concurrency_key
 ), added AS (
-    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-    SELECT gen_random_uuid(), p.id,
-           (SELECT max(attempt) + 1 FROM task_runs WHERE task_id = p.id), %(now)s, %(now)s
+    INSERT INTO task_runs (id, task_id, bucket, attempt, created_at, available_at)
+    SELECT distasks_run_id(p.id), p.id, distasks_bucket(p.id),
+           (SELECT max(attempt) + 1 FROM task_runs
+            WHERE task_id = p.id AND bucket = distasks_bucket(p.id)), %(now)s, %(now)s
     FROM picked p
     RETURNING task_id, id
 )
@@ -126,7 +128,8 @@ class DlqQueries(StoreBase):
             FROM tasks t
             LEFT JOIN LATERAL (
                 SELECT attempt, error FROM task_runs
-                WHERE task_id = t.id ORDER BY attempt DESC LIMIT 1
+                WHERE task_id = t.id AND bucket = distasks_bucket(t.id)
+                ORDER BY attempt DESC LIMIT 1
             ) last ON true
             WHERE {where}
             ORDER BY t.finished_at, t.id

@@ -73,7 +73,8 @@ QUEUE_NAMES = "SELECT name FROM queues"
 
 # Of the ids a deleted queue's Redis structures hold, those still needed: runs waiting or
 # running, tasks dead-lettered.
-LIVE_RUNS = "SELECT id FROM task_runs WHERE id = ANY(%s) AND status IN ('queued', 'running')"
+LIVE_RUNS = ("SELECT id FROM task_runs WHERE id = ANY(%(ids)s)"
+             " AND bucket = ANY(distasks_buckets(%(ids)s)) AND status IN ('queued', 'running')")
 LIVE_DEAD = "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'failed' AND dlq_deleted_at IS NULL"
 
 QUEUES = ("SELECT name, paused, paused_at, paused_by, max_running, max_running_per_key,"
@@ -85,7 +86,8 @@ WHERE finished_at >= %(since)s AND status IN ('completed', 'failed')
 GROUP BY 1, 2
 """
 
-AVAILABLE_SINCE = "SELECT id, available_at FROM task_runs WHERE id = ANY(%s)"
+AVAILABLE_SINCE = ("SELECT id, available_at FROM task_runs"
+                   " WHERE id = ANY(%(ids)s) AND bucket = ANY(distasks_buckets(%(ids)s))")
 
 
 class QueueQueries(StoreBase):
@@ -189,7 +191,7 @@ class QueueQueries(StoreBase):
         tasks still dead-lettered (ids that are not UUIDs are neither)."""
         runs, dead = _uuids(run_ids), _uuids(task_ids)
         async with self._pool.connection() as conn:
-            cur = await conn.execute(LIVE_RUNS, (list(runs),))
+            cur = await conn.execute(LIVE_RUNS, {"ids": list(runs)})
             live_runs = {runs[r] for (r,) in await cur.fetchall()}
             cur = await conn.execute(LIVE_DEAD, (list(dead),))
             live_dead = {dead[t] for (t,) in await cur.fetchall()}
@@ -231,7 +233,7 @@ class QueueQueries(StoreBase):
         if not run_ids:
             return {}
         async with self._pool.connection() as conn:
-            cur = await conn.execute(AVAILABLE_SINCE, (list(run_ids),))
+            cur = await conn.execute(AVAILABLE_SINCE, {"ids": list(run_ids)})
             found = {r[0]: r[1] for r in await cur.fetchall()}
         return found
 

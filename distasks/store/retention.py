@@ -57,8 +57,11 @@ NOT_NEEDED_BY_A_WORKFLOW = "t.workflow_id IS NULL"
 # retention is the queue's override, else the tenant's, else the state's (seconds; 0
 # keeps forever). %(oldest_cutoff)s (now less the shortest retention that applies to
 # the state) bounds the index range read (tasks_retention). A task with a run still
-# queued or running is not removed, whatever its state says. Runs go with their task
-# (ON DELETE CASCADE); the CTEs see the rows as they were before the delete.
+# queued or running is not removed, whatever its state says. Its runs are read (for the
+# count and the archive) and, with %(delete_runs)s, deleted with it; otherwise they stay
+# in their day's partition of task_runs, which the cleaner drops once no task of that
+# day is left (store/partitions.py), unless they are in the default partition (a day
+# that had none), which is never dropped. The CTEs see the rows as they were before.
 REMOVE_TASKS = f"""
 WITH doomed AS (
     SELECT t.id FROM tasks t
@@ -72,7 +75,8 @@ WITH doomed AS (
       AND t.finished_at < %(now)s
           - make_interval(secs => coalesce(q.keep_s, tn.keep_s, %(keep_s)s))
       AND NOT EXISTS (SELECT 1 FROM task_runs r
-                      WHERE r.task_id = t.id AND r.status IN ('queued', 'running'))
+                      WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
+                        AND r.status IN ('queued', 'running'))
       AND {NOT_NEEDED_BY_A_WORKFLOW}
     ORDER BY t.finished_at
     LIMIT %(limit)s
@@ -84,8 +88,12 @@ WITH doomed AS (
         SELECT count(*) AS run_count,
                CASE WHEN %(archive)s THEN coalesce(json_agg(r ORDER BY r.attempt), '[]'::json)
                END AS runs
-        FROM task_runs r WHERE r.task_id = d.id
+        FROM task_runs r WHERE r.task_id = d.id AND r.bucket = distasks_bucket(d.id)
     ) each
+), gone_runs AS (
+    DELETE FROM task_runs r USING doomed d
+    WHERE (%(delete_runs)s OR r.tableoid = 'task_runs_default'::regclass)
+      AND r.task_id = d.id AND r.bucket = distasks_bucket(d.id)
 )
 DELETE FROM tasks t USING runs
 WHERE t.id = runs.id
@@ -100,8 +108,8 @@ RETURNING t.id, t.queue_name, t.status = 'failed' AND t.dlq_deleted_at IS NULL A
 
 # Up to %(limit)s workflows of one finished state past their retention (the tenant's
 # override, else the state's: a workflow spans queues, so queue overrides do not apply),
-# oldest first, with every node (tasks.workflow_id ON DELETE CASCADE, their runs and
-# edges with them). Not one with a node still pending or queued, or a run still queued or
+# oldest first, with every node (tasks.workflow_id ON DELETE CASCADE, their edges with
+# them; their runs as REMOVE_TASKS says). Not one with a node still pending or queued, or a run still queued or
 # running (a resume puts a workflow back to running first). Returns a row per node (for
 # the DLQ and the archive) and one per workflow.
 REMOVE_WORKFLOWS = """
@@ -115,7 +123,8 @@ WITH doomed AS (
       AND w.finished_at < %(now)s - make_interval(secs => coalesce(tn.keep_s, %(keep_s)s))
       AND NOT EXISTS (SELECT 1 FROM tasks t
                       WHERE t.workflow_id = w.id AND t.status IN ('pending', 'queued'))
-      AND NOT EXISTS (SELECT 1 FROM tasks t JOIN task_runs r ON r.task_id = t.id
+      AND NOT EXISTS (SELECT 1 FROM tasks t JOIN task_runs r
+                             ON r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
                       WHERE t.workflow_id = w.id AND r.status IN ('queued', 'running'))
     ORDER BY w.finished_at
     LIMIT %(limit)s
@@ -131,8 +140,12 @@ WITH doomed AS (
         SELECT count(*) AS run_count,
                CASE WHEN %(archive)s THEN coalesce(json_agg(r ORDER BY r.attempt), '[]'::json)
                END AS runs
-        FROM task_runs r WHERE r.task_id = t.id
+        FROM task_runs r WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
     ) each
+), gone_runs AS (
+    DELETE FROM task_runs r USING nodes n
+    WHERE (%(delete_runs)s OR r.tableoid = 'task_runs_default'::regclass)
+      AND r.task_id = n.id AND r.bucket = distasks_bucket(n.id)
 ), gone AS (
     DELETE FROM workflows w WHERE w.id = ANY(ARRAY(SELECT id FROM doomed))
     RETURNING w.id, CASE WHEN %(archive)s THEN
@@ -143,31 +156,52 @@ UNION ALL
 SELECT 'workflow', id, NULL, false, 0, doc FROM gone
 """
 
-# Up to %(limit)s audit rows older than %(cutoff)s, oldest first (audit_log_at).
+# Where the dated partitions of a table start (migration 0015).
+DATED_FROM = ("(SELECT first_day::timestamp AT TIME ZONE 'UTC' FROM history_partitioning"
+              " WHERE parent = '{}')")
+
+# Up to %(limit)s audit rows older than %(cutoff)s, oldest first (audit_log_at), from
+# the legacy partition (before the first dated one, history_partitioning) and up to as
+# many from the default partition: a dated partition goes whole, once all of it is past
+# the cutoff (store/partitions.py).
 REMOVE_AUDIT = """
-WITH doomed AS (
-    SELECT id FROM audit_log WHERE at < %(cutoff)s ORDER BY at LIMIT %(limit)s
+WITH old AS (
+    SELECT id, at FROM audit_log WHERE at < least(%(cutoff)s, %(dated_from)s)
+    ORDER BY at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), stray AS (
+    SELECT id, at FROM audit_log_default WHERE at < %(cutoff)s
+    ORDER BY at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), doomed AS (
+    SELECT * FROM old UNION ALL SELECT * FROM stray
 )
-DELETE FROM audit_log a USING doomed d WHERE a.id = d.id
+DELETE FROM audit_log a USING doomed d WHERE a.id = d.id AND a.at = d.at
 RETURNING CASE WHEN %(archive)s THEN
     json_build_object('table', 'audit_log', 'row', row_to_json(a))::text END
-"""
+""".replace("%(dated_from)s", DATED_FROM.format("audit_log"))
 
-# Up to %(limit)s records of schedule slots fired before %(cutoff)s (schedule_fires_fired_at).
-# A slot's record is only needed while the slot could fire again, and a schedule's
-# next_fire_at only moves forward.
+# Up to %(limit)s records of schedule slots fired before %(cutoff)s (schedule_fires_fired_at),
+# from the legacy and the default partitions, as REMOVE_AUDIT. A slot's record is only
+# needed while the slot could fire again, and a schedule's next_fire_at only moves forward.
 REMOVE_FIRES = """
-WITH doomed AS (
-    SELECT schedule_id, fire_at FROM schedule_fires WHERE fired_at < %(cutoff)s
+WITH old AS (
+    SELECT schedule_id, fire_at FROM schedule_fires
+    WHERE fired_at < %(cutoff)s AND fire_at < %(dated_from)s
     ORDER BY fired_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), stray AS (
+    SELECT schedule_id, fire_at FROM schedule_fires_default WHERE fired_at < %(cutoff)s
+    ORDER BY fired_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), doomed AS (
+    SELECT * FROM old UNION ALL SELECT * FROM stray
 )
 DELETE FROM schedule_fires f USING doomed d
 WHERE f.schedule_id = d.schedule_id AND f.fire_at = d.fire_at
 RETURNING CASE WHEN %(archive)s THEN
     json_build_object('table', 'schedule_fires', 'row', row_to_json(f))::text END
-"""
+""".replace("%(dated_from)s", DATED_FROM.format("schedule_fires"))
 
 #: Writes the JSON lines of one batch (`kind`: tasks, workflows, audit_log, schedule_fires) where
 #: they are kept, before the batch commits; raising rolls the batch back.
@@ -231,9 +265,11 @@ class RetentionQueries(StoreBase):
     @query
     async def remove_tasks(self, r: TaskRetention, *, now: datetime, limit: int,
                            lead: Leadership, gentle: Gentle = Gentle(),
-                           archive: Archive | None = None) -> list[RemovedTask]:
+                           archive: Archive | None = None,
+                           delete_runs: bool = True) -> list[RemovedTask]:
         """One batch: remove up to `limit` tasks of `r.status` past their retention at
-        `now`, with their runs. NotLeader if another daemon leads."""
+        `now`, and their runs with them if `delete_runs` (else their partition takes them
+        later). NotLeader if another daemon leads."""
         shortest = r.shortest_s()
         if shortest is None:
             return []
@@ -242,7 +278,7 @@ class RetentionQueries(StoreBase):
             "oldest_cutoff": now - timedelta(seconds=shortest),
             "queues": list(r.queues), "queue_keep_s": list(r.queues.values()),
             "tenants": list(r.tenants), "tenant_keep_s": list(r.tenants.values()),
-            "limit": limit, "archive": archive is not None}
+            "limit": limit, "archive": archive is not None, "delete_runs": delete_runs}
         rows = await self._batch(REMOVE_TASKS, params, lead=lead, gentle=gentle,
                                  archive=archive, kind="tasks", doc_column=4)
         return [RemovedTask(id=row[0], queue_name=row[1], in_dlq=bool(row[2]), runs=int(row[3]))
@@ -251,7 +287,8 @@ class RetentionQueries(StoreBase):
     @query
     async def remove_workflows(self, r: TaskRetention, *, state: str, now: datetime, limit: int,
                                lead: Leadership, gentle: Gentle = Gentle(),
-                               archive: Archive | None = None) -> RemovedWorkflows:
+                               archive: Archive | None = None,
+                               delete_runs: bool = True) -> RemovedWorkflows:
         """One batch: remove up to `limit` workflows in `state` past the retention `r`
         gives (its tenants' overrides; its queues' do not apply), with all their nodes."""
         tenants_only = TaskRetention(r.status, r.keep_s, queues={}, tenants=r.tenants)
@@ -262,7 +299,7 @@ class RetentionQueries(StoreBase):
             "state": state, "keep_s": r.keep_s, "now": now,
             "oldest_cutoff": now - timedelta(seconds=shortest),
             "tenants": list(r.tenants), "tenant_keep_s": list(r.tenants.values()),
-            "limit": limit, "archive": archive is not None}
+            "limit": limit, "archive": archive is not None, "delete_runs": delete_runs}
         rows = await self._batch(REMOVE_WORKFLOWS, params, lead=lead, gentle=gentle,
                                  archive=archive, kind="workflows", doc_column=5)
         return RemovedWorkflows(
@@ -301,8 +338,8 @@ class RetentionQueries(StoreBase):
                      gentle: Gentle, archive: Archive | None, kind: str,
                      doc_column: int) -> list[tuple[Any, ...]]:
         async with self._pool.transaction() as conn:
-            await _gentle(conn, gentle)
-            await _claim(conn, lead)
+            await gentle_timeouts(conn, gentle)
+            await claim_lead(conn, lead)
             cur = await conn.execute(sql, params)
             rows = await cur.fetchall()
             if archive is not None and rows:
@@ -310,7 +347,7 @@ class RetentionQueries(StoreBase):
             return rows
 
 
-async def _gentle(conn: TrioConnection, gentle: Gentle) -> None:
+async def gentle_timeouts(conn: TrioConnection, gentle: Gentle) -> None:
     """This transaction's timeouts (`set_config(..., true)` is SET LOCAL: nothing is
     left on the connection, which matters behind a pooler)."""
     await conn.execute("SELECT set_config('lock_timeout', %s, true),"
@@ -318,7 +355,7 @@ async def _gentle(conn: TrioConnection, gentle: Gentle) -> None:
                        (f"{gentle.lock_timeout_ms}ms", f"{gentle.statement_timeout_ms}ms"))
 
 
-async def _claim(conn: TrioConnection, lead: Leadership) -> None:
+async def claim_lead(conn: TrioConnection, lead: Leadership) -> None:
     """Take or renew the lead in this transaction; NotLeader if another daemon has it
     (or is taking it right now: its batch holds the row past our lock_timeout)."""
     try:

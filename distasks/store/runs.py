@@ -121,7 +121,8 @@ FROM (
            sum(coalesce(octet_length(last.result::text), 0))
                OVER (ORDER BY p.workflow_key) AS total
     FROM workflow_edges e JOIN tasks p ON p.id = e.parent_id
-    LEFT JOIN LATERAL (SELECT lr.result, lr.error FROM task_runs lr WHERE lr.task_id = p.id
+    LEFT JOIN LATERAL (SELECT lr.result, lr.error FROM task_runs lr
+                       WHERE lr.task_id = p.id AND lr.bucket = distasks_bucket(p.id)
                        ORDER BY lr.attempt DESC LIMIT 1) last ON true
     WHERE e.child_id = t.id
 ) x
@@ -134,8 +135,8 @@ UPDATE task_runs r
 SET status = 'running', worker_id = %(worker_id)s, started_at = %(now)s,
     lease_expires_at = %(lease_until)s
 FROM tasks t
-WHERE r.id = ANY(%(run_ids)s) AND r.status = 'queued'
-  AND t.id = r.task_id AND t.status = 'queued'
+WHERE r.id = ANY(%(run_ids)s) AND r.bucket = ANY(distasks_buckets(%(run_ids)s))
+  AND r.status = 'queued' AND t.id = r.task_id AND t.status = 'queued'
 RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*,
     CASE WHEN t.workflow_id IS NOT NULL THEN (%(parents)s) END AS parents
 """.replace("%(parents)s", PARENTS)
@@ -160,7 +161,7 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'succeeded', result = i.result, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {FENCE}
+    FROM i WHERE r.id = i.run_id AND r.bucket = distasks_bucket(i.run_id) AND {FENCE}
     RETURNING r.id, r.task_id, i.at
 ), t AS (
     UPDATE tasks t SET status = 'completed', updated_at = done.at, finished_at = done.at
@@ -180,15 +181,15 @@ WITH i AS (
     UPDATE task_runs r
     SET status = 'retrying', error = i.error, finished_at = i.at,
         next_retry_at = i.next_retry_at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {FENCE}
+    FROM i WHERE r.id = i.run_id AND r.bucket = distasks_bucket(i.run_id) AND {FENCE}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.next_retry_at, i.new_run_id
 ), t AS (
     UPDATE tasks t SET failures = t.failures + 1, updated_at = done.at
     FROM done WHERE t.id = done.task_id AND t.status = 'queued'
     RETURNING t.id
 ), next_run AS (
-    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-    SELECT new_run_id, task_id, attempt + 1, at, next_retry_at
+    INSERT INTO task_runs (id, task_id, bucket, attempt, created_at, available_at)
+    SELECT new_run_id, task_id, distasks_bucket(task_id), attempt + 1, at, next_retry_at
     FROM done JOIN t ON t.id = done.task_id
 )
 SELECT done.id, t.id IS NOT NULL, NULL::uuid FROM done LEFT JOIN t ON t.id = done.task_id
@@ -202,7 +203,7 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'failed', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {FENCE}
+    FROM i WHERE r.id = i.run_id AND r.bucket = distasks_bucket(i.run_id) AND {FENCE}
     RETURNING r.id, r.task_id, i.at
 ), t AS (
     UPDATE tasks t
@@ -223,15 +224,15 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'interrupted', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {FENCE}
+    FROM i WHERE r.id = i.run_id AND r.bucket = distasks_bucket(i.run_id) AND {FENCE}
     RETURNING r.id, r.task_id, r.attempt, i.at, i.new_run_id
 ), t AS (
     -- Locked, so that a concurrent cancel waits and then sees the next attempt.
     SELECT t.id FROM tasks t JOIN done ON t.id = done.task_id WHERE t.status = 'queued'
     FOR UPDATE OF t
 ), next_run AS (
-    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-    SELECT new_run_id, task_id, attempt + 1, at, at FROM done JOIN t ON t.id = done.task_id
+    INSERT INTO task_runs (id, task_id, bucket, attempt, created_at, available_at)
+    SELECT new_run_id, task_id, distasks_bucket(task_id), attempt + 1, at, at FROM done JOIN t ON t.id = done.task_id
 )
 SELECT done.id, t.id IS NOT NULL, NULL::uuid FROM done LEFT JOIN t ON t.id = done.task_id
 """
@@ -245,7 +246,7 @@ WITH i AS (
 ), done AS (
     UPDATE task_runs r
     SET status = 'cancelled', error = i.error, finished_at = i.at, lease_expires_at = NULL
-    FROM i WHERE r.id = i.run_id AND {FENCE}
+    FROM i WHERE r.id = i.run_id AND r.bucket = distasks_bucket(i.run_id) AND {FENCE}
     RETURNING r.id
 )
 SELECT id, false, NULL::uuid FROM done
@@ -259,7 +260,8 @@ ORDER BY r.lease_expires_at
 LIMIT %(limit)s
 """
 
-RUN_STATES = "SELECT id, status FROM task_runs WHERE id = ANY(%s)"
+RUN_STATES = ("SELECT id, status FROM task_runs"
+              " WHERE id = ANY(%(ids)s) AND bucket = ANY(distasks_buckets(%(ids)s))")
 
 HEARTBEAT = """
 UPDATE workers
@@ -271,8 +273,8 @@ WHERE id = %(id)s
 EXTEND_LEASES = """
 UPDATE task_runs r SET lease_expires_at = %(lease_until)s
 FROM tasks t
-WHERE r.id = ANY(%(run_ids)s) AND r.status = 'running' AND r.worker_id = %(worker_id)s
-  AND t.id = r.task_id
+WHERE r.id = ANY(%(run_ids)s) AND r.bucket = ANY(distasks_buckets(%(run_ids)s))
+  AND r.status = 'running' AND r.worker_id = %(worker_id)s AND t.id = r.task_id
 RETURNING r.id, t.status = 'cancelled'
 """
 
@@ -351,7 +353,7 @@ class RunQueries(StoreBase):
     async def run_states(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
         """Status of each existing run among `run_ids`."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(RUN_STATES, (list(run_ids),))
+            cur = await conn.execute(RUN_STATES, {"ids": list(run_ids)})
             states = {r[0]: RunStatus(r[1]) for r in await cur.fetchall()}
         return states
 

@@ -97,9 +97,9 @@ WITH input AS (
     ON CONFLICT (tenant, dedup_key) DO NOTHING
     RETURNING id
 ), runs AS (
-    INSERT INTO task_runs (id, task_id, attempt, available_at, status, worker_id, started_at,
-                           lease_expires_at, dispatched_at)
-    SELECT i.run_id, i.id, 1, coalesce(i.run_at, now()),
+    INSERT INTO task_runs (id, task_id, bucket, attempt, available_at, status, worker_id,
+                           started_at, lease_expires_at, dispatched_at)
+    SELECT i.run_id, i.id, distasks_bucket(i.id), 1, coalesce(i.run_at, now()),
            CASE WHEN s.now THEN 'running' ELSE 'queued' END,
            CASE WHEN s.now THEN %(worker_id)s END, CASE WHEN s.now THEN now() END,
            CASE WHEN s.now THEN %(lease_until)s::timestamptz END,
@@ -132,7 +132,9 @@ FROM tasks WHERE (tenant, dedup_key) IN (SELECT * FROM unnest(%s::text[], %s::te
 
 GET_TASK = "SELECT * FROM tasks WHERE id = %s"
 
-GET_RUNS = "SELECT * FROM task_runs WHERE task_id = %s ORDER BY attempt"
+# The bucket condition names the one partition of task_runs that holds them.
+GET_RUNS = ("SELECT * FROM task_runs WHERE task_id = %(id)s"
+            " AND bucket = distasks_bucket(%(id)s) ORDER BY attempt")
 
 # Two statements in one transaction: the runs are read after the task row is locked and
 # updated, so an attempt that an outcome write created just before (a retry, a hand-back)
@@ -149,11 +151,12 @@ RETURNING queue_name, handler, workflow_id
 CANCEL_RUNS = """
 WITH waiting AS (
     UPDATE task_runs SET status = 'cancelled', finished_at = %(now)s
-    WHERE task_id = %(id)s AND status = 'queued'
+    WHERE task_id = %(id)s AND bucket = distasks_bucket(%(id)s) AND status = 'queued'
     RETURNING id
 )
 SELECT (SELECT array_agg(id) FROM waiting),
-       (SELECT id FROM task_runs WHERE task_id = %(id)s AND status = 'running')
+       (SELECT id FROM task_runs
+        WHERE task_id = %(id)s AND bucket = distasks_bucket(%(id)s) AND status = 'running')
 """
 
 
@@ -179,7 +182,7 @@ SELECT date_trunc('minute', r.started_at) AS minute,
   FROM (SELECT id FROM tasks
          WHERE finished_at >= %(since)s AND tenant = %(tenant)s
          ORDER BY finished_at DESC LIMIT %(tasks)s) t
-  JOIN task_runs r ON r.task_id = t.id
+  JOIN task_runs r ON r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
  WHERE r.started_at >= %(since)s
  GROUP BY 1
  ORDER BY 1
@@ -208,7 +211,7 @@ SELECT h.hour,
         WHERE finished_at >= h.hour AND finished_at < h.hour + interval '1 hour'
           AND tenant = %(tenant)s
         ORDER BY finished_at DESC LIMIT %(per_hour)s) t
-  JOIN task_runs r ON r.task_id = t.id
+  JOIN task_runs r ON r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
  WHERE r.started_at IS NOT NULL
  GROUP BY 1
  ORDER BY 1
@@ -295,7 +298,7 @@ class TaskQueries(StoreBase):
             row = await cur.fetchone()
             if row is None:
                 return None
-            await cur.execute(GET_RUNS, (task_id,))
+            await cur.execute(GET_RUNS, {"id": task_id})
             runs = [run_from_row(r) for r in await cur.fetchall()]
         return task_from_row(row), runs
 

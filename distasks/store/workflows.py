@@ -119,8 +119,9 @@ WITH input AS (
     FROM input
     RETURNING id
 ), runs AS (
-    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-    SELECT i.run_id, i.id, 1, %(now)s, greatest(coalesce(i.run_at, %(now)s), %(now)s)
+    INSERT INTO task_runs (id, task_id, bucket, attempt, created_at, available_at)
+    SELECT i.run_id, i.id, distasks_bucket(i.id), 1, %(now)s,
+           greatest(coalesce(i.run_at, %(now)s), %(now)s)
     FROM input i JOIN inserted USING (id)
     WHERE i.deps = 0 AND NOT i.hold
     RETURNING id, task_id, available_at
@@ -222,9 +223,10 @@ WITH ready AS (
     FROM f WHERE t.id = f.id AND NOT f.skip AND t.status = 'pending' AND t.deps_remaining = 0
     RETURNING t.id, t.queue_name, t.priority, t.concurrency_key, t.run_at
 ), runs AS (
-    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-    SELECT gen_random_uuid(), q.id,
-           coalesce((SELECT max(attempt) FROM task_runs WHERE task_id = q.id), 0) + 1,
+    INSERT INTO task_runs (id, task_id, bucket, attempt, created_at, available_at)
+    SELECT distasks_run_id(q.id), q.id, distasks_bucket(q.id),
+           coalesce((SELECT max(attempt) FROM task_runs
+                     WHERE task_id = q.id AND bucket = distasks_bucket(q.id)), 0) + 1,
            %(now)s, greatest(coalesce(q.run_at, %(now)s), %(now)s)
     FROM queued q
     RETURNING id, task_id, available_at
@@ -253,7 +255,8 @@ WITH n AS (SELECT id, workflow_key, status, handler, queue_name, deps_remaining,
              FROM tasks WHERE workflow_id = %s),
 runs AS (SELECT r.task_id, count(*) AS attempts, min(r.started_at) AS started_at,
                 max(r.attempt) AS last_attempt
-           FROM task_runs r JOIN n ON n.id = r.task_id GROUP BY r.task_id),
+           FROM task_runs r JOIN n ON n.id = r.task_id AND r.bucket = distasks_bucket(n.id)
+          GROUP BY r.task_id),
 deps AS (SELECT e.child_id, array_agg(p.workflow_key || ' ' || e.on_parent_failure
                                       ORDER BY p.workflow_key) AS depends_on
            FROM workflow_edges e JOIN n ON n.id = e.child_id
@@ -264,7 +267,8 @@ SELECT n.id, n.workflow_key, n.status, n.handler, n.queue_name, n.deps_remaining
        last.result, last.error, coalesce(deps.depends_on, '{}') AS depends_on
 FROM n
 LEFT JOIN runs ON runs.task_id = n.id
-LEFT JOIN task_runs last ON last.task_id = n.id AND last.attempt = runs.last_attempt
+LEFT JOIN task_runs last ON last.task_id = n.id AND last.bucket = distasks_bucket(n.id)
+                         AND last.attempt = runs.last_attempt
 LEFT JOIN deps ON deps.child_id = n.id
 ORDER BY n.id = %s, n.created_at, n.workflow_key
 """
@@ -285,12 +289,15 @@ GROUP BY t.id
 GET_SOME_NODES = """
 SELECT t.id, t.workflow_key, t.status, t.handler, t.queue_name, t.deps_remaining,
        t.created_at, t.finished_at, t.cancel_reason,
-       (SELECT count(*) FROM task_runs r WHERE r.task_id = t.id) AS attempts,
-       (SELECT min(started_at) FROM task_runs r WHERE r.task_id = t.id) AS started_at,
+       (SELECT count(*) FROM task_runs r
+         WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)) AS attempts,
+       (SELECT min(started_at) FROM task_runs r
+         WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)) AS started_at,
        NULL::jsonb AS result, left(last.error, %(error_chars)s) AS error,
        '{}'::text[] AS depends_on
 FROM tasks t
-LEFT JOIN LATERAL (SELECT error FROM task_runs r WHERE r.task_id = t.id
+LEFT JOIN LATERAL (SELECT error FROM task_runs r
+                   WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
                    ORDER BY attempt DESC LIMIT 1) last ON true
 WHERE t.workflow_id = %(workflow_id)s AND t.id = ANY(%(ids)s)
 """
@@ -305,7 +312,8 @@ WHERE workflow_id = ANY(%s) GROUP BY workflow_id, status
 RESULTS = """
 SELECT t.workflow_key, t.status, last.result, last.error
 FROM tasks t
-LEFT JOIN LATERAL (SELECT result, error FROM task_runs r WHERE r.task_id = t.id
+LEFT JOIN LATERAL (SELECT result, error FROM task_runs r
+                   WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
                    ORDER BY attempt DESC LIMIT 1) last ON true
 WHERE t.workflow_id = %s
 """
@@ -323,12 +331,14 @@ CANCEL_NODE_RUNS = """
 WITH waiting AS (
     UPDATE task_runs r SET status = 'cancelled', finished_at = %(now)s
     FROM tasks t
-    WHERE t.id = r.task_id AND r.task_id = ANY(%(ids)s) AND r.status = 'queued'
+    WHERE t.id = r.task_id AND r.task_id = ANY(%(ids)s)
+      AND r.bucket = ANY(distasks_buckets(%(ids)s)) AND r.status = 'queued'
     RETURNING t.queue_name, r.id
 )
 SELECT queue_name, id, false FROM waiting
 UNION ALL
-SELECT NULL, id, true FROM task_runs WHERE task_id = ANY(%(ids)s) AND status = 'running'
+SELECT NULL, id, true FROM task_runs
+WHERE task_id = ANY(%(ids)s) AND bucket = ANY(distasks_buckets(%(ids)s)) AND status = 'running'
 """
 
 # Which nodes a resume runs again (as `p` and `t`): those that failed, and those
@@ -586,7 +596,8 @@ class WorkflowQueries(StoreBase):
 # the release is sent in the same round trip as the outcomes it follows.
 JUST_CLOSED = """(
     SELECT coalesce(array_agg(t.id), '{}') FROM task_runs r JOIN tasks t ON t.id = r.task_id
-    WHERE r.id = ANY(%(run_ids)s) AND t.workflow_id IS NOT NULL
+    WHERE r.id = ANY(%(run_ids)s) AND r.bucket = ANY(distasks_buckets(%(run_ids)s))
+      AND t.workflow_id IS NOT NULL
       AND t.status IN ('completed', 'failed') AND t.xmin = pg_current_xact_id()::xid
 )::uuid[]"""
 # The workflows of a batch's runs, locked before its outcomes are written: a workflow's
@@ -595,7 +606,8 @@ JUST_CLOSED = """(
 LOCK_WORKFLOWS_OF_RUNS = """
 SELECT id FROM workflows
 WHERE id IN (SELECT t.workflow_id FROM task_runs r JOIN tasks t ON t.id = r.task_id
-             WHERE r.id = ANY(%(run_ids)s) AND t.workflow_id IS NOT NULL)
+             WHERE r.id = ANY(%(run_ids)s) AND r.bucket = ANY(distasks_buckets(%(run_ids)s))
+               AND t.workflow_id IS NOT NULL)
 ORDER BY id FOR UPDATE
 """
 CLOSE_CLOSED_NODES = CLOSE_NODES.replace("%(ids)s", JUST_CLOSED)

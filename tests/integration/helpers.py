@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from distasks.broker import Broker
 from distasks.broker.base import cross
+from distasks.domain import ids
 from distasks.domain.model import NewTask, TaskType
 
 
@@ -17,8 +17,9 @@ def new_task(*, name: str = "t", handler: str = "demo", queue: str = "q", priori
              run_at: datetime | None = None, timeout_s: float | None = None,
              concurrency_key: str | None = None) -> NewTask:
     payload = {} if payload is None else payload
+    task_id = ids.new_task_id()
     return NewTask(
-        id=uuid.uuid4(), run_id=uuid.uuid4(), name=name, handler=handler,
+        id=task_id, run_id=ids.new_run_id(task_id), name=name, handler=handler,
         type=TaskType.DELAYED if run_at else TaskType.IMMEDIATE, queue_name=queue,
         priority=priority, payload=payload, payload_json=json.dumps(payload),
         dedup_key=dedup_key, max_retries=max_retries, timeout_s=timeout_s, run_at=run_at,

@@ -35,18 +35,21 @@ def seed(dsn: str, n: int, *, status: str, age: timedelta, queue: str = "q",
                                 "cancelled": "cancelled", "queued": "queued"}[status]
     at = datetime.now(UTC) - age
     with psycopg.connect(dsn, autocommit=True) as conn:
+        # Made that day: time-ordered ids of that day, runs in that day's partition.
+        conn.execute("SELECT distasks_ensure_partitions(%(day)s, %(day)s)", {"day": at.date()})
         rows = conn.execute(
             "INSERT INTO tasks (id, name, handler, type, queue_name, payload, max_retries,"
             " status, created_at, updated_at, finished_at, tenant)"
-            " SELECT gen_random_uuid(), 'old', 'demo', 'immediate', %(queue)s,"
+            " SELECT distasks_task_id(%(at)s), 'old', 'demo', 'immediate', %(queue)s,"
             " '{\"n\": 1}', 3, %(status)s, %(at)s, %(at)s,"
             " CASE WHEN %(status)s = 'queued' THEN NULL ELSE %(at)s::timestamptz END,"
             " %(tenant)s FROM generate_series(1, %(n)s) RETURNING id",
             {"queue": queue, "status": status, "at": at, "n": n, "tenant": tenant}).fetchall()
         ids = [r[0] for r in rows]
         conn.execute(
-            "INSERT INTO task_runs (id, task_id, attempt, status, created_at, finished_at)"
-            " SELECT gen_random_uuid(), id, 1, %s, %s, %s FROM unnest(%s::uuid[]) AS id",
+            "INSERT INTO task_runs (id, task_id, bucket, attempt, status, created_at, finished_at)"
+            " SELECT distasks_run_id(id), id, distasks_bucket(id), 1, %s, %s, %s"
+            " FROM unnest(%s::uuid[]) AS id",
             (run_status, at, at, ids))
     return [str(i) for i in ids]
 
@@ -260,8 +263,9 @@ def seed_workflow(dsn: str, *, state: str, age: timedelta, nodes: list[str]) -> 
                 " VALUES (%s, 'node', 'demo', 'immediate', 'q', '{}', 3, %s, %s, %s, %s, %s, %s)",
                 (task, status, at, at, at if final else None, wf, f"n{i}"))
             if runs[status]:
-                conn.execute("INSERT INTO task_runs (id, task_id, attempt, status, finished_at)"
-                             " VALUES (%s, %s, 1, %s, %s)",
+                # Random (version 4) ids, as before partitioning: the legacy partition.
+                conn.execute("INSERT INTO task_runs (id, task_id, bucket, attempt, status,"
+                             " finished_at) VALUES (%s, %s, 0, 1, %s, %s)",
                              (str(uuid.uuid4()), task, runs[status], at if final else None))
             ids.append(task)
     return wf, ids

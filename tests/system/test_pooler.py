@@ -187,13 +187,17 @@ def seed_old(pg_dsn: str, n: int) -> None:
     """`n` completed tasks, each with a run, finished ten days ago."""
     with psycopg.connect(pg_dsn, autocommit=True, application_name=TEST_APP) as conn:
         conn.execute(
+            "SELECT distasks_ensure_partitions(current_date - 11, current_date - 9)")
+        conn.execute(
             "WITH t AS (INSERT INTO tasks (id, name, handler, type, queue_name, payload,"
             " max_retries, status, created_at, updated_at, finished_at)"
-            " SELECT gen_random_uuid(), 'old', 'demo', 'immediate', 'default', '{}', 3,"
-            " 'completed', now() - interval '10 days', now() - interval '10 days',"
-            " now() - interval '10 days' FROM generate_series(1, %s) RETURNING id)"
-            " INSERT INTO task_runs (id, task_id, attempt, status, finished_at)"
-            " SELECT gen_random_uuid(), id, 1, 'succeeded', now() - interval '10 days' FROM t",
+            " SELECT distasks_task_id(now() - interval '10 days'), 'old', 'demo', 'immediate',"
+            " 'default', '{}', 3, 'completed', now() - interval '10 days',"
+            " now() - interval '10 days', now() - interval '10 days'"
+            " FROM generate_series(1, %s) RETURNING id)"
+            " INSERT INTO task_runs (id, task_id, bucket, attempt, status, finished_at)"
+            " SELECT distasks_run_id(id), id, distasks_bucket(id), 1, 'succeeded',"
+            " now() - interval '10 days' FROM t",
             (n,))
 
 

@@ -1,0 +1,55 @@
+"""Ids: time-ordered for tasks, and a run's id carrying its task's time.
+
+A task id is a UUIDv7 (RFC 9562): its first 48 bits are the milliseconds since 1970 at
+creation, the rest random. A run id takes its task's 48 bits and fresh random ones, so
+that the UTC day of either id (its *bucket*) names the partition of `task_runs` that
+holds the run (migration 0015; architecture, "Partitioned history"). Ids from before
+partitioning are random (version 4): their bucket is 0, the legacy partition, and so are
+the new runs of such a task.
+
+The SQL functions distasks_bucket and distasks_run_id do the same on the server.
+(Python 3.14 has uuid.uuid7; this keeps 3.11 and the run id's shared prefix.)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable
+
+MS_PER_DAY = 86_400_000
+_VERSION_7 = 0x7000
+_VARIANT = 0x8000_0000_0000_0000
+
+
+def _v7(ms: int) -> uuid.UUID:
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a = (rand >> 64) & 0x0FFF  # 12 bits after the version
+    rand_b = rand & 0x3FFF_FFFF_FFFF_FFFF  # 62 bits after the variant
+    return uuid.UUID(int=(ms & 0xFFFF_FFFF_FFFF) << 80 | (_VERSION_7 | rand_a) << 64
+                     | _VARIANT | rand_b)
+
+
+def new_task_id(now_ms: int | None = None) -> uuid.UUID:
+    """A fresh task (or workflow) id, ordered by its creation time."""
+    return _v7(time.time_ns() // 1_000_000 if now_ms is None else now_ms)
+
+
+def new_run_id(task_id: uuid.UUID) -> uuid.UUID:
+    """A fresh id for a run of `task_id`, in its task's bucket."""
+    if task_id.version != 7:
+        return uuid.uuid4()
+    return _v7(task_id.int >> 80)
+
+
+def bucket(any_id: uuid.UUID) -> int:
+    """The day (since 1970-01-01 UTC) a task or run id was made in; 0 for a random id."""
+    if any_id.version != 7:
+        return 0
+    return (any_id.int >> 80) // MS_PER_DAY
+
+
+def buckets(ids: Iterable[uuid.UUID]) -> list[int]:
+    """The buckets of `ids`, each once."""
+    return sorted({bucket(i) for i in ids})

@@ -1,0 +1,147 @@
+"""Partitioned history (migration 0015; architecture, "Partitioned history"): the day
+partitions of task_runs, audit_log and schedule_fires, made ahead and dropped whole.
+
+Every daemon makes the coming days' partitions (`ensure_partitions`, at start and then
+hourly: distasks.daemon.partitioner), serialised on an advisory lock so that two never
+race on one name. Only the cleaner's leader drops (`drop_partition`), each drop one
+short transaction with the cleaner's lock and statement timeouts: dropping a partition
+waits for a lock on its parent, and a drop that cannot have it at once gives up until
+the next pass rather than hold the hot path up behind it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from psycopg import sql
+
+from distasks.domain.ids import MS_PER_DAY
+from distasks.store.base import StoreBase, query
+from distasks.store.pg import TrioConnection
+from distasks.store.retention import (
+    Archive,
+    Gentle,
+    Leadership,
+    claim_lead,
+    gentle_timeouts,
+)
+
+#: the partitioned tables, and what their dated partitions are ranged on
+HISTORY = ("task_runs", "audit_log", "schedule_fires")
+
+# Any constant works; the same for every daemon (migrate.py's lock is another).
+PARTITIONS_LOCK_KEY = 0x64697375  # "disu"
+
+_DATED = re.compile(r"^(task_runs|audit_log|schedule_fires)_d(\d{8})$")
+
+# The partitions of the three tables, by name.
+PARTITIONS = """
+SELECT p.relname AS parent, c.relname AS name
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relname = ANY(%s) AND p.relnamespace = c.relnamespace
+  AND c.relnamespace = to_regnamespace(current_schema())::oid
+ORDER BY c.relname
+"""
+
+# Whether any task was made on a day: its id is in the day's UUIDv7 range (a primary
+# key range, a few index pages). A day with none left has no run anyone can read.
+TASKS_OF_DAY = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id >= %s AND id < %s)"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """A dated partition: which table, its name, the UTC day it holds."""
+
+    parent: str
+    name: str
+    day: date
+
+    @property
+    def ends_at(self) -> datetime:
+        """The first instant past this partition's day (UTC)."""
+        return datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def day_id_range(day: date) -> tuple[uuid.UUID, uuid.UUID]:
+    """The UUIDv7 ids made on `day` (UTC): [low, high)."""
+    first_ms = (day - date(1970, 1, 1)).days * MS_PER_DAY
+    return (uuid.UUID(int=first_ms << 80), uuid.UUID(int=(first_ms + MS_PER_DAY) << 80))
+
+
+class PartitionQueries(StoreBase):
+    @query
+    async def ensure_partitions(self, first: date, last: date, *,
+                                lock_timeout_ms: int = 2_000) -> int:
+        """Make the missing day partitions of the history tables from `first` to `last`
+        (UTC days, both included); how many were made. StoreUnavailable if another
+        daemon's making them held the lock longer than `lock_timeout_ms`."""
+        async with self._pool.transaction() as conn:
+            await conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                               (f"{lock_timeout_ms}ms",))
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITIONS_LOCK_KEY,))
+            cur = await conn.execute("SELECT distasks_ensure_partitions(%s, %s)", (first, last))
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @query
+    async def dated_partitions(self) -> list[Partition]:
+        """Every dated partition of the history tables, oldest day first."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(PARTITIONS, (list(HISTORY),))
+            rows = await cur.fetchall()
+        found = []
+        for parent, name in rows:
+            m = _DATED.match(name)
+            if m:
+                found.append(Partition(parent, name, datetime.strptime(m.group(2), "%Y%m%d").date()))
+        return sorted(found, key=lambda p: (p.day, p.parent))
+
+    @query
+    async def drop_partition(self, p: Partition, *, lead: Leadership, gentle: Gentle,
+                             archive: Archive | None = None, archive_batch: int = 1000,
+                             ) -> int | None:
+        """Drop one dated partition (as the cleaner's leader); rows archived first when
+        `archive` is given. A partition of task_runs goes only once no task of its day is
+        left (its runs were archived with their tasks): None when one is. Returns how
+        many rows went with it. NotLeader if another daemon leads; StoreUnavailable if
+        the parent's lock was not to be had within the lock timeout."""
+        async with self._pool.transaction() as conn:
+            await gentle_timeouts(conn, gentle)
+            await claim_lead(conn, lead)
+            if p.parent == "task_runs":
+                cur = await conn.execute(TASKS_OF_DAY, day_id_range(p.day))
+                row = await cur.fetchone()
+                if row is None or row[0]:
+                    return None
+            table = sql.Identifier(p.name)
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+            count_row = await cur.fetchone()
+            count = int(count_row[0]) if count_row else 0
+            if archive is not None and p.parent != "task_runs" and count:
+                await _archive_rows(conn, p, archive, archive_batch)
+            # Past lock_timeout (a busy parent) this raises StoreUnavailable, which ends
+            # the pass; the next one tries again.
+            await conn.execute(sql.SQL("DROP TABLE {}").format(table))
+            return count
+
+
+async def _archive_rows(conn: TrioConnection, p: Partition, archive: Archive, batch: int) -> None:
+    """Hand a partition's rows to the archive, `batch` per file, before its drop: read in
+    physical order, a page after the last row's ctid (a TID range scan; no server-side
+    cursor, which a pooler in transaction mode would not keep)."""
+    select = sql.SQL("SELECT ctid, json_build_object('table', {}, 'row', row_to_json(x))::text"
+                     " FROM {} x WHERE ctid > %s::tid ORDER BY ctid LIMIT %s").format(
+                         sql.Literal(p.parent), sql.Identifier(p.name))
+    after = "(0,0)"
+    while True:
+        cur = await conn.execute(select, (after, batch))
+        rows = await cur.fetchall()
+        if not rows:
+            break
+        await archive(p.parent, [doc for _, doc in rows])
+        after = str(rows[-1][0])
