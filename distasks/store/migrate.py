@@ -46,10 +46,13 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def apply(conn: psycopg.AsyncConnection) -> list[int]:
-    """Apply the migrations not yet recorded; returns the versions applied now ."""
+async def apply(conn: psycopg.AsyncConnection, *, until: int | None = None) -> list[int]:
+    """Apply the migrations not yet recorded (up to version `until`, if given: a test
+    of an upgrade starts from an older schema); returns the versions applied now."""
     applied_now = []
     for migration in migrations():
+        if until is not None and migration.version > until:
+            break
         async with conn.transaction():
             # A migration may rewrite a large table: no statement timeout for it.
             await conn.execute("SET LOCAL statement_timeout = 0")

@@ -3,11 +3,10 @@ down, and a cancel racing an outcome write must not leave an attempt behind."""
 
 from __future__ import annotations
 
-import uuid
-
 import trio
 
 from distasks.daemon import completer
+from distasks.domain import ids
 from distasks.domain.model import Actor, RunStatus, TaskStatus
 from distasks.domain.outcome import Outcome, OutcomeKind
 from distasks.store import Fence, Outcomes, Retrying
@@ -43,7 +42,7 @@ async def test_cancel_after_a_retry_was_written_cancels_the_next_attempt(store):
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         await store.record_outcomes(Outcomes(retrying=[
-            Retrying(t.run_id, Fence("w"), "boom", now(), now(), uuid.uuid4())]))
+            Retrying(t.run_id, Fence("w"), "boom", now(), now(), ids.new_run_id(t.id))]))
         done = await store.cancel_task(t.id, tenant="default", actor=Actor("me"), reason=None,
                                        now=now())
         task, runs = await store.get_task(t.id)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import trio
 
+from distasks.domain import ids
 from distasks.domain.model import RunStatus, TaskStatus
 from distasks.store import Failed, Fence, Interrupted, Outcomes, Retrying, Succeeded
 
@@ -86,7 +87,7 @@ async def test_retry_records_the_failure_and_queues_the_next_attempt(store):
         t = new_task()
         await store.create_tasks([t])
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
-        due, next_run = now() + timedelta(seconds=2), uuid.uuid4()
+        due, next_run = now() + timedelta(seconds=2), ids.new_run_id(t.id)
         await store.record_outcomes(
             Outcomes(retrying=[Retrying(t.run_id, Fence("w"), "boom", now(), due, next_run)]))
         task, runs = await store.get_task(t.id)
@@ -103,7 +104,7 @@ async def test_interrupted_run_is_not_counted_as_a_failure(store):
         await store.start_runs([t.run_id], worker_id="w", now=now(), lease_until=now())
         await store.record_outcomes(
             Outcomes(interrupted=[Interrupted(t.run_id, Fence("w"), "shutdown", now(),
-                                                  uuid.uuid4())]))
+                                                  ids.new_run_id(t.id))]))
         task, runs = await store.get_task(t.id)
     assert task.failures == 0 and task.status is TaskStatus.QUEUED
     assert [r.status for r in runs] == [RunStatus.INTERRUPTED, RunStatus.QUEUED]

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from distasks.daemon import completer
+from distasks.domain import ids
 from distasks.domain.graph import Dependency, NewNode, NewWorkflow, OnParentFailure
 from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.domain.outcome import Outcome, OutcomeKind
@@ -26,7 +27,7 @@ def diamond(policy: OnParentFailure = OnParentFailure.CANCEL) -> NewWorkflow:
              NewNode("p2", new_task(name="p2", max_retries=0)),
              NewNode("child", new_task(name="child"),
                      (Dependency("p1", policy), Dependency("p2", policy))))
-    return NewWorkflow(id=uuid.uuid4(), name="race", tenant="default", nodes=nodes)
+    return NewWorkflow(id=ids.new_task_id(), name="race", tenant="default", nodes=nodes)
 
 
 async def finish(store, run_id: uuid.UUID, ok: bool, go: trio.Event):

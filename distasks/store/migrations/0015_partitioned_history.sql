@@ -27,13 +27,15 @@
 --       ON task_runs (task_id, attempt, bucket);
 --   ALTER TABLE task_runs ADD CONSTRAINT task_runs_legacy_bucket CHECK (bucket < 1) NOT VALID;
 --   ALTER TABLE task_runs VALIDATE CONSTRAINT task_runs_legacy_bucket;
+-- and, once this release's functions exist (the first statements below, which can be
+-- run alone beforehand), the same for task_runs_bucket_check as it is defined below.
 --   CREATE UNIQUE INDEX CONCURRENTLY audit_log_legacy_id_at ON audit_log (id, at);
 -- (docs/operations.md, "Upgrading to partitioned history", says the same.)
 
 -- The day of a time-ordered id: its first 48 bits are milliseconds since 1970 (RFC 9562,
 -- version 7). Any other id (version 4, from before) is day 0. IMMUTABLE: a condition
 -- `bucket = distasks_bucket($1)` is worked out before the plan runs, so it prunes.
-CREATE FUNCTION distasks_bucket(id uuid) RETURNS integer
+CREATE OR REPLACE FUNCTION distasks_bucket(id uuid) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE WHEN get_byte(uuid_send(id), 6) >> 4 = 7
                 THEN (('x' || substr(id::text, 1, 8) || substr(id::text, 10, 4))::bit(48)::bigint
@@ -42,14 +44,14 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 
 -- The days of several ids, each once: `bucket = ANY(distasks_buckets($1))`.
-CREATE FUNCTION distasks_buckets(ids uuid[]) RETURNS integer[]
+CREATE OR REPLACE FUNCTION distasks_buckets(ids uuid[]) RETURNS integer[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT coalesce(array_agg(DISTINCT distasks_bucket(i)), '{}') FROM unnest(ids) AS i
 $$;
 
 -- A new run id for a task: its task's 48-bit time and version 7, then fresh random bits
 -- (so its bucket is its task's); a random version 4 id for a task from before.
-CREATE FUNCTION distasks_run_id(task_id uuid) RETURNS uuid
+CREATE OR REPLACE FUNCTION distasks_run_id(task_id uuid) RETURNS uuid
 LANGUAGE sql VOLATILE STRICT PARALLEL SAFE AS $$
     SELECT CASE WHEN get_byte(uuid_send(task_id), 6) >> 4 = 7
                 THEN encode(substring(uuid_send(task_id) FROM 1 FOR 6)
@@ -61,7 +63,7 @@ $$;
 
 -- A fresh time-ordered id for a task made at `at` (for scripts that write history, such
 -- as tests and benchmarks; the daemon makes its ids itself: distasks.domain.ids).
-CREATE FUNCTION distasks_task_id(at timestamptz) RETURNS uuid
+CREATE OR REPLACE FUNCTION distasks_task_id(at timestamptz) RETURNS uuid
 LANGUAGE sql VOLATILE STRICT PARALLEL SAFE AS $$
     SELECT encode(substring(int8send((extract(epoch FROM at) * 1000)::bigint) FROM 3)
                   || set_byte(substring(r.b FROM 7), 0, (get_byte(r.b, 6) & 15) | 112),
@@ -101,6 +103,11 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'task_runs_legacy_bucket') THEN
         ALTER TABLE task_runs_legacy ADD CONSTRAINT task_runs_legacy_bucket CHECK (bucket < 1);
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'task_runs_bucket_check'
+                   AND conrelid = 'task_runs_legacy'::regclass) THEN
+        ALTER TABLE task_runs_legacy ADD CONSTRAINT task_runs_bucket_check
+            CHECK (bucket = distasks_bucket(task_id) AND bucket = distasks_bucket(id));
+    END IF;
 END $$;
 
 CREATE TABLE task_runs (
@@ -120,9 +127,12 @@ CREATE TABLE task_runs (
     started_at        timestamptz,
     finished_at       timestamptz,
     dispatched_at     timestamptz,
-    -- distasks_bucket(task_id), written by every insert; no default, so that an insert
-    -- that forgets it fails instead of landing in the wrong day
-    bucket            integer NOT NULL,
+    -- distasks_bucket(task_id), written by every insert. The default and the check
+    -- keep a daemon of the release before working while the fleet is upgraded: its
+    -- ids are random, day 0, the legacy partition. An insert of a time-ordered id that
+    -- forgets the bucket fails on the check instead of landing in the wrong day.
+    bucket            integer NOT NULL DEFAULT 0 CONSTRAINT task_runs_bucket_check
+                      CHECK (bucket = distasks_bucket(task_id) AND bucket = distasks_bucket(id)),
     PRIMARY KEY (id, bucket),
     UNIQUE (task_id, attempt, bucket)
     -- No foreign key to tasks: a day's runs leave with their partition, after the
@@ -216,7 +226,7 @@ CREATE TABLE schedule_fires_default PARTITION OF schedule_fires DEFAULT;
 -- attached. One that cannot be (a row of its day written to the default partition
 -- meanwhile) is left for the next call, with a warning; the others are made.
 -- Callers serialise on an advisory lock (distasks.store.partitions).
-CREATE FUNCTION distasks_ensure_partitions(from_day date, to_day date) RETURNS integer
+CREATE OR REPLACE FUNCTION distasks_ensure_partitions(from_day date, to_day date) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     p      record;
