@@ -243,7 +243,10 @@ async def clean_once(store: Store, broker: Broker, settings: Settings, *, now_s:
 def _may_drop(p: Partition, s: Settings, now: datetime) -> bool:
     """Whether all of `p`'s day is past what keeps it: the audit or fires retention; for
     task_runs, the shortest task retention (no task of a younger day could have gone)
-    and never today or yesterday (creates may still be landing there)."""
+    and never today or yesterday (creates may still be landing there). One a drop
+    detached and did not finish (its daemon died) is finished."""
+    if not p.attached:
+        return True
     if p.parent == "audit_log":
         return s.audit_s > 0 and p.ends_at <= now - timedelta(seconds=s.audit_s)
     if p.parent == "schedule_fires":

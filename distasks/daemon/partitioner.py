@@ -38,13 +38,12 @@ async def ensure(store: Store, *, now_s: float, days_ahead: int) -> int:
     return made
 
 
-async def run(store: Store, *, days_ahead: Callable[[], int], health: Health,
+async def run(store: Store, *, days_ahead: int, health: Health,
               interval_s: float = INTERVAL_S, clock: Callable[[], float] = time.time,
               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """`ensure` every `interval_s` until cancelled, `days_ahead()` read each time (a
-    reload changes it)."""
+    """`ensure` every `interval_s` until cancelled."""
     async def one_pass() -> None:
-        await ensure(store, now_s=clock(), days_ahead=days_ahead())
+        await ensure(store, now_s=clock(), days_ahead=days_ahead)
 
     await periodic.every("partitioner", interval_s, one_pass, health=health,
                          allowance_s=3 * interval_s, task_status=task_status)

@@ -92,7 +92,8 @@ GC_THRESHOLD_0 = 10_000
 # once shutdown begins; long polls are cut short and clients retry elsewhere.
 API_DRAIN_S = 2.0
 # The [retention] keys a reload does not change (the others apply from the next pass).
-RETENTION_AT_START = ("retention.enabled", "retention.interval_s")
+RETENTION_AT_START = ("retention.enabled", "retention.interval_s",
+                      "retention.partition_days_ahead")
 # How long a reload waits to write its audit row before giving up on it (logged).
 AUDIT_TIMEOUT_S = 5.0
 
@@ -160,8 +161,8 @@ class Daemon:
     async def reload(self) -> None:
         """Re-read the config (SIGHUP) and apply what can change live: worker
         concurrency, subscribed queues and their order, retry policy, log level, retention
-        (but whether the cleaner runs, and how often). Other changes are logged
-        as needing a restart; an invalid file changes nothing."""
+        (but whether the cleaner runs, how often, and the partitions made ahead). Other
+        changes are logged as needing a restart; an invalid file changes nothing."""
         sdnotify.reloading()
         try:
             new = load_config(self.config_path)
@@ -374,8 +375,8 @@ class Daemon:
                         batch=c.scheduler.batch, misfire_grace_s=c.scheduler.misfire_grace_s),
                     health=h, metrics=m, quotas=quotas, task_status=task_status))
             await services.start(lambda task_status: partitioner.run(
-                store, days_ahead=lambda: self.config.retention.partition_days_ahead,
-                health=h, task_status=task_status))
+                store, days_ahead=c.retention.partition_days_ahead, health=h,
+                task_status=task_status))
             if c.retention.enabled:
                 await services.start(lambda task_status: cleaner.run(
                     store, broker, lambda: self._retention,

@@ -37,13 +37,15 @@ PARTITIONS_LOCK_KEY = 0x64697375  # "disu"
 
 _DATED = re.compile(r"^(task_runs|audit_log|schedule_fires)_d(\d{8})$")
 
-# The partitions of the three tables, by name.
+# The dated tables of the three, attached or not: a partition detached by a drop that
+# stopped before its end (the process died) is finished by the next pass.
 PARTITIONS = """
-SELECT p.relname AS parent, c.relname AS name
-FROM pg_inherits i
-JOIN pg_class c ON c.oid = i.inhrelid
-JOIN pg_class p ON p.oid = i.inhparent
-WHERE p.relname = ANY(%s) AND p.relnamespace = c.relnamespace
+SELECT coalesce(p.relname, substring(c.relname FROM '^(.*)_d[0-9]{8}$')) AS parent,
+       c.relname AS name, p.relname IS NOT NULL AS attached
+FROM pg_class c
+LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+LEFT JOIN pg_class p ON p.oid = i.inhparent
+WHERE c.relkind = 'r' AND c.relname ~ '^(task_runs|audit_log|schedule_fires)_d[0-9]{8}$'
   AND c.relnamespace = to_regnamespace(current_schema())::oid
 ORDER BY c.relname
 """
@@ -60,6 +62,8 @@ class Partition:
     parent: str
     name: str
     day: date
+    #: still a partition of `parent` (a drop detaches it first)
+    attached: bool = True
 
     @property
     def ends_at(self) -> datetime:
@@ -92,40 +96,52 @@ class PartitionQueries(StoreBase):
     async def dated_partitions(self) -> list[Partition]:
         """Every dated partition of the history tables, oldest day first."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(PARTITIONS, (list(HISTORY),))
+            cur = await conn.execute(PARTITIONS)
             rows = await cur.fetchall()
         found = []
-        for parent, name in rows:
+        for parent, name, attached in rows:
             m = _DATED.match(name)
-            if m:
-                found.append(Partition(parent, name, datetime.strptime(m.group(2), "%Y%m%d").date()))
+            if m and parent in HISTORY:
+                found.append(Partition(parent, name, datetime.strptime(m.group(2), "%Y%m%d").date(),
+                                       attached=bool(attached)))
         return sorted(found, key=lambda p: (p.day, p.parent))
 
     @query
     async def drop_partition(self, p: Partition, *, lead: Leadership, gentle: Gentle,
                              archive: Archive | None = None, archive_batch: int = 1000,
                              ) -> int | None:
-        """Drop one dated partition (as the cleaner's leader); rows archived first when
-        `archive` is given. A partition of task_runs goes only once no task of its day is
-        left (its runs were archived with their tasks): None when one is. Returns how
-        many rows went with it. NotLeader if another daemon leads; StoreUnavailable if
-        the parent's lock was not to be had within the lock timeout."""
+        """Drop one dated partition (as the cleaner's leader), in two transactions:
+        detach it (a moment's lock on the parent), then archive its rows when `archive`
+        is given and drop it, with nothing else reading or writing it any more. A
+        partition of task_runs goes only once no task of its day is left (its runs were
+        archived with their tasks): None when one is. Returns how many rows went with
+        it. NotLeader if another daemon leads; StoreUnavailable if the parent's lock was
+        not to be had within the lock timeout (the next pass tries again)."""
+        table = sql.Identifier(p.name)
+        if p.attached:
+            async with self._pool.transaction() as conn:
+                await gentle_timeouts(conn, gentle)
+                await claim_lead(conn, lead)
+                # The parent first, as every statement locks it before its partitions
+                # (so no circle); then the look: a write into this day that was under
+                # way has committed and is seen, or waits and then finds no partition.
+                await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                    sql.Identifier(p.parent)))
+                if p.parent == "task_runs":
+                    cur = await conn.execute(TASKS_OF_DAY, day_id_range(p.day))
+                    row = await cur.fetchone()
+                    if row is None or row[0]:
+                        return None
+                await conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                    sql.Identifier(p.parent), table))
         async with self._pool.transaction() as conn:
             await gentle_timeouts(conn, gentle)
             await claim_lead(conn, lead)
-            if p.parent == "task_runs":
-                cur = await conn.execute(TASKS_OF_DAY, day_id_range(p.day))
-                row = await cur.fetchone()
-                if row is None or row[0]:
-                    return None
-            table = sql.Identifier(p.name)
             cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
             count_row = await cur.fetchone()
             count = int(count_row[0]) if count_row else 0
             if archive is not None and p.parent != "task_runs" and count:
                 await _archive_rows(conn, p, archive, archive_batch)
-            # Past lock_timeout (a busy parent) this raises StoreUnavailable, which ends
-            # the pass; the next one tries again.
             await conn.execute(sql.SQL("DROP TABLE {}").format(table))
             return count
 

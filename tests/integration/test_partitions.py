@@ -264,3 +264,24 @@ async def test_old_rows_of_the_default_partition_go_one_by_one(store, broker, pg
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM audit_log_default").fetchone()
     assert row is not None and row[0] == 0
+
+
+async def test_a_day_detached_by_a_drop_that_died_is_finished(store, broker, pg_dsn, tmp_path):
+    today = datetime.now(UTC).date()
+    day = today + 2 * DAY
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO audit_log (at, actor, action) SELECT %s, 'test', 'x'"
+                     " FROM generate_series(1, 3)",
+                     (datetime(day.year, day.month, day.day, 1, tzinfo=UTC),))
+        # The first transaction of a drop, and then the daemon died.
+        conn.execute(f"ALTER TABLE audit_log DETACH PARTITION audit_log_d{day:%Y%m%d}")
+    s = cleaner.Settings.from_config(Config(retention=RetentionConfig(
+        pause_s=0.0, archive_dir=str(tmp_path))))
+    with trio.fail_after(30):
+        removed = await cleaner.clean_once(store, broker, s, now_s=time.time(), lead=LEAD,
+                                           archive=cleaner.ArchiveDir(s.archive_dir, LEAD.holder))
+    assert removed is not None and removed.partitions == 1 and removed.audit == 3
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass(%s)", (f"audit_log_d{day:%Y%m%d}",)).fetchone()
+    assert row is not None and row[0] is None
+    assert len(list(tmp_path.glob("audit_log-*.jsonl.gz"))) == 1
