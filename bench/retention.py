@@ -9,8 +9,10 @@ DISTASKS_PG_ADMIN_DSN, seeds `--old` completed tasks (one run each) finished ten
 ago, then measures single-task creates (Store.create_tasks, one task a statement, one at a
 time) for `--duration` seconds twice: alone, then while the cleaner removes the old tasks
 (`--batch` rows a transaction, `--pause` seconds between batches, the defaults of
-[retention]). It prints create p50/p99/max for both and the cleaner's rows per second,
-and drops the database at the end.
+[retention]); with `--runs rows` the runs are deleted with their tasks (as when some
+retention keeps forever) instead of leaving with their day's partition. It prints
+create p50/p99/max for both and the cleaner's rows per second, and drops the database
+at the end.
 """
 
 from __future__ import annotations
@@ -96,27 +98,33 @@ def summary(name: str, lat: list[float]) -> str:
 async def main(args: argparse.Namespace) -> None:
     async with aio.open_loop(), Store.open(dsn_for(args.db), min_size=2, max_size=4) as store:
         baseline = await creates(store, args.duration)
+        # --runs rows: a failed task kept forever (failed_days = 0) makes the cleaner
+        # delete runs with their tasks, as before partitioning; the old tasks here are
+        # all completed, so only that choice differs.
         settings = cleaner.Settings.from_config(Config(retention=RetentionConfig(
-            batch=args.batch, pause_s=args.pause, max_batches=1_000_000)))
-        removed = 0
+            batch=args.batch, pause_s=args.pause, max_batches=1_000_000,
+            failed_days=0.0 if args.runs == "rows" else 30.0)))
+        removed = partitions = 0
         cleaning_s = 0.0
         async with trio.open_nursery() as nursery:
             async def clean() -> None:
-                nonlocal removed, cleaning_s
+                nonlocal removed, cleaning_s, partitions
                 started = trio.current_time()
                 got = await cleaner.clean_once(store, None, settings,  # type: ignore[arg-type]
                                                now_s=time.time(),
                                                lead=Leadership("bench", 600.0))
                 cleaning_s = trio.current_time() - started
                 removed = got.tasks["completed"] if got else 0
+                partitions = got.partitions if got else 0
             nursery.start_soon(clean)
             during = await creates(store, args.duration)
-        print(f"old tasks {args.old}, batch {args.batch}, pause {args.pause}s")
+        print(f"old tasks {args.old}, batch {args.batch}, pause {args.pause}s,"
+              f" runs go {'with their tasks' if args.runs == 'rows' else 'with their day'}")
         print(f"{'phase':<22} {'creates':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
         print(summary("alone", baseline))
         print(summary("while cleaning", during))
         print(f"cleaner: {removed} tasks (+ as many runs) in {cleaning_s:.1f}s,"
-              f" {removed / cleaning_s:.0f} tasks/s")
+              f" {removed / cleaning_s:.0f} tasks/s; {partitions} day partitions dropped")
 
 
 def run() -> None:
@@ -125,6 +133,9 @@ def run() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--pause", type=float, default=0.05)
+    p.add_argument("--runs", choices=("partition", "rows"), default="partition",
+                   help="runs leave with their day's partition (default) or row by row"
+                        " with their tasks")
     args = p.parse_args()
     args.db = f"distasks_bench_ret_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_dsn(), autocommit=True) as conn:

@@ -4,6 +4,7 @@ included, so they are tested without an app, a database or a clock."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -61,10 +62,12 @@ def task_request(req: CreateTask, tenant: str) -> TaskRequest:
         run_at=req.run_at, delay_s=req.delay_seconds, secret_fields=tuple(req.secret_fields),
         concurrency_key=req.concurrency_key)
 
-def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTask:
-    """The task `req` describes, with fresh ids; InvalidInput naming the field when a
-    rule refuses it (handler unknown, payload too large or not for its handler, timing
-    not for its type)."""
+def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime,
+             day_of: uuid.UUID | None = None) -> NewTask:
+    """The task `req` describes, with fresh ids (of `day_of`'s time, when given: a
+    workflow's nodes share its day); InvalidInput naming the field when a rule refuses it
+    (handler unknown, payload too large or not for its handler, timing not for its
+    type)."""
     handler = req.handler or rules.default_handler
     registered = rules.registry.get(handler)
     if registered is None:
@@ -84,7 +87,7 @@ def new_task(req: TaskRequest, rules: CreationRules, *, now: datetime) -> NewTas
             registered.fn.check(req.payload)  # refuse a call that could never be made
         except InvalidInput as e:
             raise _without_secrets(e, req.secret_fields) from None
-    task_id = ids.new_task_id()
+    task_id = ids.new_task_id() if day_of is None else ids.new_id_like(day_of)
     return NewTask(
         id=task_id, run_id=ids.new_run_id(task_id), name=req.name, handler=handler, type=req.type,
         tenant=req.tenant, queue_name=qualify(req.tenant, req.queue_name), priority=req.priority, payload=req.payload,
@@ -105,9 +108,13 @@ def new_workflow(req: CreateWorkflow, rules: CreationRules, *, tenant: str, now:
     if len(req.tasks) > limit:  # before building thousands of tasks for nothing
         raise InvalidInput(f"{len(req.tasks)} tasks, over limits.max_workflow_tasks ({limit})",
                            field="tasks", code="workflow_too_large")
+    # Every node's id has the workflow's time: all of a workflow's runs are in its day's
+    # partition, which a read of the whole graph names (store/workflows.py).
+    workflow_id = ids.new_task_id()
     nodes = []
     for i, item in enumerate(req.tasks):
-        nodes.append(NewNode(item.key, _node_task(item, rules, tenant, f"tasks.{i}", now), tuple(
+        nodes.append(NewNode(item.key, _node_task(item, rules, tenant, f"tasks.{i}", now,
+                                                  workflow_id), tuple(
             Dependency(d) if isinstance(d, str)
             else Dependency(d.key, OnParentFailure(d.on_parent_failure))
             for d in item.depends_on)))
@@ -118,18 +125,19 @@ def new_workflow(req: CreateWorkflow, rules: CreationRules, *, tenant: str, now:
             raise InvalidInput(f"on_failure key {req.on_failure.key!r} is a task's key too",
                                field="on_failure.key", code="duplicate_key")
         on_failure = NewNode(req.on_failure.key,
-                             _node_task(req.on_failure, rules, tenant, "on_failure", now))
-    return NewWorkflow(id=ids.new_task_id(), name=req.name, tenant=tenant, nodes=tuple(nodes),
+                             _node_task(req.on_failure, rules, tenant, "on_failure", now,
+                                        workflow_id))
+    return NewWorkflow(id=workflow_id, name=req.name, tenant=tenant, nodes=tuple(nodes),
                        dedup_key=req.dedup_key, on_failure=on_failure)
 
 def _node_task(item: CreateTask, rules: CreationRules, tenant: str, where: str,
-               now: datetime) -> NewTask:
+               now: datetime, workflow_id: uuid.UUID) -> NewTask:
     """A node's task; its errors name where in the workflow (`tasks.3.priority`)."""
     if item.dedup_key is not None:
         raise InvalidInput("a workflow's task takes no dedup_key (give the workflow one)",
                            field=f"{where}.dedup_key")
     try:
-        return new_task(task_request(item, tenant), rules, now=now)
+        return new_task(task_request(item, tenant), rules, now=now, day_of=workflow_id)
     except InvalidInput as e:
         e.field = f"{where}.{e.field}" if e.field else where
         e.message = f"{where}: {e.message}"

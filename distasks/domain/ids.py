@@ -36,11 +36,16 @@ def new_task_id(now_ms: int | None = None) -> uuid.UUID:
     return _v7(time.time_ns() // 1_000_000 if now_ms is None else now_ms)
 
 
+def new_id_like(other: uuid.UUID) -> uuid.UUID:
+    """A fresh id in `other`'s bucket: with its time if it is time-ordered, else random."""
+    if other.version != 7:
+        return uuid.uuid4()
+    return _v7(other.int >> 80)
+
+
 def new_run_id(task_id: uuid.UUID) -> uuid.UUID:
     """A fresh id for a run of `task_id`, in its task's bucket."""
-    if task_id.version != 7:
-        return uuid.uuid4()
-    return _v7(task_id.int >> 80)
+    return new_id_like(task_id)
 
 
 def bucket(any_id: uuid.UUID) -> int:

@@ -29,6 +29,7 @@ from distasks.domain.graph import (
     WorkflowCreated,
     WorkflowState,
 )
+from distasks.domain.ids import bucket
 from distasks.domain.model import Actor
 from distasks.store.base import Page, StoreBase, dumps, page_of, query, record_audit
 
@@ -248,14 +249,16 @@ GET_WORKFLOW = "SELECT * FROM workflows WHERE id = %s AND tenant = %s"
 # result and error. The on_failure task comes last. Set-based (one pass over the
 # workflow's runs and edges, hash-joined): a sub-query per node read the edges once per
 # node whenever the planner had no statistics for a graph just written, 8 s for a
-# 10,000-node fan-in.
+# 10,000-node fan-in. Every node's id has its workflow's time (creation.new_workflow),
+# so the runs are all in the workflow's day partition, the only one read.
 GET_NODES = """
 WITH n AS (SELECT id, workflow_key, status, handler, queue_name, deps_remaining,
                   created_at, finished_at, cancel_reason
-             FROM tasks WHERE workflow_id = %s),
+             FROM tasks WHERE workflow_id = %(workflow_id)s),
 runs AS (SELECT r.task_id, count(*) AS attempts, min(r.started_at) AS started_at,
                 max(r.attempt) AS last_attempt
            FROM task_runs r JOIN n ON n.id = r.task_id AND r.bucket = distasks_bucket(n.id)
+          WHERE r.bucket = distasks_bucket(%(workflow_id)s)
           GROUP BY r.task_id),
 deps AS (SELECT e.child_id, array_agg(p.workflow_key || ' ' || e.on_parent_failure
                                       ORDER BY p.workflow_key) AS depends_on
@@ -268,9 +271,10 @@ SELECT n.id, n.workflow_key, n.status, n.handler, n.queue_name, n.deps_remaining
 FROM n
 LEFT JOIN runs ON runs.task_id = n.id
 LEFT JOIN task_runs last ON last.task_id = n.id AND last.bucket = distasks_bucket(n.id)
+                         AND last.bucket = distasks_bucket(%(workflow_id)s)
                          AND last.attempt = runs.last_attempt
 LEFT JOIN deps ON deps.child_id = n.id
-ORDER BY n.id = %s, n.created_at, n.workflow_key
+ORDER BY n.id = %(on_failure)s, n.created_at, n.workflow_key
 """
 
 # The console's graph of a workflow: each node's key, state and parents' ids, nothing
@@ -290,14 +294,14 @@ GET_SOME_NODES = """
 SELECT t.id, t.workflow_key, t.status, t.handler, t.queue_name, t.deps_remaining,
        t.created_at, t.finished_at, t.cancel_reason,
        (SELECT count(*) FROM task_runs r
-         WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)) AS attempts,
+         WHERE r.task_id = t.id AND r.bucket = distasks_bucket(%(workflow_id)s)) AS attempts,
        (SELECT min(started_at) FROM task_runs r
-         WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)) AS started_at,
+         WHERE r.task_id = t.id AND r.bucket = distasks_bucket(%(workflow_id)s)) AS started_at,
        NULL::jsonb AS result, left(last.error, %(error_chars)s) AS error,
        '{}'::text[] AS depends_on
 FROM tasks t
 LEFT JOIN LATERAL (SELECT error FROM task_runs r
-                   WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
+                   WHERE r.task_id = t.id AND r.bucket = distasks_bucket(%(workflow_id)s)
                    ORDER BY attempt DESC LIMIT 1) last ON true
 WHERE t.workflow_id = %(workflow_id)s AND t.id = ANY(%(ids)s)
 """
@@ -313,9 +317,9 @@ RESULTS = """
 SELECT t.workflow_key, t.status, last.result, last.error
 FROM tasks t
 LEFT JOIN LATERAL (SELECT result, error FROM task_runs r
-                   WHERE r.task_id = t.id AND r.bucket = distasks_bucket(t.id)
+                   WHERE r.task_id = t.id AND r.bucket = distasks_bucket(%(workflow_id)s)
                    ORDER BY attempt DESC LIMIT 1) last ON true
-WHERE t.workflow_id = %s
+WHERE t.workflow_id = %(workflow_id)s
 """
 
 # Cancel: every node not final yet is cancelled at once; a running one keeps its run
@@ -383,6 +387,9 @@ class WorkflowQueries(StoreBase):
         already used by the tenant, nothing is written and the existing one is named."""
         nodes = list(wf.nodes)
         on_failure_id = wf.on_failure.task.id if wf.on_failure else None
+        day = bucket(wf.id)
+        if any(bucket(n.task.id) != day for n in (*nodes, *([wf.on_failure] if wf.on_failure else []))):
+            raise ValueError("a workflow's nodes must have its day (ids.new_id_like)")
         async with self._pool.transaction() as conn:
             cur = await conn.execute(CREATE_WORKFLOW, {
                 "id": wf.id, "tenant": wf.tenant, "name": wf.name, "dedup_key": wf.dedup_key,
@@ -420,7 +427,8 @@ class WorkflowQueries(StoreBase):
             row = await cur.fetchone()
             if row is None:
                 return None
-            await cur.execute(GET_NODES, (workflow_id, row["on_failure_task_id"]))
+            await cur.execute(GET_NODES, {"workflow_id": workflow_id,
+                                          "on_failure": row["on_failure_task_id"]})
             nodes = tuple(_node(r) for r in await cur.fetchall())
         counts: dict[str, int] = {}
         for n in nodes:
@@ -471,7 +479,7 @@ class WorkflowQueries(StoreBase):
                                      (workflow_id, tenant))
             if await cur.fetchone() is None:
                 return None
-            cur = await conn.execute(RESULTS, (workflow_id,))
+            cur = await conn.execute(RESULTS, {"workflow_id": workflow_id})
             return {key: {"status": status, "result": result, "error": error}
                     for key, status, result, error in await cur.fetchall()}
 

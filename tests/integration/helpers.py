@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +16,9 @@ from distasks.domain.model import NewTask, TaskType
 def new_task(*, name: str = "t", handler: str = "demo", queue: str = "q", priority: int = 0,
              payload: Any = None, dedup_key: str | None = None, max_retries: int = 3,
              run_at: datetime | None = None, timeout_s: float | None = None,
-             concurrency_key: str | None = None) -> NewTask:
+             concurrency_key: str | None = None, day_of: uuid.UUID | None = None) -> NewTask:
     payload = {} if payload is None else payload
-    task_id = ids.new_task_id()
+    task_id = ids.new_task_id() if day_of is None else ids.new_id_like(day_of)
     return NewTask(
         id=task_id, run_id=ids.new_run_id(task_id), name=name, handler=handler,
         type=TaskType.DELAYED if run_at else TaskType.IMMEDIATE, queue_name=queue,

@@ -23,11 +23,12 @@ ROUNDS = 40
 
 
 def diamond(policy: OnParentFailure = OnParentFailure.CANCEL) -> NewWorkflow:
-    nodes = (NewNode("p1", new_task(name="p1", max_retries=0)),
-             NewNode("p2", new_task(name="p2", max_retries=0)),
-             NewNode("child", new_task(name="child"),
+    wf = ids.new_task_id()
+    nodes = (NewNode("p1", new_task(name="p1", max_retries=0, day_of=wf)),
+             NewNode("p2", new_task(name="p2", max_retries=0, day_of=wf)),
+             NewNode("child", new_task(name="child", day_of=wf),
                      (Dependency("p1", policy), Dependency("p2", policy))))
-    return NewWorkflow(id=ids.new_task_id(), name="race", tenant="default", nodes=nodes)
+    return NewWorkflow(id=wf, name="race", tenant="default", nodes=nodes)
 
 
 async def finish(store, run_id: uuid.UUID, ok: bool, go: trio.Event):

@@ -50,7 +50,7 @@ POLL_S = 0.05
 REPORT_WAIT_S = 12.0
 # Components every daemon serving only the default queue runs (distasks.daemon.health names).
 COMPONENTS = {"fetch:default", "completer", "mover", "reaper", "reconciler", "heartbeat",
-              "control", "waiters", "scheduler", "cleaner"}
+              "control", "waiters", "scheduler", "cleaner", "partitioner"}
 FINAL = {"completed", "failed", "cancelled"}
 
 
