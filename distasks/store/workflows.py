@@ -12,7 +12,7 @@ commit, through the same push as a create. Nothing polls.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,7 @@ from distasks.domain.graph import (
 )
 from distasks.domain.model import Actor
 from distasks.store.base import Page, StoreBase, dumps, page_of, query, record_audit
+from distasks.store.queues import STARTS_AT_CREATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class ReleasedRun:
     priority: int
     concurrency_key: str | None
     available_at: datetime
+    #: started at create under the creating daemon's lease (a root): nothing to push
+    started: bool = False
 
 
 @dataclass(slots=True)
@@ -98,14 +101,15 @@ EXISTING_WORKFLOW = "SELECT id FROM workflows WHERE tenant = %s AND dedup_key = 
 # Every node in one statement: roots queued with their first run, the others pending
 # with as many dependencies to wait for as they have parents (and no run: a pending task
 # never reaches Redis). The on_failure task is pending with no parent at all: only the
-# workflow's failure releases it.
+# workflow's failure releases it. A root offered to start at once (`start`) begins
+# running under this daemon's lease where a task's create would (STARTS_AT_CREATE).
 CREATE_NODES = """
 WITH input AS (
     SELECT * FROM json_to_recordset(%(input)s::json) AS i(
         id uuid, run_id uuid, tenant text, name text, handler text, type text,
         queue_name text, priority int, payload json, max_retries int, timeout_s float8,
         run_at timestamptz, secret_fields text[], concurrency_key text, key text,
-        deps int, hold bool)
+        deps int, hold bool, start bool)
 ), inserted AS (
     INSERT INTO tasks (id, tenant, name, handler, type, queue_name, priority, payload,
                        max_retries, timeout_s, run_at, secret_fields, concurrency_key,
@@ -119,17 +123,24 @@ WITH input AS (
     FROM input
     RETURNING id
 ), runs AS (
-    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at)
-    SELECT i.run_id, i.id, 1, %(now)s, greatest(coalesce(i.run_at, %(now)s), %(now)s)
+    INSERT INTO task_runs (id, task_id, attempt, created_at, available_at, status, worker_id,
+                           started_at, lease_expires_at, dispatched_at)
+    SELECT i.run_id, i.id, 1, %(now)s, greatest(coalesce(i.run_at, %(now)s), %(now)s),
+           CASE WHEN s.now THEN 'running' ELSE 'queued' END,
+           CASE WHEN s.now THEN %(worker_id)s END, CASE WHEN s.now THEN %(now)s END,
+           CASE WHEN s.now THEN %(lease_until)s::timestamptz END,
+           CASE WHEN s.now THEN %(now)s END
     FROM input i JOIN inserted USING (id)
+    CROSS JOIN LATERAL (SELECT %(starts_at_create)s) AS s(now)
     WHERE i.deps = 0 AND NOT i.hold
-    RETURNING id, task_id, available_at
+    RETURNING id, task_id, available_at, status = 'running' AS started
 ), new_queues AS (
     INSERT INTO queues (name) SELECT DISTINCT queue_name FROM input ON CONFLICT DO NOTHING
 )
-SELECT runs.task_id, runs.id, i.queue_name, i.priority, i.concurrency_key, runs.available_at
+SELECT runs.task_id, runs.id, i.queue_name, i.priority, i.concurrency_key, runs.available_at,
+       runs.started
 FROM runs JOIN input i ON i.id = runs.task_id
-"""
+""".replace("%(starts_at_create)s", STARTS_AT_CREATE)
 
 CREATE_EDGES = """
 INSERT INTO workflow_edges (parent_id, child_id, on_parent_failure)
@@ -377,9 +388,13 @@ SELECT id, queue_name, was FROM again
 class WorkflowQueries(StoreBase):
     @query
     async def create_workflow(self, wf: NewWorkflow, *, actor: Actor, now: datetime,
+                              start: Collection[uuid.UUID] = frozenset(), worker_id: str = "",
+                              lease_until: datetime | None = None,
                               ) -> tuple[WorkflowCreated, list[ReleasedRun]]:
         """Write the whole graph (workflow, task rows, edges, the roots' first runs) in
-        one transaction, or nothing; returns it and the runs to push. With a dedup_key
+        one transaction, or nothing; returns it and the roots' runs (to push, or started).
+        Roots whose run is named in `start` begin running under `worker_id`'s lease until
+        `lease_until`, where their queue allows it (as `create_tasks`). With a dedup_key
         already used by the tenant, nothing is written and the existing one is named."""
         nodes = list(wf.nodes)
         on_failure_id = wf.on_failure.task.id if wf.on_failure else None
@@ -395,8 +410,9 @@ class WorkflowQueries(StoreBase):
                 return WorkflowCreated(row[0], created=False), []
             everything = nodes + ([wf.on_failure] if wf.on_failure else [])
             cur = await conn.execute(CREATE_NODES, {
-                "input": _nodes_input(everything, hold=on_failure_id),
-                "workflow_id": wf.id, "now": now})
+                "input": _nodes_input(everything, hold=on_failure_id, start=start),
+                "workflow_id": wf.id, "now": now, "worker_id": worker_id,
+                "lease_until": lease_until})
             runs = [ReleasedRun(*row) for row in await cur.fetchall()]
             ids = {n.key: n.task.id for n in everything}
             parents, children, policies = [], [], []
@@ -691,7 +707,8 @@ async def _decide(conn: Any, ready: list[uuid.UUID], *, now: datetime, into: Rel
             into.runs.append(ReleasedRun(task_id, run_id, queue, priority, key, available_at))
 
 
-def _nodes_input(nodes: Sequence[NewNode], *, hold: uuid.UUID | None) -> str:
+def _nodes_input(nodes: Sequence[NewNode], *, hold: uuid.UUID | None,
+                 start: Collection[uuid.UUID] = frozenset()) -> str:
     """CREATE_NODES' input: one JSON object per node, its payload spliced in as the JSON
     text the API made (as store/tasks.py create_tasks_input)."""
     rows = []
@@ -703,7 +720,8 @@ def _nodes_input(nodes: Sequence[NewNode], *, hold: uuid.UUID | None) -> str:
             "priority": t.priority, "max_retries": t.max_retries, "timeout_s": t.timeout_s,
             "run_at": t.run_at.isoformat() if t.run_at else None,
             "secret_fields": list(t.secret_fields), "concurrency_key": t.concurrency_key,
-            "key": n.key, "deps": len(n.depends_on), "hold": t.id == hold})
+            "key": n.key, "deps": len(n.depends_on), "hold": t.id == hold,
+            "start": t.run_id in start})
         rows.append(f'{head[:-1]},"payload":{t.payload_json}}}')
     return f"[{','.join(rows)}]"
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import trio
 
-from distasks.daemon.intake import Intake, _claimed
+from distasks.daemon.intake import Intake, claimed_at_create
 from distasks.daemon.metrics import Metrics
 from distasks.domain.model import Actor, RunStatus, TaskStatus
 from distasks.handlers import builtin_registry
@@ -111,7 +111,7 @@ async def test_runs_started_after_the_pool_stopped_are_handed_back(config, store
                 [t], start={t.run_id}, worker_id=pool.worker_id,
                 lease_until=now() + timedelta(seconds=30))
             pool.stop(grace_s=1.0)
-            pool.start_created([_claimed(t, worker_id=pool.worker_id, now=now())],
+            pool.start_created([claimed_at_create(t, worker_id=pool.worker_id, now=now())],
                               committed_s=time.time())
         task, runs = await store.get_task(t.id)
         ready = await broker.raw("lrange", broker.keys("q").ready, 0, -1)
