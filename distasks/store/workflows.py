@@ -627,6 +627,83 @@ ORDER BY id FOR UPDATE
 CLOSE_CLOSED_NODES = CLOSE_NODES.replace("%(ids)s", JUST_CLOSED)
 RELEASE_CLOSED_CHILDREN = RELEASE_CHILDREN.replace("%(ids)s", JUST_CLOSED)
 
+# The common case of a batch of successes, in one statement (`fold_release`): the batch
+# closes nodes of workflows that stay running, and lowers counters of children that
+# stay above zero. Then nothing is left to decide (no child to run, skip or cancel, no
+# workflow to finish, no on_failure task) and the release is two UPDATEs beside the
+# outcome's own. Whether that is so is asked first, under the same locks as any release
+# (each workflow of the batch in id order, then the children) and of the rows as they
+# are now: a locking read returns the newest committed version, where the statement's
+# snapshot may predate a release it waited for. Either all of it is written, or
+# nothing is and the statement answers one row of NULLs: the caller then writes the
+# batch the long way (`send_release`). The tasks counted are a superset of those the
+# outcomes will close (a node cancelled meanwhile is not closed), so the counters only
+# end higher than the check assumed.
+FOLD_CHECK = """
+locked AS (
+    SELECT w.id, w.state, w.open_nodes, w.on_failure_task_id FROM workflows w
+    WHERE w.id IN (SELECT t.workflow_id FROM batch b JOIN task_runs r ON r.id = b.run_id
+                   JOIN tasks t ON t.id = r.task_id)
+    ORDER BY w.id FOR UPDATE
+), closing AS (
+    SELECT t.id, t.workflow_id FROM batch b JOIN task_runs r ON r.id = b.run_id
+    JOIN tasks t ON t.id = r.task_id
+    WHERE t.workflow_id IS NOT NULL
+), hits AS (
+    SELECT e.child_id, count(*) AS n
+    FROM workflow_edges e JOIN closing ON closing.id = e.parent_id
+    GROUP BY e.child_id
+), children AS (
+    -- After the workflows' locks (the sub-select runs first, to the end), as a release.
+    SELECT c.id, c.status, c.deps_remaining FROM tasks c
+    WHERE c.id IN (SELECT child_id FROM hits) AND (SELECT count(*) FROM locked) >= 0
+    FOR UPDATE
+), fold AS (
+    SELECT NOT EXISTS (
+               SELECT 1 FROM locked l
+               WHERE l.state <> 'running' OR l.open_nodes <= (
+                   SELECT count(*) FROM closing c
+                   WHERE c.workflow_id = l.id AND c.id IS DISTINCT FROM l.on_failure_task_id))
+           AND NOT EXISTS (
+               SELECT 1 FROM children c JOIN hits h ON h.child_id = c.id
+               WHERE c.status = 'pending' AND c.deps_remaining <= h.n) AS ok
+), i AS (
+    SELECT * FROM batch WHERE (SELECT ok FROM fold)
+)"""
+
+# What the closed nodes (`t`: the outcome statement's updated tasks) change when the
+# check passed: their workflows' counters and their pending children's counters, as
+# CLOSE_NODES and RELEASE_CHILDREN do when nothing reaches zero.
+FOLD_RELEASE = """
+closed AS (
+    UPDATE workflows w SET open_nodes = w.open_nodes - x.n, updated_at = x.at
+    FROM (SELECT l.id, count(*) AS n, (SELECT max(at) FROM i) AS at
+          FROM t JOIN locked l ON l.id = t.workflow_id
+          WHERE t.id IS DISTINCT FROM l.on_failure_task_id GROUP BY l.id) x
+    WHERE w.id = x.id
+), lowered AS (
+    UPDATE tasks c SET deps_remaining = c.deps_remaining - x.n, updated_at = x.at
+    FROM (SELECT e.child_id, 'pending' AS waiting, count(*) AS n, (SELECT max(at) FROM i) AS at
+          FROM workflow_edges e JOIN t ON t.id = e.parent_id GROUP BY e.child_id) x
+    WHERE c.id = x.child_id AND c.status = x.waiting
+)"""
+
+
+def fold_release(outcome_sql: str) -> str:
+    """`outcome_sql` (an outcome statement: input `i`, the runs it wrote `done`, the
+    tasks it closed `t`, then its answer) with FOLD_CHECK before and FOLD_RELEASE after:
+    one statement that writes the outcomes and their release when nothing is left to
+    decide, and else nothing but a row of NULLs (see FOLD_CHECK)."""
+    head, sep, rest = outcome_sql.partition("), done AS (")
+    assert head.lstrip().startswith("WITH i AS (") and sep, "not an outcome statement"
+    ctes, final, answer = rest.rpartition("\n)\nSELECT ")
+    assert final, "not an outcome statement"
+    # Its answer has three columns, as every outcome statement's (run id, whether its
+    # task moved on, the node it closed).
+    return (head.replace("WITH i AS (", "WITH batch AS (", 1) + "), " + FOLD_CHECK
+            + ", done AS (" + ctes + "\n), " + FOLD_RELEASE + "\nSELECT " + answer.rstrip()
+            + "\nUNION ALL SELECT NULL, NULL, NULL FROM fold WHERE NOT fold.ok\n")
+
 
 @dataclass(slots=True)
 class Level:
