@@ -640,23 +640,24 @@ RELEASE_CLOSED_CHILDREN = RELEASE_CHILDREN.replace("%(ids)s", JUST_CLOSED)
 # outcomes will close (a node cancelled meanwhile is not closed), so the counters only
 # end higher than the check assumed.
 FOLD_CHECK = """
-locked AS (
-    SELECT w.id, w.state, w.open_nodes, w.on_failure_task_id FROM workflows w
-    WHERE w.id IN (SELECT t.workflow_id FROM batch b JOIN task_runs r ON r.id = b.run_id
-                   JOIN tasks t ON t.id = r.task_id)
-    ORDER BY w.id FOR UPDATE
-), closing AS (
+closing AS (
     SELECT t.id, t.workflow_id FROM batch b JOIN task_runs r ON r.id = b.run_id
     JOIN tasks t ON t.id = r.task_id
     WHERE t.workflow_id IS NOT NULL
+), locked AS (
+    SELECT w.id, w.state, w.open_nodes, w.on_failure_task_id FROM workflows w
+    WHERE w.id IN (SELECT workflow_id FROM closing)
+    ORDER BY w.id FOR UPDATE
 ), hits AS (
-    SELECT e.child_id, count(*) AS n
-    FROM workflow_edges e JOIN closing ON closing.id = e.parent_id
+    -- Edges and children by key from id arrays: joined with a CTE, whose size the
+    -- planner cannot know, both tables were read whole for every batch.
+    SELECT e.child_id, count(*) AS n FROM workflow_edges e
+    WHERE e.parent_id = ANY(ARRAY(SELECT id FROM closing))
     GROUP BY e.child_id
 ), children AS (
     -- After the workflows' locks (the sub-select runs first, to the end), as a release.
     SELECT c.id, c.status, c.deps_remaining FROM tasks c
-    WHERE c.id IN (SELECT child_id FROM hits) AND (SELECT count(*) FROM locked) >= 0
+    WHERE c.id = ANY(ARRAY(SELECT child_id FROM hits)) AND (SELECT count(*) FROM locked) >= 0
     FOR UPDATE
 ), fold AS (
     SELECT NOT EXISTS (
