@@ -654,13 +654,22 @@ closing AS (
     SELECT e.child_id, count(*) AS n FROM workflow_edges e
     WHERE e.parent_id = ANY(ARRAY(SELECT id FROM closing))
     GROUP BY e.child_id
+), seen AS (
+    -- The children as the snapshot has them, no lock taken. A refusal is always safe
+    -- (the long way decides), so the snapshot may say no on its own: a fan-out's root
+    -- then takes no thousand row locks to find out. Only a yes needs `children`.
+    SELECT NOT EXISTS (
+        SELECT 1 FROM tasks c JOIN hits h ON h.child_id = c.id
+        WHERE c.id = ANY(ARRAY(SELECT child_id FROM hits))
+          AND c.status = 'pending' AND c.deps_remaining <= h.n) AS ok
 ), children AS (
     -- After the workflows' locks (the sub-select runs first, to the end), as a release.
     SELECT c.id, c.status, c.deps_remaining FROM tasks c
     WHERE c.id = ANY(ARRAY(SELECT child_id FROM hits)) AND (SELECT count(*) FROM locked) >= 0
+      AND (SELECT ok FROM seen)
     FOR UPDATE
 ), fold AS (
-    SELECT NOT EXISTS (
+    SELECT (SELECT ok FROM seen) AND NOT EXISTS (
                SELECT 1 FROM locked l
                WHERE l.state <> 'running' OR l.open_nodes <= (
                    SELECT count(*) FROM closing c
