@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_S = 10.0
 # Most creates committed in one transaction.
 MAX_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Starts:
+    """What a create may start at once: the runs it has idle executors for
+    (`Intake.reserve_starts`), and the lease they would start under."""
+
+    run_ids: frozenset[uuid.UUID] = frozenset()
+    worker_id: str = ""
+    lease_until: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +98,37 @@ class Intake:
         if request.error is not None:
             raise request.error
         return request.results
+
+    def reserve_starts(self, tasks: Sequence[NewTask]) -> Starts:
+        """Set aside this daemon's idle executors for those of `tasks` its create
+        statement may start (immediate tasks of queues the pool serves, and only while
+        no backlog is known there: WorkerPool.reserve). After the create, pass them to
+        `start_created`, or to `unreserve` if it failed."""
+        if self._pool is None:
+            return Starts()
+        by_queue: dict[str, list[uuid.UUID]] = {}
+        for t in tasks:
+            if t.type is TaskType.IMMEDIATE:
+                by_queue.setdefault(t.queue_name, []).append(t.run_id)
+        start: set[uuid.UUID] = set()
+        for queue, run_ids in by_queue.items():
+            start.update(run_ids[:self._pool.reserve(queue, len(run_ids))])
+        return Starts(frozenset(start), self._pool.worker_id,
+                      times.utc(self._clock() + self._pool.lease_s))
+
+    def unreserve(self, starts: Starts) -> None:
+        """Give back the executors of a create that did not commit."""
+        if self._pool is not None:
+            self._pool.unreserve(len(starts.run_ids))
+
+    def start_created(self, starts: Starts, runs: list[ClaimedRun]) -> None:
+        """Run `runs`, those of `starts` that the committed create started (its queue
+        may have said no: paused, limited), and give back the executors of the others."""
+        if self._pool is None:
+            return
+        self._pool.unreserve(len(starts.run_ids) - len(runs))
+        # The delay to start is measured from here, once the create has committed.
+        self._pool.start_created(runs, committed_s=self._clock())
 
     def copy_committed(self, runs: list[ReleasedRun]) -> None:
         """Have the copier push runs another writer committed (a workflow's roots, or
@@ -173,57 +214,43 @@ class Intake:
         """Insert (starting what this daemon can run now), then leave the rest to the
         copier. Only a failed insert raises: once committed, the tasks are accepted."""
         now_s = self._clock()
-        start, reserved = self._reserve(tasks)
+        starts = self.reserve_starts(tasks)
         try:
             results = await self._store.create_tasks(
-                tasks, start=start, worker_id=self._pool.worker_id if self._pool else "",
-                lease_until=times.utc(now_s + self._pool.lease_s) if self._pool else None)
+                tasks, start=starts.run_ids, worker_id=starts.worker_id,
+                lease_until=starts.lease_until)
         except BaseException:
-            if self._pool is not None:
-                self._pool.unreserve(reserved)
+            self.unreserve(starts)
             raise
         ready, delayed, started = [], [], []
         for t, result in zip(tasks, results, strict=True):
             if not result.created:
                 continue
             if result.started:
-                assert self._pool is not None
-                started.append(_claimed(t, worker_id=self._pool.worker_id, now=times.utc(now_s)))
+                started.append(claimed_at_create(t, worker_id=starts.worker_id,
+                                                 now=times.utc(now_s)))
             elif t.type is TaskType.DELAYED and t.run_at is not None:
                 delayed.append((t.queue_name, str(t.run_id), times.ms_of(t.run_at),
                                 rank(t.priority, t.concurrency_key)))
             else:
                 ready.append((t.queue_name, str(t.run_id), rank(t.priority, t.concurrency_key)))
-        if self._pool is not None:
-            self._pool.unreserve(reserved - len(started))
-            # The delay to start is measured from here, once the create has committed.
-            self._pool.start_created(started, committed_s=self._clock())
+        self.start_created(starts, started)
         if ready or delayed:
             self._copier.add(ready, delayed, [t.run_id for t, r in zip(tasks, results, strict=True)
                                               if r.created and not r.started])
         return results
 
-    def _reserve(self, tasks: list[NewTask]) -> tuple[set[uuid.UUID], int]:
-        """Run ids of immediate tasks to start at create, as many per queue as the pool
-        has idle executors, and how many executors that reserved."""
-        if self._pool is None:
-            return set(), 0
-        by_queue: dict[str, list[uuid.UUID]] = {}
-        for t in tasks:
-            if t.type is TaskType.IMMEDIATE:
-                by_queue.setdefault(t.queue_name, []).append(t.run_id)
-        start: set[uuid.UUID] = set()
-        for queue, run_ids in by_queue.items():
-            start.update(run_ids[:self._pool.reserve(queue, len(run_ids))])
-        return start, len(start)
 
-
-def _claimed(t: NewTask, *, worker_id: str, now: datetime) -> ClaimedRun:
-    """The first run of `t`, started at create under `worker_id`'s lease."""
+def claimed_at_create(t: NewTask, *, worker_id: str, now: datetime,
+                      workflow_id: uuid.UUID | None = None,
+                      workflow_key: str | None = None) -> ClaimedRun:
+    """The first run of `t` (a workflow's root when `workflow_id` is given), started at
+    create under `worker_id`'s lease."""
     task = Task(id=t.id, name=t.name, handler=t.handler, type=t.type, queue_name=t.queue_name,
                 priority=t.priority, payload=t.payload, dedup_key=t.dedup_key,
                 max_retries=t.max_retries, timeout_s=t.timeout_s, status=TaskStatus.QUEUED,
                 failures=0, run_at=t.run_at, created_at=now, updated_at=now, finished_at=None,
-                tenant=t.tenant, secret_fields=t.secret_fields)
+                tenant=t.tenant, secret_fields=t.secret_fields, workflow_id=workflow_id,
+                workflow_key=workflow_key)
     return ClaimedRun(run_id=t.run_id, task=task, attempt=1, queue_name=t.queue_name,
                       message=str(t.run_id), enqueued_at=now, worker_id=worker_id)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from distasks.broker import Broker
 from distasks.daemon import mirror
-from distasks.daemon.intake import Intake
+from distasks.daemon.intake import Intake, claimed_at_create
 from distasks.daemon.queue_census import QueueCensus
 from distasks.domain import times
 from distasks.domain.graph import NewWorkflow, WorkflowCreated
@@ -33,14 +33,28 @@ class Workflows:
         self._census = census
 
     async def submit(self, wf: NewWorkflow, *, actor: Actor, now: datetime) -> WorkflowCreated:
-        """Write the graph in one transaction and have its roots copied into Redis;
-        returns once committed (a dedup_key already used: the existing workflow).
-        Raises TooManyQueues when a task names a new queue its tenant has no room for."""
+        """Write the graph in one transaction; its roots start at once on this daemon's
+        idle executors where a task's create would start (Intake.reserve_starts), the
+        others are copied into Redis. Returns once committed (a dedup_key already used:
+        the existing workflow). Raises TooManyQueues when a task names a new queue its
+        tenant has no room for."""
         if self._census is not None:
             everything = [*wf.nodes, *([wf.on_failure] if wf.on_failure else [])]
             await self._census.admit([n.task.queue_name for n in everything])
-        created, runs = await self._store.create_workflow(wf, actor=actor, now=now)
-        self._intake.copy_committed(runs)
+        roots = {n.task.run_id: n for n in wf.nodes if not n.depends_on}
+        starts = self._intake.reserve_starts([n.task for n in roots.values()])
+        try:
+            created, runs = await self._store.create_workflow(
+                wf, actor=actor, now=now, start=starts.run_ids, worker_id=starts.worker_id,
+                lease_until=starts.lease_until)
+        except BaseException:
+            self._intake.unreserve(starts)
+            raise
+        self._intake.start_created(starts, [
+            claimed_at_create(roots[r.run_id].task, worker_id=starts.worker_id, now=now,
+                              workflow_id=wf.id, workflow_key=roots[r.run_id].key)
+            for r in runs if r.started])
+        self._intake.copy_committed([r for r in runs if not r.started])
         return created
 
     async def cancel(self, workflow_id: uuid.UUID, *, tenant: str, actor: Actor,

@@ -44,6 +44,19 @@ SET paused = excluded.paused, paused_at = excluded.paused_at, paused_by = exclud
 # The limits a queue may have, each a column of `queues` (NULL: no limit).
 LIMIT_COLUMNS = ("max_running", "max_running_per_key", "max_starts_per_second", "burst")
 
+# Whether a create may insert its run already running (`i`: its input row, with `start`
+# when this daemon has an idle executor for it): not for a task with a concurrency_key
+# (counted per key in Redis's lease set, and served round robin by the claim), nor in a
+# queue that is paused, has a max_running (counted in the lease set, which such a run
+# never enters) or a start rate (its token bucket is in the claim). The creates of tasks
+# (store/tasks.py CREATE_TASKS) and of a workflow's roots (store/workflows.py
+# CREATE_NODES) both ask this, so a root has no side door past the claim's rules.
+STARTS_AT_CREATE = """i.start AND i.concurrency_key IS NULL AND NOT EXISTS (
+        SELECT 1 FROM queues q
+        WHERE q.name = i.queue_name
+          AND (q.paused OR q.max_running IS NOT NULL OR q.max_starts_per_second IS NOT NULL)
+        )"""
+
 # Held (per tenant, to the end of the transaction) by whoever may add a queue row through
 # the API, so that two pauses of new names cannot both take the last place under the cap.
 QUEUES_LOCK_KEY = 0x71756575  # "queu"

@@ -26,6 +26,7 @@ from distasks.store.base import (
     task_from_row,
     within_payload_budget,
 )
+from distasks.store.queues import STARTS_AT_CREATE
 from distasks.store.workflows import LOCK_WORKFLOWS, Released, release
 
 
@@ -69,10 +70,8 @@ class Cancellation:
 # dedup_key that exists (waiting for a concurrent inserter to commit or roll back
 # first), and the runs CTE joins on what was really inserted. A run offered to start at
 # once (`start`: this daemon has an idle executor for its queue) is inserted running
-# under the daemon's lease, unless its queue is paused or has a max_running (the limit is
-# counted in Redis's lease set, which such a run never enters), or the task has a
-# concurrency_key (counted per key there, and served round robin by the claim), or the
-# queue has a start rate (its token bucket is in the claim); it never needs Redis. New queue names are recorded for the queue list.
+# under the daemon's lease where the queue's rules allow it (store/queues.py
+# STARTS_AT_CREATE); it never needs Redis. New queue names are recorded for the queue list.
 #
 # The rows come as one JSON array (built by `create_tasks_input`): dumping thirteen parameter
 # arrays element by element in Python cost about a quarter of a batch create's CPU.
@@ -105,11 +104,7 @@ WITH input AS (
            CASE WHEN s.now THEN %(lease_until)s::timestamptz END,
            CASE WHEN s.now THEN now() END
     FROM input i JOIN inserted USING (id)
-    CROSS JOIN LATERAL (SELECT i.start AND i.concurrency_key IS NULL AND NOT EXISTS (
-        SELECT 1 FROM queues q
-        WHERE q.name = i.queue_name
-          AND (q.paused OR q.max_running IS NOT NULL OR q.max_starts_per_second IS NOT NULL)
-        )) AS s(now)
+    CROSS JOIN LATERAL (SELECT %(starts_at_create)s) AS s(now)
     RETURNING id, status = 'running' AS started
 ), new_queues AS (
     -- No NOT EXISTS filter: ON CONFLICT also waits for a queue delete in progress and
@@ -119,7 +114,7 @@ WITH input AS (
     ON CONFLICT DO NOTHING
 )
 SELECT i.id, runs.started FROM input i JOIN runs ON runs.id = i.run_id
-"""
+""".replace("%(starts_at_create)s", STARTS_AT_CREATE)
 
 # What a create with a taken dedup_key is compared with: the request that made the task
 # (run_at aside, since a delay_seconds gives a new one on every try), real payload values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 from distasks.broker import Broker
 from distasks.broker.base import cross
 from distasks.domain import ids
+from distasks.domain.graph import NewNode, NewWorkflow
 from distasks.domain.model import NewTask, TaskType
 
 
@@ -51,3 +53,17 @@ async def forget_everything(broker: Broker) -> None:
         keys = await broker.raw("keys", pattern)
     for key in keys:
         await broker.raw("delete", key)
+
+
+def new_workflow(name: str, nodes: tuple[NewNode, ...], **kw: Any) -> NewWorkflow:
+    """A workflow of `nodes` whose tasks get ids of its day, as creation.new_workflow
+    makes them (the store refuses a graph that spans days)."""
+    wf = ids.new_task_id()
+
+    def of_its_day(node: NewNode) -> NewNode:
+        task_id = ids.new_id_like(wf)
+        return dataclasses.replace(node, task=dataclasses.replace(
+            node.task, id=task_id, run_id=ids.new_run_id(task_id)))
+
+    return NewWorkflow(id=wf, name=name, tenant="default",
+                       nodes=tuple(of_its_day(n) for n in nodes), **kw)

@@ -11,10 +11,12 @@ from distasks.broker import Settlement, rank
 from distasks.daemon.intake import Intake
 from distasks.daemon.metrics import Metrics
 from distasks.daemon.operations import Operations
+from distasks.daemon.workflows import Workflows
+from distasks.domain.graph import NewNode, WorkflowState
 from distasks.domain.model import SYSTEM
 from distasks.store import DlqFilter, Failed, Fence, Outcomes
 
-from .helpers import new_task, now
+from .helpers import new_task, new_workflow, now, wait_until
 from .test_queue_limits import pool_for
 from .test_scheduler import T0, add, fire
 
@@ -84,3 +86,45 @@ async def test_no_start_at_create_for_a_key_or_a_rate(config, store, broker):
             [rated_result] = await intake.create_many([new_task(handler="noop")])
             nursery.cancel_scope.cancel()
     assert plain_result.started and not keyed_result.started and not rated_result.started
+
+
+async def test_workflow_roots_obey_max_running(config, store, broker):
+    """Roots are started at create only where a task would be: not in a queue with a
+    max_running, whose limit the claim counts. Two roots, max_running 1, four idle
+    executors: they run one after the other."""
+    from distasks.handlers import builtin_registry
+
+    registry = builtin_registry()
+    running, most = set(), []
+
+    async def held(ctx):
+        running.add(ctx.run_id)
+        most.append(len(running))
+        await trio.sleep(0.05)
+        running.discard(ctx.run_id)
+
+    registry.add("held", held)
+    ops = Operations(store=store, broker=broker, metrics=Metrics())
+    pool = pool_for(config, store, broker, registry, "w0", concurrency=4)
+    wf = new_workflow("w", (NewNode("a", new_task(handler="held")),
+                            NewNode("b", new_task(handler="held"))))
+    with trio.fail_after(20):
+        await ops.set_max_running("q", 1, actor=SYSTEM, now=now(), max_queues=None)
+        async with trio.open_nursery() as nursery:
+            intake = Intake(store, broker, pool=pool)
+            await nursery.start(intake.run)
+            await nursery.start(pool.run)
+            created = await Workflows(store, broker, intake).submit(wf, actor=SYSTEM,
+                                                                     now=now())
+            await wait_until(lambda: _succeeded(store, wf.id))
+            nursery.cancel_scope.cancel()
+        runs = [(await store.get_task(created.task_ids[k]))[1] for k in "ab"]
+    # Neither started at create (a run started there starts at its creation's instant):
+    # both were claimed, one at a time.
+    assert all(len(r) == 1 and r[0].started_at > r[0].created_at for r in runs)
+    assert sorted(most) == [1, 1]
+
+
+async def _succeeded(store, workflow_id):
+    wf = await store.get_workflow(workflow_id, tenant="default")
+    return wf.state is WorkflowState.SUCCEEDED

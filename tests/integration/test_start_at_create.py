@@ -10,12 +10,14 @@ from datetime import timedelta
 
 import trio
 
-from distasks.daemon.intake import Intake, _claimed
+from distasks.daemon.intake import Intake, claimed_at_create
 from distasks.daemon.metrics import Metrics
-from distasks.domain.model import Actor, RunStatus, TaskStatus
+from distasks.daemon.workflows import Workflows
+from distasks.domain.graph import Dependency, NewNode, WorkflowState
+from distasks.domain.model import SYSTEM, Actor, RunStatus, TaskStatus
 from distasks.handlers import builtin_registry
 
-from .helpers import new_task, now, wait_until
+from .helpers import new_task, new_workflow, now, wait_until
 from .test_worker import final, make_pool
 
 
@@ -111,7 +113,7 @@ async def test_runs_started_after_the_pool_stopped_are_handed_back(config, store
                 [t], start={t.run_id}, worker_id=pool.worker_id,
                 lease_until=now() + timedelta(seconds=30))
             pool.stop(grace_s=1.0)
-            pool.start_created([_claimed(t, worker_id=pool.worker_id, now=now())],
+            pool.start_created([claimed_at_create(t, worker_id=pool.worker_id, now=now())],
                               committed_s=time.time())
         task, runs = await store.get_task(t.id)
         ready = await broker.raw("lrange", broker.keys("q").ready, 0, -1)
@@ -182,3 +184,40 @@ async def test_a_run_started_at_create_reports_its_delay_from_the_commit(
     assert result.started
     assert sample("distasks_enqueue_to_start_seconds_count", labels) == 1
     assert 0 < sample("distasks_enqueue_to_start_seconds_sum", labels) < 5
+
+
+async def test_a_workflow_root_starts_at_create_without_redis(config, store, broker):
+    """A root is a create like any other: with an idle executor for its queue it starts in
+    the statement that writes the graph, and its dependents are released as usual."""
+    registry = builtin_registry()
+    gate = trio.Event()
+    seen = {}
+
+    async def step(ctx):
+        seen[ctx.task.workflow_key] = ctx.parents
+        if ctx.task.workflow_key == "root":
+            await gate.wait()
+        return ctx.task.workflow_key
+
+    registry.add("step", step)
+    wf = new_workflow("w", (
+        NewNode("root", new_task(handler="step")),
+        NewNode("child", new_task(handler="step"), (Dependency("root"),))))
+    with trio.fail_after(15):
+        async with serving(config, store, broker, registry) as (pool, intake):
+            created = await Workflows(store, broker, intake).submit(wf, actor=SYSTEM,
+                                                                     now=now())
+            _, [run] = await store.get_task(created.task_ids["root"])
+            index = await redis_traffic(broker)
+            gate.set()
+            done = await wait_until(lambda: _finished(store, wf.id))
+    assert run.status is RunStatus.RUNNING and run.worker_id == pool.worker_id
+    assert index == [0, 0, 0]  # never pushed, never claimed
+    assert done.state is WorkflowState.SUCCEEDED
+    assert seen == {"root": {}, "child": {"root": {
+        "status": "completed", "result": "root", "error": None, "truncated": False}}}
+
+
+async def _finished(store, workflow_id):
+    wf = await store.get_workflow(workflow_id, tenant="default")
+    return wf if wf.state is not WorkflowState.RUNNING else None

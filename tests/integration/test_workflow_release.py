@@ -11,12 +11,18 @@ import trio
 
 from distasks.daemon import completer
 from distasks.domain import ids
-from distasks.domain.graph import Dependency, NewNode, NewWorkflow, OnParentFailure
+from distasks.domain.graph import (
+    Dependency,
+    NewNode,
+    NewWorkflow,
+    OnParentFailure,
+    WorkflowState,
+)
 from distasks.domain.model import SYSTEM, TaskStatus
 from distasks.domain.outcome import Outcome, OutcomeKind
 from distasks.store import Failed, Fence, Outcomes, Succeeded
 
-from .helpers import new_task, now
+from .helpers import new_task, new_workflow, now
 
 # Rounds of the race: each one a fresh workflow whose two parents finish at once.
 ROUNDS = 40
@@ -114,3 +120,127 @@ async def test_parents_results_beyond_the_budget_are_left_out_and_marked(store, 
     assert child.parents == {
         "p1": {"status": "completed", "result": "abc", "error": None, "truncated": False},
         "p2": {"status": "completed", "result": None, "error": None, "truncated": True}}
+
+
+def fan_in(parents: int) -> NewWorkflow:
+    nodes = tuple(NewNode(f"p{i}", new_task(name=f"p{i}", max_retries=0)) for i in range(parents))
+    child = NewNode("child", new_task(name="child"), tuple(Dependency(n.key) for n in nodes))
+    return new_workflow("fan-in", (*nodes, child))
+
+
+async def node(store, wf: NewWorkflow, key: str):
+    [n] = [n for n in (await store.get_workflow(wf.id, tenant="default")).nodes if n.key == key]
+    return n
+
+
+def succeeded(run_ids) -> Outcomes:
+    return Outcomes(succeeded=[Succeeded(r, Fence("w"), '"r"', now()) for r in run_ids],
+                    workflow=True)
+
+
+async def test_a_release_that_only_lowers_counters_is_folded_into_the_outcomes(store):
+    """Given a fan-in of four, a batch of successes that leaves the child waiting is written
+    with its release in one statement; the one that would release the child writes nothing
+    there and goes the long way, which releases it once."""
+    with trio.fail_after(20):
+        wf = fan_in(4)
+        created, roots = await store.create_workflow(wf, actor=SYSTEM, now=now())
+        await store.start_runs([r.run_id for r in roots], worker_id="w", now=now(),
+                               lease_until=now())
+        runs = [r.run_id for r in roots]
+        folded = await store._record_folded(succeeded(runs[:3]).succeeded)
+        waiting = await node(store, wf, "child")
+        open_after_three = (await store.get_workflow(wf.id, tenant="default")).open_nodes
+        refused = await store._record_folded(succeeded(runs[3:]).succeeded)
+        last, [still_running] = await store.get_task(created.task_ids["p3"])
+        written = await store.record_outcomes(succeeded(runs[3:]))
+        child = await node(store, wf, "child")
+        _, child_runs = await store.get_task(created.task_ids["child"])
+        after = await store.get_workflow(wf.id, tenant="default")
+    assert folded is not None and folded.runs == set(runs[:3]) == folded.advanced
+    assert folded.released.runs == [] and folded.released.finished == {}
+    assert (waiting.status, waiting.deps_remaining, open_after_three) == (
+        TaskStatus.PENDING, 1, 2)
+    assert refused is None  # nothing written: p3 is still running, the child still waits
+    assert last.status is TaskStatus.QUEUED and still_running.status.value == "running"
+    assert written.runs == {runs[3]}
+    assert [r.task_id for r in written.released.runs] == [child.task_id]
+    assert (child.status, child.deps_remaining, len(child_runs)) == (TaskStatus.QUEUED, 0, 1)
+    assert after.open_nodes == 1
+
+
+async def test_a_batch_that_finishes_its_workflow_is_not_folded(store):
+    with trio.fail_after(20):
+        wf = new_workflow("one", (NewNode("only", new_task(name="only")),))
+        _, [root] = await store.create_workflow(wf, actor=SYSTEM, now=now())
+        await store.start_runs([root.run_id], worker_id="w", now=now(), lease_until=now())
+        refused = await store._record_folded(succeeded([root.run_id]).succeeded)
+        written = await store.record_outcomes(succeeded([root.run_id]))
+        after = await store.get_workflow(wf.id, tenant="default")
+    assert refused is None
+    assert written.released.finished == {wf.id: WorkflowState.SUCCEEDED}
+    assert (after.state, after.open_nodes) == (WorkflowState.SUCCEEDED, 0)
+
+
+async def test_many_parents_finishing_at_once_release_the_child_exactly_once(store):
+    """Six parents each finish in a transaction of their own, at the same instant: the
+    folded writes and the one that finds the counter reaching zero (it goes the long way)
+    see each other's decrements; the child gets exactly one run, every time."""
+    with trio.fail_after(90):
+        for _ in range(ROUNDS // 2):
+            wf = fan_in(6)
+            created, roots = await store.create_workflow(wf, actor=SYSTEM, now=now())
+            await store.start_runs([r.run_id for r in roots], worker_id="w", now=now(),
+                                   lease_until=now())
+            go = trio.Event()
+            written = []
+
+            async def one(run_id, go=go, written=written):
+                await go.wait()
+                written.append(await store.record_outcomes(succeeded([run_id])))
+
+            async with trio.open_nursery() as n:
+                for r in roots:
+                    n.start_soon(one, r.run_id)
+                await trio.sleep(0.01)
+                go.set()
+            child = await node(store, wf, "child")
+            _, runs = await store.get_task(created.task_ids["child"])
+            released = [r for w in written for r in w.released.runs]
+            wfr = await store.get_workflow(wf.id, tenant="default")
+            assert (child.status, child.deps_remaining, len(runs)) == (TaskStatus.QUEUED, 0, 1)
+            assert [r.task_id for r in released] == [child.task_id]
+            assert wfr.open_nodes == 1 and wfr.state is WorkflowState.RUNNING
+
+
+async def test_folded_outcomes_and_a_workflow_cancel_never_deadlock(store):
+    """Outcomes (folded or not) and a workflow cancel at the same instant: both lock the
+    workflow before its nodes, so both finish, and the workflow ends cancelled with no
+    node left waiting."""
+    with trio.fail_after(60):
+        for _ in range(ROUNDS // 4):
+            wf = fan_in(6)
+            created, roots = await store.create_workflow(wf, actor=SYSTEM, now=now())
+            await store.start_runs([r.run_id for r in roots], worker_id="w", now=now(),
+                                   lease_until=now())
+            go = trio.Event()
+
+            async def finish_some(run_ids, go=go):
+                await go.wait()
+                await store.record_outcomes(succeeded(run_ids))
+
+            async def cancel(go=go, wf=wf):
+                await go.wait()
+                await store.cancel_workflow(wf.id, tenant="default", actor=SYSTEM,
+                                            reason="test", now=now())
+
+            async with trio.open_nursery() as n:
+                for r in roots[:4]:
+                    n.start_soon(finish_some, [r.run_id])
+                n.start_soon(cancel)
+                await trio.sleep(0.01)
+                go.set()
+            wfr = await store.get_workflow(wf.id, tenant="default")
+            statuses = {node.status for node in wfr.nodes}
+            assert wfr.state is WorkflowState.CANCELLED and wfr.open_nodes == 0
+            assert statuses <= {"completed", "cancelled"}
