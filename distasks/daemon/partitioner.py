@@ -30,11 +30,16 @@ async def ensure(store: Store, *, now_s: float, days_ahead: int) -> int:
     """Make the partitions missing from yesterday to `days_ahead` days after today (UTC);
     how many were made."""
     today = times.utc(now_s).date()
-    made = await store.ensure_partitions(today - timedelta(days=1),
-                                         today + timedelta(days=days_ahead))
+    made, failed = await store.ensure_partitions(today - timedelta(days=1),
+                                                 today + timedelta(days=days_ahead))
     if made:
         log.info("made %d history partitions up to %s", made, today + timedelta(days=days_ahead),
                  extra={"event": "partitions_made", "count": made})
+    if failed:
+        # Rows of those days go to the default partition meanwhile: nothing is lost.
+        log.warning("%d history partitions not made (busy, or rows of their day in the"
+                    " default partition could not be moved); trying again later", failed,
+                    extra={"event": "partitions_not_made", "count": failed})
     return made
 
 

@@ -38,7 +38,7 @@ def new_task_id(now_ms: int | None = None) -> uuid.UUID:
 
 def new_id_like(other: uuid.UUID) -> uuid.UUID:
     """A fresh id in `other`'s bucket: with its time if it is time-ordered, else random."""
-    if other.version != 7:
+    if not _time_ordered(other):
         return uuid.uuid4()
     return _v7(other.int >> 80)
 
@@ -48,9 +48,15 @@ def new_run_id(task_id: uuid.UUID) -> uuid.UUID:
     return new_id_like(task_id)
 
 
+def _time_ordered(any_id: uuid.UUID) -> bool:
+    """Version 7 by its nibble alone, as the SQL functions read it (uuid.version is None
+    for an id of another variant)."""
+    return (any_id.int >> 76) & 0xF == 7
+
+
 def bucket(any_id: uuid.UUID) -> int:
     """The day (since 1970-01-01 UTC) a task or run id was made in; 0 for a random id."""
-    if any_id.version != 7:
+    if not _time_ordered(any_id):
         return 0
     return (any_id.int >> 80) // MS_PER_DAY
 

@@ -52,7 +52,9 @@ ORDER BY c.relname
 
 # Whether any task was made on a day: its id is in the day's UUIDv7 range (a primary
 # key range, a few index pages). A day with none left has no run anyone can read.
-TASKS_OF_DAY = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id >= %s AND id < %s)"
+# (A random id of before whose bytes fall in the range is no task of that day.)
+TASKS_OF_DAY = ("SELECT EXISTS (SELECT 1 FROM tasks WHERE id >= %s AND id < %s"
+                " AND get_byte(uuid_send(id), 6) >> 4 = 7)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +82,26 @@ def day_id_range(day: date) -> tuple[uuid.UUID, uuid.UUID]:
 class PartitionQueries(StoreBase):
     @query
     async def ensure_partitions(self, first: date, last: date, *,
-                                lock_timeout_ms: int = 2_000) -> int:
+                                lock_timeout_ms: int = 100) -> tuple[int, int]:
         """Make the missing day partitions of the history tables from `first` to `last`
-        (UTC days, both included); how many were made. StoreUnavailable if another
-        daemon's making them held the lock longer than `lock_timeout_ms`."""
-        async with self._pool.transaction() as conn:
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                               (f"{lock_timeout_ms}ms",))
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITIONS_LOCK_KEY,))
-            cur = await conn.execute("SELECT distasks_ensure_partitions(%s, %s)", (first, last))
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        (UTC days, both included), a day per transaction; (made, not made). A day is
+        not made when its lock was not to be had within `lock_timeout_ms` (attaching
+        locks the default partition, which scans of every day read) or its rows in the
+        default partition could not be moved; the next call tries again."""
+        made = failed = 0
+        day = first
+        while day <= last:
+            async with self._pool.transaction() as conn:
+                await conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                                   (f"{lock_timeout_ms}ms",))
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITIONS_LOCK_KEY,))
+                cur = await conn.execute("SELECT * FROM distasks_ensure_partitions(%s, %s)",
+                                         (day, day))
+                row = await cur.fetchone()
+            if row is not None:
+                made, failed = made + int(row[0]), failed + int(row[1])
+            day += timedelta(days=1)
+        return made, failed
 
     @query
     async def dated_partitions(self) -> list[Partition]:
@@ -118,6 +129,8 @@ class PartitionQueries(StoreBase):
         it. NotLeader if another daemon leads; StoreUnavailable if the parent's lock was
         not to be had within the lock timeout (the next pass tries again)."""
         table = sql.Identifier(p.name)
+        if p.attached and p.parent == "task_runs" and await self._tasks_of_day(p.day):
+            return None  # looked first without a lock: most old days are still held
         if p.attached:
             async with self._pool.transaction() as conn:
                 await gentle_timeouts(conn, gentle)
@@ -144,6 +157,13 @@ class PartitionQueries(StoreBase):
                 await _archive_rows(conn, p, archive, archive_batch)
             await conn.execute(sql.SQL("DROP TABLE {}").format(table))
             return count
+
+
+    async def _tasks_of_day(self, day: date) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(TASKS_OF_DAY, day_id_range(day))
+            row = await cur.fetchone()
+        return row is None or bool(row[0])
 
 
 async def _archive_rows(conn: TrioConnection, p: Partition, archive: Archive, batch: int) -> None:

@@ -65,7 +65,7 @@ $$;
 -- as tests and benchmarks; the daemon makes its ids itself: distasks.domain.ids).
 CREATE OR REPLACE FUNCTION distasks_task_id(at timestamptz) RETURNS uuid
 LANGUAGE sql VOLATILE STRICT PARALLEL SAFE AS $$
-    SELECT encode(substring(int8send((extract(epoch FROM at) * 1000)::bigint) FROM 3)
+    SELECT encode(substring(int8send(floor(extract(epoch FROM at) * 1000)::bigint) FROM 3)
                   || set_byte(substring(r.b FROM 7), 0, (get_byte(r.b, 6) & 15) | 112),
                   'hex')::uuid
     FROM (SELECT uuid_send(gen_random_uuid()) AS b) AS r
@@ -78,6 +78,12 @@ CREATE TABLE history_partitioning (
     -- the first day (UTC) a dated partition may cover
     first_day  date NOT NULL
 );
+
+-- The three tables at once, in one order, and never waiting long behind a reader: a
+-- daemon whose start finds them busy gives up this try (the whole migration rolls back)
+-- and tries again after a pause, while the fleet goes on.
+SET LOCAL lock_timeout = '5s';
+LOCK TABLE task_runs, audit_log, schedule_fires IN ACCESS EXCLUSIVE MODE;
 
 -- ---------------------------------------------------------------- task_runs
 ALTER TABLE task_runs ADD COLUMN IF NOT EXISTS bucket integer NOT NULL DEFAULT 0;
@@ -127,10 +133,11 @@ CREATE TABLE task_runs (
     started_at        timestamptz,
     finished_at       timestamptz,
     dispatched_at     timestamptz,
-    -- distasks_bucket(task_id), written by every insert. The default and the check
-    -- keep a daemon of the release before working while the fleet is upgraded: its
-    -- ids are random, day 0, the legacy partition. An insert of a time-ordered id that
-    -- forgets the bucket fails on the check instead of landing in the wrong day.
+    -- distasks_bucket(task_id), written by every insert. The default keeps a daemon of
+    -- the release before working on its own tasks while this is applied: its ids are
+    -- random, day 0, the legacy partition. An insert of a time-ordered id that forgets
+    -- the bucket (an old daemon retrying a new task, too) fails on the check instead
+    -- of landing in the wrong day.
     bucket            integer NOT NULL DEFAULT 0 CONSTRAINT task_runs_bucket_check
                       CHECK (bucket = distasks_bucket(task_id) AND bucket = distasks_bucket(id)),
     PRIMARY KEY (id, bucket),
@@ -226,7 +233,8 @@ CREATE TABLE schedule_fires_default PARTITION OF schedule_fires DEFAULT;
 -- attached. One that cannot be (a row of its day written to the default partition
 -- meanwhile) is left for the next call, with a warning; the others are made.
 -- Callers serialise on an advisory lock (distasks.store.partitions).
-CREATE OR REPLACE FUNCTION distasks_ensure_partitions(from_day date, to_day date) RETURNS integer
+CREATE OR REPLACE FUNCTION distasks_ensure_partitions(from_day date, to_day date,
+                                                      OUT made integer, OUT failed integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     p      record;
@@ -235,8 +243,9 @@ DECLARE
     key    text;
     lo     text;
     hi     text;
-    made   integer := 0;
 BEGIN
+    made := 0;
+    failed := 0;
     FOR p IN SELECT parent, first_day FROM history_partitioning ORDER BY parent LOOP
         key := CASE p.parent WHEN 'task_runs' THEN 'bucket' WHEN 'audit_log' THEN 'at'
                              ELSE 'fire_at' END;
@@ -262,13 +271,13 @@ BEGIN
                     made := made + 1;
                 EXCEPTION WHEN others THEN
                     RAISE WARNING 'partition % not made: %', name, SQLERRM;
+                    failed := failed + 1;
                 END;
             END IF;
             d := d + 1;
         END LOOP;
     END LOOP;
-    RETURN made;
 END $$;
 
-SELECT distasks_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 1,
-                                  (now() AT TIME ZONE 'UTC')::date + 7);
+SELECT * FROM distasks_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 1,
+                                         (now() AT TIME ZONE 'UTC')::date + 7);
