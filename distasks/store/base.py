@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -18,6 +19,7 @@ from psycopg.adapt import Loader
 from psycopg.types.json import Jsonb
 
 from distasks.domain.errors import StoreRejected, StoreUnavailable
+from distasks.domain.ids import bucket
 from distasks.domain.model import (
     Actor,
     ClaimedRun,
@@ -80,6 +82,17 @@ class StoreBase:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 await pool.close()
+
+
+def by_bucket(ids: Iterable[uuid.UUID]) -> dict[int, list[uuid.UUID]]:
+    """Run or task ids grouped by their day partition of task_runs (domain/ids.py). A
+    statement over many ids runs once per group with `bucket = %(bucket)s`: PostgreSQL
+    prunes on a plain parameter before the plan runs, and not on an array of days (it
+    would then probe every day's index, or call a function per statement)."""
+    groups: dict[int, list[uuid.UUID]] = {}
+    for i in ids:
+        groups.setdefault(bucket(i), []).append(i)
+    return groups
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from distasks.store.base import StoreBase, query
+from distasks.store.base import StoreBase, by_bucket, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +30,10 @@ class PendingDispatch:
 # deadlock with the worker's statement.
 MARK_DISPATCHED = """
 UPDATE task_runs SET dispatched_at = %(now)s
-WHERE bucket = ANY(distasks_buckets(%(run_ids)s))
-  AND (id, bucket) IN (SELECT id, bucket FROM task_runs
-                       WHERE id = ANY(%(run_ids)s) AND bucket = ANY(distasks_buckets(%(run_ids)s))
-                         AND dispatched_at IS NULL
-                       ORDER BY id FOR UPDATE SKIP LOCKED)
+WHERE bucket = %(bucket)s
+  AND id IN (SELECT id FROM task_runs
+             WHERE id = ANY(%(run_ids)s) AND bucket = %(bucket)s AND dispatched_at IS NULL
+             ORDER BY id FOR UPDATE SKIP LOCKED)
 """
 
 UNDISPATCHED_RUNS = """
@@ -68,7 +67,8 @@ class DispatchQueries(StoreBase):
         if not run_ids:
             return
         async with self._pool.connection() as conn:
-            await conn.execute(MARK_DISPATCHED, {"run_ids": list(run_ids), "now": now})
+            for day, ids in by_bucket(run_ids).items():
+                await conn.execute(MARK_DISPATCHED, {"run_ids": ids, "bucket": day, "now": now})
 
     @query
     async def undispatched_runs(self, *, created_before: datetime,

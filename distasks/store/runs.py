@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from distasks.domain.model import ClaimedRun, RunStatus
-from distasks.store.base import StoreBase, claimed_from_row, query
+from distasks.store.base import StoreBase, by_bucket, claimed_from_row, query
 from distasks.store.workflows import (
     Released,
     finish_release,
@@ -141,7 +141,7 @@ UPDATE task_runs r
 SET status = 'running', worker_id = %(worker_id)s, started_at = %(now)s,
     lease_expires_at = %(lease_until)s
 FROM tasks t
-WHERE r.id = ANY(%(run_ids)s) AND r.bucket = ANY(distasks_buckets(%(run_ids)s))
+WHERE r.id = ANY(%(run_ids)s) AND r.bucket = %(bucket)s
   AND r.status = 'queued' AND t.id = r.task_id AND t.status = 'queued'
 RETURNING r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*,
     CASE WHEN t.workflow_id IS NOT NULL THEN (%(parents)s) END AS parents
@@ -270,8 +270,7 @@ ORDER BY r.lease_expires_at
 LIMIT %(limit)s
 """
 
-RUN_STATES = ("SELECT id, status FROM task_runs"
-              " WHERE id = ANY(%(ids)s) AND bucket = ANY(distasks_buckets(%(ids)s))")
+RUN_STATES = "SELECT id, status FROM task_runs WHERE id = ANY(%(ids)s) AND bucket = %(bucket)s"
 
 HEARTBEAT = """
 UPDATE workers
@@ -283,7 +282,7 @@ WHERE id = %(id)s
 EXTEND_LEASES = """
 UPDATE task_runs r SET lease_expires_at = %(lease_until)s
 FROM tasks t
-WHERE r.id = ANY(%(run_ids)s) AND r.bucket = ANY(distasks_buckets(%(run_ids)s))
+WHERE r.id = ANY(%(run_ids)s) AND r.bucket = %(bucket)s
   AND r.status = 'running' AND r.worker_id = %(worker_id)s AND t.id = r.task_id
 RETURNING r.id, t.status = 'cancelled'
 """
@@ -301,12 +300,15 @@ class RunQueries(StoreBase):
         A run that is not queued any more (claimed elsewhere after a fault, its task
         finished or cancelled) is left alone and not returned.
         """
+        rows = []
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(START_RUNS, {"run_ids": list(run_ids), "worker_id": worker_id,
-                                           "now": now, "lease_until": lease_until,
-                                           "max_parent_bytes": max_parent_output_bytes})
-            rows = await cur.fetchall()
+            for day, ids in by_bucket(run_ids).items():
+                await cur.execute(START_RUNS, {"run_ids": ids, "bucket": day,
+                                               "worker_id": worker_id, "now": now,
+                                               "lease_until": lease_until,
+                                               "max_parent_bytes": max_parent_output_bytes})
+                rows += await cur.fetchall()
         return [claimed_from_row(r) for r in rows]
 
     @query
@@ -383,9 +385,11 @@ class RunQueries(StoreBase):
     @query
     async def run_states(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RunStatus]:
         """Status of each existing run among `run_ids`."""
+        states = {}
         async with self._pool.connection() as conn:
-            cur = await conn.execute(RUN_STATES, {"ids": list(run_ids)})
-            states = {r[0]: RunStatus(r[1]) for r in await cur.fetchall()}
+            for day, ids in by_bucket(run_ids).items():
+                cur = await conn.execute(RUN_STATES, {"ids": ids, "bucket": day})
+                states.update({r[0]: RunStatus(r[1]) for r in await cur.fetchall()})
         return states
 
     @query
@@ -400,9 +404,10 @@ class RunQueries(StoreBase):
         cancelled: set[uuid.UUID] = set()
         async with self._pool.transaction() as conn:
             await conn.execute(HEARTBEAT, {"id": worker_id, "now": now, "stopped": stopped})
-            if run_ids:
+            for day, ids in by_bucket(run_ids).items():
                 cur = await conn.execute(EXTEND_LEASES, {
-                    "run_ids": list(run_ids), "worker_id": worker_id, "lease_until": lease_until})
+                    "run_ids": ids, "bucket": day, "worker_id": worker_id,
+                    "lease_until": lease_until})
                 for run_id, task_cancelled in await cur.fetchall():
                     extended.add(run_id)
                     if task_cancelled:

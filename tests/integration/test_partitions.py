@@ -87,16 +87,19 @@ async def test_lookups_by_run_or_task_read_one_days_partition(pg_dsn):
             statements = {
                 "get runs": (tasks.GET_RUNS, {"id": task_id}),
                 "cancel runs": (tasks.CANCEL_RUNS, {"id": task_id, "now": now}),
-                "start": (runs.START_RUNS, {"run_ids": [run_id], "worker_id": "w", "now": now,
+                "start": (runs.START_RUNS, {"run_ids": [run_id], "bucket": bucket,
+                                            "worker_id": "w", "now": now,
                                             "lease_until": now, "max_parent_bytes": 1000}),
                 "succeed": (runs.SUCCEED_RUNS, ([run_id], ["w"], [None], ["{}"], [now])),
                 "fail": (runs.FAIL_RUNS, ([run_id], ["w"], [None], ["e"], [now])),
                 "retry": (runs.RETRY_RUNS, ([run_id], ["w"], [None], ["e"], [now], [now],
                                             [ids.new_run_id(task_id)])),
-                "extend leases": (runs.EXTEND_LEASES, {"run_ids": [run_id], "worker_id": "w",
+                "extend leases": (runs.EXTEND_LEASES, {"run_ids": [run_id], "bucket": bucket,
+                                                       "worker_id": "w",
                                                        "lease_until": now}),
-                "run states": (runs.RUN_STATES, {"ids": [run_id]}),
+                "run states": (runs.RUN_STATES, {"ids": [run_id], "bucket": bucket}),
                 "mark dispatched": (dispatch.MARK_DISPATCHED, {"run_ids": [run_id],
+                                                               "bucket": bucket,
                                                                "now": now}),
             }
             for what, (sql, params) in statements.items():
