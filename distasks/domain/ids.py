@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable
 
 MS_PER_DAY = 86_400_000
 _VERSION_7 = 0x7000
@@ -59,8 +58,3 @@ def bucket(any_id: uuid.UUID) -> int:
     if not _time_ordered(any_id):
         return 0
     return (any_id.int >> 80) // MS_PER_DAY
-
-
-def buckets(ids: Iterable[uuid.UUID]) -> list[int]:
-    """The buckets of `ids`, each once."""
-    return sorted({bucket(i) for i in ids})
