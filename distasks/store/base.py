@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar, cast
 
 import psycopg
 import psycopg.errors
@@ -30,7 +30,8 @@ from distasks.domain.model import (
     TaskStatus,
     TaskType,
 )
-from distasks.store.pg import TrioPool
+from distasks.store.day_tables import DayTables, on_day
+from distasks.store.pg import TrioConnection, TrioPool
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,6 +50,12 @@ POOL_TIMEOUT_S = 5.0
 class StoreBase:
     def __init__(self, pool: TrioPool):
         self._pool = pool
+        self._days = DayTables()
+
+    async def for_day(self, conn: TrioConnection, statement: str, day: int) -> str:
+        """`statement`, over the runs of one `day`, aimed at the table that holds them
+        (store/day_tables.py)."""
+        return on_day(statement, await self._days.table(conn, day))
 
     @classmethod
     @asynccontextmanager
@@ -84,14 +91,16 @@ class StoreBase:
                 await pool.close()
 
 
-def by_bucket(ids: Iterable[uuid.UUID]) -> dict[int, list[uuid.UUID]]:
-    """Run or task ids grouped by their day partition of task_runs (domain/ids.py). A
-    statement over many ids runs once per group with `bucket = %(bucket)s`: PostgreSQL
-    prunes on a plain parameter before the plan runs, and not on an array of days (it
-    would then probe every day's index, or call a function per statement)."""
-    groups: dict[int, list[uuid.UUID]] = {}
-    for i in ids:
-        groups.setdefault(bucket(i), []).append(i)
+def by_bucket(items: Iterable[T], key: Callable[[T], uuid.UUID] | None = None,
+              ) -> dict[int, list[T]]:
+    """Run or task ids (or items with such an id, `key`) grouped by their day
+    partition of task_runs (domain/ids.py). A statement over many runs runs once per
+    day, on that day's table (`StoreBase.for_day`), with `bucket = %(bucket)s` where it
+    may go through the parent: PostgreSQL prunes on a plain parameter before the plan
+    runs, and not on an array of days."""
+    groups: dict[int, list[T]] = {}
+    for item in items:
+        groups.setdefault(bucket(key(item) if key else cast(uuid.UUID, item)), []).append(item)
     return groups
 
 

@@ -68,7 +68,8 @@ class DispatchQueries(StoreBase):
             return
         async with self._pool.connection() as conn:
             for day, ids in by_bucket(run_ids).items():
-                await conn.execute(MARK_DISPATCHED, {"run_ids": ids, "bucket": day, "now": now})
+                await conn.execute(await self.for_day(conn, MARK_DISPATCHED, day),
+                                   {"run_ids": ids, "bucket": day, "now": now})
 
     @query
     async def undispatched_runs(self, *, created_before: datetime,

@@ -304,10 +304,9 @@ class RunQueries(StoreBase):
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             for day, ids in by_bucket(run_ids).items():
-                await cur.execute(START_RUNS, {"run_ids": ids, "bucket": day,
-                                               "worker_id": worker_id, "now": now,
-                                               "lease_until": lease_until,
-                                               "max_parent_bytes": max_parent_output_bytes})
+                await cur.execute(await self.for_day(conn, START_RUNS, day), {
+                    "run_ids": ids, "bucket": day, "worker_id": worker_id, "now": now,
+                    "lease_until": lease_until, "max_parent_bytes": max_parent_output_bytes})
                 rows += await cur.fetchall()
         return [claimed_from_row(r) for r in rows]
 
@@ -327,9 +326,12 @@ class RunQueries(StoreBase):
                 return written
         runs: set[uuid.UUID] = set()
         advanced: set[uuid.UUID] = set()
-        kinds: list[tuple[str, Sequence[OutcomeRow]]] = [(sql, rows) for sql, rows in (
+        # A statement per kind and day: each writes one day's table (store/day_tables.py).
+        every: list[tuple[str, Sequence[OutcomeRow]]] = [
             (SUCCEED_RUNS, o.succeeded), (RETRY_RUNS, o.retrying), (FAIL_RUNS, o.failed),
-            (INTERRUPT_RUNS, o.interrupted), (CANCEL_RUNS, o.cancelled)) if rows]
+            (INTERRUPT_RUNS, o.interrupted), (CANCEL_RUNS, o.cancelled)]
+        kinds = [(sql, day, group) for sql, rows in every
+                 for day, group in by_bucket(rows, key=_run_id).items()]
         released = Released()
         # One statement commits by itself; several share a transaction, so that a retried
         # batch never finds half of itself already written. A workflow node's final
@@ -344,10 +346,11 @@ class RunQueries(StoreBase):
             if o.workflow:
                 await stack.enter_async_context(conn.pipeline())
                 await stack.enter_async_context(conn.transaction())
-            run_ids = [r.run_id for _, rows in kinds for r in rows]
+            run_ids = [r.run_id for _, _, rows in kinds for r in rows]
             if o.workflow:
                 await lock_for_runs(conn, run_ids)
-            cursors = [await conn.execute(sql, _columns(rows)) for sql, rows in kinds]
+            cursors = [await conn.execute(await self.for_day(conn, sql, day), _columns(rows))
+                       for sql, day, rows in kinds]
             level = await send_release(conn, run_ids, now=max(_at(o))) if o.workflow else None
             for cur in cursors:
                 for run_id, moved_on, _closed in await cur.fetchall():
@@ -363,8 +366,13 @@ class RunQueries(StoreBase):
         release leaves nothing to decide; None (nothing written) if it would."""
         runs: set[uuid.UUID] = set()
         advanced: set[uuid.UUID] = set()
+        days = by_bucket(succeeded, key=_run_id)
         async with self._pool.connection() as conn:
-            cur = await conn.execute(SUCCEED_AND_RELEASE, _columns(succeeded))
+            # Its check and release read the nodes' and their children's runs: a
+            # workflow's are all in its day, so a batch of one day names that day's table.
+            sql = (await self.for_day(conn, SUCCEED_AND_RELEASE, next(iter(days)))
+                   if len(days) == 1 else SUCCEED_AND_RELEASE)
+            cur = await conn.execute(sql, _columns(succeeded))
             for run_id, moved_on, _closed in await cur.fetchall():
                 if run_id is None:
                     return None
@@ -388,7 +396,8 @@ class RunQueries(StoreBase):
         states = {}
         async with self._pool.connection() as conn:
             for day, ids in by_bucket(run_ids).items():
-                cur = await conn.execute(RUN_STATES, {"ids": ids, "bucket": day})
+                cur = await conn.execute(await self.for_day(conn, RUN_STATES, day),
+                                         {"ids": ids, "bucket": day})
                 states.update({r[0]: RunStatus(r[1]) for r in await cur.fetchall()})
         return states
 
@@ -405,7 +414,7 @@ class RunQueries(StoreBase):
         async with self._pool.transaction() as conn:
             await conn.execute(HEARTBEAT, {"id": worker_id, "now": now, "stopped": stopped})
             for day, ids in by_bucket(run_ids).items():
-                cur = await conn.execute(EXTEND_LEASES, {
+                cur = await conn.execute(await self.for_day(conn, EXTEND_LEASES, day), {
                     "run_ids": ids, "bucket": day, "worker_id": worker_id,
                     "lease_until": lease_until})
                 for run_id, task_cancelled in await cur.fetchall():
@@ -421,6 +430,10 @@ OutcomeRow = Succeeded | Retrying | Failed | Interrupted | Cancelled
 def _at(o: Outcomes) -> list[datetime]:
     return [r.at for rows in (o.succeeded, o.retrying, o.failed, o.interrupted, o.cancelled)
             for r in rows]
+
+
+def _run_id(row: OutcomeRow) -> uuid.UUID:
+    return row.run_id
 
 
 def _columns(rows: Sequence[OutcomeRow]) -> list[list[Any]]:
