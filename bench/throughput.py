@@ -33,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +220,7 @@ class Database:
     def close(self) -> None:
         self._conn.close()
 
-    async def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def rows(self, query: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
             return self._conn.execute(query, params).fetchall()
 
