@@ -30,7 +30,7 @@ from distasks.domain.model import (
     TaskStatus,
     TaskType,
 )
-from distasks.store.day_tables import DayTables, on_day
+from distasks.store.day_tables import PARENT, DayTables, on_day
 from distasks.store.pg import TrioConnection, TrioPool
 
 P = ParamSpec("P")
@@ -56,6 +56,12 @@ class StoreBase:
         """`statement`, over the runs of one `day`, aimed at the table that holds them
         (store/day_tables.py)."""
         return on_day(statement, await self._days.table(conn, day))
+
+    async def runs_table(self, conn: TrioConnection, days: Iterable[int]) -> str:
+        """The table for a statement over the runs of `days`: the day's own if there is
+        one day, else the parent."""
+        one = set(days)
+        return await self._days.table(conn, one.pop()) if len(one) == 1 else PARENT
 
     @classmethod
     @asynccontextmanager

@@ -12,8 +12,10 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from distasks.domain.ids import bucket
 from distasks.domain.model import ClaimedRun, RunStatus
 from distasks.store.base import StoreBase, by_bucket, claimed_from_row, query
+from distasks.store.day_tables import on_day
 from distasks.store.workflows import (
     Released,
     finish_release,
@@ -348,10 +350,14 @@ class RunQueries(StoreBase):
                 await stack.enter_async_context(conn.transaction())
             run_ids = [r.run_id for _, _, rows in kinds for r in rows]
             if o.workflow:
-                await lock_for_runs(conn, run_ids)
+                # The lock and the release look the batch's runs up again: on their
+                # day's table when they share one.
+                table = await self.runs_table(conn, (day for _, day, _ in kinds))
+                await lock_for_runs(conn, run_ids, table=table)
             cursors = [await conn.execute(await self.for_day(conn, sql, day), _columns(rows))
                        for sql, day, rows in kinds]
-            level = await send_release(conn, run_ids, now=max(_at(o))) if o.workflow else None
+            level = (await send_release(conn, run_ids, now=max(_at(o)), table=table)
+                     if o.workflow else None)
             for cur in cursors:
                 for run_id, moved_on, _closed in await cur.fetchall():
                     runs.add(run_id)
@@ -366,13 +372,11 @@ class RunQueries(StoreBase):
         release leaves nothing to decide; None (nothing written) if it would."""
         runs: set[uuid.UUID] = set()
         advanced: set[uuid.UUID] = set()
-        days = by_bucket(succeeded, key=_run_id)
         async with self._pool.connection() as conn:
             # Its check and release read the nodes' and their children's runs: a
             # workflow's are all in its day, so a batch of one day names that day's table.
-            sql = (await self.for_day(conn, SUCCEED_AND_RELEASE, next(iter(days)))
-                   if len(days) == 1 else SUCCEED_AND_RELEASE)
-            cur = await conn.execute(sql, _columns(succeeded))
+            table = await self.runs_table(conn, (bucket(s.run_id) for s in succeeded))
+            cur = await conn.execute(on_day(SUCCEED_AND_RELEASE, table), _columns(succeeded))
             for run_id, moved_on, _closed in await cur.fetchall():
                 if run_id is None:
                     return None

@@ -32,6 +32,7 @@ from distasks.domain.graph import (
 from distasks.domain.ids import bucket
 from distasks.domain.model import Actor
 from distasks.store.base import Page, StoreBase, dumps, page_of, query, record_audit
+from distasks.store.day_tables import PARENT, on_day
 from distasks.store.queues import STARTS_AT_CREATE
 
 
@@ -744,18 +745,21 @@ class Level:
     releasing: Any
 
 
-async def lock_for_runs(conn: Any, run_ids: Sequence[uuid.UUID]) -> None:
-    """Lock the workflows of `run_ids`' tasks, before their outcomes are written."""
-    await conn.execute(LOCK_WORKFLOWS_OF_RUNS, {"run_ids": list(run_ids)})
+async def lock_for_runs(conn: Any, run_ids: Sequence[uuid.UUID], *,
+                        table: str = PARENT) -> None:
+    """Lock the workflows of `run_ids`' tasks, before their outcomes are written;
+    `table` holds those runs (store/day_tables.py)."""
+    await conn.execute(on_day(LOCK_WORKFLOWS_OF_RUNS, table), {"run_ids": list(run_ids)})
 
 
-async def send_release(conn: Any, run_ids: Sequence[uuid.UUID], *, now: datetime) -> Level:
+async def send_release(conn: Any, run_ids: Sequence[uuid.UUID], *, now: datetime,
+                       table: str = PARENT) -> Level:
     """Send the first level of the release of what the outcomes of `run_ids` (written
     earlier in this transaction, after `lock_for_runs`) made final; read it with
     `finish_release`. In pipeline mode this costs no round trip of its own."""
     params = {"run_ids": list(run_ids), "now": now}
-    return Level(await conn.execute(CLOSE_CLOSED_NODES, params),
-                 await conn.execute(RELEASE_CLOSED_CHILDREN, params))
+    return Level(await conn.execute(on_day(CLOSE_CLOSED_NODES, table), params),
+                 await conn.execute(on_day(RELEASE_CLOSED_CHILDREN, table), params))
 
 
 async def release(conn: Any, task_ids: Sequence[uuid.UUID], *, now: datetime) -> Released:

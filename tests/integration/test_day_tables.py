@@ -12,10 +12,12 @@ import psycopg
 import pytest
 
 from distasks.domain import ids
-from distasks.domain.model import RunStatus
-from distasks.store import day_tables, runs
+from distasks.domain.graph import Dependency, NewNode, NewWorkflow
+from distasks.domain.model import SYSTEM, RunStatus, TaskStatus
+from distasks.store import day_tables, dispatch, runs, workflows
 from distasks.store.runs import Failed, Fence, Outcomes, Retrying, Succeeded
 
+from .helpers import new_task
 from .test_partitions import DAYS_BACK, day_partition, history
 
 DAY = timedelta(days=1)
@@ -122,9 +124,43 @@ async def test_a_day_without_its_partition_goes_through_the_parent_until_it_is_m
 
 @pytest.mark.parametrize("statement", [
     runs.START_RUNS, runs.SUCCEED_RUNS, runs.RETRY_RUNS, runs.FAIL_RUNS, runs.INTERRUPT_RUNS,
-    runs.CANCEL_RUNS, runs.SUCCEED_AND_RELEASE, runs.RUN_STATES, runs.EXTEND_LEASES])
+    runs.CANCEL_RUNS, runs.SUCCEED_AND_RELEASE, runs.RUN_STATES, runs.EXTEND_LEASES,
+    dispatch.MARK_DISPATCHED, workflows.LOCK_WORKFLOWS_OF_RUNS, workflows.CLOSE_CLOSED_NODES,
+    workflows.RELEASE_CLOSED_CHILDREN])
 def test_a_day_statement_names_no_other_table_of_runs(statement):
     on_day = day_tables.on_day(statement, "task_runs_d20261207")
     assert "task_runs_d20261207" in on_day
     assert " task_runs " not in on_day.replace("\n", " ")
     assert "task_runs_default" not in on_day and "task_runs_legacy" not in on_day
+
+
+def chain(made_ms: int) -> NewWorkflow:
+    """a -> b, made at `made_ms` (its tasks' ids, so its runs, in that day)."""
+    wf = ids.new_task_id(made_ms)
+    return NewWorkflow(id=wf, name="chain", tenant="default", nodes=(
+        NewNode("a", new_task(name="a", max_retries=0, day_of=wf)),
+        NewNode("b", new_task(name="b", day_of=wf), (Dependency("a"),))))
+
+
+@pytest.mark.parametrize("days_back", [(0,), (3,), (0, 3)])
+async def test_workflow_batches_release_on_every_day(store, days_back):
+    # Days of their own (today's named, an older one through the parent), and a batch
+    # of two days (through the parent): the lock, the outcome and the release agree.
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    made = []
+    for back in days_back:
+        created, roots = await store.create_workflow(
+            chain(now_ms - back * ids.MS_PER_DAY), actor=SYSTEM, now=datetime.now(UTC))
+        made.append((created, roots))
+    roots = [r for _c, rs in made for r in rs]
+    await store.start_runs([r.run_id for r in roots], worker_id="w", now=datetime.now(UTC),
+                           lease_until=datetime.now(UTC) + DAY)
+    written = await store.record_outcomes(Outcomes(
+        succeeded=[Succeeded(r.run_id, Fence("w"), "1", datetime.now(UTC)) for r in roots],
+        workflow=True))
+    assert written.runs == {r.run_id for r in roots}
+    children = {created.task_ids["b"] for created, _roots in made}
+    assert {r.task_id for r in written.released.runs} == children
+    for child in children:
+        task, task_runs = await store.get_task(child)
+        assert task.status is TaskStatus.QUEUED and len(task_runs) == 1
