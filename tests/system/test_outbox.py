@@ -98,8 +98,11 @@ async def test_a_daemon_killed_between_create_and_delete_leaves_exactly_one_task
             assert await d.stop() == 0, d.tail()
             assert '"crashed"' not in d.log()
     assert rows(pg_dsn, "SELECT count(*) FROM tasks WHERE name = 'ob-killed'") == [(1,)]
+    # One success. The killed daemon may have been running the task when it died (on a
+    # busy box the window is wide enough): the next daemon's takeover is then a second
+    # attempt of the same task, which is at-least-once, not a second task.
     assert rows(pg_dsn, "SELECT count(*) FROM task_runs r JOIN tasks t ON t.id = r.task_id "
-                        "WHERE t.name = 'ob-killed'") == [(1,)]
+                        "WHERE t.name = 'ob-killed' AND r.status = 'succeeded'") == [(1,)]
 
 
 async def test_a_daemon_killed_between_submit_and_delete_leaves_one_workflow_that_completes(
