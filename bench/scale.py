@@ -15,15 +15,17 @@ For each cell of the matrix (Redis mode x PostgreSQL mode x daemon count):
            sender); enqueue -> start = the handler's first line minus the client's send
            time (compare_taskiq.py's method); p99
 
-History (--history-rows, 0 skips): a database of its own, one daemon, direct
-PostgreSQL: the drain on an empty history, then the history tables filled with
---history-rows rows (half tasks, half their runs, all finished weeks ago, in the
-drained queue and nine others) by a few large INSERT ... generate_series, then the
-same drain again; --history-repeats drains on each side, alternating is not possible
-(the fill is one way), so each side's median is compared.
+History (--history-rows, 0 skips): two databases of their own on the one server, one
+daemon, direct PostgreSQL. The history tables of one are filled with --history-rows
+rows (half tasks, half their runs, all finished weeks ago, in the drained queue and
+nine others) by a few large INSERT ... generate_series; the other stays empty. Then
+the same drain runs on each, alternating empty, full, empty, ... --history-repeats
+times a side; the sides' medians are compared, and each full drain with the empty
+one before it.
 
     .venv/bin/python bench/scale.py                           # quick: 2000 tasks a cell
-    .venv/bin/python bench/scale.py --tasks 10000 --history-rows 10000000
+    .venv/bin/python bench/scale.py --daemons '' --tasks 30000 --history-rows 10000000 \
+        --history-repeats 5
     .venv/bin/python bench/scale.py --redis cluster           # needs PrivateRedisCluster
 
 Environment: DISTASKS_PG_ADMIN_DSN and REDIS_URL, as bench/throughput.py. Each run
@@ -71,6 +73,7 @@ from throughput import (
 )
 
 from distasks.domain.ids import MS_PER_DAY
+from distasks.store import Store
 from distasks.store.partitions import day_id_range
 from distasks.testing import servers
 
@@ -170,6 +173,17 @@ def handler_env(prefix: str, redis_url: str) -> dict[str, str]:
             "BENCH_PREFIX": prefix, "BENCH_REDIS_URL": redis_url}
 
 
+def steal_s() -> float:
+    """CPU seconds stolen from this machine (a VM) by its hypervisor since boot, all
+    cores: /proc/stat's eighth column. Where it grows, every process here ran slower
+    per task, whatever it was doing."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class Cpu:
     """CPU seconds of the daemons, of this database's PostgreSQL backends (alive at the
     end: the pools keep theirs; WAL writer, checkpointer and the like are not counted),
@@ -186,6 +200,7 @@ class Cpu:
         self.redis0 = redis_cpu()
         self.bench0 = time.process_time()
         self.machine0 = system_cpu_s()
+        self.steal0 = steal_s()
 
     def read(self) -> dict[str, float]:
         busy, total = system_cpu_s()
@@ -203,6 +218,9 @@ class Cpu:
             "machine_s": busy - self.machine0[0],
             "machine_busy_pct": 100 * (busy - self.machine0[0])
                                 / max(total - self.machine0[1], 1e-9),
+            # time the hypervisor gave this VM's cores to another guest
+            "machine_steal_pct": 100 * (steal_s() - self.steal0)
+                                 / max(total - self.machine0[1], 1e-9),
         }
 
 
@@ -231,7 +249,8 @@ async def drain(db: Database, queue: str, since: Any, tasks: int, cpu: Cpu) -> d
     use = cpu.read()
     [(done, first, last)] = await db.rows(DRAIN, cell_tasks(queue, since))
     out: dict[str, Any] = {"done": done, "timed_out": scope.cancelled_caught,
-                           "machine_busy_pct": round(use["machine_busy_pct"], 1)}
+                           "machine_busy_pct": round(use["machine_busy_pct"], 1),
+                           "machine_steal_pct": round(use["machine_steal_pct"], 2)}
     if done and first is not None and last is not None:
         span_s = (last - first).total_seconds()
         out["span_s"] = round(span_s, 3)
@@ -309,7 +328,8 @@ def cell_line(label: str, r: dict[str, Any]) -> str:
             f"{d.get('daemons_cpu_ms_per_task', 0):6.3f} pg {d.get('postgres_cpu_ms_per_task', 0):6.3f}"
             f" bouncer {d.get('pgbouncer_cpu_ms_per_task', 0):5.3f} redis "
             f"{d.get('redis_cpu_ms_per_task', 0):5.3f} bench {d.get('bench_cpu_ms_per_task', 0):5.3f}"
-            f" machine {d.get('machine_cpu_ms_per_task', 0):5.3f} ({d['machine_busy_pct']:.0f}%)  "
+            f" machine {d.get('machine_cpu_ms_per_task', 0):5.3f} ({d['machine_busy_pct']:.0f}%,"
+            f" steal {d.get('machine_steal_pct', 0):.1f}%)  "
             f"{lat_s}  states {r['states']}")
 
 
@@ -462,33 +482,43 @@ async def matrix(opts: argparse.Namespace, admin: str, shared_redis: str,
 
 async def history(opts: argparse.Namespace, admin: str, shared_redis: str,
                   out_dir: Path) -> dict[str, Any]:
+    """The same drain on two databases of the one server, side by side: "empty" (no
+    history) and "full" (--history-rows filled first), the drains alternating empty,
+    full, empty, ... so that a drift of the box's speed (other work, its neighbours)
+    over the minutes of the run weighs on both sides alike."""
     out: dict[str, Any] = {"empty": [], "full": []}
     with ExitStack() as stack:
-        res = stack.enter_context(provisioned(admin, shared_redis))
-        db = PooledDatabase(res.dsn)
-        stack.callback(db.close)
         redis_url, redis_cpu = stack.enter_context(redis_under_test("single", shared_redis))
+        sides: dict[str, tuple[Resources, PooledDatabase]] = {}
+        for side in ("empty", "full"):
+            res = stack.enter_context(provisioned(admin, shared_redis))
+            db = PooledDatabase(res.dsn)
+            stack.callback(db.close)
+            sides[side] = (res, db)
         queue = "scale-history"
-
-        async def one(side: str) -> None:
-            r = await cell(db, res, out_dir, opts, n=1, queue=queue, daemon_dsn=res.dsn,
-                           pooler=None, redis_url=redis_url, redis_cpu=redis_cpu,
-                           latency=False)
-            out[side].append(r)
-            print(cell_line(f"history {side}", r), flush=True)
-
-        for _ in range(opts.history_repeats):
-            await one("empty")
+        # The daemons of the full side meet a migrated schema, as a deployment's would.
+        async with Store.open(sides["full"][0].dsn, max_size=1) as store:
+            await store.migrate()
         print(f"filling {opts.history_rows:,} history rows ...", flush=True)
-        out["fill"] = await trio.to_thread.run_sync(fill_history, res.dsn, queue,
+        out["fill"] = await trio.to_thread.run_sync(fill_history, sides["full"][0].dsn, queue,
                                                     opts.history_rows)
         print(f"    {out['fill']}", flush=True)
         for _ in range(opts.history_repeats):
-            await one("full")
+            for side in ("empty", "full"):
+                res, db = sides[side]
+                r = await cell(db, res, out_dir, opts, n=1, queue=queue, daemon_dsn=res.dsn,
+                               pooler=None, redis_url=redis_url, redis_cpu=redis_cpu,
+                               latency=False)
+                out[side].append(r)
+                print(cell_line(f"history {side}", r), flush=True)
     rates = {side: statistics.median(r["drain"].get("tasks_per_s", 0) for r in out[side])
              for side in ("empty", "full")}
     out["median_tasks_per_s"] = rates
     out["full_vs_empty"] = round(rates["full"] / rates["empty"], 3) if rates["empty"] else None
+    # Each full drain against the empty one just before it: how far the pairs spread.
+    out["pair_ratios"] = [round(f["drain"].get("tasks_per_s", 0) / e["drain"]["tasks_per_s"], 3)
+                          for e, f in zip(out["empty"], out["full"], strict=True)
+                          if e["drain"].get("tasks_per_s")]
     return out
 
 
@@ -507,7 +537,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             h = out["history"]
             print(f"history: empty {h['median_tasks_per_s']['empty']} tasks/s, with "
                   f"{opts.history_rows:,} rows {h['median_tasks_per_s']['full']} tasks/s: "
-                  f"{h['full_vs_empty']}x")
+                  f"{h['full_vs_empty']}x; each full drain against the empty one before it: "
+                  f"{h['pair_ratios']}")
     out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
