@@ -63,6 +63,24 @@ class StoreBase:
         one = set(days)
         return await self._days.table(conn, one.pop()) if len(one) == 1 else PARENT
 
+    @staticmethod
+    async def over_every_day(cur: psycopg.AsyncCursor[Any], statement: str,
+                             params: dict[str, Any]) -> None:
+        """Execute `statement`, a periodic read of every day's partition (the reaper's,
+        the reconciler's), on `cur`, on a generic plan its connection keeps. Its plan
+        covers every partition (4.5-7 ms with 50 days of history) while its run reads a
+        few index pages: left to PostgreSQL's choice it would be planned afresh on each
+        connection's first five uses, which a pool of ten spreads over minutes (and
+        without `prepare`, forever: psycopg prepares after five uses on a connection).
+        Behind a pooler nothing is prepared: it is planned every time."""
+        conn = cur.connection
+        if conn.prepare_threshold is None:
+            await cur.execute(statement, params)
+            return
+        async with conn.transaction():
+            await cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await cur.execute(statement, params, prepare=True)
+
     @classmethod
     @asynccontextmanager
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10,

@@ -264,8 +264,8 @@ WITH i AS (
 SELECT id, false, NULL::uuid FROM done
 """
 
-# Over every day's partition, as UNDISPATCHED_RUNS (dispatch.py), and prepared for the
-# same reason: its plan over 50 days of history costs more than its scan.
+# Over every day's partition (a retry of any day may be running): run on a generic plan
+# (StoreBase.over_every_day).
 EXPIRED_RUNS = """
 SELECT r.id AS run_id, r.attempt, r.available_at, r.worker_id, t.*
 FROM task_runs r JOIN tasks t ON t.id = r.task_id
@@ -392,7 +392,7 @@ class RunQueries(StoreBase):
         """Running runs whose lease expired before `now`, oldest deadline first."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(EXPIRED_RUNS, {"now": now, "limit": limit}, prepare=True)
+            await self.over_every_day(cur, EXPIRED_RUNS, {"now": now, "limit": limit})
             rows = await cur.fetchall()
         return [claimed_from_row(r) for r in rows]
 

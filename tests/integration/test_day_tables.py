@@ -164,3 +164,27 @@ async def test_workflow_batches_release_on_every_day(store, days_back):
     for child in children:
         task, task_runs = await store.get_task(child)
         assert task.status is TaskStatus.QUEUED and len(task_runs) == 1
+
+
+async def test_the_scans_over_every_day_run_on_a_generic_plan_from_their_first_use(
+        store, pg_dsn):
+    # The reaper's and the reconciler's scans must read every day's partition; planned
+    # afresh, their plan costs more than their run (StoreBase.over_every_day).
+    picked = history(pg_dsn, per_day=3)
+    queued = [new_task(name=f"q{i}") for i in range(3)]
+    await store.create_tasks(queued)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    for _ in range(2):
+        expired = await store.expired_runs(now=later, limit=1000)
+        assert {run for _task, run in picked.values()} <= {r.run_id for r in expired}
+        pending = await store.undispatched_runs(created_before=later, limit=1000)
+        assert {t.run_id for t in queued} <= {p.run_id for p in pending}
+    # The pool lends its most recently returned connection: the one both scans used.
+    async with store._pool.connection() as conn:
+        cur = await conn.execute("SELECT statement, generic_plans, custom_plans"
+                                 " FROM pg_prepared_statements")
+        plans = await cur.fetchall()
+    for marker in ("r.status = 'running' AND r.lease_expires_at <",
+                   "r.status = 'queued' AND r.dispatched_at IS NULL"):
+        [(_statement, generic, custom)] = [p for p in plans if marker in p[0]]
+        assert (generic, custom) == (2, 0), marker
