@@ -25,7 +25,7 @@ one before it.
 
     .venv/bin/python bench/scale.py                           # quick: 2000 tasks a cell
     .venv/bin/python bench/scale.py --daemons '' --tasks 30000 --history-rows 10000000 \
-        --history-repeats 5
+        --history-repeats 6
     .venv/bin/python bench/scale.py --redis cluster           # needs PrivateRedisCluster
 
 Environment: DISTASKS_PG_ADMIN_DSN and REDIS_URL, as bench/throughput.py. Each run

@@ -30,7 +30,7 @@ def old_schema(dsn: str) -> None:
 def upgrade(dsn: str) -> list[int]:
     async def apply() -> list[int]:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            return await migrate.apply(conn)
+            return await migrate.apply(conn, until=15)
 
     return asyncio.run(apply())
 

@@ -288,3 +288,14 @@ async def test_a_day_detached_by_a_drop_that_died_is_finished(store, broker, pg_
         row = conn.execute("SELECT to_regclass(%s)", (f"audit_log_d{day:%Y%m%d}",)).fetchone()
     assert row is not None and row[0] is None
     assert len(list(tmp_path.glob("audit_log-*.jsonl.gz"))) == 1
+
+
+def test_tasks_is_vacuumed_by_a_count_of_dead_rows_not_a_fraction(pg_dsn):
+    # PostgreSQL's default (20 % of the table dead) would vacuum a `tasks` of millions of
+    # rows a million updates apart, while the hot path reads its recent pages and walks
+    # their dead index entries (migration 0016).
+    with psycopg.connect(pg_dsn) as conn:
+        [(options,)] = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'tasks'::regclass").fetchall()
+    assert {"autovacuum_vacuum_scale_factor=0",
+            "autovacuum_vacuum_threshold=10000"} <= set(options or ())

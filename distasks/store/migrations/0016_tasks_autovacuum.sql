@@ -1,0 +1,11 @@
+-- Autovacuum for `tasks` by a fixed count of dead rows, not a fraction of the table
+-- (architecture, "Partitioned history"). Every task is updated at least once after its
+-- insert (queued -> final), and those dead versions sit among the recent rows that the
+-- hot path reads and whose index entries it walks. PostgreSQL's default vacuums a table
+-- once 20 % of it is dead: for a `tasks` of five million rows, a million updates apart,
+-- while a small one is vacuumed every few thousand. With a fixed threshold both are
+-- vacuumed every 10,000 updates; a vacuum of a large table reads only the pages changed
+-- since the last one (the visibility map) and skips its index pass when few pages hold
+-- dead rows, so it stays small. Changing autovacuum settings takes a SHARE UPDATE
+-- EXCLUSIVE lock: creates and claims go on meanwhile.
+ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
