@@ -72,13 +72,15 @@ class StoreBase:
         few index pages: left to PostgreSQL's choice it would be planned afresh on each
         connection's first five uses, which a pool of ten spreads over minutes (and
         without `prepare`, forever: psycopg prepares after five uses on a connection).
-        Behind a pooler nothing is prepared: it is planned every time."""
+        Behind a pooler nothing is prepared: it is planned every time. In pipeline
+        mode: BEGIN, the setting and the statement in one round trip, COMMIT in a
+        second."""
         conn = cur.connection
         if conn.prepare_threshold is None:
             await cur.execute(statement, params)
             return
-        async with conn.transaction():
-            await cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        async with conn.pipeline(), conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             await cur.execute(statement, params, prepare=True)
 
     @classmethod
