@@ -66,6 +66,7 @@ from throughput import (
     connections,
     git,
     latency_summary_ms,
+    machine_cpu_s,
     process_cpu_s,
     provisioned,
     send_at_rate,
@@ -173,15 +174,11 @@ def handler_env(prefix: str, redis_url: str) -> dict[str, str]:
             "BENCH_PREFIX": prefix, "BENCH_REDIS_URL": redis_url}
 
 
-def steal_s() -> float:
-    """CPU seconds stolen from this machine (a VM) by its hypervisor since boot, all
-    cores: /proc/stat's eighth column. Where it grows, every process here ran slower
-    per task, whatever it was doing."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def steal_s(kinds: list[float]) -> float:
+    """CPU seconds stolen from this machine (a VM) by its hypervisor, of a machine_cpu_s()
+    reading: where it grows, every process here ran slower per task, whatever it was
+    doing."""
+    return kinds[7] if len(kinds) > 7 else 0.0
 
 
 class Cpu:
@@ -199,11 +196,13 @@ class Cpu:
         self.bouncer0 = process_cpu_s(bouncer_pid) if bouncer_pid else 0.0
         self.redis0 = redis_cpu()
         self.bench0 = time.process_time()
-        self.machine0 = system_cpu_s()
-        self.steal0 = steal_s()
+        kinds = machine_cpu_s()
+        self.machine0 = system_cpu_s(kinds)
+        self.steal0 = steal_s(kinds)
 
     def read(self) -> dict[str, float]:
-        busy, total = system_cpu_s()
+        kinds = machine_cpu_s()
+        busy, total = system_cpu_s(kinds)
         pg_now = {p: process_cpu_s(p) for p in self.pg_pids()}
         return {
             "wall_s": time.perf_counter() - self.wall0,
@@ -219,7 +218,7 @@ class Cpu:
             "machine_busy_pct": 100 * (busy - self.machine0[0])
                                 / max(total - self.machine0[1], 1e-9),
             # time the hypervisor gave this VM's cores to another guest
-            "machine_steal_pct": 100 * (steal_s() - self.steal0)
+            "machine_steal_pct": 100 * (steal_s(kinds) - self.steal0)
                                  / max(total - self.machine0[1], 1e-9),
         }
 

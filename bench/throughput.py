@@ -112,15 +112,24 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def system_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine, all cores, since boot."""
+def machine_cpu_s() -> list[float]:
+    """The machine's CPU seconds since boot, all cores, by kind: /proc/stat's first line
+    (user, nice, system, idle, iowait, irq, softirq, steal, ...); empty if unreadable."""
     try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        ticks = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     except OSError:
-        return 0.0, 0.0
-    idle = ticks[3] + ticks[4]  # idle + iowait
+        return []
     hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+    return [int(x) / hz for x in ticks]
+
+
+def system_cpu_s(kinds: list[float] | None = None) -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, since boot (of
+    `kinds`, a machine_cpu_s() reading, if given)."""
+    s = machine_cpu_s() if kinds is None else kinds
+    if not s:
+        return 0.0, 0.0
+    return sum(s) - s[3] - s[4], sum(s)  # less idle and iowait
 
 
 @dataclass
